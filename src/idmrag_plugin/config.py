@@ -1,0 +1,88 @@
+"""Engine settings: plain values and string options, validated once at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from idmrag_plugin.errors import ConfigError
+
+FAILURE_POLICIES = ("obfuscate", "drop", "raise")
+DETECTORS = ("mtcnn", "mtcnn+hog")
+ORACLES = ("dlib", "facenet")
+PRIVACY_LEVELS = ("far1e-2", "far1e-3")
+OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+@dataclass(frozen=True)
+class AnonymizerConfig:
+    """Settings of :class:`~idmrag_plugin.FaceAnonymizer`.
+
+    Attributes:
+        detector: ``"mtcnn"``, or ``"mtcnn+hog"`` to union MTCNN with dlib's HOG detector
+            (more recall, slower).
+        min_face_size: smallest face side in pixels that MTCNN looks for.
+        detection_thresholds: MTCNN's three stage thresholds; lower finds more faces.
+        crop_size: side of the canonical aligned face crop handed to the generator.
+        oracles: face-recognition models that must all judge each replaced face a
+            different person.
+        privacy_level: ``"far1e-2"`` (default) or ``"far1e-3"``: a replaced face must be less
+            similar to the original than all but this fraction of different-person pairs.
+            ``far1e-3`` is stricter.
+        max_attempts: generator attempts per face before the failure policy applies.
+        on_failure: ``"obfuscate"`` (irreversibly fill the face), ``"drop"`` (withhold the
+            image) or ``"raise"`` (:class:`~idmrag_plugin.errors.AnonymizationFailedError`).
+        max_pixels: larger images are refused with
+            :class:`~idmrag_plugin.errors.ImageTooLargeError`.
+        output_format: encoding used by :meth:`AnonymizationResult.to_bytes` by default.
+        device: ``"auto"``, ``"cpu"`` or a torch device string such as ``"cuda:0"``.
+        cache_dir: where converted weights are kept; default ``$IDMRAG_CACHE`` or
+            ``~/.cache/idmrag``.
+        seed: base seed of the generator's replacement identities.
+    """
+
+    detector: str = "mtcnn"
+    min_face_size: int = 20
+    detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    crop_size: int = 128
+    oracles: tuple[str, ...] = ORACLES
+    privacy_level: str = "far1e-2"
+    max_attempts: int = 3
+    on_failure: str = "obfuscate"
+    max_pixels: int = 40_000_000
+    output_format: str = "PNG"
+    device: str = "auto"
+    cache_dir: Path | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("detector", self.detector, DETECTORS)
+        _choice("privacy_level", self.privacy_level, PRIVACY_LEVELS)
+        _choice("on_failure", self.on_failure, FAILURE_POLICIES)
+        _choice("output_format", self.output_format.upper(), OUTPUT_FORMATS)
+        if not self.oracles:
+            raise ConfigError("oracles: at least one oracle is required; privacy fails closed")
+        for name in self.oracles:
+            _choice("oracles", name, ORACLES)
+        if self.min_face_size < 8:
+            raise ConfigError(f"min_face_size must be >= 8 pixels, got {self.min_face_size}")
+        if not 32 <= self.crop_size <= 1024:
+            raise ConfigError(f"crop_size must be within 32..1024, got {self.crop_size}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be positive, got {self.max_pixels}")
+        if len(self.detection_thresholds) != 3 or not all(
+            0.0 < t < 1.0 for t in self.detection_thresholds
+        ):
+            raise ConfigError("detection_thresholds: three values in (0, 1) are required")
+
+    @property
+    def far(self) -> float:
+        """False-accept rate of the privacy level, e.g. 0.01 for ``"far1e-2"``."""
+        return float(self.privacy_level.removeprefix("far"))
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")

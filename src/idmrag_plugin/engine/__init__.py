@@ -1,0 +1,1 @@
+"""The engine's stages, one module each: detect, align, oracles, generator, blend, obfuscate."""

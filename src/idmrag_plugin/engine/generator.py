@@ -1,0 +1,40 @@
+"""The generator slot: a replacement identity in, an aligned face out.
+
+Every face a generator returns is pasted back and then verified by the oracle ensemble;
+a generator is never trusted. Learned generators (VAE decode, latent consistency model)
+implement :class:`FaceGenerator`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a generator gets for one attempt at one face.
+
+    Attributes:
+        face: the original face in the canonical aligned crop, RGB uint8 (S, S, 3).
+        attempt: 0 for the first try; later tries must give a different identity.
+        seed: deterministic seed of this face and attempt.
+        identity: replacement identity code chosen by a sampler, when the engine has one.
+    """
+
+    face: np.ndarray
+    attempt: int
+    seed: int
+    identity: np.ndarray | None = None
+
+
+class FaceGenerator(ABC):
+    """Turns a request into a new face in the same canonical crop (same shape and dtype)."""
+
+    name: str = "generator"
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        """Return an RGB uint8 array shaped like ``request.face``."""

@@ -1,0 +1,67 @@
+"""Irreversible obfuscation: the face region is refilled from the pixels around it.
+
+Blur and pixelation keep a low-pass copy of the face that deblurring and
+super-resolution partly undo. Here no pixel inside the face region contributes to its
+fill: the region is inpainted at low resolution from the surrounding ring only, so the
+result carries no information about the face beyond its outline.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from idmrag_plugin.engine.align import AlignedFace
+from idmrag_plugin.engine.blend import face_mask, warp_into_region
+from idmrag_plugin.engine.detect import Detection
+
+# The obfuscated region is generous: the aligned face ellipse grown by this factor, united
+# with an ellipse around the detector's box grown by BOX_GROW.
+MASK_GROW = 1.2
+BOX_GROW = 1.25
+FILL_RESOLUTION = 24  # the fill is computed with the region about this many pixels across
+
+
+def obfuscation_mask(shape: tuple[int, int], detection: Detection, face: AlignedFace | None) -> np.ndarray:
+    """Boolean image-space mask of the region to destroy."""
+    h, w = shape
+    mask = np.zeros((h, w), np.uint8)
+    x1, y1, x2, y2 = detection.box
+    center = (round((x1 + x2) / 2), round((y1 + y2) / 2))
+    axes = (max(2, round((x2 - x1) / 2 * BOX_GROW)), max(2, round((y2 - y1) / 2 * BOX_GROW)))
+    cv2.ellipse(mask, center, axes, 0, 0, 360, 1, thickness=-1)
+    if face is not None:
+        crop_mask = face_mask(face.size, grow=MASK_GROW)
+        full = (0, 0, w, h)
+        mask |= (warp_into_region(crop_mask, face, full) > 0).astype(np.uint8)
+    return mask.astype(bool)
+
+
+def obfuscate_region(image: np.ndarray, mask: np.ndarray) -> None:
+    """Replace ``image[mask]`` in place with a fill computed only from pixels outside ``mask``."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return
+    h, w = mask.shape
+    span = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
+    pad = max(4, span // 3)
+    y1, y2 = max(0, ys.min() - pad), min(h, ys.max() + 1 + pad)
+    x1, x2 = max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)
+    patch = image[y1:y2, x1:x2]
+    region = mask[y1:y2, x1:x2]
+    scale = min(1.0, FILL_RESOLUTION / span)
+    small_size = (max(4, round(patch.shape[1] * scale)), max(4, round(patch.shape[0] * scale)))
+    small = cv2.resize(patch, small_size, interpolation=cv2.INTER_AREA)
+    # Any small pixel that averages in a masked pixel is itself masked, so the inpainting
+    # source is strictly outside the face.
+    small_mask = cv2.resize(region.astype(np.float32), small_size, interpolation=cv2.INTER_AREA) > 0
+    small_mask = cv2.dilate(small_mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    if small_mask.all():
+        fill_small = np.empty_like(small)
+        outside = patch[~region]
+        fill_small[:] = outside.mean(axis=0) if outside.size else 128
+    else:
+        small[small_mask] = 0
+        fill_small = cv2.inpaint(small, small_mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    fill = cv2.resize(fill_small, (patch.shape[1], patch.shape[0]), interpolation=cv2.INTER_CUBIC)
+    patch[region] = fill[region]

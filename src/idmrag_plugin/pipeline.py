@@ -1,0 +1,281 @@
+"""FaceAnonymizer: detect -> align -> generate -> paste -> verify -> fail closed -> strip metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+from idmrag_plugin.calibration import thresholds_for
+from idmrag_plugin.config import AnonymizerConfig
+from idmrag_plugin.engine.align import AlignedFace, align_face
+from idmrag_plugin.engine.blend import paste_face, region_of
+from idmrag_plugin.engine.detect import DlibHOGDetector, FaceDetector, MTCNNDetector, UnionDetector
+from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
+from idmrag_plugin.engine.obfuscate import obfuscate_region, obfuscation_mask
+from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, build_oracle, cosine
+from idmrag_plugin.errors import AnonymizationFailedError, ConfigError, IdmragError
+from idmrag_plugin.image_io import ImageInput, load_rgb
+from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD, AnonymizationResult, FaceReport
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FaceAnonymizer:
+    """Replace every face in an image with a verified synthetic identity, or fail closed.
+
+    Models load lazily on first use, once; one instance may be shared between threads.
+
+    Args:
+        config: engine settings; defaults to :class:`AnonymizerConfig()`.
+        generator: makes replacement faces. Without one, every detected face is
+            irreversibly obfuscated (and the report says so).
+        detector: overrides the detector built from ``config``.
+        oracles: override the oracles built from ``config.oracles``.
+        thresholds: override the shipped calibrated thresholds, by oracle name.
+    """
+
+    def __init__(
+        self,
+        config: AnonymizerConfig | None = None,
+        *,
+        generator: FaceGenerator | None = None,
+        detector: FaceDetector | None = None,
+        oracles: Sequence[FaceOracle] | None = None,
+        thresholds: Mapping[str, float] | None = None,
+    ) -> None:
+        self.config = config or AnonymizerConfig()
+        self.generator = generator
+        self.device = resolve_device(self.config.device)
+        self.detector = detector or self._build_detector()
+        self.oracles = list(oracles) if oracles is not None else [
+            build_oracle(name, self.device, self.config.cache_dir) for name in self.config.oracles
+        ]
+        if not self.oracles:
+            raise ConfigError("at least one oracle is required; privacy fails closed")
+        names = [o.name for o in self.oracles]
+        self.thresholds = (
+            {name: float(thresholds[name]) for name in names}
+            if thresholds is not None
+            else thresholds_for(self.config.privacy_level, names)
+        )
+
+    def _build_detector(self) -> FaceDetector:
+        mtcnn = MTCNNDetector(
+            self.config.min_face_size, self.config.detection_thresholds, device=self.device
+        )
+        if self.config.detector == "mtcnn+hog":
+            return UnionDetector([mtcnn, DlibHOGDetector()])
+        return mtcnn
+
+    def warmup(self) -> None:
+        """Load every model now instead of on the first image."""
+        self.detector.load()
+        if self.generator is not None:
+            for oracle in self.oracles:
+                oracle.load()
+
+    # ------------------------------------------------------------------ public API
+    def anonymize(self, image: ImageInput) -> AnonymizationResult:
+        """Anonymize one image (PIL image, bytes, path or numpy array).
+
+        The input is never modified. Raises :class:`~idmrag_plugin.errors.InvalidImageError`
+        for unreadable input, and :class:`AnonymizationFailedError` when a face cannot be
+        verified and ``on_failure="raise"``.
+        """
+        timings: dict[str, float] = {}
+        with _timed(timings, "total"):
+            with _timed(timings, "decode"):
+                pixels = load_rgb(image, self.config.max_pixels)
+            result = self._anonymize_pixels(pixels, timings)
+        return result
+
+    def anonymize_many(
+        self, images: Iterable[ImageInput], *, raise_errors: bool = False, progress: bool = False
+    ) -> list[AnonymizationResult]:
+        """Anonymize several images with the shared models.
+
+        With ``raise_errors=False`` an image that cannot be processed yields a result with
+        ``status="error"`` and no pixels, so one bad file does not lose the batch.
+        """
+        from tqdm import tqdm
+
+        results = []
+        for image in tqdm(images, desc="anonymizing", unit="image", disable=not progress):
+            try:
+                results.append(self.anonymize(image))
+            except IdmragError as exc:
+                if raise_errors:
+                    raise
+                logger.warning("image withheld: %s", exc)
+                results.append(
+                    AnonymizationResult("error", 0, 0, None, privacy_level=self.config.privacy_level, error=str(exc))
+                )
+        return results
+
+    # ------------------------------------------------------------------ the loop
+    def _anonymize_pixels(self, pixels: np.ndarray, timings: dict[str, float]) -> AnonymizationResult:
+        height, width = pixels.shape[:2]
+        with _timed(timings, "detect"):
+            detections = self.detector.detect(pixels)
+        output = pixels.copy()
+        result = AnonymizationResult(
+            "no_faces" if not detections else "anonymized", width, height, output,
+            timings_ms=timings, privacy_level=self.config.privacy_level,
+        )
+        if not detections:
+            return result
+        faces = [FaceReport(i, d) for i, d in enumerate(detections)]
+        result.faces = faces
+        with _timed(timings, "align"):
+            aligned = [self._align(pixels, face) for face in faces]
+
+        if self.generator is None:
+            failed = faces
+            for face in faces:
+                face.reason = "no generator configured: obfuscated by design"
+        else:
+            failed = self._replace_all(pixels, output, faces, aligned, timings)
+
+        if failed and self.generator is not None and self.config.on_failure != "obfuscate":
+            result.pixels = None
+            for face in failed:
+                face.method = WITHHELD
+            summary = f"{len(failed)} of {len(faces)} face(s) could not be verified anonymous"
+            if self.config.on_failure == "drop":
+                result.status = "dropped"
+                result.error = summary
+                return result
+            result.status = "error"
+            result.error = summary
+            raise AnonymizationFailedError(f"{summary}; image withheld (on_failure='raise')", result)
+
+        with _timed(timings, "obfuscate"):
+            for face in failed:
+                face.method = OBFUSCATED
+                obfuscate_region(output, obfuscation_mask(output.shape[:2], face.detection, aligned[face.index]))
+        return result
+
+    def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
+        try:
+            return align_face(pixels, face.detection.landmarks, self.config.crop_size)
+        except ValueError as exc:
+            face.errors.append(f"alignment: {exc}")
+            return None
+
+    def _replace_all(
+        self,
+        pixels: np.ndarray,
+        output: np.ndarray,
+        faces: list[FaceReport],
+        aligned: list[AlignedFace | None],
+        timings: dict[str, float],
+    ) -> list[FaceReport]:
+        """Generate and verify each face; return the faces that must fail closed."""
+        landmarks = [f.detection.landmarks for f in faces]
+        with _timed(timings, "verify"):
+            originals = {o.name: o.embed_faces(pixels, landmarks) for o in self.oracles}
+        failed = []
+        for face, crop in zip(faces, aligned, strict=True):
+            if crop is None:
+                face.reason = "landmarks unusable for alignment"
+                failed.append(face)
+                continue
+            start = time.perf_counter()
+            ok = self._replace_one(output, face, crop, originals, timings)
+            face.timings_ms["replace"] = (time.perf_counter() - start) * 1000.0
+            if ok:
+                face.method = GENERATED
+            else:
+                failed.append(face)
+        generated = [f for f in faces if f.method == GENERATED]
+        if len(generated) > 1:
+            # A later paste can overlap an earlier face: verify all of them on the final image.
+            with _timed(timings, "verify"):
+                final = self._verdicts(output, generated, originals)
+            for face, verdicts in zip(generated, final, strict=True):
+                face.verdicts = verdicts
+                if not face.verified:
+                    face.method = OBFUSCATED
+                    face.reason = "not anonymous on the final image after overlapping faces were pasted"
+                    failed.append(face)
+        return failed
+
+    def _replace_one(
+        self,
+        output: np.ndarray,
+        face: FaceReport,
+        crop: AlignedFace,
+        originals: dict[str, np.ndarray],
+        timings: dict[str, float],
+    ) -> bool:
+        assert self.generator is not None
+        x1, y1, x2, y2 = region_of(crop, output.shape[:2])
+        for attempt in range(self.config.max_attempts):
+            face.attempts = attempt + 1
+            request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt))
+            try:
+                with _timed(timings, "generate"):
+                    new = np.asarray(self.generator.generate(request))
+                if new.shape != crop.crop.shape or new.dtype != np.uint8:
+                    raise ValueError(
+                        f"generator returned {new.shape} {new.dtype}, expected {crop.crop.shape} uint8"
+                    )
+            except Exception as exc:  # noqa: BLE001 - any generator failure must fail closed
+                face.errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
+                logger.warning("generator failed on face %d: %s", face.index, exc)
+                continue
+            backup = output[y1:y2, x1:x2].copy()
+            with _timed(timings, "blend"):
+                paste_face(output, new, crop)
+            with _timed(timings, "verify"):
+                face.verdicts = self._verdicts(output, [face], originals)[0]
+            if face.verified:
+                face.reason = ""
+                return True
+            output[y1:y2, x1:x2] = backup
+            face.reason = "still recognisable as the original by " + ", ".join(
+                v.oracle for v in face.verdicts if not v.anonymous
+            )
+        if not face.verdicts and face.errors:
+            face.reason = "generator failed on every attempt"
+        return False
+
+    def _verdicts(
+        self, output: np.ndarray, faces: list[FaceReport], originals: dict[str, np.ndarray]
+    ) -> list[list[OracleVerdict]]:
+        landmarks = [f.detection.landmarks for f in faces]
+        per_face: list[list[OracleVerdict]] = [[] for _ in faces]
+        for oracle in self.oracles:
+            now = oracle.embed_faces(output, landmarks)
+            before = originals[oracle.name][[f.index for f in faces]]
+            sims = cosine(before, now)
+            for slot, sim in zip(per_face, sims, strict=True):
+                slot.append(OracleVerdict(oracle.name, float(sim), self.thresholds[oracle.name]))
+        return per_face
+
+    def _seed(self, crop: np.ndarray, attempt: int) -> int:
+        digest = hashlib.blake2b(crop.tobytes(), digest_size=8, key=str(self.config.seed).encode())
+        return (int.from_bytes(digest.digest(), "little") + attempt * 0x9E3779B1) % (2**63)

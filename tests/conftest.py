@@ -1,0 +1,114 @@
+"""Shared fixtures: real photos from scikit-image, engines loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+
+from idmrag_plugin import FaceAnonymizer, FaceGenerator, GenerationRequest
+from idmrag_plugin.engine.align import align_face
+
+SHARED_DATA = Path(os.environ.get("IDMRAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return skimage.data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def camera() -> np.ndarray:
+    return np.repeat(skimage.data.camera()[..., None], 3, axis=2)
+
+
+@pytest.fixture(scope="session")
+def no_face_image() -> np.ndarray:
+    """A photo without people: scikit-image's coffee cup."""
+    return skimage.data.coffee()
+
+
+@pytest.fixture(scope="session")
+def engine() -> FaceAnonymizer:
+    """The default engine: no generator, so every face is obfuscated."""
+    return FaceAnonymizer()
+
+
+@pytest.fixture(scope="session")
+def oracles(engine: FaceAnonymizer):
+    return engine.oracles
+
+
+@pytest.fixture(scope="session")
+def camera_face(engine: FaceAnonymizer, camera: np.ndarray) -> np.ndarray:
+    """The cameraman's face in the canonical crop: a real, different person."""
+    (det,) = engine.detector.detect(camera)
+    return align_face(camera, det.landmarks, engine.config.crop_size).crop
+
+
+class IdentityGenerator(FaceGenerator):
+    """Planted leak: returns the original face."""
+
+    name = "identity"
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        return request.face.copy()
+
+
+class RaisingGenerator(FaceGenerator):
+    name = "raising"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        self.calls += 1
+        raise RuntimeError("planted generator failure")
+
+
+class FixedFaceGenerator(FaceGenerator):
+    """Returns one fixed face of another person."""
+
+    name = "fixed"
+
+    def __init__(self, face: np.ndarray) -> None:
+        self.face = face
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        return self.face.copy()
+
+
+@pytest.fixture(scope="session")
+def make_engine(engine: FaceAnonymizer):
+    """Build engines that share the session's loaded detector and oracles."""
+
+    def build(generator: FaceGenerator | None = None, **config) -> FaceAnonymizer:
+        from dataclasses import replace
+
+        return FaceAnonymizer(
+            replace(engine.config, **config),
+            generator=generator,
+            detector=engine.detector,
+            oracles=engine.oracles,
+        )
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def lfw() -> Path:
+    root = SHARED_DATA / "lfw"
+    if not (root / "images").is_dir():
+        pytest.skip(f"LFW not found at {root}: set IDMRAG_SHARED_DATA to the shared data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def scenes() -> Path:
+    root = SHARED_DATA / "scenes"
+    if not (root / "training.xml").is_file():
+        pytest.skip(f"scenes not found at {root}: set IDMRAG_SHARED_DATA to the shared data folder")
+    return root
