@@ -27,13 +27,16 @@ def test_small_background_faces_are_found(astronaut):
     assert not MTCNNDetector(min_face_size=60).detect(canvas)
 
 
-def test_hog_union_adds_faces_mtcnn_missed(astronaut):
-    union = UnionDetector([MTCNNDetector(), DlibHOGDetector()])
-    faces = union.detect(astronaut)
-    assert len(faces) == 1  # the same face found twice is kept once
-    hog_only = DlibHOGDetector().detect(astronaut)
-    assert hog_only and hog_only[0].landmarks.shape == (5, 2)
-    assert box_iou(hog_only[0].box, faces[0].box) > 0.3
+def test_union_keeps_every_mtcnn_face_and_adds_only_new_hog_faces(astronaut):
+    mtcnn, hog = MTCNNDetector(), DlibHOGDetector()
+    union = UnionDetector([mtcnn, hog]).detect(astronaut)
+    first, hog_faces = mtcnn.detect(astronaut), hog.detect(astronaut)
+    assert hog_faces and all(f.landmarks.shape == (5, 2) for f in hog_faces)
+    assert [d.box for d in union[: len(first)]] == [d.box for d in first]
+    new = [h for h in hog_faces if all(box_iou(h.box, m.box) < 0.3 for m in first)]
+    assert len(union) == len(first) + len(new)
+    # HOG also found the astronaut; that duplicate is not added twice.
+    assert any(box_iou(h.box, first[0].box) >= 0.3 for h in hog_faces)
 
 
 def test_no_face_in_a_photo_without_people(engine, no_face_image):

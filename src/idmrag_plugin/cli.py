@@ -39,6 +39,17 @@ def _inputs(items: Sequence[str]) -> Iterator[tuple[str, Path | str]]:
             raise IdmragError(f"{path} does not exist")
 
 
+def _unique_stems(jobs: list[tuple[str, Path | str]]) -> list[tuple[str, Path | str]]:
+    """Keep outputs apart when two inputs share a stem (photo.jpg and photo.png)."""
+    seen: dict[str, int] = {}
+    unique = []
+    for stem, source in jobs:
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        unique.append((stem if count == 0 else f"{stem}_{count}", source))
+    return unique
+
+
 def _load_sample(name: str):  # noqa: ANN202
     import skimage.data
 
@@ -54,6 +65,7 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     config = AnonymizerConfig(
         detector=args.detector,
         min_face_size=args.min_face_size,
+        rotations=tuple(int(a) for a in args.rotations.split(",")),
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
@@ -64,7 +76,7 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}[config.output_format]
-    jobs = list(_inputs(args.inputs))
+    jobs = _unique_stems(list(_inputs(args.inputs)))
     failures = 0
     for stem, source in tqdm(jobs, desc="anonymizing", unit="image", disable=args.quiet):
         target = out_dir / f"{stem}{suffix}"
@@ -107,6 +119,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from idmrag_plugin.engine.detect import MTCNNDetector
+    from idmrag_plugin.engine.oracles import build_oracle
+    from idmrag_plugin.training.data import prepare_dataset
+
+    oracles = [build_oracle(name) for name in args.oracles.split(",") if name]
+    counts = prepare_dataset(
+        [Path(p) for p in args.sources], Path(args.output), MTCNNDetector(), oracles,
+        size=args.size, limit=args.limit, progress=not args.quiet,
+    )
+    print(json.dumps(counts))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idmrag", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -117,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     anon.add_argument("-o", "--output", required=True, help="output folder")
     anon.add_argument("--detector", default="mtcnn", choices=["mtcnn", "mtcnn+hog"])
     anon.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
+    anon.add_argument("--rotations", default="0", help="also detect at these angles, e.g. 0,90,270")
     anon.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     anon.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
     anon.add_argument("--max-attempts", type=int, default=3)
@@ -132,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("-o", "--output", default="calibration.json")
     cal.add_argument("-q", "--quiet", action="store_true")
     cal.set_defaults(func=cmd_calibrate)
+
+    prep = sub.add_parser("prepare-data", help="align every face of image folders into a training dataset")
+    prep.add_argument("sources", nargs="+", help="LFW folder, UTKFace folder or any folder of photos")
+    prep.add_argument("-o", "--output", required=True, help="output .npz")
+    prep.add_argument("--size", type=int, default=128, help="side of the aligned crops")
+    prep.add_argument("--oracles", default="dlib,facenet", help="embeddings to cache")
+    prep.add_argument("--limit", type=int, default=None)
+    prep.add_argument("-q", "--quiet", action="store_true")
+    prep.set_defaults(func=cmd_prepare_data)
     return parser
 
 

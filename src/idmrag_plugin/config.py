@@ -23,6 +23,8 @@ class AnonymizerConfig:
             (more recall, slower).
         min_face_size: smallest face side in pixels that MTCNN looks for.
         detection_thresholds: MTCNN's three stage thresholds; lower finds more faces.
+        rotations: also search the image turned by these angles (multiples of 90), for
+            faces lying on their side; each extra angle costs one more detection pass.
         crop_size: side of the canonical aligned face crop handed to the generator.
         oracles: face-recognition models that must all judge each replaced face a
             different person.
@@ -44,6 +46,7 @@ class AnonymizerConfig:
     detector: str = "mtcnn"
     min_face_size: int = 20
     detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    rotations: tuple[int, ...] = (0,)
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"
@@ -68,6 +71,8 @@ class AnonymizerConfig:
             raise ConfigError(f"min_face_size must be >= 8 pixels, got {self.min_face_size}")
         if not 32 <= self.crop_size <= 1024:
             raise ConfigError(f"crop_size must be within 32..1024, got {self.crop_size}")
+        if not self.rotations or any(a % 90 for a in self.rotations):
+            raise ConfigError(f"rotations must be multiples of 90 degrees, got {self.rotations}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.max_pixels < 1:

@@ -15,7 +15,13 @@ from idmrag_plugin.calibration import thresholds_for
 from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.engine.align import AlignedFace, align_face
 from idmrag_plugin.engine.blend import paste_face, region_of
-from idmrag_plugin.engine.detect import DlibHOGDetector, FaceDetector, MTCNNDetector, UnionDetector
+from idmrag_plugin.engine.detect import (
+    DlibHOGDetector,
+    FaceDetector,
+    MTCNNDetector,
+    RotatingDetector,
+    UnionDetector,
+)
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.obfuscate import obfuscate_region, obfuscation_mask
 from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, build_oracle, cosine
@@ -52,7 +58,8 @@ class FaceAnonymizer:
         config: engine settings; defaults to :class:`AnonymizerConfig()`.
         generator: makes replacement faces. Without one, every detected face is
             irreversibly obfuscated (and the report says so).
-        detector: overrides the detector built from ``config``.
+        detector: overrides the detector built from ``config`` (``config.rotations`` still
+            applies to it).
         oracles: override the oracles built from ``config.oracles``.
         thresholds: override the shipped calibrated thresholds, by oracle name.
     """
@@ -70,6 +77,8 @@ class FaceAnonymizer:
         self.generator = generator
         self.device = resolve_device(self.config.device)
         self.detector = detector or self._build_detector()
+        if set(self.config.rotations) != {0}:
+            self.detector = RotatingDetector(self.detector, self.config.rotations)
         self.oracles = list(oracles) if oracles is not None else [
             build_oracle(name, self.device, self.config.cache_dir) for name in self.config.oracles
         ]

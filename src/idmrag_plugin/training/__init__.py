@@ -1,0 +1,1 @@
+"""Data preparation and training entry points (need the research datasets)."""

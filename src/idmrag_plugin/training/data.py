@@ -1,0 +1,139 @@
+"""``idmrag prepare-data``: detect and align every face of image folders into one dataset.
+
+Output (a single ``.npz``): ``crops`` (N, S, S, 3) uint8 canonical crops, ``identity``
+(int, -1 when unknown), ``names`` (identity names), ``split`` ("train"/"val": LFW
+identities are split by a hash of their name, so validation identities are never seen in
+training), ``age`` and ``gender`` (-1 when unknown), ``source`` (relative path) and each
+oracle's embedding of the face (``emb_<oracle>``), computed from the original photo.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from idmrag_plugin.engine.align import align_face
+from idmrag_plugin.engine.detect import FaceDetector, central_face
+from idmrag_plugin.engine.oracles import FaceOracle
+from idmrag_plugin.errors import IdmragError
+from idmrag_plugin.image_io import load_rgb
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".pgm", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    identity: str | None = None
+    age: int = -1
+    gender: int = -1
+
+
+def validation_identity(name: str, fraction: float = 0.1) -> bool:
+    """Deterministic identity-level split: about ``fraction`` of identities are held out."""
+    return hashlib.sha256(f"val:{name}".encode()).digest()[0] < 256 * fraction
+
+
+def lfw_samples(root: Path) -> list[Sample]:
+    images = root / "images" if (root / "images").is_dir() else root
+    return [
+        Sample(p, identity=p.parent.name)
+        for p in sorted(images.glob("*/*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+def utkface_samples(root: Path) -> list[Sample]:
+    labels = {}
+    with open(root / "labels.csv", newline="") as handle:
+        for row in csv.reader(handle):
+            if row and row[0] != "file":
+                labels[row[0]] = (int(row[1]), int(row[2]))
+    return [
+        Sample(root / "images" / name, age=age, gender=gender)
+        for name, (age, gender) in sorted(labels.items())
+        if (root / "images" / name).is_file()
+    ]
+
+
+def folder_samples(root: Path) -> list[Sample]:
+    return [Sample(p) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def samples_for(path: Path) -> list[Sample]:
+    """LFW (identity folders), UTKFace (labels.csv) or any folder of photos."""
+    if (path / "labels.csv").is_file():
+        return utkface_samples(path)
+    if (path / "pairs.txt").is_file() or (path / "images").is_dir():
+        return lfw_samples(path)
+    return folder_samples(path)
+
+
+def prepare_dataset(
+    sources: list[Path],
+    output: Path,
+    detector: FaceDetector,
+    oracles: list[FaceOracle],
+    size: int = 128,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Align the central face of every photo and save the dataset; returns counts."""
+    from tqdm import tqdm
+
+    samples = [s for src in sources for s in samples_for(Path(src))]
+    if limit:
+        samples = samples[:limit]
+    if not samples:
+        raise IdmragError(f"no images found under {', '.join(map(str, sources))}")
+    names = sorted({s.identity for s in samples if s.identity})
+    index = {n: i for i, n in enumerate(names)}
+    crops, ids, ages, genders, splits, paths = [], [], [], [], [], []
+    embeddings: dict[str, list[np.ndarray]] = {o.name: [] for o in oracles}
+    skipped = 0
+    for sample in tqdm(samples, desc="aligning faces", disable=not progress):
+        try:
+            image = load_rgb(sample.path, 50_000_000)
+        except IdmragError as exc:
+            logger.warning("skipping %s: %s", sample.path, exc)
+            skipped += 1
+            continue
+        face = central_face(detector.detect(image), image.shape)
+        if face is None:
+            skipped += 1
+            continue
+        try:
+            crops.append(align_face(image, face.landmarks, size).crop)
+        except ValueError:
+            skipped += 1
+            continue
+        for oracle in oracles:
+            embeddings[oracle.name].append(oracle.embed_faces(image, [face.landmarks])[0])
+        ids.append(index[sample.identity] if sample.identity else -1)
+        ages.append(sample.age)
+        genders.append(sample.gender)
+        splits.append("val" if sample.identity and validation_identity(sample.identity) else "train")
+        paths.append(str(sample.path))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        output,
+        crops=np.stack(crops),
+        identity=np.array(ids, np.int32),
+        names=np.array(names),
+        age=np.array(ages, np.int16),
+        gender=np.array(genders, np.int8),
+        split=np.array(splits),
+        source=np.array(paths),
+        **{f"emb_{k}": np.stack(v).astype(np.float32) for k, v in embeddings.items()},
+    )
+    counts = {"faces": len(crops), "skipped": skipped, "identities": len(names),
+              "val_faces": splits.count("val")}
+    logger.info("wrote %s: %s", output, counts)
+    return counts
