@@ -112,3 +112,34 @@ def scenes() -> Path:
     if not (root / "training.xml").is_file():
         pytest.skip(f"scenes not found at {root}: set IDMRAG_SHARED_DATA to the shared data folder")
     return root
+
+
+@pytest.fixture(scope="session")
+def http_image(astronaut):
+    """URL of the astronaut JPEG served by a local HTTP server."""
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(astronaut).save(buffer, "JPEG", quality=95)
+    payload = buffer.getvalue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/astronaut.jpg"
+    server.shutdown()

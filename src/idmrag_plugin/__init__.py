@@ -14,6 +14,7 @@ from idmrag_plugin.errors import (
     ConfigError,
     IdmragError,
     ImageTooLargeError,
+    ImageWithheldError,
     InvalidImageError,
     ModelLoadError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "GenerationRequest",
     "IdmragError",
     "ImageTooLargeError",
+    "ImageWithheldError",
     "InvalidImageError",
     "ModelLoadError",
     "OracleVerdict",

@@ -36,3 +36,8 @@ class AnonymizationFailedError(IdmragError, RuntimeError):
     def __init__(self, message: str, result: object = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class ImageWithheldError(IdmragError):
+    """An image could not be handed on safely and was withheld (e.g. the policy dropped it,
+    or it was given only by URL and fetching is off)."""
