@@ -168,10 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--limit", type=int, default=None)
     prep.add_argument("-q", "--quiet", action="store_true")
     prep.set_defaults(func=cmd_prepare_data)
+
+    # Listed for --help; main() hands its arguments to the training module's own parser.
+    sub.add_parser("train-codes", help="train the identity student and the disentangled VAE (see --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-codes"]:
+        from idmrag_plugin.training.train_codes import main as train_main
+
+        train_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

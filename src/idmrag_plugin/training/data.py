@@ -137,3 +137,42 @@ def prepare_dataset(
               "val_faces": splits.count("val")}
     logger.info("wrote %s: %s", output, counts)
     return counts
+
+
+def pack_dataset(source: Path, output: Path, size: int = 64, quality: int = 90, split: str = "train") -> dict[str, int]:
+    """A compact copy of a prepared dataset for moving to another machine: crops resized to
+    ``size`` and JPEG-encoded into one byte buffer, embeddings as float16."""
+    import cv2
+
+    data = np.load(source, allow_pickle=False)
+    keep = data["split"] == split
+    chunks, offsets = [], [0]
+    for crop in data["crops"][keep]:
+        small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise IdmragError("JPEG encoding failed")
+        chunks.append(encoded.ravel())
+        offsets.append(offsets[-1] + encoded.size)
+    np.savez(
+        output,
+        jpeg=np.concatenate(chunks),
+        offsets=np.array(offsets, np.int64),
+        identity=data["identity"][keep],
+        split=data["split"][keep],
+        emb_facenet=data["emb_facenet"][keep].astype(np.float16),
+    )
+    return {"faces": int(keep.sum()), "bytes": int(output.stat().st_size)}
+
+
+def unpack_crops(data: np.lib.npyio.NpzFile) -> np.ndarray:
+    """RGB uint8 crops from a dataset written by :func:`prepare_dataset` or :func:`pack_dataset`."""
+    if "crops" in data.files:
+        return data["crops"]
+    import cv2
+
+    buffer, offsets = data["jpeg"], data["offsets"]
+    return np.stack([
+        cv2.cvtColor(cv2.imdecode(buffer[a:b], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+    ])

@@ -1,0 +1,200 @@
+"""Manifold-aware rejection sampler of replacement identity codes.
+
+A replacement z_id' is drawn from a Gaussian mixture fitted to the training identities'
+codes and accepted only when it is
+
+* distinct: its cosine similarity to the original's code is below ``distinct_cos`` (the
+  similarity that only 1% of different-person training pairs exceed);
+* realistic: its log-density under the mixture is above ``density_floor`` (the 5th
+  percentile of the training codes' own log-densities), i.e. on the identity manifold;
+* nobody real: its cosine similarity to every training identity's mean code is below
+  ``distinct_cos`` too;
+* attribute-keeping: where linear probes of perceived gender and age band exist, the
+  candidate's predictions match the original's.
+
+Pseudonyms are consistent: the same key (derived from a secret and the original's code)
+gives the same sequence of candidates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+AGE_BANDS = (0, 13, 20, 35, 55, 200)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class SampleInfo:
+    tries: int
+    accepted: bool
+    cos_to_original: float
+    log_density: float
+    max_cos_to_training: float
+    seconds: float
+
+
+class IdentitySampler:
+    """Diagonal Gaussian mixture over z_id with rejection (see the module docstring)."""
+
+    def __init__(
+        self,
+        weights: np.ndarray,
+        means: np.ndarray,
+        variances: np.ndarray,
+        identity_means: np.ndarray,
+        distinct_cos: float,
+        density_floor: float,
+        gender_probe: np.ndarray | None = None,
+        age_probe: np.ndarray | None = None,
+    ) -> None:
+        self.weights = np.asarray(weights, np.float64)
+        self.means = np.asarray(means, np.float64)
+        self.variances = np.asarray(variances, np.float64)
+        self.identity_means = _normalise(np.asarray(identity_means, np.float64))
+        self.distinct_cos = float(distinct_cos)
+        self.density_floor = float(density_floor)
+        self.gender_probe = None if gender_probe is None else np.asarray(gender_probe, np.float64)
+        self.age_probe = None if age_probe is None else np.asarray(age_probe, np.float64)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        codes: np.ndarray,
+        labels: np.ndarray,
+        components: int = 16,
+        gender: np.ndarray | None = None,
+        age: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> IdentitySampler:
+        """Fit on training codes; ``labels`` < 0 means unknown identity."""
+        from sklearn.mixture import GaussianMixture
+
+        codes = np.asarray(codes, np.float64)
+        gmm = GaussianMixture(components, covariance_type="diag", random_state=seed, reg_covar=1e-4).fit(codes)
+        known = labels >= 0
+        ids = np.unique(labels[known])
+        identity_means = np.stack([codes[labels == i].mean(axis=0) for i in ids])
+        # Different-person similarity at FAR 1e-2 among identity means.
+        normed = _normalise(identity_means)
+        rng = np.random.default_rng(seed)
+        a, b = rng.integers(0, len(ids), (2, 200_000))
+        cross = np.sum(normed[a[a != b]] * normed[b[a != b]], axis=1)
+        distinct_cos = float(np.quantile(cross, 0.99))
+        floor = float(np.quantile(gmm.score_samples(codes), 0.05))
+        probes = {}
+        for name, target in (("gender", gender), ("age", age)):
+            if target is None:
+                continue
+            have = target >= 0
+            if have.sum() < 50:
+                continue
+            x = np.hstack([codes[have], np.ones((have.sum(), 1))])
+            y = target[have].astype(np.float64)
+            if name == "age":
+                y = np.log1p(y)
+            else:
+                y = y * 2.0 - 1.0
+            probes[name] = np.linalg.lstsq(x.T @ x + 1e-2 * np.eye(x.shape[1]), x.T @ y, rcond=None)[0]
+        return cls(gmm.weights_, gmm.means_, gmm.covariances_, identity_means, distinct_cos, floor,
+                   probes.get("gender"), probes.get("age"))
+
+    # ------------------------------------------------------------------ density
+    def log_density(self, z: np.ndarray) -> np.ndarray:
+        z = np.atleast_2d(z)
+        diff = z[:, None, :] - self.means[None]
+        log_comp = -0.5 * (np.sum(diff**2 / self.variances[None], axis=2)
+                           + np.sum(np.log(2 * np.pi * self.variances), axis=1)[None])
+        log_comp += np.log(self.weights)[None]
+        peak = log_comp.max(axis=1, keepdims=True)
+        return (peak + np.log(np.exp(log_comp - peak).sum(axis=1, keepdims=True)))[:, 0]
+
+    def _attributes(self, z: np.ndarray) -> tuple[int | None, int | None]:
+        x = np.append(z, 1.0)
+        gender = None if self.gender_probe is None else int(x @ self.gender_probe > 0)
+        age = None
+        if self.age_probe is not None:
+            years = float(np.expm1(x @ self.age_probe))
+            age = int(np.searchsorted(AGE_BANDS, years, side="right"))
+        return gender, age
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, original: np.ndarray, key: bytes, max_tries: int = 256) -> tuple[np.ndarray, SampleInfo]:
+        """A replacement code for ``original``; the same ``key`` gives the same answer.
+
+        When no candidate passes within ``max_tries`` the last candidate that was at least
+        distinct is returned with ``accepted=False`` (the oracle check downstream still
+        decides whether the face may be used).
+        """
+        start = time.perf_counter()
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+        target = self._attributes(original)
+        original_unit = _normalise(original)
+        fallback: tuple[np.ndarray, float, float, float] | None = None
+        for tries in range(1, max_tries + 1):
+            k = rng.choice(len(self.weights), p=self.weights)
+            z = self.means[k] + rng.standard_normal(self.means.shape[1]) * np.sqrt(self.variances[k])
+            unit = _normalise(z)
+            cos_orig = float(unit @ original_unit)
+            if cos_orig >= self.distinct_cos:
+                continue
+            density = float(self.log_density(z)[0])
+            max_real = float(np.max(self.identity_means @ unit))
+            fallback = (z, cos_orig, density, max_real)
+            if density < self.density_floor or max_real >= self.distinct_cos:
+                continue
+            gender, age = self._attributes(z)
+            if (target[0] is not None and gender != target[0]) or (
+                target[1] is not None and age is not None and abs(age - target[1]) > 0
+            ):
+                continue
+            return z.astype(np.float32), SampleInfo(tries, True, cos_orig, density, max_real, time.perf_counter() - start)
+        if fallback is None:
+            z = -original
+            fallback = (z, -1.0, float(self.log_density(z)[0]), float(np.max(self.identity_means @ _normalise(z))))
+        z, cos_orig, density, max_real = fallback
+        return np.asarray(z, np.float32), SampleInfo(max_tries, False, cos_orig, density, max_real, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        tensors = {
+            "weights": self.weights, "means": self.means, "variances": self.variances,
+            "identity_means": self.identity_means,
+            "distinct_cos": np.array([self.distinct_cos]), "density_floor": np.array([self.density_floor]),
+        }
+        if self.gender_probe is not None:
+            tensors["gender_probe"] = self.gender_probe
+        if self.age_probe is not None:
+            tensors["age_probe"] = self.age_probe
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> IdentitySampler:
+        from safetensors.numpy import load_file
+
+        t = load_file(str(path))
+        return cls(t["weights"], t["means"], t["variances"], t["identity_means"],
+                   float(t["distinct_cos"][0]), float(t["density_floor"][0]),
+                   t.get("gender_probe"), t.get("age_probe"))
+
+
+def pseudonym_key(secret: bytes, embedding: np.ndarray, attempt: int) -> bytes:
+    """Keyed, deterministic per-face key: the same face (embedding) and secret give the same
+    replacement; a different secret unlinks them."""
+    quantised = np.round(_normalise(np.asarray(embedding, np.float64)) * 8).astype(np.int8).tobytes()
+    return hmac.new(secret, quantised + attempt.to_bytes(2, "little"), hashlib.sha256).digest()

@@ -1,0 +1,218 @@
+"""``idmrag train-codes``: distil the identity student, then train the disentangled VAE.
+
+Runs on a CPU (small ``--base-channels``) or a GPU, within a time budget, writing a
+checkpoint every ``--checkpoint-every`` steps and resuming from it. Input: the ``.npz``
+written by ``idmrag prepare-data`` (``crops``, ``emb_facenet``, ``identity``, ``split``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
+from idmrag_plugin.engine.identity_student import IdentityStudent
+from idmrag_plugin.training.data import unpack_crops
+from idmrag_plugin.training.losses import CLUBEstimator, cosine_loss, gaussian_kl, supervised_contrastive
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS = {
+    "rec": 1.0, "kl_id": 1e-3, "kl_attr": 3e-3, "id_sup": 1.0, "id_dec": 0.5,
+    "swap_id": 0.5, "swap_cycle": 0.5, "club": 0.05, "supcon": 0.2,
+}
+
+
+class FaceData:
+    """The training split on the device as uint8 tensors, sampled with identity pairs."""
+
+    def __init__(self, path: Path, size: int, device: torch.device, split: str = "train") -> None:
+        data = np.load(path, allow_pickle=False)
+        keep = data["split"] == split
+        crops = unpack_crops(data)[keep]
+        if crops.shape[1] != size:
+            import cv2
+
+            crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
+        self.images = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous().to(device)
+        self.embeddings = torch.from_numpy(data["emb_facenet"][keep].astype(np.float32)).to(device)
+        self.labels = torch.from_numpy(data["identity"][keep].astype(np.int64)).to(device)
+        labels = self.labels.cpu().numpy()
+        groups: dict[int, list[int]] = {}
+        for i, label in enumerate(labels):
+            if label >= 0:
+                groups.setdefault(int(label), []).append(i)
+        self.pairs = [g for g in groups.values() if len(g) >= 2]
+        self.device = device
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batch(self, size: int, generator: np.random.Generator) -> tuple[torch.Tensor, ...]:
+        half = size // 2
+        index = list(generator.integers(0, len(self), size - 2 * (half // 2)))
+        for group in generator.choice(len(self.pairs), half // 2, replace=False):
+            index += list(generator.choice(self.pairs[group], 2, replace=False))
+        idx = torch.as_tensor(index, device=self.device)
+        x = self.images[idx].float() / 127.5 - 1.0
+        return x, self.embeddings[idx], self.labels[idx]
+
+
+def _checkpoint(path: Path, **state: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(args: argparse.Namespace) -> dict[str, float]:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    data = FaceData(Path(args.data), args.size, device)
+    logger.info("training on %d faces (%d identities with pairs) on %s", len(data), len(data.pairs), device)
+    config = CodesConfig(image_size=args.size, base_channels=args.base_channels, id_dim=args.id_dim,
+                         attr_channels=args.attr_channels, attr_size=args.attr_size)
+    vae = DisentangledFaceVAE(config).to(device)
+    student = IdentityStudent(width=args.student_width).to(device)
+    club = CLUBEstimator(config.attr_channels * config.attr_size**2, config.id_dim).to(device)
+    opt_student = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=1e-4)
+    opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=1e-4)
+    opt_club = torch.optim.Adam(club.parameters(), lr=1e-3)
+    state = {"student_step": 0, "vae_step": 0}
+    ckpt = Path(args.checkpoint or out / "checkpoint.pt")
+    if ckpt.is_file():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        vae.load_state_dict(saved["vae"])
+        student.load_state_dict(saved["student"])
+        club.load_state_dict(saved["club"])
+        opt_vae.load_state_dict(saved["opt_vae"])
+        opt_student.load_state_dict(saved["opt_student"])
+        opt_club.load_state_dict(saved["opt_club"])
+        state = saved["state"]
+        logger.info("resumed from %s at %s", ckpt, state)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    deadline = time.time() + args.minutes * 60
+    student_deadline = time.time() + args.minutes * 60 * args.student_share
+    log: dict[str, float] = {}
+
+    def save() -> None:
+        _checkpoint(ckpt, vae=vae.state_dict(), student=student.state_dict(), club=club.state_dict(),
+                    opt_vae=opt_vae.state_dict(), opt_student=opt_student.state_dict(),
+                    opt_club=opt_club.state_dict(), state=state, config=asdict(config))
+
+    # Phase 1: the identity student mimics FaceNet's embedding at training resolution.
+    student.train()
+    while state["student_step"] < args.student_steps and time.time() < student_deadline:
+        x, e, _ = data.batch(args.batch, rng)
+        x = torch.where(torch.rand(x.shape[0], 1, 1, 1, device=device) < 0.5, x, x.flip(3))
+        with autocast:
+            loss = cosine_loss(student(x).float(), e)
+        opt_student.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_student.step()
+        state["student_step"] += 1
+        if state["student_step"] % 100 == 0:
+            logger.info("student step %d loss %.4f", state["student_step"], loss.item())
+            log["student_loss"] = loss.item()
+        if state["student_step"] % args.checkpoint_every == 0:
+            save()
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+
+    # Phase 2: the disentangled VAE.
+    vae.train()
+    start = time.time()
+    while state["vae_step"] < args.steps and time.time() < deadline:
+        x, e, labels = data.batch(args.batch, rng)
+        with autocast:
+            o = vae(x)
+            recon = o["recon"].float()
+            perm = torch.roll(torch.arange(x.shape[0], device=device), 1)
+            swap = vae.decode(o["z_id"], o["z_attr"][perm]).float()
+            swap_codes = vae.encode(swap)
+            terms = {
+                "rec": F.l1_loss(recon, x) + F.mse_loss(recon, x),
+                "kl_id": gaussian_kl(o["id_mu"].float(), o["id_logvar"].float()),
+                "kl_attr": gaussian_kl(o["attr_mu"].float(), o["attr_logvar"].float()),
+                "id_sup": cosine_loss(vae.id_to_embedding(o["id_mu"]).float(), e),
+                "id_dec": cosine_loss(student(recon).float(), e),
+                # the identity of the decoded face must not move with z_attr ...
+                "swap_id": cosine_loss(student(swap).float(), e),
+                # ... and the attributes must not move with z_id
+                "swap_cycle": F.mse_loss(swap_codes[2].float(), o["attr_mu"][perm].detach().float())
+                + F.mse_loss(swap_codes[0].float(), o["id_mu"].detach().float()),
+                "club": club(o["z_attr"].float(), o["z_id"].float()),
+                "supcon": supervised_contrastive(o["id_mu"].float(), labels),
+            }
+            loss = sum(WEIGHTS[k] * v for k, v in terms.items())
+        opt_vae.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
+        opt_vae.step()
+        club_loss = club.learning_loss(o["z_attr"].float(), o["z_id"].float())
+        opt_club.zero_grad(set_to_none=True)
+        club_loss.backward()
+        opt_club.step()
+        state["vae_step"] += 1
+        if state["vae_step"] % 100 == 0:
+            rate = 100 * args.batch / max(time.time() - start, 1e-6)
+            start = time.time()
+            logger.info("vae step %d %s (%.0f img/s)", state["vae_step"],
+                        " ".join(f"{k}={v.item():.4f}" for k, v in terms.items()), rate)
+            log.update({k: float(v.item()) for k, v in terms.items()})
+        if state["vae_step"] % args.checkpoint_every == 0:
+            save()
+    save()
+    vae.eval()
+    vae.save_pretrained(out / "codes_vae", dtype=torch.float16)
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.cpu()
+               for k, v in student.state_dict().items()},
+              str(out / "identity_student.safetensors"))
+    summary = {**state, **log}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idmrag train-codes", description=__doc__)
+    parser.add_argument("--data", required=True, help=".npz from idmrag prepare-data")
+    parser.add_argument("--output", default="runs/codes")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--base-channels", type=int, default=32)
+    parser.add_argument("--id-dim", type=int, default=128)
+    parser.add_argument("--attr-channels", type=int, default=4)
+    parser.add_argument("--attr-size", type=int, default=8)
+    parser.add_argument("--student-width", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--student-steps", type=int, default=3000)
+    parser.add_argument("--student-share", type=float, default=0.15, help="share of the time budget")
+    parser.add_argument("--minutes", type=float, default=60.0, help="time budget")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint file (default OUTPUT/checkpoint.pt)")
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
