@@ -16,7 +16,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from idmrag_plugin import FaceAnonymizer, FaceGenerator, GenerationRequest
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.align import align_face
 
 
@@ -63,7 +63,13 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }
-    for engine_name, engine in (("obfuscate (default engine)", base), ("generate + verify (2 oracles)", swap)):
+    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode"), detector=base.detector, oracles=base.oracles)
+    engines = (
+        ("obfuscate (default engine)", base),
+        ("fixed other face + verify (2 oracles)", swap),
+        ("vae-decode + verify (2 oracles)", vae),
+    )
+    for engine_name, engine in engines:
         for image_name, image in (("250x250 one face", one_face), (f"{scene.shape[1]}x{scene.shape[0]} scene", scene)):
             key = f"{engine_name} | {image_name}"
             results[key] = measure(engine, image, args.repeats)

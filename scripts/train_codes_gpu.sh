@@ -11,5 +11,5 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 -m idmrag_plugin.training.train_codes \
   --data gpu_data/faces64_train.npz --output "$OUT" --checkpoint /tmp/codes_checkpoint.pt \
-  --size 64 --base-channels 32 --batch ${BATCH:-256} --lr 5e-4 --minutes "$MINUTES" \
+  --size 64 --base-channels 32 --batch ${BATCH:-256} --lr 2e-4 --minutes "$MINUTES" \
   --student-steps 6000 --student-share 0.2 --checkpoint-every 2000 2>&1 | tee "$OUT/train.log"

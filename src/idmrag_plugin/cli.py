@@ -69,6 +69,7 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
+        generator=args.generator,
         output_format=args.format,
         device=args.device,
     )
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     anon.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     anon.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
     anon.add_argument("--max-attempts", type=int, default=3)
+    anon.add_argument("--generator", default="none", choices=["none", "vae-decode"],
+                      help="none: obfuscate every face; vae-decode: replace identities (experimental)")
     anon.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"])
     anon.add_argument("--device", default="auto")
     anon.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help; main() hands its arguments to the training module's own parser.
     sub.add_parser("train-codes", help="train the identity student and the disentangled VAE (see --help)")
+    sub.add_parser("fit-sampler", help="fit the replacement-identity sampler on the trained codes (see --help)")
     return parser
 
 
@@ -180,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from idmrag_plugin.training.train_codes import main as train_main
 
         train_main(argv[1:])
+        return 0
+    if argv[:1] == ["fit-sampler"]:
+        from idmrag_plugin.training.fit_sampler import main as fit_main
+
+        fit_main(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,7 @@ DETECTORS = ("mtcnn", "mtcnn+hog")
 ORACLES = ("dlib", "facenet")
 PRIVACY_LEVELS = ("far1e-2", "far1e-3")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
+GENERATORS = ("none", "vae-decode")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class AnonymizerConfig:
         privacy_level: ``"far1e-2"`` (default) or ``"far1e-3"``: a replaced face must be less
             similar to the original than all but this fraction of different-person pairs.
             ``far1e-3`` is stricter.
+        generator: ``"none"`` (every face is irreversibly obfuscated) or ``"vae-decode"``
+            (the packaged identity-code autoencoder draws a replacement identity); a
+            generator object passed to the engine takes precedence.
         max_attempts: generator attempts per face before the failure policy applies.
         on_failure: ``"obfuscate"`` (irreversibly fill the face), ``"drop"`` (withhold the
             image) or ``"raise"`` (:class:`~idmrag_plugin.errors.AnonymizationFailedError`).
@@ -50,6 +54,7 @@ class AnonymizerConfig:
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"
+    generator: str = "none"
     max_attempts: int = 3
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000
@@ -62,6 +67,7 @@ class AnonymizerConfig:
         _choice("detector", self.detector, DETECTORS)
         _choice("privacy_level", self.privacy_level, PRIVACY_LEVELS)
         _choice("on_failure", self.on_failure, FAILURE_POLICIES)
+        _choice("generator", self.generator, GENERATORS)
         _choice("output_format", self.output_format.upper(), OUTPUT_FORMATS)
         if not self.oracles:
             raise ConfigError("oracles: at least one oracle is required; privacy fails closed")

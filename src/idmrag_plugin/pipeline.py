@@ -74,8 +74,8 @@ class FaceAnonymizer:
         thresholds: Mapping[str, float] | None = None,
     ) -> None:
         self.config = config or AnonymizerConfig()
-        self.generator = generator
         self.device = resolve_device(self.config.device)
+        self.generator = generator if generator is not None else self._build_generator()
         self.detector = detector or self._build_detector()
         if set(self.config.rotations) != {0}:
             self.detector = RotatingDetector(self.detector, self.config.rotations)
@@ -90,6 +90,14 @@ class FaceAnonymizer:
             if thresholds is not None
             else thresholds_for(self.config.privacy_level, names)
         )
+
+    def _build_generator(self) -> FaceGenerator | None:
+        if self.config.generator == "vae-decode":
+            from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+            from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
+
+            return VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
+        return None
 
     def _build_detector(self) -> FaceDetector:
         mtcnn = MTCNNDetector(

@@ -72,3 +72,28 @@ def load_facenet(directory: Path | None = None):  # noqa: ANN201 - torch is impo
     if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
         raise ModelLoadError(f"{path} does not hold FaceNet weights; delete it to reconvert")
     return model
+
+
+CODES_VAE_DIR = "codes_vae"
+SAMPLER_FILE = "identity_sampler.safetensors"
+
+
+MANIFEST_FILE = "weights_manifest.json"
+
+
+def packaged(name: str) -> Path:
+    """A weights file or folder shipped inside the package (``idmrag_plugin/data``), its
+    sha256 checked against the package's manifest (folders carry their own in config.json)."""
+    import json
+    from importlib import resources
+
+    data = Path(str(resources.files("idmrag_plugin.data")))
+    path = data / name
+    if not path.exists():
+        raise ModelLoadError(f"packaged weights {name!r} are missing from {data}; reinstall idmrag-plugin")
+    if path.is_file():
+        manifest = json.loads((data / MANIFEST_FILE).read_text())
+        expected = manifest.get(name)
+        if expected is None or sha256_of(path) != expected:
+            raise ModelLoadError(f"packaged weights {path} do not match the manifest's sha256; reinstall idmrag-plugin")
+    return path

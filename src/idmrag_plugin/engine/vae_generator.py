@@ -73,8 +73,8 @@ class VAEDecodeGenerator(FaceGenerator):
         assert self._model is not None
         with torch.inference_mode():
             y = self._model.decode(
-                torch.as_tensor(np.atleast_2d(z_id), device=self.device).float(),
-                torch.as_tensor(z_attr, device=self.device).float().reshape(-1, *self._attr_shape()),
+                torch.as_tensor(np.ascontiguousarray(np.atleast_2d(z_id)), device=self.device).float(),
+                torch.as_tensor(np.ascontiguousarray(z_attr), device=self.device).float().reshape(-1, *self._attr_shape()),
             )
         images = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         return np.stack([cv2.resize(im, (out_size, out_size), interpolation=cv2.INTER_CUBIC) for im in images])
