@@ -134,6 +134,22 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anonymize_corpus(args: argparse.Namespace) -> int:
+    from idmrag_plugin.config import AnonymizerConfig
+    from idmrag_plugin.corpus import anonymize_corpus
+
+    config = AnonymizerConfig(
+        detector=args.detector, min_face_size=args.min_face_size, privacy_level=args.privacy_level,
+        on_failure=args.on_failure, generator=args.generator, output_format=args.format, device=args.device,
+    )
+    summary = anonymize_corpus(
+        args.src, args.dst, config, address=args.address, actors=args.actors, batch_size=args.batch_size,
+        num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor, limit=args.limit,
+    )
+    print(json.dumps(summary.to_dict(), indent=2))
+    return 1 if summary.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idmrag", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -162,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("-o", "--output", default="calibration.json")
     cal.add_argument("-q", "--quiet", action="store_true")
     cal.set_defaults(func=cmd_calibrate)
+
+    corpus = sub.add_parser("anonymize-corpus", help="anonymize an image corpus with Ray Data (resumable)")
+    corpus.add_argument("src", help="folder of images, or a text file of image paths/URLs")
+    corpus.add_argument("dst", help="output folder: images/, records/, report.parquet")
+    corpus.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
+    corpus.add_argument("--actors", type=int, default=1, help="actor pool size (each loads the models once)")
+    corpus.add_argument("--batch-size", type=int, default=8)
+    corpus.add_argument("--cpus-per-actor", type=float, default=1.0)
+    corpus.add_argument("--gpus-per-actor", type=float, default=0.0)
+    corpus.add_argument("--limit", type=int, default=None, help="process at most this many remaining images")
+    corpus.add_argument("--detector", default="mtcnn", choices=["mtcnn", "mtcnn+hog"])
+    corpus.add_argument("--min-face-size", type=int, default=20)
+    corpus.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
+    corpus.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
+    corpus.add_argument("--generator", default="none", choices=["none", "vae-decode"])
+    corpus.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"])
+    corpus.add_argument("--device", default="auto")
+    corpus.set_defaults(func=cmd_anonymize_corpus)
 
     prep = sub.add_parser("prepare-data", help="align every face of image folders into a training dataset")
     prep.add_argument("sources", nargs="+", help="LFW folder, UTKFace folder or any folder of photos")

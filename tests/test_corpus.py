@@ -1,0 +1,68 @@
+"""Corpus anonymization on a local Ray runtime: complete, fail-closed, resumable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="install the ray extra")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from idmrag_plugin.corpus import anonymize_corpus, list_sources  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, astronaut, camera, no_face_image):
+    src = tmp_path_factory.mktemp("corpus")
+    (src / "people").mkdir()
+    Image.fromarray(astronaut).save(src / "people" / "astronaut.jpg", quality=95)
+    Image.fromarray(camera).save(src / "people" / "camera.png")
+    Image.fromarray(no_face_image).save(src / "cup.jpg")
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+    Image.fromarray(rgba).save(src / "people" / "astronaut_rgba.png")
+    (src / "truncated.jpg").write_bytes((src / "people" / "astronaut.jpg").read_bytes()[:2000])
+    (src / "empty.png").write_bytes(b"")
+    (src / "notes.png").write_text("this is text, not a picture")
+    (src / "readme.txt").write_text("not listed: not an image suffix")
+    yield src
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_list_file_of_paths_and_urls(tmp_path, corpus):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# comment\n{corpus / 'cup.jpg'}\nhttps://example.org/a/b/photo.jpg\n\n")
+    items = list_sources(listing)
+    assert [i.source for i in items] == [str(corpus / "cup.jpg"), "https://example.org/a/b/photo.jpg"]
+    assert items[1].relative.startswith("urls/") and items[1].relative.endswith("_photo")
+
+
+def test_corpus_is_complete_fail_closed_and_resumable(tmp_path, corpus, astronaut):
+    dst = tmp_path / "out"
+    first = anonymize_corpus(corpus, dst, limit=3, batch_size=2)
+    assert first.total == 7 and first.processed == 3 and first.skipped == 0
+    done_first = {p.name: p.stat().st_mtime_ns for p in (dst / "records").glob("*.json")}
+    assert len(done_first) == 3
+
+    second = anonymize_corpus(corpus, dst, actors=2, batch_size=2)  # the interrupted run's rest
+    assert second.skipped == 3 and second.processed == 4
+    for name, mtime in done_first.items():  # nothing done twice
+        assert (dst / "records" / name).stat().st_mtime_ns == mtime
+
+    rows = {r["source"].split("/")[-1]: r for r in pq.read_table(dst / "report.parquet").to_pylist()}
+    assert len(rows) == 7
+    for bad in ("truncated.jpg", "empty.png", "notes.png"):
+        assert rows[bad]["status"] == "error" and rows[bad]["output"] is None and rows[bad]["error"]
+    assert rows["cup.jpg"]["status"] == "no_faces"
+    for good in ("astronaut.jpg", "camera.png", "astronaut_rgba.png"):
+        assert rows[good]["status"] == "anonymized" and "obfuscated" in rows[good]["methods"]
+    written = sorted(p.relative_to(dst / "images").as_posix() for p in (dst / "images").rglob("*.png"))
+    assert written == ["cup.png", "people/astronaut.png", "people/astronaut_rgba.png", "people/camera.png"]
+    out = np.asarray(Image.open(dst / "images" / "people" / "astronaut.png").convert("RGB")).astype(int)
+    face = (slice(90, 150), slice(195, 255))
+    assert np.abs(out[face] - astronaut[face]).mean() > 20  # no original face was written
+    assert not list(dst.rglob("*.tmp"))
+
+    third = anonymize_corpus(corpus, dst)
+    assert third.processed == 0 and third.skipped == 7
