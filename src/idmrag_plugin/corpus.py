@@ -213,7 +213,7 @@ def anonymize_corpus(
             CorpusWorker,
             fn_constructor_kwargs={"config": config_dict, "dst": str(dst)},
             batch_size=batch_size,
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=num_cpus,
             num_gpus=num_gpus,
         )
