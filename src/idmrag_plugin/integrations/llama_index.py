@@ -22,7 +22,7 @@ from typing import Any
 
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
-    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.events import BaseEvent
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -151,8 +151,8 @@ _FIELDS_DOC = dict(
 )
 
 
-class FaceAnonymizerPostprocessor(_AnonymizingComponent, BaseNodePostprocessor):
-    """Replace every face in retrieved image nodes before they reach the LLM."""
+class _AnonymizerSettings(BaseModel):
+    """Pydantic settings shared by the postprocessor and the transform."""
 
     fetch_urls: bool = Field(default=True, description=_FIELDS_DOC["fetch_urls"])
     timeout_s: float = Field(default=10.0, description=_FIELDS_DOC["timeout_s"])
@@ -165,6 +165,11 @@ class FaceAnonymizerPostprocessor(_AnonymizingComponent, BaseNodePostprocessor):
     def __init__(self, engine: FaceAnonymizer | None = None, **data: Any) -> None:
         super().__init__(**data)
         self._bridge = self._make_bridge(engine)
+
+
+class FaceAnonymizerPostprocessor(_AnonymizingComponent, _AnonymizerSettings, BaseNodePostprocessor):
+    """Replace every face in retrieved image nodes before they reach the LLM."""
+
 
     @classmethod
     def class_name(cls) -> str:
@@ -187,7 +192,7 @@ class FaceAnonymizerPostprocessor(_AnonymizingComponent, BaseNodePostprocessor):
         return out
 
 
-class FaceAnonymizerTransform(_AnonymizingComponent, TransformComponent):
+class FaceAnonymizerTransform(_AnonymizingComponent, _AnonymizerSettings, TransformComponent):
     """Ingestion-time anonymization for ``IngestionPipeline``.
 
     Run the pipeline with ``disable_cache=True``: LlamaIndex's ingestion cache keys on text
@@ -195,17 +200,6 @@ class FaceAnonymizerTransform(_AnonymizingComponent, TransformComponent):
     bytes, so cached nodes come back without their image.
     """
 
-    fetch_urls: bool = Field(default=True, description=_FIELDS_DOC["fetch_urls"])
-    timeout_s: float = Field(default=10.0, description=_FIELDS_DOC["timeout_s"])
-    max_bytes: int = Field(default=20_000_000, description=_FIELDS_DOC["max_bytes"])
-    output_format: str = Field(default="JPEG", description=_FIELDS_DOC["output_format"])
-    report_key: str = Field(default=REPORT_KEY, description=_FIELDS_DOC["report_key"])
-    location_keys: list[str] = Field(default_factory=lambda: list(LOCATION_KEYS), description=_FIELDS_DOC["location_keys"])
-    _bridge: AnonymizerBridge = PrivateAttr()
-
-    def __init__(self, engine: FaceAnonymizer | None = None, **data: Any) -> None:
-        super().__init__(**data)
-        self._bridge = self._make_bridge(engine)
 
     @classmethod
     def class_name(cls) -> str:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     sampler.save(Path(args.output))
     logger.info("sampler: distinct_cos=%.3f density_floor=%.1f", sampler.distinct_cos, sampler.density_floor)
-    print(json.dumps({"codes": len(codes), "distinct_cos": sampler.distinct_cos, "density_floor": sampler.density_floor}))
+    logger.info("fitted on %d codes", len(codes))
 
 
 if __name__ == "__main__":
