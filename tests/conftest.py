@@ -32,6 +32,16 @@ def no_face_image() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def photo(tmp_path_factory, astronaut) -> Path:
+    """The astronaut as a JPEG file on disk."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photos") / "astronaut.jpg"
+    Image.fromarray(astronaut).save(path, quality=95)
+    return path
+
+
+@pytest.fixture(scope="session")
 def engine() -> FaceAnonymizer:
     """The default engine: no generator, so every face is obfuscated."""
     return FaceAnonymizer()

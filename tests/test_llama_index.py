@@ -41,13 +41,6 @@ class ListRetriever(BaseRetriever):
 
 
 @pytest.fixture(scope="module")
-def photo(tmp_path_factory, astronaut):
-    path = tmp_path_factory.mktemp("photos") / "astronaut.jpg"
-    Image.fromarray(astronaut).save(path, quality=95)
-    return path
-
-
-@pytest.fixture(scope="module")
 def post(engine):
     return FaceAnonymizerPostprocessor(engine=engine)
 
