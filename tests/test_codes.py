@@ -139,6 +139,41 @@ def test_training_checkpoints_and_resumes(tmp_path):
     model = DisentangledFaceVAE.from_pretrained(tmp_path / "run" / "codes_vae")
     assert model.config.image_size == 32
 
+    # fine-tuning starts from the trained model (student phase skipped) with the penalties on
+    tuned = train(build_parser().parse_args(
+        argv[:3] + [str(tmp_path / "tuned")] + argv[4:]
+        + ["--steps", "2", "--init", str(tmp_path / "run"), "--weight", "attr_adv=1", "--weight", "club=0.01"]
+    ))
+    assert tuned["vae_step"] == 2 and tuned["student_step"] == 2 and "attr_adv" in tuned
+
+
+def test_training_refuses_unknown_loss_weights_and_mismatched_init(tmp_path, capsys):
+    from idmrag_plugin.training.train_codes import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--data", "x.npz", "--weight", "perceptual=1"])
+    assert "unknown loss 'perceptual'" in capsys.readouterr().err
+
+
+def test_attribute_adversary_measures_identity_leakage():
+    from idmrag_plugin.training.losses import AttributeIdentityAdversary
+
+    torch.manual_seed(0)
+    embeddings = torch.nn.functional.normalize(torch.randn(128, 16), dim=1)
+    leaky = torch.cat([embeddings, torch.randn(128, 4)], dim=1)  # z_attr that contains the identity
+    clean = torch.randn(128, 20)
+    scores = {}
+    for name, codes in (("leaky", leaky), ("clean", clean)):
+        adversary = AttributeIdentityAdversary(attr_dim=20, embedding_dim=16, hidden=64)
+        opt = torch.optim.Adam(adversary.parameters(), lr=3e-3)
+        for _ in range(300):
+            opt.zero_grad()
+            adversary.learning_loss(codes[:96], embeddings[:96]).backward()
+            opt.step()
+        with torch.no_grad():
+            scores[name] = float(adversary(codes[96:], embeddings[96:]))  # held-out rows
+    assert scores["leaky"] > 0.5 > scores["clean"]
+
 
 def test_packaged_vae_decode_engine_replaces_and_verifies(make_engine, astronaut, oracles):
     """The shipped codes model, through the whole engine: a generated face passes every oracle

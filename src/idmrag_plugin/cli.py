@@ -150,6 +150,33 @@ def cmd_anonymize_corpus(args: argparse.Namespace) -> int:
     return 1 if summary.errors else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from idmrag_plugin.bench import BenchConfig, run_benchmark
+    from idmrag_plugin.bench.reporting import write_results
+    from idmrag_plugin.pipeline import resolve_device
+
+    config = BenchConfig(
+        data=Path(args.data),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        limit=args.limit,
+        gallery_per_identity=args.gallery_per_identity,
+        consistency=args.consistency,
+        grid=args.grid,
+        oracles=tuple(o.strip() for o in args.oracles.split(",") if o.strip()),
+        privacy_level=args.privacy_level,
+        device=resolve_device(args.device),
+        seed=args.seed,
+        age_gender=not args.no_age_gender,
+        progress=not args.quiet,
+    )
+    results = run_benchmark(config)
+    paths = write_results(results, Path(args.output), args.stem)
+    print(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        logger.info("wrote %s: %s", kind, path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idmrag", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -196,6 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"])
     corpus.add_argument("--device", default="auto")
     corpus.set_defaults(func=cmd_anonymize_corpus)
+
+    from idmrag_plugin.bench.methods import DEFAULT_METHODS, METHODS
+
+    bench = sub.add_parser("bench", help="privacy, utility, realism and cost of every method vs baselines")
+    bench.add_argument("--data", default="../shared/data/lfw", help="folder of identity subfolders (LFW layout)")
+    bench.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                       help=f"comma-separated, from {', '.join(METHODS)}; NAME@STEPS for samplers with steps")
+    bench.add_argument("--limit", type=int, default=300, help="identities (each with 2+ photos)")
+    bench.add_argument("--gallery-per-identity", type=int, default=4)
+    bench.add_argument("--consistency", type=int, default=100, help="identities whose second photo is anonymized too")
+    bench.add_argument("--grid", type=int, default=6, help="faces in the picture grid")
+    bench.add_argument("--oracles", default="dlib,facenet")
+    bench.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
+    bench.add_argument("--no-age-gender", action="store_true", help="skip the age/gender judges")
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("-o", "--output", default="benchmarks/results")
+    bench.add_argument("--stem", default="bench", help="output file names: STEM.json, STEM.md, ...")
+    bench.add_argument("-q", "--quiet", action="store_true")
+    bench.set_defaults(func=cmd_bench)
 
     prep = sub.add_parser("prepare-data", help="align every face of image folders into a training dataset")
     prep.add_argument("sources", nargs="+", help="LFW folder, UTKFace folder or any folder of photos")

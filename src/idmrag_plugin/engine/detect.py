@@ -138,9 +138,9 @@ class DlibHOGDetector(FaceDetector):
     def _load(self) -> None:
         import dlib
 
-        from idmrag_plugin.engine.oracles import _package_file
+        from idmrag_plugin.engine.oracles import package_file
 
-        path = _package_file(
+        path = package_file(
             "face_recognition_models",
             "models",
             "shape_predictor_5_face_landmarks.dat",

@@ -75,7 +75,7 @@ class FaceOracle(ABC):
         return self.embed(self.crops(image, landmarks))
 
 
-def _package_file(package: str, *parts: str, install_hint: str) -> Path:
+def package_file(package: str, *parts: str, install_hint: str) -> Path:
     """Locate a data file of an installed package without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -96,13 +96,13 @@ class DlibOracle(FaceOracle):
     def _load(self) -> None:
         import dlib
 
-        path = _package_file(
+        path = package_file(
             "face_recognition_models",
             "models",
             "dlib_face_recognition_resnet_model_v1.dat",
             install_hint="pip install face-recognition-models",
         )
-        predictor = _package_file(
+        predictor = package_file(
             "face_recognition_models",
             "models",
             "shape_predictor_5_face_landmarks.dat",

@@ -61,3 +61,23 @@ class CLUBEstimator(nn.Module):
         shuffled = z_id[torch.randperm(z_id.shape[0], device=z_id.device)]
         negative = -((shuffled - mu) ** 2) / logvar.exp()
         return (positive.sum(dim=1) - negative.sum(dim=1)).mean() / 2.0
+
+
+class AttributeIdentityAdversary(nn.Module):
+    """Predicts the FaceNet embedding from z_attr; the autoencoder is penalised when it can.
+
+    ``learning_loss`` trains the adversary on detached codes; ``forward`` is the leakage the
+    autoencoder minimises: the positive part of the cosine between the adversary's guess and
+    the true embedding (zero once z_attr carries no usable identity).
+    """
+
+    def __init__(self, attr_dim: int, embedding_dim: int = 512, hidden: int = 512) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(attr_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, embedding_dim))
+
+    def learning_loss(self, z_attr: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return cosine_loss(self.net(z_attr.detach().flatten(1)), embedding)
+
+    def forward(self, z_attr: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        return F.cosine_similarity(self.net(z_attr.flatten(1)), embedding, dim=1).clamp(min=0.0).mean()

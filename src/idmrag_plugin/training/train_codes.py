@@ -20,17 +20,26 @@ from torch.nn import functional as F
 
 from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.engine.identity_student import IdentityStudent
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.training.data import unpack_crops
-from idmrag_plugin.training.losses import CLUBEstimator, cosine_loss, gaussian_kl, supervised_contrastive
+from idmrag_plugin.training.losses import (
+    AttributeIdentityAdversary,
+    CLUBEstimator,
+    cosine_loss,
+    gaussian_kl,
+    supervised_contrastive,
+)
 
 logger = logging.getLogger(__name__)
 
-# "club" (the mutual-information penalty) is off by default: at 0.05 from the first step it
-# destabilised the GPU run (kl_id blew up near step 1000); enable it with --club-weight.
+# "club" (the mutual-information penalty) and "attr_adv" (an adversary guessing identity from
+# z_attr) ramp up over --penalty-warmup steps: CLUB at 0.05 from the first step destabilised
+# the first GPU run (kl_id blew up near step 1000).
 WEIGHTS = {
     "rec": 1.0, "kl_id": 3e-4, "kl_attr": 3e-3, "id_sup": 1.0, "id_dec": 0.5,
-    "swap_id": 0.5, "swap_cycle": 0.5, "club": 0.0, "supcon": 0.2,
+    "swap_id": 0.5, "swap_cycle": 0.5, "club": 0.0, "supcon": 0.2, "attr_adv": 0.0,
 }
+RAMPED = ("club", "attr_adv")
 
 
 class FaceData:
@@ -86,11 +95,17 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                          attr_channels=args.attr_channels, attr_size=args.attr_size)
     vae = DisentangledFaceVAE(config).to(device)
     student = IdentityStudent(width=args.student_width).to(device)
-    club = CLUBEstimator(config.attr_channels * config.attr_size**2, config.id_dim).to(device)
+    attr_dim = config.attr_channels * config.attr_size**2
+    club = CLUBEstimator(attr_dim, config.id_dim).to(device)
+    adversary = AttributeIdentityAdversary(attr_dim, config.embedding_dim).to(device)
     opt_student = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=1e-4)
     opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=1e-4)
     opt_club = torch.optim.Adam(club.parameters(), lr=1e-3)
+    opt_adv = torch.optim.Adam(adversary.parameters(), lr=1e-3)
     state = {"student_step": 0, "vae_step": 0}
+    if args.init:
+        _initialise(Path(args.init), vae, student)
+        state["student_step"] = args.student_steps  # the student comes trained with the model
     ckpt = Path(args.checkpoint or out / "checkpoint.pt")
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=device, weights_only=False)
@@ -100,9 +115,13 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         opt_vae.load_state_dict(saved["opt_vae"])
         opt_student.load_state_dict(saved["opt_student"])
         opt_club.load_state_dict(saved["opt_club"])
+        if "adversary" in saved:
+            adversary.load_state_dict(saved["adversary"])
+            opt_adv.load_state_dict(saved["opt_adv"])
         state = saved["state"]
         logger.info("resumed from %s at %s", ckpt, state)
-    weights = {**WEIGHTS, "club": args.club_weight}
+    weights = {**WEIGHTS, "club": args.club_weight, **dict(args.weight or [])}
+    logger.info("loss weights %s (ramped over %d steps: %s)", weights, args.penalty_warmup, RAMPED)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     deadline = time.time() + args.minutes * 60
     student_deadline = time.time() + args.minutes * 60 * args.student_share
@@ -111,7 +130,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     def save() -> None:
         _checkpoint(ckpt, vae=vae.state_dict(), student=student.state_dict(), club=club.state_dict(),
                     opt_vae=opt_vae.state_dict(), opt_student=opt_student.state_dict(),
-                    opt_club=opt_club.state_dict(), state=state, config=asdict(config))
+                    opt_club=opt_club.state_dict(), adversary=adversary.state_dict(), opt_adv=opt_adv.state_dict(),
+                    state=state, config=asdict(config))
 
     # Phase 1: the identity student mimics FaceNet's embedding at training resolution.
     student.train()
@@ -135,6 +155,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
     # Phase 2: the disentangled VAE.
     vae.train()
+    last_terms: dict[str, torch.Tensor] = {}
     start = time.time()
     while state["vae_step"] < args.steps and time.time() < deadline:
         x, e, labels = data.batch(args.batch, rng)
@@ -157,8 +178,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                 + F.mse_loss(swap_codes[0].float(), o["id_mu"].detach().float()),
                 "club": club(o["z_attr"].float(), o["z_id"].float()),
                 "supcon": supervised_contrastive(o["id_mu"].float(), labels),
+                "attr_adv": adversary(o["attr_mu"].float(), e),
             }
-            loss = sum(weights[k] * v for k, v in terms.items())
+            ramp = min(1.0, (state["vae_step"] + 1) / max(args.penalty_warmup, 1))
+            loss = sum(weights[k] * (ramp if k in RAMPED else 1.0) * v for k, v in terms.items())
         opt_vae.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
@@ -167,7 +190,12 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         opt_club.zero_grad(set_to_none=True)
         club_loss.backward()
         opt_club.step()
+        adv_loss = adversary.learning_loss(o["attr_mu"].float(), e)
+        opt_adv.zero_grad(set_to_none=True)
+        adv_loss.backward()
+        opt_adv.step()
         state["vae_step"] += 1
+        last_terms = terms
         if state["vae_step"] % 100 == 0:
             rate = 100 * args.batch / max(time.time() - start, 1e-6)
             start = time.time()
@@ -177,6 +205,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         if state["vae_step"] % args.checkpoint_every == 0:
             save()
     save()
+    log.update({k: float(v.item()) for k, v in last_terms.items()})
     vae.eval()
     vae.save_pretrained(out / "codes_vae", dtype=torch.float16)
     from safetensors.torch import save_file
@@ -187,6 +216,28 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     summary = {**state, **log}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _initialise(directory: Path, vae: DisentangledFaceVAE, student: IdentityStudent) -> None:
+    """Start from a trained model (``DIR/codes_vae`` + ``DIR/identity_student.safetensors``)."""
+    from safetensors.torch import load_file
+
+    pretrained = DisentangledFaceVAE.from_pretrained(directory / "codes_vae")
+    if pretrained.config != vae.config:
+        raise ConfigError(f"--init model config {pretrained.config} differs from the requested {vae.config}")
+    vae.load_state_dict(pretrained.state_dict())
+    student.load_state_dict({k: v.float() for k, v in load_file(str(directory / "identity_student.safetensors")).items()})
+    logger.info("initialised from %s", directory)
+
+
+def _weight(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    if name not in WEIGHTS:
+        raise argparse.ArgumentTypeError(f"unknown loss {name!r}; one of {sorted(WEIGHTS)}")
+    try:
+        return name, float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--weight wants NAME=NUMBER, got {text!r}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--club-weight", type=float, default=WEIGHTS["club"], help="mutual-information penalty weight")
+    parser.add_argument("--weight", type=_weight, action="append", metavar="NAME=VALUE",
+                        help=f"override a loss weight (repeatable); losses: {', '.join(WEIGHTS)}")
+    parser.add_argument("--penalty-warmup", type=int, default=2000, help="steps over which club/attr_adv ramp up")
+    parser.add_argument("--init", default=None,
+                        help="start from a trained model folder (codes_vae/ + identity_student.safetensors)")
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--student-steps", type=int, default=3000)
     parser.add_argument("--student-share", type=float, default=0.15, help="share of the time budget")
