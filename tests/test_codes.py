@@ -192,3 +192,12 @@ def test_packaged_vae_decode_engine_replaces_and_verifies(make_engine, astronaut
         sim = float(cosine(oracle.embed_faces(astronaut, [face.detection.landmarks]),
                            oracle.embed_faces(result.pixels, [face.detection.landmarks]))[0])
         assert sim < engine.thresholds[oracle.name]
+
+
+def test_sampler_accepts_float32_mixture_weights_that_do_not_sum_exactly_to_one(tmp_path):
+    rng = np.random.default_rng(3)
+    weights = np.full(7, 1 / 7, dtype=np.float32)  # sums to 1 only within float32 rounding
+    sampler = IdentitySampler(weights, rng.standard_normal((7, 8)), np.ones((7, 8)), rng.standard_normal((5, 8)),
+                              distinct_cos=0.3, density_floor=-1e9)
+    z, info = sampler.sample(rng.standard_normal(8), b"key")
+    assert z.shape == (8,) and info.tries >= 1

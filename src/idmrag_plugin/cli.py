@@ -70,6 +70,8 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
         generator=args.generator,
+        generator_steps=args.generator_steps,
+        generator_weights=Path(args.generator_weights) if args.generator_weights else None,
         output_format=args.format,
         device=args.device,
     )
@@ -168,6 +170,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         age_gender=not args.no_age_gender,
         progress=not args.quiet,
+        diffusion_weights=Path(args.diffusion_weights) if args.diffusion_weights else None,
     )
     results = run_benchmark(config)
     paths = write_results(results, Path(args.output), args.stem)
@@ -191,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     anon.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     anon.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
     anon.add_argument("--max-attempts", type=int, default=3)
-    anon.add_argument("--generator", default="none", choices=["none", "vae-decode"],
-                      help="none: obfuscate every face; vae-decode: replace identities (experimental)")
+    anon.add_argument("--generator", default="none", choices=["none", "vae-decode", "lcm", "ldm-teacher"],
+                      help="none: obfuscate every face; vae-decode / lcm / ldm-teacher: replace identities")
+    anon.add_argument("--generator-steps", type=int, default=None, help="sampling steps of lcm / ldm-teacher")
+    anon.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm)")
     anon.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"])
     anon.add_argument("--device", default="auto")
     anon.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -237,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--oracles", default="dlib,facenet")
     bench.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     bench.add_argument("--no-age-gender", action="store_true", help="skip the age/gender judges")
+    bench.add_argument("--diffusion-weights", default=None,
+                       help="OUTPUT folder of `idmrag train-lcm` for the lcm / ldm-teacher methods")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("-o", "--output", default="benchmarks/results")
@@ -255,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help; main() hands its arguments to the training module's own parser.
     sub.add_parser("train-codes", help="train the identity student and the disentangled VAE (see --help)")
+    sub.add_parser("train-lcm", help="train the latent diffusion teacher and distil it into an LCM (see --help)")
     sub.add_parser("fit-sampler", help="fit the replacement-identity sampler on the trained codes (see --help)")
     return parser
 
@@ -265,6 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from idmrag_plugin.training.train_codes import main as train_main
 
         train_main(argv[1:])
+        return 0
+    if argv[:1] == ["train-lcm"]:
+        from idmrag_plugin.training.train_lcm import main as lcm_main
+
+        lcm_main(argv[1:])
         return 0
     if argv[:1] == ["fit-sampler"]:
         from idmrag_plugin.training.fit_sampler import main as fit_main

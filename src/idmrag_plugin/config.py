@@ -12,7 +12,7 @@ DETECTORS = ("mtcnn", "mtcnn+hog")
 ORACLES = ("dlib", "facenet")
 PRIVACY_LEVELS = ("far1e-2", "far1e-3")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
-GENERATORS = ("none", "vae-decode")
+GENERATORS = ("none", "vae-decode", "lcm", "ldm-teacher")
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,15 @@ class AnonymizerConfig:
         privacy_level: ``"far1e-2"`` (default) or ``"far1e-3"``: a replaced face must be less
             similar to the original than all but this fraction of different-person pairs.
             ``far1e-3`` is stricter.
-        generator: ``"none"`` (every face is irreversibly obfuscated) or ``"vae-decode"``
-            (the packaged identity-code autoencoder draws a replacement identity); a
-            generator object passed to the engine takes precedence.
+        generator: ``"none"`` (every face is irreversibly obfuscated), ``"vae-decode"``
+            (the packaged identity-code autoencoder draws a replacement identity), ``"lcm"``
+            (the consistency-distilled latent diffusion model, ``generator_steps`` 1-4) or
+            ``"ldm-teacher"`` (its diffusion teacher, e.g. 50 steps). A generator object
+            passed to the engine takes precedence.
+        generator_steps: sampling steps of ``"lcm"`` / ``"ldm-teacher"``.
+        generator_weights: folder written by ``idmrag train-lcm`` (``OUTPUT/lcm`` or
+            ``OUTPUT/teacher``); required for ``"lcm"``/``"ldm-teacher"`` unless weights ship
+            with the package.
         max_attempts: generator attempts per face before the failure policy applies.
         on_failure: ``"obfuscate"`` (irreversibly fill the face), ``"drop"`` (withhold the
             image) or ``"raise"`` (:class:`~idmrag_plugin.errors.AnonymizationFailedError`).
@@ -55,6 +61,8 @@ class AnonymizerConfig:
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"
     generator: str = "none"
+    generator_steps: int | None = None
+    generator_weights: Path | None = None
     max_attempts: int = 3
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000
@@ -79,6 +87,10 @@ class AnonymizerConfig:
             raise ConfigError(f"crop_size must be within 32..1024, got {self.crop_size}")
         if not self.rotations or any(a % 90 for a in self.rotations):
             raise ConfigError(f"rotations must be multiples of 90 degrees, got {self.rotations}")
+        if self.generator_steps is not None and self.generator_steps < 1:
+            raise ConfigError(f"generator_steps must be >= 1, got {self.generator_steps}")
+        if self.generator_steps is not None and self.generator not in ("lcm", "ldm-teacher"):
+            raise ConfigError(f"generator_steps applies to 'lcm' and 'ldm-teacher', not {self.generator!r}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.max_pixels < 1:

@@ -25,7 +25,7 @@ from idmrag_plugin.engine.detect import (
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.obfuscate import obfuscate_region, obfuscation_mask
 from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, build_oracle, cosine
-from idmrag_plugin.errors import AnonymizationFailedError, ConfigError, IdmragError
+from idmrag_plugin.errors import AnonymizationFailedError, ConfigError, IdmragError, ModelLoadError
 from idmrag_plugin.image_io import ImageInput, load_rgb
 from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD, AnonymizationResult, FaceReport
 
@@ -97,6 +97,24 @@ class FaceAnonymizer:
             from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
 
             return VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
+        if self.config.generator in ("lcm", "ldm-teacher"):
+            from idmrag_plugin.engine.lcm_generator import LatentDiffusionGenerator
+            from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
+
+            kind = "lcm" if self.config.generator == "lcm" else "teacher"
+            weights = self.config.generator_weights
+            if weights is None:
+                try:
+                    weights = packaged(kind)
+                except ModelLoadError as exc:
+                    raise ModelLoadError(
+                        f"no {kind} weights ship with this version: train them with `idmrag train-lcm` "
+                        f"and pass generator_weights=OUTPUT/{kind}"
+                    ) from exc
+            steps = self.config.generator_steps or (4 if kind == "lcm" else 50)
+            return LatentDiffusionGenerator(
+                weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), steps=steps, device=self.device
+            )
         return None
 
     def _build_detector(self) -> FaceDetector:

@@ -10,6 +10,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -149,8 +150,8 @@ class EngineMethod(BenchMethod):
         )
 
 
-def _engine(generator: str) -> Callable[[int | None], BenchMethod]:
-    def build(steps: int | None) -> BenchMethod:
+def _engine(generator: str) -> Callable[[int | None, Path | None], BenchMethod]:
+    def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         if steps is not None:
             raise ConfigError(f"{generator!r} has no sampling steps; drop '@{steps}'")
         config = AnonymizerConfig(generator=generator, on_failure="obfuscate")
@@ -159,8 +160,22 @@ def _engine(generator: str) -> Callable[[int | None], BenchMethod]:
     return build
 
 
-def _plain(cls: type[BenchMethod]) -> Callable[[int | None], BenchMethod]:
-    def build(steps: int | None) -> BenchMethod:
+def _diffusion(generator: str, folder: str, default_steps: int) -> Callable[[int | None, Path | None], BenchMethod]:
+    """``lcm`` / ``ldm-teacher``: weights from ``diffusion_weights/{folder}`` when given
+    (the OUTPUT of ``idmrag train-lcm``), else the packaged ones."""
+
+    def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
+        config = AnonymizerConfig(
+            generator=generator, generator_steps=steps or default_steps, on_failure="obfuscate",
+            generator_weights=Path(diffusion_weights) / folder if diffusion_weights is not None else None,
+        )
+        return EngineMethod(f"{generator}@{steps or default_steps}", config)
+
+    return build
+
+
+def _plain(cls: type[BenchMethod]) -> Callable[[int | None, Path | None], BenchMethod]:
+    def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         if steps is not None:
             raise ConfigError(f"{cls.name!r} has no sampling steps; drop '@{steps}'")
         return cls()
@@ -168,19 +183,21 @@ def _plain(cls: type[BenchMethod]) -> Callable[[int | None], BenchMethod]:
     return build
 
 
-METHODS: dict[str, Callable[[int | None], BenchMethod]] = {
+METHODS: dict[str, Callable[[int | None, Path | None], BenchMethod]] = {
     "original": _plain(Original),
     "blur": _plain(GaussianBlur),
     "pixelate": _plain(Pixelate),
     "mask": _plain(SolidMask),
     "obfuscate": _engine("none"),
     "vae-decode": _engine("vae-decode"),
+    "lcm": _diffusion("lcm", "lcm", 4),
+    "ldm-teacher": _diffusion("ldm-teacher", "teacher", 50),
 }
 
 DEFAULT_METHODS = ("original", "blur", "pixelate", "mask", "obfuscate", "vae-decode")
 
 
-def build_method(spec: str) -> BenchMethod:
+def build_method(spec: str, diffusion_weights: Path | None = None) -> BenchMethod:
     """``"blur"`` or ``"lcm@4"`` -> a method instance."""
     name, _, steps_text = spec.partition("@")
     if name not in METHODS:
@@ -193,7 +210,4 @@ def build_method(spec: str) -> BenchMethod:
             raise ConfigError(f"sampling steps in {spec!r} must be an integer") from exc
         if steps < 1:
             raise ConfigError(f"sampling steps in {spec!r} must be at least 1")
-    method = METHODS[name](steps)
-    if steps is not None:
-        method.name = spec
-    return method
+    return METHODS[name](steps, diffusion_weights)

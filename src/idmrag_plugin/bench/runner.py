@@ -46,6 +46,7 @@ class BenchConfig:
     seed: int = 0
     age_gender: bool = True
     progress: bool = True
+    diffusion_weights: Path | None = None  # OUTPUT folder of `idmrag train-lcm` (lcm/ and teacher/)
 
 
 @dataclass
@@ -281,7 +282,8 @@ class BenchResults:
 def run_benchmark(config: BenchConfig) -> BenchResults:
     """Run every method of ``config.methods`` over the evaluation set and return the results;
     :func:`idmrag_plugin.bench.reporting.write_results` writes them out."""
-    methods = [build_method(spec) for spec in config.methods]  # a bad name fails before any work
+    # a bad name fails before any work; engines build their generators (and find weights) here too
+    methods = [build_method(spec, config.diffusion_weights) for spec in config.methods]
     evalset = load_evaluation_set(config.data, config.limit, config.gallery_per_identity, config.seed)
     judges = Judges(config.oracles, config.device, config.age_gender)
     judges.load()
@@ -304,7 +306,8 @@ def run_benchmark(config: BenchConfig) -> BenchResults:
         grids[run.name] = run.grid
         logger.info("%s done: %s", run.name, results[run.name]["privacy"])
     summary = {
-        "config": {**asdict(config), "data": str(config.data)},
+        "config": {**asdict(config), "data": str(config.data),
+                   "diffusion_weights": str(config.diffusion_weights) if config.diffusion_weights else None},
         "environment": _environment(config),
         "dataset": {
             "root": str(evalset.root),

@@ -60,7 +60,9 @@ class IdentitySampler:
         gender_probe: np.ndarray | None = None,
         age_probe: np.ndarray | None = None,
     ) -> None:
-        self.weights = np.asarray(weights, np.float64)
+        weights = np.asarray(weights, np.float64)
+        # stored as float32: renormalise, or numpy's choice() refuses weights summing to 1 +- 1e-7
+        self.weights = weights / weights.sum()
         self.means = np.asarray(means, np.float64)
         self.variances = np.asarray(variances, np.float64)
         self.identity_means = _normalise(np.asarray(identity_means, np.float64))
