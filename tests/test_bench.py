@@ -174,7 +174,7 @@ def two_people(tmp_path_factory, astronaut, camera) -> Path:
 @pytest.fixture(scope="module")
 def bench_results(two_people):
     config = BenchConfig(data=two_people, methods=("original", "mask", "blur"), limit=None,
-                         consistency=2, grid=2, progress=False)
+                         consistency=2, progress=False)
     return run_benchmark(config)
 
 
@@ -208,6 +208,6 @@ def test_results_are_written_as_strict_json_markdown_and_pictures(bench_results,
     for name in ("original", "mask", "blur"):
         assert f"| {name} |" in table
     grid = Image.open(paths["grid"])
-    assert grid.size[1] == 4 * 112  # input row + three methods
+    assert grid.size == (90 + 2 * 112, 4 * 112)  # astronaut + cameraman; input row + three methods
     if "plot" in paths:
         assert Image.open(paths["plot"]).size[0] > 0

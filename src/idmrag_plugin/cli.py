@@ -163,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit=args.limit,
         gallery_per_identity=args.gallery_per_identity,
         consistency=args.consistency,
-        grid=args.grid,
+        grid=not args.no_grid,
         oracles=tuple(o.strip() for o in args.oracles.split(",") if o.strip()),
         privacy_level=args.privacy_level,
         device=resolve_device(args.device),
@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit", type=int, default=300, help="identities (each with 2+ photos)")
     bench.add_argument("--gallery-per-identity", type=int, default=4)
     bench.add_argument("--consistency", type=int, default=100, help="identities whose second photo is anonymized too")
-    bench.add_argument("--grid", type=int, default=6, help="faces in the picture grid")
+    bench.add_argument("--no-grid", action="store_true",
+                       help="skip the picture grid (drawn on scikit-image's astronaut and cameraman only)")
     bench.add_argument("--oracles", default="dlib,facenet")
     bench.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     bench.add_argument("--no-age-gender", action="store_true", help="skip the age/gender judges")

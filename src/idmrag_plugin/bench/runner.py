@@ -39,7 +39,7 @@ class BenchConfig:
     limit: int | None = 300
     gallery_per_identity: int = 4
     consistency: int = 100  # identities whose second photo is anonymized too (pseudonym consistency)
-    grid: int = 6  # probes shown in the picture grid
+    grid: bool = True  # picture grid on scikit-image's astronaut and cameraman (never dataset photos)
     oracles: tuple[str, ...] = ("dlib", "facenet")
     privacy_level: str = "far1e-2"
     device: str = "cpu"
@@ -75,7 +75,6 @@ class _MethodRun:
     companions: dict[str, list[np.ndarray]] = field(default_factory=dict)
     companion_probe_index: list[int] = field(default_factory=list)
     rss_mb: float = 0.0
-    grid: list[np.ndarray] = field(default_factory=list)
 
 
 def load_rgb(path: Path) -> np.ndarray:
@@ -178,8 +177,6 @@ def _run_method(method: BenchMethod, refs: list[_Reference], judges: Judges, con
             run.age_errors.append(abs(ref.measure.age - measure.age))
         if ref.measure.gender is not None and measure.gender is not None:
             run.gender_agree.append(ref.measure.gender == measure.gender)
-        if index < config.grid:
-            run.grid.append(align_face(output.pixels, ref.face.landmarks, GRID_CROP).crop)
         if ref.companion is not None and ref.companion_face is not None:
             # the same method instance (one session) anonymizes another photo of the same person
             other = method.run(load_rgb(ref.companion.path))
@@ -188,6 +185,23 @@ def _run_method(method: BenchMethod, refs: list[_Reference], judges: Judges, con
             run.companion_probe_index.append(index)
     run.rss_mb = rss
     return run
+
+
+def _sample_faces(judges: Judges) -> list[tuple[np.ndarray, Detection]]:
+    """scikit-image's astronaut and cameraman with their faces: pictures that may be published,
+    unlike the evaluation datasets' photos."""
+    import skimage.data
+
+    samples = []
+    for image in (skimage.data.astronaut(), np.repeat(skimage.data.camera()[..., None], 3, axis=2)):
+        face = judges.subject(image)
+        if face is not None:
+            samples.append((np.ascontiguousarray(image), face))
+    return samples
+
+
+def _grid_row(method: BenchMethod, samples: list[tuple[np.ndarray, Detection]]) -> list[np.ndarray]:
+    return [align_face(method.run(image).pixels, face.landmarks, GRID_CROP).crop for image, face in samples]
 
 
 def _summarise(run: _MethodRun, refs: list[_Reference], gallery: dict[str, np.ndarray], gallery_ids: list[str],
@@ -297,13 +311,12 @@ def run_benchmark(config: BenchConfig) -> BenchResults:
         raise IdmragError(f"too few faces found in {evalset.root} to benchmark (probes {len(refs)}, "
                           f"gallery identities {len(identities)})")
     results: dict[str, object] = {}
-    grids: dict[str, list[np.ndarray]] = {
-        "input": [align_face(load_rgb(r.photo.path), r.face.landmarks, GRID_CROP).crop for r in refs[: config.grid]]
-    }
+    samples = _sample_faces(judges) if config.grid else []
+    grids: dict[str, list[np.ndarray]] = {"input": [align_face(i, f.landmarks, GRID_CROP).crop for i, f in samples]}
     for method in methods:
         run = _run_method(method, refs, judges, config)
         results[run.name] = _summarise(run, refs, gallery, gallery_ids, thresholds)
-        grids[run.name] = run.grid
+        grids[run.name] = _grid_row(method, samples)
         logger.info("%s done: %s", run.name, results[run.name]["privacy"])
     summary = {
         "config": {**asdict(config), "data": str(config.data),
