@@ -11,7 +11,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from idmrag_plugin import AnonymizerConfig, ConfigError, FaceAnonymizer, GenerationRequest, ModelLoadError
+from idmrag_plugin import (
+    AnonymizerConfig,
+    ConfigError,
+    FaceAnonymizer,
+    GenerationRequest,
+    ModelLoadError,
+)
 from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.engine.identity_student import IdentityStudent
 from idmrag_plugin.engine.latent_diffusion import (
@@ -21,6 +27,7 @@ from idmrag_plugin.engine.latent_diffusion import (
     sample_latents,
 )
 from idmrag_plugin.engine.lcm_generator import LatentDiffusionGenerator
+from idmrag_plugin.engine.sampler import IdentitySampler
 from idmrag_plugin.training.train_lcm import boundary_scalings
 
 TINY = {"image_size": 32, "autoencoder_channels": (8, 16), "unet_channels": (8, 16), "cross_attention_dim": 16,
@@ -93,6 +100,8 @@ def tiny_training(tmp_path_factory):
             "--student", str(root / "student.safetensors"), "--autoencoder-channels", "8,16",
             "--unet-channels", "8,16", "--cross-attention-dim", "16", "--batch", "4",
             "--autoencoder-steps", "2", "--teacher-steps", "2", "--checkpoint-every", "1"]
+    codes = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
+    IdentitySampler.fit(codes, np.repeat(np.arange(32), 2), components=2).save(root / "sampler.safetensors")
     first = train(build_parser().parse_args(argv + ["--distill-steps", "1"]))
     second = train(build_parser().parse_args(argv + ["--distill-steps", "3"]))
     return root, first, second
@@ -110,11 +119,7 @@ def test_training_runs_all_phases_and_resumes(tiny_training):
 
 
 def test_generator_renders_a_pseudonym_face_of_the_crop_shape(tiny_training):
-    from idmrag_plugin.engine.sampler import IdentitySampler
-
     root, _, _ = tiny_training
-    codes = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
-    IdentitySampler.fit(codes, np.repeat(np.arange(32), 2), components=2).save(root / "sampler.safetensors")
     for folder, steps in (("lcm", 2), ("teacher", 3)):
         generator = LatentDiffusionGenerator(root / "run" / folder, root / "codes", root / "sampler.safetensors",
                                              steps=steps)
@@ -124,6 +129,18 @@ def test_generator_renders_a_pseudonym_face_of_the_crop_shape(tiny_training):
         assert out.shape == face.shape and out.dtype == np.uint8
         assert np.array_equal(out, again)  # same person, same seed: same pseudonym face
         assert generator.name == f"{folder if folder == 'lcm' else 'teacher'}@{steps}"
+
+
+def test_generator_refuses_a_diffusion_model_trained_on_other_codes(tiny_training, tmp_path):
+    root, _, _ = tiny_training
+    assert FaceLatentDiffusion.from_pretrained(root / "run" / "lcm").config.extra["codes_sha256"]
+    torch.manual_seed(5)
+    DisentangledFaceVAE(CodesConfig(image_size=32, base_channels=8, id_dim=16, attr_channels=2)).save_pretrained(
+        tmp_path / "other_codes")
+    generator = LatentDiffusionGenerator(root / "run" / "lcm", tmp_path / "other_codes", root / "sampler.safetensors")
+    face = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ModelLoadError, match="retrain"):
+        generator.generate(GenerationRequest(face, attempt=0, seed=1))
 
 
 def test_engine_without_diffusion_weights_says_how_to_get_them():

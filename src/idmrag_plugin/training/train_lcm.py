@@ -34,7 +34,12 @@ from torch.nn import functional as F
 
 from idmrag_plugin.engine.encoder import DisentangledFaceVAE
 from idmrag_plugin.engine.identity_student import IdentityStudent
-from idmrag_plugin.engine.latent_diffusion import FaceLatentDiffusion, LatentDiffusionConfig, make_scheduler
+from idmrag_plugin.engine.latent_diffusion import (
+    FaceLatentDiffusion,
+    LatentDiffusionConfig,
+    codes_fingerprint,
+    make_scheduler,
+)
 from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.training.train_codes import FaceData
 
@@ -52,7 +57,7 @@ def _predicted_origin(latents: torch.Tensor, eps: torch.Tensor, alpha_bar: torch
     return (latents - (1 - a).sqrt() * eps) / a.sqrt()
 
 
-def boundary_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):  # noqa: ANN201
+def boundary_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
     """LCM's c_skip, c_out (the same formula as diffusers' LCMScheduler)."""
     scaled = timesteps.float() * timestep_scaling
     c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
@@ -105,6 +110,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         attr_size=codes.config.attr_size, unet_channels=tuple(int(c) for c in args.unet_channels.split(",")),
         autoencoder_channels=tuple(int(c) for c in args.autoencoder_channels.split(",")),
         cross_attention_dim=args.cross_attention_dim,
+        # the conditioning is this codes model's (z_id, z_attr): the generator refuses any other
+        extra={"codes_sha256": codes_fingerprint(codes_dir)},
     )
     model = FaceLatentDiffusion(config).to(device)
     lcm: FaceLatentDiffusion | None = None
