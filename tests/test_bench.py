@@ -211,3 +211,18 @@ def test_results_are_written_as_strict_json_markdown_and_pictures(bench_results,
     assert grid.size == (90 + 2 * 112, 4 * 112)  # astronaut + cameraman; input row + three methods
     if "plot" in paths:
         assert Image.open(paths["plot"]).size[0] > 0
+
+
+def test_readme_block_is_replaced_and_nothing_else(bench_results, tmp_path):
+    from idmrag_plugin.bench.reporting import README_END, README_START, update_readme
+
+    paths = write_results(bench_results, tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{README_START}\nold table\n{README_END}\nafter\n")
+    update_readme(readme, paths)
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text and "| mask |" in text and "(results/bench_grid.png)" in text
+    (tmp_path / "plain.md").write_text("no markers")
+    with pytest.raises(ConfigError):
+        update_readme(tmp_path / "plain.md", paths)

@@ -174,6 +174,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     results = run_benchmark(config)
     paths = write_results(results, Path(args.output), args.stem)
+    if args.readme:
+        from idmrag_plugin.bench.reporting import update_readme
+
+        update_readme(Path(args.readme), paths)
     print(paths["markdown"].read_text())
     for kind, path in paths.items():
         logger.info("wrote %s: %s", kind, path)
@@ -249,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("-o", "--output", default="benchmarks/results")
     bench.add_argument("--stem", default="bench", help="output file names: STEM.json, STEM.md, ...")
+    bench.add_argument("--readme", default=None,
+                       help="also replace the <!-- bench:start --> ... <!-- bench:end --> block of this file")
     bench.add_argument("-q", "--quiet", action="store_true")
     bench.set_defaults(func=cmd_bench)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from idmrag_plugin.bench.runner import BenchResults
+from idmrag_plugin.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +160,26 @@ def write_results(results: BenchResults, output: Path, stem: str = "bench") -> d
     if grid is not None:
         paths["grid"] = grid
     return paths
+
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+def update_readme(readme: Path, paths: dict[str, Path]) -> None:
+    """Replace the block between the bench markers of ``readme`` with the new table and pictures
+    (links relative to the README). The markers must already be there: nothing else is touched."""
+    import os
+
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ConfigError(f"{readme} has no {README_START} ... {README_END} block to update")
+    rel = {k: Path(os.path.relpath(v, readme.parent)).as_posix() for k, v in paths.items()}
+    block = [README_START, "", paths["markdown"].read_text().rstrip(), ""]
+    if "plot" in rel:
+        block += [f"![privacy against utility]({rel['plot']})", ""]
+    if "grid" in rel:
+        block += [f"![each method on scikit-image's astronaut and cameraman]({rel['grid']})", ""]
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + "\n".join(block) + README_END + tail)
