@@ -57,7 +57,7 @@ def markdown_table(summary: dict) -> str:
         "",
         "| method | still a face | landmark error (IOD) | age error (years) | gender agreement | "
         + " | ".join(f"Fréchet ({o})" for o in oracles)
-        + " | ms / image median (p95) | CPU ms / image | ms / face | fail-closed |",
+        + " | ms / image median (p95) | CPU ms / image (all threads) | ms / face | fail-closed |",
         "|---" * (9 + len(oracles)) + "|",
     ]
     for name, m in methods.items():

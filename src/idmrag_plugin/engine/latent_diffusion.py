@@ -66,6 +66,14 @@ class LatentDiffusionConfig:
         return self.image_size // 2 ** len(self.autoencoder_channels)
 
 
+def _diffusers():
+    try:
+        import diffusers
+    except ImportError as exc:
+        raise ModelLoadError("the latent diffusion generator needs diffusers: pip install 'idmrag-plugin[lcm]'") from exc
+    return diffusers
+
+
 class _Res(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -109,7 +117,7 @@ class FaceAutoencoder(nn.Module):
 class FaceLatentDiffusion(nn.Module):
     def __init__(self, config: LatentDiffusionConfig | None = None) -> None:
         super().__init__()
-        from diffusers import UNet2DConditionModel
+        UNet2DConditionModel = _diffusers().UNet2DConditionModel
 
         self.config = config or LatentDiffusionConfig()
         c = self.config
@@ -176,8 +184,7 @@ def codes_fingerprint(codes_dir: str | Path) -> str:
 
 def make_scheduler(config: LatentDiffusionConfig, kind: str | None = None):
     """DDIM for the teacher, LCM for the distilled model (same betas as training)."""
-    from diffusers import DDIMScheduler, LCMScheduler
-
+    diffusers = _diffusers()
     common = {
         "num_train_timesteps": config.num_train_timesteps,
         "beta_start": config.beta_start,
@@ -187,8 +194,8 @@ def make_scheduler(config: LatentDiffusionConfig, kind: str | None = None):
         "prediction_type": "epsilon",
     }
     if (kind or config.kind) == "lcm":
-        return LCMScheduler(original_inference_steps=config.original_inference_steps, **common)
-    return DDIMScheduler(set_alpha_to_one=False, **common)
+        return diffusers.LCMScheduler(original_inference_steps=config.original_inference_steps, **common)
+    return diffusers.DDIMScheduler(set_alpha_to_one=False, **common)
 
 
 @torch.inference_mode()
