@@ -208,7 +208,7 @@ def test_results_are_written_as_strict_json_markdown_and_pictures(bench_results,
     for name in ("original", "mask", "blur"):
         assert f"| {name} |" in table
     grid = Image.open(paths["grid"])
-    assert grid.size == (90 + 2 * 112, 4 * 112)  # astronaut + cameraman; input row + three methods
+    assert grid.size == (4 * 112, 16 + 2 * 112)  # input + three methods; astronaut and cameraman
     if "plot" in paths:
         assert Image.open(paths["plot"]).size[0] > 0
 

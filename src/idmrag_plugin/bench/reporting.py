@@ -113,21 +113,21 @@ def privacy_utility_plot(summary: dict, path: Path) -> Path:
 
 
 def picture_grid(grids: dict[str, list[np.ndarray]], path: Path) -> Path | None:
-    """Rows: methods (first row the input); columns: probe faces."""
+    """Columns: methods (the first one the input); rows: the sample faces."""
     from PIL import Image, ImageDraw
 
-    rows = [(name, crops) for name, crops in grids.items() if crops]
-    if not rows:
+    columns = [(name, crops) for name, crops in grids.items() if crops]
+    if not columns:
         return None
-    size = rows[0][1][0].shape[0]
-    label = 90
-    cols = max(len(c) for _, c in rows)
-    canvas = Image.new("RGB", (label + cols * size, len(rows) * size), "white")
+    size = columns[0][1][0].shape[0]
+    label = 16
+    rows = max(len(c) for _, c in columns)
+    canvas = Image.new("RGB", (len(columns) * size, label + rows * size), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, (name, crops) in enumerate(rows):
-        draw.text((4, r * size + size // 2 - 6), name, fill="black")
-        for c, crop in enumerate(crops):
-            canvas.paste(Image.fromarray(crop), (label + c * size, r * size))
+    for c, (name, crops) in enumerate(columns):
+        draw.text((c * size + 3, 2), name, fill="black")
+        for r, crop in enumerate(crops):
+            canvas.paste(Image.fromarray(crop), (c * size, label + r * size))
     canvas.save(path)
     return path
 
