@@ -128,6 +128,10 @@ def test_generator_renders_a_pseudonym_face_of_the_crop_shape(tiny_training):
         again = generator.generate(GenerationRequest(face, attempt=0, seed=7))
         assert out.shape == face.shape and out.dtype == np.uint8
         assert np.array_equal(out, again)  # same person, same seed: same pseudonym face
+        # another photo of the same person (same codes, other engine seed) renders the same face
+        assert np.array_equal(out, generator.generate(GenerationRequest(face, attempt=0, seed=12345)))
+        # a retry draws another identity, and other noise
+        assert not np.array_equal(out, generator.generate(GenerationRequest(face, attempt=1, seed=7)))
         assert generator.name == f"{folder if folder == 'lcm' else 'teacher'}@{steps}"
 
 

@@ -8,6 +8,7 @@ verifies every rendered face with the oracles and fails closed.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -17,6 +18,10 @@ import numpy as np
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.errors import ConfigError, ModelLoadError
+
+
+def _noise_seed(code: np.ndarray) -> int:
+    return int.from_bytes(hashlib.blake2b(code.tobytes(), digest_size=8).digest(), "little") % (2**63)
 
 
 class LatentDiffusionGenerator(VAEDecodeGenerator):
@@ -77,7 +82,10 @@ class LatentDiffusionGenerator(VAEDecodeGenerator):
         model = self._load_diffusion()
         id_mu, attr_mu = self.encode(request.face[None])
         z = request.identity if request.identity is not None else self.replacement_code(id_mu[0], request.attempt)
-        generator = torch.Generator().manual_seed(int(request.seed) % (2**63))
+        # The start noise follows the pseudonym, not the photo: one person's replacement code is
+        # rendered the same way in every photo of the session (consistency), and a retry, which
+        # draws another code, gets other noise too.
+        generator = torch.Generator().manual_seed(_noise_seed(np.asarray(z, np.float32)))
         z_id = torch.as_tensor(np.atleast_2d(z), device=self.device).float()
         z_attr = torch.as_tensor(attr_mu, device=self.device).float()
         faces = sample_latents(model, z_id, z_attr, self.steps, generator)
