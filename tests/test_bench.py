@@ -226,3 +226,9 @@ def test_readme_block_is_replaced_and_nothing_else(bench_results, tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(ConfigError):
         update_readme(tmp_path / "plain.md", paths)
+
+
+def test_generator_methods_are_reproducible(astronaut):
+    """Seeds are fixed: two fresh instances of a generator method give the same pixels."""
+    first, second = build_method("vae-decode"), build_method("vae-decode")
+    assert np.array_equal(first.run(astronaut).pixels, second.run(astronaut).pixels)

@@ -133,12 +133,21 @@ class EngineMethod(BenchMethod):
         from idmrag_plugin.pipeline import FaceAnonymizer
 
         self._engine = FaceAnonymizer(self.config, detector=detector, oracles=oracles)
+        self._fix_pseudonym_secret()
+
+    def _fix_pseudonym_secret(self) -> None:
+        # A generator's pseudonym secret is random per instance (unlinkable across sessions);
+        # the benchmark fixes it from the config's seed so that a rerun gives the same numbers.
+        generator = self._engine.generator if self._engine is not None else None
+        if generator is not None and hasattr(generator, "secret"):
+            generator.secret = f"idmrag-bench/{self.config.seed}".encode()
 
     def run(self, image: np.ndarray) -> MethodOutput:
         if self._engine is None:
             from idmrag_plugin.pipeline import FaceAnonymizer
 
             self._engine = FaceAnonymizer(self.config)
+            self._fix_pseudonym_secret()
         result = self._engine.anonymize(image)
         if result.pixels is None:  # cannot happen with on_failure="obfuscate"; fail loudly if it does
             raise RuntimeError(f"{self.name}: the engine withheld an image under on_failure='obfuscate'")
