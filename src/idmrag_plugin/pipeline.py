@@ -92,14 +92,14 @@ class FaceAnonymizer:
         )
 
     def _build_generator(self) -> FaceGenerator | None:
+        from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
+
         if self.config.generator == "vae-decode":
             from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
-            from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
 
             return VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.engine.lcm_generator import LatentDiffusionGenerator
-            from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
 
             kind = "lcm" if self.config.generator == "lcm" else "teacher"
             weights = self.config.generator_weights

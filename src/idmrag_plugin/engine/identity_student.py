@@ -7,6 +7,8 @@ verifiers at inference.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -34,3 +36,13 @@ class IdentityStudent(nn.Module):
         """x in [-1, 1] -> L2-normalised embedding."""
         h = self.features(x)
         return F.normalize(self.head(h.mean(dim=(2, 3))), dim=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> IdentityStudent:
+        """A student saved as safetensors by ``idmrag train-codes`` (width read from the weights)."""
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path))
+        student = cls(width=int(weights["features.0.weight"].shape[0]))
+        student.load_state_dict({k: v.float() for k, v in weights.items()})
+        return student

@@ -4,7 +4,6 @@ identity sampler (mixture prior, rejection levels, attribute probes)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.engine.identity_student import IdentityStudent
 from idmrag_plugin.errors import ConfigError
+from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.data import unpack_crops
 from idmrag_plugin.training.losses import (
     AttributeIdentityAdversary,
@@ -77,14 +78,15 @@ class FaceData:
         return x, self.embeddings[idx], self.labels[idx]
 
 
-def _checkpoint(path: Path, **state: object) -> None:
+def write_checkpoint(path: Path, **state: object) -> None:
+    """Write atomically: an interrupted save never leaves a truncated checkpoint."""
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(args.device))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     out = Path(args.output)
@@ -128,7 +130,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     log: dict[str, float] = {}
 
     def save() -> None:
-        _checkpoint(ckpt, vae=vae.state_dict(), student=student.state_dict(), club=club.state_dict(),
+        write_checkpoint(ckpt, vae=vae.state_dict(), student=student.state_dict(), club=club.state_dict(),
                     opt_vae=opt_vae.state_dict(), opt_student=opt_student.state_dict(),
                     opt_club=opt_club.state_dict(), adversary=adversary.state_dict(), opt_adv=opt_adv.state_dict(),
                     state=state, config=asdict(config))
@@ -220,13 +222,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
 def _initialise(directory: Path, vae: DisentangledFaceVAE, student: IdentityStudent) -> None:
     """Start from a trained model (``DIR/codes_vae`` + ``DIR/identity_student.safetensors``)."""
-    from safetensors.torch import load_file
-
     pretrained = DisentangledFaceVAE.from_pretrained(directory / "codes_vae")
     if pretrained.config != vae.config:
         raise ConfigError(f"--init model config {pretrained.config} differs from the requested {vae.config}")
     vae.load_state_dict(pretrained.state_dict())
-    student.load_state_dict({k: v.float() for k, v in load_file(str(directory / "identity_student.safetensors")).items()})
+    student.load_state_dict(IdentityStudent.load(directory / "identity_student.safetensors").state_dict())
     logger.info("initialised from %s", directory)
 
 

@@ -41,7 +41,8 @@ from idmrag_plugin.engine.latent_diffusion import (
     make_scheduler,
 )
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.training.train_codes import FaceData
+from idmrag_plugin.pipeline import resolve_device
+from idmrag_plugin.training.train_codes import FaceData, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +78,8 @@ def _identity_terms(
 
 
 def _load_frozen(codes_dir: Path, student_path: Path, device: torch.device) -> tuple[DisentangledFaceVAE, IdentityStudent]:
-    from safetensors.torch import load_file
-
     codes = DisentangledFaceVAE.from_pretrained(codes_dir).to(device).eval()
-    weights = load_file(str(student_path))
-    student = IdentityStudent(width=int(weights["features.0.weight"].shape[0])).to(device)
-    student.load_state_dict({k: v.float() for k, v in weights.items()})
-    student.eval()
+    student = IdentityStudent.load(student_path).to(device).eval()
     for p in [*codes.parameters(), *student.parameters()]:
         p.requires_grad_(False)
     return codes, student
@@ -92,7 +88,7 @@ def _load_frozen(codes_dir: Path, student_path: Path, device: torch.device) -> t
 def train(args: argparse.Namespace) -> dict[str, float]:
     from idmrag_plugin.weights import CODES_VAE_DIR, packaged
 
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(args.device))
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     out = Path(args.output)
@@ -132,15 +128,13 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         logger.info("resumed from %s at %s", ckpt, state)
 
     def save() -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({
-            "model": model.state_dict(), "opt_ae": opt_ae.state_dict(), "opt_teacher": opt_teacher.state_dict(),
-            "lcm": lcm.state_dict() if lcm is not None else None,
-            "target": target.state_dict() if target is not None else None,
-            "opt_lcm": opt_lcm.state_dict() if opt_lcm is not None else None,
-            "state": state, "config": asdict(config),
-        }, tmp)
-        tmp.replace(ckpt)
+        write_checkpoint(
+            ckpt, model=model.state_dict(), opt_ae=opt_ae.state_dict(), opt_teacher=opt_teacher.state_dict(),
+            lcm=lcm.state_dict() if lcm is not None else None,
+            target=target.state_dict() if target is not None else None,
+            opt_lcm=opt_lcm.state_dict() if opt_lcm is not None else None,
+            state=state, config=asdict(config),
+        )
 
     start = time.time()
     budget = args.minutes * 60
@@ -216,8 +210,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     model.save_pretrained(out / "teacher", dtype=torch.float16)
 
     # Phase 3: consistency distillation.
-    lcm = copy.deepcopy(model)
-    lcm.config = copy.deepcopy(model.config)
+    lcm = copy.deepcopy(model)  # the copy carries its own config
     lcm.config.kind = "lcm"
     target = copy.deepcopy(lcm)
     if saved is not None and saved.get("lcm") is not None:
@@ -271,7 +264,6 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     save()
     lcm.eval()
     target.eval()
-    target.config = lcm.config
     target.save_pretrained(out / "lcm", dtype=torch.float16)
     summary = {**{k: float(v) for k, v in state.items()}, **log, "minutes": (time.time() - start) / 60}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
