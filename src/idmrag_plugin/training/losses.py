@@ -35,6 +35,23 @@ def supervised_contrastive(codes: torch.Tensor, labels: torch.Tensor, temperatur
     return -mean_pos[has_positive].mean()
 
 
+def same_identity_similarity(codes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How much more alike two codes of one person are than codes of two different people.
+
+    The mean cosine over same-identity pairs minus the mean over pairs with different (or
+    unknown) identities, clamped at zero: a code free of identity scores 0. Rows labelled -1
+    (no identity known) only serve as negatives.
+    """
+    unit = F.normalize(codes.flatten(1), dim=1)
+    sims = unit @ unit.T
+    eye = torch.eye(len(labels), dtype=torch.bool, device=codes.device)
+    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0) & ~eye
+    different = ~same & ~eye
+    if not same.any() or not different.any():
+        return codes.sum() * 0.0
+    return (sims[same].mean() - sims[different].mean()).clamp(min=0.0)
+
+
 class CLUBEstimator(nn.Module):
     """CLUB upper bound on I(z_id; z_attr) with a Gaussian variational q(z_id | z_attr).
 

@@ -28,6 +28,7 @@ from idmrag_plugin.training.losses import (
     CLUBEstimator,
     cosine_loss,
     gaussian_kl,
+    same_identity_similarity,
     supervised_contrastive,
 )
 
@@ -39,8 +40,9 @@ logger = logging.getLogger(__name__)
 WEIGHTS = {
     "rec": 1.0, "kl_id": 3e-4, "kl_attr": 3e-3, "id_sup": 1.0, "id_dec": 0.5,
     "swap_id": 0.5, "swap_cycle": 0.5, "club": 0.0, "supcon": 0.2, "attr_adv": 0.0,
+    "attr_pair": 0.0,
 }
-RAMPED = ("club", "attr_adv")
+RAMPED = ("club", "attr_adv", "attr_pair")
 
 
 class FaceData:
@@ -181,6 +183,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                 "club": club(o["z_attr"].float(), o["z_id"].float()),
                 "supcon": supervised_contrastive(o["id_mu"].float(), labels),
                 "attr_adv": adversary(o["attr_mu"].float(), e),
+                # two photos of one person must not have more alike attribute codes than strangers
+                "attr_pair": same_identity_similarity(o["attr_mu"].float(), labels),
             }
             ramp = min(1.0, (state["vae_step"] + 1) / max(args.penalty_warmup, 1))
             loss = sum(weights[k] * (ramp if k in RAMPED else 1.0) * v for k, v in terms.items())

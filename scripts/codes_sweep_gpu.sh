@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One prepared GPU run: fine-tune the shipped codes model under several loss weightings at once
+# (the 64 px model leaves an H100/H200 mostly idle, so the runs share it), score each on the
+# validation identities with benchmarks/codes_quick_eval.py, and pack each model under $OUT.
+# Expects gpu_data/faces64_train.npz and gpu_data/faces64_val.npz, made by
+#   python -c "from pathlib import Path; from idmrag_plugin.training.data import pack_dataset as p; \
+#     p(Path('runs/faces128.npz'), Path('gpu_data/faces64_train.npz')); \
+#     p(Path('runs/faces128.npz'), Path('gpu_data/faces64_val.npz'), split='val')"
+set -uo pipefail
+OUT=${OUT:-runs/sweep}
+MINUTES=${MINUTES:-5.5}
+mkdir -p "$OUT"
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+python3 -c "import idmrag_plugin.training.train_codes" || exit 3
+
+declare -A RUNS=(
+  [a]="--weight attr_adv=2 --weight attr_pair=1 --weight swap_id=1 --weight club=0.05 --weight supcon=0.5"
+  [b]="--weight attr_pair=3 --weight swap_id=1.5 --weight supcon=0.5"
+  [c]="--weight attr_adv=3 --weight kl_attr=1e-2 --weight swap_id=1.5 --weight supcon=0.5"
+  [d]="--weight attr_pair=2 --weight attr_adv=1 --weight kl_attr=1e-2 --weight swap_id=2 --weight id_dec=1 --weight supcon=0.5"
+  [e]="--weight attr_pair=5 --weight swap_id=1 --weight supcon=0.5 --lr 2e-4"
+  [f]="--weight attr_adv=5 --weight attr_pair=2 --weight swap_id=2 --weight swap_cycle=1 --weight supcon=0.5"
+)
+for name in "${!RUNS[@]}"; do
+  # shellcheck disable=SC2086
+  python3 -m idmrag_plugin.training.train_codes --data "${TRAIN:-gpu_data/faces64_train.npz}" --output "/tmp/sweep/$name" \
+    --checkpoint "/tmp/sweep_$name.pt" --init src/idmrag_plugin/data --batch "${BATCH:-256}" --lr 1e-4 \
+    --penalty-warmup 500 --minutes "$MINUTES" --checkpoint-every 100000 ${RUNS[$name]} \
+    >"/tmp/sweep_$name.log" 2>&1 &
+done
+wait
+python3 benchmarks/codes_quick_eval.py --data gpu_data/faces64_val.npz src/idmrag_plugin/data /tmp/sweep/* \
+  >"$OUT/quick_eval.json" 2>/tmp/quick_eval.log; tail -3 /tmp/quick_eval.log
+cat "$OUT/quick_eval.json"
+for name in "${!RUNS[@]}"; do
+  cp "/tmp/sweep_$name.log" "/tmp/sweep/$name/train.log"
+  echo "$name: ${RUNS[$name]}" >>"$OUT/runs.txt"
+  grep "vae step" "/tmp/sweep_$name.log" | tail -1 | cut -c1-300
+  tar -C /tmp/sweep -cf "$OUT/$name.tar" "$name/codes_vae" "$name/train.log" "$name/train_summary.json" || true
+done
+ls -la "$OUT"
