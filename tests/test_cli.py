@@ -9,10 +9,15 @@ from idmrag_plugin.cli import main
 
 
 def test_anonymize_bundled_sample(tmp_path):
+    """The README's first command: the default engine replaces the face with a generated one
+    that every oracle judges a different person."""
     assert main(["anonymize", "sample:astronaut", "-o", str(tmp_path), "-q"]) == 0
     report = json.loads((tmp_path / "astronaut.json").read_text())
     assert report["status"] == "anonymized" and len(report["faces"]) == 1
-    assert report["faces"][0]["method"] == "obfuscated"
+    (face,) = report["faces"]
+    assert face["method"] == "generated" and face["verified"]
+    assert {v["oracle"] for v in face["oracles"]} == {"dlib", "facenet"}
+    assert all(v["anonymous"] and v["similarity"] < v["threshold"] for v in face["oracles"])
     image = Image.open(tmp_path / "astronaut.png")
     assert image.size == (512, 512) and not image.getexif()
 
@@ -24,7 +29,7 @@ def test_folder_with_a_corrupt_file(tmp_path, astronaut, no_face_image):
     Image.fromarray(no_face_image).save(src / "cup.png")
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "out"
-    assert main(["anonymize", str(src), "-o", str(out), "-q", "--format", "JPEG"]) == 1
+    assert main(["anonymize", str(src), "-o", str(out), "-q", "--format", "JPEG", "--generator", "none"]) == 1
     assert json.loads((out / "sub" / "person.json").read_text())["faces"][0]["method"] == "obfuscated"
     assert (out / "sub" / "person.jpg").is_file() and (out / "cup.jpg").is_file()
     broken = json.loads((out / "broken.json").read_text())

@@ -142,9 +142,28 @@ def test_training_checkpoints_and_resumes(tmp_path):
     # fine-tuning starts from the trained model (student phase skipped) with the penalties on
     tuned = train(build_parser().parse_args(
         argv[:3] + [str(tmp_path / "tuned")] + argv[4:]
-        + ["--steps", "2", "--init", str(tmp_path / "run"), "--weight", "attr_adv=1", "--weight", "club=0.01"]
+        + ["--steps", "2", "--init", str(tmp_path / "run"), "--weight", "attr_adv=1", "--weight", "club=0.01",
+           "--weight", "attr_pair=1"]
     ))
-    assert tuned["vae_step"] == 2 and tuned["student_step"] == 2 and "attr_adv" in tuned
+    assert tuned["vae_step"] == 2 and tuned["student_step"] == 2 and "attr_adv" in tuned and "attr_pair" in tuned
+
+
+def test_same_identity_similarity_penalises_only_codes_that_carry_identity():
+    from idmrag_plugin.training.losses import same_identity_similarity
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, -1, -1])
+    person = torch.randn(3, 16)
+    leaky = torch.cat([person[labels.clamp(min=0)] + 0.1 * torch.randn(8, 16)])
+    leaky[6:] = torch.randn(2, 16)  # unlabelled rows are strangers
+    assert float(same_identity_similarity(leaky, labels)) > 0.5
+    clean = torch.randn(8, 16)
+    clean[1], clean[3], clean[5] = -clean[0], -clean[2], -clean[4]  # less alike than strangers: clamped to 0
+    assert float(same_identity_similarity(clean, labels)) == 0.0
+    assert float(same_identity_similarity(clean, torch.full((8,), -1))) == 0.0  # no known pairs
+    leaky.requires_grad_(True)
+    same_identity_similarity(leaky, labels).backward()
+    assert leaky.grad is not None and leaky.grad.abs().sum() > 0
 
 
 def test_training_refuses_unknown_loss_weights_and_mismatched_init(tmp_path, capsys):

@@ -21,7 +21,7 @@ def _face_similarity(oracles, original, output, landmarks):
     }
 
 
-def test_default_engine_obfuscates_every_face_and_says_so(engine, astronaut, oracles):
+def test_obfuscation_engine_obfuscates_every_face_and_says_so(engine, astronaut, oracles):
     result = engine.anonymize(astronaut)
     assert result.status == "anonymized"
     (face,) = result.faces

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     anon.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     anon.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
     anon.add_argument("--max-attempts", type=int, default=3)
-    anon.add_argument("--generator", default="none", choices=["none", "vae-decode", "lcm", "ldm-teacher"],
+    anon.add_argument("--generator", default="vae-decode", choices=["none", "vae-decode", "lcm", "ldm-teacher"],
                       help="none: obfuscate every face; vae-decode / lcm / ldm-teacher: replace identities")
     anon.add_argument("--generator-steps", type=int, default=None, help="sampling steps of lcm / ldm-teacher")
     anon.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm)")
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--min-face-size", type=int, default=20)
     corpus.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     corpus.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
-    corpus.add_argument("--generator", default="none", choices=["none", "vae-decode"])
+    corpus.add_argument("--generator", default="vae-decode", choices=["none", "vae-decode"])
     corpus.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"])
     corpus.add_argument("--device", default="auto")
     corpus.set_defaults(func=cmd_anonymize_corpus)

@@ -32,8 +32,8 @@ class AnonymizerConfig:
         privacy_level: ``"far1e-2"`` (default) or ``"far1e-3"``: a replaced face must be less
             similar to the original than all but this fraction of different-person pairs.
             ``far1e-3`` is stricter.
-        generator: ``"none"`` (every face is irreversibly obfuscated), ``"vae-decode"``
-            (the packaged identity-code autoencoder draws a replacement identity), ``"lcm"``
+        generator: ``"vae-decode"`` (default: the packaged identity-code autoencoder draws a
+            replacement identity), ``"none"`` (every face is irreversibly obfuscated), ``"lcm"``
             (the consistency-distilled latent diffusion model, ``generator_steps`` 1-4) or
             ``"ldm-teacher"`` (its diffusion teacher, e.g. 50 steps). A generator object
             passed to the engine takes precedence.
@@ -60,7 +60,7 @@ class AnonymizerConfig:
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"
-    generator: str = "none"
+    generator: str = "vae-decode"
     generator_steps: int | None = None
     generator_weights: Path | None = None
     max_attempts: int = 3
