@@ -52,7 +52,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    base = FaceAnonymizer()
+    base = FaceAnonymizer(AnonymizerConfig(generator="none"))
     camera = np.repeat(skimage.data.camera()[..., None], 3, axis=2)
     (det,) = base.detector.detect(camera)
     swap = FaceAnonymizer(generator=OtherPersonGenerator(align_face(camera, det.landmarks, 128).crop),
@@ -63,11 +63,11 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }
-    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode"), detector=base.detector, oracles=base.oracles)
+    vae = FaceAnonymizer(AnonymizerConfig(), detector=base.detector, oracles=base.oracles)
     engines = (
-        ("obfuscate (default engine)", base),
+        ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),
-        ("vae-decode + verify (2 oracles)", vae),
+        ("vae-decode + verify (2 oracles, default engine)", vae),
     )
     for engine_name, engine in engines:
         for image_name, image in (("250x250 one face", one_face), (f"{scene.shape[1]}x{scene.shape[0]} scene", scene)):
