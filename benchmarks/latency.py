@@ -10,7 +10,6 @@ import json
 import logging
 import platform
 import statistics
-import time
 
 import numpy as np
 import skimage.data

@@ -157,7 +157,7 @@ def write_calibration(report: dict, path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def engine_embedder(detector, oracles, progress: bool = True) -> Embedder:  # noqa: ANN001
+def engine_embedder(detector, oracles, progress: bool = True) -> Embedder:
     """An :data:`Embedder` built from the engine's detector and oracles."""
     from tqdm import tqdm
 

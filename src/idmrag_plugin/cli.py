@@ -50,7 +50,7 @@ def _unique_stems(jobs: list[tuple[str, Path | str]]) -> list[tuple[str, Path | 
     return unique
 
 
-def _load_sample(name: str):  # noqa: ANN202
+def _load_sample(name: str):
     import skimage.data
 
     return getattr(skimage.data, name)()

@@ -72,7 +72,7 @@ def convert_facenet_graph(graph_path: Path | None = None) -> dict[str, torch.Ten
             raise ModelLoadError(f"FaceNet conversion: {name} has {value.shape}, expected {shape}")
         return value
 
-    eps_var = lambda bn: np.full(bn.num_features, 1.0 - bn.eps, np.float32)  # noqa: E731
+    eps_var = lambda bn: np.full(bn.num_features, 1.0 - bn.eps, np.float32)
     for prefix, module in model.named_modules():
         if isinstance(module, BasicConv2d):
             w = take("/weights", tuple(module.conv.weight.shape))

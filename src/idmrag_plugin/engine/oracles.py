@@ -160,7 +160,7 @@ class FaceNetOracle(FaceOracle):
 
         self.model = load_facenet(self.cache_dir).to(self.device).eval()
 
-    def preprocess(self, crops: np.ndarray):  # noqa: ANN201 - torch is imported lazily
+    def preprocess(self, crops: np.ndarray):
         """uint8 crops -> per-image standardised NCHW tensor, as the graph was trained."""
         import torch
 

@@ -106,7 +106,7 @@ class AnonymizerBridge:
         if not url.lower().startswith(("http://", "https://")):
             raise InvalidImageError(f"only http(s) image URLs are fetched, got {url[:40]!r}")
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
                 data = response.read(self.max_bytes + 1)
         except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
             raise InvalidImageError(f"cannot fetch image URL: {exc}") from exc
