@@ -166,6 +166,38 @@ def test_same_identity_similarity_penalises_only_codes_that_carry_identity():
     assert leaky.grad is not None and leaky.grad.abs().sum() > 0
 
 
+def test_quick_eval_scores_codes_and_trained_models(tmp_path, capsys):
+    from idmrag_plugin.errors import ConfigError
+    from idmrag_plugin.training.quick_eval import main, verification_auc, verification_pairs
+    from idmrag_plugin.training.train_codes import build_parser, train
+
+    labels = np.repeat(np.arange(30), 3)
+    genuine, impostor = verification_pairs(labels, np.random.default_rng(0))
+    assert len(genuine) == 90 and len(impostor) == 270
+    assert all(labels[a] == labels[b] for a, b in genuine) and all(labels[a] != labels[b] for a, b in impostor)
+    identity = torch.nn.functional.one_hot(torch.as_tensor(labels)).float() + 0.01 * torch.randn(90, 30)
+    assert verification_auc(identity, genuine, impostor) > 0.99
+    assert abs(verification_auc(torch.randn(90, 30), genuine, impostor) - 0.5) < 0.1
+    with pytest.raises(ConfigError):
+        verification_pairs(np.zeros(5, int), np.random.default_rng(0))
+
+    rng = np.random.default_rng(0)
+    n = 24
+    split = np.array(["train"] * 16 + ["val"] * 8)
+    np.savez(tmp_path / "data.npz", crops=(rng.random((n, 32, 32, 3)) * 255).astype(np.uint8),
+             identity=np.repeat(np.arange(n // 2), 2).astype(np.int32), split=split,
+             emb_facenet=rng.standard_normal((n, 512)).astype(np.float32))
+    train(build_parser().parse_args([
+        "--data", str(tmp_path / "data.npz"), "--output", str(tmp_path / "run"), "--size", "32", "--base-channels", "8",
+        "--id-dim", "16", "--attr-channels", "2", "--student-width", "8", "--batch", "8", "--student-steps", "1",
+        "--steps", "1"]))
+    main(["--data", str(tmp_path / "data.npz"), str(tmp_path / "run")])
+    (scores,) = json.loads(capsys.readouterr().out).values()
+    assert set(scores) == {"auc_z_id", "auc_z_attr", "psnr", "swap_closer_to_a_student", "swaps"}
+    assert 0.0 <= scores["auc_z_attr"] <= 1.0 and 0.0 <= scores["swap_closer_to_a_student"] <= 1.0
+    assert scores["swaps"] > 0 and scores["psnr"] > 0
+
+
 def test_training_refuses_unknown_loss_weights_and_mismatched_init(tmp_path, capsys):
     from idmrag_plugin.training.train_codes import build_parser
 
