@@ -198,6 +198,56 @@ def test_quick_eval_scores_codes_and_trained_models(tmp_path, capsys):
     assert scores["swaps"] > 0 and scores["psnr"] > 0
 
 
+def test_dlib_student_terms_train_resume_and_need_dlib_embeddings(tmp_path):
+    from idmrag_plugin.engine.identity_student import IdentityStudent
+    from idmrag_plugin.errors import ConfigError
+    from idmrag_plugin.training.train_codes import build_parser, train
+
+    rng = np.random.default_rng(0)
+    n = 16
+    arrays = dict(crops=(rng.random((n, 32, 32, 3)) * 255).astype(np.uint8),
+                  identity=np.repeat(np.arange(n // 2), 2).astype(np.int32), split=np.array(["train"] * n),
+                  emb_facenet=rng.standard_normal((n, 512)).astype(np.float32))
+    np.savez(tmp_path / "facenet_only.npz", **arrays)
+    np.savez(tmp_path / "both.npz", **arrays, emb_dlib=rng.standard_normal((n, 128)).astype(np.float32))
+    argv = ["--size", "32", "--base-channels", "8", "--id-dim", "16", "--attr-channels", "2", "--student-width", "8",
+            "--batch", "8", "--student-steps", "2", "--checkpoint-every", "2", "--weight", "swap_id_dlib=1"]
+    with pytest.raises(ConfigError, match="emb_dlib"):
+        train(build_parser().parse_args(
+            argv + ["--data", str(tmp_path / "facenet_only.npz"), "--output", str(tmp_path / "x"), "--steps", "1"]))
+    run = ["--data", str(tmp_path / "both.npz"), "--output", str(tmp_path / "run")]
+    first = train(build_parser().parse_args(argv + run + ["--steps", "2"]))
+    assert first["student_dlib_step"] == 2 and "swap_id_dlib" in first and "id_dec_dlib" in first
+    second = train(build_parser().parse_args(argv + run + ["--steps", "3"]))
+    assert second["vae_step"] == 3 and second["student_dlib_step"] == 2  # resumed, students not retrained
+    dlib_student = IdentityStudent.load(tmp_path / "run" / "identity_student_dlib.safetensors")
+    assert dlib_student(torch.zeros(1, 3, 32, 32)).shape == (1, 128)
+    # fine-tuning from that folder brings the trained dlib student along
+    tuned = train(build_parser().parse_args(argv + ["--data", str(tmp_path / "both.npz"), "--output",
+                                                     str(tmp_path / "tuned"), "--steps", "1", "--init",
+                                                     str(tmp_path / "run")]))
+    assert tuned["student_dlib_step"] == 2 and tuned["vae_step"] == 1
+
+
+def test_add_embeddings_and_pack_keep_every_oracle(tmp_path, camera_face, oracles):
+    from idmrag_plugin.training.data import add_embeddings, pack_dataset, unpack_crops
+
+    dlib = next(o for o in oracles if o.name == "dlib")
+    crops = np.stack([camera_face, camera_face[:, ::-1].copy(), camera_face])
+    np.savez(tmp_path / "data.npz", crops=crops, identity=np.array([0, 0, 1], np.int32),
+             split=np.array(["train", "train", "val"]), emb_facenet=np.ones((3, 512), np.float32))
+    assert add_embeddings(tmp_path / "data.npz", tmp_path / "more.npz", dlib, progress=False) == 3
+    more = np.load(tmp_path / "more.npz")
+    emb = more["emb_dlib"]
+    assert emb.shape == (3, 128) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    assert np.allclose(emb[0], emb[2], atol=1e-5) and float(emb[0] @ emb[1]) > 0.9  # same face; mirrored
+    assert np.array_equal(more["crops"], crops) and np.array_equal(more["emb_facenet"], np.ones((3, 512)))
+    pack_dataset(tmp_path / "more.npz", tmp_path / "packed.npz", size=32)
+    packed = np.load(tmp_path / "packed.npz")
+    assert packed["emb_dlib"].shape == (2, 128) and packed["emb_facenet"].shape == (2, 512)
+    assert unpack_crops(packed).shape == (2, 32, 32, 3)
+
+
 def test_training_refuses_unknown_loss_weights_and_mismatched_init(tmp_path, capsys):
     from idmrag_plugin.training.train_codes import build_parser
 

@@ -39,10 +39,10 @@ class IdentityStudent(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> IdentityStudent:
-        """A student saved as safetensors by ``idmrag train-codes`` (width read from the weights)."""
+        """A student saved as safetensors by ``idmrag train-codes`` (sizes read from the weights)."""
         from safetensors.torch import load_file
 
         weights = load_file(str(path))
-        student = cls(width=int(weights["features.0.weight"].shape[0]))
+        student = cls(embedding_dim=int(weights["head.weight"].shape[0]), width=int(weights["features.0.weight"].shape[0]))
         student.load_state_dict({k: v.float() for k, v in weights.items()})
         return student

@@ -160,9 +160,31 @@ def pack_dataset(source: Path, output: Path, size: int = 64, quality: int = 90, 
         offsets=np.array(offsets, np.int64),
         identity=data["identity"][keep],
         split=data["split"][keep],
-        emb_facenet=data["emb_facenet"][keep].astype(np.float16),
+        **{k: data[k][keep].astype(np.float16) for k in data.files if k.startswith("emb_")},
     )
     return {"faces": int(keep.sum()), "bytes": int(output.stat().st_size)}
+
+
+def add_embeddings(source: Path, output: Path, oracle: FaceOracle, batch: int = 64,
+                   progress: bool = True) -> int:
+    """Copy a prepared dataset with one more oracle's embedding of every aligned crop
+    (``emb_<oracle name>``, measured on the crop at the template's landmarks); returns the count."""
+    from tqdm import tqdm
+
+    from idmrag_plugin.engine.align import template
+
+    data = np.load(source, allow_pickle=False)
+    crops = unpack_crops(data)
+    landmarks = template(crops.shape[1])
+    embeddings = []
+    for start in tqdm(range(0, len(crops), batch), desc=f"{oracle.name} embeddings", disable=not progress):
+        chunk = crops[start : start + batch]
+        embeddings.append(oracle.embed(np.concatenate([oracle.crops(c, [landmarks]) for c in chunk])))
+    arrays = {k: data[k] for k in data.files}
+    arrays[f"emb_{oracle.name}"] = np.concatenate(embeddings).astype(np.float32)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(output, **arrays)
+    return len(crops)
 
 
 def unpack_crops(data: np.lib.npyio.NpzFile) -> np.ndarray:

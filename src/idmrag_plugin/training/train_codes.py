@@ -40,8 +40,11 @@ logger = logging.getLogger(__name__)
 WEIGHTS = {
     "rec": 1.0, "kl_id": 3e-4, "kl_attr": 3e-3, "id_sup": 1.0, "id_dec": 0.5,
     "swap_id": 0.5, "swap_cycle": 0.5, "club": 0.0, "supcon": 0.2, "attr_adv": 0.0,
-    "attr_pair": 0.0,
+    "attr_pair": 0.0, "swap_id_dlib": 0.0, "id_dec_dlib": 0.0,
 }
+# The *_dlib terms judge decoded faces with a second student distilled from dlib's embedding
+# (``emb_dlib`` in the data, see training.data.add_embeddings); only trained when weighted.
+DLIB_TERMS = ("swap_id_dlib", "id_dec_dlib")
 RAMPED = ("club", "attr_adv", "attr_pair")
 
 
@@ -58,6 +61,8 @@ class FaceData:
             crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
         self.images = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous().to(device)
         self.embeddings = torch.from_numpy(data["emb_facenet"][keep].astype(np.float32)).to(device)
+        self.embeddings_dlib = (torch.from_numpy(data["emb_dlib"][keep].astype(np.float32)).to(device)
+                                if "emb_dlib" in data.files else None)
         self.labels = torch.from_numpy(data["identity"][keep].astype(np.int64)).to(device)
         labels = self.labels.cpu().numpy()
         groups: dict[int, list[int]] = {}
@@ -77,7 +82,8 @@ class FaceData:
             index += list(generator.choice(self.pairs[group], 2, replace=False))
         idx = torch.as_tensor(index, device=self.device)
         x = self.images[idx].float() / 127.5 - 1.0
-        return x, self.embeddings[idx], self.labels[idx]
+        dlib = None if self.embeddings_dlib is None else self.embeddings_dlib[idx]
+        return x, self.embeddings[idx], self.labels[idx], dlib
 
 
 def write_checkpoint(path: Path, **state: object) -> None:
@@ -99,17 +105,30 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                          attr_channels=args.attr_channels, attr_size=args.attr_size)
     vae = DisentangledFaceVAE(config).to(device)
     student = IdentityStudent(width=args.student_width).to(device)
+    weights = {**WEIGHTS, "club": args.club_weight, **dict(args.weight or [])}
+    student_dlib = None
+    if any(weights[k] > 0 for k in DLIB_TERMS):
+        if data.embeddings_dlib is None:
+            raise ConfigError(f"--weight {'/'.join(DLIB_TERMS)} needs emb_dlib in {args.data}: "
+                              "add it with training.data.add_embeddings")
+        student_dlib = IdentityStudent(embedding_dim=data.embeddings_dlib.shape[1], width=args.student_width).to(device)
     attr_dim = config.attr_channels * config.attr_size**2
     club = CLUBEstimator(attr_dim, config.id_dim).to(device)
     adversary = AttributeIdentityAdversary(attr_dim, config.embedding_dim).to(device)
     opt_student = torch.optim.AdamW(student.parameters(), lr=2e-3, weight_decay=1e-4)
+    opt_student_dlib = (None if student_dlib is None
+                        else torch.optim.AdamW(student_dlib.parameters(), lr=2e-3, weight_decay=1e-4))
     opt_vae = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=1e-4)
     opt_club = torch.optim.Adam(club.parameters(), lr=1e-3)
     opt_adv = torch.optim.Adam(adversary.parameters(), lr=1e-3)
-    state = {"student_step": 0, "vae_step": 0}
+    state = {"student_step": 0, "vae_step": 0, "student_dlib_step": 0}
     if args.init:
         _initialise(Path(args.init), vae, student)
         state["student_step"] = args.student_steps  # the student comes trained with the model
+        dlib_file = Path(args.init) / "identity_student_dlib.safetensors"
+        if student_dlib is not None and dlib_file.is_file():
+            student_dlib.load_state_dict(IdentityStudent.load(dlib_file).state_dict())
+            state["student_dlib_step"] = args.student_steps
     ckpt = Path(args.checkpoint or out / "checkpoint.pt")
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location=device, weights_only=False)
@@ -122,9 +141,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         if "adversary" in saved:
             adversary.load_state_dict(saved["adversary"])
             opt_adv.load_state_dict(saved["opt_adv"])
-        state = saved["state"]
+        if student_dlib is not None and saved.get("student_dlib") is not None:
+            student_dlib.load_state_dict(saved["student_dlib"])
+            opt_student_dlib.load_state_dict(saved["opt_student_dlib"])
+        state = {"student_dlib_step": 0, **saved["state"]}
         logger.info("resumed from %s at %s", ckpt, state)
-    weights = {**WEIGHTS, "club": args.club_weight, **dict(args.weight or [])}
     logger.info("loss weights %s (ramped over %d steps: %s)", weights, args.penalty_warmup, RAMPED)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     deadline = time.time() + args.minutes * 60
@@ -135,34 +156,41 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         write_checkpoint(ckpt, vae=vae.state_dict(), student=student.state_dict(), club=club.state_dict(),
                     opt_vae=opt_vae.state_dict(), opt_student=opt_student.state_dict(),
                     opt_club=opt_club.state_dict(), adversary=adversary.state_dict(), opt_adv=opt_adv.state_dict(),
+                    student_dlib=None if student_dlib is None else student_dlib.state_dict(),
+                    opt_student_dlib=None if opt_student_dlib is None else opt_student_dlib.state_dict(),
                     state=state, config=asdict(config))
 
-    # Phase 1: the identity student mimics FaceNet's embedding at training resolution.
-    student.train()
-    while state["student_step"] < args.student_steps and time.time() < student_deadline:
-        x, e, _ = data.batch(args.batch, rng)
-        x = torch.where(torch.rand(x.shape[0], 1, 1, 1, device=device) < 0.5, x, x.flip(3))
-        with autocast:
-            loss = cosine_loss(student(x).float(), e)
-        opt_student.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_student.step()
-        state["student_step"] += 1
-        if state["student_step"] % 100 == 0:
-            logger.info("student step %d loss %.4f", state["student_step"], loss.item())
-            log["student_loss"] = loss.item()
-        if state["student_step"] % args.checkpoint_every == 0:
-            save()
-    student.eval()
-    for p in student.parameters():
-        p.requires_grad_(False)
+    # Phase 1: the identity students mimic FaceNet's (and, when used, dlib's) embedding at
+    # training resolution.
+    phase1 = [("student", student, opt_student, 1)]  # 1, 3: FaceNet's, dlib's embedding in a batch
+    if student_dlib is not None:
+        phase1.append(("student_dlib", student_dlib, opt_student_dlib, 3))
+    for key, net, opt, column in phase1:
+        net.train()
+        while state[f"{key}_step"] < args.student_steps and time.time() < student_deadline:
+            batch = data.batch(args.batch, rng)
+            x = torch.where(torch.rand(batch[0].shape[0], 1, 1, 1, device=device) < 0.5, batch[0], batch[0].flip(3))
+            with autocast:
+                loss = cosine_loss(net(x).float(), batch[column])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state[f"{key}_step"] += 1
+            if state[f"{key}_step"] % 100 == 0:
+                logger.info("%s step %d loss %.4f", key, state[f"{key}_step"], loss.item())
+                log[f"{key}_loss"] = loss.item()
+            if state[f"{key}_step"] % args.checkpoint_every == 0:
+                save()
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
 
     # Phase 2: the disentangled VAE.
     vae.train()
     last_terms: dict[str, torch.Tensor] = {}
     start = time.time()
     while state["vae_step"] < args.steps and time.time() < deadline:
-        x, e, labels = data.batch(args.batch, rng)
+        x, e, labels, e_dlib = data.batch(args.batch, rng)
         with autocast:
             o = vae(x)
             recon = o["recon"].float()
@@ -186,6 +214,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                 # two photos of one person must not have more alike attribute codes than strangers
                 "attr_pair": same_identity_similarity(o["attr_mu"].float(), labels),
             }
+            if student_dlib is not None:
+                terms["id_dec_dlib"] = cosine_loss(student_dlib(recon).float(), e_dlib)
+                terms["swap_id_dlib"] = cosine_loss(student_dlib(swap).float(), e_dlib)
             ramp = min(1.0, (state["vae_step"] + 1) / max(args.penalty_warmup, 1))
             loss = sum(weights[k] * (ramp if k in RAMPED else 1.0) * v for k, v in terms.items())
         opt_vae.zero_grad(set_to_none=True)
@@ -216,9 +247,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     vae.save_pretrained(out / "codes_vae", dtype=torch.float16)
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.cpu()
-               for k, v in student.state_dict().items()},
-              str(out / "identity_student.safetensors"))
+    for net, name in ((student, "identity_student"), (student_dlib, "identity_student_dlib")):
+        if net is not None:
+            save_file({k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.cpu()
+                       for k, v in net.state_dict().items()},
+                      str(out / f"{name}.safetensors"))
     summary = {**state, **log}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
