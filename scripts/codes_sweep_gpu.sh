@@ -2,10 +2,12 @@
 # One prepared GPU run: fine-tune the shipped codes model under several loss weightings at once
 # (the 64 px model leaves an H100/H200 mostly idle, so the runs share it), score each on the
 # validation identities with benchmarks/codes_quick_eval.py, and pack each model under $OUT.
-# Expects gpu_data/faces64_train.npz and gpu_data/faces64_val.npz, made by
+# Expects $TRAIN (default gpu_data/faces64_train.npz) and gpu_data/faces64_val.npz, made by
 #   python -c "from pathlib import Path; from idmrag_plugin.training.data import pack_dataset as p; \
 #     p(Path('runs/faces128.npz'), Path('gpu_data/faces64_train.npz')); \
 #     p(Path('runs/faces128.npz'), Path('gpu_data/faces64_val.npz'), split='val')"
+# (runs g and h need emb_dlib: pack from training.data.add_embeddings' output instead; the device
+# takes at most 64 MiB of tree and data together, so lower the JPEG quality if needed).
 set -uo pipefail
 OUT=${OUT:-runs/sweep}
 MINUTES=${MINUTES:-5.5}
@@ -21,8 +23,14 @@ declare -A RUNS=(
   [d]="--weight attr_pair=2 --weight attr_adv=1 --weight kl_attr=1e-2 --weight swap_id=2 --weight id_dec=1 --weight supcon=0.5"
   [e]="--weight attr_pair=5 --weight swap_id=1 --weight supcon=0.5 --lr 2e-4"
   [f]="--weight attr_adv=5 --weight attr_pair=2 --weight swap_id=2 --weight swap_cycle=1 --weight supcon=0.5"
+  # g, h: the shipped recipe (b) plus a dlib-distilled student judging swaps; need emb_dlib in $TRAIN
+  [g]="--weight attr_pair=3 --weight swap_id=1.5 --weight supcon=0.5 --weight swap_id_dlib=1.5 --weight id_dec_dlib=0.5"
+  [h]="--weight attr_pair=3 --weight swap_id=1.5 --weight supcon=0.5 --weight swap_id_dlib=3"
 )
-for name in "${!RUNS[@]}"; do
+# CONFIGS="b g h" runs a subset (default: all; at most 6 come back: 8 files per call); rerunning on a
+# warm machine resumes each from its checkpoint in /tmp.
+read -r -a NAMES <<<"${CONFIGS:-${!RUNS[*]}}"
+for name in "${NAMES[@]}"; do
   # shellcheck disable=SC2086
   python3 -m idmrag_plugin.training.train_codes --data "${TRAIN:-gpu_data/faces64_train.npz}" --output "/tmp/sweep/$name" \
     --checkpoint "/tmp/sweep_$name.pt" --init src/idmrag_plugin/data --batch "${BATCH:-256}" --lr 1e-4 \
@@ -30,13 +38,14 @@ for name in "${!RUNS[@]}"; do
     >"/tmp/sweep_$name.log" 2>&1 &
 done
 wait
-python3 benchmarks/codes_quick_eval.py --data gpu_data/faces64_val.npz src/idmrag_plugin/data /tmp/sweep/* \
+python3 benchmarks/codes_quick_eval.py --data gpu_data/faces64_val.npz src/idmrag_plugin/data "${NAMES[@]/#//tmp/sweep/}" \
   >"$OUT/quick_eval.json" 2>/tmp/quick_eval.log; tail -3 /tmp/quick_eval.log
 cat "$OUT/quick_eval.json"
-for name in "${!RUNS[@]}"; do
+for name in "${NAMES[@]}"; do
   cp "/tmp/sweep_$name.log" "/tmp/sweep/$name/train.log"
   echo "$name: ${RUNS[$name]}" >>"$OUT/runs.txt"
   grep "vae step" "/tmp/sweep_$name.log" | tail -1 | cut -c1-300
-  tar -C /tmp/sweep -cf "$OUT/$name.tar" "$name/codes_vae" "$name/train.log" "$name/train_summary.json" || true
+  extra=(); [ -f "/tmp/sweep/$name/identity_student_dlib.safetensors" ] && extra=("$name/identity_student_dlib.safetensors")
+  tar -C /tmp/sweep -cf "$OUT/$name.tar" "$name/codes_vae" "$name/train.log" "$name/train_summary.json" "${extra[@]}" || true
 done
 ls -la "$OUT"
