@@ -6,8 +6,13 @@
 #   python -c "from pathlib import Path; from idmrag_plugin.training.data import pack_dataset as p; \
 #     p(Path('runs/faces128.npz'), Path('gpu_data/faces64_train.npz')); \
 #     p(Path('runs/faces128.npz'), Path('gpu_data/faces64_val.npz'), split='val')"
-# (runs g and h need emb_dlib: pack from training.data.add_embeddings' output instead; the device
-# takes at most 64 MiB of tree and data together, so lower the JPEG quality if needed).
+# Runs g and h need emb_dlib: pack from training.data.add_embeddings' output instead, e.g.
+#   add_embeddings(Path('runs/faces128.npz'), Path('runs/faces128_dlib.npz'), build_oracle('dlib'))  # ~17 min, 2 CPUs
+#   pack_dataset(Path('runs/faces128_dlib.npz'), Path('gpu_data/faces64_train_dlib_q75.npz'), quality=75)  # 46.3 MB
+# The device takes at most 64 MiB of tree and data together, and returns at most 64 MB of files
+# (a tar with the dlib student is ~12 MB: bring back five runs at most), e.g.
+#   TRAIN=gpu_data/faces64_train_dlib_q75.npz CONFIGS="b g h" OUT=$OUT MINUTES=6 bash scripts/codes_sweep_gpu.sh
+# with carry gpu_data/faces64_train_dlib_q75.npz and gpu_data/faces64_val.npz.
 set -uo pipefail
 OUT=${OUT:-runs/sweep}
 MINUTES=${MINUTES:-5.5}
