@@ -75,7 +75,10 @@ class FaceData:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def batch(self, size: int, generator: np.random.Generator) -> tuple[torch.Tensor, ...]:
+    def batch(
+        self, size: int, generator: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images in [-1, 1], FaceNet embeddings, identity labels and dlib embeddings (None if absent)."""
         half = size // 2
         index = list(generator.integers(0, len(self), size - 2 * (half // 2)))
         for group in generator.choice(len(self.pairs), half // 2, replace=False):

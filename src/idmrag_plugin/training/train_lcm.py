@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     # Phase 1: autoencoder.
     model.autoencoder.train()
     while state["autoencoder"] < args.autoencoder_steps and time.time() < deadlines[0]:
-        x, e, _ = data.batch(args.batch, rng)
+        x, e, *_ = data.batch(args.batch, rng)
         recon = model.autoencoder.decode(model.autoencoder.encode(x))
         terms = {"rec": F.l1_loss(recon, x) + F.mse_loss(recon, x),
                  "id": (1 - F.cosine_similarity(student(recon), e, dim=1)).mean()}
@@ -181,7 +181,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     # Phase 2: teacher.
     model.unet.train()
     while state["teacher"] < args.teacher_steps and time.time() < deadlines[1]:
-        x, e, _ = data.batch(args.batch, rng)
+        x, e, *_ = data.batch(args.batch, rng)
         z_id, z_attr = codes_of(x)
         with torch.no_grad():
             z0 = model.encode_latent(x)
@@ -226,7 +226,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     grid = torch.arange(1, config.original_inference_steps + 1, device=device) * ratio - 1  # DDIM grid, as LCMScheduler
     lcm.unet.train()
     while state["distill"] < args.distill_steps and time.time() < deadlines[2]:
-        x, e, _ = data.batch(args.batch, rng)
+        x, e, *_ = data.batch(args.batch, rng)
         z_id, z_attr = codes_of(x)
         swap = torch.rand(x.shape[0], device=device) < 0.5  # half the batch in the anonymization regime
         cond_id = torch.where(swap[:, None], z_id[torch.roll(torch.arange(x.shape[0], device=device), 1)], z_id)
