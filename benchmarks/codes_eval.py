@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
@@ -26,30 +25,7 @@ from idmrag_plugin.engine.oracles import build_oracle
 from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.training.data import unpack_crops
 from idmrag_plugin.training.fit_sampler import encode_all
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(len(x), -1)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def validation_pairs(labels: np.ndarray, rng: np.random.Generator, impostors_per_genuine: int = 3):
-    groups: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        groups.setdefault(int(label), []).append(i)
-    genuine = [(g[a], g[b]) for g in groups.values() for a in range(len(g)) for b in range(a + 1, len(g))][:20000]
-    impostor = []
-    while len(impostor) < impostors_per_genuine * len(genuine):
-        a, b = rng.integers(0, len(labels), 2)
-        if labels[a] != labels[b]:
-            impostor.append((int(a), int(b)))
-    return genuine, impostor
-
-
-def auc(codes: np.ndarray, genuine, impostor) -> float:
-    unit = _unit(codes)
-    sims = [float(unit[a] @ unit[b]) for a, b in genuine + impostor]
-    return float(roc_auc_score([1] * len(genuine) + [0] * len(impostor), sims))
+from idmrag_plugin.training.quick_eval import verification_auc, verification_pairs
 
 
 def main() -> None:
@@ -70,14 +46,14 @@ def main() -> None:
     crops, labels, sources = unpack_crops(data)[val], data["identity"][val], data["source"][val]
     generator = VAEDecodeGenerator(args.model, args.sampler, secret=b"codes-eval")
     ids, attrs = encode_all(generator, crops)
-    genuine, impostor = validation_pairs(labels, rng)
+    genuine, impostor = verification_pairs(labels, rng)
     results: dict[str, object] = {
         "validation_faces": int(val.sum()),
         "validation_identities": int(len(np.unique(labels))),
         "genuine_pairs": len(genuine),
         "impostor_pairs": len(impostor),
-        "auc_z_id": round(auc(ids, genuine, impostor), 4),
-        "auc_z_attr": round(auc(attrs, genuine, impostor), 4),
+        "auc_z_id": round(verification_auc(ids, genuine, impostor), 4),
+        "auc_z_attr": round(verification_auc(attrs, genuine, impostor), 4),
     }
     print(json.dumps(results))
 

@@ -5,7 +5,7 @@
 
 For each model folder (the OUTPUT of ``idmrag train-codes``: ``codes_vae`` and
 ``identity_student.safetensors``), on the validation split: verification AUC of z_id and of
-z_attr (cosine, the pairs of ``codes_eval.py``), reconstruction PSNR, and a student-judged
+z_attr (cosine, the same pairs as ``codes_eval.py``), reconstruction PSNR, and a student-judged
 swap test: the share of D(z_id of A, z_attr of B) whose distilled FaceNet embedding is closer
 to A's FaceNet embedding than to B's. The oracle-judged numbers come from ``codes_eval.py``;
 this one is for choosing between training runs on a machine without dlib or OpenCV's FaceNet.
@@ -47,8 +47,10 @@ def verification_pairs(labels: np.ndarray, rng: np.random.Generator) -> tuple[np
     return np.array(genuine), np.array(impostor)
 
 
-def verification_auc(codes: torch.Tensor, genuine: np.ndarray, impostor: np.ndarray) -> float:
-    unit = torch.nn.functional.normalize(codes.flatten(1).float(), dim=1).cpu().numpy()
+def verification_auc(codes: torch.Tensor | np.ndarray, genuine: np.ndarray, impostor: np.ndarray) -> float:
+    """ROC AUC of the cosine similarity of flattened codes: genuine pairs against impostors."""
+    flat = torch.as_tensor(codes).flatten(1).float()
+    unit = torch.nn.functional.normalize(flat, dim=1).cpu().numpy()
     pairs = np.concatenate([genuine, impostor])
     sims = np.einsum("ij,ij->i", unit[pairs[:, 0]], unit[pairs[:, 1]])
     return float(roc_auc_score(np.r_[np.ones(len(genuine)), np.zeros(len(impostor))], sims))
@@ -73,7 +75,8 @@ def evaluate(model_dir: Path, images: torch.Tensor, embeddings: torch.Tensor, la
     rng = np.random.default_rng(1)
     a = torch.as_tensor(rng.integers(0, len(x), 1000), device=device)
     b = torch.as_tensor(rng.integers(0, len(x), 1000), device=device)
-    keep = torch.as_tensor(labels, device=device)[a] != torch.as_tensor(labels, device=device)[b]
+    identity = torch.as_tensor(labels, device=device)
+    keep = identity[a] != identity[b]
     a, b = a[keep], b[keep]
     swap = vae.decode(z_id[a], z_attr[b]).float().clamp(-1, 1)
     guess = torch.nn.functional.normalize(student(swap).float(), dim=1)
