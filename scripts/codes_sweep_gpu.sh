@@ -31,6 +31,7 @@ declare -A RUNS=(
   # g, h: the shipped recipe (b) plus a dlib-distilled student judging swaps; need emb_dlib in $TRAIN
   [g]="--weight attr_pair=3 --weight swap_id=1.5 --weight supcon=0.5 --weight swap_id_dlib=1.5 --weight id_dec_dlib=0.5"
   [h]="--weight attr_pair=3 --weight swap_id=1.5 --weight supcon=0.5 --weight swap_id_dlib=3"
+  [i]="--weight attr_pair=3 --weight swap_id=2 --weight supcon=0.5 --weight swap_id_dlib=3 --weight id_dec_dlib=1"
 )
 # CONFIGS="b g h" runs a subset (default: all; at most 6 come back: 8 files per call); rerunning on a
 # warm machine resumes each from its checkpoint in /tmp.
