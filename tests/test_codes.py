@@ -229,6 +229,21 @@ def test_dlib_student_terms_train_resume_and_need_dlib_embeddings(tmp_path):
     assert tuned["student_dlib_step"] == 2 and tuned["vae_step"] == 1
 
 
+def test_dlib_targets_are_centred_so_random_pairs_are_not_all_alike():
+    from idmrag_plugin.training.train_codes import centred
+
+    rng = np.random.default_rng(1)
+    common = rng.standard_normal(128)
+    raw = torch.from_numpy(common + 0.3 * rng.standard_normal((400, 128))).float()  # dlib-like: one shared direction
+    raw_cos = torch.nn.functional.normalize(raw, dim=1)
+    out = centred(raw)
+    assert torch.allclose(out.norm(dim=1), torch.ones(400), atol=1e-5)
+    pairs = torch.arange(0, 400, 2), torch.arange(1, 400, 2)
+    before = (raw_cos[pairs[0]] * raw_cos[pairs[1]]).sum(1)
+    after = (out[pairs[0]] * out[pairs[1]]).sum(1)
+    assert before.mean() > 0.8 and abs(float(after.mean())) < 0.1 and after.std() > 3 * before.std()
+
+
 def test_add_embeddings_and_pack_keep_every_oracle(tmp_path, camera_face, oracles):
     from idmrag_plugin.training.data import add_embeddings, pack_dataset, unpack_crops
 
