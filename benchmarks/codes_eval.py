@@ -49,7 +49,7 @@ def main() -> None:
     genuine, impostor = verification_pairs(labels, rng)
     results: dict[str, object] = {
         "validation_faces": int(val.sum()),
-        "validation_identities": int(len(np.unique(labels))),
+        "validation_identities": len(np.unique(labels)),
         "genuine_pairs": len(genuine),
         "impostor_pairs": len(impostor),
         "auc_z_id": round(verification_auc(ids, genuine, impostor), 4),
@@ -61,7 +61,7 @@ def main() -> None:
     recon = np.concatenate([generator.decode(ids[i : i + 256], attrs[i : i + 256], size) for i in range(0, len(ids), 256)])
     import cv2
 
-    small = lambda im: cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float64)  # noqa: E731
+    small = lambda im: cv2.resize(im, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float64)
     mse = np.mean([np.mean((small(a) - small(b)) ** 2) for a, b in zip(crops, recon, strict=True)])
     results["psnr_64px_db"] = round(float(10 * np.log10(255.0**2 / mse)), 2)
 

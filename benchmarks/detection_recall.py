@@ -14,7 +14,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from idmrag_plugin.engine.detect import DlibHOGDetector, MTCNNDetector, UnionDetector, box_iou, central_face
+from idmrag_plugin.engine.detect import (
+    DlibHOGDetector,
+    MTCNNDetector,
+    UnionDetector,
+    box_iou,
+    central_face,
+)
 from idmrag_plugin.image_io import load_rgb
 
 

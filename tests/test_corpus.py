@@ -11,7 +11,7 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="install the ray extra")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from idmrag_plugin.corpus import anonymize_corpus, list_sources  # noqa: E402
+from idmrag_plugin.corpus import anonymize_corpus, list_sources
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def _bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
 def test_every_mode_becomes_rgb_uint8(astronaut, mode):
     source = Image.fromarray(astronaut)
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(source.convert("L"), np.uint16) * 257))
+        image = Image.fromarray(np.asarray(source.convert("L"), np.uint16) * 257)
         assert image.mode.startswith("I;16")
     elif mode == "P":
         image = source.convert("P", palette=Image.Palette.ADAPTIVE)

@@ -10,15 +10,15 @@ from PIL import Image
 
 pytest.importorskip("langchain_core", reason="install the langchain extra")
 
-from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel  # noqa: E402
-from langchain_core.messages import HumanMessage  # noqa: E402
-from langchain_core.retrievers import BaseRetriever  # noqa: E402
-from langchain_core.runnables import RunnableLambda  # noqa: E402
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.messages import HumanMessage
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableLambda
 
-from idmrag_plugin import InvalidImageError  # noqa: E402
-from idmrag_plugin.integrations.langchain import FaceAnonymizerCompressor, FaceAnonymizingRetriever  # noqa: E402
+from idmrag_plugin import InvalidImageError
+from idmrag_plugin.integrations.langchain import FaceAnonymizerCompressor, FaceAnonymizingRetriever
 
 
 class ListRetriever(BaseRetriever):

@@ -10,17 +10,17 @@ from PIL import Image
 
 pytest.importorskip("llama_index.core", reason="install the llama-index extra")
 
-from llama_index.core.base.base_retriever import BaseRetriever  # noqa: E402
-from llama_index.core.base.llms.types import ImageBlock  # noqa: E402
-from llama_index.core.ingestion import IngestionPipeline  # noqa: E402
-from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
-from llama_index.core.llms.mock import MockLLMWithChatMemoryOfLastCall  # noqa: E402
-from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
-from llama_index.core.schema import ImageDocument, ImageNode, MetadataMode, NodeWithScore, TextNode  # noqa: E402
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.base.llms.types import ImageBlock
+from llama_index.core.ingestion import IngestionPipeline
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.llms.mock import MockLLMWithChatMemoryOfLastCall
+from llama_index.core.query_engine import RetrieverQueryEngine
+from llama_index.core.schema import ImageDocument, ImageNode, MetadataMode, NodeWithScore, TextNode
 
-from idmrag_plugin import InvalidImageError  # noqa: E402
-from idmrag_plugin.integrations.llama_index import (  # noqa: E402
+from idmrag_plugin import InvalidImageError
+from idmrag_plugin.integrations.llama_index import (
     FaceAnonymizationEvent,
     FaceAnonymizerPostprocessor,
     FaceAnonymizerTransform,

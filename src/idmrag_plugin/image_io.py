@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from idmrag_plugin.errors import ImageTooLargeError, InvalidImageError
 
-ImageInput = Union[Image.Image, bytes, bytearray, memoryview, str, os.PathLike, np.ndarray]
+ImageInput = Image.Image | bytes | bytearray | memoryview | str | os.PathLike | np.ndarray
 
 _MIN_SIDE = 1
 

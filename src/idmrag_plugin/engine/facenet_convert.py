@@ -96,7 +96,6 @@ def convert_facenet_graph(graph_path: Path | None = None) -> dict[str, torch.Ten
         return value
 
     state["last_linear.weight"] = torch.from_numpy(const("weights").T.copy())
-    bn = model.last_bn
     state["last_bn.weight"] = torch.from_numpy(const("BatchNorm/Const").copy())
     state["last_bn.bias"] = torch.from_numpy(const("BatchNorm/beta").copy())
     state["last_bn.running_mean"] = torch.from_numpy(const("BatchNorm/moving_mean").copy())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,5 +197,5 @@ def unpack_crops(data: np.lib.npyio.NpzFile) -> np.ndarray:
     buffer, offsets = data["jpeg"], data["offsets"]
     return np.stack([
         cv2.cvtColor(cv2.imdecode(buffer[a:b], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        for a, b in itertools.pairwise(offsets)
     ])
