@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--sampler", required=True)
-    parser.add_argument("--swaps", type=int, default=300)
+    parser.add_argument("--swaps", type=int, default=1000)
     parser.add_argument("--engine-images", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/codes_eval.json")
