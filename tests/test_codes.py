@@ -317,3 +317,31 @@ def test_sampler_accepts_float32_mixture_weights_that_do_not_sum_exactly_to_one(
                               distinct_cos=0.3, density_floor=-1e9)
     z, info = sampler.sample(rng.standard_normal(8), b"key")
     assert z.shape == (8,) and info.tries >= 1
+
+
+def test_blend_codes_interpolates_weights_and_refuses_bad_input(tmp_path, tiny_model_dir):
+    from idmrag_plugin.cli import main as cli_main
+    from idmrag_plugin.errors import ConfigError
+    from idmrag_plugin.training.blend_codes import blend_codes
+
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    DisentangledFaceVAE(TINY).save_pretrained(other)
+    start = DisentangledFaceVAE.from_pretrained(tiny_model_dir).state_dict()
+    end = DisentangledFaceVAE.from_pretrained(other).state_dict()
+    name = next(k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, end[k]))
+    for alpha in (0.0, 0.25, 1.0):
+        blended = blend_codes(tiny_model_dir, other, alpha, tmp_path / f"b{alpha}").state_dict()
+        expected = (start[name] + alpha * (end[name] - start[name])).half().float()
+        assert torch.allclose(blended[name], expected, atol=1e-3)
+    reloaded = DisentangledFaceVAE.from_pretrained(tmp_path / "b0.25").state_dict()  # sha256 checked on load
+    quarter = (start[name] + 0.25 * (end[name] - start[name])).half().float()
+    assert torch.allclose(reloaded[name], quarter, atol=1e-3) and not torch.allclose(reloaded[name], start[name])
+    with pytest.raises(ConfigError, match="alpha"):
+        blend_codes(tiny_model_dir, other, 1.5, tmp_path / "bad")
+    wider = tmp_path / "wider"
+    DisentangledFaceVAE(CodesConfig(image_size=32, base_channels=8, id_dim=8, attr_channels=2, attr_size=8)).save_pretrained(wider)
+    with pytest.raises(ConfigError, match="different configs"):
+        blend_codes(tiny_model_dir, wider, 0.5, tmp_path / "bad")
+    assert cli_main(["blend-codes", str(tiny_model_dir), str(wider), "--alpha", "0.5", "--output", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "c").exists()

@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-codes", help="train the identity student and the disentangled VAE (see --help)")
     sub.add_parser("train-lcm", help="train the latent diffusion teacher and distil it into an LCM (see --help)")
     sub.add_parser("fit-sampler", help="fit the replacement-identity sampler on the trained codes (see --help)")
+    sub.add_parser("blend-codes", help="interpolate two codes models in weight space (see --help)")
     return parser
 
 
@@ -290,6 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from idmrag_plugin.training.fit_sampler import main as fit_main
 
         fit_main(argv[1:])
+        return 0
+    if argv[:1] == ["blend-codes"]:
+        from idmrag_plugin.training.blend_codes import main as blend_main
+
+        try:
+            blend_main(argv[1:])
+        except IdmragError as exc:
+            logger.error("%s", exc)
+            return 2
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
