@@ -275,28 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands whose module parses its own arguments (listed in build_parser for --help).
+DELEGATED = {
+    "train-codes": "idmrag_plugin.training.train_codes",
+    "train-lcm": "idmrag_plugin.training.train_lcm",
+    "fit-sampler": "idmrag_plugin.training.fit_sampler",
+    "blend-codes": "idmrag_plugin.training.blend_codes",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train-codes"]:
-        from idmrag_plugin.training.train_codes import main as train_main
-
-        train_main(argv[1:])
-        return 0
-    if argv[:1] == ["train-lcm"]:
-        from idmrag_plugin.training.train_lcm import main as lcm_main
-
-        lcm_main(argv[1:])
-        return 0
-    if argv[:1] == ["fit-sampler"]:
-        from idmrag_plugin.training.fit_sampler import main as fit_main
-
-        fit_main(argv[1:])
-        return 0
-    if argv[:1] == ["blend-codes"]:
-        from idmrag_plugin.training.blend_codes import main as blend_main
+    if argv[:1] and argv[0] in DELEGATED:
+        # These commands parse their own arguments; their errors end like every other command's.
+        import importlib
 
         try:
-            blend_main(argv[1:])
+            importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
         except IdmragError as exc:
             logger.error("%s", exc)
             return 2
