@@ -11,6 +11,7 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="install the ray extra")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from idmrag_plugin import AnonymizerConfig, IdmragError
 from idmrag_plugin.corpus import anonymize_corpus, list_sources
 
 
@@ -62,11 +63,54 @@ def test_corpus_is_complete_fail_closed_and_resumable(tmp_path, corpus, astronau
         assert rows[good]["status"] == "anonymized" and methods and set(methods) <= {"generated", "obfuscated"}
     assert "generated" in json.loads(rows["astronaut.jpg"]["methods"])
     written = sorted(p.relative_to(dst / "images").as_posix() for p in (dst / "images").rglob("*.png"))
-    assert written == ["cup.png", "people/astronaut.png", "people/astronaut_rgba.png", "people/camera.png"]
-    out = np.asarray(Image.open(dst / "images" / "people" / "astronaut.png").convert("RGB")).astype(int)
+    assert written == [
+        "cup.jpg.png", "people/astronaut.jpg.png", "people/astronaut_rgba.png.png", "people/camera.png.png"
+    ]
+    out = np.asarray(Image.open(dst / "images" / "people" / "astronaut.jpg.png").convert("RGB")).astype(int)
     face = (slice(90, 150), slice(195, 255))
     assert np.abs(out[face] - astronaut[face]).mean() > 20  # no original face was written
     assert not list(dst.rglob("*.tmp"))
 
     third = anonymize_corpus(corpus, dst)
     assert third.processed == 0 and third.skipped == 7
+
+
+def test_degenerate_images_same_stems_and_crashes_are_records_not_failures(tmp_path, astronaut, no_face_image):
+    src = tmp_path / "src"
+    (src / "c").mkdir(parents=True)
+    Image.fromarray(astronaut).save(src / "c" / "photo.jpg")
+    Image.fromarray(no_face_image).save(src / "c" / "photo.png")
+    for i, shape in enumerate([(1, 1), (13, 13), (2, 3000)]):
+        Image.fromarray(np.full((*shape, 3), 70, np.uint8)).save(src / f"tiny{i}.png")
+    dst = tmp_path / "dst"
+    summary = anonymize_corpus(src, dst, config=AnonymizerConfig(generator="none"))
+    assert summary.processed == 5 and summary.errors == 0
+    rows = {r["source"].split("/")[-1]: r for r in pq.read_table(dst / "report.parquet").to_pylist()}
+    assert {rows[f"tiny{i}.png"]["status"] for i in range(3)} == {"no_faces"}
+    assert rows["photo.jpg"]["output"] == "images/c/photo.jpg.png"
+    assert rows["photo.png"]["output"] == "images/c/photo.png.png"
+    assert json.loads(rows["photo.jpg"]["methods"]) == ["obfuscated"]
+
+
+def test_report_is_written_even_when_every_item_fails(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("/dev/zero\n/nonexistent/photo.jpg\nfile:///etc/passwd\nhttp://127.0.0.1:9/x.jpg\n")
+    dst = tmp_path / "dst"
+    summary = anonymize_corpus(listing, dst, config=AnonymizerConfig(generator="none"))
+    assert summary.errors == 4 and summary.written == 0
+    rows = pq.read_table(dst / "report.parquet").to_pylist()
+    assert len(rows) == 4 and all(r["status"] == "error" and r["error"] for r in rows)
+    by_source = {r["source"]: r["error"] for r in rows}
+    assert "regular" in by_source["/dev/zero"]
+    assert "not a public address" in by_source["http://127.0.0.1:9/x.jpg"]
+
+
+def test_two_sources_that_would_share_an_output_are_refused(tmp_path, no_face_image):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(no_face_image).save(src / "Photo.JPG")
+    Image.fromarray(no_face_image).save(src / "photo.jpg")
+    if len(list(src.iterdir())) < 2:
+        pytest.skip("case-insensitive file system")
+    with pytest.raises(IdmragError, match="both be written"):
+        list_sources(src)

@@ -158,14 +158,20 @@ def write_calibration(report: dict, path: Path) -> None:
 
 
 def engine_embedder(detector, oracles, progress: bool = True) -> Embedder:
-    """An :data:`Embedder` built from the engine's detector and oracles."""
+    """An :data:`Embedder` built from the engine's detector and oracles.
+
+    Oracles that judge unaligned boxes (``box_view``) are also embedded in that view, under
+    ``NAME@box`` (see :mod:`idmrag_plugin.engine.views`): it needs thresholds of its own.
+    """
     from tqdm import tqdm
 
     from idmrag_plugin.engine.detect import central_face
+    from idmrag_plugin.engine.views import box_crop, box_view_name
     from idmrag_plugin.image_io import load_rgb
 
     def embed(paths: list[Path]) -> dict[str, dict[Path, np.ndarray]]:
         out: dict[str, dict[Path, np.ndarray]] = {o.name: {} for o in oracles}
+        out.update({box_view_name(o.name): {} for o in oracles if o.box_view})
         missed = 0
         for path in tqdm(paths, desc="embedding LFW faces", disable=not progress):
             image = load_rgb(path, max_pixels=50_000_000)
@@ -175,6 +181,9 @@ def engine_embedder(detector, oracles, progress: bool = True) -> Embedder:
                 continue
             for oracle in oracles:
                 out[oracle.name][path] = oracle.embed_faces(image, [face.landmarks])[0]
+                if oracle.box_view:
+                    crop = box_crop(image, face, oracle.input_size)[None]
+                    out[box_view_name(oracle.name)][path] = oracle.embed(crop)[0]
         logger.info("no face detected in %d of %d photos", missed, len(paths))
         return out
 

@@ -18,9 +18,11 @@ SAMPLE_IMAGES = ("astronaut", "camera")
 
 
 def _inputs(items: Sequence[str]) -> Iterator[tuple[str, Path | str]]:
-    """(relative output stem, source) for every image named or inside a named folder.
+    """(relative output name, source) for every image named or inside a named folder.
 
-    ``sample:astronaut`` and ``sample:camera`` name scikit-image's bundled photos.
+    The name keeps the source's suffix (``photo.jpg`` -> ``photo.jpg.png``), so photo.jpg
+    and photo.png never share an output. ``sample:astronaut`` and ``sample:camera`` name
+    scikit-image's bundled photos.
     """
     for item in items:
         if item.startswith("sample:"):
@@ -31,23 +33,12 @@ def _inputs(items: Sequence[str]) -> Iterator[tuple[str, Path | str]]:
             continue
         path = Path(item)
         if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-                yield str(file.relative_to(path).with_suffix("")), file
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                yield file.relative_to(path).as_posix(), file
         elif path.exists():
-            yield path.stem, path
+            yield path.name, path
         else:
             raise IdmragError(f"{path} does not exist")
-
-
-def _unique_stems(jobs: list[tuple[str, Path | str]]) -> list[tuple[str, Path | str]]:
-    """Keep outputs apart when two inputs share a stem (photo.jpg and photo.png)."""
-    seen: dict[str, int] = {}
-    unique = []
-    for stem, source in jobs:
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        unique.append((stem if count == 0 else f"{stem}_{count}", source))
-    return unique
 
 
 def _load_sample(name: str):
@@ -56,16 +47,18 @@ def _load_sample(name: str):
     return getattr(skimage.data, name)()
 
 
-def cmd_anonymize(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def _engine_config(args: argparse.Namespace):
+    """The AnonymizerConfig of the options `anonymize` and `anonymize-corpus` share."""
     from idmrag_plugin.config import AnonymizerConfig
-    from idmrag_plugin.pipeline import FaceAnonymizer
 
-    config = AnonymizerConfig(
+    try:
+        rotations = tuple(int(a) for a in args.rotations.split(","))
+    except ValueError as exc:
+        raise IdmragError(f"--rotations takes comma-separated multiples of 90, got {args.rotations!r}") from exc
+    return AnonymizerConfig(
         detector=args.detector,
         min_face_size=args.min_face_size,
-        rotations=tuple(int(a) for a in args.rotations.split(",")),
+        rotations=rotations,
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
@@ -74,35 +67,54 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
         generator_weights=Path(args.generator_weights) if args.generator_weights else None,
         output_format=args.format,
         device=args.device,
+        threads=args.threads,
     )
+
+
+def cmd_anonymize(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from idmrag_plugin.pipeline import FaceAnonymizer
+
+    config = _engine_config(args)
     engine = FaceAnonymizer(config)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}[config.output_format]
-    jobs = _unique_stems(list(_inputs(args.inputs)))
+    jobs = list(_inputs(args.inputs))
+    claimed: dict[str, str] = {}
     failures = 0
-    for stem, source in tqdm(jobs, desc="anonymizing", unit="image", disable=args.quiet):
-        target = out_dir / f"{stem}{suffix}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        report_path = out_dir / f"{stem}.json"
-        image = _load_sample(str(source).split(":", 1)[1]) if str(source).startswith("sample:") else source
-        try:
-            result = engine.anonymize(image)
-        except IdmragError as exc:
-            failures += 1
-            logger.error("%s: %s", source, exc)
-            report_path.write_text(json.dumps({"source": str(source), "status": "error", "error": str(exc)}, indent=2))
-            continue
-        record = result.report()
-        record["source"] = str(source)
-        if result.image is not None:
-            target.write_bytes(result.to_bytes(config.output_format))
-            record["output"] = str(target)
-        else:
-            failures += 1
-        report_path.write_text(json.dumps(record, indent=2))
-        if not args.quiet:
-            tqdm.write(f"{source} -> {record.get('output', 'withheld')}: {result.summary()}")
+    with logging_redirect_tqdm():
+        for name, source in tqdm(jobs, desc="anonymizing", unit="image", disable=args.quiet):
+            target = out_dir / f"{name}{suffix}"
+            report_path = out_dir / f"{name}.json"
+            key = str(target).casefold()
+            if key in claimed:
+                failures += 1
+                logger.error("%s: not written: %s already holds the output of %s", source, target, claimed[key])
+                continue
+            claimed[key] = str(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                image = _load_sample(str(source).split(":", 1)[1]) if str(source).startswith("sample:") else source
+                result = engine.anonymize(image)
+            except Exception as exc:  # noqa: BLE001 - report the file and go on with the others
+                failures += 1
+                message = str(exc) if isinstance(exc, IdmragError) else f"{type(exc).__name__}: {exc}"
+                logger.error("%s: %s", source, message)
+                report_path.write_text(json.dumps({"source": str(source), "status": "error", "error": message}, indent=2))
+                continue
+            record = result.report()
+            record["source"] = str(source)
+            if result.image is not None:
+                target.write_bytes(result.to_bytes(config.output_format))
+                record["output"] = str(target)
+            else:
+                failures += 1
+            report_path.write_text(json.dumps(record, indent=2))
+            if not args.quiet:
+                tqdm.write(f"{source} -> {record.get('output', 'withheld')}: {result.summary()}")
     return 1 if failures else 0
 
 
@@ -116,7 +128,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise IdmragError(f"{root} is not an LFW folder (needs images/<Name>/ and pairs.txt)")
     oracles = [build_oracle(name) for name in args.oracles.split(",")]
     embed = engine_embedder(MTCNNDetector(), oracles, progress=not args.quiet)
-    report = calibrate(root, embed, [o.name for o in oracles], args.identities_per_half)
+    from idmrag_plugin.engine.views import box_view_name
+
+    names = [o.name for o in oracles] + [box_view_name(o.name) for o in oracles if o.box_view]
+    report = calibrate(root, embed, names, args.identities_per_half)
     write_calibration(report, Path(args.output))
     print(json.dumps({k: v["thresholds"] for k, v in report["oracles"].items()}, indent=2))
     return 0
@@ -137,16 +152,12 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 
 def cmd_anonymize_corpus(args: argparse.Namespace) -> int:
-    from idmrag_plugin.config import AnonymizerConfig
     from idmrag_plugin.corpus import anonymize_corpus
 
-    config = AnonymizerConfig(
-        detector=args.detector, min_face_size=args.min_face_size, privacy_level=args.privacy_level,
-        on_failure=args.on_failure, generator=args.generator, output_format=args.format, device=args.device,
-    )
     summary = anonymize_corpus(
-        args.src, args.dst, config, address=args.address, actors=args.actors, batch_size=args.batch_size,
-        num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor, limit=args.limit,
+        args.src, args.dst, _engine_config(args), address=args.address, actors=args.actors,
+        batch_size=args.batch_size, num_cpus=args.cpus_per_actor, num_gpus=args.gpus_per_actor,
+        limit=args.limit, fetch_timeout_s=args.fetch_timeout, fetch_allow=tuple(args.fetch_allow),
     )
     print(json.dumps(summary.to_dict(), indent=2))
     return 1 if summary.errors else 0
@@ -184,26 +195,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The engine options that `anonymize` and `anonymize-corpus` share."""
+    parser.add_argument("--detector", default="mtcnn", choices=["mtcnn", "mtcnn+hog"],
+                        help="face detector; mtcnn+hog adds dlib's HOG detector for recall (slower)")
+    parser.add_argument("--min-face-size", type=int, default=20, help="smallest face side searched, in pixels")
+    parser.add_argument("--rotations", default="0,90,180,270",
+                        help="detect faces in the image turned by these angles (sideways photos); 0 alone is faster")
+    parser.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"],
+                        help="a replaced face must be less like the original than all but this fraction of "
+                             "different-person pairs (far1e-3 is stricter)")
+    parser.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"],
+                        help="a face that cannot be verified anonymous: fill it irreversibly, withhold the "
+                             "image, or fail the image")
+    parser.add_argument("--max-attempts", type=int, default=3, help="generator attempts per face")
+    parser.add_argument("--generator", default="vae-decode", choices=["none", "vae-decode", "lcm", "ldm-teacher"],
+                        help="none: obfuscate every face; vae-decode / lcm / ldm-teacher: replace identities")
+    parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of lcm / ldm-teacher")
+    parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm)")
+    parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
+    parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; 1-2 avoid collapse when the CPU is shared)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idmrag", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    anon = sub.add_parser("anonymize", help="replace every face in images; write images and JSON reports")
+    anon = sub.add_parser("anonymize", help="replace every face in images; write images and JSON reports",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     anon.add_argument("inputs", nargs="+", help="image files, folders, or sample:astronaut / sample:camera")
-    anon.add_argument("-o", "--output", required=True, help="output folder")
-    anon.add_argument("--detector", default="mtcnn", choices=["mtcnn", "mtcnn+hog"])
-    anon.add_argument("--min-face-size", type=int, default=20, help="smallest face side in pixels")
-    anon.add_argument("--rotations", default="0", help="also detect at these angles, e.g. 0,90,270")
-    anon.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
-    anon.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
-    anon.add_argument("--max-attempts", type=int, default=3)
-    anon.add_argument("--generator", default="vae-decode", choices=["none", "vae-decode", "lcm", "ldm-teacher"],
-                      help="none: obfuscate every face; vae-decode / lcm / ldm-teacher: replace identities")
-    anon.add_argument("--generator-steps", type=int, default=None, help="sampling steps of lcm / ldm-teacher")
-    anon.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm)")
-    anon.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"])
-    anon.add_argument("--device", default="auto")
+    anon.add_argument("-o", "--output", required=True,
+                      help="output folder: NAME.png and NAME.json per input (NAME keeps the input's suffix)")
+    _add_engine_options(anon)
     anon.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     anon.set_defaults(func=cmd_anonymize)
 
@@ -215,22 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("-q", "--quiet", action="store_true")
     cal.set_defaults(func=cmd_calibrate)
 
-    corpus = sub.add_parser("anonymize-corpus", help="anonymize an image corpus with Ray Data (resumable)")
+    corpus = sub.add_parser("anonymize-corpus", help="anonymize an image corpus with Ray Data (resumable)",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     corpus.add_argument("src", help="folder of images, or a text file of image paths/URLs")
     corpus.add_argument("dst", help="output folder: images/, records/, report.parquet")
     corpus.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     corpus.add_argument("--actors", type=int, default=1, help="actor pool size (each loads the models once)")
-    corpus.add_argument("--batch-size", type=int, default=8)
-    corpus.add_argument("--cpus-per-actor", type=float, default=1.0)
-    corpus.add_argument("--gpus-per-actor", type=float, default=0.0)
+    corpus.add_argument("--batch-size", type=int, default=8, help="images per actor call")
+    corpus.add_argument("--cpus-per-actor", type=float, default=1.0, help="logical CPUs each actor holds")
+    corpus.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs each actor holds")
     corpus.add_argument("--limit", type=int, default=None, help="process at most this many remaining images")
-    corpus.add_argument("--detector", default="mtcnn", choices=["mtcnn", "mtcnn+hog"])
-    corpus.add_argument("--min-face-size", type=int, default=20)
-    corpus.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
-    corpus.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"])
-    corpus.add_argument("--generator", default="vae-decode", choices=["none", "vae-decode"])
-    corpus.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"])
-    corpus.add_argument("--device", default="auto")
+    corpus.add_argument("--fetch-timeout", type=float, default=10.0, help="deadline per URL download, seconds")
+    corpus.add_argument("--fetch-allow", action="append", default=[], metavar="HOST_OR_NETWORK",
+                        help="let URLs reach this non-public host or network (repeatable); others are refused")
+    _add_engine_options(corpus)
     corpus.set_defaults(func=cmd_anonymize_corpus)
 
     from idmrag_plugin.bench.methods import DEFAULT_METHODS, METHODS

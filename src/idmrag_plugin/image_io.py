@@ -19,7 +19,29 @@ _MIN_SIDE = 1
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def _open(source: ImageInput, max_pixels: int) -> Image.Image:
+#: Default cap on the size of an encoded image (file or bytes).
+MAX_BYTES = 200_000_000
+
+
+def read_file_bounded(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file, refusing one larger than ``max_bytes`` without reading it
+    whole (devices, pipes and files that grow while read included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidImageError(f"no regular image file at {path}")
+    if path.stat().st_size > max_bytes:
+        raise ImageTooLargeError(f"{path} is {path.stat().st_size:,} bytes, over the cap of {max_bytes:,}")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read {path}: {exc}") from exc
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"{path} is over the cap of {max_bytes:,} bytes")
+    return data
+
+
+def _open(source: ImageInput, max_pixels: int, max_bytes: int) -> Image.Image:
     """Open and fully decode ``source``, refusing oversized images from the header alone."""
     if isinstance(source, Image.Image):
         _check_size(source.width, source.height, max_pixels)
@@ -27,11 +49,17 @@ def _open(source: ImageInput, max_pixels: int) -> Image.Image:
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise InvalidImageError("image bytes are empty")
+        if len(source) > max_bytes:
+            raise ImageTooLargeError(f"image is {len(source):,} bytes, over the cap of {max_bytes:,}")
         handle: io.BytesIO | Path = io.BytesIO(bytes(source))
     elif isinstance(source, (str, os.PathLike)):
         handle = Path(source)
         if not handle.is_file():
-            raise InvalidImageError(f"no image file at {handle}")
+            raise InvalidImageError(f"no regular image file at {handle}")
+        if handle.stat().st_size > max_bytes:
+            raise ImageTooLargeError(
+                f"{handle} is {handle.stat().st_size:,} bytes, over the cap of {max_bytes:,}"
+            )
     else:
         raise InvalidImageError(
             f"unsupported image input {type(source).__name__}: pass a PIL image, bytes, a path "
@@ -43,6 +71,8 @@ def _open(source: ImageInput, max_pixels: int) -> Image.Image:
         image.load()
     except InvalidImageError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image refused as a decompression bomb: {exc}") from exc
     except _DECODE_ERRORS as exc:
         raise InvalidImageError(f"cannot decode image: {exc}") from exc
     return image
@@ -106,19 +136,20 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
-def load_rgb(source: ImageInput, max_pixels: int) -> np.ndarray:
+def load_rgb(source: ImageInput, max_pixels: int, max_bytes: int = MAX_BYTES) -> np.ndarray:
     """Decode ``source`` into an RGB uint8 array, EXIF orientation applied.
 
     Raises:
         InvalidImageError: unsupported type, empty, corrupt or truncated data.
-        ImageTooLargeError: more than ``max_pixels`` pixels.
+        ImageTooLargeError: more than ``max_pixels`` pixels (decompression bombs included),
+            or encoded data over ``max_bytes``.
     """
     if isinstance(source, np.ndarray):
         if source.ndim < 2:
             raise InvalidImageError(f"numpy image must be at least 2-D, got shape {source.shape}")
         _check_size(source.shape[1], source.shape[0], max_pixels)
         return _array_to_rgb(source)
-    image = _open(source, max_pixels)
+    image = _open(source, max_pixels, max_bytes)
     try:
         return _pil_to_rgb(image)
     except _DECODE_ERRORS as exc:

@@ -23,7 +23,9 @@ from idmrag_plugin.engine.detect import (
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.obfuscate import obfuscate_region, obfuscation_mask
-from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, build_oracle, cosine
+from idmrag_plugin.engine.oracles import FaceOracle, build_oracle
+from idmrag_plugin.engine.plausibility import check_landmarks
+from idmrag_plugin.engine.views import OriginalViews, Verifier, box_view_name
 from idmrag_plugin.errors import AnonymizationFailedError, ConfigError, IdmragError, ModelLoadError
 from idmrag_plugin.image_io import ImageInput, load_rgb
 from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD, AnonymizationResult, FaceReport
@@ -75,8 +77,12 @@ class FaceAnonymizer:
         self.config = config or AnonymizerConfig()
         self.device = resolve_device(self.config.device)
         self.generator = generator if generator is not None else self._build_generator()
+        if self.config.threads:
+            import torch
+
+            torch.set_num_threads(self.config.threads)
         self.detector = detector or self._build_detector()
-        if set(self.config.rotations) != {0}:
+        if set(self.config.rotations) != {0} and not isinstance(self.detector, RotatingDetector):
             self.detector = RotatingDetector(self.detector, self.config.rotations)
         self.oracles = list(oracles) if oracles is not None else [
             build_oracle(name, self.device, self.config.cache_dir) for name in self.config.oracles
@@ -84,11 +90,15 @@ class FaceAnonymizer:
         if not self.oracles:
             raise ConfigError("at least one oracle is required; privacy fails closed")
         names = [o.name for o in self.oracles]
-        self.thresholds = (
-            {name: float(thresholds[name]) for name in names}
-            if thresholds is not None
-            else thresholds_for(self.config.privacy_level, names)
+        self.thresholds = thresholds_for(
+            self.config.privacy_level, names + [box_view_name(o.name) for o in self.oracles if o.box_view]
         )
+        if thresholds is not None:
+            self.thresholds.update({name: float(value) for name, value in thresholds.items()})
+            missing = [name for name in names if name not in thresholds]
+            if missing:
+                raise ConfigError(f"thresholds given for some oracles but not for {', '.join(missing)}")
+        self.verifier = Verifier(self.oracles, self.thresholds)
 
     def _build_generator(self) -> FaceGenerator | None:
         from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
@@ -142,7 +152,7 @@ class FaceAnonymizer:
         timings: dict[str, float] = {}
         with _timed(timings, "total"):
             with _timed(timings, "decode"):
-                pixels = load_rgb(image, self.config.max_pixels)
+                pixels = load_rgb(image, self.config.max_pixels, self.config.max_bytes)
             result = self._anonymize_pixels(pixels, timings)
         return result
 
@@ -160,14 +170,17 @@ class FaceAnonymizer:
         for image in tqdm(images, desc="anonymizing", unit="image", disable=not progress):
             try:
                 results.append(self.anonymize(image))
-            except IdmragError as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad image must not lose the batch
                 if raise_errors:
                     raise
-                logger.warning("image withheld: %s", exc)
-                results.append(
-                    AnonymizationResult("error", 0, 0, None, privacy_level=self.config.privacy_level, error=str(exc))
-                )
+                logger.warning("image withheld: %s: %s", type(exc).__name__, exc)
+                results.append(self.error_result(exc))
         return results
+
+    def error_result(self, exc: BaseException) -> AnonymizationResult:
+        """The result reported for an image that could not be processed: no pixels."""
+        message = str(exc) if isinstance(exc, IdmragError) else f"{type(exc).__name__}: {exc}"
+        return AnonymizationResult("error", 0, 0, None, privacy_level=self.config.privacy_level, error=message)
 
     # ------------------------------------------------------------------ the loop
     def _anonymize_pixels(self, pixels: np.ndarray, timings: dict[str, float]) -> AnonymizationResult:
@@ -213,6 +226,12 @@ class FaceAnonymizer:
         return result
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
+        check = check_landmarks(face.detection.landmarks, face.detection.box)
+        if not check.plausible:
+            # Aligning on such points would crop a fraction of the face for the generator
+            # and the oracles alike: the whole box is obfuscated instead.
+            face.errors.append(f"implausible landmarks: {check.reason}")
+            return None
         try:
             return align_face(pixels, face.detection.landmarks, self.config.crop_size)
         except ValueError as exc:
@@ -228,13 +247,13 @@ class FaceAnonymizer:
         timings: dict[str, float],
     ) -> list[FaceReport]:
         """Generate and verify each face; return the faces that must fail closed."""
-        landmarks = [f.detection.landmarks for f in faces]
+        replaceable = [f for f, crop in zip(faces, aligned, strict=True) if crop is not None]
         with _timed(timings, "verify"):
-            originals = {o.name: o.embed_faces(pixels, landmarks) for o in self.oracles}
+            originals = self.verifier.prepare(pixels, [f.detection for f in faces], [f.index for f in replaceable])
         failed = []
         for face, crop in zip(faces, aligned, strict=True):
             if crop is None:
-                face.reason = "landmarks unusable for alignment"
+                face.reason = "landmarks unusable for alignment: " + "; ".join(face.errors)
                 failed.append(face)
                 continue
             start = time.perf_counter()
@@ -248,7 +267,7 @@ class FaceAnonymizer:
         if len(generated) > 1:
             # A later paste can overlap an earlier face: verify all of them on the final image.
             with _timed(timings, "verify"):
-                final = self._verdicts(output, generated, originals)
+                final = self.verifier.verdicts(originals, output, [f.index for f in generated])
             for face, verdicts in zip(generated, final, strict=True):
                 face.verdicts = verdicts
                 if not face.verified:
@@ -262,7 +281,7 @@ class FaceAnonymizer:
         output: np.ndarray,
         face: FaceReport,
         crop: AlignedFace,
-        originals: dict[str, np.ndarray],
+        originals: OriginalViews,
         timings: dict[str, float],
     ) -> bool:
         assert self.generator is not None
@@ -285,7 +304,7 @@ class FaceAnonymizer:
             with _timed(timings, "blend"):
                 paste_face(output, new, crop)
             with _timed(timings, "verify"):
-                face.verdicts = self._verdicts(output, [face], originals)[0]
+                face.verdicts = self.verifier.verdicts(originals, output, [face.index])[0]
             if face.verified:
                 face.reason = ""
                 return True
@@ -296,19 +315,6 @@ class FaceAnonymizer:
         if not face.verdicts and face.errors:
             face.reason = "generator failed on every attempt"
         return False
-
-    def _verdicts(
-        self, output: np.ndarray, faces: list[FaceReport], originals: dict[str, np.ndarray]
-    ) -> list[list[OracleVerdict]]:
-        landmarks = [f.detection.landmarks for f in faces]
-        per_face: list[list[OracleVerdict]] = [[] for _ in faces]
-        for oracle in self.oracles:
-            now = oracle.embed_faces(output, landmarks)
-            before = originals[oracle.name][[f.index for f in faces]]
-            sims = cosine(before, now)
-            for slot, sim in zip(per_face, sims, strict=True):
-                slot.append(OracleVerdict(oracle.name, float(sim), self.thresholds[oracle.name]))
-        return per_face
 
     def _seed(self, crop: np.ndarray, attempt: int) -> int:
         digest = hashlib.blake2b(crop.tobytes(), digest_size=8, key=str(self.config.seed).encode())

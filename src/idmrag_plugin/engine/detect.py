@@ -11,9 +11,12 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from idmrag_plugin.engine.align import template
+from idmrag_plugin.engine.plausibility import check_landmarks
+from idmrag_plugin.engine.upright import unrotate_points
 from idmrag_plugin.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,10 @@ class FaceDetector(ABC):
         return self._detect(image)
 
 
+#: Images whose shorter side is below this many pixels hold no recognisable face.
+MIN_SEARCHED_SIDE = 8
+
+
 class MTCNNDetector(FaceDetector):
     """facenet-pytorch's MTCNN; its weights ship inside the facenet-pytorch wheel."""
 
@@ -101,6 +108,16 @@ class MTCNNDetector(FaceDetector):
     def _detect(self, image: np.ndarray) -> list[Detection]:
         import torch
 
+        short = min(image.shape[:2])
+        if short < MIN_SEARCHED_SIDE:
+            return []  # no face can be recognised in a strip this thin
+        scale = 1.0
+        if short < self.min_face_size:
+            # MTCNN's pyramid is empty below min_face_size (it crashes); a face filling a
+            # thumbnail is still a face, so look at the thumbnail enlarged.
+            scale = self.min_face_size / short
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(image, landmarks=True)
         if boxes is None:
@@ -108,7 +125,8 @@ class MTCNNDetector(FaceDetector):
         # facenet-pytorch 2.5.3 returns object arrays under numpy 2.
         boxes = np.asarray(boxes.tolist(), dtype=np.float64).reshape(-1, 4)
         probs = np.asarray(np.asarray(probs).tolist(), dtype=np.float64).reshape(-1)
-        points = np.asarray(points.tolist(), dtype=np.float64).reshape(-1, 5, 2)
+        points = np.asarray(points.tolist(), dtype=np.float64).reshape(-1, 5, 2) / scale
+        boxes = boxes / scale
         return [
             Detection(tuple(map(float, b)), float(p), lm, self.name)  # type: ignore[arg-type]
             for b, p, lm in zip(boxes, probs, points, strict=True)
@@ -174,7 +192,7 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 class UnionDetector(FaceDetector):
-    """Every face of the first detector, plus faces of the others that none overlaps."""
+    """Every face any detector finds; of overlapping ones, the best (see suppress_overlaps)."""
 
     def __init__(self, detectors: list[FaceDetector], iou: float = 0.3) -> None:
         super().__init__()
@@ -187,12 +205,7 @@ class UnionDetector(FaceDetector):
             detector.load()
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        merged: list[Detection] = []
-        for detector in self.detectors:
-            for det in detector.detect(image):
-                if all(box_iou(det.box, kept.box) < self.iou for kept in merged):
-                    merged.append(det)
-        return merged
+        return suppress_overlaps([det for d in self.detectors for det in d.detect(image)], self.iou)
 
 
 def central_face(detections: list[Detection], shape: tuple[int, ...]) -> Detection | None:
@@ -204,19 +217,6 @@ def central_face(detections: list[Detection], shape: tuple[int, ...]) -> Detecti
         detections,
         key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - cx, (d.box[1] + d.box[3]) / 2 - cy),
     )
-
-
-def _unrotate(points: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
-    """Map (x, y) points found in ``np.rot90(image, k)`` back to ``image`` of ``shape`` (h, w)."""
-    h, w = shape
-    x, y = points[..., 0], points[..., 1]
-    if k == 1:
-        x, y = (w - 1) - y, x
-    elif k == 2:
-        x, y = (w - 1) - x, (h - 1) - y
-    elif k == 3:
-        x, y = y, (h - 1) - x
-    return np.stack([x, y], axis=-1)
 
 
 class RotatingDetector(FaceDetector):
@@ -242,18 +242,33 @@ class RotatingDetector(FaceDetector):
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         shape = image.shape[:2]
-        merged: list[Detection] = []
+        found: list[Detection] = []
         for k in self.turns:
             turned = np.ascontiguousarray(np.rot90(image, k)) if k else image
             for det in self.detector.detect(turned):
-                corners = _unrotate(np.array([det.box[:2], det.box[2:]], dtype=np.float64), k, shape)
+                corners = unrotate_points(np.array([det.box[:2], det.box[2:]], dtype=np.float64), k, shape)
                 (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
-                mapped = Detection(
+                found.append(Detection(
                     (float(x1), float(y1), float(x2), float(y2)),
                     det.score,
-                    _unrotate(det.landmarks, k, shape),
+                    unrotate_points(det.landmarks, k, shape),
                     det.detector if k == 0 else f"{det.detector}@{90 * k}",
-                )
-                if all(box_iou(mapped.box, kept.box) < self.iou for kept in merged):
-                    merged.append(mapped)
-        return merged
+                ))
+        return suppress_overlaps(found, self.iou)
+
+
+def suppress_overlaps(detections: list[Detection], iou: float) -> list[Detection]:
+    """Keep the best of each group of overlapping detections.
+
+    Best means plausible landmarks first (a sideways face seen upright can give a confident
+    box whose points cluster on the nose), then the higher score; never the order in which
+    detectors or rotations ran.
+    """
+    ranked = sorted(
+        detections, key=lambda d: (check_landmarks(d.landmarks, d.box).plausible, d.score), reverse=True
+    )
+    kept: list[Detection] = []
+    for det in ranked:
+        if all(box_iou(det.box, other.box) < iou for other in kept):
+            kept.append(det)
+    return kept

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from idmrag_plugin.engine.align import align_face
+from idmrag_plugin.engine.plausibility import upright_turns
+from idmrag_plugin.engine.upright import upright_patch
 from idmrag_plugin.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class FaceOracle(ABC):
     name: str
     input_size: int
     zoom: float
+    #: Whether the oracle can judge an unaligned, upright detection box (see engine.views).
+    box_view: bool = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -126,13 +130,20 @@ class DlibOracle(FaceOracle):
         with self._compute_lock:
             for points in landmarks:
                 pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+                # dlib's predictor expects an upright face: turn a face lying on its side first.
+                k = upright_turns(pts) if pts.shape[0] >= 2 else 0
+                source = image
+                if k:
+                    bounds = (*pts.min(axis=0), *pts.max(axis=0))
+                    patch = upright_patch(image, bounds, k, margin=1.5)
+                    source, pts = patch.pixels, patch.to_patch(pts)
                 (x1, y1), (x2, y2) = pts.min(axis=0), pts.max(axis=0)
                 side = max(x2 - x1, y2 - y1, 1.0)
                 rect = dlib.rectangle(
                     int(x1 - 0.4 * side), int(y1 - 0.6 * side), int(x2 + 0.4 * side), int(y2 + 0.4 * side)
                 )
-                shape = self._predictor(image, rect)
-                chips.append(dlib.get_face_chip(image, shape, size=self.input_size, padding=0.25))
+                shape = self._predictor(source, rect)
+                chips.append(dlib.get_face_chip(source, shape, size=self.input_size, padding=0.25))
         if not chips:
             return np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
         return np.stack(chips)
@@ -149,6 +160,7 @@ class FaceNetOracle(FaceOracle):
     name = "facenet"
     input_size = 160
     zoom = 0.9
+    box_view = True
 
     def __init__(self, device: str = "cpu", cache_dir: Path | None = None) -> None:
         super().__init__()

@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import dataclasses
 import threading
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from idmrag_plugin.errors import IdmragError, ImageWithheldError, InvalidImageError
+from idmrag_plugin.config import AnonymizerConfig
+from idmrag_plugin.errors import ConfigError, IdmragError, ImageWithheldError, InvalidImageError
+from idmrag_plugin.fetch import FetchPolicy
 from idmrag_plugin.pipeline import FaceAnonymizer
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,50 @@ def looks_like_base64_image(text: str) -> bool:
     return raw.startswith(signatures)
 
 
+def config_to_dict(config: AnonymizerConfig) -> dict[str, Any]:
+    """The engine settings as plain JSON values (tuples as lists, paths as strings)."""
+    out: dict[str, Any] = {}
+    for key, value in asdict(config).items():
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> AnonymizerConfig:
+    fields = {f.name for f in dataclasses.fields(AnonymizerConfig)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"unknown engine settings {unknown}; known: {sorted(fields)}")
+    values = dict(data)
+    for key in ("rotations", "oracles", "detection_thresholds"):
+        if key in values and values[key] is not None:
+            values[key] = tuple(values[key])
+    for key in ("generator_weights", "cache_dir"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    return AnonymizerConfig(**values)
+
+
+class EngineHolder:
+    """The engine an integration uses: injected, or created on first use from ``config``."""
+
+    def __init__(self, engine: FaceAnonymizer | None = None, config: AnonymizerConfig | None = None) -> None:
+        self._engine = engine
+        self.config = engine.config if engine is not None else (config or AnonymizerConfig())
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> FaceAnonymizer:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = FaceAnonymizer(self.config)
+        return self._engine
+
+
 class AnonymizerBridge:
     """Holds the engine (injected, or created on first use) and the URL policy.
 
@@ -70,49 +115,37 @@ class AnonymizerBridge:
 
     def __init__(
         self,
-        engine: FaceAnonymizer | None = None,
+        engine: FaceAnonymizer | EngineHolder | None = None,
         fetch_urls: bool = True,
         timeout_s: float = 10.0,
         max_bytes: int = 20_000_000,
         output_format: str = "JPEG",
+        fetch_allow: tuple[str, ...] = (),
     ) -> None:
         if output_format.upper() not in MIMETYPES:
             raise ValueError(f"output_format must be one of {sorted(MIMETYPES)}")
-        self._engine = engine
-        self._lock = threading.Lock()
+        self._holder = engine if isinstance(engine, EngineHolder) else EngineHolder(engine)
         self.fetch_urls = fetch_urls
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.output_format = output_format.upper()
+        self.fetch_allow = fetch_allow
 
     @property
     def engine(self) -> FaceAnonymizer:
-        if self._engine is None:
-            with self._lock:
-                if self._engine is None:
-                    self._engine = FaceAnonymizer()
-        return self._engine
+        return self._holder.engine
 
     def withhold(self, exc: IdmragError, what: str) -> None:
         """Apply the failure policy to an image that cannot be handed on: re-raise under
         ``on_failure="raise"``, else log (the caller then drops the item)."""
-        if self.engine.config.on_failure == "raise":
+        if self._holder.config.on_failure == "raise":
             raise exc
         logger.warning("%s withheld: %s", what, exc)
 
     def fetch(self, url: str) -> bytes:
         if not self.fetch_urls:
             raise ImageWithheldError(f"image given only by URL and fetch_urls is off: {url!r} withheld")
-        if not url.lower().startswith(("http://", "https://")):
-            raise InvalidImageError(f"only http(s) image URLs are fetched, got {url[:40]!r}")
-        try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
-                data = response.read(self.max_bytes + 1)
-        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
-            raise InvalidImageError(f"cannot fetch image URL: {exc}") from exc
-        if len(data) > self.max_bytes:
-            raise InvalidImageError(f"image at URL is larger than max_bytes={self.max_bytes}")
-        return data
+        return FetchPolicy(self.timeout_s, self.max_bytes, allow=tuple(self.fetch_allow)).fetch(url)
 
     def anonymize(
         self, *, data: bytes | None = None, path: str | Path | None = None, url: str | None = None

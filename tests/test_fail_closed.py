@@ -1,0 +1,193 @@
+"""Fail closed whatever the input: implausible landmarks, partial repaints, rotated faces,
+degenerate image sizes, and exceptions that are not the package's own."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FixedFaceGenerator
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
+from idmrag_plugin.engine.align import template
+from idmrag_plugin.engine.detect import Detection, FaceDetector, MTCNNDetector, central_face
+from idmrag_plugin.engine.oracles import cosine
+from idmrag_plugin.engine.plausibility import check_landmarks
+from idmrag_plugin.report import GENERATED, OBFUSCATED
+
+
+class NoseOnlyGenerator(FaceGenerator):
+    """Planted partial repaint: the crop comes back with only the nose painted grey."""
+
+    name = "nose-only"
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        face = request.face.copy()
+        size = face.shape[0]
+        nx, ny = template(size)[2]
+        r = size // 10
+        face[int(ny) - r : int(ny) + r, int(nx) - r : int(nx) + r] = 128
+        return face
+
+
+class PlantedDetector(FaceDetector):
+    """Returns fixed detections whatever the image."""
+
+    name = "planted"
+
+    def __init__(self, detections: list[Detection]) -> None:
+        super().__init__()
+        self.detections = detections
+
+    def _load(self) -> None:
+        pass
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        return list(self.detections)
+
+
+class RaisingDetector(FaceDetector):
+    name = "raising"
+
+    def _load(self) -> None:
+        pass
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        if image.shape[0] == 77:
+            raise RuntimeError("planted detector crash")
+        return []
+
+
+def _similarities(oracles, original, output, landmarks) -> dict[str, float]:
+    return {
+        o.name: float(cosine(o.embed_faces(original, [landmarks]), o.embed_faces(output, [landmarks]))[0])
+        for o in oracles
+    }
+
+
+@pytest.fixture(scope="module")
+def astronaut_face(engine, astronaut) -> Detection:
+    (det,) = MTCNNDetector().detect(astronaut)
+    return det
+
+
+def test_nose_only_generator_is_caught(make_engine, astronaut, oracles):
+    engine = make_engine(NoseOnlyGenerator(), max_attempts=2)
+    result = engine.anonymize(astronaut)
+    (face,) = result.faces
+    assert face.method == OBFUSCATED and not face.verified
+    assert "recognisable" in face.reason
+    sims = _similarities(oracles, astronaut, result.pixels, face.detection.landmarks)
+    assert all(sims[n] < engine.thresholds[n] for n in sims), sims
+
+
+def test_landmarks_clustered_on_the_nose_are_refused_and_the_whole_box_obfuscated(
+    engine, astronaut, astronaut_face, oracles
+):
+    """The rotated-portrait attack: a confident box whose five points sit around the nose."""
+    nose = astronaut_face.landmarks[2]
+    offsets = np.array([[-6, -5], [6, -5], [0, 0], [-5, 6], [5, 6]], dtype=np.float64)
+    planted = replace(astronaut_face, landmarks=nose + offsets)
+    assert not check_landmarks(planted.landmarks, planted.box).plausible
+    anonymizer = FaceAnonymizer(
+        AnonymizerConfig(rotations=(0,)), generator=NoseOnlyGenerator(),
+        detector=PlantedDetector([planted]), oracles=oracles,
+    )
+    result = anonymizer.anonymize(astronaut)
+    (face,) = result.faces
+    assert face.method == OBFUSCATED and face.attempts == 0
+    assert "implausible landmarks" in face.reason
+    sims = _similarities(oracles, astronaut, result.pixels, astronaut_face.landmarks)
+    assert all(sims[n] < anonymizer.thresholds[n] for n in sims), sims
+
+
+def test_plausibility_accepts_real_faces_at_every_rotation(astronaut, camera):
+    detector = MTCNNDetector()
+    for image in (astronaut, camera):
+        (det,) = detector.detect(image)
+        assert check_landmarks(det.landmarks, det.box).plausible
+        h, w = image.shape[:2]
+        centre = np.array([w / 2, h / 2])
+        for angle in (30, 90, 180, 270):
+            t = np.radians(angle)
+            rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+            points = (det.landmarks - centre) @ rot.T + centre
+            corners = (np.array([det.box[:2], det.box[2:], [det.box[0], det.box[3]], [det.box[2], det.box[1]]])
+                       - centre) @ rot.T + centre
+            box = (*corners.min(axis=0), *corners.max(axis=0))
+            assert check_landmarks(points, box).plausible, angle
+    mirrored = det.landmarks[[1, 0, 2, 4, 3]]  # eyes swapped: the mouth ends up above the eyes
+    assert not check_landmarks(mirrored, det.box).plausible
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_rotated_astronaut_is_found_and_anonymized_by_default(engine, astronaut, oracles, astronaut_face, turns):
+    assert set(engine.config.rotations) == {0, 90, 180, 270}  # the default
+    rotated = np.ascontiguousarray(np.rot90(astronaut, turns))
+    result = engine.anonymize(rotated)
+    assert result.status == "anonymized" and len(result.faces) == 1
+    (face,) = result.faces
+    assert check_landmarks(face.detection.landmarks, face.detection.box).plausible
+    back = np.ascontiguousarray(np.rot90(result.pixels, -turns))
+    sims = _similarities(oracles, astronaut, back, astronaut_face.landmarks)
+    assert all(sims[n] < engine.thresholds[n] for n in sims), sims
+
+
+def test_rotated_astronaut_gets_a_generated_verified_face(make_engine, astronaut, camera_face, oracles, astronaut_face):
+    engine = make_engine(FixedFaceGenerator(camera_face))
+    result = engine.anonymize(np.ascontiguousarray(np.rot90(astronaut, 1)))
+    (face,) = result.faces
+    assert face.method == GENERATED and face.verified
+    assert any(v.oracle == "facenet@box" for v in face.verdicts)
+    back = np.ascontiguousarray(np.rot90(result.pixels, -1))
+    sims = _similarities(oracles, astronaut, back, astronaut_face.landmarks)
+    assert all(sims[n] < engine.thresholds[n] for n in sims), sims
+
+
+@pytest.mark.lfw
+def test_held_out_style_lfw_portrait_turned_90_is_not_recognisable(lfw, oracles):
+    """The reported case: a portrait turned 90 degrees through the default engine."""
+    path = lfw / "images" / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing")
+    original = np.asarray(Image.open(path).convert("RGB"))
+    rotated = np.asarray(Image.fromarray(original).rotate(90, expand=True))
+    engine = FaceAnonymizer(AnonymizerConfig(), oracles=oracles)
+    result = engine.anonymize(rotated)
+    assert result.faces and all(f.method in (GENERATED, OBFUSCATED) for f in result.faces)
+    back = np.asarray(Image.fromarray(result.pixels).rotate(-90, expand=True))
+    det = central_face(MTCNNDetector().detect(original), original.shape)
+    sims = _similarities(oracles, original, back, det.landmarks)
+    assert all(sims[n] < engine.thresholds[n] for n in sims), sims
+
+
+DEGENERATE = [(1, 1), (2, 3), (13, 13), (19, 19), (7, 5000), (40_000, 1)]
+
+
+@pytest.mark.parametrize("shape", DEGENERATE)
+def test_degenerate_sizes_give_no_faces(engine, shape):
+    result = engine.anonymize(np.full((*shape, 3), 128, np.uint8))
+    assert result.status == "no_faces" and result.pixels.shape[:2] == shape
+
+
+def test_thumbnail_smaller_than_min_face_size_is_still_searched(engine, astronaut, astronaut_face):
+    x1, y1, x2, y2 = (int(v) for v in astronaut_face.box)
+    pad = (x2 - x1) // 4
+    face = astronaut[max(0, y1 - pad) : y2 + pad, max(0, x1 - pad) : x2 + pad]
+    thumb = np.asarray(Image.fromarray(face).resize((18, 18), Image.LANCZOS))
+    result = engine.anonymize(thumb)
+    assert result.status == "anonymized"
+    assert not np.array_equal(result.pixels, thumb)
+
+
+def test_anonymize_many_reports_any_exception_and_goes_on(oracles, astronaut):
+    engine = FaceAnonymizer(AnonymizerConfig(generator="none", rotations=(0,)), detector=RaisingDetector(), oracles=oracles)
+    images = [np.zeros((1, 1, 3), np.uint8), np.zeros((77, 50, 3), np.uint8), b"not an image", astronaut]
+    results = engine.anonymize_many(images)
+    assert [r.status for r in results] == ["no_faces", "error", "error", "no_faces"]
+    assert "RuntimeError: planted detector crash" in results[1].error
+    assert results[1].pixels is None
+    with pytest.raises(RuntimeError):
+        engine.anonymize_many(images, raise_errors=True)
