@@ -26,6 +26,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda
 
 from idmrag_plugin.integrations.langchain import FaceAnonymizingRetriever
+from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
 
 
 class CaptionRetriever(BaseRetriever):
@@ -99,7 +100,8 @@ def main() -> None:
     chain = (
         {"docs": retriever, "question": RunnableLambda(lambda q: q)}
         | RunnableLambda(to_messages)
-        | build_model(args.llm, args.out)
+        # the model boundary: whatever reaches the model is anonymized (shares the engine)
+        | FaceAnonymizingGuard(anonymizer=retriever.anonymizer).wrap(build_model(args.llm, args.out))
     )
     print(chain.invoke(args.question).content)
 

@@ -31,6 +31,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import ImageDocument, NodeWithScore, QueryBundle
 
 from idmrag_plugin.integrations.llama_index import FaceAnonymizerPostprocessor
+from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
 
 
 class CaptionRetriever(BaseRetriever):
@@ -105,11 +106,13 @@ def main() -> None:
         for p in sorted(folder.iterdir())
         if p.suffix.lower() in (".jpg", ".jpeg", ".png")
     ]
+    postprocessor = FaceAnonymizerPostprocessor()
     engine = RetrieverQueryEngine.from_args(
         retriever=CaptionRetriever(documents),
-        llm=build_llm(args.llm, args.out),
+        # the model boundary: whatever reaches the model is anonymized (shares the engine)
+        llm=FaceAnonymizingLLM(llm=build_llm(args.llm, args.out), anonymizer=postprocessor),
         multimodal=True,
-        node_postprocessors=[FaceAnonymizerPostprocessor()],  # the one line
+        node_postprocessors=[postprocessor],  # the one line
     )
     response = engine.query(args.question)
     print(response)

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import FixedFaceGenerator
 from PIL import Image
 
-from conftest import FixedFaceGenerator
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.align import template
 from idmrag_plugin.engine.detect import Detection, FaceDetector, MTCNNDetector, central_face

@@ -30,7 +30,7 @@ class ListRetriever(BaseRetriever):
 
 @pytest.fixture(scope="module")
 def compressor(engine):
-    return FaceAnonymizerCompressor(engine=engine)
+    return FaceAnonymizerCompressor(engine=engine, fetch_allow=["127.0.0.1"])
 
 
 def _decoded(b64: str) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_chatbot_chain_sends_only_anonymized_images(engine, photo, astronaut, ht
         Document(page_content="a photo", metadata={"image_url": http_image}, id="url"),
     ]
     retriever = FaceAnonymizingRetriever(
-        retriever=ListRetriever(docs=docs), anonymizer=FaceAnonymizerCompressor(engine=engine)
+        retriever=ListRetriever(docs=docs), anonymizer=FaceAnonymizerCompressor(engine=engine, fetch_allow=["127.0.0.1"])
     )
     chain = retriever | RunnableLambda(_to_message) | ParrotFakeChatModel()
     reply = chain.invoke("who is this?")
@@ -100,17 +100,170 @@ def test_raise_policy_propagates(make_engine):
         strict.compress_documents([Document(page_content="x", metadata={"image_path": "/nonexistent.jpg"})], "q")
 
 
-def test_async_paths_and_child_callbacks(engine, photo, astronaut):
+def test_async_paths_and_callbacks_see_only_anonymized_documents(engine, photo, astronaut):
     starts: list[str] = []
+    ends: list[str] = []
+    original_b64 = base64.b64encode(photo.read_bytes()).decode()
 
     class Record(BaseCallbackHandler):
         def on_retriever_start(self, serialized, query, **kwargs):
             starts.append(query)
 
-    docs = [Document(page_content="p", metadata={"image_path": str(photo)})]
+        def on_retriever_end(self, documents, **kwargs):
+            ends.append(str(documents))
+
+    docs = [Document(page_content="p", metadata={"image_path": str(photo)}),
+            Document(page_content=original_b64, metadata={"source": str(photo)})]
     retriever = FaceAnonymizingRetriever(retriever=ListRetriever(docs=docs), anonymizer=FaceAnonymizerCompressor(engine=engine))
     out = asyncio.run(retriever.ainvoke("q", config={"callbacks": [Record()]}))
     assert _face_changed(_decoded(out[0].metadata["image_base64"]), astronaut)
-    assert starts == ["q", "q"]  # the wrapper and, as its child, the wrapped retriever
+    out = retriever.invoke("q", config={"callbacks": [Record()]})
+    assert _face_changed(_decoded(out[1].page_content), astronaut)
+    # only the wrapper's run is reported: the wrapped retriever's originals reach no handler
+    assert starts == ["q", "q"] and len(ends) == 2
+    assert all(str(photo) not in e and original_b64[4000:4200] not in e for e in ends)
     out = asyncio.run(FaceAnonymizerCompressor(engine=engine).atransform_documents(docs))
     assert "image_base64" in out[0].metadata
+
+
+def _jpeg_b64(pixels: np.ndarray, fmt: str = "JPEG") -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_image_data_under_any_metadata_key_is_anonymized_in_kind(compressor, astronaut):
+    b64 = _jpeg_b64(astronaut)
+    doc = Document(page_content="caption", metadata={
+        "image_b64": b64, "thumbnail": f"data:image/jpeg;base64,{b64}",
+        "nested": {"crops": [b64, "plain text"]}, "raw": base64.b64decode(b64), "page": 2,
+    })
+    (out,) = compressor.compress_documents([doc], "q")
+    meta = out.metadata
+    assert _face_changed(_decoded(meta["image_b64"]), astronaut)
+    assert meta["thumbnail"].startswith("data:image/jpeg;base64,") and _face_changed(_decoded(meta["thumbnail"]), astronaut)
+    assert _face_changed(_decoded(meta["nested"]["crops"][0]), astronaut) and meta["nested"]["crops"][1] == "plain text"
+    assert isinstance(meta["raw"], bytes) and _face_changed(_decoded(base64.b64encode(meta["raw"]).decode()), astronaut)
+    assert meta["page"] == 2 and len(meta["idmrag_report"]) == 4
+    assert b64[4000:4200] not in str(out)
+
+
+def test_avif_data_uri_content_is_anonymized_or_withheld_never_passed(compressor, astronaut):
+    avif = _jpeg_b64(astronaut, "AVIF")
+    doc = Document(page_content=f"data:image/avif;base64,{avif}", metadata={})
+    (out,) = compressor.compress_documents([doc], "q")
+    assert out.page_content.startswith("data:image/jpeg;base64,")
+    assert _face_changed(_decoded(out.page_content), astronaut)
+    odd = Document(page_content="data:image/x-unknown;base64," + base64.b64encode(b"\x00" * 64).decode())
+    assert compressor.compress_documents([odd], "q") == []
+
+
+def test_raw_strings_and_bytes_from_a_byte_store(engine, astronaut):
+    """The multi-vector cookbook: the docstore hands back raw base64 strings, not Documents."""
+    b64 = _jpeg_b64(astronaut)
+
+    class RawRetriever(BaseRetriever):
+        def _get_relevant_documents(self, query, *, run_manager):
+            return [b64, "a table summary", base64.b64decode(b64)]
+
+    wrapped = FaceAnonymizingRetriever(retriever=RawRetriever(), anonymizer=FaceAnonymizerCompressor(engine=engine))
+    image, text, raw = wrapped.invoke("q")
+    assert isinstance(image, str) and _face_changed(_decoded(image), astronaut)
+    assert text == "a table summary"
+    assert isinstance(raw, bytes) and _face_changed(_decoded(base64.b64encode(raw).decode()), astronaut)
+
+
+def test_settings_are_read_at_call_time(engine, http_image, photo):
+    compressor = FaceAnonymizerCompressor(engine=engine, fetch_allow=["127.0.0.1"])
+    doc = Document(page_content="x", metadata={"image_url": http_image})
+    assert len(compressor.compress_documents([doc], "q")) == 1
+    compressor.fetch_urls = False
+    assert compressor.compress_documents([doc], "q") == []
+    png = compressor.model_copy(update={"output_format": "PNG"})
+    (out,) = png.compress_documents([Document(page_content="x", metadata={"image_path": str(photo)})], "q")
+    assert base64.b64decode(out.metadata["image_base64"])[:4] == b"\x89PNG"
+    assert out.metadata["image_mimetype"] == "image/png"
+
+
+def test_loopback_url_is_refused_by_default(engine, http_image):
+    default = FaceAnonymizerCompressor(engine=engine)
+    assert default.compress_documents([Document(page_content="x", metadata={"image_url": http_image})], "q") == []
+
+
+def test_unstructured_style_mime_follows_the_output(compressor, astronaut):
+    doc = Document(page_content="figure", metadata={
+        "image_base64": _jpeg_b64(astronaut, "PNG"), "image_mime_type": "image/png",
+        "file_name": "report.pdf", "filename": "report.pdf",
+    })
+    (out,) = compressor.compress_documents([doc], "q")
+    assert out.metadata["image_mime_type"] == "image/jpeg"
+    assert base64.b64decode(out.metadata["image_base64"])[:3] == b"\xff\xd8\xff"
+    assert "file_name" not in out.metadata and "filename" not in out.metadata
+
+
+def test_image_paths_under_other_keys_are_not_handed_on(compressor, photo):
+    doc = Document(page_content="caption", metadata={"thumbnail_url": "https://cdn.example.org/p/face.jpg"})
+    (out,) = compressor.compress_documents([doc], "q")
+    assert out.metadata["thumbnail_url"] is None
+    assert out.metadata["idmrag_report"]["removed_locations"] == ["thumbnail_url"]
+
+
+def test_kwargs_and_k_reach_the_wrapped_retriever(engine):
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    store = InMemoryVectorStore.from_texts([f"text {i}" for i in range(6)], DeterministicFakeEmbedding(size=16))
+    compressor = FaceAnonymizerCompressor(engine=engine)
+    wrapped = FaceAnonymizingRetriever(retriever=store.as_retriever(), anonymizer=compressor)
+    assert len(wrapped.invoke("text", k=1)) == 1 and len(wrapped.invoke("text", k=3)) == 3
+    assert len(FaceAnonymizingRetriever(retriever=store.as_retriever(), anonymizer=compressor, k=2).invoke("t")) == 2
+
+
+def test_model_boundary_guard_anonymizes_every_image_block_format(engine, photo, astronaut, http_image):
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    guard = FaceAnonymizingGuard(anonymizer=FaceAnonymizerCompressor(engine=engine, fetch_allow=["127.0.0.1"]))
+    message = HumanMessage(content=[
+        {"type": "text", "text": "who is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{b64}"}},
+        {"type": "image_url", "image_url": http_image},
+        {"type": "image", "source_type": "base64", "data": b64, "mime_type": "image/jpeg"},
+        {"type": "image", "base64": b64, "mime_type": "image/jpeg"},
+        {"type": "image", "url": http_image},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": b64}},
+        {"type": "file", "mime_type": "image/jpeg", "base64": b64},
+        {"type": "image", "file_id": "file-abc"},
+        {"type": "video", "url": "https://example.org/v.mp4"},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    ])
+    model = ParrotFakeChatModel()
+    chain = ChatPromptTemplate.from_messages([message]) | guard | model
+    reply = chain.invoke({})
+    sent = str(reply.content)
+    assert b64[4000:4200] not in sent and http_image not in sent and "file-abc" not in sent
+    blocks = reply.content
+    payloads = [  # (the chat model normalises v0 "source_type" blocks to v1 "base64" ones)
+        blocks[1]["image_url"]["url"], blocks[2]["image_url"], blocks[3].get("data") or blocks[3]["base64"],
+        blocks[4]["base64"], blocks[5]["base64"], blocks[6]["source"]["data"], blocks[7]["base64"],
+    ]
+    for payload in payloads:
+        assert _face_changed(_decoded(payload), astronaut)
+    assert "url" not in blocks[5]
+    guarded = guard.invoke([message])[0].content
+    assert guarded[3]["source_type"] == "base64" and guarded[3]["data"] == blocks[3].get("data", blocks[3].get("base64"))
+    assert [b["type"] for b in blocks[8:]] == ["text", "text", "text"]  # file id, video, audio withheld
+    assert "withheld" in blocks[9]["text"]
+    assert message.content[1]["image_url"]["url"].endswith(b64)  # the caller's message is untouched
+    assert len(guard.invoke([message])[0].response_metadata["idmrag_report"]) == 10
+
+
+def test_guard_passes_text_untouched_and_wraps_a_model(engine):
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    guard = FaceAnonymizingGuard(engine=engine)
+    message = HumanMessage(content="just words")
+    assert guard.invoke([message]) == [message]
+    assert guard.wrap(ParrotFakeChatModel()).invoke([message]).content == "just words"

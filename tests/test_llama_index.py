@@ -42,7 +42,8 @@ class ListRetriever(BaseRetriever):
 
 @pytest.fixture(scope="module")
 def post(engine):
-    return FaceAnonymizerPostprocessor(engine=engine)
+    # the test server runs on loopback, which URL fetching refuses unless allowed
+    return FaceAnonymizerPostprocessor(engine=engine, fetch_allow=["127.0.0.1"])
 
 
 def _decoded(b64: str | bytes) -> np.ndarray:
@@ -160,3 +161,192 @@ def test_events_carry_the_report(post, photo):
     finally:
         root.event_handlers.remove(handler)
     assert seen and seen[0].node_id == "ev" and seen[0].report["faces"]
+
+
+def test_image_only_in_metadata_file_path_is_anonymized(post, photo, astronaut):
+    """What several readers produce: LlamaIndex falls back to metadata["file_path"]."""
+    from llama_index.core.base.llms.generic_utils import image_node_to_image_block
+    from llama_index.core.multi_modal_llms.generic_utils import image_documents_to_base64
+
+    node = ImageNode(id_="fp", metadata={"file_path": str(photo), "file_name": photo.name})
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    assert out.node is not node and "file_path" not in out.node.metadata and "file_name" not in out.node.metadata
+    block = image_node_to_image_block(out.node)
+    assert block.path is None and block.url is None
+    raw = block.resolve_image().read()
+    assert _face_changed(_decoded(base64.b64encode(raw)), astronaut)
+    (encoded,) = image_documents_to_base64([out.node])
+    assert _face_changed(_decoded(encoded), astronaut)
+
+
+def test_loopback_urls_are_refused_unless_allowed(engine, http_image):
+    default = FaceAnonymizerPostprocessor(engine=engine)
+    assert default.postprocess_nodes([NodeWithScore(node=ImageNode(image_url=http_image), score=1.0)]) == []
+
+
+def test_settings_changed_after_construction_take_effect(engine, http_image, photo):
+    post = FaceAnonymizerPostprocessor(engine=engine, fetch_allow=["127.0.0.1"])
+    node = NodeWithScore(node=ImageNode(image_url=http_image, id_="u"), score=1.0)
+    assert len(post.postprocess_nodes([node])) == 1
+    post.fetch_urls = False
+    assert post.postprocess_nodes([node]) == []
+    png = post.model_copy(update={"output_format": "PNG"})
+    (out,) = png.postprocess_nodes([NodeWithScore(node=ImageNode(image_path=str(photo)), score=1.0)])
+    assert out.node.image_mimetype == "image/png" and base64.b64decode(out.node.image)[:4] == b"\x89PNG"
+
+
+def test_to_dict_from_dict_keeps_the_engine_settings(make_engine):
+    from idmrag_plugin import AnonymizerConfig
+
+    original = FaceAnonymizerPostprocessor(engine=make_engine(on_failure="raise", privacy_level="far1e-3"))
+    rebuilt = FaceAnonymizerPostprocessor.from_dict(original.to_dict())
+    assert rebuilt.engine.config == original.engine.config
+    assert rebuilt.engine.config.on_failure == "raise" and rebuilt.engine.config.privacy_level == "far1e-3"
+    assert isinstance(rebuilt.engine.config, AnonymizerConfig)
+
+
+def test_mime_metadata_follows_the_output(post, photo):
+    node = ImageNode(image_path=str(photo), metadata={"image_mimetype": "image/png", "mime_type": "image/png"})
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    assert out.node.metadata["image_mimetype"] == out.node.metadata["mime_type"] == "image/jpeg"
+
+
+def test_video_and_audio_are_withheld(post, photo):
+    from llama_index.core.schema import MediaResource, Node
+
+    node = Node(id_="v", text_resource=MediaResource(text="a clip"),
+                video_resource=MediaResource(path=str(photo), mimetype="video/mp4"),
+                audio_resource=MediaResource(data=b"RIFF0000WAVE", mimetype="audio/wav"))
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    assert out.node.video_resource is None and out.node.audio_resource is None
+    assert out.node.text_resource.text == "a clip"
+    assert out.node.metadata["idmrag_report"]["withheld_media"] == ["video", "audio"]
+    assert node.video_resource is not None  # the caller's node is untouched
+    kinds = {type(b).__name__ for b in out.node.get_content_blocks()}
+    assert "VideoBlock" not in kinds and "AudioBlock" not in kinds
+
+
+def test_tracing_handlers_never_see_the_originals(engine, photo):
+    from llama_index.core.instrumentation.span.simple import SimpleSpan
+    from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
+
+    original_b64 = base64.b64encode(photo.read_bytes()).decode()
+    seen: list[str] = []
+
+    class Events(BaseEventHandler):
+        def handle(self, event, **kwargs):
+            seen.append(str(event.model_dump()))
+
+    class Spans(BaseSpanHandler[SimpleSpan]):
+        def new_span(self, id_, bound_args, instance=None, parent_span_id=None, tags=None, **kwargs):
+            return SimpleSpan(id_=id_, parent_id=parent_span_id)
+
+        def prepare_to_exit_span(self, id_, bound_args, instance=None, result=None, **kwargs):
+            seen.append(str(result))
+
+        def prepare_to_drop_span(self, id_, bound_args, instance=None, err=None, **kwargs):
+            return None
+
+    inner = ListRetriever([
+        NodeWithScore(node=ImageNode(image=original_b64, id_="b"), score=0.5),
+        NodeWithScore(node=ImageNode(image_path=str(photo), id_="p"), score=0.4),
+    ])
+    wrapped = FaceAnonymizingRetriever(inner, engine=engine)
+    root = get_dispatcher()
+    events, spans = Events(), Spans()
+    root.add_event_handler(events)
+    root.add_span_handler(spans)
+    try:
+        nodes = wrapped.retrieve("who is this?")
+        asyncio.run(wrapped.aretrieve("who is this?"))
+    finally:
+        root.event_handlers.remove(events)
+        root.span_handlers.remove(spans)
+    assert len(nodes) == 2 and seen
+    trace = "\n".join(seen)
+    assert original_b64[4000:4200] not in trace and str(photo) not in trace
+
+
+def test_ingestion_with_a_docstore_never_stores_an_original(engine, photo, tmp_path, astronaut):
+    from llama_index.core import SimpleDirectoryReader
+    from llama_index.core.storage.docstore import SimpleDocumentStore
+
+    from idmrag_plugin.integrations.llama_index import FaceAnonymizingReader
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "astronaut.jpg").write_bytes(photo.read_bytes())
+    docstore = SimpleDocumentStore()
+    reader = FaceAnonymizingReader(engine=engine, reader=SimpleDirectoryReader(str(folder)))
+    pipeline = IngestionPipeline(transformations=[], docstore=docstore, disable_cache=True)
+    nodes = pipeline.run(documents=reader.load_data())
+    assert nodes and docstore.docs
+    stored = str({k: v.to_dict() for k, v in docstore.docs.items()})
+    assert str(folder) not in stored and "astronaut.jpg" not in stored
+    original_b64 = base64.b64encode(photo.read_bytes()).decode()
+    assert original_b64[4000:4200] not in stored
+    # LlamaIndex's docstore keeps no image bytes at all; what the pipeline hands on is anonymized
+    for node in nodes:
+        assert _face_changed(_decoded(node.image_resource.data), astronaut)
+
+
+def test_llm_guard_anonymizes_every_image_block_and_withholds_media(engine, photo, astronaut, http_image):
+    from llama_index.core.base.llms.types import (
+        AudioBlock,
+        ChatMessage,
+        DocumentBlock,
+        TextBlock,
+        VideoBlock,
+    )
+
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    llm = FaceAnonymizingLLM(llm=inner, anonymizer=FaceAnonymizerPostprocessor(engine=engine, fetch_allow=["127.0.0.1"]))
+    raw = photo.read_bytes()
+    b64 = base64.b64encode(raw).decode()
+    message = ChatMessage(role="user", blocks=[
+        TextBlock(text="who is this?"),
+        ImageBlock(path=str(photo)),
+        ImageBlock(image=raw),
+        ImageBlock(url=http_image),
+        ImageBlock(url=f"data:image/jpeg;base64,{b64}"),
+        DocumentBlock(data=raw, document_mimetype="image/jpeg"),
+        VideoBlock(url="https://example.org/clip.mp4"),
+        AudioBlock(audio=b"RIFF0000WAVEfmt ", format="wav"),
+    ])
+    for call in (lambda: llm.chat([message]), lambda: asyncio.run(llm.achat([message]))):
+        call()
+        (sent,) = inner.last_chat_messages
+        kinds = [type(b).__name__ for b in sent.blocks]
+        assert kinds == ["TextBlock"] + ["ImageBlock"] * 5 + ["TextBlock", "TextBlock"]
+        for block in sent.blocks[1:6]:
+            assert block.path is None and block.url is None
+            assert _face_changed(_decoded(base64.b64encode(block.resolve_image().read())), astronaut)
+        assert "withheld" in sent.blocks[6].text and "withheld" in sent.blocks[7].text
+        assert str(photo) not in str(sent) and http_image not in str(sent)
+    assert message.blocks[1].path is not None  # the caller's message is untouched
+
+
+def test_llm_guard_covers_image_query_and_legacy_image_documents(engine, photo, astronaut):
+    from llama_index.core.query_engine import SimpleMultiModalQueryEngine
+
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    class ImageRetriever(ListRetriever):
+        def image_to_image_retrieve(self, query):
+            return list(self.nodes)
+
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    llm = FaceAnonymizingLLM(llm=inner, engine=engine)
+    # nothing anonymizes the retriever's output here: the guard is the last line of defence
+    retriever = ImageRetriever([NodeWithScore(node=ImageNode(image_path=str(photo)), score=1.0)])
+    query_engine = SimpleMultiModalQueryEngine(retriever=retriever, multi_modal_llm=llm)
+    query_engine.image_query(str(photo), "Who is this?")
+    blocks = [b for m in inner.last_chat_messages for b in m.blocks if isinstance(b, ImageBlock)]
+    assert blocks and all(b.path is None for b in blocks)
+    for block in blocks:
+        assert _face_changed(_decoded(base64.b64encode(block.resolve_image().read())), astronaut)
+    kwargs = llm._safe_kwargs({"image_documents": [ImageNode(image_path=str(photo))]})
+    (doc,) = kwargs["image_documents"]
+    assert doc.image_path is None and _face_changed(_decoded(doc.image), astronaut)

@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import FixedFaceGenerator, IdentityGenerator, RaisingGenerator
 from PIL import Image
 
-from conftest import FixedFaceGenerator, IdentityGenerator, RaisingGenerator
 from idmrag_plugin import AnonymizationFailedError, AnonymizerConfig, ConfigError, InvalidImageError
 from idmrag_plugin.engine.oracles import cosine
 from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD

@@ -37,7 +37,9 @@ def match_colour(source: np.ndarray, reference: np.ndarray, mask: np.ndarray) ->
     ref = cv2.cvtColor(reference, cv2.COLOR_RGB2LAB).astype(np.float32)
     s_mean, s_std = src[weights].mean(axis=0), src[weights].std(axis=0) + 1e-3
     r_mean, r_std = ref[weights].mean(axis=0), ref[weights].std(axis=0) + 1e-3
-    gain = np.clip(r_std / s_std, 0.5, 2.0)
+    # Lightness keeps a bounded gain; chroma may shrink to nothing, so that a face pasted
+    # into a black-and-white photo is black and white too.
+    gain = np.clip(r_std / s_std, (0.5, 0.0, 0.0), (2.0, 2.0, 2.0))
     out = (src - s_mean) * gain + r_mean
     return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 

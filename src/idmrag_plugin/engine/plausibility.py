@@ -47,7 +47,7 @@ def upright_turns(landmarks: np.ndarray) -> int:
     """Quarter turns ``k`` such that the face stands upright in ``np.rot90(image, k)``."""
     # np.rot90 turns counter-clockwise: a face rolled by +90 degrees (eyes' line pointing
     # down the image) stands upright after one counter-clockwise turn.
-    return int(round(face_roll(landmarks) / 90.0)) % 4
+    return round(face_roll(landmarks) / 90.0) % 4
 
 
 def check_landmarks(landmarks: np.ndarray, box: tuple[float, float, float, float]) -> LandmarkCheck:
@@ -79,7 +79,7 @@ def check_landmarks(landmarks: np.ndarray, box: tuple[float, float, float, float
     width = float(np.hypot(*(mouth_right - mouth_left))) / iod
     if not MOUTH_WIDTH[0] <= width <= MOUTH_WIDTH[1]:
         return LandmarkCheck(f"mouth is {width:.2f} eye distances wide", roll)
-    if float(((mouth_right - mouth_left) @ unit)) <= 0:
+    if float((mouth_right - mouth_left) @ unit) <= 0:
         return LandmarkCheck("mouth corners are swapped relative to the eyes", roll)
     spread = float(np.max(points.max(axis=0) - points.min(axis=0))) / side
     if spread < SPREAD_TO_BOX:

@@ -76,7 +76,7 @@ class LandmarkRefitter:
         patch = upright_patch(image, detection.box, upright_turns(detection.landmarks), margin=0.3)
         corners = patch.to_patch(np.array([detection.box[:2], detection.box[2:]], dtype=np.float64))
         (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
-        rect = dlib.rectangle(int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
+        rect = dlib.rectangle(round(x1), round(y1), round(x2), round(y2))
         with self._lock:
             shape = predictor(patch.pixels, rect)
         pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import dataclasses
+import logging
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +22,30 @@ logger = logging.getLogger(__name__)
 MIMETYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 REPORT_KEY = "idmrag_report"
 
+#: Metadata keys naming where an original came from; removed from every anonymized item,
+#: in both frameworks (LlamaIndex's message builders even fall back to ``file_path``).
+LOCATION_KEYS = (
+    "file_path", "file_name", "filename", "image_path", "image_url", "image_uri", "url", "uri", "source", "path",
+)
+#: Metadata keys describing the image's encoding; set to the output's after anonymization.
+MIME_KEYS = ("image_mimetype", "image_mime_type", "mimetype", "mime_type", "content_type", "file_type")
+#: Suffixes that make a path or URL an image reference.
+IMAGE_SUFFIXES = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif",
+    ".ico", ".jp2", ".j2k", ".pgm", ".ppm", ".pbm", ".pnm", ".psd", ".tga", ".qoi",
+)
+
+
+def sniff_image(raw: bytes) -> bool:
+    """True when ``raw`` starts like an image file of any common format (Pillow or not)."""
+    if raw.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"8BPS", b"qoif",
+                       b"\x00\x00\x01\x00", b"\x00\x00\x00\x0cjP  ", b"\xff\x4f\xff\x51", b"P5", b"P6")):
+        return True
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return True
+    # ISO base media (AVIF, HEIC/HEIF): a ftyp box with an image brand
+    return raw[4:8] == b"ftyp" and raw[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1", b"hevc")
+
 
 @dataclass(frozen=True)
 class AnonymizedImage:
@@ -33,13 +57,22 @@ class AnonymizedImage:
     def base64(self) -> str:
         return base64.b64encode(self.data).decode("ascii")
 
+    @property
+    def data_uri(self) -> str:
+        return f"data:{self.mimetype};base64,{self.base64}"
+
 
 def decode_base64_image(text: str | bytes) -> bytes:
     """Bytes of a base64 image, with or without a ``data:image/...;base64,`` prefix."""
     if isinstance(text, bytes):
-        text = text.decode("ascii", errors="strict")
+        try:
+            text = text.decode("ascii", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise InvalidImageError("image field is neither base64 text nor an image") from exc
     if text.startswith("data:"):
-        text = text.split(",", 1)[-1]
+        header, _, text = text.partition(",")
+        if ";base64" not in header:
+            raise InvalidImageError("image data URI is not base64-encoded")
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -47,16 +80,49 @@ def decode_base64_image(text: str | bytes) -> bytes:
 
 
 def looks_like_base64_image(text: str) -> bool:
-    """True when ``text`` decodes as base64 into the header of a known image format."""
+    """True when ``text`` is an image data URI, or base64 that decodes into an image header."""
+    if not isinstance(text, str):
+        return False
+    if text[:11].lower() == "data:image/":
+        return True
     if len(text) < 32:
         return False
-    head = text.split(",", 1)[-1] if text.startswith("data:image") else text
+    head = "".join(text[:96].split())[:64]
     try:
-        raw = base64.b64decode("".join(head[:64].split())[:60], validate=True)
+        raw = base64.b64decode(head[: len(head) // 4 * 4], validate=True)
     except (binascii.Error, ValueError):
         return False
-    signatures = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
-    return raw.startswith(signatures)
+    return sniff_image(raw)
+
+
+def image_bytes_of(value: Any) -> bytes | None:
+    """The image inside ``value`` when it carries image data (bytes, base64, data URI), else None.
+
+    Raises :class:`InvalidImageError` when it claims to be an image (an ``image/`` data
+    URI, say) but cannot be decoded: such a value must be withheld, never passed on.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if sniff_image(raw):
+            return raw
+        try:  # bytes holding base64 text
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return decode_base64_image(text) if looks_like_base64_image(text) else None
+    if isinstance(value, str) and looks_like_base64_image(value):
+        return decode_base64_image(value)
+    return None
+
+
+def is_image_location(value: Any) -> bool:
+    """True for a path or http(s)/file URL string whose name ends like an image file."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > 4096 or "\n" in value:
+        return False
+    path = value.split("?", 1)[0].split("#", 1)[0].lower()
+    return path.endswith(IMAGE_SUFFIXES)
 
 
 def config_to_dict(config: AnonymizerConfig) -> dict[str, Any]:

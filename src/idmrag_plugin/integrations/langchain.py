@@ -4,13 +4,17 @@ The one line to add::
 
     retriever = FaceAnonymizingRetriever(retriever=vectorstore.as_retriever())
 
-Images are found in ``page_content`` (base64, the Chroma multimodal convention) and in
-the metadata keys named by ``image_keys`` (base64, a data URI, a path or an http(s) URL).
-Each document that carries an image is handed on as a copy whose image is the anonymized
-bytes (base64, in ``page_content`` if it came from there, else in ``metadata[output_key]``),
-whose original path/URL keys are removed, and whose ``metadata["idmrag_report"]`` holds
-the per-face report. An image that cannot be anonymized is withheld: its document is
-dropped (or, with the engine's ``on_failure="raise"``, the error propagates).
+Images are found wherever a document can carry one: ``page_content`` (base64 or an
+``image/*`` data URI, any format), every metadata value holding image data (bytes,
+base64, data URI; nested in dicts and lists too), and the metadata keys named by
+``image_keys`` (paths and http(s) URLs as well). Each document carrying an image is handed
+on as a copy whose images are the anonymized bytes, in the encoding they came in (a data
+URI stays a data URI, base64 stays base64), whose MIME metadata matches the output, whose
+original paths and URLs are removed, and whose ``metadata["idmrag_report"]`` holds the
+per-face report. Raw strings and bytes (what the multi-vector retriever's byte store
+returns) are anonymized in kind. Anything image-like that cannot be anonymized is
+withheld: its document is dropped (or, with the engine's ``on_failure="raise"``, the error
+propagates). Settings are read at each call.
 """
 
 from __future__ import annotations
@@ -30,17 +34,25 @@ try:
     from langchain_core.documents import BaseDocumentTransformer, Document
     from langchain_core.documents.compressor import BaseDocumentCompressor
     from langchain_core.retrievers import BaseRetriever
-    from pydantic import ConfigDict, Field, PrivateAttr
+    from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "the LangChain integration needs langchain-core: pip install 'idmrag-plugin[langchain]'"
     ) from exc
 
-from idmrag_plugin.errors import IdmragError
+from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
+    LOCATION_KEYS,
+    MIME_KEYS,
+    MIMETYPES,
     REPORT_KEY,
+    AnonymizedImage,
     AnonymizerBridge,
-    decode_base64_image,
+    EngineHolder,
+    config_from_dict,
+    config_to_dict,
+    image_bytes_of,
+    is_image_location,
     looks_like_base64_image,
 )
 from idmrag_plugin.pipeline import FaceAnonymizer
@@ -48,22 +60,34 @@ from idmrag_plugin.pipeline import FaceAnonymizer
 logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("image", "image_base64", "image_path", "image_url")
-LOCATION_KEYS = ("source", "file_path", "image_path", "image_url", "url")
+
+#: Items a LangChain retriever can return: documents, or raw values from a byte store.
+RetrievedItem = Document | str | bytes
 
 
 def _reference(value: Any) -> dict[str, Any]:
-    """data/path/url keyword arguments for one image value."""
-    if isinstance(value, (bytes, bytearray)):
-        return {"data": bytes(value)}
+    """data/path/url keyword arguments for a value under one of ``image_keys``."""
     if isinstance(value, Path):
         return {"path": value}
+    data = image_bytes_of(value)
+    if data is not None:
+        return {"data": data}
     if not isinstance(value, str):
-        raise IdmragError(f"unsupported image value of type {type(value).__name__}")
-    if value.startswith("data:image") or looks_like_base64_image(value):
-        return {"data": decode_base64_image(value)}
+        raise InvalidImageError(f"unsupported image value of type {type(value).__name__}")
     if value.lower().startswith(("http://", "https://")):
         return {"url": value}
+    if "://" in value:
+        raise InvalidImageError(f"unsupported image URL scheme in {value[:30]!r}")
     return {"path": value}
+
+
+def _in_kind(original: Any, image: AnonymizedImage) -> Any:
+    """The anonymized image encoded like ``original`` was (bytes, data URI or base64)."""
+    if isinstance(original, (bytes, bytearray, memoryview)):
+        return image.data
+    if isinstance(original, str) and original[:5].lower() == "data:":
+        return image.data_uri
+    return image.base64
 
 
 class FaceAnonymizerCompressor(BaseDocumentCompressor, BaseDocumentTransformer):
@@ -74,16 +98,16 @@ class FaceAnonymizerCompressor(BaseDocumentCompressor, BaseDocumentTransformer):
 
     content_mode: str = Field(
         default="auto",
-        description="'auto': page_content is an image when it is base64 image data; "
+        description="'auto': page_content is an image when it is image data (base64 or data URI); "
         "'image': it always is; 'text': it never is.",
     )
     image_keys: list[str] = Field(
         default_factory=lambda: list(IMAGE_KEYS),
-        description="Metadata keys that may hold an image (base64, data URI, path or URL).",
+        description="Metadata keys whose paths and URLs are images too (image data is found under any key).",
     )
     output_key: str = Field(
         default="image_base64",
-        description="Metadata key receiving the anonymized image when it did not come from page_content.",
+        description="Metadata key receiving the anonymized image of a path or URL.",
     )
     location_keys: list[str] = Field(
         default_factory=lambda: list(LOCATION_KEYS),
@@ -91,73 +115,150 @@ class FaceAnonymizerCompressor(BaseDocumentCompressor, BaseDocumentTransformer):
     )
     report_key: str = Field(default=REPORT_KEY, description="Metadata key of the per-face report.")
     fetch_urls: bool = Field(default=True, description="Load images given only by URL; if False they are withheld.")
-    timeout_s: float = Field(default=10.0, description="Timeout in seconds for fetching an image URL.")
+    fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts or networks (e.g. '10.0.0.0/8') image URLs may point to although not public addresses.",
+    )
+    timeout_s: float = Field(default=10.0, description="Deadline in seconds for fetching an image URL.")
     max_bytes: int = Field(default=20_000_000, description="Largest image download accepted, in bytes.")
     output_format: str = Field(default="JPEG", description="Encoding of anonymized images: JPEG, PNG or WEBP.")
-    _bridge: AnonymizerBridge = PrivateAttr()
+    engine_config: dict[str, Any] | None = Field(
+        default=None, description="Engine settings (AnonymizerConfig fields); taken from the engine when one is passed."
+    )
+    _holder: EngineHolder = PrivateAttr()
+    _injected: bool = PrivateAttr(default=False)
 
     def __init__(self, engine: FaceAnonymizer | None = None, **data: Any) -> None:
+        if engine is not None:
+            data["engine_config"] = config_to_dict(engine.config)
         super().__init__(**data)
-        if self.content_mode not in ("auto", "image", "text"):
+        self._injected = engine is not None
+        self._holder = EngineHolder(engine, config_from_dict(self.engine_config) if self.engine_config else None)
+        if self.engine_config is None:
+            self.engine_config = config_to_dict(self._holder.config)
+
+    @field_validator("content_mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in ("auto", "image", "text"):
             raise ValueError("content_mode must be 'auto', 'image' or 'text'")
-        self._bridge = AnonymizerBridge(
-            engine, fetch_urls=self.fetch_urls, timeout_s=self.timeout_s,
-            max_bytes=self.max_bytes, output_format=self.output_format,
+        return value
+
+    @field_validator("output_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value.upper() not in MIMETYPES:
+            raise ValueError(f"output_format must be one of {sorted(MIMETYPES)}, got {value!r}")
+        return value.upper()
+
+    def _engine_holder(self) -> EngineHolder:
+        if not self._injected and self.engine_config is not None:
+            wanted = config_from_dict(self.engine_config)
+            if wanted != self._holder.config:
+                self._holder = EngineHolder(config=wanted)
+        return self._holder
+
+    @property
+    def _bridge(self) -> AnonymizerBridge:
+        """Built from the current field values at every call."""
+        return AnonymizerBridge(
+            self._engine_holder(), fetch_urls=self.fetch_urls, timeout_s=self.timeout_s,
+            max_bytes=self.max_bytes, output_format=self.output_format, fetch_allow=tuple(self.fetch_allow),
         )
 
     @property
     def engine(self) -> FaceAnonymizer:
-        return self._bridge.engine
+        return self._engine_holder().engine
+
+    # ------------------------------------------------------------------ documents
+    def anonymize_item(self, item: RetrievedItem) -> RetrievedItem | None:
+        """A safe copy of a document (or raw string / bytes); the item itself when it has no
+        image; None when it must be withheld."""
+        bridge = self._bridge
+        try:
+            if isinstance(item, Document):
+                return self._anonymize_document(item, bridge)
+            return self._anonymize_raw(item, bridge)
+        except IdmragError as exc:
+            bridge.withhold(exc, f"document {getattr(item, 'id', None) or ''}".strip())
+        except (ValueError, TypeError, UnicodeError) as exc:  # malformed fields fail closed too
+            bridge.withhold(InvalidImageError(f"unreadable image field: {exc}"), "document")
+        return None
+
+    def anonymize_document(self, doc: Document) -> Document | None:
+        """A copy of ``doc`` with its images anonymized; ``doc`` itself when it has none;
+        None when it must be withheld."""
+        out = self.anonymize_item(doc)
+        return out if out is None or isinstance(out, Document) else None
+
+    def _anonymize_raw(self, item: Any, bridge: AnonymizerBridge) -> Any:
+        if isinstance(item, (str, bytes, bytearray, memoryview)):
+            data = image_bytes_of(item)
+            if data is None:
+                return item
+            return _in_kind(item, bridge.anonymize(data=data))
+        raise InvalidImageError(f"retrieved item of type {type(item).__name__} is neither a Document, str nor bytes")
 
     def _content_is_image(self, doc: Document) -> bool:
         if self.content_mode == "text":
             return False
         return self.content_mode == "image" or looks_like_base64_image(doc.page_content)
 
-    def anonymize_document(self, doc: Document) -> Document | None:
-        """A copy of ``doc`` with its images anonymized; ``doc`` itself when it has none;
-        None when it must be withheld."""
-        image_keys = [k for k in self.image_keys if doc.metadata.get(k) not in (None, "")]
-        content_image = self._content_is_image(doc)
-        if not content_image and not image_keys:
-            return doc
-        try:
-            return self._anonymize(doc, content_image, image_keys)
-        except IdmragError as exc:
-            self._bridge.withhold(exc, f"document {doc.id or ''}".strip())
-            return None
-
-    def _anonymize(self, doc: Document, content_image: bool, image_keys: list[str]) -> Document:
-        metadata = dict(doc.metadata)
+    def _anonymize_document(self, doc: Document, bridge: AnonymizerBridge) -> Document:
+        reports: list[dict[str, Any]] = []
+        removed: list[str] = []
         content = doc.page_content
-        reports = []
-        if content_image:
-            image = self._bridge.anonymize(data=decode_base64_image(content))
-            content = image.base64
+        if self._content_is_image(doc):
+            image = bridge.anonymize(data=image_bytes_of(content) or b"")
+            content = _in_kind(content, image)
             reports.append(image.report)
-        written: set[str] = set()
-        for key in image_keys:
-            reference = _reference(metadata.pop(key))
-            target = key if "data" in reference else self.output_key
-            if "data" not in reference and target in written:
+        metadata: dict[str, Any] = {}
+        pending: list[tuple[str, dict[str, Any]]] = []
+        for key, value in doc.metadata.items():
+            if key in self.image_keys and value not in (None, "") and image_bytes_of(value) is None:
+                pending.append((key, _reference(value)))  # a path or URL: its image goes to output_key
+                continue
+            metadata[key] = self._scrub(value, key, bridge, reports, removed)
+        for key, reference in pending:
+            if self.output_key in metadata and self.output_key not in doc.metadata:
                 continue  # several locations of one image: anonymized once, all removed
-            image = self._bridge.anonymize(**reference)
-            metadata[target] = image.base64
+            image = bridge.anonymize(**reference)
+            metadata[self.output_key] = image.base64
             metadata["image_mimetype"] = image.mimetype
-            written.add(target)
             reports.append(image.report)
+        if not reports and not removed:
+            return doc
         for key in self.location_keys:  # they point at the original photo
-            metadata.pop(key, None)
-        metadata[self.report_key] = reports[0] if len(reports) == 1 else reports
+            if metadata.pop(key, None) is not None:
+                removed.append(key)
+        if reports:
+            for key in MIME_KEYS:
+                if key in metadata and isinstance(metadata[key], str):
+                    metadata[key] = MIMETYPES[self.output_format]
+        report: Any = reports[0] if len(reports) == 1 else reports
+        if removed and not reports:
+            report = {"status": "no_image", "removed_locations": removed}
+        metadata[self.report_key] = report
         return Document(page_content=content, metadata=metadata, id=doc.id)
 
-    def _anonymize_all(self, documents: Sequence[Document]) -> list[Document]:
-        out = []
-        for doc in documents:
-            anonymized = self.anonymize_document(doc)
-            if anonymized is not None:
-                out.append(anonymized)
-        return out
+    def _scrub(self, value: Any, key: str, bridge: AnonymizerBridge, reports: list, removed: list) -> Any:
+        """``value`` with every image inside it anonymized (nested dicts and lists too)."""
+        if isinstance(value, dict):
+            return {k: self._scrub(v, k, bridge, reports, removed) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._scrub(v, key, bridge, reports, removed) for v in value)
+        data = image_bytes_of(value)
+        if data is not None:
+            image = bridge.anonymize(data=data)
+            reports.append(image.report)
+            return _in_kind(value, image)
+        if key not in self.location_keys and is_image_location(value):
+            removed.append(key)  # a pointer to an original image: not handed on
+            return None
+        return value
+
+    def _anonymize_all(self, items: Sequence[RetrievedItem]) -> list[Any]:
+        return [out for out in (self.anonymize_item(item) for item in items) if out is not None]
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -176,20 +277,67 @@ class FaceAnonymizerCompressor(BaseDocumentCompressor, BaseDocumentTransformer):
         return await asyncio.to_thread(self._anonymize_all, documents)
 
 
+def _retrieve_untraced(retriever: BaseRetriever, query: str, **kwargs: Any) -> list[Any]:
+    """The inner retriever's documents without reporting them to any callback or tracer.
+
+    ``invoke`` would open a child run whose ``on_retriever_end`` carries the originals to
+    every handler (LangSmith, Langfuse, ...); tracing enabled by environment variables
+    would record them even without callbacks. This calls the retriever's own
+    ``_get_relevant_documents`` as ``invoke`` does, with a no-op run manager.
+    """
+    accepts_kwargs = getattr(retriever, "_expects_other_args", True)
+    extra = kwargs if accepts_kwargs else {}
+    if getattr(retriever, "_new_arg_supported", True):
+        noop = CallbackManagerForRetrieverRun.get_noop_manager()
+        return retriever._get_relevant_documents(query, run_manager=noop, **extra)
+    return retriever._get_relevant_documents(query, **extra)
+
+
+async def _aretrieve_untraced(retriever: BaseRetriever, query: str, **kwargs: Any) -> list[Any]:
+    accepts_kwargs = getattr(retriever, "_expects_other_args", True)
+    extra = kwargs if accepts_kwargs else {}
+    if getattr(retriever, "_new_arg_supported", True):
+        noop = AsyncCallbackManagerForRetrieverRun.get_noop_manager()
+        return await retriever._aget_relevant_documents(query, run_manager=noop, **extra)
+    return await retriever._aget_relevant_documents(query, **extra)
+
+
 class FaceAnonymizingRetriever(BaseRetriever):
-    """Wrap any retriever: every document it returns has its faces anonymized."""
+    """Wrap any retriever: every document it returns has its faces anonymized.
+
+    Keyword arguments of ``invoke`` (``k``, filters) go to the wrapped retriever. The
+    wrapped retriever runs without callbacks, so tracers record only this wrapper's run
+    and its anonymized documents; the trade-off is that the inner retrieval has no run of
+    its own in traces.
+    """
 
     retriever: BaseRetriever = Field(description="The retriever whose documents are anonymized.")
     anonymizer: FaceAnonymizerCompressor = Field(
         default_factory=FaceAnonymizerCompressor, description="Document anonymizer (holds the engine)."
     )
+    k: int | None = Field(
+        default=None, description="Number of documents asked of the wrapped retriever (per-call k wins)."
+    )
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        docs = self.retriever.invoke(query, config={"callbacks": run_manager.get_child()})
-        return list(self.anonymizer.compress_documents(docs, query, callbacks=run_manager.get_child()))
+    def _search_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.k is not None and "k" not in kwargs:
+            return {"k": self.k, **kwargs}
+        return kwargs
+
+    def _limit(self, items: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+        k = kwargs.get("k", self.k)
+        return items[:k] if isinstance(k, int) and k >= 0 else items
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        kwargs = self._search_kwargs(kwargs)
+        items = _retrieve_untraced(self.retriever, query, **kwargs)
+        return self._limit(self.anonymizer._anonymize_all(items), kwargs)
 
     async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        docs = await self.retriever.ainvoke(query, config={"callbacks": run_manager.get_child()})
-        return list(await self.anonymizer.acompress_documents(docs, query, callbacks=run_manager.get_child()))
+        kwargs = self._search_kwargs(kwargs)
+        items = await _aretrieve_untraced(self.retriever, query, **kwargs)
+        return self._limit(await asyncio.to_thread(self.anonymizer._anonymize_all, items), kwargs)

@@ -1,33 +1,43 @@
-"""LlamaIndex integration: node postprocessor, retriever wrapper, ingestion transform.
+"""LlamaIndex integration: node postprocessor, retriever wrapper, ingestion transform and reader.
 
 The one line to add::
 
     RetrieverQueryEngine.from_args(retriever=r, llm=llm, node_postprocessors=[FaceAnonymizerPostprocessor()])
 
-Every image node (``ImageNode`` with ``image`` / ``image_path`` / ``image_url``, or any node
-with an ``image_resource``, such as ``ImageDocument``) is handed on as a deep copy whose
-image is the anonymized bytes, whose path and URL are cleared (LlamaIndex's message
-builders send a URL in preference to bytes), and whose metadata carries the per-face
-report under ``idmrag_report``, hidden from the LLM and the embedder. Text nodes pass
-through untouched. An image that cannot be anonymized is withheld: its node is dropped
-(or, with the engine's ``on_failure="raise"``, the error propagates).
+Images are resolved exactly where and in the order LlamaIndex's own message builders read
+them: ``ImageNode.image`` (base64), ``image_path``, ``metadata["file_path"]`` (the fallback
+of ``image_node_to_image_block`` and of the multimodal LLMs' encoders), ``image_url``; and
+``Node.image_resource`` (data, path, URL) for ``Document``/``ImageDocument``. Every such node
+is handed on as a deep copy whose image is the anonymized bytes, whose path, URL and
+location metadata are cleared, and whose metadata carries the per-face report under
+``idmrag_report`` (hidden from the LLM and the embedder). Video and audio resources cannot
+be anonymized and are withheld (removed from the copy; the report says so). Text nodes
+pass through untouched. An image that cannot be anonymized is withheld: its node is
+dropped (or, with the engine's ``on_failure="raise"``, the error propagates).
+
+Settings are read at each call, so changing a field after construction takes effect, and
+``to_dict``/``from_dict`` round-trip the engine's settings (``engine_config``); a custom
+generator object passed in an engine cannot be serialized and must be passed again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 try:
     from llama_index.core.base.base_retriever import BaseRetriever
-    from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
+    from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, field_validator
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.events import BaseEvent
     from llama_index.core.postprocessor.types import BaseNodePostprocessor
+    from llama_index.core.readers.base import BaseReader
     from llama_index.core.schema import (
         BaseNode,
+        Document,
         ImageNode,
         MediaResource,
         Node,
@@ -41,20 +51,27 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the LlamaIndex integration needs llama-index-core: pip install 'idmrag-plugin[llama-index]'"
     ) from exc
 
-from idmrag_plugin.errors import IdmragError
+from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
+    LOCATION_KEYS,
+    MIME_KEYS,
+    MIMETYPES,
     REPORT_KEY,
     AnonymizedImage,
     AnonymizerBridge,
+    EngineHolder,
+    config_from_dict,
+    config_to_dict,
     decode_base64_image,
+    is_image_location,
 )
 from idmrag_plugin.pipeline import FaceAnonymizer
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
-#: Metadata keys that hold an image's original location; removed from anonymized nodes.
-LOCATION_KEYS = ("file_path", "image_path", "image_url", "url", "source", "file_name")
+#: Node media that cannot be anonymized: withheld from every copy handed on.
+WITHHELD_MEDIA = ("video_resource", "audio_resource")
 
 
 class FaceAnonymizationEvent(BaseEvent):
@@ -71,113 +88,192 @@ class FaceAnonymizationEvent(BaseEvent):
 
 
 def _image_reference(node: BaseNode) -> dict[str, Any] | None:
-    """The node's image as data/path/url keyword arguments, or None for a text-only node."""
+    """The node's image as data/path/url, in LlamaIndex's order, or None for no image."""
     if isinstance(node, ImageNode):
-        if node.image is None and node.image_path is None and node.image_url is None:
-            return None
-        return {
-            "data": decode_base64_image(node.image) if node.image is not None else None,
-            "path": node.image_path,
-            "url": node.image_url,
-        }
+        if node.image is not None:
+            return {"data": decode_base64_image(node.image)}
+        if node.image_path:
+            return {"path": node.image_path}
+        if node.metadata.get("file_path"):  # image_node_to_image_block's fallback
+            return {"path": node.metadata["file_path"]}
+        if node.image_url:
+            return {"url": node.image_url}
+        return None
     resource = getattr(node, "image_resource", None)
     if isinstance(node, Node) and resource is not None:
-        if resource.data is None and resource.path is None and resource.url is None:
-            return None
-        return {
-            "data": decode_base64_image(resource.data) if resource.data is not None else None,
-            "path": resource.path,
-            "url": str(resource.url) if resource.url is not None else None,
-        }
+        if resource.data is not None:
+            return {"data": decode_base64_image(resource.data)}
+        if resource.path is not None:
+            return {"path": resource.path}
+        if resource.url is not None:
+            return {"url": str(resource.url)}
     return None
 
 
-def _with_image(node: BaseNode, image: AnonymizedImage, report_key: str, location_keys: Sequence[str]) -> BaseNode:
-    """A deep copy of ``node`` carrying only the anonymized image, same id."""
+def _image_file_of_text_node(node: BaseNode) -> str | None:
+    """The image file behind a node read as *text*: ``SimpleDirectoryReader`` without an
+    image reader decodes a JPEG's bytes into ``text`` and keeps its path in ``file_path``."""
+    if isinstance(node, ImageNode) or getattr(node, "image_resource", None) is not None:
+        return None
+    path = node.metadata.get("file_path")
+    return path if is_image_location(path) else None
+
+
+def _looks_binary(text: str | None) -> bool:
+    return bool(text) and ("\x00" in text or "\ufffd" in text or sum(c < " " and c not in "\t\n\r" for c in text[:2000]) > 20)
+
+
+def _withheld_media(node: BaseNode) -> list[str]:
+    return [name.removesuffix("_resource") for name in WITHHELD_MEDIA if getattr(node, name, None) is not None]
+
+
+def _safe_copy(
+    node: BaseNode, image: AnonymizedImage | None, withheld: list[str], report_key: str, location_keys: Sequence[str]
+) -> BaseNode:
+    """A deep copy of ``node`` (same id) carrying only the anonymized image, no original media."""
     copy = node.model_copy(deep=True)
-    if isinstance(copy, ImageNode):
-        copy.image = image.base64
-        copy.image_path = None
-        copy.image_url = None
-        copy.image_mimetype = image.mimetype
-    if isinstance(copy, Node) and getattr(copy, "image_resource", None) is not None:
-        copy.image_resource = MediaResource(data=image.base64.encode("ascii"), mimetype=image.mimetype)
-    for key in location_keys:
-        copy.metadata.pop(key, None)
-    copy.metadata[report_key] = image.report
+    if image is not None:
+        if isinstance(copy, ImageNode):
+            copy.image = image.base64
+            copy.image_path = None
+            copy.image_url = None
+            copy.image_mimetype = image.mimetype
+        if isinstance(copy, Node) and (getattr(copy, "image_resource", None) is not None or "text" in withheld):
+            copy.image_resource = MediaResource(data=image.base64.encode("ascii"), mimetype=image.mimetype)
+        for key in location_keys:
+            copy.metadata.pop(key, None)
+        for key in MIME_KEYS:
+            if key in copy.metadata:
+                copy.metadata[key] = image.mimetype
+    for name in withheld:
+        if name == "file":
+            continue
+        if name == "text":  # an image file's bytes read as text
+            copy.set_content("")
+        else:
+            setattr(copy, f"{name}_resource", None)
+    if image is None and withheld:
+        for key in location_keys:  # they point at an original that is not handed on
+            copy.metadata.pop(key, None)
+    report: dict[str, Any] = dict(image.report) if image is not None else {"status": "no_image"}
+    if withheld:
+        report["withheld_media"] = withheld
+    copy.metadata[report_key] = report
     for excluded in (copy.excluded_llm_metadata_keys, copy.excluded_embed_metadata_keys):
         if report_key not in excluded:
             excluded.append(report_key)
     return copy
 
 
-class _AnonymizingComponent:
-    """Mixin: pydantic settings shared by the postprocessor and the transform."""
-
-    def _make_bridge(self, engine: FaceAnonymizer | None) -> AnonymizerBridge:
-        return AnonymizerBridge(
-            engine,
-            fetch_urls=self.fetch_urls,  # type: ignore[attr-defined]
-            timeout_s=self.timeout_s,  # type: ignore[attr-defined]
-            max_bytes=self.max_bytes,  # type: ignore[attr-defined]
-            output_format=self.output_format,  # type: ignore[attr-defined]
-        )
-
-    def _anonymize_node(self, node: BaseNode) -> BaseNode | None:
-        """The anonymized copy, the node itself when it has no image, None when withheld."""
-        bridge: AnonymizerBridge = self._bridge  # type: ignore[attr-defined]
-        try:
-            reference = _image_reference(node)
-            if reference is None:
-                return node
-            image = bridge.anonymize(**reference)
-        except IdmragError as exc:
-            dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
-            bridge.withhold(exc, f"node {node.node_id}")
-            return None
-        dispatcher.event(
-            FaceAnonymizationEvent(node_id=node.node_id, status=str(image.report["status"]), report=image.report)
-        )
-        return _with_image(node, image, self.report_key, self.location_keys)  # type: ignore[attr-defined]
-
-
 _FIELDS_DOC = dict(
     fetch_urls="Load images given only by URL (with timeout_s and max_bytes); if False they are withheld.",
-    timeout_s="Timeout in seconds for fetching an image URL.",
+    fetch_allow="Hosts or networks (e.g. '10.0.0.0/8') image URLs may point to although not public addresses.",
+    timeout_s="Deadline in seconds for fetching an image URL, redirects included.",
     max_bytes="Largest image download accepted, in bytes.",
     output_format="Encoding of the anonymized image handed to the model: JPEG, PNG or WEBP.",
     report_key="Metadata key of the per-face report (hidden from the LLM and the embedder).",
     location_keys="Metadata keys holding the original location, removed from anonymized nodes.",
+    engine_config="Engine settings (AnonymizerConfig fields) of the engine built on first use; "
+    "taken from the engine when one is passed.",
 )
 
 
 class _AnonymizerSettings(BaseModel):
-    """Pydantic settings shared by the postprocessor and the transform."""
+    """Pydantic settings shared by the postprocessor, the transform and the reader."""
 
     fetch_urls: bool = Field(default=True, description=_FIELDS_DOC["fetch_urls"])
+    fetch_allow: list[str] = Field(default_factory=list, description=_FIELDS_DOC["fetch_allow"])
     timeout_s: float = Field(default=10.0, description=_FIELDS_DOC["timeout_s"])
     max_bytes: int = Field(default=20_000_000, description=_FIELDS_DOC["max_bytes"])
     output_format: str = Field(default="JPEG", description=_FIELDS_DOC["output_format"])
     report_key: str = Field(default=REPORT_KEY, description=_FIELDS_DOC["report_key"])
     location_keys: list[str] = Field(default_factory=lambda: list(LOCATION_KEYS), description=_FIELDS_DOC["location_keys"])
-    _bridge: AnonymizerBridge = PrivateAttr()
+    engine_config: dict[str, Any] | None = Field(default=None, description=_FIELDS_DOC["engine_config"])
+    _holder: EngineHolder = PrivateAttr()
+    _injected: bool = PrivateAttr(default=False)
 
     def __init__(self, engine: FaceAnonymizer | None = None, **data: Any) -> None:
+        if engine is not None:
+            data["engine_config"] = config_to_dict(engine.config)
         super().__init__(**data)
-        self._bridge = self._make_bridge(engine)
+        self._injected = engine is not None
+        self._holder = EngineHolder(engine, config_from_dict(self.engine_config) if self.engine_config else None)
+        if self.engine_config is None:
+            self.engine_config = config_to_dict(self._holder.config)
+
+    @field_validator("output_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value.upper() not in MIMETYPES:
+            raise ValueError(f"output_format must be one of {sorted(MIMETYPES)}, got {value!r}")
+        return value.upper()
+
+    def _engine_holder(self) -> EngineHolder:
+        if not self._injected and self.engine_config is not None:
+            wanted = config_from_dict(self.engine_config)
+            if wanted != self._holder.config:  # changed after construction: a new engine
+                self._holder = EngineHolder(config=wanted)
+        return self._holder
+
+    @property
+    def _bridge(self) -> AnonymizerBridge:
+        """Built from the current field values at every call."""
+        return AnonymizerBridge(
+            self._engine_holder(), fetch_urls=self.fetch_urls, timeout_s=self.timeout_s,
+            max_bytes=self.max_bytes, output_format=self.output_format, fetch_allow=tuple(self.fetch_allow),
+        )
+
+    @property
+    def engine(self) -> FaceAnonymizer:
+        return self._engine_holder().engine
+
+    def _anonymize_node(self, node: BaseNode) -> BaseNode | None:
+        """The safe copy, the node itself when it has no media, None when withheld."""
+        bridge = self._bridge
+        try:
+            reference = _image_reference(node)
+            withheld = _withheld_media(node)
+            image_file = _image_file_of_text_node(node)
+            if image_file is not None:
+                if _looks_binary(node.get_content()):
+                    withheld.append("text")
+                if isinstance(node, Node):  # it can carry the anonymized image instead
+                    reference = {"path": image_file}
+                else:
+                    withheld.append("file")
+            if reference is None and not withheld:
+                return node
+            image = bridge.anonymize(**reference) if reference is not None else None
+        except IdmragError as exc:
+            dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
+            bridge.withhold(exc, f"node {node.node_id}")
+            return None
+        except (ValueError, TypeError) as exc:  # malformed node fields: never pass them on
+            dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
+            bridge.withhold(InvalidImageError(f"unreadable image fields: {exc}"), f"node {node.node_id}")
+            return None
+        if withheld:
+            logger.info("node %s: %s withheld (cannot be anonymized)", node.node_id, ", ".join(withheld))
+        report = image.report if image is not None else None
+        status = str(report["status"]) if report is not None else "media_withheld"
+        dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status=status, report=report))
+        return _safe_copy(node, image, withheld, self.report_key, self.location_keys)
+
+    def _anonymize_nodes(self, nodes: Sequence[BaseNode]) -> list[BaseNode]:
+        return [out for out in (self._anonymize_node(n) for n in nodes) if out is not None]
 
 
-class FaceAnonymizerPostprocessor(_AnonymizingComponent, _AnonymizerSettings, BaseNodePostprocessor):
-    """Replace every face in retrieved image nodes before they reach the LLM."""
+class FaceAnonymizerPostprocessor(_AnonymizerSettings, BaseNodePostprocessor):
+    """Replace every face in retrieved image nodes before they reach the LLM.
 
+    Events and callbacks of the retriever that ran *before* the postprocessor saw the
+    original nodes; to keep originals out of traces, wrap the retriever with
+    :class:`FaceAnonymizingRetriever` (or anonymize at ingestion).
+    """
 
     @classmethod
     def class_name(cls) -> str:
         return "FaceAnonymizerPostprocessor"
-
-    @property
-    def engine(self) -> FaceAnonymizer:
-        return self._bridge.engine
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -192,36 +288,86 @@ class FaceAnonymizerPostprocessor(_AnonymizingComponent, _AnonymizerSettings, Ba
         return out
 
 
-class FaceAnonymizerTransform(_AnonymizingComponent, _AnonymizerSettings, TransformComponent):
-    """Ingestion-time anonymization for ``IngestionPipeline``.
+class FaceAnonymizerTransform(_AnonymizerSettings, TransformComponent):
+    """Anonymize nodes inside an ``IngestionPipeline``.
 
-    Run the pipeline with ``disable_cache=True``: LlamaIndex's ingestion cache keys on text
-    and metadata only (two photos with the same metadata collide) and does not store image
-    bytes, so cached nodes come back without their image.
+    An ``IngestionPipeline(docstore=...)`` stores its *input* documents before any
+    transformation runs, so this transform alone keeps originals in the docstore: read
+    documents through :class:`FaceAnonymizingReader` (or pass them through
+    :func:`anonymize_documents`) before ``pipeline.run``. Run the pipeline with
+    ``disable_cache=True``: LlamaIndex's ingestion cache keys on text and metadata only.
     """
-
 
     @classmethod
     def class_name(cls) -> str:
         return "FaceAnonymizerTransform"
 
     def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
-        out = []
-        for node in nodes:
-            anonymized = self._anonymize_node(node)
-            if anonymized is not None:
-                out.append(anonymized)
-        return out
+        return self._anonymize_nodes(nodes)
 
     async def acall(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[BaseNode]:
-        return await asyncio.to_thread(self.__call__, nodes, **kwargs)
+        return await asyncio.to_thread(self._anonymize_nodes, nodes)
+
+
+class FaceAnonymizingReader(_AnonymizerSettings, BaseReader):
+    """Wrap any reader (``SimpleDirectoryReader``, ...): documents come out anonymized, so no
+    docstore, vector store or cache downstream ever holds an original image or its path."""
+
+    reader: Any = Field(description="The reader whose documents are anonymized.")
+
+    def load_data(self, *args: Any, **kwargs: Any) -> list[Document]:
+        return self._anonymize_nodes(self.reader.load_data(*args, **kwargs))  # type: ignore[return-value]
+
+    def lazy_load_data(self, *args: Any, **kwargs: Any):
+        for document in self.reader.lazy_load_data(*args, **kwargs):
+            safe = self._anonymize_node(document)
+            if safe is not None:
+                yield safe
+
+    async def aload_data(self, *args: Any, **kwargs: Any) -> list[Document]:
+        documents = await self.reader.aload_data(*args, **kwargs)
+        return await asyncio.to_thread(self._anonymize_nodes, documents)  # type: ignore[return-value]
+
+
+def anonymize_documents(documents: Sequence[BaseNode], engine: FaceAnonymizer | None = None, **settings: Any) -> list[BaseNode]:
+    """Anonymized copies of ``documents`` (withheld ones left out), e.g. before
+    ``IngestionPipeline.run(documents=...)`` so that its docstore never stores an original."""
+    return FaceAnonymizerTransform(engine=engine, **settings)(documents)
+
+
+def _retrieve_untraced(retriever: Any, query_bundle: QueryBundle) -> list[NodeWithScore]:
+    """Run a LlamaIndex retriever without its instrumentation.
+
+    ``retrieve`` and most ``_retrieve`` implementations report their result (the original
+    nodes) to event handlers, span handlers and legacy callbacks; calling the undecorated
+    ``_retrieve`` keeps the originals out of every trace. Only the wrapper's own
+    (anonymized) result is reported.
+    """
+    if not isinstance(retriever, BaseRetriever):
+        return retriever.retrieve(query_bundle)
+    raw = inspect.unwrap(type(retriever)._retrieve)
+    nodes = raw(retriever, query_bundle)
+    return retriever._handle_recursive_retrieval(query_bundle, nodes)
+
+
+async def _aretrieve_untraced(retriever: Any, query_bundle: QueryBundle) -> list[NodeWithScore]:
+    if not isinstance(retriever, BaseRetriever):
+        return await retriever.aretrieve(query_bundle)
+    raw = inspect.unwrap(type(retriever)._aretrieve)
+    if raw is inspect.unwrap(BaseRetriever._aretrieve):
+        # the default _aretrieve calls the instrumented self._retrieve: run the raw one instead
+        return await asyncio.to_thread(_retrieve_untraced, retriever, query_bundle)
+    nodes = await raw(retriever, query_bundle)
+    return await retriever._ahandle_recursive_retrieval(query_bundle, nodes)
 
 
 class FaceAnonymizingRetriever(BaseRetriever):
     """Wrap any retriever, multimodal ones included, so that everything it returns is anonymized.
 
     ``text_to_image_retrieve`` and ``image_to_image_retrieve`` of multimodal retrievers never
-    run node postprocessors; through this wrapper they are anonymized too.
+    run node postprocessors; through this wrapper they are anonymized too. The inner
+    retriever runs uninstrumented, so tracing handlers (events, spans, callbacks) see only
+    the anonymized nodes; the trade-off is that the inner retrieval has no span of its own.
     """
 
     def __init__(
@@ -236,11 +382,12 @@ class FaceAnonymizingRetriever(BaseRetriever):
         super().__init__(**kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return self._postprocessor.postprocess_nodes(self._retriever.retrieve(query_bundle), query_bundle)
+        nodes = _retrieve_untraced(self._retriever, query_bundle)
+        return self._postprocessor._postprocess_nodes(nodes, query_bundle)
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        nodes = await self._retriever.aretrieve(query_bundle)
-        return await self._postprocessor.apostprocess_nodes(nodes, query_bundle)
+        nodes = await _aretrieve_untraced(self._retriever, query_bundle)
+        return await asyncio.to_thread(self._postprocessor._postprocess_nodes, nodes, query_bundle)
 
     def _delegate(self, name: str) -> Any:
         method = getattr(self._retriever, name, None)
@@ -250,16 +397,16 @@ class FaceAnonymizingRetriever(BaseRetriever):
 
     def text_to_image_retrieve(self, str_or_query_bundle: QueryType) -> list[NodeWithScore]:
         nodes = self._delegate("text_to_image_retrieve")(str_or_query_bundle)
-        return self._postprocessor.postprocess_nodes(nodes)
+        return self._postprocessor._postprocess_nodes(nodes)
 
     def image_to_image_retrieve(self, str_or_query_bundle: QueryType) -> list[NodeWithScore]:
         nodes = self._delegate("image_to_image_retrieve")(str_or_query_bundle)
-        return self._postprocessor.postprocess_nodes(nodes)
+        return self._postprocessor._postprocess_nodes(nodes)
 
     async def atext_to_image_retrieve(self, str_or_query_bundle: QueryType) -> list[NodeWithScore]:
         nodes = await self._delegate("atext_to_image_retrieve")(str_or_query_bundle)
-        return await self._postprocessor.apostprocess_nodes(nodes)
+        return await asyncio.to_thread(self._postprocessor._postprocess_nodes, nodes)
 
     async def aimage_to_image_retrieve(self, str_or_query_bundle: QueryType) -> list[NodeWithScore]:
         nodes = await self._delegate("aimage_to_image_retrieve")(str_or_query_bundle)
-        return await self._postprocessor.apostprocess_nodes(nodes)
+        return await asyncio.to_thread(self._postprocessor._postprocess_nodes, nodes)

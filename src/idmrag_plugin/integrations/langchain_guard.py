@@ -1,0 +1,205 @@
+"""The model boundary for LangChain: a Runnable placed just before the chat model.
+
+Whatever path an image took into the prompt (a retriever that was not wrapped, a user's
+upload, a tool's output), the guard rewrites the messages the model receives::
+
+    chain = prompt | FaceAnonymizingGuard() | llm          # or: FaceAnonymizingGuard().wrap(llm)
+
+Image content blocks in every format LangChain passes to providers are anonymized and
+re-sent as base64 data of the same block format: OpenAI-style ``image_url`` (data URI or
+http(s) URL, fetched under the integrations' SSRF policy), LangChain's standard ``image``
+blocks (``base64``/``data``/``url``, ``source_type``), Anthropic-style ``source`` blocks, and
+``file`` blocks with an image MIME type. Images that cannot be anonymized (provider-hosted
+file ids, undecodable data) and every ``video``/``audio`` block are replaced by a text
+block saying so (``on_failure="raise"`` raises instead). A message whose text content is
+itself an image (base64 or data URI) is anonymized too. Reports go to each message
+copy's ``response_metadata["idmrag_report"]``, which providers do not send. The guard opens
+no traced run of its own (its input holds the originals); runs before it in the chain
+are traced as they always are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any
+
+try:
+    from langchain_core.messages import BaseMessage
+    from langchain_core.prompt_values import ChatPromptValue, PromptValue
+    from langchain_core.runnables import Runnable, RunnableConfig
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the LangChain integration needs langchain-core: pip install 'idmrag-plugin[langchain]'"
+    ) from exc
+
+from idmrag_plugin.errors import IdmragError, InvalidImageError
+from idmrag_plugin.integrations._common import (
+    AnonymizedImage,
+    AnonymizerBridge,
+    decode_base64_image,
+    image_bytes_of,
+)
+from idmrag_plugin.integrations.langchain import FaceAnonymizerCompressor
+from idmrag_plugin.pipeline import FaceAnonymizer
+
+logger = logging.getLogger(__name__)
+
+REPORT_KEY = "idmrag_report"
+_MEDIA_TYPES = ("video", "video_url", "audio", "audio_url", "input_audio")
+
+
+def _note(kind: str, reason: str) -> dict[str, Any]:
+    return {"type": "text", "text": f"[{kind} withheld by idmrag-plugin: {reason}]"}
+
+
+class FaceAnonymizingGuard(Runnable[Any, Any]):
+    """Anonymize every image in the messages passing through; hand everything else on as is.
+
+    Args:
+        engine: a shared :class:`FaceAnonymizer`; default: the one of ``anonymizer``.
+        anonymizer: the settings (URL policy, output format) of a
+            :class:`FaceAnonymizerCompressor`; default: a new one.
+        withhold_media: replace video and audio blocks by a note (default True).
+    """
+
+    def __init__(
+        self,
+        engine: FaceAnonymizer | None = None,
+        anonymizer: FaceAnonymizerCompressor | None = None,
+        withhold_media: bool = True,
+    ) -> None:
+        self.anonymizer = anonymizer or FaceAnonymizerCompressor(engine=engine)
+        self.withhold_media = withhold_media
+
+    def wrap(self, model: Runnable) -> Runnable:
+        """``self | model``: the model, guarded."""
+        return self | model
+
+    # ------------------------------------------------------------------ Runnable
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        # No run of its own: a traced run would hand the original images to every handler.
+        return self._guard(input)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self.invoke, input, config)
+
+    def _guard(self, value: Any) -> Any:
+        bridge = self.anonymizer._bridge
+        if isinstance(value, ChatPromptValue):
+            return ChatPromptValue(messages=[self._message(m, bridge) for m in value.messages])
+        if isinstance(value, PromptValue):
+            return ChatPromptValue(messages=[self._message(m, bridge) for m in value.to_messages()])
+        if isinstance(value, BaseMessage):
+            return self._message(value, bridge)
+        if isinstance(value, (list, tuple)):
+            return [self._message(m, bridge) if isinstance(m, BaseMessage) else self._guard(m) for m in value]
+        if isinstance(value, str):
+            data = self._maybe_image(value, bridge, [])
+            return value if data is None else data
+        return value
+
+    # ------------------------------------------------------------------ messages
+    def _message(self, message: BaseMessage, bridge: AnonymizerBridge) -> BaseMessage:
+        reports: list[dict[str, Any]] = []
+        content = message.content
+        if isinstance(content, str):
+            new = self._maybe_image(content, bridge, reports)
+            new_content: Any = content if new is None else new
+        else:
+            new_content = [self._block(block, bridge, reports) for block in content]
+        if not reports and new_content == content:
+            return message
+        metadata = dict(message.response_metadata)
+        metadata[REPORT_KEY] = reports
+        return message.model_copy(update={"content": new_content, "response_metadata": metadata})
+
+    def _maybe_image(self, text: str, bridge: AnonymizerBridge, reports: list) -> str | None:
+        try:
+            data = image_bytes_of(text)
+            if data is None:
+                return None
+            image = bridge.anonymize(data=data)
+        except IdmragError as exc:
+            bridge.withhold(exc, "image sent to the model")
+            reports.append({"status": "withheld", "error": str(exc)})
+            return _note("image", str(exc))["text"]
+        reports.append(image.report)
+        return image.data_uri if text[:5].lower() == "data:" else image.base64
+
+    def _block(self, block: Any, bridge: AnonymizerBridge, reports: list) -> Any:
+        if isinstance(block, str):
+            new = self._maybe_image(block, bridge, reports)
+            return block if new is None else new
+        if not isinstance(block, dict):
+            return block
+        kind = str(block.get("type", ""))
+        if kind in _MEDIA_TYPES:
+            if not self.withhold_media:
+                return block
+            reports.append({"status": "withheld", "error": f"{kind} cannot be anonymized"})
+            return _note(kind, "it cannot be anonymized")
+        is_image_file = kind == "file" and str(block.get("mime_type", "")).startswith("image/")
+        if kind not in ("image_url", "image") and not is_image_file:
+            return block
+        try:
+            image = self._image_of(block, kind, bridge)
+        except IdmragError as exc:
+            bridge.withhold(exc, "image sent to the model")
+            reports.append({"status": "withheld", "error": str(exc)})
+            return _note("image", str(exc))
+        reports.append(image.report)
+        return self._rebuilt(block, kind, image)
+
+    def _image_of(self, block: dict[str, Any], kind: str, bridge: AnonymizerBridge) -> AnonymizedImage:
+        if kind == "image_url":
+            target = block.get("image_url")
+            url = target.get("url") if isinstance(target, dict) else target
+            return self._from_url(url, bridge)
+        source = block.get("source")
+        if isinstance(source, dict):  # Anthropic's format
+            if source.get("type") == "base64":
+                return bridge.anonymize(data=decode_base64_image(source.get("data") or ""))
+            if source.get("type") == "url":
+                return self._from_url(source.get("url"), bridge)
+            raise InvalidImageError(f"image source of type {source.get('type')!r} cannot be anonymized")
+        for key in ("base64", "data"):
+            if block.get(key):
+                value = block[key]
+                data = value if isinstance(value, (bytes, bytearray)) else decode_base64_image(value)
+                return bridge.anonymize(data=bytes(data))
+        if block.get("url"):
+            return self._from_url(block["url"], bridge)
+        raise InvalidImageError("image block holds no data or URL this guard can see (a provider file id?)")
+
+    @staticmethod
+    def _from_url(url: Any, bridge: AnonymizerBridge) -> AnonymizedImage:
+        if not isinstance(url, str) or not url:
+            raise InvalidImageError("image block without a URL")
+        if url[:5].lower() == "data:":
+            return bridge.anonymize(data=decode_base64_image(url))
+        return bridge.anonymize(url=url)
+
+    @staticmethod
+    def _rebuilt(block: dict[str, Any], kind: str, image: AnonymizedImage) -> dict[str, Any]:
+        new = copy.deepcopy(block)
+        if kind == "image_url":
+            target = new.get("image_url")
+            if isinstance(target, dict):
+                target["url"] = image.data_uri
+            else:
+                new["image_url"] = image.data_uri
+            return new
+        if isinstance(new.get("source"), dict):
+            new["source"] = {"type": "base64", "media_type": image.mimetype, "data": image.base64}
+            return new
+        for key in ("url", "file_id", "id", "base64", "data"):
+            new.pop(key, None)
+        if "source_type" in block:  # LangChain's v0 standard blocks
+            new["source_type"] = "base64"
+            new["data"] = image.base64
+        else:
+            new["base64"] = image.base64
+        new["mime_type"] = image.mimetype
+        return new

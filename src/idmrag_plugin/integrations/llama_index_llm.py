@@ -1,0 +1,189 @@
+"""The model boundary for LlamaIndex: an LLM wrapper that anonymizes every image it is sent.
+
+Whatever path an image took (a postprocessor that did not run, ``image_query``, a user's
+upload, a tool's output), it reaches the model only through ``chat``/``complete`` and their
+stream and async forms. The wrapper rewrites each message before the wrapped model sees
+it::
+
+    llm = FaceAnonymizingLLM(llm=OpenAI(model="gpt-4o-mini"))
+
+* every ``ImageBlock`` (bytes, path or URL; URLs fetched under the same SSRF policy as
+  the integrations) becomes an ``ImageBlock`` of the anonymized bytes, or, when it cannot
+  be anonymized, a text block saying it was withheld (``on_failure="raise"`` raises);
+* ``VideoBlock`` and ``AudioBlock`` cannot be anonymized and are withheld by default;
+* a ``DocumentBlock`` whose MIME type is an image is treated as an image;
+* legacy ``image_documents=[ImageNode, ...]`` arguments are anonymized like retrieved nodes.
+
+The per-image reports go to :class:`FaceAnonymizationEvent` handlers and the log, never
+into the messages. The wrapper's own methods are not instrumented: their arguments are
+the originals, and span handlers record arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from llama_index.core.base.llms.types import (
+        AudioBlock,
+        ChatMessage,
+        ChatResponse,
+        ChatResponseAsyncGen,
+        ChatResponseGen,
+        CompletionResponse,
+        CompletionResponseAsyncGen,
+        CompletionResponseGen,
+        DocumentBlock,
+        ImageBlock,
+        LLMMetadata,
+        TextBlock,
+        VideoBlock,
+    )
+    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.llms.llm import LLM
+    from llama_index.core.schema import BaseNode
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the LlamaIndex integration needs llama-index-core: pip install 'idmrag-plugin[llama-index]'"
+    ) from exc
+
+from idmrag_plugin.errors import IdmragError, InvalidImageError
+from idmrag_plugin.integrations._common import AnonymizedImage, decode_base64_image
+from idmrag_plugin.integrations.llama_index import (
+    FaceAnonymizationEvent,
+    FaceAnonymizerPostprocessor,
+    dispatcher,
+)
+from idmrag_plugin.pipeline import FaceAnonymizer
+
+logger = logging.getLogger(__name__)
+
+
+def _withheld(kind: str, reason: str) -> TextBlock:
+    return TextBlock(text=f"[{kind} withheld by idmrag-plugin: {reason}]")
+
+
+class FaceAnonymizingLLM(LLM):
+    """Wrap any LlamaIndex LLM or multimodal LLM: every image it is sent is anonymized first."""
+
+    llm: Any = Field(description="The wrapped LLM.")
+    anonymizer: FaceAnonymizerPostprocessor = Field(
+        default_factory=FaceAnonymizerPostprocessor,
+        description="Holds the engine and the URL policy (the same settings as the postprocessor).",
+    )
+    withhold_video: bool = Field(default=True, description="Replace video blocks by a note (they cannot be anonymized).")
+    withhold_audio: bool = Field(default=True, description="Replace audio blocks by a note (voices identify people too).")
+    _engine_override: FaceAnonymizer | None = PrivateAttr(default=None)
+
+    def __init__(self, llm: Any, engine: FaceAnonymizer | None = None, **kwargs: Any) -> None:
+        if engine is not None and "anonymizer" not in kwargs:
+            kwargs["anonymizer"] = FaceAnonymizerPostprocessor(engine=engine)
+        super().__init__(llm=llm, **kwargs)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FaceAnonymizingLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return self.llm.metadata
+
+    # ------------------------------------------------------------------ rewriting
+    def _anonymize_block(self, block: Any) -> Any:
+        bridge = self.anonymizer._bridge
+        if isinstance(block, VideoBlock) and self.withhold_video:
+            return _withheld("video", "video cannot be anonymized")
+        if isinstance(block, AudioBlock) and self.withhold_audio:
+            return _withheld("audio", "audio cannot be anonymized")
+        is_image_document = isinstance(block, DocumentBlock) and str(block.document_mimetype or "").startswith("image/")
+        if not isinstance(block, ImageBlock) and not is_image_document:
+            return block
+        try:
+            image = self._anonymize_image(block)
+        except IdmragError as exc:
+            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=str(exc)))
+            bridge.withhold(exc, "image sent to the model")
+            return _withheld("image", str(exc))
+        dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status=str(image.report["status"]), report=image.report))
+        return ImageBlock(image=image.data, image_mimetype=image.mimetype, detail=getattr(block, "detail", None))
+
+    def _anonymize_image(self, block: Any) -> AnonymizedImage:
+        bridge = self.anonymizer._bridge
+        data = getattr(block, "image", None) if isinstance(block, ImageBlock) else getattr(block, "data", None)
+        path, url = block.path, block.url
+        if data is not None:
+            try:  # ImageBlock keeps bytes base64-encoded once validated
+                raw = block.resolve_image().read() if isinstance(block, ImageBlock) else block.resolve_document().read()
+            except (ValueError, OSError) as exc:
+                raise InvalidImageError(f"unreadable image block: {exc}") from exc
+            return bridge.anonymize(data=raw)
+        if path is not None:
+            return bridge.anonymize(path=path)
+        if url is not None:
+            text = str(url)
+            if text.startswith("data:"):
+                return bridge.anonymize(data=decode_base64_image(text))
+            return bridge.anonymize(url=text)
+        raise InvalidImageError("image block without data, path or URL")
+
+    def _safe_messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+        safe = []
+        for message in messages:
+            blocks = [self._anonymize_block(b) for b in message.blocks]
+            safe.append(message.model_copy(update={"blocks": blocks}))
+        return safe
+
+    def _safe_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        documents = kwargs.get("image_documents")
+        if not documents:
+            return kwargs
+        safe: list[Any] = []
+        for document in documents:
+            if isinstance(document, BaseNode):
+                out = self.anonymizer._anonymize_node(document)
+                if out is not None:
+                    safe.append(out)
+            else:
+                safe.append(self._anonymize_block(document))
+        return {**kwargs, "image_documents": safe}
+
+    # ------------------------------------------------------------------ the LLM interface
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self.llm.chat(self._safe_messages(messages), **self._safe_kwargs(kwargs))
+
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self.llm.stream_chat(self._safe_messages(messages), **self._safe_kwargs(kwargs))
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self.llm.complete(prompt, formatted=formatted, **self._safe_kwargs(kwargs))
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        return self.llm.stream_complete(prompt, formatted=formatted, **self._safe_kwargs(kwargs))
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        safe = await asyncio.to_thread(self._safe_messages, messages)
+        return await self.llm.achat(safe, **await asyncio.to_thread(self._safe_kwargs, kwargs))
+
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        safe = await asyncio.to_thread(self._safe_messages, messages)
+        return await self.llm.astream_chat(safe, **await asyncio.to_thread(self._safe_kwargs, kwargs))
+
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        safe = await asyncio.to_thread(self._safe_kwargs, kwargs)
+        return await self.llm.acomplete(prompt, formatted=formatted, **safe)
+
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        safe = await asyncio.to_thread(self._safe_kwargs, kwargs)
+        return await self.llm.astream_complete(prompt, formatted=formatted, **safe)
+
+
+# LlamaIndex wraps every implementation of an abstract LLM method in a span whose handlers
+# receive the call's arguments: here, the original images. The wrapped model's own spans
+# see the anonymized ones.
+for _name in ("chat", "stream_chat", "complete", "stream_complete", "achat", "astream_chat", "acomplete",
+              "astream_complete"):
+    setattr(FaceAnonymizingLLM, _name, inspect.unwrap(FaceAnonymizingLLM.__dict__[_name]))
