@@ -63,10 +63,12 @@ def main() -> None:
         "torch": torch.__version__,
     }
     vae = FaceAnonymizer(AnonymizerConfig(), detector=base.detector, oracles=base.oracles)
+    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,)), detector=base.detector.detector, oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),
         ("vae-decode + verify (2 oracles, default engine)", vae),
+        ("default engine, upright detection only (rotations=0)", upright),
     )
     for engine_name, engine in engines:
         for image_name, image in (("250x250 one face", one_face), (f"{scene.shape[1]}x{scene.shape[0]} scene", scene)):
