@@ -239,6 +239,7 @@ def test_tracing_handlers_never_see_the_originals(engine, photo):
 
     class Spans(BaseSpanHandler[SimpleSpan]):
         def new_span(self, id_, bound_args, instance=None, parent_span_id=None, tags=None, **kwargs):
+            seen.append(str(bound_args.arguments))
             return SimpleSpan(id_=id_, parent_id=parent_span_id)
 
         def prepare_to_exit_span(self, id_, bound_args, instance=None, result=None, **kwargs):
@@ -251,6 +252,42 @@ def test_tracing_handlers_never_see_the_originals(engine, photo):
         NodeWithScore(node=ImageNode(image=original_b64, id_="b"), score=0.5),
         NodeWithScore(node=ImageNode(image_path=str(photo), id_="p"), score=0.4),
     ])
+    from llama_index.core.base.base_multi_modal_retriever import MultiModalRetriever
+
+    class MultiModalList(ListRetriever, MultiModalRetriever):
+        """LlamaIndex wraps these implementations of abstract methods in spans."""
+
+        def _text_to_image_retrieve(self, query_bundle):
+            return list(self.nodes)
+
+        def _image_to_image_retrieve(self, query_bundle):
+            return list(self.nodes)
+
+        async def _atext_to_image_retrieve(self, query_bundle):
+            return list(self.nodes)
+
+        async def _aimage_to_image_retrieve(self, query_bundle):
+            return list(self.nodes)
+
+        def text_retrieve(self, query):
+            return list(self.nodes)
+
+        def text_to_image_retrieve(self, query):
+            return self._text_to_image_retrieve(query)
+
+        def image_to_image_retrieve(self, query):
+            return self._image_to_image_retrieve(query)
+
+        async def atext_retrieve(self, query):
+            return list(self.nodes)
+
+        async def atext_to_image_retrieve(self, query):
+            return await self._atext_to_image_retrieve(query)
+
+        async def aimage_to_image_retrieve(self, query):
+            return await self._aimage_to_image_retrieve(query)
+
+    inner = MultiModalList(inner.nodes)
     wrapped = FaceAnonymizingRetriever(inner, engine=engine)
     root = get_dispatcher()
     events, spans = Events(), Spans()
@@ -259,6 +296,9 @@ def test_tracing_handlers_never_see_the_originals(engine, photo):
     try:
         nodes = wrapped.retrieve("who is this?")
         asyncio.run(wrapped.aretrieve("who is this?"))
+        wrapped.text_to_image_retrieve("who is this?")
+        wrapped.image_to_image_retrieve(str(photo))
+        asyncio.run(wrapped.atext_to_image_retrieve("who is this?"))
     finally:
         root.event_handlers.remove(events)
         root.span_handlers.remove(spans)

@@ -390,10 +390,25 @@ class FaceAnonymizingRetriever(BaseRetriever):
         return await asyncio.to_thread(self._postprocessor._postprocess_nodes, nodes, query_bundle)
 
     def _delegate(self, name: str) -> Any:
-        method = getattr(self._retriever, name, None)
+        """The inner retriever's method, run without the spans LlamaIndex wraps around it and
+        around its ``_name`` implementation (their result is the original nodes)."""
+        cls = type(self._retriever)
+        private = getattr(cls, f"_{name}", None)
+        if private is not None and not getattr(private, "__isabstractmethod__", False):
+            raw = inspect.unwrap(private)
+            by_image = "image_to_image" in name
+
+            def call(query: QueryType) -> Any:
+                if isinstance(query, str):
+                    query = QueryBundle(query_str="", image_path=query) if by_image else QueryBundle(query_str=query)
+                return raw(self._retriever, query)
+
+            return call
+        method = getattr(cls, name, None)
         if method is None:
-            raise AttributeError(f"{type(self._retriever).__name__} has no {name}()")
-        return method
+            raise AttributeError(f"{cls.__name__} has no {name}()")
+        public = inspect.unwrap(method)
+        return lambda query: public(self._retriever, query)
 
     def text_to_image_retrieve(self, str_or_query_bundle: QueryType) -> list[NodeWithScore]:
         nodes = self._delegate("text_to_image_retrieve")(str_or_query_bundle)
@@ -410,3 +425,10 @@ class FaceAnonymizingRetriever(BaseRetriever):
     async def aimage_to_image_retrieve(self, str_or_query_bundle: QueryType) -> list[NodeWithScore]:
         nodes = await self._delegate("aimage_to_image_retrieve")(str_or_query_bundle)
         return await asyncio.to_thread(self._postprocessor._postprocess_nodes, nodes)
+
+
+# LlamaIndex wraps _postprocess_nodes in a span whose handlers receive its arguments: the
+# original nodes. The wrapper calls it directly; without the span, no handler sees them there.
+FaceAnonymizerPostprocessor._postprocess_nodes = inspect.unwrap(  # type: ignore[method-assign]
+    FaceAnonymizerPostprocessor.__dict__["_postprocess_nodes"]
+)
