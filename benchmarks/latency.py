@@ -51,10 +51,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    base = FaceAnonymizer(AnonymizerConfig(generator="none"))
+    # cache_size=0: repeated runs of one image must compute, not hit the result cache
+    base = FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0))
     camera = np.repeat(skimage.data.camera()[..., None], 3, axis=2)
     (det,) = base.detector.detect(camera)
-    swap = FaceAnonymizer(generator=OtherPersonGenerator(align_face(camera, det.landmarks, 128).crop),
+    swap = FaceAnonymizer(AnonymizerConfig(cache_size=0),
+                          generator=OtherPersonGenerator(align_face(camera, det.landmarks, 128).crop),
                           detector=base.detector, oracles=base.oracles)
     one_face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((250, 250)))
     scene = np.asarray(Image.open(args.scene).convert("RGB"))
@@ -62,8 +64,9 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }
-    vae = FaceAnonymizer(AnonymizerConfig(), detector=base.detector, oracles=base.oracles)
-    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,)), detector=base.detector.detector, oracles=base.oracles)
+    vae = FaceAnonymizer(AnonymizerConfig(cache_size=0), detector=base.detector, oracles=base.oracles)
+    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), cache_size=0), detector=base.detector.detector,
+                             oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),

@@ -55,6 +55,11 @@ class AnonymizerConfig:
         cache_dir: where converted weights are kept; default ``$IDMRAG_CACHE`` or
             ``~/.cache/idmrag``.
         seed: base seed of the generator's replacement identities.
+        cache_size: anonymization results kept in memory (LRU, also bounded to 256 MB); the
+            same image under the same settings and pseudonym secret is then returned without
+            running a model. 0 disables the cache.
+        result_cache_dir: also keep results in this folder (outputs and reports only, never
+            an original), shared between processes and runs.
         threads: torch's intra-op thread count, set when the engine is built (process-wide);
             ``None`` leaves torch's default. Under CPU contention one or two threads per
             engine avoid torch's oversubscription collapse.
@@ -78,6 +83,8 @@ class AnonymizerConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     seed: int = 0
+    cache_size: int = 128
+    result_cache_dir: Path | None = None
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +109,8 @@ class AnonymizerConfig:
             raise ConfigError(f"generator_steps applies to 'lcm' and 'ldm-teacher', not {self.generator!r}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.cache_size < 0:
+            raise ConfigError(f"cache_size must be >= 0 (0 disables the cache), got {self.cache_size}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 (or None for torch's default), got {self.threads}")
         if self.max_bytes < 1:

@@ -256,6 +256,8 @@ def anonymize_corpus(
                 num_cpus = (total_cpus - 1) / actors
                 logger.info("sharing %.0f CPUs: %.2f logical CPUs per actor", total_cpus, num_cpus)
             config_dict = {k: v for k, v in asdict(config).items() if k != "cache_dir"}
+            if config_dict.get("result_cache_dir") is None:
+                config_dict["cache_size"] = 0  # every source is processed once: nothing to reuse
             if config_dict.get("threads") is None:
                 # One torch thread per logical CPU the actor holds: torch's default, one per
                 # core for every actor, collapses under contention.

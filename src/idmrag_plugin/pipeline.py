@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from idmrag_plugin.cache import ResultCache, scope_key
 from idmrag_plugin.calibration import thresholds_for
 from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.engine.align import AlignedFace, align_face
@@ -99,6 +100,13 @@ class FaceAnonymizer:
             if missing:
                 raise ConfigError(f"thresholds given for some oracles but not for {', '.join(missing)}")
         self.verifier = Verifier(self.oracles, self.thresholds)
+        self.cache: ResultCache | None = None
+        if self.config.cache_size > 0 or self.config.result_cache_dir is not None:
+            self.cache = ResultCache(
+                scope_key(self.config, self.thresholds, self.generator),
+                max_entries=self.config.cache_size,
+                folder=self.config.result_cache_dir,
+            )
 
     def _build_generator(self) -> FaceGenerator | None:
         from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
@@ -153,7 +161,15 @@ class FaceAnonymizer:
         with _timed(timings, "total"):
             with _timed(timings, "decode"):
                 pixels = load_rgb(image, self.config.max_pixels, self.config.max_bytes)
-            result = self._anonymize_pixels(pixels, timings)
+            key = self.cache.key(pixels) if self.cache is not None else None
+            cached = self.cache.get(key) if self.cache is not None and key is not None else None
+            if cached is not None:
+                cached.timings_ms = timings
+                result = cached
+            else:
+                result = self._anonymize_pixels(pixels, timings)
+                if self.cache is not None and key is not None:
+                    self.cache.put(key, result)
         return result
 
     def anonymize_many(

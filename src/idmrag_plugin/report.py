@@ -47,6 +47,21 @@ class FaceReport:
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> FaceReport:
+        """Rebuild a report from :meth:`to_dict` (landmarks are not kept there: NaN)."""
+        detection = Detection(
+            tuple(float(v) for v in data["box"]),  # type: ignore[arg-type]
+            float(data["score"]), np.full((5, 2), np.nan), str(data["detector"]),
+        )
+        return cls(
+            index=int(data["index"]), detection=detection, method=str(data["method"]),
+            reason=str(data.get("reason", "")), attempts=int(data.get("attempts", 0)),
+            verdicts=[OracleVerdict(v["oracle"], float(v["similarity"]), float(v["threshold"]))
+                      for v in data.get("oracles", [])],
+            errors=list(data.get("errors", [])), timings_ms=dict(data.get("timings_ms", {})),
+        )
+
 
 @dataclass
 class AnonymizationResult:
@@ -66,6 +81,8 @@ class AnonymizationResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     privacy_level: str = ""
     error: str | None = None
+    #: True when the result came from the anonymization cache (no model ran).
+    cached: bool = False
 
     @property
     def image(self) -> Image.Image | None:
@@ -99,4 +116,5 @@ class AnonymizationResult:
             "faces": [f.to_dict() for f in self.faces],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "error": self.error,
+            "cached": self.cached,
         }

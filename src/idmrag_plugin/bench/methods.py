@@ -163,7 +163,7 @@ def _engine(generator: str) -> Callable[[int | None, Path | None], BenchMethod]:
     def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         if steps is not None:
             raise ConfigError(f"{generator!r} has no sampling steps; drop '@{steps}'")
-        config = AnonymizerConfig(generator=generator, on_failure="obfuscate")
+        config = AnonymizerConfig(generator=generator, on_failure="obfuscate", cache_size=0)
         return EngineMethod("obfuscate" if generator == "none" else generator, config)
 
     return build
@@ -175,7 +175,7 @@ def _diffusion(generator: str, folder: str, default_steps: int) -> Callable[[int
 
     def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         config = AnonymizerConfig(
-            generator=generator, generator_steps=steps or default_steps, on_failure="obfuscate",
+            generator=generator, generator_steps=steps or default_steps, on_failure="obfuscate", cache_size=0,
             generator_weights=Path(diffusion_weights) / folder if diffusion_weights is not None else None,
         )
         return EngineMethod(f"{generator}@{steps or default_steps}", config)

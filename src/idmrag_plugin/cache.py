@@ -1,0 +1,174 @@
+"""Anonymization cache: the same image, engine settings and pseudonym secret give the same
+result without running a model.
+
+RAG retrieves the same popular images again and again. A cache entry is the anonymized
+output and its report, found by a key derived from the decoded input pixels, the engine's
+settings and thresholds, the generator and (keyed with it) the generator's pseudonym
+secret. Nothing original is stored: not the input's pixels, bytes, path or URL, only the
+output (already verified, or obfuscated) and the report. A new secret gives new keys, so
+the cache is scoped like the pseudonyms themselves: results cached under one secret are
+unreachable under another, and the keys reveal nothing without it.
+
+Two layers: an in-memory LRU (bounded by entries and bytes) and an optional on-disk store
+(``AnonymizerConfig.result_cache_dir``) shared between processes, written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idmrag_plugin.report import AnonymizationResult, FaceReport
+
+logger = logging.getLogger(__name__)
+
+_VERSION = b"idmrag-result-cache-v1"
+
+
+def scope_key(config: Any, thresholds: dict[str, float], generator: Any) -> bytes:
+    """The secret key of one engine's cache: settings, thresholds, generator and its secret."""
+    settings = json.dumps(
+        {"config": {k: str(v) for k, v in asdict(config).items() if k not in ("cache_dir", "result_cache_dir")},
+         "thresholds": thresholds,
+         "generator": f"{type(generator).__module__}.{type(generator).__qualname__}" if generator else None},
+        sort_keys=True,
+    ).encode()
+    secret = getattr(generator, "secret", None)
+    material = hashlib.sha256(_VERSION + settings).digest()
+    if isinstance(secret, (bytes, bytearray)):
+        material = hmac.new(bytes(secret), material, hashlib.sha256).digest()
+    return material
+
+
+class ResultCache:
+    """Thread-safe LRU of anonymization results, optionally backed by a folder."""
+
+    def __init__(
+        self, scope: bytes, max_entries: int = 128, max_bytes: int = 256_000_000, folder: Path | None = None
+    ) -> None:
+        self._scope = scope
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.folder = Path(folder) if folder is not None else None
+        self._entries: OrderedDict[str, AnonymizationResult] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, pixels: np.ndarray) -> str:
+        digest = hmac.new(self._scope, repr(pixels.shape).encode(), hashlib.sha256)
+        digest.update(np.ascontiguousarray(pixels).data)
+        return digest.hexdigest()
+
+    def get(self, key: str) -> AnonymizationResult | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if entry is None and self.folder is not None:
+            entry = self._read(key)
+            if entry is not None:
+                self._remember(key, entry)
+        with self._lock:
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+        return _copy(entry, cached=True)
+
+    def put(self, key: str, result: AnonymizationResult) -> None:
+        entry = _copy(result, cached=False)
+        self._remember(key, entry)
+        if self.folder is not None:
+            self._write(key, entry)
+
+    def _remember(self, key: str, entry: AnonymizationResult) -> None:
+        size = entry.pixels.nbytes if entry.pixels is not None else 0
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None and old.pixels is not None:
+                self._bytes -= old.pixels.nbytes
+            self._entries[key] = entry
+            self._bytes += size
+            while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
+                _, evicted = self._entries.popitem(last=False)
+                if evicted.pixels is not None:
+                    self._bytes -= evicted.pixels.nbytes
+
+    # ------------------------------------------------------------------ on disk
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        assert self.folder is not None
+        return self.folder / f"{key}.json", self.folder / f"{key}.png"
+
+    def _write(self, key: str, entry: AnonymizationResult) -> None:
+        from idmrag_plugin.image_io import encode
+
+        report_path, image_path = self._paths(key)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            if entry.pixels is not None:
+                _atomic_write(image_path, encode(entry.pixels, "PNG"))
+            _atomic_write(report_path, json.dumps(_to_record(entry)).encode())
+        except OSError as exc:
+            logger.warning("result cache: cannot write %s: %s", report_path, exc)
+
+    def _read(self, key: str) -> AnonymizationResult | None:
+        from PIL import Image
+
+        report_path, image_path = self._paths(key)
+        try:
+            record = json.loads(report_path.read_text())
+            pixels = None
+            if record["has_pixels"]:
+                with Image.open(io.BytesIO(image_path.read_bytes())) as image:
+                    pixels = np.asarray(image.convert("RGB")).copy()
+        except (OSError, ValueError, KeyError) as exc:
+            if report_path.exists():
+                logger.warning("result cache: unreadable entry %s: %s", report_path, exc)
+            return None
+        return _from_record(record, pixels)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _copy(result: AnonymizationResult, *, cached: bool) -> AnonymizationResult:
+    out = copy.copy(result)
+    out.pixels = result.pixels.copy() if result.pixels is not None else None
+    out.faces = [copy.deepcopy(face) for face in result.faces]
+    out.timings_ms = dict(result.timings_ms)
+    out.cached = cached
+    return out
+
+
+def _to_record(result: AnonymizationResult) -> dict[str, Any]:
+    return {"report": result.report(), "has_pixels": result.pixels is not None}
+
+
+def _from_record(record: dict[str, Any], pixels: np.ndarray | None) -> AnonymizationResult:
+    report = record["report"]
+    result = AnonymizationResult(
+        report["status"], report["width"], report["height"], pixels,
+        timings_ms=dict(report.get("timings_ms", {})), privacy_level=report.get("privacy_level", ""),
+        error=report.get("error"),
+    )
+    result.faces = [FaceReport.from_dict(face) for face in report["faces"]]
+    return result

@@ -1,0 +1,134 @@
+"""The anonymization cache: hits run no model, misses on any change of settings or secret,
+no original is stored, safe under concurrent calls."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+
+from conftest import FixedFaceGenerator
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
+from idmrag_plugin.engine.detect import FaceDetector
+
+
+class CountingDetector(FaceDetector):
+    name = "counting"
+
+    def __init__(self, inner: FaceDetector) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def _load(self) -> None:
+        self.inner.load()
+
+    def _detect(self, image):
+        self.calls += 1
+        return self.inner.detect(image)
+
+
+class CountingGenerator(FixedFaceGenerator):
+    def __init__(self, face: np.ndarray, secret: bytes = b"s" * 32) -> None:
+        super().__init__(face)
+        self.secret = secret
+        self.calls = 0
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        self.calls += 1
+        return super().generate(request)
+
+
+def _engine(engine, camera_face, tmp_path=None, secret=b"s" * 32, **config):
+    detector = CountingDetector(engine.detector)
+    generator = CountingGenerator(camera_face, secret)
+    settings = replace(engine.config, generator="vae-decode", rotations=(0,), result_cache_dir=tmp_path, **config)
+    return FaceAnonymizer(settings, generator=generator, detector=detector, oracles=engine.oracles), detector, generator
+
+
+def test_a_hit_returns_identical_bytes_and_runs_no_model(engine, camera_face, astronaut):
+    anonymizer, detector, generator = _engine(engine, camera_face)
+    first = anonymizer.anonymize(astronaut)
+    assert not first.cached and first.faces[0].method == "generated"
+    calls = (detector.calls, generator.calls)
+    second = anonymizer.anonymize(astronaut.copy())
+    assert second.cached and second.report()["cached"] is True
+    assert (detector.calls, generator.calls) == calls  # no model ran
+    assert second.to_bytes("PNG") == first.to_bytes("PNG")
+    assert second.report()["faces"] == first.report()["faces"]
+    second.pixels[:] = 0  # a caller scribbling on a hit does not reach the cache
+    assert anonymizer.anonymize(astronaut).to_bytes("PNG") == first.to_bytes("PNG")
+
+
+def test_changed_settings_miss_even_through_a_shared_store(engine, camera_face, astronaut, tmp_path):
+    base, _, _ = _engine(engine, camera_face, tmp_path=tmp_path)
+    base.anonymize(astronaut)
+    same, _, generator = _engine(engine, camera_face, tmp_path=tmp_path)
+    assert same.anonymize(astronaut).cached and generator.calls == 0
+    for change in ({"privacy_level": "far1e-3"}, {"max_attempts": 2}, {"crop_size": 96}):
+        other, _, generator = _engine(engine, camera_face, tmp_path=tmp_path, **change)
+        assert not other.anonymize(astronaut).cached and generator.calls > 0, change
+    edited = astronaut.copy()
+    edited[0, 0] ^= 1  # one bit of one pixel
+    assert not same.anonymize(edited).cached
+
+
+def test_disk_store_is_shared_holds_no_original_and_is_scoped_by_secret(engine, camera_face, astronaut, tmp_path):
+    writer, _, _ = _engine(engine, camera_face, tmp_path=tmp_path)
+    first = writer.anonymize(astronaut)
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".png"]
+    from PIL import Image
+
+    stored = np.asarray(Image.open(next(tmp_path.glob("*.png"))).convert("RGB"))
+    np.testing.assert_array_equal(stored, first.pixels)
+    x1, y1, x2, y2 = (int(v) for v in first.faces[0].detection.box)
+    face = (slice(y1 + 10, y2 - 10), slice(x1 + 10, x2 - 10))
+    assert np.abs(stored[face].astype(int) - astronaut[face]).mean() > 20  # not the original face
+    text = next(tmp_path.glob("*.json")).read_text()
+    assert "astronaut" not in text
+
+    reader, detector, generator = _engine(engine, camera_face, tmp_path=tmp_path)
+    hit = reader.anonymize(astronaut)
+    assert hit.cached and detector.calls == 0 and generator.calls == 0
+    np.testing.assert_array_equal(hit.pixels, first.pixels)
+    assert hit.report()["faces"][0]["method"] == "generated"
+
+    other_secret, _, generator = _engine(engine, camera_face, tmp_path=tmp_path, secret=b"x" * 32)
+    assert not other_secret.anonymize(astronaut).cached and generator.calls > 0
+
+
+def test_concurrent_calls_are_safe(engine, camera_face, astronaut, camera):
+    anonymizer, _, _ = _engine(engine, camera_face, cache_size=2)
+    images = [astronaut, camera, np.ascontiguousarray(astronaut[:, ::-1]), astronaut]
+    expected = [anonymizer.anonymize(image).to_bytes("PNG") for image in images]
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(8):
+                index = (i + offset) % len(images)
+                assert anonymizer.anonymize(images[index]).to_bytes("PNG") == expected[index]
+        except BaseException as exc:  # noqa: BLE001 - collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(anonymizer.cache._entries) <= 2
+
+
+class _Unused(FaceGenerator):
+    def generate(self, request):  # pragma: no cover - never called
+        raise AssertionError
+
+
+def test_cache_can_be_disabled(engine, astronaut):
+    anonymizer = FaceAnonymizer(replace(engine.config, cache_size=0), detector=engine.detector, oracles=engine.oracles)
+    assert anonymizer.cache is None
+    assert not anonymizer.anonymize(astronaut).cached and not anonymizer.anonymize(astronaut).cached
+    assert AnonymizerConfig().cache_size > 0
