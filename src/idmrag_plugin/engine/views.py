@@ -144,18 +144,31 @@ class Verifier:
         def keyed(rows: np.ndarray) -> dict[int, np.ndarray]:
             return dict(zip(indices, rows, strict=True)) if indices else {}
 
+        aligned: dict[str, dict[int, np.ndarray]] = {}
+        box: dict[str, dict[int, np.ndarray]] = {}
+        for oracle in self.oracles:
+            views = self._embed_views(oracle, pixels, chosen)
+            aligned[oracle.name] = keyed(views[0])
+            if views[1] is not None:
+                box[oracle.name] = keyed(views[1])
         return OriginalViews(
             pixels=pixels,
             detections=detections,
-            aligned={o.name: keyed(o.embed_faces(pixels, [d.landmarks for d in chosen])) for o in self.oracles},
-            box={o.name: keyed(self._embed_boxes(o, pixels, chosen)) for o in self.box_oracles},
+            aligned=aligned,
+            box=box,
             refit_landmarks={i: self.refitter.refit(pixels, detections[i]) for i in indices},
         )
 
-    def _embed_boxes(self, oracle: FaceOracle, image: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
-        if not detections:
-            return np.zeros((0, 1), np.float32)
-        return oracle.embed(np.stack([box_crop(image, d, oracle.input_size) for d in detections]))
+    def _embed_views(
+        self, oracle: FaceOracle, image: np.ndarray, detections: Sequence[Detection]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The aligned and (for box-view oracles) whole-box embeddings, in one forward pass."""
+        aligned = oracle.crops(image, [d.landmarks for d in detections])
+        if oracle not in self.box_oracles or not detections:
+            return oracle.embed(aligned), None
+        boxes = np.stack([box_crop(image, d, oracle.input_size) for d in detections])
+        both = oracle.embed(np.concatenate([aligned, boxes]))
+        return both[: len(detections)], both[len(detections) :]
 
     def verdicts(self, originals: OriginalViews, output: np.ndarray, indices: Sequence[int]) -> list[list[OracleVerdict]]:
         """Every view's verdicts for the faces ``indices`` of ``originals`` as they are in ``output``."""
@@ -163,16 +176,15 @@ class Verifier:
         detections = [originals.detections[i] for i in indices]
         per_face: list[list[OracleVerdict]] = [[] for _ in indices]
         for oracle in self.oracles:
+            now_aligned, now_box = self._embed_views(oracle, output, detections)
             before = np.stack([originals.aligned[oracle.name][i] for i in indices])
-            sims = cosine(before, oracle.embed_faces(output, [d.landmarks for d in detections]))
-            for slot, sim in zip(per_face, sims, strict=True):
+            for slot, sim in zip(per_face, cosine(before, now_aligned), strict=True):
                 slot.append(OracleVerdict(oracle.name, float(sim), self.thresholds[oracle.name]))
-        for oracle in self.box_oracles:
-            name = box_view_name(oracle.name)
-            before = np.stack([originals.box[oracle.name][i] for i in indices])
-            sims = cosine(before, self._embed_boxes(oracle, output, detections))
-            for slot, sim in zip(per_face, sims, strict=True):
-                slot.append(OracleVerdict(name, float(sim), self.thresholds[name]))
+            if now_box is not None:
+                name = box_view_name(oracle.name)
+                before = np.stack([originals.box[oracle.name][i] for i in indices])
+                for slot, sim in zip(per_face, cosine(before, now_box), strict=True):
+                    slot.append(OracleVerdict(name, float(sim), self.thresholds[name]))
         for slot, index, detection in zip(per_face, indices, detections, strict=True):
             refit_now = self.refitter.refit(output, detection)
             refit_before = originals.refit_landmarks[index]
