@@ -70,7 +70,10 @@ def retrieval_of_five(repeats: int) -> dict[str, float]:
     from llama_index.core.schema import ImageNode, NodeWithScore
 
     from idmrag_plugin import FaceAnonymizer
-    from idmrag_plugin.integrations.llama_index import FaceAnonymizerPostprocessor, FaceAnonymizingRetriever
+    from idmrag_plugin.integrations.llama_index import (
+        FaceAnonymizerPostprocessor,
+        FaceAnonymizingRetriever,
+    )
 
     astronaut = skimage.data.astronaut()
     photos = []

@@ -47,10 +47,13 @@ def main() -> None:
     parser.add_argument("--scene", required=True, help="a large multi-face photo")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/latency.json")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # cache_size=0: repeated runs of one image must compute, not hit the result cache
     base = FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0))
     camera = np.repeat(skimage.data.camera()[..., None], 3, axis=2)

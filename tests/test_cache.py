@@ -7,8 +7,8 @@ import threading
 from dataclasses import replace
 
 import numpy as np
-
 from conftest import FixedFaceGenerator
+
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.detect import FaceDetector
 

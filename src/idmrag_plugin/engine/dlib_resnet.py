@@ -87,17 +87,17 @@ def read_dlib_net(path: Path) -> _Layers:
         if kind.startswith("con_"):
             params = reader.tensor().reshape(-1)
             filters, rows, cols, stride_y, stride_x, pad_y, pad_x = (reader.integer() for _ in range(7))
-            layers.records.append(("con", dict(params=params, filters=filters, kernel=(rows, cols),
-                                               stride=(stride_y, stride_x), padding=(pad_y, pad_x))))
+            layers.records.append(("con", {"params": params, "filters": filters, "kernel": (rows, cols),
+                                           "stride": (stride_y, stride_x), "padding": (pad_y, pad_x)}))
         elif kind == "affine_":
-            layers.records.append(("affine", dict(params=reader.tensor().reshape(-1))))
+            layers.records.append(("affine", {"params": reader.tensor().reshape(-1)}))
         elif kind.startswith("fc_"):
             outputs, inputs = reader.integer(), reader.integer()
-            layers.records.append(("fc", dict(params=reader.tensor().reshape(-1), outputs=outputs, inputs=inputs)))
+            layers.records.append(("fc", {"params": reader.tensor().reshape(-1), "outputs": outputs, "inputs": inputs}))
         elif kind.startswith(("max_pool_", "avg_pool_")):
             window_y, window_x, stride_y, stride_x, pad_y, pad_x = (reader.integer() for _ in range(6))
-            layers.records.append((kind[:8], dict(window=(window_y, window_x), stride=(stride_y, stride_x),
-                                                  padding=(pad_y, pad_x))))
+            layers.records.append((kind[:8], {"window": (window_y, window_x), "stride": (stride_y, stride_x),
+                                              "padding": (pad_y, pad_x)}))
         else:
             layers.records.append((kind.rstrip("_"), {}))
     return layers
