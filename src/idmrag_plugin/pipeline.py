@@ -43,6 +43,18 @@ def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
         timings[key] = timings.get(key, 0.0) + (time.perf_counter() - start) * 1000.0
 
 
+def _view_footprint(face: FaceReport, pasted: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    """Where any verification view of ``face`` looks: its pasted crop and its box grown 2x
+    (the whole-box view takes 1.15x, the refit view 1.6x, dlib's chips less)."""
+    x1, y1, x2, y2 = face.detection.box
+    cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
+    return (min(pasted[0], cx - half), min(pasted[1], cy - half), max(pasted[2], cx + half), max(pasted[3], cy + half))
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -280,11 +292,17 @@ class FaceAnonymizer:
             else:
                 failed.append(face)
         generated = [f for f in faces if f.method == GENERATED]
-        if len(generated) > 1:
-            # A later paste can overlap an earlier face: verify all of them on the final image.
+        # A later paste can change what an earlier face's views see: verify again, on the
+        # final image, every face whose views reach into a region pasted after it.
+        pasted = {f.index: region_of(aligned[f.index], output.shape[:2]) for f in generated}  # type: ignore[arg-type]
+        touched = [
+            f for f in generated
+            if any(g.index > f.index and _overlaps(pasted[g.index], _view_footprint(f, pasted[f.index])) for g in generated)
+        ]
+        if touched:
             with _timed(timings, "verify"):
-                final = self.verifier.verdicts(originals, output, [f.index for f in generated])
-            for face, verdicts in zip(generated, final, strict=True):
+                final = self.verifier.verdicts(originals, output, [f.index for f in touched])
+            for face, verdicts in zip(touched, final, strict=True):
                 face.verdicts = verdicts
                 if not face.verified:
                     face.method = OBFUSCATED
