@@ -235,3 +235,54 @@ class AnonymizerBridge:
         return AnonymizedImage(
             result.to_bytes(self.output_format), MIMETYPES[self.output_format], result.report()
         )
+
+
+def known_output_format(value: str) -> str:
+    """Validate an integration's ``output_format`` field (JPEG, PNG or WEBP)."""
+    if value.upper() not in MIMETYPES:
+        raise ValueError(f"output_format must be one of {sorted(MIMETYPES)}, got {value!r}")
+    return value.upper()
+
+
+class EngineSettingsMixin:
+    """Engine handling shared by the pydantic integration classes of both frameworks.
+
+    The class declares the fields ``engine_config``, ``fetch_urls``, ``fetch_allow``,
+    ``timeout_s``, ``max_bytes``, ``output_format`` and the private attributes ``_holder``
+    and ``_injected``; its ``__init__`` calls :meth:`_init_engine` after pydantic's. Every
+    call reads the fields afresh (:attr:`_bridge`), and an ``engine_config`` changed after
+    construction builds a new engine unless one was injected.
+    """
+
+    @staticmethod
+    def _engine_data(engine: FaceAnonymizer | None, data: dict[str, Any]) -> dict[str, Any]:
+        if engine is not None:
+            data["engine_config"] = config_to_dict(engine.config)
+        return data
+
+    def _init_engine(self, engine: FaceAnonymizer | None) -> None:
+        self._injected = engine is not None
+        config = config_from_dict(self.engine_config) if self.engine_config else None  # type: ignore[attr-defined]
+        self._holder = EngineHolder(engine, config)
+        if self.engine_config is None:  # type: ignore[attr-defined]
+            self.engine_config = config_to_dict(self._holder.config)
+
+    def _engine_holder(self) -> EngineHolder:
+        if not self._injected and self.engine_config is not None:  # type: ignore[attr-defined]
+            wanted = config_from_dict(self.engine_config)  # type: ignore[attr-defined]
+            if wanted != self._holder.config:  # changed after construction: a new engine
+                self._holder = EngineHolder(config=wanted)
+        return self._holder
+
+    @property
+    def _bridge(self) -> AnonymizerBridge:
+        """Built from the current field values at every call."""
+        return AnonymizerBridge(
+            self._engine_holder(), fetch_urls=self.fetch_urls, timeout_s=self.timeout_s,  # type: ignore[attr-defined]
+            max_bytes=self.max_bytes, output_format=self.output_format,  # type: ignore[attr-defined]
+            fetch_allow=tuple(self.fetch_allow),  # type: ignore[attr-defined]
+        )
+
+    @property
+    def engine(self) -> FaceAnonymizer:
+        return self._engine_holder().engine

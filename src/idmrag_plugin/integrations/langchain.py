@@ -49,10 +49,10 @@ from idmrag_plugin.integrations._common import (
     AnonymizedImage,
     AnonymizerBridge,
     EngineHolder,
-    config_from_dict,
-    config_to_dict,
+    EngineSettingsMixin,
     image_bytes_of,
     is_image_location,
+    known_output_format,
     looks_like_base64_image,
 )
 from idmrag_plugin.pipeline import FaceAnonymizer
@@ -90,7 +90,7 @@ def _in_kind(original: Any, image: AnonymizedImage) -> Any:
     return image.base64
 
 
-class FaceAnonymizerCompressor(BaseDocumentCompressor, BaseDocumentTransformer):
+class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, BaseDocumentTransformer):
     """Anonymize the images of documents; a compressor for ``ContextualCompressionRetriever``
     and a document transformer for ingestion."""
 
@@ -129,13 +129,8 @@ class FaceAnonymizerCompressor(BaseDocumentCompressor, BaseDocumentTransformer):
     _injected: bool = PrivateAttr(default=False)
 
     def __init__(self, engine: FaceAnonymizer | None = None, **data: Any) -> None:
-        if engine is not None:
-            data["engine_config"] = config_to_dict(engine.config)
-        super().__init__(**data)
-        self._injected = engine is not None
-        self._holder = EngineHolder(engine, config_from_dict(self.engine_config) if self.engine_config else None)
-        if self.engine_config is None:
-            self.engine_config = config_to_dict(self._holder.config)
+        super().__init__(**self._engine_data(engine, data))
+        self._init_engine(engine)
 
     @field_validator("content_mode")
     @classmethod
@@ -147,28 +142,7 @@ class FaceAnonymizerCompressor(BaseDocumentCompressor, BaseDocumentTransformer):
     @field_validator("output_format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value.upper() not in MIMETYPES:
-            raise ValueError(f"output_format must be one of {sorted(MIMETYPES)}, got {value!r}")
-        return value.upper()
-
-    def _engine_holder(self) -> EngineHolder:
-        if not self._injected and self.engine_config is not None:
-            wanted = config_from_dict(self.engine_config)
-            if wanted != self._holder.config:
-                self._holder = EngineHolder(config=wanted)
-        return self._holder
-
-    @property
-    def _bridge(self) -> AnonymizerBridge:
-        """Built from the current field values at every call."""
-        return AnonymizerBridge(
-            self._engine_holder(), fetch_urls=self.fetch_urls, timeout_s=self.timeout_s,
-            max_bytes=self.max_bytes, output_format=self.output_format, fetch_allow=tuple(self.fetch_allow),
-        )
-
-    @property
-    def engine(self) -> FaceAnonymizer:
-        return self._engine_holder().engine
+        return known_output_format(value)
 
     # ------------------------------------------------------------------ documents
     def anonymize_item(self, item: RetrievedItem) -> RetrievedItem | None:

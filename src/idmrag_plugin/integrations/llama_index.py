@@ -55,15 +55,13 @@ from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
     LOCATION_KEYS,
     MIME_KEYS,
-    MIMETYPES,
     REPORT_KEY,
     AnonymizedImage,
-    AnonymizerBridge,
     EngineHolder,
-    config_from_dict,
-    config_to_dict,
+    EngineSettingsMixin,
     decode_base64_image,
     is_image_location,
+    known_output_format,
 )
 from idmrag_plugin.pipeline import FaceAnonymizer
 
@@ -178,7 +176,7 @@ _FIELDS_DOC = dict(
 )
 
 
-class _AnonymizerSettings(BaseModel):
+class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
     """Pydantic settings shared by the postprocessor, the transform and the reader."""
 
     fetch_urls: bool = Field(default=True, description=_FIELDS_DOC["fetch_urls"])
@@ -193,39 +191,13 @@ class _AnonymizerSettings(BaseModel):
     _injected: bool = PrivateAttr(default=False)
 
     def __init__(self, engine: FaceAnonymizer | None = None, **data: Any) -> None:
-        if engine is not None:
-            data["engine_config"] = config_to_dict(engine.config)
-        super().__init__(**data)
-        self._injected = engine is not None
-        self._holder = EngineHolder(engine, config_from_dict(self.engine_config) if self.engine_config else None)
-        if self.engine_config is None:
-            self.engine_config = config_to_dict(self._holder.config)
+        super().__init__(**self._engine_data(engine, data))
+        self._init_engine(engine)
 
     @field_validator("output_format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value.upper() not in MIMETYPES:
-            raise ValueError(f"output_format must be one of {sorted(MIMETYPES)}, got {value!r}")
-        return value.upper()
-
-    def _engine_holder(self) -> EngineHolder:
-        if not self._injected and self.engine_config is not None:
-            wanted = config_from_dict(self.engine_config)
-            if wanted != self._holder.config:  # changed after construction: a new engine
-                self._holder = EngineHolder(config=wanted)
-        return self._holder
-
-    @property
-    def _bridge(self) -> AnonymizerBridge:
-        """Built from the current field values at every call."""
-        return AnonymizerBridge(
-            self._engine_holder(), fetch_urls=self.fetch_urls, timeout_s=self.timeout_s,
-            max_bytes=self.max_bytes, output_format=self.output_format, fetch_allow=tuple(self.fetch_allow),
-        )
-
-    @property
-    def engine(self) -> FaceAnonymizer:
-        return self._engine_holder().engine
+        return known_output_format(value)
 
     def _anonymize_node(self, node: BaseNode) -> BaseNode | None:
         """The safe copy, the node itself when it has no media, None when withheld."""
