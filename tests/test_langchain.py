@@ -267,3 +267,33 @@ def test_guard_passes_text_untouched_and_wraps_a_model(engine):
     message = HumanMessage(content="just words")
     assert guard.invoke([message]) == [message]
     assert guard.wrap(ParrotFakeChatModel()).invoke([message]).content == "just words"
+
+
+def test_nested_retrievers_are_not_traced_by_environment_tracing(engine, photo, monkeypatch):
+    """LANGSMITH_TRACING=true would trace a retriever nested in the wrapped one as its own run."""
+    from langchain_core.tracers.base import BaseTracer
+
+    monkeypatch.setenv("LANGSMITH_TRACING", "true")
+    original_b64 = base64.b64encode(photo.read_bytes()).decode()
+    runs: list[str] = []
+
+    class Collect(BaseTracer):
+        def _persist_run(self, run):
+            runs.append(str(run.outputs))
+
+    import langchain_core.tracers.langchain as tracers
+
+    # the tracer LangChain adds by itself when LANGSMITH_TRACING is set (it would post runs)
+    monkeypatch.setattr(tracers, "LangChainTracer", lambda *a, **k: Collect())
+
+    class Nested(BaseRetriever):
+        def _get_relevant_documents(self, query, *, run_manager):
+            inner = ListRetriever(docs=[Document(page_content=original_b64, metadata={"source": str(photo)})])
+            return inner.invoke(query, config={"callbacks": run_manager.get_child()})
+
+    wrapped = FaceAnonymizingRetriever(retriever=Nested(), anonymizer=FaceAnonymizerCompressor(engine=engine))
+    (out,) = wrapped.invoke("q")
+    assert original_b64[4000:4200] not in out.page_content
+    assert all(original_b64[4000:4200] not in r and str(photo) not in r for r in runs)
+    wrapped.invoke("q", config={"callbacks": []})  # the wrapper's own run is traced: anonymized
+    assert runs and all(original_b64[4000:4200] not in r for r in runs)

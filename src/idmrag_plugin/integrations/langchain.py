@@ -20,6 +20,7 @@ propagates). Settings are read at each call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,29 +252,42 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         return await asyncio.to_thread(self._anonymize_all, documents)
 
 
+def _tracing_off() -> contextlib.AbstractContextManager:
+    """LangSmith tracing switched off for this context (it may be on by environment
+    variable, and would record what retrievers nested in the wrapped one return)."""
+    try:
+        from langsmith.run_helpers import tracing_context
+    except ImportError:  # pragma: no cover - langsmith ships with langchain-core
+        return contextlib.nullcontext()
+    return tracing_context(enabled=False)
+
+
 def _retrieve_untraced(retriever: BaseRetriever, query: str, **kwargs: Any) -> list[Any]:
     """The inner retriever's documents without reporting them to any callback or tracer.
 
     ``invoke`` would open a child run whose ``on_retriever_end`` carries the originals to
     every handler (LangSmith, Langfuse, ...); tracing enabled by environment variables
     would record them even without callbacks. This calls the retriever's own
-    ``_get_relevant_documents`` as ``invoke`` does, with a no-op run manager.
+    ``_get_relevant_documents`` as ``invoke`` does, with a no-op run manager and LangSmith
+    tracing off.
     """
     accepts_kwargs = getattr(retriever, "_expects_other_args", True)
     extra = kwargs if accepts_kwargs else {}
-    if getattr(retriever, "_new_arg_supported", True):
-        noop = CallbackManagerForRetrieverRun.get_noop_manager()
-        return retriever._get_relevant_documents(query, run_manager=noop, **extra)
-    return retriever._get_relevant_documents(query, **extra)
+    with _tracing_off():
+        if getattr(retriever, "_new_arg_supported", True):
+            noop = CallbackManagerForRetrieverRun.get_noop_manager()
+            return retriever._get_relevant_documents(query, run_manager=noop, **extra)
+        return retriever._get_relevant_documents(query, **extra)
 
 
 async def _aretrieve_untraced(retriever: BaseRetriever, query: str, **kwargs: Any) -> list[Any]:
     accepts_kwargs = getattr(retriever, "_expects_other_args", True)
     extra = kwargs if accepts_kwargs else {}
-    if getattr(retriever, "_new_arg_supported", True):
-        noop = AsyncCallbackManagerForRetrieverRun.get_noop_manager()
-        return await retriever._aget_relevant_documents(query, run_manager=noop, **extra)
-    return await retriever._aget_relevant_documents(query, **extra)
+    with _tracing_off():
+        if getattr(retriever, "_new_arg_supported", True):
+            noop = AsyncCallbackManagerForRetrieverRun.get_noop_manager()
+            return await retriever._aget_relevant_documents(query, run_manager=noop, **extra)
+        return await retriever._aget_relevant_documents(query, **extra)
 
 
 class FaceAnonymizingRetriever(BaseRetriever):
