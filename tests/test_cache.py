@@ -132,3 +132,18 @@ def test_cache_can_be_disabled(engine, astronaut):
     assert anonymizer.cache is None
     assert not anonymizer.anonymize(astronaut).cached and not anonymizer.anonymize(astronaut).cached
     assert AnonymizerConfig().cache_size > 0
+
+
+def test_a_file_swapped_into_the_store_is_never_handed_out(engine, camera_face, astronaut, tmp_path):
+    writer, _, _ = _engine(engine, camera_face, tmp_path=tmp_path)
+    writer.anonymize(astronaut)
+    from PIL import Image
+
+    (png,) = tmp_path.glob("*.png")
+    Image.fromarray(astronaut).save(png)  # the original photo, planted in place of the output
+    reader, detector, _ = _engine(engine, camera_face, tmp_path=tmp_path)
+    result = reader.anonymize(astronaut)
+    assert not result.cached and detector.calls == 1  # recomputed, not served from the store
+    x1, y1, x2, y2 = (int(v) for v in result.faces[0].detection.box)
+    face = (slice(y1 + 10, y2 - 10), slice(x1 + 10, x2 - 10))
+    assert np.abs(result.pixels[face].astype(int) - astronaut[face]).mean() > 20

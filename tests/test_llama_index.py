@@ -390,3 +390,10 @@ def test_llm_guard_covers_image_query_and_legacy_image_documents(engine, photo, 
     kwargs = llm._safe_kwargs({"image_documents": [ImageNode(image_path=str(photo))]})
     (doc,) = kwargs["image_documents"]
     assert doc.image_path is None and _face_changed(_decoded(doc.image), astronaut)
+
+
+def test_data_url_images_are_anonymized_not_fetched_or_dropped(post, photo, astronaut):
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    node = ImageNode(image_url=f"data:image/jpeg;base64,{b64}", id_="d")
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    assert out.node.image_url is None and _face_changed(_decoded(out.node.image), astronaut)

@@ -111,6 +111,9 @@ class ResultCache:
                     self._bytes -= evicted.pixels.nbytes
 
     # ------------------------------------------------------------------ on disk
+    def _mac(self, key: str, data: bytes) -> str:
+        return hmac.new(self._scope, key.encode() + data, hashlib.sha256).hexdigest()
+
     def _paths(self, key: str) -> tuple[Path, Path]:
         assert self.folder is not None
         return self.folder / f"{key}.json", self.folder / f"{key}.png"
@@ -119,11 +122,15 @@ class ResultCache:
         from idmrag_plugin.image_io import encode
 
         report_path, image_path = self._paths(key)
+        record = _to_record(entry)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
             if entry.pixels is not None:
-                _atomic_write(image_path, encode(entry.pixels, "PNG"))
-            _atomic_write(report_path, json.dumps(_to_record(entry)).encode())
+                png = encode(entry.pixels, "PNG")
+                record["png_mac"] = self._mac(key, png)
+                _atomic_write(image_path, png)
+            record["report_mac"] = self._mac(key, json.dumps(record["report"], sort_keys=True).encode())
+            _atomic_write(report_path, json.dumps(record).encode())
         except OSError as exc:
             logger.warning("result cache: cannot write %s: %s", report_path, exc)
 
@@ -133,9 +140,17 @@ class ResultCache:
         report_path, image_path = self._paths(key)
         try:
             record = json.loads(report_path.read_text())
+            report_bytes = json.dumps(record["report"], sort_keys=True).encode()
+            if not hmac.compare_digest(record["report_mac"], self._mac(key, report_bytes)):
+                raise ValueError("report does not match its MAC")
             pixels = None
             if record["has_pixels"]:
-                with Image.open(io.BytesIO(image_path.read_bytes())) as image:
+                png = image_path.read_bytes()
+                # Only this engine's scope (settings + pseudonym secret) can write a valid
+                # entry: a file swapped in (an original photo, say) is never handed out.
+                if not hmac.compare_digest(record["png_mac"], self._mac(key, png)):
+                    raise ValueError("image does not match its MAC")
+                with Image.open(io.BytesIO(png)) as image:
                     pixels = np.asarray(image.convert("RGB")).copy()
         except (OSError, ValueError, KeyError) as exc:
             if report_path.exists():

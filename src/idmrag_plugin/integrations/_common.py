@@ -226,7 +226,8 @@ class AnonymizerBridge:
         elif path is not None:
             source = Path(path)
         elif url is not None:
-            source = self.fetch(url)
+            # a data: URL carries the image itself; anything else is fetched under the policy
+            source = decode_base64_image(url) if url[:5].lower() == "data:" else self.fetch(url)
         else:
             raise InvalidImageError("no image data, path or URL")
         result = self.engine.anonymize(source)
