@@ -147,3 +147,18 @@ def test_a_file_swapped_into_the_store_is_never_handed_out(engine, camera_face, 
     x1, y1, x2, y2 = (int(v) for v in result.faces[0].detection.box)
     face = (slice(y1 + 10, y2 - 10), slice(x1 + 10, x2 - 10))
     assert np.abs(result.pixels[face].astype(int) - astronaut[face]).mean() > 20
+
+
+def test_repeated_encoded_bytes_skip_decoding(engine, camera_face, photo, monkeypatch):
+    import idmrag_plugin.pipeline as pipeline
+
+    anonymizer, _, generator = _engine(engine, camera_face)
+    data = photo.read_bytes()
+    first = anonymizer.anonymize(data)
+    decoded: list[int] = []
+    real = pipeline.load_rgb
+    monkeypatch.setattr(pipeline, "load_rgb", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    second = anonymizer.anonymize(data)
+    assert second.cached and not decoded and second.to_bytes("PNG") == first.to_bytes("PNG")
+    assert anonymizer.anonymize(data + b"\x00").cached  # other bytes: decoded again, then a pixel-key hit
+    assert decoded

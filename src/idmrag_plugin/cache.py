@@ -63,6 +63,8 @@ class ResultCache:
         self.max_bytes = max_bytes
         self.folder = Path(folder) if folder is not None else None
         self._entries: OrderedDict[str, AnonymizationResult] = OrderedDict()
+        # encoded input bytes -> pixel key: a repeated file or upload skips decoding
+        self._aliases: OrderedDict[str, str] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
@@ -72,6 +74,28 @@ class ResultCache:
         digest = hmac.new(self._scope, repr(pixels.shape).encode(), hashlib.sha256)
         digest.update(np.ascontiguousarray(pixels).data)
         return digest.hexdigest()
+
+    def bytes_key(self, data: bytes) -> str:
+        return hmac.new(self._scope, b"encoded:" + data, hashlib.sha256).hexdigest()
+
+    def alias(self, encoded_key: str, key: str) -> None:
+        """Remember that the encoded input ``encoded_key`` decodes to the pixels of ``key``."""
+        with self._lock:
+            self._aliases[encoded_key] = key
+            self._aliases.move_to_end(encoded_key)
+            while len(self._aliases) > 4 * max(self.max_entries, 1):
+                self._aliases.popitem(last=False)
+
+    def get_encoded(self, encoded_key: str) -> AnonymizationResult | None:
+        """The result for an encoded input seen before (in memory only), else None."""
+        with self._lock:
+            key = self._aliases.get(encoded_key)
+            entry = self._entries.get(key) if key is not None else None
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return _copy(entry, cached=True)
 
     def get(self, key: str) -> AnonymizationResult | None:
         with self._lock:

@@ -171,6 +171,13 @@ class FaceAnonymizer:
         """
         timings: dict[str, float] = {}
         with _timed(timings, "total"):
+            encoded_key = None
+            if self.cache is not None and isinstance(image, (bytes, bytearray, memoryview)):
+                encoded_key = self.cache.bytes_key(bytes(image))
+                hit = self.cache.get_encoded(encoded_key)
+                if hit is not None:  # these exact bytes were anonymized before: no decoding
+                    hit.timings_ms = timings
+                    return hit
             with _timed(timings, "decode"):
                 pixels = load_rgb(image, self.config.max_pixels, self.config.max_bytes)
             key = self.cache.key(pixels) if self.cache is not None else None
@@ -182,6 +189,8 @@ class FaceAnonymizer:
                 result = self._anonymize_pixels(pixels, timings)
                 if self.cache is not None and key is not None:
                     self.cache.put(key, result)
+            if self.cache is not None and key is not None and encoded_key is not None:
+                self.cache.alias(encoded_key, key)
         return result
 
     def anonymize_many(
