@@ -141,6 +141,35 @@ class MTCNNDetector(FaceDetector):
                     ))
         return suppress_overlaps(found, 0.3)
 
+    def detect_batch(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        """Faces of several images; same-size ones that need neither enlarging nor tiling go
+        through MTCNN in one batch (the turned passes of a rotation search, say)."""
+        import torch
+
+        self.load()
+        shapes = {image.shape for image in images}
+        plain = all(
+            min(image.shape[:2]) >= self.min_face_size and image.shape[0] * image.shape[1] <= TILE_PIXELS
+            for image in images
+        )
+        if len(images) < 2 or len(shapes) != 1 or not plain:
+            return [self.detect(image) for image in images]
+        with torch.inference_mode():
+            boxes, probs, points = self._mtcnn.detect(np.stack(images), landmarks=True)
+        return [self._detections(b, p, lm, 1.0) for b, p, lm in zip(boxes, probs, points, strict=True)]
+
+    def _detections(self, boxes, probs, points, scale: float) -> list[Detection]:
+        if boxes is None:
+            return []
+        # facenet-pytorch 2.5.3 returns object arrays under numpy 2.
+        boxes = np.asarray(np.asarray(boxes).tolist(), dtype=np.float64).reshape(-1, 4) / scale
+        probs = np.asarray(np.asarray(probs).tolist(), dtype=np.float64).reshape(-1)
+        points = np.asarray(np.asarray(points).tolist(), dtype=np.float64).reshape(-1, 5, 2) / scale
+        return [
+            Detection(tuple(map(float, b)), float(p), lm, self.name)  # type: ignore[arg-type]
+            for b, p, lm in zip(boxes, probs, points, strict=True)
+        ]
+
     def _detect_scaled(self, image: np.ndarray, scale: float, interpolation: int = cv2.INTER_AREA) -> list[Detection]:
         import torch
 
@@ -151,16 +180,7 @@ class MTCNNDetector(FaceDetector):
                 return []
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(image, landmarks=True)
-        if boxes is None:
-            return []
-        # facenet-pytorch 2.5.3 returns object arrays under numpy 2.
-        boxes = np.asarray(boxes.tolist(), dtype=np.float64).reshape(-1, 4) / scale
-        probs = np.asarray(np.asarray(probs).tolist(), dtype=np.float64).reshape(-1)
-        points = np.asarray(points.tolist(), dtype=np.float64).reshape(-1, 5, 2) / scale
-        return [
-            Detection(tuple(map(float, b)), float(p), lm, self.name)  # type: ignore[arg-type]
-            for b, p, lm in zip(boxes, probs, points, strict=True)
-        ]
+        return self._detections(boxes, probs, points, scale)
 
 
 def landmarks_from_eyes_and_nose(left_eye: np.ndarray, right_eye: np.ndarray, nose: np.ndarray) -> np.ndarray:
@@ -277,6 +297,7 @@ class RotatingDetector(FaceDetector):
         shape = image.shape[:2]
         found: list[Detection] = []
         side = max(shape)
+        passes: list[tuple[int, float, np.ndarray]] = []
         for k in self.turns:
             source, scale = image, 1.0
             if k and side > self.turned_max_side:
@@ -286,8 +307,10 @@ class RotatingDetector(FaceDetector):
                 scale = self.turned_max_side / side
                 size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))
                 source = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            turned = np.ascontiguousarray(np.rot90(source, k)) if k else source
-            for det in self.detector.detect(turned):
+            passes.append((k, scale, np.ascontiguousarray(np.rot90(source, k)) if k else source))
+        results = self._run(passes)
+        for (k, scale, _), detections in zip(passes, results, strict=True):
+            for det in detections:
                 det = Detection(
                     tuple(v / scale for v in det.box), det.score, det.landmarks / scale, det.detector  # type: ignore[arg-type]
                 ) if scale != 1.0 else det
@@ -300,6 +323,19 @@ class RotatingDetector(FaceDetector):
                     det.detector if k == 0 else f"{det.detector}@{90 * k}",
                 ))
         return suppress_overlaps(found, self.iou)
+
+    def _run(self, passes: list[tuple[int, float, np.ndarray]]) -> list[list[Detection]]:
+        """Each pass's detections; passes of one size share a batch when the detector batches."""
+        if not isinstance(self.detector, MTCNNDetector):
+            return [self.detector.detect(turned) for _, _, turned in passes]
+        results: list[list[Detection]] = [[] for _ in passes]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, _, turned) in enumerate(passes):
+            groups.setdefault(turned.shape, []).append(i)
+        for members in groups.values():
+            for i, found in zip(members, self.detector.detect_batch([passes[i][2] for i in members]), strict=True):
+                results[i] = found
+        return results
 
 
 def suppress_overlaps(detections: list[Detection], iou: float) -> list[Detection]:
