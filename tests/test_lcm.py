@@ -95,11 +95,12 @@ def tiny_training(tmp_path_factory):
     n = 16
     np.savez(root / "data.npz", crops=(rng.random((n, 32, 32, 3)) * 255).astype(np.uint8),
              identity=np.repeat(np.arange(n // 2), 2).astype(np.int32), split=np.array(["train"] * n),
-             emb_facenet=rng.standard_normal((n, 512)).astype(np.float32))
+             emb_facenet=rng.standard_normal((n, 512)).astype(np.float32),
+             emb_dlib=rng.standard_normal((n, 128)).astype(np.float32))
     argv = ["--data", str(root / "data.npz"), "--output", str(root / "run"), "--codes", str(root / "codes"),
             "--student", str(root / "student.safetensors"), "--autoencoder-channels", "8,16",
             "--unet-channels", "8,16", "--cross-attention-dim", "16", "--batch", "4",
-            "--autoencoder-steps", "2", "--teacher-steps", "2", "--checkpoint-every", "1"]
+            "--autoencoder-steps", "2", "--teacher-steps", "2", "--checkpoint-every", "1", "--dlib-weight", "0.1"]
     codes = np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32)
     IdentitySampler.fit(codes, np.repeat(np.arange(32), 2), components=2).save(root / "sampler.safetensors")
     first = train(build_parser().parse_args(argv + ["--distill-steps", "1"]))
@@ -111,7 +112,7 @@ def test_training_runs_all_phases_and_resumes(tiny_training):
     root, first, second = tiny_training
     assert (first["autoencoder"], first["teacher"], first["distill"]) == (2, 2, 1)
     assert second["distill"] == 3 and second["teacher"] == 2  # resumed, nothing retrained
-    assert {"teacher/diffusion", "teacher/hinge", "teacher/identity"} <= set(first)
+    assert {"teacher/diffusion", "teacher/hinge", "teacher/identity", "teacher/dlib_hinge"} <= set(first)
     teacher = FaceLatentDiffusion.from_pretrained(root / "run" / "teacher")
     lcm = FaceLatentDiffusion.from_pretrained(root / "run" / "lcm")
     assert teacher.config.kind == "teacher" and lcm.config.kind == "lcm"

@@ -67,10 +67,11 @@ def boundary_scalings(timesteps: torch.Tensor, timestep_scaling: float = 10.0, s
 
 
 def _identity_terms(
-    student: IdentityStudent, faces: torch.Tensor, original: torch.Tensor, wanted: torch.Tensor,
+    judge: torch.nn.Module, faces: torch.Tensor, original: torch.Tensor, wanted: torch.Tensor,
     weight: torch.Tensor, tau: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    emb = student(faces)
+    """Privacy hinge (stops once below ``tau``) and pull towards ``wanted``, as ``judge`` sees them."""
+    emb = judge(faces)
     w = weight / weight.mean().clamp(min=1e-6)
     hinge = (F.relu(F.cosine_similarity(emb, original, dim=1) - tau) * w).mean()
     identity = ((1 - F.cosine_similarity(emb, wanted, dim=1)) * w).mean()
@@ -98,6 +99,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     codes, student = _load_frozen(codes_dir, student_path, device)
     size = codes.config.image_size
     data = FaceData(Path(args.data), size, device)
+    dlib_judge = None
+    if args.dlib_weight > 0:
+        if data.embeddings_dlib is None:
+            raise ConfigError("--dlib-weight needs dlib embeddings (emb_dlib) in the data: see add_embeddings")
+        from idmrag_plugin.engine.align import CANONICAL_ZOOM
+        from idmrag_plugin.engine.dlib_resnet import DlibJudge
+        from idmrag_plugin.weights import load_dlib_resnet
+
+        dlib_judge = DlibJudge(load_dlib_resnet(), zoom=CANONICAL_ZOOM).to(device)
     shares = [float(s) for s in args.shares.split(",")]
     if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
         raise ConfigError("--shares wants three non-negative numbers: autoencoder,teacher,distill")
@@ -181,7 +191,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     # Phase 2: teacher.
     model.unet.train()
     while state["teacher"] < args.teacher_steps and time.time() < deadlines[1]:
-        x, e, *_ = data.batch(args.batch, rng)
+        x, e, _, e_dlib = data.batch(args.batch, rng)
         z_id, z_attr = codes_of(x)
         with torch.no_grad():
             z0 = model.encode_latent(x)
@@ -197,8 +207,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             eps = model.predict_noise(zt, t, swap_tokens, attr)
             faces = model.decode_latent(_predicted_origin(zt, eps, a)).clamp(-1, 1)
             terms["hinge"], terms["identity"] = _identity_terms(student, faces, e, e[perm], a, args.tau)
+            if dlib_judge is not None and e_dlib is not None:
+                terms["dlib_hinge"], terms["dlib_identity"] = _identity_terms(
+                    dlib_judge, faces, e_dlib, e_dlib[perm], a, args.dlib_tau)
         loss = terms["diffusion"] + args.hinge_weight * terms.get("hinge", 0.0) + args.identity_weight * terms.get(
-            "identity", 0.0)
+            "identity", 0.0) + args.dlib_weight * (terms.get("dlib_hinge", 0.0) + terms.get("dlib_identity", 0.0))
         opt_teacher.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(teacher_params, 1.0)
@@ -289,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--identity-weight", type=float, default=0.05, help="pull towards the swapped identity")
     parser.add_argument("--tau", type=float, default=0.5291,
                         help="hinge threshold in the student's (FaceNet-like) cosine; FaceNet's FAR 1e-2 level")
+    parser.add_argument("--dlib-weight", type=float, default=0.0,
+                        help="weight of the privacy hinge and identity terms judged by dlib's real network "
+                             "(torch port; needs emb_dlib in the data; slow on a CPU)")
+    parser.add_argument("--dlib-tau", type=float, default=0.9069,
+                        help="dlib hinge threshold (cosine); dlib's FAR 1e-2 level")
     parser.add_argument("--ema", type=float, default=0.95, help="EMA decay of the consistency target")
     parser.add_argument("--autoencoder-steps", type=int, default=100_000)
     parser.add_argument("--teacher-steps", type=int, default=100_000)
