@@ -46,9 +46,10 @@ def main() -> None:
     print(f"anonymized: {summary.to_dict()}")
     documents: list[Any] = []
     for image in sorted((Path(args.out) / "images").rglob("*.png")):
-        original = photos / image.relative_to(Path(args.out) / "images")
+        # images/astronaut.jpg.png is the output of photos/astronaut.jpg (names keep the source suffix)
+        original = photos / image.relative_to(Path(args.out) / "images").with_suffix("")
         # Only the anonymized file and a caption are indexed; the original's path is not.
-        documents.append(ImageDocument(image_path=str(image), text=caption_for(original.with_suffix(".jpg"))))
+        documents.append(ImageDocument(image_path=str(image), text=caption_for(original)))
     index = VectorStoreIndex.from_documents(documents, embed_model=HashEmbedding())
     for hit in index.as_retriever(similarity_top_k=2).retrieve(args.query):
         print(f"{hit.score:.2f} {hit.node.image_path} — {hit.node.text}")

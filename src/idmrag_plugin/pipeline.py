@@ -172,7 +172,11 @@ class FaceAnonymizer:
         timings: dict[str, float] = {}
         with _timed(timings, "total"):
             encoded_key = None
-            if self.cache is not None and isinstance(image, (bytes, bytearray, memoryview)):
+            if (
+                self.cache is not None
+                and isinstance(image, (bytes, bytearray, memoryview))
+                and len(image) <= self.config.max_bytes  # larger input is refused below, unhashed
+            ):
                 encoded_key = self.cache.bytes_key(bytes(image))
                 hit = self.cache.get_encoded(encoded_key)
                 if hit is not None:  # these exact bytes were anonymized before: no decoding
