@@ -208,7 +208,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"],
                         help="a face that cannot be verified anonymous: fill it irreversibly, withhold the "
                              "image, or fail the image")
-    parser.add_argument("--max-attempts", type=int, default=3, help="generator attempts per face")
+    parser.add_argument("--max-attempts", type=int, default=5, help="generator attempts per face")
     parser.add_argument("--generator", default="vae-decode", choices=["none", "vae-decode", "lcm", "ldm-teacher"],
                         help="none: obfuscate every face; vae-decode / lcm / ldm-teacher: replace identities")
     parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of lcm / ldm-teacher")

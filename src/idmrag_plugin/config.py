@@ -75,7 +75,7 @@ class AnonymizerConfig:
     generator: str = "vae-decode"
     generator_steps: int | None = None
     generator_weights: Path | None = None
-    max_attempts: int = 3
+    max_attempts: int = 5
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000
     max_bytes: int = 200_000_000
