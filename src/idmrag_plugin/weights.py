@@ -84,15 +84,12 @@ def load_dlib_resnet(directory: Path | None = None):
     from safetensors.torch import load_file, save_file
 
     from idmrag_plugin.engine.dlib_resnet import DlibResNet
-    from idmrag_plugin.engine.oracles import package_file
+    from idmrag_plugin.engine.oracles import face_model_file
 
     path = cache_dir(directory) / DLIB_RESNET_FILE
     with _convert_lock:
         if not _checked(path):
-            source = package_file(
-                "face_recognition_models", "models", "dlib_face_recognition_resnet_model_v1.dat",
-                install_hint="pip install face-recognition-models",
-            )
+            source = face_model_file("dlib_face_recognition_resnet_model_v1.dat")
             logger.info("converting dlib's face ResNet from %s into %s (once)", source, path)
             model = DlibResNet.from_dlib(source)
             try:

