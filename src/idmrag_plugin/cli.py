@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from idmrag_plugin.config import GENERATORS
 from idmrag_plugin.errors import IdmragError
 
 logger = logging.getLogger("idmrag_plugin.cli")
@@ -209,10 +210,10 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="a face that cannot be verified anonymous: fill it irreversibly, withhold the "
                              "image, or fail the image")
     parser.add_argument("--max-attempts", type=int, default=5, help="generator attempts per face")
-    parser.add_argument("--generator", default="vae-decode", choices=["none", "vae-decode", "lcm", "ldm-teacher"],
-                        help="none: obfuscate every face; vae-decode / lcm / ldm-teacher: replace identities")
+    parser.add_argument("--generator", default="vae-decode", choices=list(GENERATORS),
+                        help="none: obfuscate every face; the others replace identities")
     parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of lcm / ldm-teacher")
-    parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm)")
+    parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm) or `idmrag train-renderer` (OUTPUT/renderer)")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,
@@ -272,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"])
     bench.add_argument("--no-age-gender", action="store_true", help="skip the age/gender judges")
     bench.add_argument("--diffusion-weights", default=None,
-                       help="OUTPUT folder of `idmrag train-lcm` for the lcm / ldm-teacher methods")
+                       help="OUTPUT folder of `idmrag train-lcm` (lcm / ldm-teacher methods) or "
+                            "`idmrag train-renderer` (renderer method); default: the packaged weights")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("-o", "--output", default="benchmarks/results")
@@ -296,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-lcm", help="train the latent diffusion teacher and distil it into an LCM (see --help)")
     sub.add_parser("fit-sampler", help="fit the replacement-identity sampler on the trained codes (see --help)")
     sub.add_parser("blend-codes", help="interpolate two codes models in weight space (see --help)")
+    sub.add_parser("train-renderer", help="train the context-aware face renderer adversarially (see --help)")
     return parser
 
 
@@ -305,6 +308,7 @@ DELEGATED = {
     "train-lcm": "idmrag_plugin.training.train_lcm",
     "fit-sampler": "idmrag_plugin.training.fit_sampler",
     "blend-codes": "idmrag_plugin.training.blend_codes",
+    "train-renderer": "idmrag_plugin.training.train_renderer",
 }
 
 

@@ -12,7 +12,7 @@ DETECTORS = ("mtcnn", "mtcnn+hog")
 ORACLES = ("dlib", "facenet")
 PRIVACY_LEVELS = ("far1e-2", "far1e-3")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
-GENERATORS = ("none", "vae-decode", "lcm", "ldm-teacher")
+GENERATORS = ("none", "vae-decode", "renderer", "lcm", "ldm-teacher")
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,17 @@ class AnonymizerConfig:
             similar to the original than all but this fraction of different-person pairs.
             ``far1e-3`` is stricter.
         generator: ``"vae-decode"`` (default: the packaged identity-code autoencoder draws a
-            replacement identity), ``"none"`` (every face is irreversibly obfuscated), ``"lcm"``
+            replacement identity), ``"renderer"`` (the adversarially trained inpainter draws the
+            inner face into the photo's own context), ``"none"`` (every face is irreversibly
+            obfuscated), ``"lcm"``
             (the consistency-distilled latent diffusion model, ``generator_steps`` 1-4) or
             ``"ldm-teacher"`` (its diffusion teacher, e.g. 50 steps). A generator object
             passed to the engine takes precedence.
         generator_steps: sampling steps of ``"lcm"`` / ``"ldm-teacher"``.
         generator_weights: folder written by ``idmrag train-lcm`` (``OUTPUT/lcm`` or
-            ``OUTPUT/teacher``); required for ``"lcm"``/``"ldm-teacher"`` unless weights ship
-            with the package.
+            ``OUTPUT/teacher``) or ``idmrag train-renderer`` (``OUTPUT/renderer``); required
+            for ``"lcm"``/``"ldm-teacher"`` unless weights ship with the package; the packaged
+            renderer is the default for ``"renderer"``.
         max_attempts: generator attempts per face before the failure policy applies.
         on_failure: ``"obfuscate"`` (irreversibly fill the face), ``"drop"`` (withhold the
             image) or ``"raise"`` (:class:`~idmrag_plugin.errors.AnonymizationFailedError`).

@@ -121,12 +121,17 @@ class FaceAnonymizer:
             )
 
     def _build_generator(self) -> FaceGenerator | None:
-        from idmrag_plugin.weights import CODES_VAE_DIR, SAMPLER_FILE, packaged
+        from idmrag_plugin.weights import CODES_VAE_DIR, RENDERER_DIR, SAMPLER_FILE, packaged
 
         if self.config.generator == "vae-decode":
             from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
 
             return VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
+        if self.config.generator == "renderer":
+            from idmrag_plugin.generation.renderer_generator import RendererGenerator
+
+            weights = self.config.generator_weights or packaged(RENDERER_DIR)
+            return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.engine.lcm_generator import LatentDiffusionGenerator
 
@@ -349,7 +354,8 @@ class FaceAnonymizer:
                 continue
             backup = output[y1:y2, x1:x2].copy()
             with _timed(timings, "blend"):
-                paste_face(output, new, crop)
+                paste_face(output, new, crop, grow=self.generator.paste_grow,
+                           colour_match=self.generator.colour_match)
             with _timed(timings, "verify"):
                 face.verdicts = self.verifier.verdicts(originals, output, [face.index])[0]
             if face.verified:

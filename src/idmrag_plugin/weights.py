@@ -111,6 +111,7 @@ def load_dlib_resnet(directory: Path | None = None):
 
 
 CODES_VAE_DIR = "codes_vae"
+RENDERER_DIR = "renderer"
 SAMPLER_FILE = "identity_sampler.safetensors"
 
 

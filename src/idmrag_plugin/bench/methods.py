@@ -183,6 +183,16 @@ def _diffusion(generator: str, folder: str, default_steps: int) -> Callable[[int
     return build
 
 
+def _renderer(steps: int | None, weights: Path | None) -> BenchMethod:
+    """``renderer``: weights from ``weights/renderer`` when given (the OUTPUT of
+    ``idmrag train-renderer``), else the packaged ones."""
+    if steps is not None:
+        raise ConfigError(f"'renderer' has no sampling steps; drop '@{steps}'")
+    config = AnonymizerConfig(generator="renderer", on_failure="obfuscate", cache_size=0,
+                              generator_weights=Path(weights) / "renderer" if weights is not None else None)
+    return EngineMethod("renderer", config)
+
+
 def _plain(cls: type[BenchMethod]) -> Callable[[int | None, Path | None], BenchMethod]:
     def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         if steps is not None:
@@ -199,6 +209,7 @@ METHODS: dict[str, Callable[[int | None, Path | None], BenchMethod]] = {
     "mask": _plain(SolidMask),
     "obfuscate": _engine("none"),
     "vae-decode": _engine("vae-decode"),
+    "renderer": _renderer,
     "lcm": _diffusion("lcm", "lcm", 4),
     "ldm-teacher": _diffusion("ldm-teacher", "teacher", 50),
 }

@@ -66,11 +66,15 @@ def warp_into_region(crop: np.ndarray, face: AlignedFace, region: tuple[int, int
     )
 
 
-def paste_face(image: np.ndarray, new_crop: np.ndarray, face: AlignedFace, feather: float = 0.06) -> None:
+def paste_face(
+    image: np.ndarray, new_crop: np.ndarray, face: AlignedFace, feather: float = 0.06,
+    grow: float = 1.0, colour_match: bool = True,
+) -> None:
     """Blend ``new_crop`` (canonical crop space) into ``image`` in place.
 
-    The new face is colour-matched to the crop it replaces, then composited through the
-    feathered face ellipse; the inside of the ellipse is entirely the new face.
+    The new face is colour-matched to the crop it replaces (unless ``colour_match`` is off:
+    an inpainter already fits its context), then composited through the feathered face
+    ellipse grown by ``grow``; the inside of the ellipse is entirely the new face.
     """
     if new_crop.shape != face.crop.shape:
         raise ValueError(f"generated face has shape {new_crop.shape}, expected {face.crop.shape}")
@@ -78,8 +82,8 @@ def paste_face(image: np.ndarray, new_crop: np.ndarray, face: AlignedFace, feath
     x1, y1, x2, y2 = region
     if x2 <= x1 or y2 <= y1:
         return
-    mask = face_mask(face.size, grow=1.0, feather=feather)
-    matched = match_colour(new_crop, face.crop, mask)
+    mask = face_mask(face.size, grow=grow, feather=feather)
+    matched = match_colour(new_crop, face.crop, mask) if colour_match else new_crop
     alpha = warp_into_region(mask, face, region)[..., None]
     layer = warp_into_region(matched, face, region).astype(np.float32)
     patch = image[y1:y2, x1:x2].astype(np.float32)

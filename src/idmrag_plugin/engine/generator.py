@@ -34,6 +34,11 @@ class FaceGenerator(ABC):
     """Turns a request into a new face in the same canonical crop (same shape and dtype)."""
 
     name: str = "generator"
+    #: How the engine pastes this generator's crops back. A generator that redraws the whole
+    #: crop gets its colours matched to the original inside the face ellipse; one that keeps
+    #: the crop's own context (an inpainter) is pasted as drawn, over its grown ellipse.
+    colour_match: bool = True
+    paste_grow: float = 1.0
 
     @abstractmethod
     def generate(self, request: GenerationRequest) -> np.ndarray:

@@ -1,0 +1,109 @@
+"""The renderer as the engine's generator: the face's own context, its attribute code and the
+session's pseudonym code in; the crop with a newly drawn inner face out.
+
+Pseudonyms come from the same codes model, sampler and registry as VAE-decode (one person
+across a session's photos gets one synthetic identity; a retry draws another). The renderer
+works at its training resolution; its drawing is resized to the crop and composited through
+the inpainting mask at full resolution, so everything outside the mask is the crop's own
+pixels, exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from idmrag_plugin.engine.generator import GenerationRequest
+from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+from idmrag_plugin.errors import ModelLoadError
+from idmrag_plugin.generation.renderer import inpaint_mask
+
+
+def _noise_seed(code: np.ndarray) -> int:
+    return int.from_bytes(hashlib.blake2b(code.tobytes(), digest_size=8).digest(), "little") % (2**63)
+
+
+class RendererGenerator(VAEDecodeGenerator):
+    """Draw replacement faces with a :class:`~idmrag_plugin.generation.renderer.FaceRenderer`.
+
+    Args:
+        renderer_dir: folder written by ``idmrag train-renderer`` (``OUTPUT/renderer``).
+        model_dir, sampler_path: the codes VAE and identity sampler (as for VAE-decode).
+    """
+
+    name = "renderer"
+    # The crop it returns already fits its own context: no colour transfer, and the paste
+    # covers the inpainted ellipse (its border blends original into original).
+    colour_match = False
+
+    def __init__(
+        self,
+        renderer_dir: str | Path,
+        model_dir: str | Path,
+        sampler_path: str | Path,
+        device: str = "cpu",
+        secret: bytes | None = None,
+    ) -> None:
+        super().__init__(model_dir, sampler_path, device=device, secret=secret)
+        self.renderer_dir = Path(renderer_dir)
+        self._renderer = None
+        self._renderer_lock = threading.Lock()
+        self._masks: dict[int, np.ndarray] = {}
+
+    def _load_renderer(self):
+        if self._renderer is None:
+            with self._renderer_lock:
+                if self._renderer is None:
+                    from idmrag_plugin.engine.latent_diffusion import codes_fingerprint
+                    from idmrag_plugin.generation.renderer import FaceRenderer
+
+                    renderer = FaceRenderer.from_pretrained(self.renderer_dir)
+                    trained_on = renderer.config.codes_sha256
+                    if trained_on and trained_on != codes_fingerprint(self.model_dir):
+                        raise ModelLoadError(
+                            f"{self.renderer_dir} was trained on codes model {trained_on[:12]}, not on "
+                            f"{self.model_dir}; retrain it with `idmrag train-renderer --codes {self.model_dir}`"
+                        )
+                    self._renderer = renderer.to(self.device)
+        return self._renderer
+
+    @property
+    def paste_grow(self) -> float:  # type: ignore[override]
+        return float(self._load_renderer().config.mask_grow)
+
+    def mask(self, size: int) -> np.ndarray:
+        """The inpainting mask at ``size`` px (1 = drawn by the renderer)."""
+        if size not in self._masks:
+            self._masks[size] = inpaint_mask(size, float(self._load_renderer().config.mask_grow))
+        return self._masks[size]
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        import torch
+
+        renderer = self._load_renderer()
+        face = request.face
+        id_mu, attr_mu = self.encode(face[None])
+        z = request.identity if request.identity is not None else self.replacement_code(id_mu[0], request.attempt)
+        side = renderer.config.image_size
+        small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
+        context = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        mask = torch.as_tensor(self.mask(side), device=self.device)[None, None]
+        # Noise follows the pseudonym: one person is drawn alike in every photo of the session.
+        generator = torch.Generator().manual_seed(_noise_seed(np.asarray(z, np.float32)))
+        with torch.inference_mode():
+            drawn = renderer(
+                context, mask,
+                torch.as_tensor(np.atleast_2d(z), device=self.device).float(),
+                torch.as_tensor(attr_mu, device=self.device).float(),
+                generator=generator,
+            )
+        image = ((drawn[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        size = face.shape[0]
+        if size != side:
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+        inside = self.mask(size)[..., None] > 0.5
+        return np.where(inside, image, face)

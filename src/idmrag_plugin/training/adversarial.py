@@ -1,0 +1,96 @@
+"""The adversarial half of renderer training: a conditional patch discriminator,
+differentiable augmentation, hinge losses, the R1 penalty and feature matching."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+class PatchDiscriminator(nn.Module):
+    """Judges (image, mask) pairs patch by patch; spectral-normalised convolutions.
+
+    Seeing the mask makes it conditional: it learns what a face drawn into *this* hole of
+    *this* context should look like, so a seam or a colour mismatch at the mask's border is
+    as visible to it as a blurry eye.
+    """
+
+    def __init__(self, image_size: int = 64, base_channels: int = 32, max_channels: int = 256) -> None:
+        super().__init__()
+        layers, channels, size, c = [], 4, image_size, base_channels
+        while size > 8:
+            layers.append(nn.Sequential(
+                spectral_norm(nn.Conv2d(channels, c, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+                spectral_norm(nn.Conv2d(c, c, 3, padding=1)), nn.LeakyReLU(0.2),
+            ))
+            channels, size, c = c, size // 2, min(c * 2, max_channels)
+        self.blocks = nn.ModuleList(layers)
+        self.head = spectral_norm(nn.Conv2d(channels, 1, 3, padding=1))
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Patch logits (N, 1, 8, 8) and the intermediate features (for feature matching)."""
+        h = torch.cat([image, mask * 2.0 - 1.0], dim=1)
+        features = []
+        for block in self.blocks:
+            h = block(h)
+            features.append(h)
+        return self.head(h), features
+
+
+def augment_params(n: int, device: torch.device, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Random parameters of one DiffAugment draw (colour + translation), shared by the
+    tensors it is applied to so that real and fake of a pair see the same transform."""
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(device)
+
+    return {
+        "brightness": rand(n, 1, 1, 1) - 0.5,
+        "saturation": rand(n, 1, 1, 1) * 2.0,
+        "contrast": rand(n, 1, 1, 1) + 0.5,
+        "shift": (rand(n, 2) - 0.5) * 0.25,  # up to 1/8 of the side each way
+    }
+
+
+def diff_augment(image: torch.Tensor, mask: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable colour jitter (image only) and translation (image and mask together)."""
+    x = image + params["brightness"]
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * params["saturation"] + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * params["contrast"] + mean
+    n = x.shape[0]
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = params["shift"].to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    m = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x, m
+
+
+def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def r1_penalty(discriminator: PatchDiscriminator, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared gradient norm of D's output at real images (Mescheder et al., 2018)."""
+    real = real.detach().requires_grad_(True)
+    logits, _ = discriminator(real, mask)
+    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(dim=1).mean()
+
+
+def feature_matching(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """L1 between the discriminator's features of fake and (detached) real images."""
+    return sum(F.l1_loss(f, r.detach()) for f, r in zip(fake, real, strict=True)) / len(fake)
+
+
+def spectrum_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """L1 between log-amplitude spectra: penalises missing high frequencies (blur) that a
+    pixel loss forgives."""
+    def amplitude(x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(torch.fft.rfft2(x, norm="ortho").abs())
+
+    return F.l1_loss(amplitude(fake), amplitude(real))

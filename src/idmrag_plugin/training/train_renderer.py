@@ -1,0 +1,311 @@
+"""``idmrag train-renderer``: train the context-aware face renderer adversarially.
+
+Each step draws a batch of aligned faces, blanks the inner face with a jittered ellipse and
+asks the renderer to draw it back, for half the batch with the face's own identity code and
+for the other half with another person's code. Losses:
+
+* adversarial: a conditional patch discriminator (sees the mask) with the hinge loss,
+  differentiable augmentation shared by real and fake, and a lazy R1 penalty;
+* on own-identity rows: masked L1, a log-spectrum term (penalises blur) and discriminator
+  feature matching;
+* identity, judged by the frozen identity student (a light network distilled from FaceNet):
+  pull towards the wanted identity's embedding, and on swapped rows the privacy hinge
+  max(0, cos(drawn, original) - tau), which stops pushing once the face is in the impostor
+  regime; optionally the same two terms judged by dlib's own network (torch port);
+* attributes: the frozen codes encoder's ``z_attr`` of the result stays the original's.
+
+The generator's weights are averaged (EMA); the EMA is what gets saved. One checkpoint,
+resumed automatically, written every ``--checkpoint-every`` steps and when the time budget
+(``--minutes``) runs out; ``OUTPUT/renderer`` (safetensors + config with sha256) and a
+sample sheet ``OUTPUT/samples.png`` are refreshed at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from idmrag_plugin.engine.encoder import DisentangledFaceVAE
+from idmrag_plugin.engine.identity_student import IdentityStudent
+from idmrag_plugin.errors import ConfigError
+from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig, inpaint_mask
+from idmrag_plugin.pipeline import resolve_device
+from idmrag_plugin.training.adversarial import (
+    PatchDiscriminator,
+    augment_params,
+    diff_augment,
+    feature_matching,
+    hinge_d_loss,
+    r1_penalty,
+    spectrum_loss,
+)
+from idmrag_plugin.training.train_codes import FaceData, write_checkpoint
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
+           "dlib": 0.0}
+
+
+def mask_bank(size: int, grow: float, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """``count`` jittered inpainting ellipses (count, 1, S, S): the training masks vary a little
+    in size and position so the renderer does not learn one hole's exact border."""
+    masks = [inpaint_mask(size, grow * float(rng.uniform(0.95, 1.12)),
+                          (float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.02, 0.02))))
+             for _ in range(count - 1)]
+    masks.append(inpaint_mask(size, grow))  # the one used at inference is always in the bank
+    return torch.from_numpy(np.stack(masks))[:, None]
+
+
+class Frozen:
+    """The frozen judges: the codes VAE (z_id, z_attr) and the identity student(s)."""
+
+    def __init__(self, codes_dir: Path, student_path: Path, device: torch.device) -> None:
+        self.codes = DisentangledFaceVAE.from_pretrained(codes_dir).to(device).eval()
+        self.student = IdentityStudent.load(student_path).to(device).eval()
+        for p in [*self.codes.parameters(), *self.student.parameters()]:
+            p.requires_grad_(False)
+        self.codes_size = self.codes.config.image_size
+        from idmrag_plugin.engine.latent_diffusion import codes_fingerprint
+
+        self.fingerprint = codes_fingerprint(codes_dir)
+
+    def at_codes_size(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.codes_size:
+            return x
+        return F.interpolate(x, size=(self.codes_size, self.codes_size), mode="bilinear", antialias=True,
+                             align_corners=False)
+
+    def codes_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        id_mu, _, attr_mu, _ = self.codes.encode(self.at_codes_size(x))
+        return id_mu, attr_mu
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(self.at_codes_size(x))
+
+    def codes_of_all(self, images: torch.Tensor, cache: Path, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_id, z_attr) of every uint8 image, computed once and kept in ``cache`` (keyed by
+        the codes model's weights and the images' count): the conditioning is then free."""
+        key = f"{self.fingerprint}:{images.shape[0]}"
+        if cache.is_file():
+            saved = torch.load(cache, map_location=images.device, weights_only=True)
+            if saved.get("key") == key:
+                return saved["z_id"], saved["z_attr"]
+        ids, attrs = [], []
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch):
+                z_id, z_attr = self.codes_of(images[start : start + batch].float() / 127.5 - 1.0)
+                ids.append(z_id)
+                attrs.append(z_attr)
+        z_id, z_attr = torch.cat(ids), torch.cat(attrs)
+        torch.save({"key": key, "z_id": z_id, "z_attr": z_attr}, cache)
+        return z_id, z_attr
+
+
+def sample_sheet(renderer: FaceRenderer, frozen: Frozen, x: torch.Tensor, mask: torch.Tensor, path: Path) -> None:
+    """Rows: original, the hole, own identity, two other identities."""
+    import cv2
+
+    with torch.no_grad():
+        z_id, z_attr = frozen.codes_of(x)
+        g = torch.Generator().manual_seed(0)
+        rows = [x, x * (1 - mask), renderer(x, mask, z_id, z_attr, generator=g)]
+        for shift in (1, 2):
+            rows.append(renderer(x, mask, torch.roll(z_id, shift, 0), z_attr, generator=g))
+    sheet = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
+    image = ((sheet.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+def train(args: argparse.Namespace) -> dict[str, float]:
+    from idmrag_plugin.weights import CODES_VAE_DIR, packaged
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(resolve_device(args.device))
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {**WEIGHTS, **dict(args.weight or [])}
+    frozen = Frozen(Path(args.codes) if args.codes else packaged(CODES_VAE_DIR),
+                    Path(args.student) if args.student else packaged("identity_student.safetensors"), device)
+    data = FaceData(Path(args.data), args.size, device)
+    val = FaceData(Path(args.data), args.size, device, split="val")
+    logger.info("training on %d faces, %d held out, at %d px on %s", len(data), len(val), args.size, device)
+    dlib_judge = None
+    if weights["dlib"] > 0:
+        if data.embeddings_dlib is None:
+            raise ConfigError("a dlib weight needs dlib embeddings (emb_dlib) in the data")
+        from idmrag_plugin.engine.align import CANONICAL_ZOOM
+        from idmrag_plugin.engine.dlib_resnet import DlibJudge
+        from idmrag_plugin.weights import load_dlib_resnet
+
+        dlib_judge = DlibJudge(load_dlib_resnet(), zoom=CANONICAL_ZOOM).to(device)
+    config = RendererConfig(image_size=args.size, base_channels=args.base_channels, max_channels=args.max_channels,
+                            id_dim=frozen.codes.config.id_dim, attr_channels=frozen.codes.config.attr_channels,
+                            mask_grow=args.mask_grow, codes_sha256=frozen.fingerprint)
+    renderer = FaceRenderer(config).to(device)
+    ema = copy.deepcopy(renderer).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    disc = PatchDiscriminator(args.size, args.disc_channels).to(device)
+    opt_g = torch.optim.Adam(renderer.parameters(), lr=args.lr, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr_disc, betas=(0.0, 0.99))
+    masks = mask_bank(args.size, args.mask_grow, 64, rng).to(device)
+    state = {"step": 0, "images": 0, "seconds": 0.0}
+    ckpt = Path(args.checkpoint or out / "checkpoint.pt")
+    if ckpt.is_file():
+        saved = torch.load(ckpt, map_location=device, weights_only=False)
+        if saved["config"] != asdict(config):
+            raise ConfigError(f"{ckpt} holds a renderer with another config ({saved['config']}); "
+                              "use another --output or delete the checkpoint")
+        renderer.load_state_dict(saved["renderer"])
+        ema.load_state_dict(saved["ema"])
+        disc.load_state_dict(saved["disc"])
+        opt_g.load_state_dict(saved["opt_g"])
+        opt_d.load_state_dict(saved["opt_d"])
+        state = saved["state"]
+        rng = np.random.default_rng(args.seed + int(state["step"]))
+        logger.info("resumed from %s at step %d", ckpt, state["step"])
+    vx = val.batch(8, np.random.default_rng(1))[0] if len(val) >= 8 else data.batch(8, np.random.default_rng(1))[0]
+    vmask = masks[-1:].expand(vx.shape[0], -1, -1, -1)
+
+    def save() -> None:
+        write_checkpoint(ckpt, renderer=renderer.state_dict(), ema=ema.state_dict(), disc=disc.state_dict(),
+                         opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), state=state, config=asdict(config))
+        ema.save_pretrained(out / "renderer")
+        sample_sheet(ema, frozen, vx, vmask, out / "samples.png")
+
+    codes_id, codes_attr = frozen.codes_of_all(data.images, out / "codes_cache.pt")
+    start = time.time()
+    seconds_before = float(state["seconds"])
+    half = args.batch // 2
+    log: dict[str, float] = {}
+    while state["step"] < args.steps and time.time() - start < args.minutes * 60:
+        n = args.batch
+        idx = torch.as_tensor(rng.integers(0, len(data), n), device=device)
+        x = data.images[idx].float() / 127.5 - 1.0
+        e = data.embeddings[idx]
+        e_dlib = None if data.embeddings_dlib is None else data.embeddings_dlib[idx]
+        z_id, z_attr = codes_id[idx], codes_attr[idx]
+        mask = masks[torch.as_tensor(rng.integers(0, len(masks), n), device=device)]
+        # rows [half:] get another row's identity (a rotation within that half)
+        perm = torch.arange(n, device=device)
+        perm[half:] = torch.roll(perm[half:], 1)
+        wanted_e = e[perm]
+        drawn = renderer(x, mask, z_id[perm], z_attr)
+
+        # discriminator
+        params = augment_params(n, device)
+        real_logits, _ = disc(*diff_augment(x, mask, params))
+        fake_logits, _ = disc(*diff_augment(drawn.detach(), mask, params))
+        terms = {"d": hinge_d_loss(real_logits, fake_logits)}
+        loss_d = terms["d"]
+        if state["step"] % args.r1_every == 0:
+            terms["r1"] = r1_penalty(disc, *diff_augment(x, mask, params))
+            loss_d = loss_d + args.r1 * args.r1_every * 0.5 * terms["r1"]
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        # renderer
+        fake_logits, fake_features = disc(*diff_augment(drawn, mask, params))
+        with torch.no_grad():
+            _, real_features = disc(*diff_augment(x, mask, params))
+        own = slice(0, half)
+        inside = mask[own].mean().clamp(min=1e-3)
+        terms["adv"] = -fake_logits.mean()
+        terms["rec"] = (drawn[own] - x[own]).abs().mean() / inside
+        terms["spectrum"] = spectrum_loss(drawn[own], x[own])
+        terms["fm"] = feature_matching([f[own] for f in fake_features], [f[own] for f in real_features])
+        emb = frozen.embed(drawn)
+        terms["identity"] = (1 - F.cosine_similarity(emb, wanted_e, dim=1)).mean()
+        terms["hinge"] = F.relu(F.cosine_similarity(emb[half:], e[half:], dim=1) - args.tau).mean()
+        if weights["attr"] > 0:  # costs as much as the rest of the renderer step on a CPU
+            _, attr_again = frozen.codes_of(drawn)
+            terms["attr"] = F.mse_loss(attr_again, z_attr)
+        if dlib_judge is not None and e_dlib is not None:
+            d_emb = dlib_judge(drawn)
+            terms["dlib"] = ((1 - F.cosine_similarity(d_emb, e_dlib[perm], dim=1)).mean()
+                             + F.relu(F.cosine_similarity(d_emb[half:], e_dlib[half:], dim=1) - args.dlib_tau).mean())
+        loss_g = sum(weights[k] * v for k, v in terms.items() if k not in ("d", "r1"))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + state["step"]) / (10 + state["step"]))
+            for p_e, p in zip(ema.parameters(), renderer.parameters(), strict=True):
+                p_e.lerp_(p.detach(), 1 - decay)
+        state["step"] += 1
+        state["images"] += n
+        state["seconds"] = seconds_before + time.time() - start
+        log.update({k: float(v.detach()) for k, v in terms.items()})
+        if state["step"] % 50 == 0:
+            logger.info("step %d (%d images, %.0f img/s) %s", state["step"], state["images"],
+                        state["images"] / max(state["seconds"], 1e-6),
+                        " ".join(f"{k}={v:.3f}" for k, v in log.items()))
+        if state["step"] % args.checkpoint_every == 0:
+            save()
+    save()
+    summary = {**{k: float(v) for k, v in state.items()}, **log}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _weight(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    if name not in WEIGHTS or not value:
+        raise argparse.ArgumentTypeError(f"--weight wants NAME=VALUE with NAME one of {', '.join(WEIGHTS)}")
+    return name, float(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idmrag train-renderer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help=".npz from idmrag prepare-data (or pack-data)")
+    parser.add_argument("--output", default="runs/renderer")
+    parser.add_argument("--codes", default=None, help="codes VAE folder (default: the packaged one)")
+    parser.add_argument("--student", default=None, help="identity student safetensors (default: packaged)")
+    parser.add_argument("--size", type=int, default=64, help="training resolution (64 on a CPU, 128 on a GPU)")
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--max-channels", type=int, default=128)
+    parser.add_argument("--disc-channels", type=int, default=32)
+    parser.add_argument("--mask-grow", type=float, default=1.1, help="inpainted ellipse relative to the paste ellipse")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr-disc", type=float, default=2e-4)
+    parser.add_argument("--r1", type=float, default=1.0, help="R1 penalty weight (gamma)")
+    parser.add_argument("--r1-every", type=int, default=16, help="lazy R1: apply every N steps")
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--tau", type=float, default=0.5291,
+                        help="hinge threshold in the student's (FaceNet-like) cosine; FaceNet's FAR 1e-2 level")
+    parser.add_argument("--dlib-tau", type=float, default=0.9069, help="dlib hinge threshold (cosine), FAR 1e-2")
+    parser.add_argument("--weight", type=_weight, action="append",
+                        help=f"loss weight NAME=VALUE (repeatable); defaults {WEIGHTS}")
+    parser.add_argument("--steps", type=int, default=10_000_000)
+    parser.add_argument("--minutes", type=float, default=60.0, help="time budget of this run")
+    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (set it under CPU contention)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

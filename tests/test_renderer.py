@@ -1,0 +1,182 @@
+"""The context-aware face renderer on tiny randomly initialised configs: it never sees the
+masked original, keeps the context exactly, trains and resumes, persists with a sha256, and
+serves the engine as a generator."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, GenerationRequest, ModelLoadError
+from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
+from idmrag_plugin.engine.identity_student import IdentityStudent
+from idmrag_plugin.engine.sampler import IdentitySampler
+from idmrag_plugin.errors import ConfigError
+from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig, inpaint_mask
+from idmrag_plugin.generation.renderer_generator import RendererGenerator
+
+
+def _tiny(size: int) -> FaceRenderer:
+    torch.manual_seed(0)
+    return FaceRenderer(RendererConfig(image_size=size, base_channels=8, max_channels=16, id_dim=16,
+                                       attr_channels=2, style_dim=16)).eval()
+
+
+def _inputs(size: int, n: int = 2):
+    g = torch.Generator().manual_seed(1)
+    context = torch.rand(n, 3, size, size, generator=g) * 2 - 1
+    mask = torch.from_numpy(inpaint_mask(size))[None, None].expand(n, 1, size, size)
+    return context, mask, torch.randn(n, 16, generator=g), torch.randn(n, 2, 8, 8, generator=g)
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_shapes_dtypes_and_exact_context(size):
+    renderer = _tiny(size)
+    context, mask, z_id, z_attr = _inputs(size)
+    with torch.no_grad():
+        out = renderer(context, mask, z_id, z_attr, generator=torch.Generator().manual_seed(0))
+    assert out.shape == context.shape and out.dtype == torch.float32
+    assert out.abs().max() <= 1.0
+    outside = mask.expand_as(out) == 0
+    assert torch.equal(out[outside], context[outside])  # the context is kept, exactly
+    assert not torch.allclose(out[~outside], context[~outside], atol=0.05)  # the inside is drawn
+
+
+def test_the_original_under_the_mask_never_reaches_the_output():
+    renderer = _tiny(64)
+    context, mask, z_id, z_attr = _inputs(64)
+    tampered = torch.where(mask.expand_as(context) > 0, torch.rand_like(context) * 2 - 1, context)
+    with torch.no_grad():
+        a = renderer(context, mask, z_id, z_attr, generator=torch.Generator().manual_seed(3))
+        b = renderer(tampered, mask, z_id, z_attr, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_identity_code_changes_the_face():
+    renderer = _tiny(64)
+    with torch.no_grad():  # the FiLM layers start at zero: give them weights to make the code matter
+        for module in renderer.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, 0.5)
+    context, mask, z_id, z_attr = _inputs(64)
+    with torch.no_grad():
+        a = renderer(context, mask, z_id, z_attr, generator=torch.Generator().manual_seed(0))
+        b = renderer(context, mask, -z_id, z_attr, generator=torch.Generator().manual_seed(0))
+    assert (a - b).abs().mean() > 1e-3
+
+
+def test_save_and_load_round_trip_checks_the_sha256(tmp_path):
+    renderer = _tiny(64)
+    renderer.save_pretrained(tmp_path / "r", dtype=torch.float32)
+    meta = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert meta["image_size"] == 64 and len(meta["sha256"]) == 64
+    loaded = FaceRenderer.from_pretrained(tmp_path / "r")
+    for (name, a), (_, b) in zip(renderer.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    weights = tmp_path / "r" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        FaceRenderer.from_pretrained(tmp_path / "r")
+    with pytest.raises(ModelLoadError, match="train-renderer"):
+        FaceRenderer.from_pretrained(tmp_path / "nothing")
+
+
+def _smooth_faces(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Learnable stand-ins for faces: smooth colour gradients with a dark ellipse."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    faces = []
+    for _ in range(n):
+        a, b, c = rng.uniform(0.2, 0.8, 3)
+        img = np.stack([a + 0.3 * xx, b + 0.3 * yy, c + 0.2 * (xx - yy)], axis=-1)
+        img[((xx - 0.5) / 0.3) ** 2 + ((yy - 0.55) / 0.4) ** 2 < 1] *= 0.6
+        faces.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+    return np.stack(faces)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny codes model + student + sampler + dataset, and two short train-renderer runs."""
+    from idmrag_plugin.training.train_renderer import build_parser, train
+
+    root = tmp_path_factory.mktemp("renderer")
+    torch.manual_seed(0)
+    DisentangledFaceVAE(CodesConfig(image_size=32, base_channels=8, id_dim=16, attr_channels=2)).save_pretrained(
+        root / "codes")
+    save_file(IdentityStudent(width=8).state_dict(), str(root / "student.safetensors"))
+    rng = np.random.default_rng(0)
+    n = 24
+    np.savez(root / "data.npz", crops=_smooth_faces(n, 32, rng), identity=np.repeat(np.arange(n // 2), 2).astype(np.int32),
+             split=np.array(["train"] * 20 + ["val"] * 4), emb_facenet=rng.standard_normal((n, 512)).astype(np.float32))
+    IdentitySampler.fit(np.random.default_rng(1).standard_normal((64, 16)).astype(np.float32),
+                        np.repeat(np.arange(32), 2), components=2).save(root / "sampler.safetensors")
+    argv = ["--data", str(root / "data.npz"), "--output", str(root / "run"), "--codes", str(root / "codes"),
+            "--student", str(root / "student.safetensors"), "--size", "32", "--base-channels", "8",
+            "--max-channels", "16", "--disc-channels", "8", "--batch", "8", "--checkpoint-every", "5",
+            "--r1-every", "4", "--lr", "2e-3", "--threads", "1"]
+    first = train(build_parser().parse_args(argv + ["--steps", "2"]))
+    second = train(build_parser().parse_args(argv + ["--steps", "60"]))
+    return root, argv, first, second
+
+
+def test_training_resumes_and_reconstruction_falls(tiny_run):
+    root, argv, first, second = tiny_run
+    assert first["step"] == 2 and second["step"] == 60  # the second run resumed the first
+    assert {"adv", "rec", "spectrum", "fm", "identity", "hinge", "d", "r1"} <= set(first)
+    assert second["rec"] < 0.6 * first["rec"]
+    assert (root / "run" / "samples.png").stat().st_size > 0
+    renderer = FaceRenderer.from_pretrained(root / "run" / "renderer")
+    assert renderer.config.image_size == 32 and renderer.config.codes_sha256
+
+
+def test_training_refuses_a_checkpoint_of_another_config(tiny_run):
+    from idmrag_plugin.training.train_renderer import build_parser, train
+
+    root, argv, _, _ = tiny_run
+    with pytest.raises(ConfigError, match="another config"):
+        train(build_parser().parse_args(argv + ["--steps", "61", "--max-channels", "32"]))
+
+
+def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors")
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert out.shape == face.shape and out.dtype == np.uint8
+    inside = generator.mask(128) > 0.5
+    assert np.array_equal(out[~inside], face[~inside])  # context kept exactly at full resolution
+    assert not np.array_equal(out[inside], face[inside])
+    assert np.array_equal(out, generator.generate(GenerationRequest(face, attempt=0, seed=7)))  # same pseudonym
+    assert not np.array_equal(out, generator.generate(GenerationRequest(face, attempt=1, seed=7)))  # a retry
+    assert generator.colour_match is False and generator.paste_grow == pytest.approx(1.1)
+
+
+def test_generator_refuses_a_renderer_trained_on_other_codes(tiny_run, tmp_path):
+    root, *_ = tiny_run
+    torch.manual_seed(5)
+    DisentangledFaceVAE(CodesConfig(image_size=32, base_channels=8, id_dim=16, attr_channels=2)).save_pretrained(
+        tmp_path / "other_codes")
+    generator = RendererGenerator(root / "run" / "renderer", tmp_path / "other_codes", root / "sampler.safetensors")
+    with pytest.raises(ModelLoadError, match="retrain"):
+        generator.generate(GenerationRequest(np.zeros((64, 64, 3), np.uint8), attempt=0, seed=1))
+
+
+def test_engine_with_a_renderer_keeps_pixels_outside_the_faces(tiny_run, astronaut):
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors")
+    engine = FaceAnonymizer(AnonymizerConfig(rotations=(0,), cache_size=0), generator=generator)
+    result = engine.anonymize(astronaut)
+    assert len(result.faces) == 1
+    face = result.faces[0]
+    # a random renderer is not verified anonymous by luck every time: whatever the outcome,
+    # the face region changed and far-away pixels did not
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    out = np.asarray(result.pixels)
+    assert not np.array_equal(out[y1:y2, x1:x2], astronaut[y1:y2, x1:x2])
+    assert np.array_equal(out[400:, :100], astronaut[400:, :100])
+    assert face.method in ("generated", "obfuscated") and face.attempts >= 1
