@@ -241,3 +241,33 @@ def test_report_is_json_serialisable(make_engine, astronaut):
     report = make_engine(cache_size=0).anonymize(astronaut).report()
     decoded = json.loads(json.dumps(report))
     assert decoded["faces"][0]["box"] and decoded["timings_ms"]["detect"] > 0
+
+
+def test_separate_faces_are_verified_in_one_batched_call_and_agree_with_one_by_one(make_engine, astronaut, camera_face):
+    scene = np.concatenate([astronaut[:256, 100:356], astronaut[:256, 100:356]], axis=1)  # two faces, apart
+    engine = make_engine(FixedFaceGenerator(camera_face), rotations=(0,), cache_size=0)
+    calls: list[list[int]] = []
+    verdicts = engine.verifier.verdicts
+
+    def counting(originals, output, indices):
+        calls.append(list(indices))
+        return verdicts(originals, output, indices)
+
+    engine.verifier.verdicts = counting  # type: ignore[method-assign]
+    try:
+        result = engine.anonymize(scene)
+    finally:
+        del engine.verifier.verdicts
+    assert len(result.faces) == 2
+    assert all(f.method == GENERATED and f.attempts == 1 for f in result.faces)
+    assert calls[0] == [0, 1]  # both faces judged in one call per oracle
+    # the batched judgement is the one-by-one judgement
+    verifier = engine.verifier
+    originals = verifier.prepare(scene, [f.detection for f in result.faces], [0, 1])
+    output = np.asarray(result.pixels)
+    together = verifier.verdicts(originals, output, [0, 1])
+    for index in (0, 1):
+        (alone,) = verifier.verdicts(originals, output, [index])
+        assert [v.oracle for v in alone] == [v.oracle for v in together[index]]
+        for a, b in zip(alone, together[index], strict=True):
+            assert a.similarity == pytest.approx(b.similarity, abs=1e-4) and a.anonymous == b.anonymous

@@ -292,30 +292,44 @@ class FaceAnonymizer:
         aligned: list[AlignedFace | None],
         timings: dict[str, float],
     ) -> list[FaceReport]:
-        """Generate and verify each face; return the faces that must fail closed."""
+        """Generate and verify each face; return the faces that must fail closed.
+
+        Faces whose crops overlap no other face's are replaced together: each attempt round
+        generates and pastes all of them, then verifies them in one batched call per oracle.
+        Faces whose crops overlap are replaced one after another, since restoring one after a
+        failed attempt would also erase part of its neighbour.
+        """
         replaceable = [f for f, crop in zip(faces, aligned, strict=True) if crop is not None]
         with _timed(timings, "verify"):
             originals = self.verifier.prepare(pixels, [f.detection for f in faces], [f.index for f in replaceable])
+        regions = {f.index: region_of(aligned[f.index], output.shape[:2]) for f in replaceable}  # type: ignore[arg-type]
+        alone = [f for f in replaceable
+                 if not any(g is not f and _overlaps(regions[f.index], regions[g.index]) for g in replaceable)]
+        groups = [alone] if alone else []
+        groups += [[f] for f in replaceable if f not in alone]
+        for group in groups:
+            start = time.perf_counter()
+            self._replace_together(output, group, aligned, originals, timings)
+            share = (time.perf_counter() - start) * 1000.0 / len(group)
+            for face in group:
+                face.timings_ms["replace"] = share
         failed = []
         for face, crop in zip(faces, aligned, strict=True):
             if crop is None:
                 face.reason = "landmarks unusable for alignment: " + "; ".join(face.errors)
                 failed.append(face)
-                continue
-            start = time.perf_counter()
-            ok = self._replace_one(output, face, crop, originals, timings)
-            face.timings_ms["replace"] = (time.perf_counter() - start) * 1000.0
-            if ok:
+            elif face.verdicts and face.verified:
                 face.method = GENERATED
             else:
+                if not face.verdicts and face.errors:
+                    face.reason = "generator failed on every attempt"
                 failed.append(face)
         generated = [f for f in faces if f.method == GENERATED]
-        # A later paste can change what an earlier face's views see: verify again, on the
-        # final image, every face whose views reach into a region pasted after it.
-        pasted = {f.index: region_of(aligned[f.index], output.shape[:2]) for f in generated}  # type: ignore[arg-type]
+        # A paste, or the restoring of a failed one, can change what another face's views see:
+        # verify again, on the final image, every face whose views reach into another's crop.
         touched = [
             f for f in generated
-            if any(g.index > f.index and _overlaps(pasted[g.index], _view_footprint(f, pasted[f.index])) for g in generated)
+            if any(g is not f and _overlaps(regions[g.index], _view_footprint(f, regions[f.index])) for g in replaceable)
         ]
         if touched:
             with _timed(timings, "verify"):
@@ -328,46 +342,65 @@ class FaceAnonymizer:
                     failed.append(face)
         return failed
 
-    def _replace_one(
+    def _replace_together(
         self,
         output: np.ndarray,
-        face: FaceReport,
-        crop: AlignedFace,
+        group: list[FaceReport],
+        aligned: list[AlignedFace | None],
         originals: OriginalViews,
         timings: dict[str, float],
-    ) -> bool:
+    ) -> None:
+        """Attempt rounds for faces whose crops do not overlap; a face verified anonymous
+        keeps its paste, any other is restored and tried again with a new identity."""
         assert self.generator is not None
-        x1, y1, x2, y2 = region_of(crop, output.shape[:2])
+        pending = list(group)
         for attempt in range(self.config.max_attempts):
-            face.attempts = attempt + 1
-            request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt))
-            try:
-                with _timed(timings, "generate"):
-                    new = np.asarray(self.generator.generate(request))
-                if new.shape != crop.crop.shape or new.dtype != np.uint8:
-                    raise ValueError(
-                        f"generator returned {new.shape} {new.dtype}, expected {crop.crop.shape} uint8"
+            if not pending:
+                return
+            pasted: list[tuple[FaceReport, tuple[int, int, int, int], np.ndarray]] = []
+            retry = []
+            for face in pending:
+                crop = aligned[face.index]
+                assert crop is not None
+                face.attempts = attempt + 1
+                new = self._generate(face, crop, attempt, timings)
+                if new is None:
+                    retry.append(face)
+                    continue
+                x1, y1, x2, y2 = region = region_of(crop, output.shape[:2])
+                pasted.append((face, region, output[y1:y2, x1:x2].copy()))
+                with _timed(timings, "blend"):
+                    paste_face(output, new, crop, grow=self.generator.paste_grow,
+                               colour_match=self.generator.colour_match)
+            if pasted:
+                with _timed(timings, "verify"):
+                    verdicts = self.verifier.verdicts(originals, output, [face.index for face, _, _ in pasted])
+                for (face, (x1, y1, x2, y2), backup), face_verdicts in zip(pasted, verdicts, strict=True):
+                    face.verdicts = face_verdicts
+                    if face.verified:
+                        face.reason = ""
+                        continue
+                    output[y1:y2, x1:x2] = backup
+                    face.reason = "still recognisable as the original by " + ", ".join(
+                        v.oracle for v in face.verdicts if not v.anonymous
                     )
-            except Exception as exc:  # noqa: BLE001 - any generator failure must fail closed
-                face.errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
-                logger.warning("generator failed on face %d: %s", face.index, exc)
-                continue
-            backup = output[y1:y2, x1:x2].copy()
-            with _timed(timings, "blend"):
-                paste_face(output, new, crop, grow=self.generator.paste_grow,
-                           colour_match=self.generator.colour_match)
-            with _timed(timings, "verify"):
-                face.verdicts = self.verifier.verdicts(originals, output, [face.index])[0]
-            if face.verified:
-                face.reason = ""
-                return True
-            output[y1:y2, x1:x2] = backup
-            face.reason = "still recognisable as the original by " + ", ".join(
-                v.oracle for v in face.verdicts if not v.anonymous
-            )
-        if not face.verdicts and face.errors:
-            face.reason = "generator failed on every attempt"
-        return False
+                    retry.append(face)
+            pending = retry
+
+    def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float]) -> np.ndarray | None:
+        """One generator attempt; None (the error noted on the face) when the generator fails."""
+        assert self.generator is not None
+        request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt))
+        try:
+            with _timed(timings, "generate"):
+                new = np.asarray(self.generator.generate(request))
+            if new.shape != crop.crop.shape or new.dtype != np.uint8:
+                raise ValueError(f"generator returned {new.shape} {new.dtype}, expected {crop.crop.shape} uint8")
+        except Exception as exc:  # noqa: BLE001 - any generator failure must fail closed
+            face.errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
+            logger.warning("generator failed on face %d: %s", face.index, exc)
+            return None
+        return new
 
     def _seed(self, crop: np.ndarray, attempt: int) -> int:
         digest = hashlib.blake2b(crop.tobytes(), digest_size=8, key=str(self.config.seed).encode())

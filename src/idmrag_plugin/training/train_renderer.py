@@ -140,8 +140,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     frozen = Frozen(Path(args.codes) if args.codes else packaged(CODES_VAE_DIR),
                     Path(args.student) if args.student else packaged("identity_student.safetensors"), device)
     data = FaceData(Path(args.data), args.size, device)
-    val = FaceData(Path(args.data), args.size, device, split="val")
-    logger.info("training on %d faces, %d held out, at %d px on %s", len(data), len(val), args.size, device)
+    has_val = bool((np.load(args.data, allow_pickle=False)["split"] == "val").any())
+    val = FaceData(Path(args.data), args.size, device, split="val") if has_val else data
+    logger.info("training on %d faces, %d held out, at %d px on %s", len(data), len(val) if has_val else 0,
+                args.size, device)
     dlib_judge = None
     if weights["dlib"] > 0:
         if data.embeddings_dlib is None:
@@ -177,7 +179,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         state = saved["state"]
         rng = np.random.default_rng(args.seed + int(state["step"]))
         logger.info("resumed from %s at step %d", ckpt, state["step"])
-    vx = val.batch(8, np.random.default_rng(1))[0] if len(val) >= 8 else data.batch(8, np.random.default_rng(1))[0]
+    shown = val if len(val) >= 8 else data  # the sample sheet shows held-out faces when there are any
+    vx = shown.images[torch.as_tensor(np.random.default_rng(1).choice(len(shown), 8, replace=False), device=device)]
+    vx = vx.float() / 127.5 - 1.0
     vmask = masks[-1:].expand(vx.shape[0], -1, -1, -1)
 
     def save() -> None:
@@ -187,7 +191,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         sample_sheet(ema, frozen, vx, vmask, out / "samples.png")
 
     codes_id, codes_attr = frozen.codes_of_all(data.images, out / "codes_cache.pt")
-    start = time.time()
+    start = last_save = time.time()
     seconds_before = float(state["seconds"])
     half = args.batch // 2
     log: dict[str, float] = {}
@@ -254,8 +258,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             logger.info("step %d (%d images, %.0f img/s) %s", state["step"], state["images"],
                         state["images"] / max(state["seconds"], 1e-6),
                         " ".join(f"{k}={v:.3f}" for k, v in log.items()))
-        if state["step"] % args.checkpoint_every == 0:
+        if state["step"] % args.checkpoint_every == 0 or (
+                args.checkpoint_minutes and time.time() - last_save > args.checkpoint_minutes * 60):
             save()
+            last_save = time.time()
     save()
     summary = {**{k: float(v) for k, v in state.items()}, **log}
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
@@ -283,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask-grow", type=float, default=1.1, help="inpainted ellipse relative to the paste ellipse")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--lr-disc", type=float, default=2e-4)
-    parser.add_argument("--r1", type=float, default=1.0, help="R1 penalty weight (gamma)")
-    parser.add_argument("--r1-every", type=int, default=16, help="lazy R1: apply every N steps")
+    parser.add_argument("--lr-disc", type=float, default=3e-4, help="discriminator learning rate")
+    parser.add_argument("--r1", type=float, default=0.1,
+                        help="R1 penalty weight (gamma; StyleGAN2's heuristic gives 0.05 at 64 px, batch 16)")
+    parser.add_argument("--r1-every", type=int, default=8, help="lazy R1: apply every N steps")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--tau", type=float, default=0.5291,
                         help="hinge threshold in the student's (FaceNet-like) cosine; FaceNet's FAR 1e-2 level")
@@ -295,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=10_000_000)
     parser.add_argument("--minutes", type=float, default=60.0, help="time budget of this run")
     parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    parser.add_argument("--checkpoint-minutes", type=float, default=0.0,
+                        help="also checkpoint when this many minutes passed since the last (0: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (set it under CPU contention)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
