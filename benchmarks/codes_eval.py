@@ -22,7 +22,7 @@ from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.align import template
 from idmrag_plugin.engine.detect import MTCNNDetector
 from idmrag_plugin.engine.oracles import build_oracle
-from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.training.data import unpack_crops
 from idmrag_plugin.training.fit_sampler import encode_all
 from idmrag_plugin.training.quick_eval import verification_auc, verification_pairs

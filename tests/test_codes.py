@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from idmrag_plugin import GenerationRequest, ModelLoadError
-from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
-from idmrag_plugin.engine.sampler import IdentitySampler, pseudonym_key
-from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
+from idmrag_plugin.generation.sampler import IdentitySampler, pseudonym_key
+from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.training.losses import CLUBEstimator, gaussian_kl, supervised_contrastive
 
 TINY = CodesConfig(image_size=32, base_channels=8, id_dim=16, attr_channels=2, attr_size=8)
@@ -199,7 +199,7 @@ def test_quick_eval_scores_codes_and_trained_models(tmp_path, capsys):
 
 
 def test_dlib_student_terms_train_resume_and_need_dlib_embeddings(tmp_path):
-    from idmrag_plugin.engine.identity_student import IdentityStudent
+    from idmrag_plugin.generation.identity_student import IdentityStudent
     from idmrag_plugin.errors import ConfigError
     from idmrag_plugin.training.train_codes import build_parser, train
 

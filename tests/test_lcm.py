@@ -18,16 +18,16 @@ from idmrag_plugin import (
     GenerationRequest,
     ModelLoadError,
 )
-from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
-from idmrag_plugin.engine.identity_student import IdentityStudent
-from idmrag_plugin.engine.latent_diffusion import (
+from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
+from idmrag_plugin.generation.identity_student import IdentityStudent
+from idmrag_plugin.generation.latent_diffusion import (
     FaceLatentDiffusion,
     LatentDiffusionConfig,
     make_scheduler,
     sample_latents,
 )
-from idmrag_plugin.engine.lcm_generator import LatentDiffusionGenerator
-from idmrag_plugin.engine.sampler import IdentitySampler
+from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
+from idmrag_plugin.generation.sampler import IdentitySampler
 from idmrag_plugin.training.train_lcm import boundary_scalings
 
 TINY = {"image_size": 32, "autoencoder_channels": (8, 16), "unet_channels": (8, 16), "cross_attention_dim": 16,

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, GenerationRequest, ModelLoadError
-from idmrag_plugin.engine.encoder import CodesConfig, DisentangledFaceVAE
-from idmrag_plugin.engine.identity_student import IdentityStudent
-from idmrag_plugin.engine.sampler import IdentitySampler
+from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
+from idmrag_plugin.generation.identity_student import IdentityStudent
+from idmrag_plugin.generation.sampler import IdentitySampler
 from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig, inpaint_mask
 from idmrag_plugin.generation.renderer_generator import RendererGenerator

@@ -124,7 +124,7 @@ class FaceAnonymizer:
         from idmrag_plugin.weights import CODES_VAE_DIR, RENDERER_DIR, SAMPLER_FILE, packaged
 
         if self.config.generator == "vae-decode":
-            from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+            from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
             return VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
         if self.config.generator == "renderer":
@@ -133,7 +133,7 @@ class FaceAnonymizer:
             weights = self.config.generator_weights or packaged(RENDERER_DIR)
             return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
         if self.config.generator in ("lcm", "ldm-teacher"):
-            from idmrag_plugin.engine.lcm_generator import LatentDiffusionGenerator
+            from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 
             kind = "lcm" if self.config.generator == "lcm" else "teacher"
             weights = self.config.generator_weights

@@ -10,7 +10,9 @@ exactly and the paste is seamless.
 Architecture: a U-Net whose encoder sees only the context, ``z_attr`` joins at the
 bottleneck, and the decoder is modulated by the identity (FiLM on group-normalised
 features) with per-pixel noise for skin and hair texture, as in StyleGAN. Upsampling is
-nearest-neighbour resize then convolution: no transposed convolutions, so no grid.
+bilinear resize then convolution: no transposed convolutions (their grid) and no
+nearest-neighbour blocks (measured: at 24k images seen, nearest upsampling still drew an
+8-pixel block pattern).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class _Up(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor,
                 noise: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        h = torch.cat([F.interpolate(x, scale_factor=2, mode="nearest"), skip], dim=1)
+        h = torch.cat([F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), skip], dim=1)
         h = self.conv1(h, style, None if noise is None else noise[0])
         return self.conv2(h, style, None if noise is None else noise[1])
 

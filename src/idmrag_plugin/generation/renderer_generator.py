@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.generator import GenerationRequest
-from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.renderer import inpaint_mask
 
@@ -58,7 +58,7 @@ class RendererGenerator(VAEDecodeGenerator):
         if self._renderer is None:
             with self._renderer_lock:
                 if self._renderer is None:
-                    from idmrag_plugin.engine.latent_diffusion import codes_fingerprint
+                    from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
                     from idmrag_plugin.generation.renderer import FaceRenderer
 
                     renderer = FaceRenderer.from_pretrained(self.renderer_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from idmrag_plugin.engine.encoder import DisentangledFaceVAE
+from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 from idmrag_plugin.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from idmrag_plugin.engine.sampler import IdentitySampler
-from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+from idmrag_plugin.generation.sampler import IdentitySampler
+from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.training.data import unpack_crops
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     train = data["split"] == "train"
     crops = unpack_crops(data)[train]
     codec = VAEDecodeGenerator(args.model, sampler_path=Path("unused"))
-    from idmrag_plugin.engine.encoder import DisentangledFaceVAE
+    from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 
     codec._model = DisentangledFaceVAE.from_pretrained(args.model)  # encode only; no sampler yet
     codes, _ = encode_all(codec, crops)

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from idmrag_plugin.engine.encoder import DisentangledFaceVAE
-from idmrag_plugin.engine.identity_student import IdentityStudent
-from idmrag_plugin.engine.latent_diffusion import (
+from idmrag_plugin.generation.encoder import DisentangledFaceVAE
+from idmrag_plugin.generation.identity_student import IdentityStudent
+from idmrag_plugin.generation.latent_diffusion import (
     FaceLatentDiffusion,
     LatentDiffusionConfig,
     codes_fingerprint,

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from idmrag_plugin.engine.encoder import DisentangledFaceVAE
-from idmrag_plugin.engine.identity_student import IdentityStudent
+from idmrag_plugin.generation.encoder import DisentangledFaceVAE
+from idmrag_plugin.generation.identity_student import IdentityStudent
 from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig, inpaint_mask
 from idmrag_plugin.pipeline import resolve_device
@@ -75,7 +75,7 @@ class Frozen:
         for p in [*self.codes.parameters(), *self.student.parameters()]:
             p.requires_grad_(False)
         self.codes_size = self.codes.config.image_size
-        from idmrag_plugin.engine.latent_diffusion import codes_fingerprint
+        from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
 
         self.fingerprint = codes_fingerprint(codes_dir)
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.generator import GenerationRequest
-from idmrag_plugin.engine.vae_generator import VAEDecodeGenerator
+from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.errors import ConfigError, ModelLoadError
 
 
@@ -25,7 +25,7 @@ def _noise_seed(code: np.ndarray) -> int:
 
 
 class LatentDiffusionGenerator(VAEDecodeGenerator):
-    """Render replacement faces with a :class:`~idmrag_plugin.engine.latent_diffusion.FaceLatentDiffusion`.
+    """Render replacement faces with a :class:`~idmrag_plugin.generation.latent_diffusion.FaceLatentDiffusion`.
 
     Args:
         diffusion_dir: folder written by ``idmrag train-lcm`` (``OUTPUT/lcm`` or ``OUTPUT/teacher``).
@@ -59,7 +59,7 @@ class LatentDiffusionGenerator(VAEDecodeGenerator):
         if self._diffusion is None:
             with self._diffusion_lock:
                 if self._diffusion is None:
-                    from idmrag_plugin.engine.latent_diffusion import (
+                    from idmrag_plugin.generation.latent_diffusion import (
                         FaceLatentDiffusion,
                         codes_fingerprint,
                     )
@@ -77,7 +77,7 @@ class LatentDiffusionGenerator(VAEDecodeGenerator):
     def generate(self, request: GenerationRequest) -> np.ndarray:
         import torch
 
-        from idmrag_plugin.engine.latent_diffusion import sample_latents
+        from idmrag_plugin.generation.latent_diffusion import sample_latents
 
         model = self._load_diffusion()
         id_mu, attr_mu = self.encode(request.face[None])

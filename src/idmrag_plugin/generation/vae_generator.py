@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
-from idmrag_plugin.engine.sampler import IdentitySampler, pseudonym_key
+from idmrag_plugin.generation.sampler import IdentitySampler, pseudonym_key
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class VAEDecodeGenerator(FaceGenerator):
             return
         with self._lock:
             if self._model is None:
-                from idmrag_plugin.engine.encoder import DisentangledFaceVAE
+                from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 
                 self._sampler = IdentitySampler.load(self.sampler_path)
                 self._model = DisentangledFaceVAE.from_pretrained(self.model_dir).to(self.device)
