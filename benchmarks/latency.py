@@ -67,14 +67,18 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
     }
-    vae = FaceAnonymizer(AnonymizerConfig(cache_size=0), detector=base.detector, oracles=base.oracles)
+    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode", cache_size=0), detector=base.detector,
+                         oracles=base.oracles)
+    renderer = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0), detector=base.detector,
+                              oracles=base.oracles)
     upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), cache_size=0), detector=base.detector.detector,
                              oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),
-        ("vae-decode + verify (2 oracles, default engine)", vae),
-        ("default engine, upright detection only (rotations=0)", upright),
+        ("vae-decode + verify (2 oracles)", vae),
+        ("renderer + verify (2 oracles)", renderer),
+        (f"default engine ({AnonymizerConfig().generator}), upright detection only (rotations=0)", upright),
     )
     for engine_name, engine in engines:
         for image_name, image in (("250x250 one face", one_face), (f"{scene.shape[1]}x{scene.shape[0]} scene", scene)):

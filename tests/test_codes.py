@@ -199,8 +199,8 @@ def test_quick_eval_scores_codes_and_trained_models(tmp_path, capsys):
 
 
 def test_dlib_student_terms_train_resume_and_need_dlib_embeddings(tmp_path):
-    from idmrag_plugin.generation.identity_student import IdentityStudent
     from idmrag_plugin.errors import ConfigError
+    from idmrag_plugin.generation.identity_student import IdentityStudent
     from idmrag_plugin.training.train_codes import build_parser, train
 
     rng = np.random.default_rng(0)

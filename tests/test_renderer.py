@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, GenerationRequest, ModelLoadError
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
-from idmrag_plugin.generation.sampler import IdentitySampler
-from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig, inpaint_mask
 from idmrag_plugin.generation.renderer_generator import RendererGenerator
+from idmrag_plugin.generation.sampler import IdentitySampler
 
 
 def _tiny(size: int) -> FaceRenderer:
@@ -125,7 +125,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_training_resumes_and_reconstruction_falls(tiny_run):
-    root, argv, first, second = tiny_run
+    root, _argv, first, second = tiny_run
     assert first["step"] == 2 and second["step"] == 60  # the second run resumed the first
     assert {"adv", "rec", "spectrum", "fm", "identity", "hinge", "d", "r1"} <= set(first)
     assert second["rec"] < 0.6 * first["rec"]
@@ -137,7 +137,7 @@ def test_training_resumes_and_reconstruction_falls(tiny_run):
 def test_training_refuses_a_checkpoint_of_another_config(tiny_run):
     from idmrag_plugin.training.train_renderer import build_parser, train
 
-    root, argv, _, _ = tiny_run
+    _root, argv, _, _ = tiny_run
     with pytest.raises(ConfigError, match="another config"):
         train(build_parser().parse_args(argv + ["--steps", "61", "--max-channels", "32"]))
 
@@ -153,7 +153,10 @@ def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     assert not np.array_equal(out[inside], face[inside])
     assert np.array_equal(out, generator.generate(GenerationRequest(face, attempt=0, seed=7)))  # same pseudonym
     assert not np.array_equal(out, generator.generate(GenerationRequest(face, attempt=1, seed=7)))  # a retry
-    assert generator.colour_match is False and generator.paste_grow == pytest.approx(1.1)
+    assert generator.colour_match is False
+    grey = np.repeat(face[..., :1], 3, axis=2)  # a black-and-white photo gets a black-and-white face
+    drawn = generator.generate(GenerationRequest(grey, attempt=0, seed=7))
+    assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
 
 
 def test_generator_refuses_a_renderer_trained_on_other_codes(tiny_run, tmp_path):
@@ -180,3 +183,26 @@ def test_engine_with_a_renderer_keeps_pixels_outside_the_faces(tiny_run, astrona
     assert not np.array_equal(out[y1:y2, x1:x2], astronaut[y1:y2, x1:x2])
     assert np.array_equal(out[400:, :100], astronaut[400:, :100])
     assert face.method in ("generated", "obfuscated") and face.attempts >= 1
+
+
+def test_packaged_renderer_loads_with_its_sha256_and_replaces_a_face(make_engine, astronaut, oracles):
+    """The shipped renderer, through the whole engine: a generated face passes every oracle or
+    the face fails closed; either way the output is not the original person."""
+    from idmrag_plugin.engine.oracles import cosine
+    from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
+    from idmrag_plugin.weights import CODES_VAE_DIR, RENDERER_DIR, packaged
+
+    renderer = FaceRenderer.from_pretrained(packaged(RENDERER_DIR))  # checks the recorded sha256
+    assert renderer.config.codes_sha256 == codes_fingerprint(packaged(CODES_VAE_DIR))
+    base = make_engine()
+    engine = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0), detector=base.detector,
+                            oracles=base.oracles)
+    result = engine.anonymize(astronaut)
+    (face,) = result.faces
+    assert face.method in ("generated", "obfuscated")
+    if face.method == "generated":
+        assert face.verified
+    for oracle in oracles:
+        sim = float(cosine(oracle.embed_faces(astronaut, [face.detection.landmarks]),
+                           oracle.embed_faces(result.pixels, [face.detection.landmarks]))[0])
+        assert sim < engine.thresholds[oracle.name]

@@ -187,9 +187,9 @@ class FaceNetOracle(FaceOracle):
         self.cache_dir = cache_dir
 
     def _load(self) -> None:
-        from idmrag_plugin.weights import load_facenet
-
         import torch
+
+        from idmrag_plugin.weights import load_facenet
 
         # channels-last runs this network about 15% faster on the CPU (same outputs to 1e-7)
         self.model = load_facenet(self.cache_dir).to(self.device).eval().to(memory_format=torch.channels_last)

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.generator import GenerationRequest
-from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.errors import ConfigError, ModelLoadError
+from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
 
 def _noise_seed(code: np.ndarray) -> int:

@@ -18,13 +18,19 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.generator import GenerationRequest
-from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.renderer import inpaint_mask
+from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
 
 def _noise_seed(code: np.ndarray) -> int:
     return int.from_bytes(hashlib.blake2b(code.tobytes(), digest_size=8).digest(), "little") % (2**63)
+
+
+def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
+    """True for a black-and-white crop (channels equal up to JPEG noise)."""
+    f = face.astype(np.int16)
+    return float(np.abs(f[..., 0] - f[..., 1]).mean() + np.abs(f[..., 1] - f[..., 2]).mean()) < tolerance
 
 
 class RendererGenerator(VAEDecodeGenerator):
@@ -36,8 +42,9 @@ class RendererGenerator(VAEDecodeGenerator):
     """
 
     name = "renderer"
-    # The crop it returns already fits its own context: no colour transfer, and the paste
-    # covers the inpainted ellipse (its border blends original into original).
+    # The crop it returns already fits its own context: no colour transfer. The paste keeps
+    # the engine's face ellipse, whose feathered rim blends the renderer's drawing of the
+    # band between that ellipse and its larger inpainting ellipse into the photo.
     colour_match = False
 
     def __init__(
@@ -71,10 +78,6 @@ class RendererGenerator(VAEDecodeGenerator):
                     self._renderer = renderer.to(self.device)
         return self._renderer
 
-    @property
-    def paste_grow(self) -> float:  # type: ignore[override]
-        return float(self._load_renderer().config.mask_grow)
-
     def mask(self, size: int) -> np.ndarray:
         """The inpainting mask at ``size`` px (1 = drawn by the renderer)."""
         if size not in self._masks:
@@ -105,5 +108,7 @@ class RendererGenerator(VAEDecodeGenerator):
         size = face.shape[0]
         if size != side:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+        if _is_grey(face):
+            image = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         inside = self.mask(size)[..., None] > 0.5
         return np.where(inside, image, face)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 from idmrag_plugin.errors import ConfigError
+from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
-from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.training.data import unpack_crops
 
 logger = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
-from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.data import unpack_crops
 from idmrag_plugin.training.losses import (

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
 from idmrag_plugin.generation.latent_diffusion import (
@@ -40,7 +41,6 @@ from idmrag_plugin.generation.latent_diffusion import (
     codes_fingerprint,
     make_scheduler,
 )
-from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.train_codes import FaceData, write_checkpoint
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
-from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig, inpaint_mask
 from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.adversarial import (
@@ -52,6 +52,7 @@ from idmrag_plugin.training.train_codes import FaceData, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
            "dlib": 0.0}
 
@@ -199,6 +200,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         n = args.batch
         idx = torch.as_tensor(rng.integers(0, len(data), n), device=device)
         x = data.images[idx].float() / 127.5 - 1.0
+        # Black-and-white photos are rare in the data but common in corpora: without these
+        # the renderer draws colour faces into grey photos.
+        grey = torch.as_tensor(rng.random(n) < args.grey_fraction, device=device)
+        x = torch.where(grey[:, None, None, None], (x * LUMA.to(device)).sum(dim=1, keepdim=True).expand_as(x), x)
         e = data.embeddings[idx]
         e_dlib = None if data.embeddings_dlib is None else data.embeddings_dlib[idx]
         z_id, z_attr = codes_id[idx], codes_attr[idx]
@@ -288,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disc-channels", type=int, default=32)
     parser.add_argument("--mask-grow", type=float, default=1.1, help="inpainted ellipse relative to the paste ellipse")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--grey-fraction", type=float, default=0.1, help="share of faces turned black and white")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lr-disc", type=float, default=3e-4, help="discriminator learning rate")
     parser.add_argument("--r1", type=float, default=0.1,
