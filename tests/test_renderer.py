@@ -206,3 +206,25 @@ def test_packaged_renderer_loads_with_its_sha256_and_replaces_a_face(make_engine
         sim = float(cosine(oracle.embed_faces(astronaut, [face.detection.landmarks]),
                            oracle.embed_faces(result.pixels, [face.detection.landmarks]))[0])
         assert sim < engine.thresholds[oracle.name]
+
+
+def test_pseudonym_codes_keep_the_probe_gender_of_the_original(tiny_run, tmp_path):
+    from safetensors.numpy import save_file as save_numpy
+
+    root, *_ = tiny_run
+    weight = np.zeros(16, np.float32)
+    weight[0] = 1.0  # a planted probe: "gender" is the sign of the code's first value
+    save_numpy({"weight": weight, "bias": np.zeros(1, np.float32)}, str(tmp_path / "probe.safetensors"))
+    keeping = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                                secret=b"s", gender_probe_path=tmp_path / "probe.safetensors")
+    plain = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
+    rng = np.random.default_rng(4)
+    flipped_without = 0
+    for _ in range(12):
+        code = rng.standard_normal(16).astype(np.float32)
+        keeping._load()
+        plain._load()
+        for attempt in range(2):
+            assert (keeping.replacement_code(code, attempt)[0] > 0) == (code[0] > 0)
+            flipped_without += int((plain.replacement_code(code, attempt)[0] > 0) != (code[0] > 0))
+    assert flipped_without > 0  # without the probe the sampler does flip it

@@ -121,7 +121,13 @@ class FaceAnonymizer:
             )
 
     def _build_generator(self) -> FaceGenerator | None:
-        from idmrag_plugin.weights import CODES_VAE_DIR, RENDERER_DIR, SAMPLER_FILE, packaged
+        from idmrag_plugin.weights import (
+            CODES_VAE_DIR,
+            GENDER_PROBE_FILE,
+            RENDERER_DIR,
+            SAMPLER_FILE,
+            packaged,
+        )
 
         if self.config.generator == "vae-decode":
             from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
@@ -131,7 +137,8 @@ class FaceAnonymizer:
             from idmrag_plugin.generation.renderer_generator import RendererGenerator
 
             weights = self.config.generator_weights or packaged(RENDERER_DIR)
-            return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
+            return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device,
+                                     gender_probe_path=packaged(GENDER_PROBE_FILE))
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

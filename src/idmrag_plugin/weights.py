@@ -113,6 +113,7 @@ def load_dlib_resnet(directory: Path | None = None):
 CODES_VAE_DIR = "codes_vae"
 RENDERER_DIR = "renderer"
 SAMPLER_FILE = "identity_sampler.safetensors"
+GENDER_PROBE_FILE = "gender_probe.safetensors"  # logistic probe of perceived gender on z_id (UTKFace)
 
 
 MANIFEST_FILE = "weights_manifest.json"

@@ -20,6 +20,10 @@ import numpy as np
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.renderer import inpaint_mask
+from idmrag_plugin.generation.sampler import pseudonym_key
+
+#: Redraws of a pseudonym code whose probe-gender differs from the original's.
+GENDER_REDRAWS = 16
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
 
@@ -54,9 +58,12 @@ class RendererGenerator(VAEDecodeGenerator):
         sampler_path: str | Path,
         device: str = "cpu",
         secret: bytes | None = None,
+        gender_probe_path: str | Path | None = None,
     ) -> None:
         super().__init__(model_dir, sampler_path, device=device, secret=secret)
         self.renderer_dir = Path(renderer_dir)
+        self.gender_probe_path = Path(gender_probe_path) if gender_probe_path is not None else None
+        self._probe: tuple[np.ndarray, float] | None = None
         self._renderer = None
         self._renderer_lock = threading.Lock()
         self._masks: dict[int, np.ndarray] = {}
@@ -77,6 +84,32 @@ class RendererGenerator(VAEDecodeGenerator):
                         )
                     self._renderer = renderer.to(self.device)
         return self._renderer
+
+    def _gender_side(self, code: np.ndarray) -> bool:
+        if self._probe is None:
+            from safetensors.numpy import load_file
+
+            weights = load_file(str(self.gender_probe_path))
+            self._probe = (weights["weight"].astype(np.float64), float(weights["bias"].reshape(-1)[0]))
+        weight, bias = self._probe
+        return float(np.asarray(code, np.float64) @ weight + bias) > 0.0
+
+    def replacement_code(self, code: np.ndarray, attempt: int) -> np.ndarray:
+        """The sampler's pseudonym code, redrawn (deterministically) while a linear probe of
+        perceived gender on the codes puts it on the other side from the person's own code:
+        the renderer follows the identity code closely, gender included."""
+        z = super().replacement_code(code, attempt)
+        if self.gender_probe_path is None:
+            return z
+        assert self._sampler is not None
+        seed = self._seed_code(code)
+        want = self._gender_side(seed)
+        redraw = 0
+        while self._gender_side(z) != want and redraw < GENDER_REDRAWS:
+            redraw += 1
+            key = pseudonym_key(self.secret, seed, attempt + 1000 * redraw)
+            z, _ = self._sampler.sample(code, key)
+        return z
 
     def mask(self, size: int) -> np.ndarray:
         """The inpainting mask at ``size`` px (1 = drawn by the renderer)."""
