@@ -8,7 +8,6 @@ verifies every rendered face with the oracles and fails closed.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
@@ -17,11 +16,8 @@ import numpy as np
 
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ConfigError, ModelLoadError
+from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
-
-
-def _noise_seed(code: np.ndarray) -> int:
-    return int.from_bytes(hashlib.blake2b(code.tobytes(), digest_size=8).digest(), "little") % (2**63)
 
 
 class LatentDiffusionGenerator(VAEDecodeGenerator):
@@ -85,7 +81,7 @@ class LatentDiffusionGenerator(VAEDecodeGenerator):
         # The start noise follows the pseudonym, not the photo: one person's replacement code is
         # rendered the same way in every photo of the session (consistency), and a retry, which
         # draws another code, gets other noise too.
-        generator = torch.Generator().manual_seed(_noise_seed(np.asarray(z, np.float32)))
+        generator = torch.Generator().manual_seed(noise_seed(z))
         z_id = torch.as_tensor(np.atleast_2d(z), device=self.device).float()
         z_attr = torch.as_tensor(attr_mu, device=self.device).float()
         faces = sample_latents(model, z_id, z_attr, self.steps, generator)

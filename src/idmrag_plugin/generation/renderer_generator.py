@@ -10,7 +10,6 @@ pixels, exactly.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
@@ -20,15 +19,8 @@ import numpy as np
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.renderer import inpaint_mask
-from idmrag_plugin.generation.sampler import pseudonym_key
-
-#: Redraws of a pseudonym code whose probe-gender differs from the original's.
-GENDER_REDRAWS = 16
+from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
-
-
-def _noise_seed(code: np.ndarray) -> int:
-    return int.from_bytes(hashlib.blake2b(code.tobytes(), digest_size=8).digest(), "little") % (2**63)
 
 
 def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
@@ -94,22 +86,10 @@ class RendererGenerator(VAEDecodeGenerator):
         weight, bias = self._probe
         return float(np.asarray(code, np.float64) @ weight + bias) > 0.0
 
-    def replacement_code(self, code: np.ndarray, attempt: int) -> np.ndarray:
-        """The sampler's pseudonym code, redrawn (deterministically) while a linear probe of
-        perceived gender on the codes puts it on the other side from the person's own code:
+    def suits(self, person: np.ndarray, code: np.ndarray) -> bool:
+        """A pseudonym on the person's side of a linear probe of perceived gender on the codes:
         the renderer follows the identity code closely, gender included."""
-        z = super().replacement_code(code, attempt)
-        if self.gender_probe_path is None:
-            return z
-        assert self._sampler is not None
-        seed = self._seed_code(code)
-        want = self._gender_side(seed)
-        redraw = 0
-        while self._gender_side(z) != want and redraw < GENDER_REDRAWS:
-            redraw += 1
-            key = pseudonym_key(self.secret, seed, attempt + 1000 * redraw)
-            z, _ = self._sampler.sample(code, key)
-        return z
+        return self.gender_probe_path is None or self._gender_side(code) == self._gender_side(person)
 
     def mask(self, size: int) -> np.ndarray:
         """The inpainting mask at ``size`` px (1 = drawn by the renderer)."""
@@ -129,7 +109,7 @@ class RendererGenerator(VAEDecodeGenerator):
         context = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         mask = torch.as_tensor(self.mask(side), device=self.device)[None, None]
         # Noise follows the pseudonym: one person is drawn alike in every photo of the session.
-        generator = torch.Generator().manual_seed(_noise_seed(np.asarray(z, np.float32)))
+        generator = torch.Generator().manual_seed(noise_seed(z))
         with torch.inference_mode():
             drawn = renderer(
                 context, mask,

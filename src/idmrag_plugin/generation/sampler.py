@@ -200,3 +200,10 @@ def pseudonym_key(secret: bytes, embedding: np.ndarray, attempt: int) -> bytes:
     replacement; a different secret unlinks them."""
     quantised = np.round(_normalise(np.asarray(embedding, np.float64)) * 8).astype(np.int8).tobytes()
     return hmac.new(secret, quantised + attempt.to_bytes(2, "little"), hashlib.sha256).digest()
+
+
+def noise_seed(code: np.ndarray) -> int:
+    """Seed of a generator's start noise, derived from the pseudonym code: one person is drawn
+    alike in every photo of a session, and a retry (another code) gets other noise."""
+    return int.from_bytes(hashlib.blake2b(np.asarray(code, np.float32).tobytes(), digest_size=8).digest(),
+                          "little") % (2**63)

@@ -23,6 +23,9 @@ from idmrag_plugin.generation.sampler import IdentitySampler, pseudonym_key
 
 logger = logging.getLogger(__name__)
 
+#: Redraws of a pseudonym code that does not suit the person (see ``suits``).
+REDRAWS = 16
+
 
 class VAEDecodeGenerator(FaceGenerator):
     name = "vae-decode"
@@ -102,7 +105,16 @@ class VAEDecodeGenerator(FaceGenerator):
         z, info = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt))
         if not info.accepted:
             logger.info("sampler found no fully acceptable code in %d tries", info.tries)
+        redraw = 0
+        while redraw < REDRAWS and not self.suits(seed, z):
+            redraw += 1  # deterministic: the same person and attempt redraw the same way
+            z, _ = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt + 1000 * redraw))
         return z
+
+    def suits(self, person: np.ndarray, code: np.ndarray) -> bool:
+        """Whether a sampled pseudonym ``code`` suits the person whose registered code is
+        ``person``; codes that do not are redrawn (up to ``REDRAWS`` times). Any code here."""
+        return True
 
     def generate(self, request: GenerationRequest) -> np.ndarray:
         id_mu, attr_mu = self.encode(request.face[None])

@@ -282,14 +282,19 @@ def _initialise(directory: Path, vae: DisentangledFaceVAE, student: IdentityStud
     logger.info("initialised from %s", directory)
 
 
-def _weight(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    if name not in WEIGHTS:
-        raise argparse.ArgumentTypeError(f"unknown loss {name!r}; one of {sorted(WEIGHTS)}")
-    try:
-        return name, float(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--weight wants NAME=NUMBER, got {text!r}") from exc
+def weight_option(known: dict[str, float]):
+    """argparse type of ``--weight NAME=NUMBER`` for the losses in ``known``."""
+
+    def parse(text: str) -> tuple[str, float]:
+        name, _, value = text.partition("=")
+        if name not in known:
+            raise argparse.ArgumentTypeError(f"unknown loss {name!r}; one of {sorted(known)}")
+        try:
+            return name, float(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"--weight wants NAME=NUMBER, got {text!r}") from exc
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--club-weight", type=float, default=WEIGHTS["club"], help="mutual-information penalty weight")
-    parser.add_argument("--weight", type=_weight, action="append", metavar="NAME=VALUE",
+    parser.add_argument("--weight", type=weight_option(WEIGHTS), action="append", metavar="NAME=VALUE",
                         help=f"override a loss weight (repeatable); losses: {', '.join(WEIGHTS)}")
     parser.add_argument("--penalty-warmup", type=int, default=2000, help="steps over which club/attr_adv ramp up")
     parser.add_argument("--init", default=None,

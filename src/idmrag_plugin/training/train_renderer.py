@@ -48,7 +48,7 @@ from idmrag_plugin.training.adversarial import (
     r1_penalty,
     spectrum_loss,
 )
-from idmrag_plugin.training.train_codes import FaceData, write_checkpoint
+from idmrag_plugin.training.train_codes import FaceData, weight_option, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -273,13 +273,6 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     return summary
 
 
-def _weight(text: str) -> tuple[str, float]:
-    name, _, value = text.partition("=")
-    if name not in WEIGHTS or not value:
-        raise argparse.ArgumentTypeError(f"--weight wants NAME=VALUE with NAME one of {', '.join(WEIGHTS)}")
-    return name, float(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="idmrag train-renderer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -303,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tau", type=float, default=0.5291,
                         help="hinge threshold in the student's (FaceNet-like) cosine; FaceNet's FAR 1e-2 level")
     parser.add_argument("--dlib-tau", type=float, default=0.9069, help="dlib hinge threshold (cosine), FAR 1e-2")
-    parser.add_argument("--weight", type=_weight, action="append",
+    parser.add_argument("--weight", type=weight_option(WEIGHTS), action="append",
                         help=f"loss weight NAME=VALUE (repeatable); defaults {WEIGHTS}")
     parser.add_argument("--steps", type=int, default=10_000_000)
     parser.add_argument("--minutes", type=float, default=60.0, help="time budget of this run")
