@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -157,6 +158,40 @@ def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     grey = np.repeat(face[..., :1], 3, axis=2)  # a black-and-white photo gets a black-and-white face
     drawn = generator.generate(GenerationRequest(grey, attempt=0, seed=7))
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
+
+
+def test_tone_shift_moves_the_face_mean_and_leaves_kept_pixels_alone():
+    from idmrag_plugin.engine.blend import face_mask, shift_tone
+
+    rng = np.random.default_rng(3)
+    size = 128
+    drawn = np.clip(rng.normal(60, 12, (size, size, 3)), 0, 255).astype(np.uint8)  # a dark drawing
+    reference = np.clip(rng.normal(190, 12, (size, size, 3)) * [1.0, 0.85, 0.75], 0, 255).astype(np.uint8)
+    inner, outer = face_mask(size), inpaint_mask(size, 1.1)
+    out = shift_tone(drawn, reference, inner, outer)
+    assert np.array_equal(out[outer < 0.5], drawn[outer < 0.5])
+
+    def mean_lab(image):
+        return cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float64)[inner > 0.5].mean(axis=0)
+
+    assert np.abs(mean_lab(drawn) - mean_lab(reference)).max() > 50
+    assert np.abs(mean_lab(out) - mean_lab(reference)).max() < 3
+    assert np.array_equal(shift_tone(drawn, reference, np.zeros_like(inner), outer), drawn)  # nothing to match
+
+
+def test_generator_keeps_the_photo_s_mean_skin_tone(tiny_run):
+    """A pseudonym of another complexion is not drawn into the person's own neck and ears."""
+    from idmrag_plugin.engine.blend import face_mask
+
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors")
+    for colour in ((230, 190, 170), (90, 60, 45)):
+        face = np.clip(np.random.default_rng(4).normal(0, 8, (128, 128, 3)) + colour, 0, 255).astype(np.uint8)
+        out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+        inner = face_mask(128) > 0.5
+        lab_out = cv2.cvtColor(out, cv2.COLOR_RGB2LAB).astype(np.float64)[inner].mean(axis=0)
+        lab_face = cv2.cvtColor(face, cv2.COLOR_RGB2LAB).astype(np.float64)[inner].mean(axis=0)
+        assert np.abs(lab_out - lab_face).max() < 4
 
 
 def test_generator_refuses_a_renderer_trained_on_other_codes(tiny_run, tmp_path):

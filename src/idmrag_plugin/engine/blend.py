@@ -44,6 +44,28 @@ def match_colour(source: np.ndarray, reference: np.ndarray, mask: np.ndarray) ->
     return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def shift_tone(drawn: np.ndarray, reference: np.ndarray, inner: np.ndarray, drawn_mask: np.ndarray) -> np.ndarray:
+    """Move ``drawn``'s mean Lab colour inside ``inner`` to ``reference``'s there.
+
+    The shift is whole inside ``inner`` and fades to nothing at the edge of ``drawn_mask``
+    (binary; where the drawing meets kept pixels), so pixels outside ``drawn_mask`` stay
+    exactly as they are. Only the mean moves: matching the spread too would amplify a soft
+    drawing's smudges.
+    """
+    region = inner > 0.5
+    if region.sum() < 16:
+        return drawn
+    lab = cv2.cvtColor(drawn, cv2.COLOR_RGB2LAB).astype(np.float32)
+    target = cv2.cvtColor(reference, cv2.COLOR_RGB2LAB).astype(np.float32)[region].mean(axis=0)
+    shift = target - lab[region].mean(axis=0)
+    inside = (drawn_mask > 0.5).astype(np.uint8)
+    depth = cv2.distanceTransform(inside, cv2.DIST_L2, 3)  # px to the nearest kept pixel
+    band = max(float(depth[region].min()), 1.0)  # the depth at which ``inner`` begins
+    weight = np.clip(depth / band, 0.0, 1.0)[..., None]
+    out = cv2.cvtColor(np.clip(lab + weight * shift, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    return np.where(inside[..., None] > 0, out, drawn)
+
+
 def region_of(face: AlignedFace, shape: tuple[int, int], pad: int = 2) -> tuple[int, int, int, int]:
     """Image-space bounding box (x1, y1, x2, y2), clipped, of the face's whole crop."""
     s = face.size

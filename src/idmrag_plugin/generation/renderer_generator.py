@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from idmrag_plugin.engine.blend import face_mask, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.renderer import inpaint_mask
@@ -121,7 +122,10 @@ class RendererGenerator(VAEDecodeGenerator):
         size = face.shape[0]
         if size != side:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
+        inside = self.mask(size)
+        # The pseudonym's complexion is its own; the photo's lighting and the person's skin
+        # tone (their neck and ears stay in the picture) are not identity: keep their mean.
+        image = shift_tone(np.where(inside[..., None] > 0.5, image, face), face, face_mask(size), inside)
         if _is_grey(face):
             image = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
-        inside = self.mask(size)[..., None] > 0.5
-        return np.where(inside, image, face)
+        return np.where(inside[..., None] > 0.5, image, face)
