@@ -297,3 +297,21 @@ def test_nested_retrievers_are_not_traced_by_environment_tracing(engine, photo, 
     assert original_b64[4000:4200] not in out.page_content
     assert runs  # the wrapper's own run was traced, with anonymized documents only
     assert all(original_b64[4000:4200] not in r and str(photo) not in r for r in runs)
+
+
+def test_retrieved_image_documents_go_through_the_engine_as_one_batch(make_engine, astronaut, monkeypatch):
+    engine = make_engine(rotations=(0,), cache_size=16)
+    docs = []
+    for shift in range(4):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(astronaut[shift * 8:, shift * 4:])).save(buffer, "PNG")
+        docs.append(Document(page_content=base64.b64encode(buffer.getvalue()).decode(), metadata={"i": shift}))
+    batches, detections = [], []
+    many, detect = engine.anonymize_many, engine.detector.detect
+    monkeypatch.setattr(engine, "anonymize_many", lambda images, **kw: batches.append(len(images)) or many(images, **kw))
+    monkeypatch.setattr(engine.detector, "detect", lambda pixels: detections.append(1) or detect(pixels))
+    out = FaceAnonymizerCompressor(engine=engine).compress_documents(docs, "who is this?")
+    assert batches == [4] and len(detections) == 4
+    assert [d.metadata["i"] for d in out] == [0, 1, 2, 3]
+    for got, doc in zip(out, docs, strict=True):
+        assert _face_changed(_decoded(got.page_content), _decoded(doc.page_content))

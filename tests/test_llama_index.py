@@ -397,3 +397,40 @@ def test_data_url_images_are_anonymized_not_fetched_or_dropped(post, photo, astr
     node = ImageNode(image_url=f"data:image/jpeg;base64,{b64}", id_="d")
     (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
     assert out.node.image_url is None and _face_changed(_decoded(out.node.image), astronaut)
+
+
+def test_retrieved_images_go_through_the_engine_as_one_batch(make_engine, astronaut, monkeypatch):
+    """Five retrieved photos: one anonymize_many batch (each detected once), then the nodes
+    are rebuilt from the engine's cache; a second retrieval runs no model."""
+    engine = make_engine(rotations=(0,), cache_size=16)
+    photos = []
+    for shift in range(5):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(astronaut[shift * 8:, shift * 4:])).save(buffer, "PNG")
+        photos.append(base64.b64encode(buffer.getvalue()).decode())
+    nodes = [NodeWithScore(node=ImageNode(image=b64), score=1.0 - i / 10) for i, b64 in enumerate(photos)]
+    batches, detections = [], []
+    many, detect = engine.anonymize_many, engine.detector.detect
+    monkeypatch.setattr(engine, "anonymize_many", lambda images, **kw: batches.append(len(images)) or many(images, **kw))
+    monkeypatch.setattr(engine.detector, "detect", lambda pixels: detections.append(1) or detect(pixels))
+    post = FaceAnonymizerPostprocessor(engine=engine)
+    out = post.postprocess_nodes(nodes)
+    assert batches == [5] and len(detections) == 5
+    assert [n.score for n in out] == [n.score for n in nodes]
+    for node, b64 in zip(out, photos, strict=True):
+        original = _decoded(b64)
+        assert node.node.metadata["idmrag_report"]["status"] == "anonymized"
+        assert np.abs(_decoded(node.node.image)[90:150, 195:255] - original[90:150, 195:255]).mean() > 20
+    post.postprocess_nodes(nodes)
+    assert len(detections) == 5  # all from the cache
+
+
+def test_without_a_cache_images_are_anonymized_node_by_node_once(make_engine, astronaut, photo, monkeypatch):
+    engine = make_engine(rotations=(0,), cache_size=0)
+    detections = []
+    detect = engine.detector.detect
+    monkeypatch.setattr(engine.detector, "detect", lambda pixels: detections.append(1) or detect(pixels))
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    out = FaceAnonymizerPostprocessor(engine=engine).postprocess_nodes(
+        [NodeWithScore(node=ImageNode(image=b64), score=1.0), NodeWithScore(node=ImageNode(image=b64), score=0.5)])
+    assert len(out) == 2 and len(detections) == 2  # no prefetch that the cache could not keep

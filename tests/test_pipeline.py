@@ -246,21 +246,21 @@ def test_report_is_json_serialisable(make_engine, astronaut):
 def test_separate_faces_are_verified_in_one_batched_call_and_agree_with_one_by_one(make_engine, astronaut, camera_face):
     scene = np.concatenate([astronaut[:256, 100:356], astronaut[:256, 100:356]], axis=1)  # two faces, apart
     engine = make_engine(FixedFaceGenerator(camera_face), rotations=(0,), cache_size=0)
-    calls: list[list[int]] = []
-    verdicts = engine.verifier.verdicts
+    calls: list[list[list[int]]] = []
+    verdicts_many = engine.verifier.verdicts_many
 
-    def counting(originals, output, indices):
-        calls.append(list(indices))
-        return verdicts(originals, output, indices)
+    def counting(requests):
+        calls.append([list(indices) for _, _, indices in requests])
+        return verdicts_many(requests)
 
-    engine.verifier.verdicts = counting  # type: ignore[method-assign]
+    engine.verifier.verdicts_many = counting  # type: ignore[method-assign]
     try:
         result = engine.anonymize(scene)
     finally:
-        del engine.verifier.verdicts
+        del engine.verifier.verdicts_many
     assert len(result.faces) == 2
     assert all(f.method == GENERATED and f.attempts == 1 for f in result.faces)
-    assert calls[0] == [0, 1]  # both faces judged in one call per oracle
+    assert calls[0] == [[0, 1]]  # both faces judged in one call per oracle
     # the batched judgement is the one-by-one judgement
     verifier = engine.verifier
     originals = verifier.prepare(scene, [f.detection for f in result.faces], [0, 1])
@@ -271,3 +271,36 @@ def test_separate_faces_are_verified_in_one_batched_call_and_agree_with_one_by_o
         assert [v.oracle for v in alone] == [v.oracle for v in together[index]]
         for a, b in zip(alone, together[index], strict=True):
             assert a.similarity == pytest.approx(b.similarity, abs=1e-4) and a.anonymous == b.anonymous
+
+
+def test_anonymize_many_judges_a_batch_of_images_in_one_forward_pass_per_oracle(
+        make_engine, astronaut, camera_face, monkeypatch):
+    images = [astronaut, np.ascontiguousarray(astronaut[:, ::-1]), astronaut[20:, 10:]]
+    one_by_one = make_engine(FixedFaceGenerator(camera_face), rotations=(0,), cache_size=0)
+    expected = [one_by_one.anonymize(image) for image in images]
+    engine = make_engine(FixedFaceGenerator(camera_face), rotations=(0,), cache_size=0, batch_size=3)
+    sizes: dict[str, list[int]] = {}
+    for oracle in engine.oracles:
+        def counting(crops, _embed=oracle.embed, _name=oracle.name):
+            sizes.setdefault(_name, []).append(len(crops))
+            return _embed(crops)
+        monkeypatch.setattr(oracle, "embed", counting)
+    results = engine.anonymize_many(images)
+    for oracle in engine.oracles:
+        views = 2 if oracle.box_view else 1  # the aligned crop, and the whole box for FaceNet
+        # the three originals in one pass, the three pastes in another (plus any refit view, face by face)
+        assert sizes[oracle.name][:2] == [3 * views, 3 * views]
+        assert all(size == 1 for size in sizes[oracle.name][2:])
+    for got, want in zip(results, expected, strict=True):
+        assert [f.method for f in got.faces] == [f.method for f in want.faces] == [GENERATED]
+        assert np.array_equal(np.asarray(got.pixels), np.asarray(want.pixels))
+        for a, b in zip(got.faces[0].verdicts, want.faces[0].verdicts, strict=True):
+            assert a.oracle == b.oracle and a.similarity == pytest.approx(b.similarity, abs=1e-4)
+
+
+def test_anonymize_many_keeps_results_in_order_past_bad_inputs_within_a_batch(make_engine, astronaut, no_face_image):
+    engine = make_engine(rotations=(0,), cache_size=0, batch_size=4)
+    results = engine.anonymize_many([b"garbage", astronaut, no_face_image, b"", astronaut])
+    assert [r.status for r in results] == ["error", "anonymized", "no_faces", "error", "anonymized"]
+    assert results[0].pixels is None and results[3].pixels is None
+    assert all(f.method == OBFUSCATED for r in (results[1], results[4]) for f in r.faces)

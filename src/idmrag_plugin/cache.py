@@ -40,7 +40,7 @@ _VERSION = b"idmrag-result-cache-v1"
 def scope_key(config: Any, thresholds: dict[str, float], generator: Any) -> bytes:
     """The secret key of one engine's cache: settings, thresholds, generator and its secret."""
     settings = json.dumps(
-        {"config": {k: str(v) for k, v in asdict(config).items() if k not in ("cache_dir", "result_cache_dir")},
+        {"config": {k: str(v) for k, v in asdict(config).items() if k not in ("cache_dir", "result_cache_dir", "batch_size")},
          "thresholds": thresholds,
          "generator": f"{type(generator).__module__}.{type(generator).__qualname__}" if generator else None},
         sort_keys=True,

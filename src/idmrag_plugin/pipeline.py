@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +55,34 @@ def _view_footprint(face: FaceReport, pasted: tuple[int, int, int, int]) -> tupl
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@contextmanager
+def _timed_shared(jobs: Sequence[_Job], key: str) -> Iterator[None]:
+    """Time a stage run once for several images; each is charged an equal share."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        share = (time.perf_counter() - start) * 1000.0 / max(len(jobs), 1)
+        for job in jobs:
+            job.timings[key] = job.timings.get(key, 0.0) + share
+
+
+@dataclass
+class _Job:
+    """One image on its way through the engine."""
+
+    pixels: np.ndarray
+    timings: dict[str, float]
+    result: AnonymizationResult
+    output: np.ndarray
+    faces: list[FaceReport] = field(default_factory=list)
+    aligned: list[AlignedFace | None] = field(default_factory=list)
+    replaceable: list[FaceReport] = field(default_factory=list)
+    failed: list[FaceReport] = field(default_factory=list)
+    originals: OriginalViews | None = None
+    regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> str:
@@ -183,51 +213,37 @@ class FaceAnonymizer:
         """
         timings: dict[str, float] = {}
         with _timed(timings, "total"):
-            encoded_key = None
-            if (
-                self.cache is not None
-                and isinstance(image, (bytes, bytearray, memoryview))
-                and len(image) <= self.config.max_bytes  # larger input is refused below, unhashed
-            ):
-                encoded_key = self.cache.bytes_key(bytes(image))
-                hit = self.cache.get_encoded(encoded_key)
-                if hit is not None:  # these exact bytes were anonymized before: no decoding
-                    hit.timings_ms = timings
-                    return hit
-            with _timed(timings, "decode"):
-                pixels = load_rgb(image, self.config.max_pixels, self.config.max_bytes)
-            key = self.cache.key(pixels) if self.cache is not None else None
-            cached = self.cache.get(key) if self.cache is not None and key is not None else None
-            if cached is not None:
-                cached.timings_ms = timings
-                result = cached
-            else:
-                result = self._anonymize_pixels(pixels, timings)
-                if self.cache is not None and key is not None:
-                    self.cache.put(key, result)
-            if self.cache is not None and key is not None and encoded_key is not None:
-                self.cache.alias(encoded_key, key)
+            hit, pixels, keys = self._lookup(image, timings)
+            if hit is not None:
+                return hit
+            result = self._anonymize_pixels(pixels, timings)
+            self._store(keys, result)
         return result
 
     def anonymize_many(
         self, images: Iterable[ImageInput], *, raise_errors: bool = False, progress: bool = False
     ) -> list[AnonymizationResult]:
-        """Anonymize several images with the shared models.
+        """Anonymize several images with the shared models, in order.
 
-        With ``raise_errors=False`` an image that cannot be processed yields a result with
+        Images go through the engine ``config.batch_size`` at a time: each oracle embeds the
+        faces of the whole batch in one forward pass per attempt round. With
+        ``raise_errors=False`` an image that cannot be processed yields a result with
         ``status="error"`` and no pixels, so one bad file does not lose the batch.
         """
         from tqdm import tqdm
 
-        results = []
-        for image in tqdm(images, desc="anonymizing", unit="image", disable=not progress):
-            try:
-                results.append(self.anonymize(image))
-            except Exception as exc:  # noqa: BLE001 - one bad image must not lose the batch
-                if raise_errors:
-                    raise
-                logger.warning("image withheld: %s: %s", type(exc).__name__, exc)
-                results.append(self.error_result(exc))
+        results: list[AnonymizationResult] = []
+        remaining = iter(images)
+        with tqdm(desc="anonymizing", unit="image", disable=not progress) as bar:
+            while chunk := list(itertools.islice(remaining, self.config.batch_size)):
+                for outcome in self._anonymize_chunk(chunk):
+                    if isinstance(outcome, Exception):
+                        if raise_errors:
+                            raise outcome
+                        logger.warning("image withheld: %s: %s", type(outcome).__name__, outcome)
+                        outcome = self.error_result(outcome)
+                    results.append(outcome)
+                bar.update(len(chunk))
         return results
 
     def error_result(self, exc: BaseException) -> AnonymizationResult:
@@ -235,8 +251,115 @@ class FaceAnonymizer:
         message = str(exc) if isinstance(exc, IdmragError) else f"{type(exc).__name__}: {exc}"
         return AnonymizationResult("error", 0, 0, None, privacy_level=self.config.privacy_level, error=message)
 
+    # ------------------------------------------------------------------ the result cache
+    def _lookup(
+        self, image: ImageInput, timings: dict[str, float]
+    ) -> tuple[AnonymizationResult | None, np.ndarray, tuple[str | None, str | None]]:
+        """(a cached result or None, the decoded pixels, the cache keys of the pixels and of
+        the encoded bytes). Exact bytes seen before are answered without decoding."""
+        encoded_key = None
+        if (
+            self.cache is not None
+            and isinstance(image, (bytes, bytearray, memoryview))
+            and len(image) <= self.config.max_bytes  # larger input is refused below, unhashed
+        ):
+            encoded_key = self.cache.bytes_key(bytes(image))
+            hit = self.cache.get_encoded(encoded_key)
+            if hit is not None:
+                hit.timings_ms = timings
+                return hit, np.zeros((0, 0, 3), np.uint8), (None, encoded_key)
+        with _timed(timings, "decode"):
+            pixels = load_rgb(image, self.config.max_pixels, self.config.max_bytes)
+        key = self.cache.key(pixels) if self.cache is not None else None
+        cached = self.cache.get(key) if self.cache is not None and key is not None else None
+        if cached is not None:
+            cached.timings_ms = timings
+            self._store((None, encoded_key), cached, key)
+        return cached, pixels, (key, encoded_key)
+
+    def _store(self, keys: tuple[str | None, str | None], result: AnonymizationResult, known: str | None = None) -> None:
+        """Keep ``result`` under the pixels' key and make the encoded bytes' key point to it
+        (``known``: the pixels' key of a result already stored)."""
+        key, encoded_key = keys
+        if self.cache is None:
+            return
+        if key is not None:
+            self.cache.put(key, result)
+        target = key if key is not None else known
+        if target is not None and encoded_key is not None:
+            self.cache.alias(encoded_key, target)
+
+    def _anonymize_chunk(self, chunk: list[ImageInput]) -> list[AnonymizationResult | Exception]:
+        """Each image's result, or the exception it raised, in order; the images that are not
+        in the cache go through the engine together."""
+        outcomes: list[AnonymizationResult | Exception | None] = [None] * len(chunk)
+        todo: list[tuple[int, np.ndarray, dict[str, float], tuple[str | None, str | None]]] = []
+        for slot, image in enumerate(chunk):
+            timings: dict[str, float] = {}
+            try:
+                with _timed(timings, "total"):
+                    hit, pixels, keys = self._lookup(image, timings)
+            except Exception as exc:  # noqa: BLE001 - one bad image must not lose the batch
+                outcomes[slot] = exc
+                continue
+            if hit is not None:
+                outcomes[slot] = hit
+            else:
+                todo.append((slot, pixels, timings, keys))
+        if todo:
+            start = time.perf_counter()
+            try:
+                done: list[AnonymizationResult | Exception] = list(
+                    self._anonymize_batch([pixels for _, pixels, _, _ in todo], [t for _, _, t, _ in todo]))
+            except Exception as exc:  # noqa: BLE001 - reported for every image of the batch
+                done = [exc] * len(todo)
+            share = (time.perf_counter() - start) * 1000.0 / len(todo)
+            for (slot, _, timings, keys), outcome in zip(todo, done, strict=True):
+                timings["total"] = timings.get("total", 0.0) + share
+                if isinstance(outcome, AnonymizationResult):
+                    self._store(keys, outcome)
+                outcomes[slot] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
     # ------------------------------------------------------------------ the loop
     def _anonymize_pixels(self, pixels: np.ndarray, timings: dict[str, float]) -> AnonymizationResult:
+        (outcome,) = self._anonymize_batch([pixels], [timings])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def _anonymize_batch(
+        self, images: list[np.ndarray], timings: list[dict[str, float]]
+    ) -> list[AnonymizationResult | Exception]:
+        """Detect, replace and verify the faces of several images together; per image its
+        result, or the error it raised (its failure policy's, or its detector's)."""
+        started: list[_Job | Exception] = []
+        for pixels, t in zip(images, timings, strict=True):
+            try:
+                started.append(self._detect_and_align(pixels, t))
+            except Exception as exc:  # noqa: BLE001 - that image fails, the others go on
+                started.append(exc)
+        jobs = [job for job in started if isinstance(job, _Job)]
+        with_faces = [job for job in jobs if job.faces]
+        if self.generator is None:
+            for job in with_faces:
+                job.failed = list(job.faces)
+                for face in job.faces:
+                    face.reason = "no generator configured: obfuscated by design"
+        elif with_faces:
+            self._replace_all(with_faces)
+        outcomes: list[AnonymizationResult | Exception] = []
+        for job in started:
+            if isinstance(job, Exception):
+                outcomes.append(job)
+                continue
+            try:
+                outcomes.append(self._finish(job))
+            except AnonymizationFailedError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    def _detect_and_align(self, pixels: np.ndarray, timings: dict[str, float]) -> _Job:
         height, width = pixels.shape[:2]
         with _timed(timings, "detect"):
             detections = self.detector.detect(pixels)
@@ -245,25 +368,21 @@ class FaceAnonymizer:
             "no_faces" if not detections else "anonymized", width, height, output,
             timings_ms=timings, privacy_level=self.config.privacy_level,
         )
-        if not detections:
-            return result
-        faces = [FaceReport(i, d) for i, d in enumerate(detections)]
-        result.faces = faces
-        with _timed(timings, "align"):
-            aligned = [self._align(pixels, face) for face in faces]
+        job = _Job(pixels, timings, result, output)
+        if detections:
+            job.faces = result.faces = [FaceReport(i, d) for i, d in enumerate(detections)]
+            with _timed(timings, "align"):
+                job.aligned = [self._align(pixels, face) for face in job.faces]
+        return job
 
-        if self.generator is None:
-            failed = faces
-            for face in faces:
-                face.reason = "no generator configured: obfuscated by design"
-        else:
-            failed = self._replace_all(pixels, output, faces, aligned, timings)
-
+    def _finish(self, job: _Job) -> AnonymizationResult:
+        """Apply the failure policy to the faces that could not be replaced."""
+        result, failed = job.result, job.failed
         if failed and self.generator is not None and self.config.on_failure != "obfuscate":
             result.pixels = None
             for face in failed:
                 face.method = WITHHELD
-            summary = f"{len(failed)} of {len(faces)} face(s) could not be verified anonymous"
+            summary = f"{len(failed)} of {len(job.faces)} face(s) could not be verified anonymous"
             if self.config.on_failure == "drop":
                 result.status = "dropped"
                 result.error = summary
@@ -272,10 +391,10 @@ class FaceAnonymizer:
             result.error = summary
             raise AnonymizationFailedError(f"{summary}; image withheld (on_failure='raise')", result)
 
-        with _timed(timings, "obfuscate"):
+        with _timed(job.timings, "obfuscate"):
             for face in failed:
                 face.method = OBFUSCATED
-                obfuscate_region(output, obfuscation_mask(output.shape[:2], face.detection, aligned[face.index]))
+                obfuscate_region(job.output, obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index]))
         return result
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
@@ -291,37 +410,68 @@ class FaceAnonymizer:
             face.errors.append(f"alignment: {exc}")
             return None
 
-    def _replace_all(
-        self,
-        pixels: np.ndarray,
-        output: np.ndarray,
-        faces: list[FaceReport],
-        aligned: list[AlignedFace | None],
-        timings: dict[str, float],
-    ) -> list[FaceReport]:
-        """Generate and verify each face; return the faces that must fail closed.
+    def _replace_all(self, jobs: list[_Job]) -> None:
+        """Generate and verify every face of ``jobs``; set each job's faces that must fail closed.
 
-        Faces whose crops overlap no other face's are replaced together: each attempt round
-        generates and pastes all of them, then verifies them in one batched call per oracle.
-        Faces whose crops overlap are replaced one after another, since restoring one after a
-        failed attempt would also erase part of its neighbour.
+        Faces whose crops overlap no other face's in their image are replaced together: each
+        attempt round generates and pastes all of them, then verifies them in one batched call
+        per oracle, across the images. Faces whose crops overlap are replaced one after another
+        (one per image per wave), since restoring one after a failed attempt would also erase
+        part of its neighbour.
         """
-        replaceable = [f for f, crop in zip(faces, aligned, strict=True) if crop is not None]
-        with _timed(timings, "verify"):
-            originals = self.verifier.prepare(pixels, [f.detection for f in faces], [f.index for f in replaceable])
-        regions = {f.index: region_of(aligned[f.index], output.shape[:2]) for f in replaceable}  # type: ignore[arg-type]
-        alone = [f for f in replaceable
-                 if not any(g is not f and _overlaps(regions[f.index], regions[g.index]) for g in replaceable)]
-        groups = [alone] if alone else []
-        groups += [[f] for f in replaceable if f not in alone]
-        for group in groups:
+        for job in jobs:
+            job.replaceable = [f for f, crop in zip(job.faces, job.aligned, strict=True) if crop is not None]
+        with _timed_shared(jobs, "verify"):
+            originals = self.verifier.prepare_many(
+                [(job.pixels, [f.detection for f in job.faces], [f.index for f in job.replaceable]) for job in jobs])
+        waves: list[list[tuple[_Job, FaceReport]]] = []
+        for job, views in zip(jobs, originals, strict=True):
+            job.originals = views
+            job.regions = {f.index: region_of(job.aligned[f.index], job.output.shape[:2])  # type: ignore[arg-type]
+                           for f in job.replaceable}
+            alone = [f for f in job.replaceable
+                     if not any(g is not f and _overlaps(job.regions[f.index], job.regions[g.index])
+                                for g in job.replaceable)]
+            groups = ([alone] if alone else []) + [[f] for f in job.replaceable if f not in alone]
+            for wave, group in enumerate(groups):
+                if wave == len(waves):
+                    waves.append([])
+                waves[wave] += [(job, face) for face in group]
+        for items in waves:
             start = time.perf_counter()
-            self._replace_together(output, group, aligned, originals, timings)
-            share = (time.perf_counter() - start) * 1000.0 / len(group)
-            for face in group:
+            self._replace_together(items)
+            share = (time.perf_counter() - start) * 1000.0 / len(items)
+            for _, face in items:
                 face.timings_ms["replace"] = share
+        for job in jobs:
+            job.failed = self._unreplaced(job)
+        # A paste, or the restoring of a failed one, can change what another face's views see:
+        # verify again, on the final image, every face whose views reach into another's crop.
+        touched = [
+            [f for f in job.faces if f.method == GENERATED and any(
+                g is not f and _overlaps(job.regions[g.index], _view_footprint(f, job.regions[f.index]))
+                for g in job.replaceable)]
+            for job in jobs
+        ]
+        again = [(job, faces) for job, faces in zip(jobs, touched, strict=True) if faces]
+        if not again:
+            return
+        with _timed_shared([job for job, _ in again], "verify"):
+            final = self.verifier.verdicts_many(
+                [(job.originals, job.output, [f.index for f in faces]) for job, faces in again])  # type: ignore[misc]
+        for (job, faces), per_face in zip(again, final, strict=True):
+            for face, verdicts in zip(faces, per_face, strict=True):
+                face.verdicts = verdicts
+                if not face.verified:
+                    face.method = OBFUSCATED
+                    face.reason = "not anonymous on the final image after overlapping faces were pasted"
+                    job.failed.append(face)
+
+    @staticmethod
+    def _unreplaced(job: _Job) -> list[FaceReport]:
+        """Mark the job's verified faces generated; return the others (to fail closed)."""
         failed = []
-        for face, crop in zip(faces, aligned, strict=True):
+        for face, crop in zip(job.faces, job.aligned, strict=True):
             if crop is None:
                 face.reason = "landmarks unusable for alignment: " + "; ".join(face.errors)
                 failed.append(face)
@@ -331,67 +481,52 @@ class FaceAnonymizer:
                 if not face.verdicts and face.errors:
                     face.reason = "generator failed on every attempt"
                 failed.append(face)
-        generated = [f for f in faces if f.method == GENERATED]
-        # A paste, or the restoring of a failed one, can change what another face's views see:
-        # verify again, on the final image, every face whose views reach into another's crop.
-        touched = [
-            f for f in generated
-            if any(g is not f and _overlaps(regions[g.index], _view_footprint(f, regions[f.index])) for g in replaceable)
-        ]
-        if touched:
-            with _timed(timings, "verify"):
-                final = self.verifier.verdicts(originals, output, [f.index for f in touched])
-            for face, verdicts in zip(touched, final, strict=True):
-                face.verdicts = verdicts
-                if not face.verified:
-                    face.method = OBFUSCATED
-                    face.reason = "not anonymous on the final image after overlapping faces were pasted"
-                    failed.append(face)
         return failed
 
-    def _replace_together(
-        self,
-        output: np.ndarray,
-        group: list[FaceReport],
-        aligned: list[AlignedFace | None],
-        originals: OriginalViews,
-        timings: dict[str, float],
-    ) -> None:
-        """Attempt rounds for faces whose crops do not overlap; a face verified anonymous
-        keeps its paste, any other is restored and tried again with a new identity."""
+    def _replace_together(self, items: list[tuple[_Job, FaceReport]]) -> None:
+        """Attempt rounds for faces whose crops overlap no other's in their image; a face
+        verified anonymous keeps its paste, any other is restored and tried again with a new
+        identity. Each round's pastes are verified in one call, across the images."""
         assert self.generator is not None
-        pending = list(group)
+        pending = list(items)
         for attempt in range(self.config.max_attempts):
             if not pending:
                 return
-            pasted: list[tuple[FaceReport, tuple[int, int, int, int], np.ndarray]] = []
+            pasted: list[tuple[_Job, FaceReport, tuple[int, int, int, int], np.ndarray]] = []
             retry = []
-            for face in pending:
-                crop = aligned[face.index]
+            for job, face in pending:
+                crop = job.aligned[face.index]
                 assert crop is not None
                 face.attempts = attempt + 1
-                new = self._generate(face, crop, attempt, timings)
+                new = self._generate(face, crop, attempt, job.timings)
                 if new is None:
-                    retry.append(face)
+                    retry.append((job, face))
                     continue
-                x1, y1, x2, y2 = region = region_of(crop, output.shape[:2])
-                pasted.append((face, region, output[y1:y2, x1:x2].copy()))
-                with _timed(timings, "blend"):
-                    paste_face(output, new, crop, grow=self.generator.paste_grow,
+                x1, y1, x2, y2 = region = region_of(crop, job.output.shape[:2])
+                pasted.append((job, face, region, job.output[y1:y2, x1:x2].copy()))
+                with _timed(job.timings, "blend"):
+                    paste_face(job.output, new, crop, grow=self.generator.paste_grow,
                                colour_match=self.generator.colour_match)
-            if pasted:
-                with _timed(timings, "verify"):
-                    verdicts = self.verifier.verdicts(originals, output, [face.index for face, _, _ in pasted])
-                for (face, (x1, y1, x2, y2), backup), face_verdicts in zip(pasted, verdicts, strict=True):
+            if not pasted:
+                pending = retry
+                continue
+            jobs = list({id(job): job for job, _, _, _ in pasted}.values())
+            entries = [[p for p in pasted if p[0] is job] for job in jobs]
+            with _timed_shared(jobs, "verify"):
+                verdicts = self.verifier.verdicts_many(
+                    [(job.originals, job.output, [face.index for _, face, _, _ in mine])  # type: ignore[misc]
+                     for job, mine in zip(jobs, entries, strict=True)])
+            for mine, per_face in zip(entries, verdicts, strict=True):
+                for (job, face, (x1, y1, x2, y2), backup), face_verdicts in zip(mine, per_face, strict=True):
                     face.verdicts = face_verdicts
                     if face.verified:
                         face.reason = ""
                         continue
-                    output[y1:y2, x1:x2] = backup
+                    job.output[y1:y2, x1:x2] = backup
                     face.reason = "still recognisable as the original by " + ", ".join(
                         v.oracle for v in face.verdicts if not v.anonymous
                     )
-                    retry.append(face)
+                    retry.append((job, face))
             pending = retry
 
     def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float]) -> np.ndarray | None:

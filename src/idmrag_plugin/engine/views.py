@@ -132,53 +132,97 @@ class Verifier:
         self, pixels: np.ndarray, detections: Sequence[Detection], indices: Sequence[int]
     ) -> OriginalViews:
         """Embed the faces ``indices`` of ``detections`` in the original image, every view."""
-        detections, indices = list(detections), list(indices)
-        chosen = [detections[i] for i in indices]
+        return self.prepare_many([(pixels, detections, indices)])[0]
 
-        def keyed(rows: np.ndarray) -> dict[int, np.ndarray]:
-            return dict(zip(indices, rows, strict=True)) if indices else {}
-
-        aligned: dict[str, dict[int, np.ndarray]] = {}
-        box: dict[str, dict[int, np.ndarray]] = {}
+    def prepare_many(
+        self, requests: Sequence[tuple[np.ndarray, Sequence[Detection], Sequence[int]]]
+    ) -> list[OriginalViews]:
+        """:meth:`prepare` for several images, with one forward pass per oracle for all of them."""
+        requests = [(pixels, list(detections), list(indices)) for pixels, detections, indices in requests]
+        sites = [(pixels, [detections[i] for i in indices]) for pixels, detections, indices in requests]
+        aligned: list[dict[str, dict[int, np.ndarray]]] = [{} for _ in requests]
+        box: list[dict[str, dict[int, np.ndarray]]] = [{} for _ in requests]
         for oracle in self.oracles:
-            views = self._embed_views(oracle, pixels, chosen)
-            aligned[oracle.name] = keyed(views[0])
-            if views[1] is not None:
-                box[oracle.name] = keyed(views[1])
-        return OriginalViews(
-            pixels=pixels,
-            detections=detections,
-            aligned=aligned,
-            box=box,
-            refit_landmarks={i: self.refitter.refit(pixels, detections[i]) for i in indices},
-        )
+            embedded = self._embed_views(oracle, sites)
+            for slot, ((_, _, indices), (rows, box_rows)) in enumerate(zip(requests, embedded, strict=True)):
+                aligned[slot][oracle.name] = dict(zip(indices, rows, strict=True)) if indices else {}
+                if box_rows is not None:
+                    box[slot][oracle.name] = dict(zip(indices, box_rows, strict=True)) if indices else {}
+        return [
+            OriginalViews(
+                pixels=pixels,
+                detections=detections,
+                aligned=aligned[slot],
+                box=box[slot],
+                refit_landmarks={i: self.refitter.refit(pixels, detections[i]) for i in indices},
+            )
+            for slot, (pixels, detections, indices) in enumerate(requests)
+        ]
 
     def _embed_views(
-        self, oracle: FaceOracle, image: np.ndarray, detections: Sequence[Detection]
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The aligned and (for box-view oracles) whole-box embeddings, in one forward pass."""
-        aligned = oracle.crops(image, [d.landmarks for d in detections])
-        if oracle not in self.box_oracles or not detections:
-            return oracle.embed(aligned), None
-        boxes = np.stack([box_crop(image, d, oracle.input_size) for d in detections])
-        both = oracle.embed(np.concatenate([aligned, boxes]))
-        return both[: len(detections)], both[len(detections) :]
+        self, oracle: FaceOracle, sites: Sequence[tuple[np.ndarray, Sequence[Detection]]]
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per (image, detections) site, the aligned and (for box-view oracles) whole-box
+        embeddings: every crop of every site in one forward pass."""
+        with_box = oracle in self.box_oracles
+        parts = [oracle.crops(image, [d.landmarks for d in detections]) for image, detections in sites]
+        if with_box:
+            parts += [np.stack([box_crop(image, d, oracle.input_size) for d in detections])
+                      for image, detections in sites if detections]
+        crops = [p for p in parts if len(p)]
+        embedded = oracle.embed(np.concatenate(crops)) if crops else np.zeros((0, 1), np.float32)
+        out: list[tuple[np.ndarray, np.ndarray | None]] = []
+        cursor = 0
+        for _, detections in sites:
+            out.append((embedded[cursor : cursor + len(detections)], None))
+            cursor += len(detections)
+        if with_box:
+            for slot, (_, detections) in enumerate(sites):
+                out[slot] = (out[slot][0], embedded[cursor : cursor + len(detections)])
+                cursor += len(detections)
+        return out
 
     def verdicts(self, originals: OriginalViews, output: np.ndarray, indices: Sequence[int]) -> list[list[OracleVerdict]]:
         """Every view's verdicts for the faces ``indices`` of ``originals`` as they are in ``output``."""
-        indices = list(indices)
-        detections = [originals.detections[i] for i in indices]
-        per_face: list[list[OracleVerdict]] = [[] for _ in indices]
+        return self.verdicts_many([(originals, output, indices)])[0]
+
+    def verdicts_many(
+        self, requests: Sequence[tuple[OriginalViews, np.ndarray, Sequence[int]]]
+    ) -> list[list[list[OracleVerdict]]]:
+        """:meth:`verdicts` for several images, with one forward pass per oracle for all of them
+        (the rare refit views, whose landmarks disagree with the detector's, go face by face)."""
+        requests = [(originals, output, list(indices)) for originals, output, indices in requests]
+        sites = [(output, [originals.detections[i] for i in indices]) for originals, output, indices in requests]
+        per_image: list[list[list[OracleVerdict]]] = [[[] for _ in indices] for _, _, indices in requests]
         for oracle in self.oracles:
-            now_aligned, now_box = self._embed_views(oracle, output, detections)
-            before = np.stack([originals.aligned[oracle.name][i] for i in indices])
-            for slot, sim in zip(per_face, cosine(before, now_aligned), strict=True):
-                slot.append(OracleVerdict(oracle.name, float(sim), self.thresholds[oracle.name]))
-            if now_box is not None:
-                name = box_view_name(oracle.name)
-                before = np.stack([originals.box[oracle.name][i] for i in indices])
-                for slot, sim in zip(per_face, cosine(before, now_box), strict=True):
-                    slot.append(OracleVerdict(name, float(sim), self.thresholds[name]))
+            embedded = self._embed_views(oracle, sites)
+            for (originals, _, indices), per_face, (now_aligned, now_box) in zip(
+                requests, per_image, embedded, strict=True
+            ):
+                if not indices:
+                    continue
+                before = np.stack([originals.aligned[oracle.name][i] for i in indices])
+                for slot, sim in zip(per_face, cosine(before, now_aligned), strict=True):
+                    slot.append(OracleVerdict(oracle.name, float(sim), self.thresholds[oracle.name]))
+                if now_box is not None:
+                    name = box_view_name(oracle.name)
+                    before = np.stack([originals.box[oracle.name][i] for i in indices])
+                    for slot, sim in zip(per_face, cosine(before, now_box), strict=True):
+                        slot.append(OracleVerdict(name, float(sim), self.thresholds[name]))
+        for (originals, output, indices), per_face, (_, detections) in zip(requests, per_image, sites, strict=True):
+            self._refit_verdicts(originals, output, indices, detections, per_face)
+        return per_image
+
+    def _refit_verdicts(
+        self,
+        originals: OriginalViews,
+        output: np.ndarray,
+        indices: list[int],
+        detections: list[Detection],
+        per_face: list[list[OracleVerdict]],
+    ) -> None:
+        """Add the refit views' verdicts to ``per_face`` for the faces whose refit landmarks
+        (on the original or on the output) stray from the detector's."""
         for slot, index, detection in zip(per_face, indices, detections, strict=True):
             refit_now = self.refitter.refit(output, detection)
             refit_before = originals.refit_landmarks[index]
@@ -194,4 +238,3 @@ class Verifier:
                 now = oracle.embed_faces(output, [refit_now])[0]
                 sim = float(cosine(originals.refit[key][None], now[None])[0])
                 slot.append(OracleVerdict(refit_view_name(oracle.name), sim, self.thresholds[oracle.name]))
-        return per_face

@@ -213,6 +213,17 @@ class AnonymizerBridge:
             raise ImageWithheldError(f"image given only by URL and fetch_urls is off: {url!r} withheld")
         return FetchPolicy(self.timeout_s, self.max_bytes, allow=tuple(self.fetch_allow)).fetch(url)
 
+    def prefetch(self, sources: list[bytes | Path]) -> None:
+        """Anonymize several images together ahead of an item-by-item pass, which then finds
+        them in the engine's result cache: the engine's oracles judge a whole batch of images
+        in one forward pass each. Only when the cache can hold them all; an image that fails
+        here is reported by the item-by-item pass, under the policy, as it would be anyway."""
+        engine = self.engine
+        cache = engine.cache
+        if len(sources) < 2 or cache is None or (cache.folder is None and len(sources) > cache.max_entries):
+            return
+        engine.anonymize_many(sources)
+
     def anonymize(
         self, *, data: bytes | None = None, path: str | Path | None = None, url: str | None = None
     ) -> AnonymizedImage:

@@ -26,6 +26,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 try:
@@ -232,7 +233,23 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
         return _safe_copy(node, image, withheld, self.report_key, self.location_keys)
 
     def _anonymize_nodes(self, nodes: Sequence[BaseNode]) -> list[BaseNode]:
+        self._prefetch(nodes)
         return [out for out in (self._anonymize_node(n) for n in nodes) if out is not None]
+
+    def _prefetch(self, nodes: Sequence[BaseNode]) -> None:
+        """Anonymize the nodes' inline and file images as one batch (see AnonymizerBridge.prefetch);
+        images behind URLs are fetched node by node, under the fetch policy."""
+        sources: list[bytes | Path] = []
+        for node in nodes:
+            try:
+                reference = _image_reference(node)
+            except (IdmragError, ValueError, TypeError):
+                continue  # withheld by the node-by-node pass
+            if reference is not None and "data" in reference:
+                sources.append(reference["data"])
+            elif reference is not None and "path" in reference:
+                sources.append(Path(reference["path"]))
+        self._bridge.prefetch(sources)
 
 
 class FaceAnonymizerPostprocessor(_AnonymizerSettings, BaseNodePostprocessor):
@@ -250,6 +267,7 @@ class FaceAnonymizerPostprocessor(_AnonymizerSettings, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
+        self._prefetch([item.node for item in nodes])
         out = []
         for item in nodes:
             node = self._anonymize_node(item.node)
