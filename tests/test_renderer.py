@@ -243,23 +243,72 @@ def test_packaged_renderer_loads_with_its_sha256_and_replaces_a_face(make_engine
         assert sim < engine.thresholds[oracle.name]
 
 
-def test_pseudonym_codes_keep_the_probe_gender_of_the_original(tiny_run, tmp_path):
-    from safetensors.numpy import save_file as save_numpy
+def test_pseudonym_codes_are_drawn_with_the_person_s_perceived_gender(tiny_run, tmp_path):
+    """Planted probes: the photo probe calls everyone 'side True' (bias +1) or 'side False'
+    (bias -1); the code probe says the renderer draws side True when a code's first value is
+    positive. Every pseudonym then follows the person's side; without the probes some do not."""
+    from idmrag_plugin.generation.gender import GenderProbes
 
     root, *_ = tiny_run
-    weight = np.zeros(16, np.float32)
-    weight[0] = 1.0  # a planted probe: "gender" is the sign of the code's first value
-    save_numpy({"weight": weight, "bias": np.zeros(1, np.float32)}, str(tmp_path / "probe.safetensors"))
-    keeping = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
-                                secret=b"s", gender_probe_path=tmp_path / "probe.safetensors")
-    plain = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
-    rng = np.random.default_rng(4)
-    flipped_without = 0
-    for _ in range(12):
-        code = rng.standard_normal(16).astype(np.float32)
+    sha = json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
+    code_weight = np.zeros(16)
+    code_weight[0] = 1.0
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    for bias in (1.0, -1.0):
+        GenderProbes(np.zeros(512), bias, code_weight, 0.0, sha).save(tmp_path / "probes.safetensors")
+        keeping = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                                    secret=b"s", gender_probes_path=tmp_path / "probes.safetensors",
+                                    student_path=root / "student.safetensors")
         keeping._load()
-        plain._load()
-        for attempt in range(2):
-            assert (keeping.replacement_code(code, attempt)[0] > 0) == (code[0] > 0)
-            flipped_without += int((plain.replacement_code(code, attempt)[0] > 0) != (code[0] > 0))
-    assert flipped_without > 0  # without the probe the sampler does flip it
+        code = keeping.encode(face[None])[0][0]
+        keeping._note_gender(code, face)
+        for attempt in range(4):
+            assert (keeping.replacement_code(code, attempt)[0] > 0) == (bias > 0)
+    plain = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
+    plain._load()
+    code = plain.encode(face[None])[0][0]
+    sides = {bool(plain.replacement_code(code, attempt)[0] > 0) for attempt in range(12)}
+    assert sides == {True, False}  # without the probes the sampler draws either
+
+
+def test_gender_probes_of_another_renderer_are_refused(tiny_run, tmp_path):
+    from idmrag_plugin.generation.gender import GenderProbes
+
+    root, *_ = tiny_run
+    GenderProbes(np.zeros(512), 1.0, np.zeros(16), 0.0, "0" * 64).save(tmp_path / "probes.safetensors")
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                                  gender_probes_path=tmp_path / "probes.safetensors",
+                                  student_path=root / "student.safetensors")
+    with pytest.raises(ModelLoadError, match="fit-gender-probes"):
+        generator.generate(GenerationRequest(np.zeros((64, 64, 3), np.uint8), attempt=0, seed=1))
+    with pytest.raises(ModelLoadError, match="both"):
+        RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                          gender_probes_path=tmp_path / "probes.safetensors")
+
+
+def test_fit_gender_probes_reads_labels_and_the_renderer_it_describes(tiny_run, tmp_path):
+    from idmrag_plugin.generation.gender import GenderProbes
+    from idmrag_plugin.training.fit_gender_probes import build_parser, fit
+
+    root, *_ = tiny_run
+    data = dict(np.load(root / "data.npz"))
+    brightness = data["crops"].reshape(len(data["crops"]), -1).mean(axis=1)
+    data["gender"] = (brightness > np.median(brightness)).astype(np.int8)
+    np.savez(tmp_path / "labelled.npz", **data)
+    args = ["--data", str(tmp_path / "labelled.npz"), "--output", str(tmp_path / "probes.safetensors"),
+            "--renderer", str(root / "run" / "renderer"), "--codes", str(root / "codes"),
+            "--sampler", str(root / "sampler.safetensors"), "--student", str(root / "student.safetensors"),
+            "--draws", "64", "--threads", "1"]
+    try:
+        fitted = fit(build_parser().parse_args(args))
+    except ConfigError as exc:  # a random tiny renderer may draw one side only: said clearly
+        assert "one class" in str(exc)
+    else:
+        loaded = GenderProbes.load(tmp_path / "probes.safetensors")
+        assert loaded.code_weight.shape == (16,) and loaded.image_weight.shape == (512,)
+        assert np.allclose(loaded.code_weight, fitted.code_weight, atol=1e-6)
+        assert loaded.renderer_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
+    del data["gender"]
+    np.savez(tmp_path / "unlabelled.npz", **data)
+    with pytest.raises(ConfigError, match="gender labels"):
+        fit(build_parser().parse_args(["--data", str(tmp_path / "unlabelled.npz")] + args[2:]))

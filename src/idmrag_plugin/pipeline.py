@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -153,9 +154,10 @@ class FaceAnonymizer:
     def _build_generator(self) -> FaceGenerator | None:
         from idmrag_plugin.weights import (
             CODES_VAE_DIR,
-            GENDER_PROBE_FILE,
+            GENDER_PROBES_FILE,
             RENDERER_DIR,
             SAMPLER_FILE,
+            STUDENT_FILE,
             packaged,
         )
 
@@ -166,9 +168,14 @@ class FaceAnonymizer:
         if self.config.generator == "renderer":
             from idmrag_plugin.generation.renderer_generator import RendererGenerator
 
-            weights = self.config.generator_weights or packaged(RENDERER_DIR)
+            if self.config.generator_weights is None:
+                weights, probes = packaged(RENDERER_DIR), packaged(GENDER_PROBES_FILE)
+            else:  # a renderer of one's own keeps gender with probes fitted for it, kept beside it
+                weights = Path(self.config.generator_weights)
+                probes = weights / GENDER_PROBES_FILE if (weights / GENDER_PROBES_FILE).is_file() else None
             return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device,
-                                     gender_probe_path=packaged(GENDER_PROBE_FILE))
+                                     gender_probes_path=probes,
+                                     student_path=packaged(STUDENT_FILE) if probes is not None else None)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

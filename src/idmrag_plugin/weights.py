@@ -113,7 +113,8 @@ def load_dlib_resnet(directory: Path | None = None):
 CODES_VAE_DIR = "codes_vae"
 RENDERER_DIR = "renderer"
 SAMPLER_FILE = "identity_sampler.safetensors"
-GENDER_PROBE_FILE = "gender_probe.safetensors"  # logistic probe of perceived gender on z_id (UTKFace)
+GENDER_PROBES_FILE = "gender_probes.safetensors"  # the packaged renderer's (idmrag fit-gender-probes)
+STUDENT_FILE = "identity_student.safetensors"
 
 
 MANIFEST_FILE = "weights_manifest.json"

@@ -10,6 +10,7 @@ pixels, exactly.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from idmrag_plugin.engine.blend import face_mask, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
+from idmrag_plugin.generation.gender import GenderProbes
 from idmrag_plugin.generation.renderer import inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
@@ -36,6 +38,9 @@ class RendererGenerator(VAEDecodeGenerator):
     Args:
         renderer_dir: folder written by ``idmrag train-renderer`` (``OUTPUT/renderer``).
         model_dir, sampler_path: the codes VAE and identity sampler (as for VAE-decode).
+        gender_probes_path, student_path: the probes of ``idmrag fit-gender-probes`` for this
+            renderer and the identity student they read; with them, pseudonym codes are redrawn
+            until the renderer draws them with the person's perceived gender.
     """
 
     name = "renderer"
@@ -51,12 +56,17 @@ class RendererGenerator(VAEDecodeGenerator):
         sampler_path: str | Path,
         device: str = "cpu",
         secret: bytes | None = None,
-        gender_probe_path: str | Path | None = None,
+        gender_probes_path: str | Path | None = None,
+        student_path: str | Path | None = None,
     ) -> None:
         super().__init__(model_dir, sampler_path, device=device, secret=secret)
         self.renderer_dir = Path(renderer_dir)
-        self.gender_probe_path = Path(gender_probe_path) if gender_probe_path is not None else None
-        self._probe: tuple[np.ndarray, float] | None = None
+        if (gender_probes_path is None) != (student_path is None):
+            raise ModelLoadError("gender keeping needs both gender_probes_path and student_path (or neither)")
+        self.gender_probes_path = Path(gender_probes_path) if gender_probes_path is not None else None
+        self.student_path = Path(student_path) if student_path is not None else None
+        self._gender: tuple[GenderProbes, object] | None = None
+        self._genders: dict[bytes, bool] = {}  # the person's registered code -> their perceived gender
         self._renderer = None
         self._renderer_lock = threading.Lock()
         self._masks: dict[int, np.ndarray] = {}
@@ -78,19 +88,53 @@ class RendererGenerator(VAEDecodeGenerator):
                     self._renderer = renderer.to(self.device)
         return self._renderer
 
-    def _gender_side(self, code: np.ndarray) -> bool:
-        if self._probe is None:
-            from safetensors.numpy import load_file
+    def _gender_keeping(self) -> tuple[GenderProbes, object] | None:
+        """(probes, identity student) when gender is kept, else None; loaded once."""
+        if self.gender_probes_path is None or self.student_path is None:
+            return None
+        if self._gender is None:
+            with self._renderer_lock:
+                if self._gender is None:
+                    from idmrag_plugin.generation.identity_student import IdentityStudent
+                    from idmrag_plugin.weights import MODEL_CONFIG
 
-            weights = load_file(str(self.gender_probe_path))
-            self._probe = (weights["weight"].astype(np.float64), float(weights["bias"].reshape(-1)[0]))
-        weight, bias = self._probe
-        return float(np.asarray(code, np.float64) @ weight + bias) > 0.0
+                    probes = GenderProbes.load(self.gender_probes_path)
+                    drawn_by = json.loads((self.renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
+                    if probes.renderer_sha256 != drawn_by:
+                        raise ModelLoadError(
+                            f"{self.gender_probes_path} describes renderer {probes.renderer_sha256[:12]}, not "
+                            f"{self.renderer_dir}; refit them with `idmrag fit-gender-probes --renderer "
+                            f"{self.renderer_dir}`, or build the generator without gender probes"
+                        )
+                    self._gender = (probes, IdentityStudent.load(self.student_path).to(self.device).eval())
+        return self._gender
+
+    def _note_gender(self, code: np.ndarray, face: np.ndarray) -> None:
+        """Register the perceived gender of the person whose code is ``code`` from this photo,
+        unless they were seen before (one person keeps one pseudonym across photos)."""
+        keeping = self._gender_keeping()
+        if keeping is None:
+            return
+        person = self._seed_code(code).tobytes()
+        if person in self._genders:
+            return
+        import torch
+
+        probes, student = keeping
+        side = self._model.config.image_size  # type: ignore[union-attr]
+        small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
+        x = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        with torch.inference_mode():
+            embedding = student(x).cpu().numpy()  # type: ignore[operator]
+        with self._lock:
+            self._genders.setdefault(person, bool(probes.image_side(embedding)[0]))
 
     def suits(self, person: np.ndarray, code: np.ndarray) -> bool:
-        """A pseudonym on the person's side of a linear probe of perceived gender on the codes:
-        the renderer follows the identity code closely, gender included."""
-        return self.gender_probe_path is None or self._gender_side(code) == self._gender_side(person)
+        """A pseudonym the renderer draws with the person's perceived gender (read from their
+        photo); see :mod:`idmrag_plugin.generation.gender`."""
+        keeping = self._gender_keeping()
+        wanted = self._genders.get(np.asarray(person).tobytes())
+        return keeping is None or wanted is None or bool(keeping[0].code_side(code)[0]) == wanted
 
     def mask(self, size: int) -> np.ndarray:
         """The inpainting mask at ``size`` px (1 = drawn by the renderer)."""
@@ -104,7 +148,11 @@ class RendererGenerator(VAEDecodeGenerator):
         renderer = self._load_renderer()
         face = request.face
         id_mu, attr_mu = self.encode(face[None])
-        z = request.identity if request.identity is not None else self.replacement_code(id_mu[0], request.attempt)
+        if request.identity is not None:
+            z = request.identity
+        else:
+            self._note_gender(id_mu[0], face)
+            z = self.replacement_code(id_mu[0], request.attempt)
         side = renderer.config.image_size
         small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
         context = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0

@@ -1,0 +1,134 @@
+"""``idmrag fit-gender-probes``: the probes with which the renderer keeps perceived gender.
+
+1. ``image``: logistic regression of the labelled faces' gender (UTKFace's, in the data) on
+   the identity student's embedding of the face (at the codes model's resolution).
+2. ``code``: ``--draws`` codes drawn by the sampler are rendered into the contexts (and with
+   the attribute codes) of random training faces; the image probe judges each drawing, and a
+   logistic regression of that verdict on the code gives the gender the renderer draws.
+
+Both report their held-out accuracy (a fifth of the rows). The output records the renderer
+weights' sha256: refit after retraining the renderer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from idmrag_plugin.errors import ConfigError
+from idmrag_plugin.generation.gender import GenderProbes
+
+logger = logging.getLogger(__name__)
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, float]:
+    """Weights and bias of a logistic regression, fitted on 4/5 of the rows, then on all."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(y)) < 2:
+        raise ConfigError(f"{what}: only one class among {len(y)} rows; more (or labelled) data is needed")
+    cut = len(x) * 4 // 5
+    held_out = LogisticRegression(C=1.0, max_iter=3000).fit(x[:cut], y[:cut]).score(x[cut:], y[cut:])
+    model = LogisticRegression(C=1.0, max_iter=3000).fit(x, y)
+    logger.info("%s probe: %.1f%% held-out accuracy on %d rows (%.0f%% label 1)",
+                what, 100 * held_out, len(x) - cut, 100 * float(np.mean(y)))
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0])
+
+
+def fit(args: argparse.Namespace) -> GenderProbes:
+    import torch
+
+    from idmrag_plugin.generation.identity_student import IdentityStudent
+    from idmrag_plugin.generation.renderer_generator import RendererGenerator
+    from idmrag_plugin.training.data import unpack_crops
+    from idmrag_plugin.weights import (
+        CODES_VAE_DIR,
+        MODEL_CONFIG,
+        RENDERER_DIR,
+        SAMPLER_FILE,
+        packaged,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    renderer_dir = Path(args.renderer) if args.renderer else packaged(RENDERER_DIR)
+    generator = RendererGenerator(renderer_dir, Path(args.codes) if args.codes else packaged(CODES_VAE_DIR),
+                                  Path(args.sampler) if args.sampler else packaged(SAMPLER_FILE))
+    student = IdentityStudent.load(Path(args.student) if args.student else packaged("identity_student.safetensors"))
+    student.eval()
+    data = np.load(args.data, allow_pickle=False)
+    if "gender" not in data.files:
+        raise ConfigError(f"{args.data} has no gender labels (prepare it from UTKFace)")
+    crops = unpack_crops(data)
+    train = data["split"] == "train"
+    labelled = np.where(train & (data["gender"] >= 0))[0]
+    rng.shuffle(labelled)
+    renderer = generator._load_renderer().eval()
+    generator._load()
+    side = int(generator._model.config.image_size)  # type: ignore[union-attr]
+
+    def embed(faces: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(faces), 256):
+                small = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA)
+                                  for f in faces[start : start + 256]])
+                out.append(student(torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0).numpy())
+        return np.concatenate(out)
+
+    image_weight, image_bias = _logistic(embed(crops[labelled]), data["gender"][labelled] == 1, "image")
+    contexts = rng.choice(np.where(train)[0], args.draws)
+    sampler = generator._sampler
+    assert sampler is not None
+    codes = np.stack([sampler.sample(rng.standard_normal(sampler.means.shape[1]), rng.bytes(16))[0]
+                      for _ in range(args.draws)]).astype(np.float32)
+    size = renderer.config.image_size
+    mask = torch.as_tensor(generator.mask(size))[None, None]
+    drawings = []
+    with torch.inference_mode():
+        for start in range(0, args.draws, 64):
+            faces = crops[contexts[start : start + 64]]
+            _, attr = generator.encode(faces)
+            small = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in faces])
+            x = torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            y = renderer(x, mask.expand(len(x), -1, -1, -1), torch.as_tensor(codes[start : start + 64]),
+                         torch.as_tensor(attr).float(), generator=torch.Generator().manual_seed(start))
+            drawings.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    drawn = np.concatenate(drawings)
+    verdicts = embed(drawn) @ image_weight + image_bias > 0
+    code_weight, code_bias = _logistic(codes.astype(np.float64), verdicts, "code (as drawn)")
+    sha = json.loads((renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
+    probes = GenderProbes(image_weight, image_bias, code_weight, code_bias, sha)
+    probes.save(Path(args.output))
+    logger.info("wrote %s", args.output)
+    return probes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idmrag fit-gender-probes", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help=".npz from idmrag prepare-data with UTKFace's gender labels")
+    parser.add_argument("--output", required=True, help="gender probes .safetensors to write")
+    parser.add_argument("--renderer", default=None, help="renderer folder (default: the packaged one)")
+    parser.add_argument("--codes", default=None, help="codes VAE folder (default: the packaged one)")
+    parser.add_argument("--sampler", default=None, help="identity sampler (default: the packaged one)")
+    parser.add_argument("--student", default=None, help="identity student (default: the packaged one)")
+    parser.add_argument("--draws", type=int, default=4000, help="codes rendered to fit the code probe")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    fit(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
