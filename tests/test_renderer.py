@@ -243,57 +243,67 @@ def test_packaged_renderer_loads_with_its_sha256_and_replaces_a_face(make_engine
         assert sim < engine.thresholds[oracle.name]
 
 
-def test_pseudonym_codes_are_drawn_with_the_person_s_perceived_gender(tiny_run, tmp_path):
-    """Planted probes: the photo probe calls everyone 'side True' (bias +1) or 'side False'
-    (bias -1); the code probe says the renderer draws side True when a code's first value is
-    positive. Every pseudonym then follows the person's side; without the probes some do not."""
-    from idmrag_plugin.generation.gender import GenderProbes
+def test_pseudonym_codes_are_drawn_with_the_person_s_perceived_gender_and_age(tiny_run, tmp_path):
+    """Planted probes: the photo probes call everyone 'side True' (bias +1) or 'side False'
+    (bias -1), aged 30; the code probes say the renderer draws side True when a code's first
+    value is positive, aged about 30 when its second is near 0 (log-age 3.43 + code[1] / 4). Every
+    pseudonym then follows the person's side and age; without the probes some do not."""
+    from idmrag_plugin.generation.attributes import AGE_TOLERANCE, AttributeProbes
+    from idmrag_plugin.generation.vae_generator import SUITED_ATTEMPTS
 
     root, *_ = tiny_run
     sha = json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
-    code_weight = np.zeros(16)
-    code_weight[0] = 1.0
+    code_weight, age_weight = np.zeros(16), np.zeros(16)
+    code_weight[0], age_weight[1] = 1.0, 0.25
+    thirty = float(np.log1p(30.0))
     face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
     for bias in (1.0, -1.0):
-        GenderProbes(np.zeros(512), bias, code_weight, 0.0, sha).save(tmp_path / "probes.safetensors")
+        AttributeProbes((np.zeros(512), bias), (np.zeros(512), thirty), (code_weight, 0.0), (age_weight, thirty),
+                        sha).save(tmp_path / "probes.safetensors")
         keeping = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
-                                    secret=b"s", gender_probes_path=tmp_path / "probes.safetensors",
+                                    secret=b"s", attribute_probes_path=tmp_path / "probes.safetensors",
                                     student_path=root / "student.safetensors")
         keeping._load()
         code = keeping.encode(face[None])[0][0]
-        keeping._note_gender(code, face)
-        for attempt in range(4):
-            assert (keeping.replacement_code(code, attempt)[0] > 0) == (bias > 0)
+        keeping._note_person(code, face)
+        for attempt in range(SUITED_ATTEMPTS):
+            drawn = keeping.replacement_code(code, attempt)
+            assert (drawn[0] > 0) == (bias > 0) and abs(drawn[1]) / 4 <= AGE_TOLERANCE
+        # after that many failed verifications a pseudonym need not suit: either side may come
+        assert {bool(keeping.replacement_code(code, a)[0] > 0) for a in range(SUITED_ATTEMPTS, 12)} == {True, False}
     plain = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
     plain._load()
     code = plain.encode(face[None])[0][0]
-    sides = {bool(plain.replacement_code(code, attempt)[0] > 0) for attempt in range(12)}
-    assert sides == {True, False}  # without the probes the sampler draws either
+    drawn = [plain.replacement_code(code, attempt) for attempt in range(12)]
+    assert {bool(z[0] > 0) for z in drawn} == {True, False}  # without the probes the sampler draws either
+    assert any(abs(z[1]) / 4 > AGE_TOLERANCE for z in drawn)
 
 
-def test_gender_probes_of_another_renderer_are_refused(tiny_run, tmp_path):
-    from idmrag_plugin.generation.gender import GenderProbes
+def test_attribute_probes_of_another_renderer_are_refused(tiny_run, tmp_path):
+    from idmrag_plugin.generation.attributes import AttributeProbes
 
     root, *_ = tiny_run
-    GenderProbes(np.zeros(512), 1.0, np.zeros(16), 0.0, "0" * 64).save(tmp_path / "probes.safetensors")
+    zeros = (np.zeros(512), 1.0)
+    AttributeProbes(zeros, zeros, (np.zeros(16), 0.0), (np.zeros(16), 0.0), "0" * 64).save(tmp_path / "probes.safetensors")
     generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
-                                  gender_probes_path=tmp_path / "probes.safetensors",
+                                  attribute_probes_path=tmp_path / "probes.safetensors",
                                   student_path=root / "student.safetensors")
-    with pytest.raises(ModelLoadError, match="fit-gender-probes"):
+    with pytest.raises(ModelLoadError, match="fit-attribute-probes"):
         generator.generate(GenerationRequest(np.zeros((64, 64, 3), np.uint8), attempt=0, seed=1))
     with pytest.raises(ModelLoadError, match="both"):
         RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
-                          gender_probes_path=tmp_path / "probes.safetensors")
+                          attribute_probes_path=tmp_path / "probes.safetensors")
 
 
-def test_fit_gender_probes_reads_labels_and_the_renderer_it_describes(tiny_run, tmp_path):
-    from idmrag_plugin.generation.gender import GenderProbes
-    from idmrag_plugin.training.fit_gender_probes import build_parser, fit
+def test_fit_attribute_probes_reads_labels_and_the_renderer_it_describes(tiny_run, tmp_path):
+    from idmrag_plugin.generation.attributes import AttributeProbes
+    from idmrag_plugin.training.fit_attribute_probes import build_parser, fit
 
     root, *_ = tiny_run
     data = dict(np.load(root / "data.npz"))
     brightness = data["crops"].reshape(len(data["crops"]), -1).mean(axis=1)
     data["gender"] = (brightness > np.median(brightness)).astype(np.int8)
+    data["age"] = (20 + brightness / 4).astype(np.int16)
     np.savez(tmp_path / "labelled.npz", **data)
     args = ["--data", str(tmp_path / "labelled.npz"), "--output", str(tmp_path / "probes.safetensors"),
             "--renderer", str(root / "run" / "renderer"), "--codes", str(root / "codes"),
@@ -304,9 +314,9 @@ def test_fit_gender_probes_reads_labels_and_the_renderer_it_describes(tiny_run, 
     except ConfigError as exc:  # a random tiny renderer may draw one side only: said clearly
         assert "one class" in str(exc)
     else:
-        loaded = GenderProbes.load(tmp_path / "probes.safetensors")
-        assert loaded.code_weight.shape == (16,) and loaded.image_weight.shape == (512,)
-        assert np.allclose(loaded.code_weight, fitted.code_weight, atol=1e-6)
+        loaded = AttributeProbes.load(tmp_path / "probes.safetensors")
+        assert loaded.code_age[0].shape == (16,) and loaded.image_gender[0].shape == (512,)
+        assert np.allclose(loaded.code_gender[0], fitted.code_gender[0], atol=1e-6)
         assert loaded.renderer_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     del data["gender"]
     np.savez(tmp_path / "unlabelled.npz", **data)

@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("fit-sampler", help="fit the replacement-identity sampler on the trained codes (see --help)")
     sub.add_parser("blend-codes", help="interpolate two codes models in weight space (see --help)")
     sub.add_parser("train-renderer", help="train the context-aware face renderer adversarially (see --help)")
-    sub.add_parser("fit-gender-probes", help="fit the probes with which the renderer keeps gender (see --help)")
+    sub.add_parser("fit-attribute-probes", help="fit the probes with which the renderer keeps gender and age (see --help)")
     return parser
 
 
@@ -310,7 +310,7 @@ DELEGATED = {
     "fit-sampler": "idmrag_plugin.training.fit_sampler",
     "blend-codes": "idmrag_plugin.training.blend_codes",
     "train-renderer": "idmrag_plugin.training.train_renderer",
-    "fit-gender-probes": "idmrag_plugin.training.fit_gender_probes",
+    "fit-attribute-probes": "idmrag_plugin.training.fit_attribute_probes",
 }
 
 

@@ -153,8 +153,8 @@ class FaceAnonymizer:
 
     def _build_generator(self) -> FaceGenerator | None:
         from idmrag_plugin.weights import (
+            ATTRIBUTE_PROBES_FILE,
             CODES_VAE_DIR,
-            GENDER_PROBES_FILE,
             RENDERER_DIR,
             SAMPLER_FILE,
             STUDENT_FILE,
@@ -169,12 +169,12 @@ class FaceAnonymizer:
             from idmrag_plugin.generation.renderer_generator import RendererGenerator
 
             if self.config.generator_weights is None:
-                weights, probes = packaged(RENDERER_DIR), packaged(GENDER_PROBES_FILE)
-            else:  # a renderer of one's own keeps gender with probes fitted for it, kept beside it
+                weights, probes = packaged(RENDERER_DIR), packaged(ATTRIBUTE_PROBES_FILE)
+            else:  # a renderer of one's own keeps gender and age with probes fitted for it, kept beside it
                 weights = Path(self.config.generator_weights)
-                probes = weights / GENDER_PROBES_FILE if (weights / GENDER_PROBES_FILE).is_file() else None
+                probes = weights / ATTRIBUTE_PROBES_FILE if (weights / ATTRIBUTE_PROBES_FILE).is_file() else None
             return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device,
-                                     gender_probes_path=probes,
+                                     attribute_probes_path=probes,
                                      student_path=packaged(STUDENT_FILE) if probes is not None else None)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator

@@ -113,7 +113,7 @@ def load_dlib_resnet(directory: Path | None = None):
 CODES_VAE_DIR = "codes_vae"
 RENDERER_DIR = "renderer"
 SAMPLER_FILE = "identity_sampler.safetensors"
-GENDER_PROBES_FILE = "gender_probes.safetensors"  # the packaged renderer's (idmrag fit-gender-probes)
+ATTRIBUTE_PROBES_FILE = "attribute_probes.safetensors"  # the packaged renderer's (idmrag fit-attribute-probes)
 STUDENT_FILE = "identity_student.safetensors"
 
 

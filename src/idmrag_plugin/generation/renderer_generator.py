@@ -20,7 +20,7 @@ import numpy as np
 from idmrag_plugin.engine.blend import face_mask, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
-from idmrag_plugin.generation.gender import GenderProbes
+from idmrag_plugin.generation.attributes import AttributeProbes, Reading
 from idmrag_plugin.generation.renderer import inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
@@ -38,9 +38,9 @@ class RendererGenerator(VAEDecodeGenerator):
     Args:
         renderer_dir: folder written by ``idmrag train-renderer`` (``OUTPUT/renderer``).
         model_dir, sampler_path: the codes VAE and identity sampler (as for VAE-decode).
-        gender_probes_path, student_path: the probes of ``idmrag fit-gender-probes`` for this
-            renderer and the identity student they read; with them, pseudonym codes are redrawn
-            until the renderer draws them with the person's perceived gender.
+        attribute_probes_path, student_path: the probes of ``idmrag fit-attribute-probes`` for
+            this renderer and the identity student they read; with them, pseudonym codes are
+            redrawn until the renderer draws them with the person's perceived gender and age.
     """
 
     name = "renderer"
@@ -56,17 +56,17 @@ class RendererGenerator(VAEDecodeGenerator):
         sampler_path: str | Path,
         device: str = "cpu",
         secret: bytes | None = None,
-        gender_probes_path: str | Path | None = None,
+        attribute_probes_path: str | Path | None = None,
         student_path: str | Path | None = None,
     ) -> None:
         super().__init__(model_dir, sampler_path, device=device, secret=secret)
         self.renderer_dir = Path(renderer_dir)
-        if (gender_probes_path is None) != (student_path is None):
-            raise ModelLoadError("gender keeping needs both gender_probes_path and student_path (or neither)")
-        self.gender_probes_path = Path(gender_probes_path) if gender_probes_path is not None else None
+        if (attribute_probes_path is None) != (student_path is None):
+            raise ModelLoadError("keeping gender and age needs both attribute_probes_path and student_path (or neither)")
+        self.attribute_probes_path = Path(attribute_probes_path) if attribute_probes_path is not None else None
         self.student_path = Path(student_path) if student_path is not None else None
-        self._gender: tuple[GenderProbes, object] | None = None
-        self._genders: dict[bytes, bool] = {}  # the person's registered code -> their perceived gender
+        self._probes: tuple[AttributeProbes, object] | None = None
+        self._readings: dict[bytes, Reading] = {}  # the person's registered code -> their gender and age
         self._renderer = None
         self._renderer_lock = threading.Lock()
         self._masks: dict[int, np.ndarray] = {}
@@ -88,35 +88,35 @@ class RendererGenerator(VAEDecodeGenerator):
                     self._renderer = renderer.to(self.device)
         return self._renderer
 
-    def _gender_keeping(self) -> tuple[GenderProbes, object] | None:
-        """(probes, identity student) when gender is kept, else None; loaded once."""
-        if self.gender_probes_path is None or self.student_path is None:
+    def _attribute_keeping(self) -> tuple[AttributeProbes, object] | None:
+        """(probes, identity student) when gender and age are kept, else None; loaded once."""
+        if self.attribute_probes_path is None or self.student_path is None:
             return None
-        if self._gender is None:
+        if self._probes is None:
             with self._renderer_lock:
-                if self._gender is None:
+                if self._probes is None:
                     from idmrag_plugin.generation.identity_student import IdentityStudent
                     from idmrag_plugin.weights import MODEL_CONFIG
 
-                    probes = GenderProbes.load(self.gender_probes_path)
+                    probes = AttributeProbes.load(self.attribute_probes_path)
                     drawn_by = json.loads((self.renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
                     if probes.renderer_sha256 != drawn_by:
                         raise ModelLoadError(
-                            f"{self.gender_probes_path} describes renderer {probes.renderer_sha256[:12]}, not "
-                            f"{self.renderer_dir}; refit them with `idmrag fit-gender-probes --renderer "
-                            f"{self.renderer_dir}`, or build the generator without gender probes"
+                            f"{self.attribute_probes_path} describes renderer {probes.renderer_sha256[:12]}, not "
+                            f"{self.renderer_dir}; refit them with `idmrag fit-attribute-probes --renderer "
+                            f"{self.renderer_dir}`, or build the generator without attribute probes"
                         )
-                    self._gender = (probes, IdentityStudent.load(self.student_path).to(self.device).eval())
-        return self._gender
+                    self._probes = (probes, IdentityStudent.load(self.student_path).to(self.device).eval())
+        return self._probes
 
-    def _note_gender(self, code: np.ndarray, face: np.ndarray) -> None:
-        """Register the perceived gender of the person whose code is ``code`` from this photo,
-        unless they were seen before (one person keeps one pseudonym across photos)."""
-        keeping = self._gender_keeping()
+    def _note_person(self, code: np.ndarray, face: np.ndarray) -> None:
+        """Register the perceived gender and age of the person whose code is ``code`` from this
+        photo, unless they were seen before (one person keeps one pseudonym across photos)."""
+        keeping = self._attribute_keeping()
         if keeping is None:
             return
         person = self._seed_code(code).tobytes()
-        if person in self._genders:
+        if person in self._readings:
             return
         import torch
 
@@ -127,14 +127,17 @@ class RendererGenerator(VAEDecodeGenerator):
         with torch.inference_mode():
             embedding = student(x).cpu().numpy()  # type: ignore[operator]
         with self._lock:
-            self._genders.setdefault(person, bool(probes.image_side(embedding)[0]))
+            self._readings.setdefault(person, probes.read_image(embedding)[0])
 
-    def suits(self, person: np.ndarray, code: np.ndarray) -> bool:
-        """A pseudonym the renderer draws with the person's perceived gender (read from their
-        photo); see :mod:`idmrag_plugin.generation.gender`."""
-        keeping = self._gender_keeping()
-        wanted = self._genders.get(np.asarray(person).tobytes())
-        return keeping is None or wanted is None or bool(keeping[0].code_side(code)[0]) == wanted
+    def mismatch(self, person: np.ndarray, code: np.ndarray) -> float:
+        """0 for a pseudonym the renderer draws with the person's perceived gender and about
+        their age (read from their photo), see :mod:`idmrag_plugin.generation.attributes`;
+        else 1 for the wrong gender plus how far the age is beyond the tolerance."""
+        keeping = self._attribute_keeping()
+        wanted = self._readings.get(np.asarray(person).tobytes())
+        if keeping is None or wanted is None:
+            return 0.0
+        return keeping[0].mismatch(wanted, keeping[0].read_code(code)[0])
 
     def mask(self, size: int) -> np.ndarray:
         """The inpainting mask at ``size`` px (1 = drawn by the renderer)."""
@@ -151,7 +154,7 @@ class RendererGenerator(VAEDecodeGenerator):
         if request.identity is not None:
             z = request.identity
         else:
-            self._note_gender(id_mu[0], face)
+            self._note_person(id_mu[0], face)
             z = self.replacement_code(id_mu[0], request.attempt)
         side = renderer.config.image_size
         small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face

@@ -1,13 +1,15 @@
-"""``idmrag fit-gender-probes``: the probes with which the renderer keeps perceived gender.
+"""``idmrag fit-attribute-probes``: the probes with which the renderer keeps perceived gender
+and age (see :mod:`idmrag_plugin.generation.attributes`).
 
-1. ``image``: logistic regression of the labelled faces' gender (UTKFace's, in the data) on
-   the identity student's embedding of the face (at the codes model's resolution).
+1. ``image``: logistic regression of the labelled faces' gender, and ridge regression of their
+   log(1 + age) (UTKFace's labels, in the data), on the identity student's embedding of the
+   face (at the codes model's resolution).
 2. ``code``: ``--draws`` codes drawn by the sampler are rendered into the contexts (and with
-   the attribute codes) of random training faces; the image probe judges each drawing, and a
-   logistic regression of that verdict on the code gives the gender the renderer draws.
+   the attribute codes) of random training faces; the image probes judge each drawing, and
+   regressions of those verdicts on the code give the gender and age the renderer draws.
 
-Both report their held-out accuracy (a fifth of the rows). The output records the renderer
-weights' sha256: refit after retraining the renderer.
+Each reports its held-out accuracy or error (a fifth of the rows, shuffled). The output
+records the renderer weights' sha256: refit after retraining the renderer.
 """
 
 from __future__ import annotations
@@ -21,9 +23,21 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.generation.gender import GenderProbes
+from idmrag_plugin.generation.attributes import AttributeProbes
 
 logger = logging.getLogger(__name__)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, float]:
+    """Weights and bias of a ridge regression of log(1 + years), fitted on 4/5 of the rows, then on all."""
+    from sklearn.linear_model import Ridge
+
+    cut = len(x) * 4 // 5
+    held_out = np.abs(np.expm1(Ridge(1e-2).fit(x[:cut], y[:cut]).predict(x[cut:])) - np.expm1(y[cut:])).mean()
+    model = Ridge(1e-2).fit(x, y)
+    logger.info("%s age probe: %.1f years mean absolute error on %d held-out rows (%.1f predicting the mean)",
+                what, held_out, len(x) - cut, np.abs(np.expm1(y[:cut]).mean() - np.expm1(y[cut:])).mean())
+    return model.coef_.astype(np.float64), float(model.intercept_)
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, float]:
@@ -35,12 +49,12 @@ def _logistic(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, floa
     cut = len(x) * 4 // 5
     held_out = LogisticRegression(C=1.0, max_iter=3000).fit(x[:cut], y[:cut]).score(x[cut:], y[cut:])
     model = LogisticRegression(C=1.0, max_iter=3000).fit(x, y)
-    logger.info("%s probe: %.1f%% held-out accuracy on %d rows (%.0f%% label 1)",
+    logger.info("%s gender probe: %.1f%% held-out accuracy on %d rows (%.0f%% label 1)",
                 what, 100 * held_out, len(x) - cut, 100 * float(np.mean(y)))
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
 
 
-def fit(args: argparse.Namespace) -> GenderProbes:
+def fit(args: argparse.Namespace) -> AttributeProbes:
     import torch
 
     from idmrag_plugin.generation.identity_student import IdentityStudent
@@ -67,7 +81,9 @@ def fit(args: argparse.Namespace) -> GenderProbes:
         raise ConfigError(f"{args.data} has no gender labels (prepare it from UTKFace)")
     crops = unpack_crops(data)
     train = data["split"] == "train"
-    labelled = np.where(train & (data["gender"] >= 0))[0]
+    labelled = np.where(train & (data["gender"] >= 0) & (data["age"] >= 0))[0] if "age" in data.files else []
+    if len(labelled) < 10:
+        raise ConfigError(f"{args.data} has too few faces with gender and age labels ({len(labelled)})")
     rng.shuffle(labelled)
     renderer = generator._load_renderer().eval()
     generator._load()
@@ -82,7 +98,9 @@ def fit(args: argparse.Namespace) -> GenderProbes:
                 out.append(student(torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0).numpy())
         return np.concatenate(out)
 
-    image_weight, image_bias = _logistic(embed(crops[labelled]), data["gender"][labelled] == 1, "image")
+    labelled_embeddings = embed(crops[labelled])
+    image_gender = _logistic(labelled_embeddings, data["gender"][labelled] == 1, "image")
+    image_age = _ridge(labelled_embeddings, np.log1p(data["age"][labelled].astype(np.float64)), "image")
     contexts = rng.choice(np.where(train)[0], args.draws)
     sampler = generator._sampler
     assert sampler is not None
@@ -100,21 +118,23 @@ def fit(args: argparse.Namespace) -> GenderProbes:
             y = renderer(x, mask.expand(len(x), -1, -1, -1), torch.as_tensor(codes[start : start + 64]),
                          torch.as_tensor(attr).float(), generator=torch.Generator().manual_seed(start))
             drawings.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
-    drawn = np.concatenate(drawings)
-    verdicts = embed(drawn) @ image_weight + image_bias > 0
-    code_weight, code_bias = _logistic(codes.astype(np.float64), verdicts, "code (as drawn)")
+    drawn = embed(np.concatenate(drawings))
+    gender_drawn = drawn @ image_gender[0] + image_gender[1] > 0
+    age_drawn = drawn @ image_age[0] + image_age[1]
+    codes64 = codes.astype(np.float64)
     sha = json.loads((renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
-    probes = GenderProbes(image_weight, image_bias, code_weight, code_bias, sha)
+    probes = AttributeProbes(image_gender, image_age, _logistic(codes64, gender_drawn, "code (as drawn)"),
+                             _ridge(codes64, age_drawn, "code (as drawn)"), sha)
     probes.save(Path(args.output))
     logger.info("wrote %s", args.output)
     return probes
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="idmrag fit-gender-probes", description=__doc__,
+    parser = argparse.ArgumentParser(prog="idmrag fit-attribute-probes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help=".npz from idmrag prepare-data with UTKFace's gender labels")
-    parser.add_argument("--output", required=True, help="gender probes .safetensors to write")
+    parser.add_argument("--data", required=True, help=".npz from idmrag prepare-data with UTKFace's gender and age labels")
+    parser.add_argument("--output", required=True, help="attribute probes .safetensors to write")
     parser.add_argument("--renderer", default=None, help="renderer folder (default: the packaged one)")
     parser.add_argument("--codes", default=None, help="codes VAE folder (default: the packaged one)")
     parser.add_argument("--sampler", default=None, help="identity sampler (default: the packaged one)")

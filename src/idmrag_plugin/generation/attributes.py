@@ -1,0 +1,99 @@
+"""Perceived gender and age kept across the swap, judged where they show: in the drawn face.
+
+Linear probes, fitted by ``idmrag fit-attribute-probes`` for one renderer:
+
+* ``image``: the perceived gender (logistic) and age (ridge on log-years) of a face photo,
+  read from the identity student's embedding (the small network distilled from FaceNet) and
+  fitted on UTKFace's labels;
+* ``code``: the gender and age the renderer *draws* for an identity code, fitted on codes from
+  the sampler, each rendered into a real face's context and judged by the image probes.
+
+A person's gender and age are read from their photo (the first one of the session, kept with
+their pseudonym), and a pseudonym code suits them when the code probes give the same gender
+and an age within ``AGE_TOLERANCE``. Probes of gender on the codes themselves, fitted on
+labelled faces' codes, were tried first: the renderer does not draw what they read (gender
+agreement 61% against 57% without them, on 300 LFW faces).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from idmrag_plugin.errors import ModelLoadError
+
+#: Largest difference of log(1 + years) between the person and the age a pseudonym is drawn
+#: at: about +-25% (a 40-year-old gets 31 to 51).
+AGE_TOLERANCE = 0.25
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A perceived gender (True: the data's label 1, UTKFace's female) and log(1 + years)."""
+
+    gender: bool
+    log_age: float
+
+    @property
+    def years(self) -> float:
+        return float(np.expm1(self.log_age))
+
+
+def _linear(x: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:
+    return np.atleast_2d(x).astype(np.float64) @ weight + bias
+
+
+@dataclass(frozen=True)
+class AttributeProbes:
+    """The four read-outs; ``renderer_sha256`` names the renderer weights the code probes describe."""
+
+    image_gender: tuple[np.ndarray, float]
+    image_age: tuple[np.ndarray, float]
+    code_gender: tuple[np.ndarray, float]
+    code_age: tuple[np.ndarray, float]
+    renderer_sha256: str
+
+    def read_image(self, embeddings: np.ndarray) -> list[Reading]:
+        """Perceived gender and age of faces from their identity-student embeddings (N, D)."""
+        gender = _linear(embeddings, *self.image_gender) > 0.0
+        age = _linear(embeddings, *self.image_age)
+        return [Reading(bool(g), float(a)) for g, a in zip(gender, age, strict=True)]
+
+    def read_code(self, codes: np.ndarray) -> list[Reading]:
+        """The gender and age the renderer draws for identity codes (N, id_dim)."""
+        gender = _linear(codes, *self.code_gender) > 0.0
+        age = _linear(codes, *self.code_age)
+        return [Reading(bool(g), float(a)) for g, a in zip(gender, age, strict=True)]
+
+    @staticmethod
+    def mismatch(person: Reading, drawn: Reading) -> float:
+        """0 when ``drawn`` has the person's gender and an age within ``AGE_TOLERANCE``; else 1
+        for the other gender plus the age difference beyond the tolerance (in log-years)."""
+        return float(person.gender != drawn.gender) + max(0.0, abs(person.log_age - drawn.log_age) - AGE_TOLERANCE)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.numpy import save_file
+
+        tensors = {}
+        for name in ("image_gender", "image_age", "code_gender", "code_age"):
+            weight, bias = getattr(self, name)
+            tensors[f"{name}.weight"] = np.asarray(weight, np.float32)
+            tensors[f"{name}.bias"] = np.array([bias], np.float32)
+        save_file(tensors, str(path), metadata={"renderer_sha256": self.renderer_sha256})
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttributeProbes:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+                metadata = handle.metadata() or {}
+            probes = {name: (tensors[f"{name}.weight"].astype(np.float64), float(tensors[f"{name}.bias"][0]))
+                      for name in ("image_gender", "image_age", "code_gender", "code_age")}
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelLoadError(f"{path} does not hold attribute probes ({exc}); refit them with "
+                                 "`idmrag fit-attribute-probes`") from exc
+        return cls(**probes, renderer_sha256=metadata.get("renderer_sha256", ""))
