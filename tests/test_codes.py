@@ -79,6 +79,20 @@ def test_sampler_accepts_only_distinct_realistic_unreal_codes(sampler_path, clus
     assert accepted >= 15
 
 
+def test_sampler_leaves_attributes_to_a_generator_that_judges_them_itself(sampler_path, clustered_codes):
+    codes, _, _ = clustered_codes
+    sampler = IdentitySampler.load(sampler_path)
+    kept = []
+    for i in range(0, 300, 15):
+        z, info = sampler.sample(codes[i], key=i.to_bytes(2, "little"), keep_attributes=False)
+        assert info.accepted  # distinct, realistic and nobody real, without the probes
+        unit = z / np.linalg.norm(z)
+        assert float(unit @ (codes[i] / np.linalg.norm(codes[i]))) < sampler.distinct_cos
+        assert np.max(sampler.identity_means @ unit) < sampler.distinct_cos
+        kept.append(sampler._attributes(z)[0] == sampler._attributes(codes[i])[0])
+    assert not all(kept)  # the probe's gender is not forced any more
+
+
 def test_same_key_same_pseudonym_other_key_other(sampler_path, clustered_codes):
     codes, _, _ = clustered_codes
     sampler = IdentitySampler.load(sampler_path)

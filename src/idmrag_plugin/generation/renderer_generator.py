@@ -129,6 +129,11 @@ class RendererGenerator(VAEDecodeGenerator):
         with self._lock:
             self._readings.setdefault(person, probes.read_image(embedding)[0])
 
+    def sampler_keeps_attributes(self) -> bool:
+        """The sampler's probes read the codes, not what this renderer draws: with attribute
+        probes of its own the renderer judges gender and age itself."""
+        return self._attribute_keeping() is None
+
     def mismatch(self, person: np.ndarray, code: np.ndarray) -> float:
         """0 for a pseudonym the renderer draws with the person's perceived gender and about
         their age (read from their photo), see :mod:`idmrag_plugin.generation.attributes`;

@@ -30,6 +30,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 AGE_BANDS = (0, 13, 20, 35, 55, 200)
+#: Candidates judged at once by ``IdentitySampler.sample`` (the first passing one wins).
+SAMPLE_CHUNK = 32
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -125,50 +127,68 @@ class IdentitySampler:
         return (peak + np.log(np.exp(log_comp - peak).sum(axis=1, keepdims=True)))[:, 0]
 
     def _attributes(self, z: np.ndarray) -> tuple[int | None, int | None]:
-        x = np.append(z, 1.0)
-        gender = None if self.gender_probe is None else int(x @ self.gender_probe > 0)
+        gender, age = self._attribute_bands(np.atleast_2d(z))
+        return (None if gender is None else int(gender[0])), (None if age is None else int(age[0]))
+
+    def _attribute_bands(self, z: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Probe gender (0/1) and age band of codes (N, D), each None without its probe."""
+        x = np.hstack([z, np.ones((len(z), 1))])
+        gender = None if self.gender_probe is None else (x @ self.gender_probe > 0).astype(int)
         age = None
         if self.age_probe is not None:
-            years = float(np.expm1(x @ self.age_probe))
-            age = int(np.searchsorted(AGE_BANDS, years, side="right"))
+            age = np.searchsorted(AGE_BANDS, np.expm1(x @ self.age_probe), side="right")
         return gender, age
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, original: np.ndarray, key: bytes, max_tries: int = 256) -> tuple[np.ndarray, SampleInfo]:
+    def sample(
+        self, original: np.ndarray, key: bytes, max_tries: int = 256, keep_attributes: bool = True
+    ) -> tuple[np.ndarray, SampleInfo]:
         """A replacement code for ``original``; the same ``key`` gives the same answer.
 
-        When no candidate passes within ``max_tries`` the last candidate that was at least
-        distinct is returned with ``accepted=False`` (the oracle check downstream still
-        decides whether the face may be used).
+        The candidates are drawn in one go and judged in chunks, in order, the first that
+        passes winning. ``keep_attributes=False`` skips the gender and age-band probes (for a
+        generator that judges attributes its own way). When no candidate passes within
+        ``max_tries`` the last candidate that was at least distinct is returned with
+        ``accepted=False`` (the oracle check downstream still decides whether the face may be
+        used).
         """
         start = time.perf_counter()
         rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-        target = self._attributes(original)
-        original_unit = _normalise(original)
-        fallback: tuple[np.ndarray, float, float, float] | None = None
-        for tries in range(1, max_tries + 1):
-            k = rng.choice(len(self.weights), p=self.weights)
-            z = self.means[k] + rng.standard_normal(self.means.shape[1]) * np.sqrt(self.variances[k])
-            unit = _normalise(z)
-            cos_orig = float(unit @ original_unit)
-            if cos_orig >= self.distinct_cos:
+        original = np.asarray(original, np.float64)
+        components = rng.choice(len(self.weights), size=max_tries, p=self.weights)
+        z = self.means[components] + rng.standard_normal((max_tries, self.means.shape[1])) * np.sqrt(
+            self.variances[components])
+        units = _normalise(z)
+        cos_orig = units @ _normalise(original)
+        target = self._attributes(original) if keep_attributes else (None, None)
+        fallback: tuple[int, float, float] | None = None  # (index, density, max_real)
+        for first in range(0, max_tries, SAMPLE_CHUNK):
+            chunk = first + np.flatnonzero(cos_orig[first : first + SAMPLE_CHUNK] < self.distinct_cos)
+            if not len(chunk):
                 continue
-            density = float(self.log_density(z)[0])
-            max_real = float(np.max(self.identity_means @ unit))
-            fallback = (z, cos_orig, density, max_real)
-            if density < self.density_floor or max_real >= self.distinct_cos:
-                continue
-            gender, age = self._attributes(z)
-            if (target[0] is not None and gender != target[0]) or (
-                target[1] is not None and age is not None and abs(age - target[1]) > 0
-            ):
-                continue
-            return z.astype(np.float32), SampleInfo(tries, True, cos_orig, density, max_real, time.perf_counter() - start)
+            density = self.log_density(z[chunk])
+            max_real = (units[chunk] @ self.identity_means.T).max(axis=1)
+            fallback = (int(chunk[-1]), float(density[-1]), float(max_real[-1]))
+            ok = (density >= self.density_floor) & (max_real < self.distinct_cos)
+            gender, age = self._attribute_bands(z[chunk])
+            if target[0] is not None and gender is not None:
+                ok &= gender == target[0]
+            if target[1] is not None and age is not None:
+                ok &= age == target[1]
+            passed = np.flatnonzero(ok)
+            if len(passed):
+                i = int(passed[0])
+                return z[chunk[i]].astype(np.float32), SampleInfo(
+                    int(chunk[i]) + 1, True, float(cos_orig[chunk[i]]), float(density[i]), float(max_real[i]),
+                    time.perf_counter() - start)
         if fallback is None:
-            z = -original
-            fallback = (z, -1.0, float(self.log_density(z)[0]), float(np.max(self.identity_means @ _normalise(z))))
-        z, cos_orig, density, max_real = fallback
-        return np.asarray(z, np.float32), SampleInfo(max_tries, False, cos_orig, density, max_real, time.perf_counter() - start)
+            code = -original
+            return np.asarray(code, np.float32), SampleInfo(
+                max_tries, False, -1.0, float(self.log_density(code)[0]),
+                float(np.max(self.identity_means @ _normalise(code))), time.perf_counter() - start)
+        index, density_, max_real_ = fallback
+        return z[index].astype(np.float32), SampleInfo(
+            max_tries, False, float(cos_orig[index]), density_, max_real_, time.perf_counter() - start)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path) -> None:

@@ -106,7 +106,8 @@ class VAEDecodeGenerator(FaceGenerator):
         self._load()
         assert self._sampler is not None
         seed = self._seed_code(code)
-        z, info = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt))
+        keep = self.sampler_keeps_attributes()
+        z, info = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt), keep_attributes=keep)
         if not info.accepted:
             logger.info("sampler found no fully acceptable code in %d tries", info.tries)
         if attempt >= SUITED_ATTEMPTS:
@@ -116,11 +117,17 @@ class VAEDecodeGenerator(FaceGenerator):
             if best_mismatch <= 0.0:
                 break
             # deterministic: the same person and attempt redraw the same way
-            z, _ = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt + 1000 * redraw))
+            z, _ = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt + 1000 * redraw),
+                                        keep_attributes=keep)
             mismatch = self.mismatch(seed, z)
             if mismatch < best_mismatch:
                 best, best_mismatch = z, mismatch
         return best
+
+    def sampler_keeps_attributes(self) -> bool:
+        """Whether the sampler's own gender and age-band probes on the codes should filter the
+        pseudonyms (a generator that judges attributes its own way turns them off)."""
+        return True
 
     def mismatch(self, person: np.ndarray, code: np.ndarray) -> float:
         """How badly a sampled pseudonym ``code`` suits the person whose registered code is
