@@ -86,6 +86,12 @@ class ResultCache:
             while len(self._aliases) > 4 * max(self.max_entries, 1):
                 self._aliases.popitem(last=False)
 
+    def has_encoded(self, encoded_key: str) -> bool:
+        """Whether :meth:`get_encoded` would answer (in memory; no copy made, no hit counted)."""
+        with self._lock:
+            key = self._aliases.get(encoded_key)
+            return key is not None and key in self._entries
+
     def get_encoded(self, encoded_key: str) -> AnonymizationResult | None:
         """The result for an encoded input seen before (in memory only), else None."""
         with self._lock:

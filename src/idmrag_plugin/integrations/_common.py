@@ -222,7 +222,9 @@ class AnonymizerBridge:
         cache = engine.cache
         if len(sources) < 2 or cache is None or (cache.folder is None and len(sources) > cache.max_entries):
             return
-        engine.anonymize_many(sources)
+        missing = [s for s in sources if not isinstance(s, bytes) or not cache.has_encoded(cache.bytes_key(s))]
+        if len(missing) > 1:  # a single image gains nothing from a batch
+            engine.anonymize_many(missing)
 
     def anonymize(
         self, *, data: bytes | None = None, path: str | Path | None = None, url: str | None = None
