@@ -304,3 +304,20 @@ def test_anonymize_many_keeps_results_in_order_past_bad_inputs_within_a_batch(ma
     assert [r.status for r in results] == ["error", "anonymized", "no_faces", "error", "anonymized"]
     assert results[0].pixels is None and results[3].pixels is None
     assert all(f.method == OBFUSCATED for r in (results[1], results[4]) for f in r.faces)
+
+
+def test_anonymize_many_isolates_a_detector_failure_to_its_image(make_engine, astronaut, monkeypatch):
+    engine = make_engine(rotations=(0,), cache_size=0, batch_size=4)
+    detect = engine.detector.detect
+
+    def flaky(pixels):
+        if pixels.shape[0] == 300:
+            raise RuntimeError("detector crashed")
+        return detect(pixels)
+
+    monkeypatch.setattr(engine.detector, "detect", flaky)
+    results = engine.anonymize_many(iter([astronaut, astronaut[:300], astronaut]))  # any iterable
+    assert [r.status for r in results] == ["anonymized", "error", "anonymized"]
+    assert results[1].pixels is None and "detector crashed" in (results[1].error or "")
+    with pytest.raises(RuntimeError, match="detector crashed"):
+        engine.anonymize_many([astronaut, astronaut[:300]], raise_errors=True)
