@@ -281,20 +281,18 @@ class FaceAnonymizer:
         cached = self.cache.get(key) if self.cache is not None and key is not None else None
         if cached is not None:
             cached.timings_ms = timings
-            self._store((None, encoded_key), cached, key)
+            if encoded_key is not None and key is not None:  # these bytes decode to known pixels
+                self.cache.alias(encoded_key, key)  # type: ignore[union-attr]
         return cached, pixels, (key, encoded_key)
 
-    def _store(self, keys: tuple[str | None, str | None], result: AnonymizationResult, known: str | None = None) -> None:
-        """Keep ``result`` under the pixels' key and make the encoded bytes' key point to it
-        (``known``: the pixels' key of a result already stored)."""
+    def _store(self, keys: tuple[str | None, str | None], result: AnonymizationResult) -> None:
+        """Keep a new ``result`` under the pixels' key and point the encoded bytes' key at it."""
         key, encoded_key = keys
-        if self.cache is None:
+        if self.cache is None or key is None:
             return
-        if key is not None:
-            self.cache.put(key, result)
-        target = key if key is not None else known
-        if target is not None and encoded_key is not None:
-            self.cache.alias(encoded_key, target)
+        self.cache.put(key, result)
+        if encoded_key is not None:
+            self.cache.alias(encoded_key, key)
 
     def _anonymize_chunk(self, chunk: list[ImageInput]) -> list[AnonymizationResult | Exception]:
         """Each image's result, or the exception it raised, in order; the images that are not
