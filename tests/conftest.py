@@ -156,3 +156,23 @@ def http_image(astronaut):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/astronaut.jpg"
     server.shutdown()
+
+
+def anonymize_with_packaged_generator(make_engine, image: np.ndarray, oracles, **config):
+    """One image through the engine with a packaged generator (sharing the session's detector
+    and oracles): a generated face must pass every oracle, or the face fails closed; either way
+    no oracle matches the output to the original. Returns the result."""
+    from idmrag_plugin.engine.oracles import cosine
+
+    base = make_engine()
+    engine = FaceAnonymizer(AnonymizerConfig(**config), detector=base.detector, oracles=base.oracles)
+    result = engine.anonymize(image)
+    (face,) = result.faces
+    assert face.method in ("generated", "obfuscated")
+    if face.method == "generated":
+        assert face.verified
+    for oracle in oracles:
+        sim = float(cosine(oracle.embed_faces(image, [face.detection.landmarks]),
+                           oracle.embed_faces(result.pixels, [face.detection.landmarks]))[0])
+        assert sim < engine.thresholds[oracle.name]
+    return result

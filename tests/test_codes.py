@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import anonymize_with_packaged_generator
 
 from idmrag_plugin import GenerationRequest, ModelLoadError
 from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
@@ -308,20 +309,7 @@ def test_attribute_adversary_measures_identity_leakage():
 def test_packaged_vae_decode_engine_replaces_and_verifies(make_engine, astronaut, oracles):
     """The shipped codes model, through the whole engine: a generated face passes every oracle
     or the face fails closed; either way the output is not the original person."""
-    from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
-    from idmrag_plugin.engine.oracles import cosine
-
-    base = make_engine()
-    engine = FaceAnonymizer(AnonymizerConfig(generator="vae-decode"), detector=base.detector, oracles=base.oracles)
-    result = engine.anonymize(astronaut)
-    (face,) = result.faces
-    assert face.method in ("generated", "obfuscated")
-    if face.method == "generated":
-        assert face.verified
-    for oracle in oracles:
-        sim = float(cosine(oracle.embed_faces(astronaut, [face.detection.landmarks]),
-                           oracle.embed_faces(result.pixels, [face.detection.landmarks]))[0])
-        assert sim < engine.thresholds[oracle.name]
+    anonymize_with_packaged_generator(make_engine, astronaut, oracles, generator="vae-decode")
 
 
 def test_sampler_accepts_float32_mixture_weights_that_do_not_sum_exactly_to_one(tmp_path):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import anonymize_with_packaged_generator
 from safetensors.torch import save_file
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, GenerationRequest, ModelLoadError
@@ -223,24 +224,12 @@ def test_engine_with_a_renderer_keeps_pixels_outside_the_faces(tiny_run, astrona
 def test_packaged_renderer_loads_with_its_sha256_and_replaces_a_face(make_engine, astronaut, oracles):
     """The shipped renderer, through the whole engine: a generated face passes every oracle or
     the face fails closed; either way the output is not the original person."""
-    from idmrag_plugin.engine.oracles import cosine
     from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
     from idmrag_plugin.weights import CODES_VAE_DIR, RENDERER_DIR, packaged
 
     renderer = FaceRenderer.from_pretrained(packaged(RENDERER_DIR))  # checks the recorded sha256
     assert renderer.config.codes_sha256 == codes_fingerprint(packaged(CODES_VAE_DIR))
-    base = make_engine()
-    engine = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0), detector=base.detector,
-                            oracles=base.oracles)
-    result = engine.anonymize(astronaut)
-    (face,) = result.faces
-    assert face.method in ("generated", "obfuscated")
-    if face.method == "generated":
-        assert face.verified
-    for oracle in oracles:
-        sim = float(cosine(oracle.embed_faces(astronaut, [face.detection.landmarks]),
-                           oracle.embed_faces(result.pixels, [face.detection.landmarks]))[0])
-        assert sim < engine.thresholds[oracle.name]
+    anonymize_with_packaged_generator(make_engine, astronaut, oracles, generator="renderer", cache_size=0)
 
 
 def test_pseudonym_codes_are_drawn_with_the_person_s_perceived_gender_and_age(tiny_run, tmp_path):

@@ -41,8 +41,10 @@ class Reading:
         return float(np.expm1(self.log_age))
 
 
-def _linear(x: np.ndarray, weight: np.ndarray, bias: float) -> np.ndarray:
-    return np.atleast_2d(x).astype(np.float64) @ weight + bias
+def _read(x: np.ndarray, gender: tuple[np.ndarray, float], age: tuple[np.ndarray, float]) -> list[Reading]:
+    x = np.atleast_2d(x).astype(np.float64)
+    return [Reading(bool(g > 0.0), float(a)) for g, a in zip(x @ gender[0] + gender[1], x @ age[0] + age[1],
+                                                             strict=True)]
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,11 @@ class AttributeProbes:
 
     def read_image(self, embeddings: np.ndarray) -> list[Reading]:
         """Perceived gender and age of faces from their identity-student embeddings (N, D)."""
-        gender = _linear(embeddings, *self.image_gender) > 0.0
-        age = _linear(embeddings, *self.image_age)
-        return [Reading(bool(g), float(a)) for g, a in zip(gender, age, strict=True)]
+        return _read(embeddings, self.image_gender, self.image_age)
 
     def read_code(self, codes: np.ndarray) -> list[Reading]:
         """The gender and age the renderer draws for identity codes (N, id_dim)."""
-        gender = _linear(codes, *self.code_gender) > 0.0
-        age = _linear(codes, *self.code_age)
-        return [Reading(bool(g), float(a)) for g, a in zip(gender, age, strict=True)]
+        return _read(codes, self.code_gender, self.code_age)
 
     @staticmethod
     def mismatch(person: Reading, drawn: Reading) -> float:
