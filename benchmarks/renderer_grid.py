@@ -1,7 +1,7 @@
 """What a user sees: scikit-image's astronaut and cameraman anonymized by each generator,
 shown at 1:1 pixels around the face (no resampling of the output), next to the original.
 
-    python benchmarks/renderer_grid.py --out docs/renderer_grid.png [--renderer-weights runs/renderer64/renderer]
+    python benchmarks/renderer_grid.py --out docs/renderer_grid.png --generators vae-decode,renderer,renderer-lcm
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/renderer_grid.png")
     parser.add_argument("--renderer-weights", default=None, help="OUTPUT/renderer of train-renderer (default: packaged)")
-    parser.add_argument("--generators", default="vae-decode,renderer")
+    parser.add_argument("--code-lcm-weights", default=None, help="OUTPUT/lcm of train-code-lcm (default: packaged)")
+    parser.add_argument("--generators", default="vae-decode,renderer,renderer-lcm")
     parser.add_argument("--side", type=int, default=220, help="side of the 1:1 window around each face")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -33,7 +34,8 @@ def main() -> None:
     columns: dict[str, dict[str, np.ndarray]] = {"original": photos}
     boxes: dict[str, tuple[float, ...]] = {}
     for name in args.generators.split(","):
-        weights = Path(args.renderer_weights) if name == "renderer" and args.renderer_weights else None
+        own = {"renderer": args.renderer_weights, "renderer-lcm": args.code_lcm_weights}.get(name)
+        weights = Path(own) if own else None
         engine = FaceAnonymizer(AnonymizerConfig(generator=name, generator_weights=weights, rotations=(0,),
                                                  cache_size=0, threads=args.threads))
         columns[name] = {}

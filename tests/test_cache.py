@@ -150,9 +150,9 @@ def test_a_file_swapped_into_the_store_is_never_handed_out(engine, camera_face, 
 
 
 def test_repeated_encoded_bytes_skip_decoding(engine, camera_face, photo, monkeypatch):
-    import idmrag_plugin.pipeline as pipeline
+    from idmrag_plugin import pipeline
 
-    anonymizer, _, generator = _engine(engine, camera_face)
+    anonymizer, _, _generator = _engine(engine, camera_face)
     data = photo.read_bytes()
     first = anonymizer.anonymize(data)
     decoded: list[int] = []

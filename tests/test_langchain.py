@@ -45,7 +45,7 @@ def _face_changed(pixels: np.ndarray, original: np.ndarray) -> bool:
 def _to_message(docs: list[Document]) -> list[HumanMessage]:
     blocks: list[dict] = [{"type": "text", "text": "Answer from these photos."}]
     for doc in docs:
-        data = doc.page_content if "image_base64" not in doc.metadata else doc.metadata["image_base64"]
+        data = doc.metadata.get("image_base64", doc.page_content)
         blocks.append({"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{data}"}})
         blocks.append({"type": "text", "text": str({k: v for k, v in doc.metadata.items() if k != "idmrag_report"})})
     return [HumanMessage(content=blocks)]

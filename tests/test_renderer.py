@@ -311,3 +311,33 @@ def test_fit_attribute_probes_reads_labels_and_the_renderer_it_describes(tiny_ru
     np.savez(tmp_path / "unlabelled.npz", **data)
     with pytest.raises(ConfigError, match="gender labels"):
         fit(build_parser().parse_args(["--data", str(tmp_path / "unlabelled.npz")] + args[2:]))
+
+def test_of_several_candidates_the_drawing_least_like_the_person_is_kept_for_the_person(tiny_run, tmp_path):
+    from idmrag_plugin.generation.attributes import AttributeProbes
+
+    root, *_ = tiny_run
+    sha = json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
+    zeros = (np.zeros(512), 0.0)
+    AttributeProbes(zeros, (np.zeros(512), 3.4), (np.zeros(16), 0.0), (np.zeros(16), 3.4), sha).save(
+        tmp_path / "probes.safetensors")
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                                  secret=b"s", attribute_probes_path=tmp_path / "probes.safetensors",
+                                  student_path=root / "student.safetensors", candidates=4)
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    code, attr = (a[0] for a in generator.encode(face[None]))
+    codes = np.stack([generator.replacement_code(code, 0, variant) for variant in range(4)])
+    assert len({c.tobytes() for c in codes}) == 4
+    drawings = generator._render(codes, face, attr[None])
+    likeness = generator._likeness(drawings, face, generator._attribute_keeping()[1])
+    assert np.array_equal(out, generator._composite(drawings[int(np.argmin(likeness))], face))
+    assert not np.array_equal(out, generator._composite(drawings[int(np.argmax(likeness))], face))
+    # the person's next photo gets the kept pseudonym, not a choice of its own
+    again = np.clip(face.astype(np.int16) + 3, 0, 255).astype(np.uint8)
+    drawn_again = generator.generate(GenerationRequest(again, attempt=0, seed=8))
+    (kept,) = generator._chosen.values()
+    assert np.array_equal(kept, codes[int(np.argmin(likeness))])
+    redrawn = generator._render(kept[None], again, generator.encode(again[None])[1])[0]
+    assert np.array_equal(drawn_again, generator._composite(redrawn, again))
+    with pytest.raises(ModelLoadError, match="candidates"):
+        RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", candidates=0)

@@ -212,8 +212,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts", type=int, default=5, help="generator attempts per face")
     parser.add_argument("--generator", default="vae-decode", choices=list(GENERATORS),
                         help="none: obfuscate every face; the others replace identities")
-    parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of lcm / ldm-teacher")
-    parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm) or `idmrag train-renderer` (OUTPUT/renderer)")
+    parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of renderer-lcm / lcm / ldm-teacher")
+    parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm), `idmrag train-renderer` (OUTPUT/renderer) or `idmrag train-code-lcm` (OUTPUT/lcm, for renderer-lcm)")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("blend-codes", help="interpolate two codes models in weight space (see --help)")
     sub.add_parser("train-renderer", help="train the context-aware face renderer adversarially (see --help)")
     sub.add_parser("fit-attribute-probes", help="fit the probes with which the renderer keeps gender and age (see --help)")
+    sub.add_parser("train-code-lcm", help="train the pseudonym-code diffusion model and distil it into an LCM (see --help)")
     return parser
 
 
@@ -311,6 +312,7 @@ DELEGATED = {
     "blend-codes": "idmrag_plugin.training.blend_codes",
     "train-renderer": "idmrag_plugin.training.train_renderer",
     "fit-attribute-probes": "idmrag_plugin.training.fit_attribute_probes",
+    "train-code-lcm": "idmrag_plugin.training.train_code_lcm",
 }
 
 

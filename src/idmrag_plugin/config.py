@@ -12,7 +12,9 @@ DETECTORS = ("mtcnn", "mtcnn+hog")
 ORACLES = ("dlib", "facenet")
 PRIVACY_LEVELS = ("far1e-2", "far1e-3")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
-GENERATORS = ("none", "vae-decode", "renderer", "lcm", "ldm-teacher")
+GENERATORS = ("none", "vae-decode", "renderer", "renderer-lcm", "lcm", "ldm-teacher")
+#: Generators with a number of sampling steps.
+STEPPED_GENERATORS = ("renderer-lcm", "lcm", "ldm-teacher")
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,17 @@ class AnonymizerConfig:
             ``far1e-3`` is stricter.
         generator: ``"vae-decode"`` (default: the packaged identity-code autoencoder draws a
             replacement identity), ``"renderer"`` (the adversarially trained inpainter draws the
-            inner face into the photo's own context), ``"none"`` (every face is irreversibly
-            obfuscated), ``"lcm"``
+            inner face into the photo's own context), ``"renderer-lcm"`` (the renderer draws
+            pseudonym codes written for the person's perceived gender and age by the packaged
+            consistency-distilled code diffusion model, ``generator_steps`` 1-4, default 4),
+            ``"none"`` (every face is irreversibly obfuscated), ``"lcm"``
             (the consistency-distilled latent diffusion model, ``generator_steps`` 1-4) or
             ``"ldm-teacher"`` (its diffusion teacher, e.g. 50 steps). A generator object
             passed to the engine takes precedence.
-        generator_steps: sampling steps of ``"lcm"`` / ``"ldm-teacher"``.
+        generator_steps: sampling steps of ``"renderer-lcm"``, ``"lcm"`` and ``"ldm-teacher"``.
         generator_weights: folder written by ``idmrag train-lcm`` (``OUTPUT/lcm`` or
-            ``OUTPUT/teacher``) or ``idmrag train-renderer`` (``OUTPUT/renderer``); required
+            ``OUTPUT/teacher``), ``idmrag train-renderer`` (``OUTPUT/renderer``) or, for
+            ``"renderer-lcm"``, ``idmrag train-code-lcm`` (``OUTPUT/lcm`` or ``OUTPUT/teacher``); required
             for ``"lcm"``/``"ldm-teacher"`` unless weights ship with the package; the packaged
             renderer is the default for ``"renderer"``.
         max_attempts: generator attempts per face before the failure policy applies.
@@ -112,8 +117,8 @@ class AnonymizerConfig:
             raise ConfigError(f"rotations must be multiples of 90 degrees, got {self.rotations}")
         if self.generator_steps is not None and self.generator_steps < 1:
             raise ConfigError(f"generator_steps must be >= 1, got {self.generator_steps}")
-        if self.generator_steps is not None and self.generator not in ("lcm", "ldm-teacher"):
-            raise ConfigError(f"generator_steps applies to 'lcm' and 'ldm-teacher', not {self.generator!r}")
+        if self.generator_steps is not None and self.generator not in STEPPED_GENERATORS:
+            raise ConfigError(f"generator_steps applies to {', '.join(STEPPED_GENERATORS)}, not {self.generator!r}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.cache_size < 0:

@@ -170,8 +170,8 @@ def _engine(generator: str) -> Callable[[int | None, Path | None], BenchMethod]:
 
 
 def _diffusion(generator: str, folder: str, default_steps: int) -> Callable[[int | None, Path | None], BenchMethod]:
-    """``lcm`` / ``ldm-teacher``: weights from ``diffusion_weights/{folder}`` when given
-    (the OUTPUT of ``idmrag train-lcm``), else the packaged ones."""
+    """``lcm`` / ``ldm-teacher`` / ``renderer-lcm``: weights from ``diffusion_weights/{folder}``
+    when given (the OUTPUT of ``idmrag train-lcm`` / ``train-code-lcm``), else the packaged ones."""
 
     def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         config = AnonymizerConfig(
@@ -210,6 +210,7 @@ METHODS: dict[str, Callable[[int | None, Path | None], BenchMethod]] = {
     "obfuscate": _engine("none"),
     "vae-decode": _engine("vae-decode"),
     "renderer": _renderer,
+    "renderer-lcm": _diffusion("renderer-lcm", "lcm", 4),
     "lcm": _diffusion("lcm", "lcm", 4),
     "ldm-teacher": _diffusion("ldm-teacher", "teacher", 50),
 }

@@ -25,6 +25,11 @@ from idmrag_plugin.generation.renderer import inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
+#: Pseudonym candidates drawn per person and attempt when the identity student is there (the
+#: drawing least like the person is kept). One by default: each further candidate costs a
+#: sampler draw with its redraws and a rendering (about 3x the generate stage at 4).
+PSEUDONYM_CANDIDATES = 1
+
 
 def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
     """True for a black-and-white crop (channels equal up to JPEG noise)."""
@@ -41,6 +46,8 @@ class RendererGenerator(VAEDecodeGenerator):
         attribute_probes_path, student_path: the probes of ``idmrag fit-attribute-probes`` for
             this renderer and the identity student they read; with them, pseudonym codes are
             redrawn until the renderer draws them with the person's perceived gender and age.
+        candidates: pseudonym codes drawn at a person's first photo (per attempt) when the
+            student is there; the drawing it finds least like the person is kept.
     """
 
     name = "renderer"
@@ -58,8 +65,11 @@ class RendererGenerator(VAEDecodeGenerator):
         secret: bytes | None = None,
         attribute_probes_path: str | Path | None = None,
         student_path: str | Path | None = None,
+        candidates: int = PSEUDONYM_CANDIDATES,
     ) -> None:
         super().__init__(model_dir, sampler_path, device=device, secret=secret)
+        if candidates < 1:
+            raise ModelLoadError(f"candidates must be at least 1, got {candidates}")
         self.renderer_dir = Path(renderer_dir)
         if (attribute_probes_path is None) != (student_path is None):
             raise ModelLoadError("keeping gender and age needs both attribute_probes_path and student_path (or neither)")
@@ -70,6 +80,8 @@ class RendererGenerator(VAEDecodeGenerator):
         self._renderer = None
         self._renderer_lock = threading.Lock()
         self._masks: dict[int, np.ndarray] = {}
+        self.candidates = candidates
+        self._chosen: dict[tuple[bytes, int], np.ndarray] = {}  # (person, attempt) -> the pseudonym kept
 
     def _load_renderer(self):
         if self._renderer is None:
@@ -151,32 +163,75 @@ class RendererGenerator(VAEDecodeGenerator):
         return self._masks[size]
 
     def generate(self, request: GenerationRequest) -> np.ndarray:
-        import torch
-
-        renderer = self._load_renderer()
         face = request.face
         id_mu, attr_mu = self.encode(face[None])
         if request.identity is not None:
-            z = request.identity
-        else:
-            self._note_person(id_mu[0], face)
-            z = self.replacement_code(id_mu[0], request.attempt)
+            return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu)[0], face)
+        self._note_person(id_mu[0], face)
+        return self._draw_pseudonym(id_mu[0], face, attr_mu, request.attempt)
+
+    def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int) -> np.ndarray:
+        """Draw the person's pseudonym for this attempt. The first time, ``candidates`` codes are
+        drawn and the drawing the identity student finds least like this face is kept (and its
+        code registered, so the person's other photos get the same pseudonym)."""
+        person = (self._seed_code(code).tobytes(), attempt)
+        with self._lock:
+            chosen = self._chosen.get(person)
+        if chosen is not None:
+            return self._composite(self._render(chosen[None], face, attr_mu)[0], face)
+        keeping = self._attribute_keeping()
+        count = self.candidates if keeping is not None else 1
+        codes = np.stack([self.replacement_code(code, attempt, variant) for variant in range(count)])
+        drawings = self._render(codes, face, attr_mu)
+        best = int(np.argmin(self._likeness(drawings, face, keeping[1]))) if keeping is not None and count > 1 else 0
+        with self._lock:
+            registered = self._chosen.setdefault(person, codes[best])
+        if not np.array_equal(registered, codes[best]):  # another thread chose first for this person
+            return self._composite(self._render(registered[None], face, attr_mu)[0], face)
+        return self._composite(drawings[best], face)
+
+    def _likeness(self, drawings: np.ndarray, face: np.ndarray, student) -> np.ndarray:
+        """Cosine similarity of each drawing to ``face`` in the identity student's eyes."""
+        import torch
+
+        side = self._model.config.image_size  # type: ignore[union-attr]
+        batch = np.stack([cv2.resize(im, (side, side), interpolation=cv2.INTER_AREA) for im in [face, *drawings]])
+        x = torch.as_tensor(batch, device=self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        with torch.inference_mode():
+            e = torch.nn.functional.normalize(student(x), dim=1).cpu().numpy()
+        return e[1:] @ e[0]
+
+    def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray) -> np.ndarray:
+        """The renderer's drawings (K, R, R, 3) of identity codes (K, D) into ``face``'s context,
+        at the renderer's resolution R (see :meth:`_composite` for the crop's)."""
+        import torch
+
+        renderer = self._load_renderer()
         side = renderer.config.image_size
+        count = len(codes)
         small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
         context = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         mask = torch.as_tensor(self.mask(side), device=self.device)[None, None]
         # Noise follows the pseudonym: one person is drawn alike in every photo of the session.
-        generator = torch.Generator().manual_seed(noise_seed(z))
+        per_code = []
+        for z in codes:
+            generator = torch.Generator().manual_seed(noise_seed(z))
+            per_code.append([torch.randn(shape, generator=generator) for shape in renderer.noise_shapes(1)])
+        noise = [torch.cat(maps).to(self.device) for maps in zip(*per_code, strict=True)]
         with torch.inference_mode():
             drawn = renderer(
-                context, mask,
-                torch.as_tensor(np.atleast_2d(z), device=self.device).float(),
-                torch.as_tensor(attr_mu, device=self.device).float(),
-                generator=generator,
+                context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1),
+                torch.as_tensor(codes, device=self.device).float(),
+                torch.as_tensor(attr_mu, device=self.device).float().expand(count, -1, -1, -1),
+                noise=noise,
             )
-        image = ((drawn[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    def _composite(self, image: np.ndarray, face: np.ndarray) -> np.ndarray:
+        """One drawing of :meth:`_render` at the crop's size, in its tone, inside the inpainting
+        mask only."""
         size = face.shape[0]
-        if size != side:
+        if image.shape[0] != size:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
         inside = self.mask(size)
         # The pseudonym's complexion is its own; the photo's lighting and the person's skin

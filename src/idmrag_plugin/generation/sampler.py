@@ -139,6 +139,27 @@ class IdentitySampler:
             age = np.searchsorted(AGE_BANDS, np.expm1(x @ self.age_probe), side="right")
         return gender, age
 
+    # ------------------------------------------------------------------ judging
+    def judge(
+        self, original: np.ndarray, candidates: np.ndarray, nobody_real_cos: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct, acceptable) masks over candidate codes (N, D) proposed by another model:
+        distinct from ``original``, and acceptable = distinct, realistic and nobody real (the
+        rules ``sample`` applies to its own draws, without the attribute probes).
+
+        ``nobody_real_cos`` replaces ``distinct_cos`` in the nobody-real rule for proposals of a
+        model of real codes: every real face is within ``distinct_cos`` of some of thousands of
+        training identities (a pairwise level, not a nearest-of-thousands one), so such a model
+        passes it with its real-looking codes only when they copy nobody more closely than
+        unseen real people resemble their nearest training identity (see ``train-code-lcm``)."""
+        z = np.atleast_2d(np.asarray(candidates, np.float64))
+        units = _normalise(z)
+        distinct = units @ _normalise(np.asarray(original, np.float64)) < self.distinct_cos
+        realistic = self.log_density(z) >= self.density_floor
+        nobody_real = (units @ self.identity_means.T).max(axis=1) < (
+            self.distinct_cos if nobody_real_cos is None else nobody_real_cos)
+        return distinct, distinct & realistic & nobody_real
+
     # ------------------------------------------------------------------ sampling
     def sample(
         self, original: np.ndarray, key: bytes, max_tries: int = 256, keep_attributes: bool = True
@@ -215,11 +236,13 @@ class IdentitySampler:
                    t.get("gender_probe"), t.get("age_probe"))
 
 
-def pseudonym_key(secret: bytes, embedding: np.ndarray, attempt: int) -> bytes:
+def pseudonym_key(secret: bytes, embedding: np.ndarray, attempt: int, variant: int = 0) -> bytes:
     """Keyed, deterministic per-face key: the same face (embedding) and secret give the same
-    replacement; a different secret unlinks them."""
+    replacement; a different secret unlinks them. ``variant`` > 0 keys further candidates of
+    the same attempt."""
     quantised = np.round(_normalise(np.asarray(embedding, np.float64)) * 8).astype(np.int8).tobytes()
-    return hmac.new(secret, quantised + attempt.to_bytes(2, "little"), hashlib.sha256).digest()
+    tail = attempt.to_bytes(2, "little") + (variant.to_bytes(2, "little") if variant else b"")
+    return hmac.new(secret, quantised + tail, hashlib.sha256).digest()
 
 
 def noise_seed(code: np.ndarray) -> int:

@@ -102,12 +102,14 @@ class VAEDecodeGenerator(FaceGenerator):
             self._registry.append((unit, code))
         return code
 
-    def replacement_code(self, code: np.ndarray, attempt: int) -> np.ndarray:
+    def replacement_code(self, code: np.ndarray, attempt: int, variant: int = 0) -> np.ndarray:
+        """The pseudonym code for a face whose identity code is ``code`` at ``attempt``;
+        ``variant`` > 0 gives further candidates for the same attempt."""
         self._load()
         assert self._sampler is not None
         seed = self._seed_code(code)
         keep = self.sampler_keeps_attributes()
-        z, info = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt), keep_attributes=keep)
+        z, info = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt, variant), keep_attributes=keep)
         if not info.accepted:
             logger.info("sampler found no fully acceptable code in %d tries", info.tries)
         if attempt >= SUITED_ATTEMPTS:
@@ -117,7 +119,7 @@ class VAEDecodeGenerator(FaceGenerator):
             if best_mismatch <= 0.0:
                 break
             # deterministic: the same person and attempt redraw the same way
-            z, _ = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt + 1000 * redraw),
+            z, _ = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt + 1000 * redraw, variant),
                                         keep_attributes=keep)
             mismatch = self.mismatch(seed, z)
             if mismatch < best_mismatch:

@@ -67,7 +67,7 @@ class FaceData:
         data = np.load(path, allow_pickle=False)
         keep = data["split"] == split
         crops = unpack_crops(data)[keep]
-        if crops.shape[1] != size:
+        if len(crops) and crops.shape[1] != size:
             import cv2
 
             crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])

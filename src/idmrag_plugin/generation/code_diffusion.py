@@ -1,0 +1,204 @@
+"""Pseudonym codes from a conditional diffusion model, distilled into a latent consistency model.
+
+The renderer draws a face from an identity code; this model writes that code. It is a
+diffusion model over the codes model's ``z_id`` (the renderer's identity space), conditioned
+on the perceived gender and age the renderer should draw (the readings of
+:mod:`idmrag_plugin.generation.attributes`), trained on the codes of real training faces
+(so its samples lie on the identity manifold) with classifier-free guidance, then
+consistency-distilled so that diffusers' ``LCMScheduler`` samples it in 1-4 steps with the
+guidance built in. Its candidates still pass the identity sampler's rejection (distinct from
+the original, realistic, nobody real) before the renderer draws them, and the oracles still
+verify every drawing.
+
+The denoiser is a residual MLP with FiLM from the timestep and the condition: the data are
+128-d vectors, for which a 2-D U-Net has no spatial structure to exploit. The timestep
+embedding and the schedulers are diffusers' own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from idmrag_plugin.errors import ConfigError, ModelLoadError
+from idmrag_plugin.generation.attributes import Reading
+
+KINDS = ("teacher", "lcm")
+#: The condition: gender (+1 for the data's label 1, -1 otherwise) and standardised log-age.
+COND_DIM = 2
+#: log(1 + years) is centred and scaled by these before it conditions the model.
+LOG_AGE_CENTER, LOG_AGE_SCALE = 3.4, 0.7
+
+
+def _diffusers():
+    try:
+        import diffusers
+    except ImportError as exc:
+        raise ModelLoadError("the pseudonym diffusion model needs diffusers: pip install 'idmrag-plugin[lcm]'") from exc
+    return diffusers
+
+
+@dataclass
+class CodeDiffusionConfig:
+    kind: str = "teacher"  # "teacher": DDIM with classifier-free guidance; "lcm": distilled, LCMScheduler
+    id_dim: int = 128
+    hidden: int = 512
+    blocks: int = 4
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    original_inference_steps: int = 50  # the DDIM grid the LCM was distilled on
+    guidance: float = 2.0  # the teacher's guidance scale (the LCM was distilled against it)
+    code_mean: list[float] = field(default_factory=list)  # per-dimension standardisation of the codes
+    code_std: list[float] = field(default_factory=list)
+    codes_sha256: str = ""  # the codes model whose z_id it models
+    probes_sha256: str = ""  # the attribute probes whose code readings labelled its training codes
+    # Its samples may be no closer to a training identity's mean code than this: the 99th
+    # percentile of held-out people's nearest training identity (0: the sampler's distinct_cos).
+    novelty_cos: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+
+def condition_of(readings: Sequence[Reading]) -> torch.Tensor:
+    """(N, COND_DIM) conditioning vectors of perceived gender and age readings."""
+    return torch.tensor([[1.0 if r.gender else -1.0, (r.log_age - LOG_AGE_CENTER) / LOG_AGE_SCALE]
+                         for r in readings], dtype=torch.float32)
+
+
+class _Block(nn.Module):
+    """Pre-norm residual MLP block, modulated (scale, shift) by the timestep and condition."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.film = nn.Linear(hidden, 2 * hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.SiLU(), nn.Linear(2 * hidden, hidden))
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(emb).chunk(2, dim=1)
+        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
+
+
+class CodeDiffusion(nn.Module):
+    """Predicts the noise in a standardised code at timestep ``t`` under a condition."""
+
+    def __init__(self, config: CodeDiffusionConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or CodeDiffusionConfig()
+        embeddings = _diffusers().models.embeddings
+        self.time_proj = embeddings.Timesteps(128, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = embeddings.TimestepEmbedding(128, config.hidden)
+        self.cond_embed = nn.Sequential(nn.Linear(COND_DIM, config.hidden), nn.SiLU(),
+                                        nn.Linear(config.hidden, config.hidden))
+        self.null_cond = nn.Parameter(torch.zeros(config.hidden))  # "no condition", for guidance
+        self.inp = nn.Linear(config.id_dim, config.hidden)
+        self.blocks = nn.ModuleList(_Block(config.hidden) for _ in range(config.blocks))
+        self.out = nn.Sequential(nn.LayerNorm(config.hidden), nn.Linear(config.hidden, config.id_dim))
+        nn.init.zeros_(self.out[1].weight)
+        nn.init.zeros_(self.out[1].bias)
+        mean = torch.tensor(config.code_mean or [0.0] * config.id_dim)
+        std = torch.tensor(config.code_std or [1.0] * config.id_dim)
+        self.register_buffer("code_mean", mean, persistent=False)
+        self.register_buffer("code_std", std, persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                keep_cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, id_dim) standardised noisy codes, t (N,), cond (N, COND_DIM); ``keep_cond``
+        (N,) bool, False where the condition is dropped (guidance's unconditional branch)."""
+        emb = self.time_embed(self.time_proj(t.reshape(-1).expand(x.shape[0])).to(x.dtype))
+        c = self.cond_embed(cond)
+        if keep_cond is not None:
+            c = torch.where(keep_cond[:, None], c, self.null_cond.expand_as(c))
+        emb = nn.functional.silu(emb + c)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(h)
+
+    def guided(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+        """Classifier-free guided noise: uncond + scale * (cond - uncond)."""
+        n = x.shape[0]
+        both = self(torch.cat([x, x]), t.reshape(-1).expand(n).repeat(2), torch.cat([cond, cond]),
+                    torch.cat([torch.ones(n, dtype=torch.bool, device=x.device),
+                               torch.zeros(n, dtype=torch.bool, device=x.device)]))
+        conditional, unconditional = both.chunk(2)
+        return unconditional + scale * (conditional - unconditional)
+
+    def standardise(self, codes: torch.Tensor) -> torch.Tensor:
+        return (codes - self.code_mean) / self.code_std
+
+    def unstandardise(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.code_std + self.code_mean
+
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+        from idmrag_plugin.weights import save_model_folder
+
+        return save_model_folder(self, asdict(self.config), directory, dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> CodeDiffusion:
+        from idmrag_plugin.weights import load_model_folder
+
+        meta, state = load_model_folder(directory, map_location, hint="; train one with `idmrag train-code-lcm`")
+        model = cls(CodeDiffusionConfig(**meta))
+        model.load_state_dict(state)
+        return model.eval()
+
+
+def make_code_scheduler(config: CodeDiffusionConfig, kind: str | None = None):
+    """DDIM for the teacher, LCM for the distilled model (the training betas)."""
+    diffusers = _diffusers()
+    common = {
+        "num_train_timesteps": config.num_train_timesteps,
+        "beta_start": config.beta_start,
+        "beta_end": config.beta_end,
+        "beta_schedule": config.beta_schedule,
+        "clip_sample": False,
+        "prediction_type": "epsilon",
+    }
+    if (kind or config.kind) == "lcm":
+        return diffusers.LCMScheduler(original_inference_steps=config.original_inference_steps, **common)
+    return diffusers.DDIMScheduler(set_alpha_to_one=False, **common)
+
+
+def generator_for(key: bytes) -> torch.Generator:
+    """A torch generator seeded by a pseudonym key (the same key draws the same codes)."""
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % (2**63))
+
+
+@torch.inference_mode()
+def sample_codes(model: CodeDiffusion, cond: torch.Tensor, steps: int,
+                 generator: torch.Generator | None = None) -> np.ndarray:
+    """Codes (N, id_dim) for conditions (N, COND_DIM), denoised from Gaussian noise in ``steps``."""
+    if steps < 1:
+        raise ConfigError(f"sampling steps must be at least 1, got {steps}")
+    c = model.config
+    device = model.code_mean.device
+    cond = cond.to(device)
+    scheduler = make_code_scheduler(c)
+    scheduler.set_timesteps(steps, device=device)
+    shape = (cond.shape[0], c.id_dim)
+    x = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
+    denoised = None
+    for t in scheduler.timesteps:
+        if c.kind == "lcm":
+            eps = model(x, t, cond)
+        else:
+            eps = model.guided(x, t, cond, c.guidance)
+        out = scheduler.step(eps, t, x, generator=generator)
+        x = out.prev_sample
+        denoised = getattr(out, "denoised", None)
+    final = denoised if c.kind == "lcm" and denoised is not None else x
+    return model.unstandardise(final).cpu().numpy().astype(np.float32)

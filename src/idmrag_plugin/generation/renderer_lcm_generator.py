@@ -1,0 +1,134 @@
+"""The renderer with pseudonym codes written by the code LCM (``generator="renderer-lcm"``).
+
+The one-pass renderer draws pseudonym codes from the identity sampler's Gaussian mixture and
+redraws them until the renderer would draw the person's perceived gender and age. Here the
+consistency-distilled diffusion model of :mod:`idmrag_plugin.generation.code_diffusion`
+writes the candidates directly for that gender and age (1-4 steps, a batch of candidates at
+once); the sampler's rules still decide which are acceptable (distinct from the original,
+realistic, and nobody real: no closer to a training identity than 99% of unseen people are,
+the model's recorded ``novelty_cos``); among the candidates the renderer draws closest to the person's
+attributes, the one least like the original identity wins, and the renderer draws it. The oracles verify the drawing as for every generator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from idmrag_plugin.errors import ModelLoadError
+from idmrag_plugin.generation.renderer_generator import RendererGenerator
+from idmrag_plugin.generation.sampler import pseudonym_key
+from idmrag_plugin.generation.vae_generator import SUITED_ATTEMPTS
+
+logger = logging.getLogger(__name__)
+
+#: Codes the LCM writes per attempt (one batch); the sampler's rules filter them.
+CANDIDATES = 64
+
+
+class RendererLCMGenerator(RendererGenerator):
+    """Render pseudonyms written by a code diffusion model (an LCM, or its teacher).
+
+    Args:
+        code_model_dir: folder written by ``idmrag train-code-lcm`` (``OUTPUT/lcm`` or
+            ``OUTPUT/teacher``), fitted to these codes and attribute probes.
+        steps: sampling steps (default 4 for an LCM, 50 for a teacher).
+        The rest as for :class:`RendererGenerator`; the attribute probes are required (the
+        person's perceived gender and age are the model's condition).
+    """
+
+    def __init__(
+        self,
+        code_model_dir: str | Path,
+        renderer_dir: str | Path,
+        model_dir: str | Path,
+        sampler_path: str | Path,
+        attribute_probes_path: str | Path,
+        student_path: str | Path,
+        steps: int | None = None,
+        device: str = "cpu",
+        secret: bytes | None = None,
+    ) -> None:
+        super().__init__(renderer_dir, model_dir, sampler_path, device=device, secret=secret,
+                         attribute_probes_path=attribute_probes_path, student_path=student_path)
+        self.code_model_dir = Path(code_model_dir)
+        self.kind = self._kind_of(self.code_model_dir)
+        self.steps = steps if steps is not None else (4 if self.kind == "lcm" else 50)
+        if self.steps < 1:
+            raise ModelLoadError(f"sampling steps must be at least 1, got {self.steps}")
+        self._code_model = None
+        self._code_lock = threading.Lock()
+
+    @staticmethod
+    def _kind_of(folder: Path) -> str:
+        from idmrag_plugin.weights import MODEL_CONFIG
+
+        try:
+            return str(json.loads((folder / MODEL_CONFIG).read_text())["kind"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{folder} holds no code diffusion model; train one with `idmrag train-code-lcm`") from exc
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"renderer-{self.kind}@{self.steps}"
+
+    def _load_code_model(self):
+        if self._code_model is None:
+            with self._code_lock:
+                if self._code_model is None:
+                    from idmrag_plugin.generation.code_diffusion import CodeDiffusion
+                    from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
+                    from idmrag_plugin.weights import sha256_of
+
+                    model = CodeDiffusion.from_pretrained(self.code_model_dir, map_location=self.device)
+                    c = model.config
+                    if c.codes_sha256 and c.codes_sha256 != codes_fingerprint(self.model_dir):
+                        raise ModelLoadError(f"{self.code_model_dir} models the codes of {c.codes_sha256[:12]}, not "
+                                             f"{self.model_dir}; retrain it with `idmrag train-code-lcm`")
+                    assert self.attribute_probes_path is not None
+                    if c.probes_sha256 and c.probes_sha256 != sha256_of(self.attribute_probes_path):
+                        raise ModelLoadError(
+                            f"{self.code_model_dir} was trained for other attribute probes than "
+                            f"{self.attribute_probes_path}; retrain it with `idmrag train-code-lcm --probes "
+                            f"{self.attribute_probes_path}`")
+                    self._code_model = model
+        return self._code_model
+
+    def sampler_keeps_attributes(self) -> bool:
+        return False
+
+    def replacement_code(self, code: np.ndarray, attempt: int, variant: int = 0) -> np.ndarray:
+        self._load()
+        assert self._sampler is not None
+        seed = self._seed_code(code)
+        keeping = self._attribute_keeping()
+        wanted = self._readings.get(np.asarray(seed).tobytes())
+        if keeping is None or wanted is None or attempt >= SUITED_ATTEMPTS:
+            # After a few unverified drawings a pseudonym of other attributes beats failing
+            # closed: the sampler's unconstrained draws, as for the one-pass renderer.
+            return super().replacement_code(code, attempt, variant)
+        from idmrag_plugin.generation.code_diffusion import (
+            condition_of,
+            generator_for,
+            sample_codes,
+        )
+
+        probes = keeping[0]
+        candidates = sample_codes(self._load_code_model(), condition_of([wanted] * CANDIDATES), self.steps,
+                                  generator_for(pseudonym_key(self.secret, seed, attempt, variant)))
+        model = self._load_code_model()
+        _, acceptable = self._sampler.judge(code, candidates, model.config.novelty_cos or None)
+        if acceptable.any():
+            pool = np.flatnonzero(acceptable)
+            mismatch = np.array([probes.mismatch(wanted, drawn) for drawn in probes.read_code(candidates[pool])])
+            # Among the best-suited candidates, the one furthest from the original identity:
+            # a pseudonym of the person's gender and age is otherwise a nearer match than a random one.
+            units = candidates[pool] / np.linalg.norm(candidates[pool], axis=1, keepdims=True).clip(1e-12)
+            closeness = units @ (code / max(float(np.linalg.norm(code)), 1e-12))
+            return candidates[pool[int(np.lexsort((closeness, mismatch))[0])]]
+        logger.info("none of %d LCM codes passed the sampler's rules; using the sampler's own", CANDIDATES)
+        return super().replacement_code(code, attempt, variant)

@@ -1,0 +1,246 @@
+"""The pseudonym-code diffusion model and its LCM on tiny randomly initialised configs:
+persistence, deterministic sampling, training with resume, conditioning that shows in the
+samples, and the renderer-lcm generator's rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from idmrag_plugin import AnonymizerConfig, ConfigError, GenerationRequest, ModelLoadError
+from idmrag_plugin.generation.attributes import AttributeProbes, Reading
+from idmrag_plugin.generation.code_diffusion import (
+    CodeDiffusion,
+    CodeDiffusionConfig,
+    condition_of,
+    generator_for,
+    sample_codes,
+)
+from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
+from idmrag_plugin.generation.identity_student import IdentityStudent
+from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig
+from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
+from idmrag_plugin.generation.sampler import IdentitySampler
+
+ID_DIM = 16
+HELD_OUT = 32  # faces of the tiny dataset's "val" split
+THIRTY = float(np.log1p(30.0))
+
+
+def test_round_trip_and_deterministic_sampling(tmp_path):
+    torch.manual_seed(0)
+    model = CodeDiffusion(CodeDiffusionConfig(kind="lcm", id_dim=ID_DIM, hidden=32, blocks=1,
+                                              code_mean=[0.5] * ID_DIM, code_std=[2.0] * ID_DIM))
+    for p in model.parameters():  # the output layer starts at zero; make the test see a real network
+        torch.nn.init.normal_(p, std=0.1)
+    model.save_pretrained(tmp_path / "lcm")
+    loaded = CodeDiffusion.from_pretrained(tmp_path / "lcm")
+    assert loaded.config.code_std == [2.0] * ID_DIM
+    cond = condition_of([Reading(True, THIRTY), Reading(False, 4.0)])
+    a = sample_codes(loaded, cond, 2, generator_for(b"key"))
+    assert a.shape == (2, ID_DIM) and a.dtype == np.float32
+    assert np.array_equal(a, sample_codes(loaded, cond, 2, generator_for(b"key")))
+    assert not np.allclose(a, sample_codes(loaded, cond, 2, generator_for(b"other")))
+    with pytest.raises(ConfigError, match="at least 1"):
+        sample_codes(loaded, cond, 0)
+    with pytest.raises(ConfigError, match="kind"):
+        CodeDiffusionConfig(kind="gan")
+    (tmp_path / "lcm" / "model.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(ModelLoadError, match="sha256"):
+        CodeDiffusion.from_pretrained(tmp_path / "lcm")
+
+
+def _planted_probes(renderer_sha: str) -> AttributeProbes:
+    """The renderer 'draws' label 1 when a code's first value is positive, aged 30 when its
+    second is near 0; photos read as label 1, aged 30."""
+    gender, age = np.zeros(ID_DIM), np.zeros(ID_DIM)
+    gender[0], age[1] = 4.0, 0.25
+    return AttributeProbes((np.zeros(512), 1.0), (np.zeros(512), THIRTY), (gender, 0.0), (age, THIRTY), renderer_sha)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Tiny codes model, renderer, student, sampler, probes and data; two train-code-lcm runs."""
+    from idmrag_plugin.training.train_code_lcm import build_parser, train
+
+    root = tmp_path_factory.mktemp("code_lcm")
+    torch.manual_seed(0)
+    DisentangledFaceVAE(CodesConfig(image_size=32, base_channels=8, id_dim=ID_DIM, attr_channels=2)).save_pretrained(
+        root / "codes")
+    FaceRenderer(RendererConfig(image_size=32, base_channels=8, max_channels=16, id_dim=ID_DIM, attr_channels=2,
+                                style_dim=16)).save_pretrained(root / "renderer")
+    save_file(IdentityStudent(width=8).state_dict(), str(root / "student.safetensors"))
+    import json
+
+    sha = json.loads((root / "renderer" / "config.json").read_text())["sha256"]
+    _planted_probes(sha).save(root / "probes.safetensors")
+    rng = np.random.default_rng(0)
+    n = 256
+    np.savez(root / "data.npz", crops=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+             identity=np.repeat(np.arange(n // 2), 2).astype(np.int32),
+             split=np.array(["train"] * (n - HELD_OUT) + ["val"] * HELD_OUT),
+             emb_facenet=rng.standard_normal((n, 512)).astype(np.float32))
+    from idmrag_plugin.training.train_code_lcm import training_codes
+
+    codes = training_codes(root / "data.npz", root / "codes", torch.device("cpu")).numpy()
+    sampler = IdentitySampler.fit(codes, np.repeat(np.arange(len(codes) // 2), 2), components=2)
+    # A random codes model maps every image near one code (different people at cosine 0.99):
+    # loosen the rules so that the model's samples can pass them, as real codes' samples do.
+    sampler.distinct_cos, sampler.density_floor = 0.999, -1e9
+    sampler.save(root / "sampler.safetensors")
+    argv = ["--data", str(root / "data.npz"), "--output", str(root / "run"), "--codes", str(root / "codes"),
+            "--probes", str(root / "probes.safetensors"), "--sampler", str(root / "sampler.safetensors"), "--hidden", "64", "--blocks", "2", "--batch", "64",
+            "--lr", "2e-3", "--teacher-steps", "400", "--threads", "1"]
+    first = train(build_parser().parse_args(argv + ["--distill-steps", "2"]))
+    second = train(build_parser().parse_args(argv + ["--distill-steps", "30"]))
+    return root, argv, first, second
+
+
+def test_training_loss_falls_and_resumes(tiny):
+    root, argv, first, second = tiny
+    assert first["teacher"] == 400 and first["distill"] == 2
+    assert second["teacher"] == 400 and second["distill"] == 30  # resumed: the teacher was not retrained
+    assert first["teacher_loss"] < 0.7 * first["teacher_start"]  # from about 1 (the output starts at zero)
+    teacher = CodeDiffusion.from_pretrained(root / "run" / "teacher")
+    lcm = CodeDiffusion.from_pretrained(root / "run" / "lcm")
+    assert (teacher.config.kind, lcm.config.kind) == ("teacher", "lcm")
+    assert lcm.config.codes_sha256 and lcm.config.probes_sha256
+    # calibrated on the held-out faces: their nearest training identity at the 99th percentile
+    from idmrag_plugin.training.train_code_lcm import novelty_level, training_codes
+
+    held_out = training_codes(root / "data.npz", root / "codes", torch.device("cpu"), split="val").numpy()
+    assert len(held_out) == HELD_OUT
+    sampler = IdentitySampler.load(root / "sampler.safetensors")
+    assert lcm.config.novelty_cos == pytest.approx(novelty_level(held_out, sampler), abs=1e-6)
+    units = held_out / np.linalg.norm(held_out, axis=1, keepdims=True)
+    nearest = (units @ sampler.identity_means.T).max(axis=1)
+    assert np.mean(nearest < lcm.config.novelty_cos) >= 0.95
+    from idmrag_plugin.training.train_code_lcm import build_parser, train
+
+    with pytest.raises(ConfigError, match="other settings"):
+        train(build_parser().parse_args(argv + ["--distill-steps", "31", "--hidden", "32"]))
+
+
+def test_samples_follow_the_condition(tiny):
+    """The planted code probe reads gender from the sign of a code's first value: codes drawn
+    for label 1 must lean positive there, codes for label 0 negative."""
+    root, *_ = tiny
+    probes = AttributeProbes.load(root / "probes.safetensors")
+    for folder, steps in (("teacher", 20), ("lcm", 4)):
+        model = CodeDiffusion.from_pretrained(root / "run" / folder)
+        for gender in (True, False):
+            codes = sample_codes(model, condition_of([Reading(gender, THIRTY)] * 200), steps, generator_for(b"s"))
+            agree = np.mean([r.gender == gender for r in probes.read_code(codes)])
+            assert agree >= 0.75, (folder, gender, agree)
+
+
+def _generator(root, **kwargs) -> RendererLCMGenerator:
+    return RendererLCMGenerator(root / "run" / "lcm", root / "renderer", root / "codes", root / "sampler.safetensors",
+                                root / "probes.safetensors", root / "student.safetensors", **kwargs)
+
+
+def test_generator_draws_acceptable_suited_pseudonyms(tiny):
+    from idmrag_plugin.generation.vae_generator import SUITED_ATTEMPTS
+
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    assert generator.name == "renderer-lcm@2" and _generator(root).steps == 4
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert out.shape == face.shape and out.dtype == np.uint8
+    inside = generator.mask(128) > 0.5
+    assert np.array_equal(out[~inside], face[~inside])
+    assert np.array_equal(out, generator.generate(GenerationRequest(face, attempt=0, seed=7)))  # one pseudonym
+    code = generator.encode(face[None])[0][0]
+    assert not np.allclose(generator.replacement_code(code, 0), generator.replacement_code(code, 1))  # a retry
+    probes = AttributeProbes.load(root / "probes.safetensors")
+    from idmrag_plugin.generation.sampler import pseudonym_key
+
+    def cos(a: np.ndarray) -> np.ndarray:
+        return (a / np.linalg.norm(a, axis=-1, keepdims=True)) @ (code / np.linalg.norm(code))
+
+    def candidates_of(attempt: int) -> np.ndarray:
+        return sample_codes(generator._load_code_model(), condition_of([Reading(True, THIRTY)] * 64), 2,
+                            generator_for(pseudonym_key(b"s", generator._seed_code(code), attempt)))
+
+    for attempt in range(SUITED_ATTEMPTS):
+        z = generator.replacement_code(code, attempt)
+        distinct, acceptable = generator._sampler.judge(code, z[None])
+        assert distinct[0] and acceptable[0]
+        assert any(np.allclose(z, c) for c in candidates_of(attempt))  # the LCM's, not the fallback sampler's
+        assert probes.read_code(z[None])[0].gender  # the photo reads label 1: so must the drawing
+        # of the attempt's candidates that pass and suit best, the one least like the original won
+        candidates = candidates_of(attempt)
+        mismatch = np.array([probes.mismatch(Reading(True, THIRTY), r) for r in probes.read_code(candidates)])
+        mismatch[~generator._sampler.judge(code, candidates)[1]] = np.inf
+        best = mismatch == mismatch.min()
+        assert best.sum() > 1 and cos(z) == pytest.approx(cos(candidates[best]).min(), abs=1e-6)
+    # another secret, other pseudonyms
+    other = _generator(root, steps=2, secret=b"t")
+    other.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert not np.array_equal(other.replacement_code(code, 0), generator.replacement_code(code, 0))
+
+
+def test_generator_refuses_a_model_for_other_probes(tiny, tmp_path):
+    root, *_ = tiny
+    _planted_probes("0" * 64).save(tmp_path / "probes.safetensors")  # other bytes, other sha256
+    generator = RendererLCMGenerator(root / "run" / "lcm", root / "renderer", root / "codes",
+                                     root / "sampler.safetensors", root / "probes.safetensors",
+                                     root / "student.safetensors")
+    generator.attribute_probes_path = tmp_path / "probes.safetensors"
+    with pytest.raises(ModelLoadError, match="train-code-lcm"):
+        generator._load_code_model()
+    with pytest.raises(ModelLoadError, match="train-code-lcm"):
+        RendererLCMGenerator(tmp_path, root / "renderer", root / "codes", root / "sampler.safetensors",
+                             root / "probes.safetensors", root / "student.safetensors")
+
+
+def test_config_takes_steps_for_renderer_lcm_only():
+    assert AnonymizerConfig(generator="renderer-lcm", generator_steps=2).generator_steps == 2
+    with pytest.raises(ConfigError, match="generator_steps"):
+        AnonymizerConfig(generator="renderer", generator_steps=2)
+
+
+def test_packaged_code_lcm_fits_the_packaged_parts_and_replaces_a_face(make_engine, astronaut, oracles):
+    """The shipped code LCM (sha256 checked on load) was trained for the packaged codes model and
+    attribute probes; through the whole engine a generated face passes every oracle or fails closed."""
+    from conftest import anonymize_with_packaged_generator
+
+    from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
+    from idmrag_plugin.weights import (
+        ATTRIBUTE_PROBES_FILE,
+        CODE_LCM_DIR,
+        CODES_VAE_DIR,
+        packaged,
+        sha256_of,
+    )
+
+    model = CodeDiffusion.from_pretrained(packaged(CODE_LCM_DIR))
+    assert model.config.kind == "lcm"
+    assert model.config.codes_sha256 == codes_fingerprint(packaged(CODES_VAE_DIR))
+    assert model.config.probes_sha256 == sha256_of(packaged(ATTRIBUTE_PROBES_FILE))
+    result = anonymize_with_packaged_generator(make_engine, astronaut, oracles, generator="renderer-lcm",
+                                               generator_steps=1, cache_size=0)
+    assert result.faces[0].attempts >= 1
+
+
+def test_learned_proposals_are_held_to_the_novelty_level():
+    """A code that resembles a training identity more than unseen people do (the novelty
+    level) is refused; one within it passes, though every real face fails the sampler's own,
+    pairwise level."""
+    rng = np.random.default_rng(0)
+    sampler = IdentitySampler.fit(rng.standard_normal((400, 64)), np.repeat(np.arange(200), 2), components=2)
+    sampler.density_floor = -1e9  # this test is about the nobody-real rule only
+    target = sampler.identity_means[0]
+    orth = rng.standard_normal(64)
+    orth -= (orth @ target) * target
+    orth /= np.linalg.norm(orth)
+    close, copy = 8 * (0.8 * target + 0.6 * orth), 8 * target
+    original = -target * 8
+    _, default = sampler.judge(original, np.stack([close, copy]))
+    _, loose = sampler.judge(original, np.stack([close, copy]), nobody_real_cos=0.9)
+    _, strict = sampler.judge(original, np.stack([close, copy]), nobody_real_cos=0.7)
+    assert sampler.distinct_cos < 0.8
+    assert list(default) == [False, False] and list(loose) == [True, False] and list(strict) == [False, False]
