@@ -5,8 +5,10 @@ one-pass path (the identity sampler's Gaussian mixture, redrawn until the render
 the person's perceived gender and age) and by the code LCM at 1, 2 and 4 steps. Reported per
 source: how often the code the renderer gets draws the person's gender (code probes against
 the photo's reading) and how decisively (the code probe's mean |logit|), the mean age gap in
-years, the mean cosine between pseudonym and original codes (lower: further from the person), how often the code passes the sampler's rules
-(distinct, realistic, nobody real), and the time per code. The bench (``idmrag bench``) then
+years, the mean cosine between pseudonym and original codes (lower: further from the person),
+how often the code passes the rules it is held to (distinct, realistic, nobody real: the
+sampler's level for its own draws, the model's novelty level for the LCM's), and the time per
+code. The bench (``idmrag bench``) then
 judges the drawn faces with models the project never trained against.
 
     python benchmarks/pseudonym_codes.py --data runs/faces128.npz --limit 300 --threads 2
@@ -77,7 +79,9 @@ def main() -> None:
             drawn = probes.read_code(z[None])[0]
             gender.append(drawn.gender == wanted.gender)
             age_gap.append(abs(drawn.years - wanted.years))
-            accepted.append(bool(generator._sampler.judge(code, z[None])[1][0]))
+            novelty = (generator._load_code_model().config.novelty_cos or None
+                       if isinstance(generator, RendererLCMGenerator) else None)
+            accepted.append(bool(generator._sampler.judge(code, z[None], novelty)[1][0]))
             weight, bias = probes.code_gender
             margin.append(abs(float(z @ weight + bias)))
             closeness.append(float(z @ code / (np.linalg.norm(z) * np.linalg.norm(code))))

@@ -34,9 +34,11 @@ def main() -> None:
     columns: dict[str, dict[str, np.ndarray]] = {"original": photos}
     boxes: dict[str, tuple[float, ...]] = {}
     for name in args.generators.split(","):
-        own = {"renderer": args.renderer_weights, "renderer-lcm": args.code_lcm_weights}.get(name)
+        generator, _, steps = name.partition("@")  # e.g. renderer-lcm@1
+        own = {"renderer": args.renderer_weights, "renderer-lcm": args.code_lcm_weights}.get(generator)
         weights = Path(own) if own else None
-        engine = FaceAnonymizer(AnonymizerConfig(generator=name, generator_weights=weights, rotations=(0,),
+        engine = FaceAnonymizer(AnonymizerConfig(generator=generator, generator_weights=weights, rotations=(0,),
+                                                 generator_steps=int(steps) if steps else None,
                                                  cache_size=0, threads=args.threads))
         columns[name] = {}
         for key, photo in photos.items():

@@ -210,7 +210,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="a face that cannot be verified anonymous: fill it irreversibly, withhold the "
                              "image, or fail the image")
     parser.add_argument("--max-attempts", type=int, default=5, help="generator attempts per face")
-    parser.add_argument("--generator", default="vae-decode", choices=list(GENERATORS),
+    parser.add_argument("--generator", default="renderer-lcm", choices=list(GENERATORS),
                         help="none: obfuscate every face; the others replace identities")
     parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of renderer-lcm / lcm / ldm-teacher")
     parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm), `idmrag train-renderer` (OUTPUT/renderer) or `idmrag train-code-lcm` (OUTPUT/lcm, for renderer-lcm)")

@@ -36,11 +36,12 @@ class AnonymizerConfig:
         privacy_level: ``"far1e-2"`` (default) or ``"far1e-3"``: a replaced face must be less
             similar to the original than all but this fraction of different-person pairs.
             ``far1e-3`` is stricter.
-        generator: ``"vae-decode"`` (default: the packaged identity-code autoencoder draws a
-            replacement identity), ``"renderer"`` (the adversarially trained inpainter draws the
-            inner face into the photo's own context), ``"renderer-lcm"`` (the renderer draws
-            pseudonym codes written for the person's perceived gender and age by the packaged
-            consistency-distilled code diffusion model, ``generator_steps`` 1-4, default 4),
+        generator: ``"renderer-lcm"`` (default: the adversarially trained inpainter draws the
+            inner face into the photo's own context, for a pseudonym code written for the
+            person's perceived gender and age by the packaged consistency-distilled code
+            diffusion model, ``generator_steps`` 1-4, default 1), ``"renderer"`` (the same
+            renderer, pseudonym codes from the identity sampler's Gaussian mixture),
+            ``"vae-decode"`` (the packaged identity-code autoencoder draws the whole crop),
             ``"none"`` (every face is irreversibly obfuscated), ``"lcm"``
             (the consistency-distilled latent diffusion model, ``generator_steps`` 1-4) or
             ``"ldm-teacher"`` (its diffusion teacher, e.g. 50 steps). A generator object
@@ -83,7 +84,7 @@ class AnonymizerConfig:
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"
-    generator: str = "vae-decode"
+    generator: str = "renderer-lcm"
     generator_steps: int | None = None
     generator_weights: Path | None = None
     max_attempts: int = 5

@@ -210,12 +210,12 @@ METHODS: dict[str, Callable[[int | None, Path | None], BenchMethod]] = {
     "obfuscate": _engine("none"),
     "vae-decode": _engine("vae-decode"),
     "renderer": _renderer,
-    "renderer-lcm": _diffusion("renderer-lcm", "lcm", 4),
+    "renderer-lcm": _diffusion("renderer-lcm", "lcm", 1),
     "lcm": _diffusion("lcm", "lcm", 4),
     "ldm-teacher": _diffusion("ldm-teacher", "teacher", 50),
 }
 
-DEFAULT_METHODS = ("original", "blur", "pixelate", "mask", "obfuscate", "vae-decode")
+DEFAULT_METHODS = ("original", "blur", "pixelate", "mask", "obfuscate", "vae-decode", "renderer-lcm")
 
 
 def build_method(spec: str, diffusion_weights: Path | None = None) -> BenchMethod:

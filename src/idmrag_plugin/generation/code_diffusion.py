@@ -40,7 +40,7 @@ def _diffusers():
     try:
         import diffusers
     except ImportError as exc:
-        raise ModelLoadError("the pseudonym diffusion model needs diffusers: pip install 'idmrag-plugin[lcm]'") from exc
+        raise ModelLoadError("the pseudonym diffusion model needs diffusers (a dependency of idmrag-plugin): pip install 'diffusers>=0.30'") from exc
     return diffusers
 
 
