@@ -71,6 +71,8 @@ def main() -> None:
                          oracles=base.oracles)
     renderer = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0), detector=base.detector,
                               oracles=base.oracles)
+    renderer_lcm = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0), detector=base.detector,
+                                  oracles=base.oracles)
     upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), cache_size=0), detector=base.detector.detector,
                              oracles=base.oracles)
     engines = (
@@ -78,6 +80,7 @@ def main() -> None:
         ("fixed other face + verify (2 oracles)", swap),
         ("vae-decode + verify (2 oracles)", vae),
         ("renderer + verify (2 oracles)", renderer),
+        ("renderer-lcm@1 (default) + verify (2 oracles)", renderer_lcm),
         (f"default engine ({AnonymizerConfig().generator}), upright detection only (rotations=0)", upright),
     )
     for engine_name, engine in engines:

@@ -180,6 +180,27 @@ def test_tone_shift_moves_the_face_mean_and_leaves_kept_pixels_alone():
     assert np.array_equal(shift_tone(drawn, reference, np.zeros_like(inner), outer), drawn)  # nothing to match
 
 
+def test_tone_shift_removes_green_and_blue_casts_and_keeps_red():
+    from idmrag_plugin.engine.blend import CAST_LIMIT, face_mask, shift_tone
+
+    size = 128
+    skin = np.array([200, 150, 120], np.uint8)
+    reference = np.tile(skin, (size, size, 1))
+    drawn = reference.copy()
+    drawn[60:70, 40:50] = (120, 200, 140)  # a green glow on a cheek
+    drawn[90:96, 56:72] = (200, 80, 90)  # red lips
+    inner, outer = face_mask(size), inpaint_mask(size, 1.1)
+    out = shift_tone(drawn, reference, inner, outer)
+    lab = cv2.cvtColor(out, cv2.COLOR_RGB2LAB).astype(np.float32)
+    target = cv2.cvtColor(reference, cv2.COLOR_RGB2LAB).astype(np.float32)[0, 0]
+    green = lab[60:70, 40:50, 1]
+    assert cv2.cvtColor(drawn, cv2.COLOR_RGB2LAB)[60:70, 40:50, 1].min() < target[1] - 3 * CAST_LIMIT[0]
+    assert green.min() >= target[1] - CAST_LIMIT[0] - 2  # the cast is gone (up to 8-bit rounding)
+    lips = cv2.cvtColor(drawn, cv2.COLOR_RGB2LAB).astype(np.float32)[90:96, 56:72, 1].mean()
+    assert abs(lab[90:96, 56:72, 1].mean() - lips) < 3  # redder than skin stays (the mean moved a little)
+    assert np.array_equal(out[outer < 0.5], drawn[outer < 0.5])
+
+
 def test_generator_keeps_the_photo_s_mean_skin_tone(tiny_run):
     """A pseudonym of another complexion is not drawn into the person's own neck and ears."""
     from idmrag_plugin.engine.blend import face_mask

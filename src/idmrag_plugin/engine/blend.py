@@ -44,13 +44,20 @@ def match_colour(source: np.ndarray, reference: np.ndarray, mask: np.ndarray) ->
     return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+#: How much greener (Lab a) or bluer (Lab b) than the reference's mean a drawn face may be.
+CAST_LIMIT = np.array([8.0, 10.0], np.float32)
+
+
 def shift_tone(drawn: np.ndarray, reference: np.ndarray, inner: np.ndarray, drawn_mask: np.ndarray) -> np.ndarray:
     """Move ``drawn``'s mean Lab colour inside ``inner`` to ``reference``'s there.
 
     The shift is whole inside ``inner`` and fades to nothing at the edge of ``drawn_mask``
     (binary; where the drawing meets kept pixels), so pixels outside ``drawn_mask`` stay
     exactly as they are. Only the mean moves: matching the spread too would amplify a soft
-    drawing's smudges.
+    drawing's smudges. Beyond the mean, no drawn pixel may be greener or bluer than the
+    reference's mean by more than ``CAST_LIMIT`` (Lab a, b): skin does not go there, while a
+    soft drawing's casts (a green glow by the jaw) do; redder and yellower (lips, warm light)
+    are left alone.
     """
     region = inner > 0.5
     if region.sum() < 16:
@@ -62,7 +69,11 @@ def shift_tone(drawn: np.ndarray, reference: np.ndarray, inner: np.ndarray, draw
     depth = cv2.distanceTransform(inside, cv2.DIST_L2, 3)  # px to the nearest kept pixel
     band = max(float(depth[region].min()), 1.0)  # the depth at which ``inner`` begins
     weight = np.clip(depth / band, 0.0, 1.0)[..., None]
-    out = cv2.cvtColor(np.clip(lab + weight * shift, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    shifted = lab + weight * shift
+    floor = target[1:] - CAST_LIMIT
+    chroma = shifted[..., 1:]
+    shifted[..., 1:] = chroma + weight * (np.maximum(chroma, floor) - chroma)
+    out = cv2.cvtColor(np.clip(shifted, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
     return np.where(inside[..., None] > 0, out, drawn)
 
 
