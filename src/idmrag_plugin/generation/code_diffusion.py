@@ -26,22 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from idmrag_plugin.errors import ConfigError, ModelLoadError
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.attributes import Reading
+from idmrag_plugin.generation.latent_diffusion import _diffusers, make_scheduler
 
 KINDS = ("teacher", "lcm")
 #: The condition: gender (+1 for the data's label 1, -1 otherwise) and standardised log-age.
 COND_DIM = 2
 #: log(1 + years) is centred and scaled by these before it conditions the model.
 LOG_AGE_CENTER, LOG_AGE_SCALE = 3.4, 0.7
-
-
-def _diffusers():
-    try:
-        import diffusers
-    except ImportError as exc:
-        raise ModelLoadError("the pseudonym diffusion model needs diffusers (a dependency of idmrag-plugin): pip install 'diffusers>=0.30'") from exc
-    return diffusers
 
 
 @dataclass
@@ -157,22 +150,6 @@ class CodeDiffusion(nn.Module):
         return model.eval()
 
 
-def make_code_scheduler(config: CodeDiffusionConfig, kind: str | None = None):
-    """DDIM for the teacher, LCM for the distilled model (the training betas)."""
-    diffusers = _diffusers()
-    common = {
-        "num_train_timesteps": config.num_train_timesteps,
-        "beta_start": config.beta_start,
-        "beta_end": config.beta_end,
-        "beta_schedule": config.beta_schedule,
-        "clip_sample": False,
-        "prediction_type": "epsilon",
-    }
-    if (kind or config.kind) == "lcm":
-        return diffusers.LCMScheduler(original_inference_steps=config.original_inference_steps, **common)
-    return diffusers.DDIMScheduler(set_alpha_to_one=False, **common)
-
-
 def generator_for(key: bytes) -> torch.Generator:
     """A torch generator seeded by a pseudonym key (the same key draws the same codes)."""
     return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") % (2**63))
@@ -187,7 +164,7 @@ def sample_codes(model: CodeDiffusion, cond: torch.Tensor, steps: int,
     c = model.config
     device = model.code_mean.device
     cond = cond.to(device)
-    scheduler = make_code_scheduler(c)
+    scheduler = make_scheduler(c)
     scheduler.set_timesteps(steps, device=device)
     shape = (cond.shape[0], c.id_dim)
     x = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma

@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -70,8 +71,20 @@ def _diffusers():
     try:
         import diffusers
     except ImportError as exc:
-        raise ModelLoadError("the latent diffusion generator needs diffusers: pip install 'idmrag-plugin[lcm]'") from exc
+        raise ModelLoadError("the diffusion models need diffusers (a dependency of idmrag-plugin): "
+                             "pip install 'diffusers>=0.30'") from exc
     return diffusers
+
+
+class SchedulerSettings(Protocol):
+    """What :func:`make_scheduler` reads from a diffusion model's config."""
+
+    kind: str
+    num_train_timesteps: int
+    beta_start: float
+    beta_end: float
+    beta_schedule: str
+    original_inference_steps: int
 
 
 class _Res(nn.Module):
@@ -182,7 +195,7 @@ def codes_fingerprint(codes_dir: str | Path) -> str:
         raise ModelLoadError(f"{codes_dir} has no codes config with a sha256") from exc
 
 
-def make_scheduler(config: LatentDiffusionConfig, kind: str | None = None):
+def make_scheduler(config: SchedulerSettings, kind: str | None = None):
     """DDIM for the teacher, LCM for the distilled model (same betas as training)."""
     diffusers = _diffusers()
     common = {

@@ -36,9 +36,8 @@ from idmrag_plugin.generation.code_diffusion import (
     CodeDiffusion,
     CodeDiffusionConfig,
     condition_of,
-    make_code_scheduler,
 )
-from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
+from idmrag_plugin.generation.latent_diffusion import codes_fingerprint, make_scheduler
 from idmrag_plugin.generation.sampler import IdentitySampler
 from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.train_codes import FaceData, write_checkpoint
@@ -118,7 +117,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     )
     teacher = CodeDiffusion(config).to(device)
     x0_all = teacher.standardise(codes)
-    alphas = make_code_scheduler(config, "teacher").alphas_cumprod.to(device)
+    alphas = make_scheduler(config, "teacher").alphas_cumprod.to(device)
     opt_teacher = torch.optim.AdamW(teacher.parameters(), lr=args.lr, weight_decay=1e-4)
     state = {"teacher": 0, "distill": 0, "seconds": 0.0}
     lcm_state = target_state = opt_lcm_state = None
