@@ -50,7 +50,7 @@ def main() -> None:
     node = NodeWithScore(node=ImageNode(image=b64), score=1.0)
     doc = Document(page_content=b64)
     results = {
-        "image": "scikit-image astronaut, 512x512 JPEG, one face, default engine (vae-decode), result cache off",
+        "image": f"scikit-image astronaut, 512x512 JPEG, one face, default engine ({AnonymizerConfig().generator}), result cache off",
         "bare engine.anonymize(bytes) + to_bytes(JPEG) ms": median_ms(lambda: engine.anonymize(raw).to_bytes("JPEG"), args.repeats),
         "llama-index postprocessor, one ImageNode ms": median_ms(lambda: post.postprocess_nodes([node]), args.repeats),
         "langchain compressor, one Document ms": median_ms(lambda: compressor.compress_documents([doc], "q"), args.repeats),
