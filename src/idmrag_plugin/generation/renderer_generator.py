@@ -171,23 +171,32 @@ class RendererGenerator(VAEDecodeGenerator):
         return self._draw_pseudonym(id_mu[0], face, attr_mu, request.attempt)
 
     def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int) -> np.ndarray:
-        """Draw the person's pseudonym for this attempt. The first time, ``candidates`` codes are
-        drawn and the drawing the identity student finds least like this face is kept (and its
-        code registered, so the person's other photos get the same pseudonym)."""
+        """Draw the person's pseudonym for this attempt.
+
+        With one candidate the pseudonym code is the (deterministic) ``replacement_code``. With
+        several, at the person's first photo ``candidates`` codes are drawn and the drawing the
+        identity student finds least like this face is kept, its code registered so that the
+        person's other photos get the same pseudonym; a registered code that is not distinct
+        from *this* photo's code (the sampler's rule) is not reused for it."""
+        keeping = self._attribute_keeping()
+        count = self.candidates if keeping is not None else 1
+        if count == 1:
+            return self._composite(self._render(self.replacement_code(code, attempt)[None], face, attr_mu)[0], face)
+        assert keeping is not None and self._sampler is not None
         person = (self._seed_code(code).tobytes(), attempt)
         with self._lock:
             chosen = self._chosen.get(person)
-        if chosen is not None:
+        if chosen is not None and self._sampler.judge(code, chosen[None])[0][0]:
             return self._composite(self._render(chosen[None], face, attr_mu)[0], face)
-        keeping = self._attribute_keeping()
-        count = self.candidates if keeping is not None else 1
         codes = np.stack([self.replacement_code(code, attempt, variant) for variant in range(count)])
         drawings = self._render(codes, face, attr_mu)
-        best = int(np.argmin(self._likeness(drawings, face, keeping[1]))) if keeping is not None and count > 1 else 0
-        with self._lock:
-            registered = self._chosen.setdefault(person, codes[best])
-        if not np.array_equal(registered, codes[best]):  # another thread chose first for this person
-            return self._composite(self._render(registered[None], face, attr_mu)[0], face)
+        best = int(np.argmin(self._likeness(drawings, face, keeping[1])))
+        if chosen is None:
+            with self._lock:
+                registered = self._chosen.setdefault(person, codes[best])
+            if not np.array_equal(registered, codes[best]) and self._sampler.judge(code, registered[None])[0][0]:
+                # another thread chose first for this person
+                return self._composite(self._render(registered[None], face, attr_mu)[0], face)
         return self._composite(drawings[best], face)
 
     def _likeness(self, drawings: np.ndarray, face: np.ndarray, student) -> np.ndarray:
