@@ -69,6 +69,8 @@ def main() -> None:
     for name, generator in sources.items():
         generator._load()
         gender, margin, age_gap, accepted, closeness, ms = [], [], [], [], [], []
+        novelty = (generator._load_code_model().config.novelty_cos or None
+                   if isinstance(generator, RendererLCMGenerator) else None)
         for face in faces:
             code = generator.encode(face[None])[0][0]
             generator._note_person(code, face)
@@ -79,8 +81,6 @@ def main() -> None:
             drawn = probes.read_code(z[None])[0]
             gender.append(drawn.gender == wanted.gender)
             age_gap.append(abs(drawn.years - wanted.years))
-            novelty = (generator._load_code_model().config.novelty_cos or None
-                       if isinstance(generator, RendererLCMGenerator) else None)
             accepted.append(bool(generator._sampler.judge(code, z[None], novelty)[1][0]))
             weight, bias = probes.code_gender
             margin.append(abs(float(z @ weight + bias)))

@@ -21,7 +21,7 @@ import numpy as np
 
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.renderer_generator import RendererGenerator
-from idmrag_plugin.generation.sampler import pseudonym_key
+from idmrag_plugin.generation.sampler import _normalise, pseudonym_key
 from idmrag_plugin.generation.vae_generator import SUITED_ATTEMPTS
 
 logger = logging.getLogger(__name__)
@@ -120,18 +120,16 @@ class RendererLCMGenerator(RendererGenerator):
             sample_codes,
         )
 
-        probes = keeping[0]
-        candidates = sample_codes(self._load_code_model(), condition_of([wanted] * CANDIDATES), self.steps,
+        probes, model = keeping[0], self._load_code_model()
+        candidates = sample_codes(model, condition_of([wanted] * CANDIDATES), self.steps,
                                   generator_for(pseudonym_key(self.secret, seed, attempt, variant)))
-        model = self._load_code_model()
         _, acceptable = self._sampler.judge(code, candidates, model.config.novelty_cos or None)
         if acceptable.any():
             pool = np.flatnonzero(acceptable)
             mismatch = np.array([probes.mismatch(wanted, drawn) for drawn in probes.read_code(candidates[pool])])
             # Among the best-suited candidates, the one furthest from the original identity:
             # a pseudonym of the person's gender and age is otherwise a nearer match than a random one.
-            units = candidates[pool] / np.linalg.norm(candidates[pool], axis=1, keepdims=True).clip(1e-12)
-            closeness = units @ (code / max(float(np.linalg.norm(code)), 1e-12))
+            closeness = _normalise(candidates[pool]) @ _normalise(code)
             return candidates[pool[int(np.lexsort((closeness, mismatch))[0])]]
         logger.info("none of %d LCM codes passed the sampler's rules; using the sampler's own", CANDIDATES)
         return super().replacement_code(code, attempt, variant)

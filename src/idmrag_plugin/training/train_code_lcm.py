@@ -38,7 +38,7 @@ from idmrag_plugin.generation.code_diffusion import (
     condition_of,
 )
 from idmrag_plugin.generation.latent_diffusion import codes_fingerprint, make_scheduler
-from idmrag_plugin.generation.sampler import IdentitySampler
+from idmrag_plugin.generation.sampler import IdentitySampler, _normalise
 from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.train_codes import FaceData, write_checkpoint
 from idmrag_plugin.training.train_lcm import boundary_scalings
@@ -58,7 +58,10 @@ def training_codes(data_path: Path, codes_dir: Path, device: torch.device, batch
     """z_id of every face of the dataset's ``split``, as the codes model encodes it."""
     from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 
-    codes = DisentangledFaceVAE.from_pretrained(codes_dir).to(device).eval()
+    return _id_codes(DisentangledFaceVAE.from_pretrained(codes_dir).to(device).eval(), data_path, device, batch, split)
+
+
+def _id_codes(codes, data_path: Path, device: torch.device, batch: int, split: str) -> torch.Tensor:
     data = FaceData(data_path, codes.config.image_size, device, split=split)
     ids = [torch.zeros(0, codes.config.id_dim, device=device)]
     with torch.no_grad():
@@ -75,8 +78,7 @@ def novelty_level(held_out: np.ndarray, sampler: IdentitySampler) -> float:
     """The 99th percentile, over held-out people's codes, of the cosine to their nearest training
     identity: a sample closer than that to a training identity resembles it more than 99% of
     unseen real people do (a copy, not a new face)."""
-    units = held_out / np.linalg.norm(held_out, axis=1, keepdims=True).clip(1e-12)
-    return float(np.quantile((units @ sampler.identity_means.T).max(axis=1), 0.99))
+    return float(np.quantile((_normalise(held_out) @ sampler.identity_means.T).max(axis=1), 0.99))
 
 
 def _origin(x: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -95,8 +97,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     codes_dir = Path(args.codes) if args.codes else packaged(CODES_VAE_DIR)
     probes_path = Path(args.probes) if args.probes else packaged(ATTRIBUTE_PROBES_FILE)
     sampler = IdentitySampler.load(Path(args.sampler) if args.sampler else packaged(SAMPLER_FILE))
-    codes = training_codes(Path(args.data), codes_dir, device)
-    held_out = training_codes(Path(args.data), codes_dir, device, split="val").cpu().numpy()
+    from idmrag_plugin.generation.encoder import DisentangledFaceVAE
+
+    codes_model = DisentangledFaceVAE.from_pretrained(codes_dir).to(device).eval()  # loaded once, both splits
+    codes = _id_codes(codes_model, Path(args.data), device, 256, "train")
+    held_out = _id_codes(codes_model, Path(args.data), device, 256, "val").cpu().numpy()
     novelty = novelty_level(held_out, sampler) if len(held_out) >= MIN_HELD_OUT else 0.0
     if novelty:
         logger.info("novelty level %.3f (99th percentile of %d held-out faces' nearest training identity)",
