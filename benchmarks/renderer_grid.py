@@ -2,6 +2,9 @@
 shown at 1:1 pixels around the face (no resampling of the output), next to the original.
 
     python benchmarks/renderer_grid.py --out docs/renderer_grid.png --generators vae-decode,renderer,renderer-lcm
+
+A ``-unrefined`` suffix (``renderer-lcm-unrefined@1``) shows the renderer's 64 px drawing
+resized up instead of refined at 128 px.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ def main() -> None:
     boxes: dict[str, tuple[float, ...]] = {}
     for name in args.generators.split(","):
         generator, _, steps = name.partition("@")  # e.g. renderer-lcm@1
+        refine = not generator.endswith("-unrefined")
+        generator = generator.removesuffix("-unrefined")
         own = {"renderer": args.renderer_weights, "renderer-lcm": args.code_lcm_weights}.get(generator)
         weights = Path(own) if own else None
         engine = FaceAnonymizer(AnonymizerConfig(generator=generator, generator_weights=weights, rotations=(0,),
                                                  generator_steps=int(steps) if steps else None,
-                                                 cache_size=0, threads=args.threads))
+                                                 refine_faces=refine, cache_size=0, threads=args.threads))
         columns[name] = {}
         for key, photo in photos.items():
             result = engine.anonymize(photo)

@@ -220,9 +220,9 @@ def test_dlib_student_terms_train_resume_and_need_dlib_embeddings(tmp_path):
 
     rng = np.random.default_rng(0)
     n = 16
-    arrays = dict(crops=(rng.random((n, 32, 32, 3)) * 255).astype(np.uint8),
-                  identity=np.repeat(np.arange(n // 2), 2).astype(np.int32), split=np.array(["train"] * n),
-                  emb_facenet=rng.standard_normal((n, 512)).astype(np.float32))
+    arrays = {"crops": (rng.random((n, 32, 32, 3)) * 255).astype(np.uint8),
+                  "identity": np.repeat(np.arange(n // 2), 2).astype(np.int32), "split": np.array(["train"] * n),
+                  "emb_facenet": rng.standard_normal((n, 512)).astype(np.float32)}
     np.savez(tmp_path / "facenet_only.npz", **arrays)
     np.savez(tmp_path / "both.npz", **arrays, emb_dlib=rng.standard_normal((n, 128)).astype(np.float32))
     argv = ["--size", "32", "--base-channels", "8", "--id-dim", "16", "--attr-channels", "2", "--student-width", "8",

@@ -66,6 +66,7 @@ def _engine_config(args: argparse.Namespace):
         generator=args.generator,
         generator_steps=args.generator_steps,
         generator_weights=Path(args.generator_weights) if args.generator_weights else None,
+        refine_faces=not args.no_refine,
         output_format=args.format,
         device=args.device,
         threads=args.threads,
@@ -214,6 +215,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="none: obfuscate every face; the others replace identities")
     parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of renderer-lcm / lcm / ldm-teacher")
     parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm), `idmrag train-renderer` (OUTPUT/renderer) or `idmrag train-code-lcm` (OUTPUT/lcm, for renderer-lcm)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="renderer generators: resize the 64 px drawing up instead of refining it at 128 px")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,
@@ -299,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("fit-sampler", help="fit the replacement-identity sampler on the trained codes (see --help)")
     sub.add_parser("blend-codes", help="interpolate two codes models in weight space (see --help)")
     sub.add_parser("train-renderer", help="train the context-aware face renderer adversarially (see --help)")
+    sub.add_parser("train-refiner", help="train the refiner that redraws the renderer's faces at 128 px (see --help)")
     sub.add_parser("fit-attribute-probes", help="fit the probes with which the renderer keeps gender and age (see --help)")
     sub.add_parser("train-code-lcm", help="train the pseudonym-code diffusion model and distil it into an LCM (see --help)")
     return parser
@@ -311,6 +315,7 @@ DELEGATED = {
     "fit-sampler": "idmrag_plugin.training.fit_sampler",
     "blend-codes": "idmrag_plugin.training.blend_codes",
     "train-renderer": "idmrag_plugin.training.train_renderer",
+    "train-refiner": "idmrag_plugin.training.train_refiner",
     "fit-attribute-probes": "idmrag_plugin.training.fit_attribute_probes",
     "train-code-lcm": "idmrag_plugin.training.train_code_lcm",
 }

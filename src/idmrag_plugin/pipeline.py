@@ -156,11 +156,15 @@ class FaceAnonymizer:
             ATTRIBUTE_PROBES_FILE,
             CODE_LCM_DIR,
             CODES_VAE_DIR,
+            REFINER_DIR,
             RENDERER_DIR,
             SAMPLER_FILE,
             STUDENT_FILE,
             packaged,
         )
+
+        def refiner() -> Path | None:
+            return packaged(REFINER_DIR) if self.config.refine_faces else None
 
         if self.config.generator == "vae-decode":
             from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
@@ -176,14 +180,15 @@ class FaceAnonymizer:
                 probes = weights / ATTRIBUTE_PROBES_FILE if (weights / ATTRIBUTE_PROBES_FILE).is_file() else None
             return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device,
                                      attribute_probes_path=probes,
-                                     student_path=packaged(STUDENT_FILE) if probes is not None else None)
+                                     student_path=packaged(STUDENT_FILE) if probes is not None else None,
+                                     refiner_dir=refiner())
         if self.config.generator == "renderer-lcm":
             from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
 
             return RendererLCMGenerator(
                 self.config.generator_weights or packaged(CODE_LCM_DIR), packaged(RENDERER_DIR), packaged(CODES_VAE_DIR),
                 packaged(SAMPLER_FILE), packaged(ATTRIBUTE_PROBES_FILE), packaged(STUDENT_FILE),
-                steps=self.config.generator_steps, device=self.device)
+                steps=self.config.generator_steps, device=self.device, refiner_dir=refiner())
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

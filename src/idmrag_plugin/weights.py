@@ -112,6 +112,7 @@ def load_dlib_resnet(directory: Path | None = None):
 
 CODES_VAE_DIR = "codes_vae"
 RENDERER_DIR = "renderer"
+REFINER_DIR = "refiner"  # idmrag train-refiner OUTPUT/refiner, for the packaged renderer's drawings
 CODE_LCM_DIR = "code_lcm"  # idmrag train-code-lcm OUTPUT/lcm, for the packaged renderer and probes
 SAMPLER_FILE = "identity_sampler.safetensors"
 ATTRIBUTE_PROBES_FILE = "attribute_probes.safetensors"  # the packaged renderer's (idmrag fit-attribute-probes)

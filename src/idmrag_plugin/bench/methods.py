@@ -169,16 +169,19 @@ def _engine(generator: str) -> Callable[[int | None, Path | None], BenchMethod]:
     return build
 
 
-def _diffusion(generator: str, folder: str, default_steps: int) -> Callable[[int | None, Path | None], BenchMethod]:
+def _diffusion(generator: str, folder: str, default_steps: int,
+               refine: bool = True) -> Callable[[int | None, Path | None], BenchMethod]:
     """``lcm`` / ``ldm-teacher`` / ``renderer-lcm``: weights from ``diffusion_weights/{folder}``
-    when given (the OUTPUT of ``idmrag train-lcm`` / ``train-code-lcm``), else the packaged ones."""
+    when given (the OUTPUT of ``idmrag train-lcm`` / ``train-code-lcm``), else the packaged ones.
+    ``refine=False``: the renderer's drawing resized up instead of refined (``-unrefined``)."""
 
     def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         config = AnonymizerConfig(
             generator=generator, generator_steps=steps or default_steps, on_failure="obfuscate", cache_size=0,
             generator_weights=Path(diffusion_weights) / folder if diffusion_weights is not None else None,
+            refine_faces=refine,
         )
-        return EngineMethod(f"{generator}@{steps or default_steps}", config)
+        return EngineMethod(f"{generator}{'' if refine else '-unrefined'}@{steps or default_steps}", config)
 
     return build
 
@@ -211,6 +214,7 @@ METHODS: dict[str, Callable[[int | None, Path | None], BenchMethod]] = {
     "vae-decode": _engine("vae-decode"),
     "renderer": _renderer,
     "renderer-lcm": _diffusion("renderer-lcm", "lcm", 1),
+    "renderer-lcm-unrefined": _diffusion("renderer-lcm", "lcm", 1, refine=False),
     "lcm": _diffusion("lcm", "lcm", 4),
     "ldm-teacher": _diffusion("ldm-teacher", "teacher", 50),
 }

@@ -29,6 +29,8 @@ from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 #: drawing least like the person is kept). One by default: each further candidate costs a
 #: sampler draw with its redraws and a rendering (about 3x the generate stage at 4).
 PSEUDONYM_CANDIDATES = 1
+#: Keeps the refiner's texture noise apart from the renderer's, both seeded by the pseudonym.
+REFINER_NOISE_SALT = 0x5EED_F1E5
 
 
 def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
@@ -48,6 +50,9 @@ class RendererGenerator(VAEDecodeGenerator):
             redrawn until the renderer draws them with the person's perceived gender and age.
         candidates: pseudonym codes drawn at a person's first photo (per attempt) when the
             student is there; the drawing it finds least like the person is kept.
+        refiner_dir: folder written by ``idmrag train-refiner`` (``OUTPUT/refiner``): the
+            renderer's drawing is redrawn at the refiner's resolution (the crop's, 128 px)
+            with the detail a face has there; without it the drawing is resized up.
     """
 
     name = "renderer"
@@ -66,6 +71,7 @@ class RendererGenerator(VAEDecodeGenerator):
         attribute_probes_path: str | Path | None = None,
         student_path: str | Path | None = None,
         candidates: int = PSEUDONYM_CANDIDATES,
+        refiner_dir: str | Path | None = None,
     ) -> None:
         super().__init__(model_dir, sampler_path, device=device, secret=secret)
         if candidates < 1:
@@ -78,6 +84,8 @@ class RendererGenerator(VAEDecodeGenerator):
         self._probes: tuple[AttributeProbes, object] | None = None
         self._readings: dict[bytes, Reading] = {}  # the person's registered code -> their gender and age
         self._renderer = None
+        self.refiner_dir = Path(refiner_dir) if refiner_dir is not None else None
+        self._refiner = None
         self._renderer_lock = threading.Lock()
         self._masks: dict[int, np.ndarray] = {}
         self.candidates = candidates
@@ -99,6 +107,18 @@ class RendererGenerator(VAEDecodeGenerator):
                         )
                     self._renderer = renderer.to(self.device)
         return self._renderer
+
+    def _load_refiner(self):
+        """The refiner, or None when the generator has none; loaded once."""
+        if self.refiner_dir is None:
+            return None
+        if self._refiner is None:
+            with self._renderer_lock:
+                if self._refiner is None:
+                    from idmrag_plugin.generation.refiner import FaceRefiner
+
+                    self._refiner = FaceRefiner.from_pretrained(self.refiner_dir).to(self.device)
+        return self._refiner
 
     def _attribute_keeping(self) -> tuple[AttributeProbes, object] | None:
         """(probes, identity student) when gender and age are kept, else None; loaded once."""
@@ -211,8 +231,9 @@ class RendererGenerator(VAEDecodeGenerator):
         return e[1:] @ e[0]
 
     def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray) -> np.ndarray:
-        """The renderer's drawings (K, R, R, 3) of identity codes (K, D) into ``face``'s context,
-        at the renderer's resolution R (see :meth:`_composite` for the crop's)."""
+        """The drawings (K, R, R, 3) of identity codes (K, D) into ``face``'s context, at the
+        refiner's resolution R when there is one, else the renderer's (see :meth:`_composite`
+        for the crop's)."""
         import torch
 
         renderer = self._load_renderer()
@@ -234,7 +255,29 @@ class RendererGenerator(VAEDecodeGenerator):
                 torch.as_tensor(attr_mu, device=self.device).float().expand(count, -1, -1, -1),
                 noise=noise,
             )
+            drawn = self._refine(drawn, face, codes)
         return ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    def _refine(self, drawn, face: np.ndarray, codes: np.ndarray):
+        """The renderer's drawings (K, 3, r, r) redrawn by the refiner at its resolution, with
+        its texture noise following the pseudonym as the renderer's does; unchanged without a
+        refiner."""
+        import torch
+
+        refiner = self._load_refiner()
+        if refiner is None:
+            return drawn
+        side = refiner.config.image_size
+        big = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
+        context = torch.as_tensor(big, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        mask = torch.as_tensor(inpaint_mask(side, float(refiner.config.mask_grow)), device=self.device)[None, None]
+        count = len(codes)
+        per_code = []
+        for z in codes:
+            generator = torch.Generator().manual_seed(noise_seed(z) ^ REFINER_NOISE_SALT)
+            per_code.append([torch.randn(shape, generator=generator) for shape in refiner.noise_shapes(1, side)])
+        noise = [torch.cat(maps).to(self.device) for maps in zip(*per_code, strict=True)]
+        return refiner(context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1), drawn, noise=noise)
 
     def _composite(self, image: np.ndarray, face: np.ndarray) -> np.ndarray:
         """One drawing of :meth:`_render` at the crop's size, in its tone, inside the inpainting

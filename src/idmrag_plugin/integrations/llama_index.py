@@ -164,17 +164,17 @@ def _safe_copy(
     return copy
 
 
-_FIELDS_DOC = dict(
-    fetch_urls="Load images given only by URL (with timeout_s and max_bytes); if False they are withheld.",
-    fetch_allow="Hosts or networks (e.g. '10.0.0.0/8') image URLs may point to although not public addresses.",
-    timeout_s="Deadline in seconds for fetching an image URL, redirects included.",
-    max_bytes="Largest image download accepted, in bytes.",
-    output_format="Encoding of the anonymized image handed to the model: JPEG, PNG or WEBP.",
-    report_key="Metadata key of the per-face report (hidden from the LLM and the embedder).",
-    location_keys="Metadata keys holding the original location, removed from anonymized nodes.",
-    engine_config="Engine settings (AnonymizerConfig fields) of the engine built on first use; "
+_FIELDS_DOC = {
+    "fetch_urls": "Load images given only by URL (with timeout_s and max_bytes); if False they are withheld.",
+    "fetch_allow": "Hosts or networks (e.g. '10.0.0.0/8') image URLs may point to although not public addresses.",
+    "timeout_s": "Deadline in seconds for fetching an image URL, redirects included.",
+    "max_bytes": "Largest image download accepted, in bytes.",
+    "output_format": "Encoding of the anonymized image handed to the model: JPEG, PNG or WEBP.",
+    "report_key": "Metadata key of the per-face report (hidden from the LLM and the embedder).",
+    "location_keys": "Metadata keys holding the original location, removed from anonymized nodes.",
+    "engine_config": "Engine settings (AnonymizerConfig fields) of the engine built on first use; "
     "taken from the engine when one is passed.",
-)
+}
 
 
 class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
