@@ -3,9 +3,9 @@ session's pseudonym code in; the crop with a newly drawn inner face out.
 
 Pseudonyms come from the same codes model, sampler and registry as VAE-decode (one person
 across a session's photos gets one synthetic identity; a retry draws another). The renderer
-works at its training resolution; its drawing is resized to the crop and composited through
-the inpainting mask at full resolution, so everything outside the mask is the crop's own
-pixels, exactly.
+works at its training resolution; its drawing is redrawn at the crop's resolution by the
+refiner when there is one (else resized) and composited through the inpainting mask at full
+resolution, so everything outside the mask is the crop's own pixels, exactly.
 """
 
 from __future__ import annotations
