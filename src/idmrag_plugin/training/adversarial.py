@@ -98,3 +98,35 @@ def spectrum_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return torch.log1p(torch.fft.rfft2(x, norm="ortho").abs())
 
     return F.l1_loss(amplitude(fake), amplitude(real))
+
+
+def discriminator_step(discriminator: PatchDiscriminator, optimizer: torch.optim.Optimizer, real: torch.Tensor,
+                       fake: torch.Tensor, mask: torch.Tensor, params: dict[str, torch.Tensor], r1_gamma: float,
+                       r1_every: int, step: int) -> dict[str, torch.Tensor]:
+    """One discriminator update (hinge loss, lazy R1 every ``r1_every`` steps) on real and
+    (detached) fake images under one augmentation draw; returns its loss terms."""
+    real_logits, _ = discriminator(*diff_augment(real, mask, params))
+    fake_logits, _ = discriminator(*diff_augment(fake.detach(), mask, params))
+    terms = {"d": hinge_d_loss(real_logits, fake_logits)}
+    loss = terms["d"]
+    if step % r1_every == 0:
+        terms["r1"] = r1_penalty(discriminator, *diff_augment(real, mask, params))
+        loss = loss + r1_gamma * r1_every * 0.5 * terms["r1"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return terms
+
+
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """Move the averaged weights towards the model's (warm-up: a short memory early on)."""
+    with torch.no_grad():
+        rate = min(decay, (1 + step) / (10 + step))
+        for p_e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_e.lerp_(p.detach(), 1 - rate)
+
+
+def to_grey(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x`` (N,3,H,W) with the ``rows`` (bool, N) turned black and white (Rec. 601 luma)."""
+    luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+    return torch.where(rows[:, None, None, None], (x * luma).sum(dim=1, keepdim=True).expand_as(x), x)

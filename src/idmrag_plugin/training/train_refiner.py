@@ -40,13 +40,14 @@ from idmrag_plugin.training.adversarial import (
     PatchDiscriminator,
     augment_params,
     diff_augment,
+    discriminator_step,
+    ema_update,
     feature_matching,
-    hinge_d_loss,
-    r1_penalty,
     spectrum_loss,
+    to_grey,
 )
 from idmrag_plugin.training.train_codes import FaceData, weight_option, write_checkpoint
-from idmrag_plugin.training.train_renderer import LUMA, Frozen, mask_bank
+from idmrag_plugin.training.train_renderer import Frozen, mask_bank
 
 logger = logging.getLogger(__name__)
 
@@ -177,29 +178,17 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         idx = torch.as_tensor(rng.integers(0, len(data), n), device=device)
         x = data.images[idx].float() / 127.5 - 1.0
         grey = torch.as_tensor(rng.random(n) < args.grey_fraction, device=device)
-        x = torch.where(grey[:, None, None, None], (x * LUMA.to(device)).sum(dim=1, keepdim=True).expand_as(x), x)
+        x = to_grey(x, grey)
         mask = masks[torch.as_tensor(rng.integers(0, len(masks), n), device=device)]
         real_rows = degrade(x[:half], small, rng, args.max_blur, args.max_noise)
         swap = idx[half:].roll(1)
         drawn_rows = draw(x[half:], mask[half:], codes_id[swap], codes_attr[idx[half:]], noise_gen)
-        if grey[half:].any():  # the renderer draws colour; the engine greys a grey photo's face
-            g = grey[half:][:, None, None, None]
-            drawn_rows = torch.where(g, (drawn_rows * LUMA.to(device)).sum(dim=1, keepdim=True).expand_as(drawn_rows),
-                                     drawn_rows)
+        drawn_rows = to_grey(drawn_rows, grey[half:])  # the engine greys a grey photo's drawn face
         drawings = torch.cat([real_rows, drawn_rows])
         refined = refiner(x, mask, drawings, generator=noise_gen)
 
         params = augment_params(n, device)
-        real_logits, _ = disc(*diff_augment(x, mask, params))
-        fake_logits, _ = disc(*diff_augment(refined.detach(), mask, params))
-        terms = {"d": hinge_d_loss(real_logits, fake_logits)}
-        loss_d = terms["d"]
-        if state["step"] % args.r1_every == 0:
-            terms["r1"] = r1_penalty(disc, *diff_augment(x, mask, params))
-            loss_d = loss_d + args.r1 * args.r1_every * 0.5 * terms["r1"]
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        terms = discriminator_step(disc, opt_d, x, refined, mask, params, args.r1, args.r1_every, state["step"])
 
         fake_logits, fake_features = disc(*diff_augment(refined, mask, params))
         with torch.no_grad():
@@ -217,10 +206,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + state["step"]) / (10 + state["step"]))
-            for p_e, p in zip(ema.parameters(), refiner.parameters(), strict=True):
-                p_e.lerp_(p.detach(), 1 - decay)
+        ema_update(ema, refiner, args.ema, state["step"])
         state["step"] += 1
         state["images"] += n
         state["seconds"] = seconds_before + time.time() - start

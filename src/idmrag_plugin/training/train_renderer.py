@@ -43,16 +43,16 @@ from idmrag_plugin.training.adversarial import (
     PatchDiscriminator,
     augment_params,
     diff_augment,
+    discriminator_step,
+    ema_update,
     feature_matching,
-    hinge_d_loss,
-    r1_penalty,
     spectrum_loss,
+    to_grey,
 )
 from idmrag_plugin.training.train_codes import FaceData, weight_option, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
-LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
            "dlib": 0.0}
 
@@ -203,7 +203,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         # Black-and-white photos are rare in the data but common in corpora: without these
         # the renderer draws colour faces into grey photos.
         grey = torch.as_tensor(rng.random(n) < args.grey_fraction, device=device)
-        x = torch.where(grey[:, None, None, None], (x * LUMA.to(device)).sum(dim=1, keepdim=True).expand_as(x), x)
+        x = to_grey(x, grey)
         e = data.embeddings[idx]
         e_dlib = None if data.embeddings_dlib is None else data.embeddings_dlib[idx]
         z_id, z_attr = codes_id[idx], codes_attr[idx]
@@ -216,16 +216,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
         # discriminator
         params = augment_params(n, device)
-        real_logits, _ = disc(*diff_augment(x, mask, params))
-        fake_logits, _ = disc(*diff_augment(drawn.detach(), mask, params))
-        terms = {"d": hinge_d_loss(real_logits, fake_logits)}
-        loss_d = terms["d"]
-        if state["step"] % args.r1_every == 0:
-            terms["r1"] = r1_penalty(disc, *diff_augment(x, mask, params))
-            loss_d = loss_d + args.r1 * args.r1_every * 0.5 * terms["r1"]
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        terms = discriminator_step(disc, opt_d, x, drawn, mask, params, args.r1, args.r1_every, state["step"])
 
         # renderer
         fake_logits, fake_features = disc(*diff_augment(drawn, mask, params))
@@ -251,10 +242,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + state["step"]) / (10 + state["step"]))
-            for p_e, p in zip(ema.parameters(), renderer.parameters(), strict=True):
-                p_e.lerp_(p.detach(), 1 - decay)
+        ema_update(ema, renderer, args.ema, state["step"])
         state["step"] += 1
         state["images"] += n
         state["seconds"] = seconds_before + time.time() - start
