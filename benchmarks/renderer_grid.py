@@ -4,7 +4,8 @@ shown at 1:1 pixels around the face (no resampling of the output), next to the o
     python benchmarks/renderer_grid.py --out docs/renderer_grid.png --generators vae-decode,renderer,renderer-lcm
 
 A ``-unrefined`` suffix (``renderer-lcm-unrefined@1``) shows the renderer's 64 px drawing
-resized up instead of refined at 128 px.
+resized up instead of refined at 128 px; ``-tone`` / ``-poisson-tone`` (last) another
+``face_blend`` than the default Poisson blend.
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ def main() -> None:
     boxes: dict[str, tuple[float, ...]] = {}
     for name in args.generators.split(","):
         generator, _, steps = name.partition("@")  # e.g. renderer-lcm@1
+        blend = next((b for b in ("poisson-tone", "tone") if generator.endswith(f"-{b}")), "poisson")
+        generator = generator.removesuffix(f"-{blend}")
         refine = not generator.endswith("-unrefined")
         generator = generator.removesuffix("-unrefined")
         own = {"renderer": args.renderer_weights, "renderer-lcm": args.code_lcm_weights}.get(generator)
         weights = Path(own) if own else None
         engine = FaceAnonymizer(AnonymizerConfig(generator=generator, generator_weights=weights, rotations=(0,),
                                                  generator_steps=int(steps) if steps else None,
-                                                 refine_faces=refine, cache_size=0, threads=args.threads))
+                                                 refine_faces=refine, face_blend=blend, cache_size=0, threads=args.threads))
+        if engine.generator is not None and hasattr(engine.generator, "secret"):
+            engine.generator.secret = b"renderer-grid"  # one secret: the columns draw the same pseudonyms
         columns[name] = {}
         for key, photo in photos.items():
             result = engine.anonymize(photo)

@@ -26,6 +26,21 @@ def test_converted_facenet_matches_the_original_graph():
     assert float(cosine(reference[None], ours[None])[0]) > 0.9999
 
 
+def test_folded_batch_norms_leave_facenet_s_embeddings_as_they_were():
+    import torch
+
+    from idmrag_plugin.engine.oracles import fold_batch_norms
+    from idmrag_plugin.weights import load_facenet
+
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 3, 160, 160)).astype(np.float32))
+    with torch.no_grad():
+        plain = load_facenet().eval()(x)
+        folded_model = fold_batch_norms(load_facenet())
+        folded = folded_model(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded_model.modules())
+    assert torch.allclose(plain, folded, atol=1e-5)
+
+
 def test_facenet_is_differentiable(oracles, astronaut, engine):
     import torch
 

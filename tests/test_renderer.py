@@ -201,12 +201,13 @@ def test_tone_shift_removes_green_and_blue_casts_and_keeps_red():
     assert np.array_equal(out[outer < 0.5], drawn[outer < 0.5])
 
 
-def test_generator_keeps_the_photo_s_mean_skin_tone(tiny_run):
+@pytest.mark.parametrize("blend", ["tone", "poisson-tone"])
+def test_generator_keeps_the_photo_s_mean_skin_tone(tiny_run, blend):
     """A pseudonym of another complexion is not drawn into the person's own neck and ears."""
     from idmrag_plugin.engine.blend import face_mask
 
     root, *_ = tiny_run
-    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors")
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", blend=blend)
     for colour in ((230, 190, 170), (90, 60, 45)):
         face = np.clip(np.random.default_rng(4).normal(0, 8, (128, 128, 3)) + colour, 0, 255).astype(np.uint8)
         out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
@@ -214,6 +215,25 @@ def test_generator_keeps_the_photo_s_mean_skin_tone(tiny_run):
         lab_out = cv2.cvtColor(out, cv2.COLOR_RGB2LAB).astype(np.float64)[inner].mean(axis=0)
         lab_face = cv2.cvtColor(face, cv2.COLOR_RGB2LAB).astype(np.float64)[inner].mean(axis=0)
         assert np.abs(lab_out - lab_face).max() < 4
+
+
+def test_generator_s_default_poisson_blend_leaves_no_seam(tiny_run, astronaut):
+    """Where the drawing meets the kept photo, the default blend steps by little; the hard
+    edge of ``tone`` by much more (an untrained renderer draws noise)."""
+    root, *_ = tiny_run
+    face = cv2.resize(astronaut[20:260, 120:360], (128, 128), interpolation=cv2.INTER_AREA)
+    steps = {}
+    for blend in ("poisson", "tone"):
+        generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", blend=blend)
+        out = generator.generate(GenerationRequest(face, attempt=0, seed=7)).astype(np.float64)
+        inside = generator.mask(128) > 0.5
+        assert np.array_equal(out[~inside], face[~inside])
+        edge = inside & ~cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        outside = cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & ~inside
+        steps[blend] = abs(out[edge].mean() - face[outside].mean())
+    assert steps["poisson"] < 4 and steps["tone"] > 2 * steps["poisson"]
+    with pytest.raises(ModelLoadError, match="blend"):
+        RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", blend="feather")
 
 
 def test_generator_refuses_a_renderer_trained_on_other_codes(tiny_run, tmp_path):

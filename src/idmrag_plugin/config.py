@@ -14,6 +14,7 @@ PRIVACY_LEVELS = ("far1e-2", "far1e-3")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 GENERATORS = ("none", "vae-decode", "renderer", "renderer-lcm", "lcm", "ldm-teacher")
 #: Generators with a number of sampling steps.
+FACE_BLENDS = ("poisson", "poisson-tone", "tone")
 STEPPED_GENERATORS = ("renderer-lcm", "lcm", "ldm-teacher")
 
 
@@ -55,6 +56,13 @@ class AnonymizerConfig:
         refine_faces: for ``"renderer-lcm"`` and ``"renderer"``: the packaged refiner redraws
             the renderer's 64 px face at the crop's 128 px with the detail a face has there
             (about 20 ms per face on a CPU); ``False`` resizes the 64 px drawing up instead.
+        face_blend: for ``"renderer-lcm"`` and ``"renderer"``: how the drawn face meets the
+            photo. ``"poisson"`` (default): seamless (Poisson) blending, the drawing's own
+            gradients meeting the photo's colours at the edge of the drawn region, so no seam
+            or lighter rim shows; ``"poisson-tone"``: the same, with the face's mean tone
+            also moved to the original face's; ``"tone"``: hard edge with the mean tone moved
+            (the composite of earlier releases). Only pixels outside the drawn region are
+            read from the photo either way.
         max_attempts: generator attempts per face before the failure policy applies.
         on_failure: ``"obfuscate"`` (irreversibly fill the face), ``"drop"`` (withhold the
             image) or ``"raise"`` (:class:`~idmrag_plugin.errors.AnonymizationFailedError`).
@@ -91,6 +99,7 @@ class AnonymizerConfig:
     generator_steps: int | None = None
     generator_weights: Path | None = None
     refine_faces: bool = True
+    face_blend: str = "poisson"
     max_attempts: int = 5
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000
@@ -109,6 +118,7 @@ class AnonymizerConfig:
         _choice("privacy_level", self.privacy_level, PRIVACY_LEVELS)
         _choice("on_failure", self.on_failure, FAILURE_POLICIES)
         _choice("generator", self.generator, GENERATORS)
+        _choice("face_blend", self.face_blend, FACE_BLENDS)
         _choice("output_format", self.output_format.upper(), OUTPUT_FORMATS)
         if not self.oracles:
             raise ConfigError("oracles: at least one oracle is required; privacy fails closed")

