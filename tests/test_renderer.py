@@ -236,6 +236,30 @@ def test_generator_s_default_poisson_blend_leaves_no_seam(tiny_run, astronaut):
         RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", blend="feather")
 
 
+def test_late_attempts_redraw_a_wider_ellipse_and_are_pasted_over_it(tiny_run):
+    """Faces still recognised after two pseudonyms get the widest ellipse the renderer was
+    trained with; the engine pastes each attempt over the ellipse it was drawn in."""
+    from idmrag_plugin.generation.renderer import MASK_JITTER
+    from idmrag_plugin.generation.renderer_generator import WIDER_MASK_FROM_ATTEMPT
+
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors")
+    face = np.random.default_rng(5).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    base = generator.mask_grow_for(0)
+    assert base == generator.mask_grow_for(WIDER_MASK_FROM_ATTEMPT - 1) == pytest.approx(1.1)
+    wide = generator.mask_grow_for(WIDER_MASK_FROM_ATTEMPT)
+    assert wide == pytest.approx(base * MASK_JITTER[1])
+    assert [generator.paste_grow_for(a) for a in (0, WIDER_MASK_FROM_ATTEMPT)] == [base, wide]
+    narrow_mask, wide_mask = generator.mask(128) > 0.5, generator.mask(128, wide) > 0.5
+    band = wide_mask & ~narrow_mask
+    assert band.sum() > 500
+    early = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    late = generator.generate(GenerationRequest(face, attempt=WIDER_MASK_FROM_ATTEMPT, seed=7))
+    assert np.array_equal(early[band], face[band])
+    assert (late[band] != face[band]).any(axis=-1).mean() > 0.9
+    assert np.array_equal(late[~wide_mask], face[~wide_mask])
+
+
 def test_generator_refuses_a_renderer_trained_on_other_codes(tiny_run, tmp_path):
     root, *_ = tiny_run
     torch.manual_seed(5)

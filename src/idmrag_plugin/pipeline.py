@@ -524,7 +524,7 @@ class FaceAnonymizer:
                 x1, y1, x2, y2 = region = region_of(crop, job.output.shape[:2])
                 pasted.append((job, face, region, job.output[y1:y2, x1:x2].copy()))
                 with _timed(job.timings, "blend"):
-                    paste_face(job.output, new, crop, grow=self.generator.paste_grow,
+                    paste_face(job.output, new, crop, grow=self.generator.paste_grow_for(attempt),
                                colour_match=self.generator.colour_match)
             if not pasted:
                 pending = retry

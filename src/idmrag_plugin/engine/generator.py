@@ -40,6 +40,10 @@ class FaceGenerator(ABC):
     colour_match: bool = True
     paste_grow: float = 1.0
 
+    def paste_grow_for(self, attempt: int) -> float:
+        """The face ellipse's growth for pasting this generator's crop at ``attempt``."""
+        return self.paste_grow
+
     @abstractmethod
     def generate(self, request: GenerationRequest) -> np.ndarray:
         """Return an RGB uint8 array shaped like ``request.face``."""

@@ -28,12 +28,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The inner-face ellipse of the canonical crop (brows to chin, cheek to cheek) is the paste's,
+# grown by ``mask_grow``.
+from idmrag_plugin.engine.blend import FACE_AXES, FACE_CENTER
+
 logger = logging.getLogger(__name__)
 
-# The inner-face ellipse of the canonical crop (fractions of its side): brows to chin,
-# cheek to cheek. The same ellipse the paste-back uses, grown by ``mask_grow``.
-FACE_CENTER = (0.5, 0.55)
-FACE_AXES = (0.30, 0.40)
+#: Training jitters the inpainting ellipse's size by these factors (and its centre a little),
+#: so the renderer draws into any ellipse in this range.
+MASK_JITTER = (0.95, 1.12)
 
 
 def inpaint_mask(size: int, grow: float = 1.1, center_shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:

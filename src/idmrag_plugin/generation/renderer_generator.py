@@ -22,7 +22,7 @@ from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading
-from idmrag_plugin.generation.renderer import inpaint_mask
+from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
@@ -38,6 +38,12 @@ def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
     """True for a black-and-white crop (channels equal up to JPEG noise)."""
     f = face.astype(np.int16)
     return float(np.abs(f[..., 0] - f[..., 1]).mean() + np.abs(f[..., 1] - f[..., 2]).mean()) < tolerance
+
+
+#: From this attempt on (0-based), a face is redrawn over the widest inpainting ellipse the
+#: renderer was trained with: the faces that fail closed are mostly ones the oracles still
+#: recognise after several pseudonyms, by what lies around the inner face.
+WIDER_MASK_FROM_ATTEMPT = 2
 
 
 class RendererGenerator(VAEDecodeGenerator):
@@ -97,7 +103,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self.refiner_dir = Path(refiner_dir) if refiner_dir is not None else None
         self._refiner = None
         self._renderer_lock = threading.Lock()
-        self._masks: dict[int, np.ndarray] = {}
+        self._masks: dict[tuple[int, float], np.ndarray] = {}
         self.candidates = candidates
         self._chosen: dict[tuple[bytes, int], np.ndarray] = {}  # (person, attempt) -> the pseudonym kept
 
@@ -186,21 +192,38 @@ class RendererGenerator(VAEDecodeGenerator):
             return 0.0
         return keeping[0].mismatch(wanted, keeping[0].read_code(code)[0])
 
-    def mask(self, size: int) -> np.ndarray:
-        """The inpainting mask at ``size`` px (1 = drawn by the renderer)."""
-        if size not in self._masks:
-            self._masks[size] = inpaint_mask(size, float(self._load_renderer().config.mask_grow))
-        return self._masks[size]
+    def mask_grow_for(self, attempt: int) -> float:
+        """The inpainting ellipse's size (relative to the face ellipse) at ``attempt``: the
+        renderer's own, and from ``WIDER_MASK_FROM_ATTEMPT`` on the widest it was trained with,
+        so that a face still recognised by what surrounds the inner face (hairline, brows,
+        the jaw's outline) gets more of it redrawn."""
+        grow = float(self._load_renderer().config.mask_grow)
+        return grow * MASK_JITTER[1] if attempt >= WIDER_MASK_FROM_ATTEMPT else grow
+
+    def paste_grow_for(self, attempt: int) -> float:
+        # Pasted over the whole drawn ellipse: the Poisson blend already met the photo at its edge.
+        return self.mask_grow_for(attempt)
+
+    def mask(self, size: int, grow: float | None = None) -> np.ndarray:
+        """The inpainting mask at ``size`` px (1 = drawn by the renderer), of the renderer's
+        own size unless ``grow`` says otherwise."""
+        grow = float(self._load_renderer().config.mask_grow) if grow is None else grow
+        key = (size, round(grow, 6))
+        if key not in self._masks:
+            self._masks[key] = inpaint_mask(size, grow)
+        return self._masks[key]
 
     def generate(self, request: GenerationRequest) -> np.ndarray:
         face = request.face
         id_mu, attr_mu = self.encode(face[None])
+        grow = self.mask_grow_for(request.attempt)
         if request.identity is not None:
-            return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu)[0], face)
+            return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu, grow)[0], face, grow)
         self._note_person(id_mu[0], face)
-        return self._draw_pseudonym(id_mu[0], face, attr_mu, request.attempt)
+        return self._draw_pseudonym(id_mu[0], face, attr_mu, request.attempt, grow)
 
-    def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int) -> np.ndarray:
+    def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
+                        grow: float | None = None) -> np.ndarray:
         """Draw the person's pseudonym for this attempt.
 
         With one candidate the pseudonym code is the (deterministic) ``replacement_code``. With
@@ -211,23 +234,24 @@ class RendererGenerator(VAEDecodeGenerator):
         keeping = self._attribute_keeping()
         count = self.candidates if keeping is not None else 1
         if count == 1:
-            return self._composite(self._render(self.replacement_code(code, attempt)[None], face, attr_mu)[0], face)
+            return self._composite(self._render(self.replacement_code(code, attempt)[None], face, attr_mu, grow)[0],
+                                   face, grow)
         assert keeping is not None and self._sampler is not None
         person = (self._seed_code(code).tobytes(), attempt)
         with self._lock:
             chosen = self._chosen.get(person)
         if chosen is not None and self._sampler.judge(code, chosen[None])[0][0]:
-            return self._composite(self._render(chosen[None], face, attr_mu)[0], face)
+            return self._composite(self._render(chosen[None], face, attr_mu, grow)[0], face, grow)
         codes = np.stack([self.replacement_code(code, attempt, variant) for variant in range(count)])
-        drawings = self._render(codes, face, attr_mu)
+        drawings = self._render(codes, face, attr_mu, grow)
         best = int(np.argmin(self._likeness(drawings, face, keeping[1])))
         if chosen is None:
             with self._lock:
                 registered = self._chosen.setdefault(person, codes[best])
             if not np.array_equal(registered, codes[best]) and self._sampler.judge(code, registered[None])[0][0]:
                 # another thread chose first for this person
-                return self._composite(self._render(registered[None], face, attr_mu)[0], face)
-        return self._composite(drawings[best], face)
+                return self._composite(self._render(registered[None], face, attr_mu, grow)[0], face, grow)
+        return self._composite(drawings[best], face, grow)
 
     def _likeness(self, drawings: np.ndarray, face: np.ndarray, student) -> np.ndarray:
         """Cosine similarity of each drawing to ``face`` in the identity student's eyes."""
@@ -240,7 +264,7 @@ class RendererGenerator(VAEDecodeGenerator):
             e = torch.nn.functional.normalize(student(x), dim=1).cpu().numpy()
         return e[1:] @ e[0]
 
-    def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray) -> np.ndarray:
+    def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, grow: float | None = None) -> np.ndarray:
         """The drawings (K, R, R, 3) of identity codes (K, D) into ``face``'s context, at the
         refiner's resolution R when there is one, else the renderer's (see :meth:`_composite`
         for the crop's)."""
@@ -251,7 +275,7 @@ class RendererGenerator(VAEDecodeGenerator):
         count = len(codes)
         small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
         context = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        mask = torch.as_tensor(self.mask(side), device=self.device)[None, None]
+        mask = torch.as_tensor(self.mask(side, grow), device=self.device)[None, None]
         # Noise follows the pseudonym: one person is drawn alike in every photo of the session.
         per_code = []
         for z in codes:
@@ -265,10 +289,10 @@ class RendererGenerator(VAEDecodeGenerator):
                 torch.as_tensor(attr_mu, device=self.device).float().expand(count, -1, -1, -1),
                 noise=noise,
             )
-            drawn = self._refine(drawn, face, codes)
+            drawn = self._refine(drawn, face, codes, grow)
         return ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
-    def _refine(self, drawn, face: np.ndarray, codes: np.ndarray):
+    def _refine(self, drawn, face: np.ndarray, codes: np.ndarray, grow: float | None = None):
         """The renderer's drawings (K, 3, r, r) redrawn by the refiner at its resolution, with
         its texture noise following the pseudonym as the renderer's does; unchanged without a
         refiner."""
@@ -280,7 +304,7 @@ class RendererGenerator(VAEDecodeGenerator):
         side = refiner.config.image_size
         big = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
         context = torch.as_tensor(big, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        mask = torch.as_tensor(inpaint_mask(side, float(refiner.config.mask_grow)), device=self.device)[None, None]
+        mask = torch.as_tensor(self.mask(side, grow), device=self.device)[None, None]
         count = len(codes)
         per_code = []
         for z in codes:
@@ -289,13 +313,13 @@ class RendererGenerator(VAEDecodeGenerator):
         noise = [torch.cat(maps).to(self.device) for maps in zip(*per_code, strict=True)]
         return refiner(context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1), drawn, noise=noise)
 
-    def _composite(self, image: np.ndarray, face: np.ndarray) -> np.ndarray:
+    def _composite(self, image: np.ndarray, face: np.ndarray, grow: float | None = None) -> np.ndarray:
         """One drawing of :meth:`_render` at the crop's size, in its tone, inside the inpainting
         mask only."""
         size = face.shape[0]
         if image.shape[0] != size:
             image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
-        inside = self.mask(size)
+        inside = self.mask(size, grow)
         image = np.where(inside[..., None] > 0.5, image, face)
         if self.blend != "tone":
             image = poisson_blend(image, face, inside)

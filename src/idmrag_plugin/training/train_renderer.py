@@ -37,7 +37,12 @@ from torch.nn import functional as F
 from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.encoder import DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
-from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig, inpaint_mask
+from idmrag_plugin.generation.renderer import (
+    MASK_JITTER,
+    FaceRenderer,
+    RendererConfig,
+    inpaint_mask,
+)
 from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.adversarial import (
     PatchDiscriminator,
@@ -60,7 +65,7 @@ WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, 
 def mask_bank(size: int, grow: float, count: int, rng: np.random.Generator) -> torch.Tensor:
     """``count`` jittered inpainting ellipses (count, 1, S, S): the training masks vary a little
     in size and position so the renderer does not learn one hole's exact border."""
-    masks = [inpaint_mask(size, grow * float(rng.uniform(0.95, 1.12)),
+    masks = [inpaint_mask(size, grow * float(rng.uniform(*MASK_JITTER)),
                           (float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.02, 0.02))))
              for _ in range(count - 1)]
     masks.append(inpaint_mask(size, grow))  # the one used at inference is always in the bank
