@@ -4,8 +4,8 @@ shown at 1:1 pixels around the face (no resampling of the output), next to the o
     python benchmarks/renderer_grid.py --out docs/renderer_grid.png --generators vae-decode,renderer,renderer-lcm
 
 A ``-unrefined`` suffix (``renderer-lcm-unrefined@1``) shows the renderer's 64 px drawing
-resized up instead of refined at 128 px; ``-tone`` / ``-poisson-tone`` (last) another
-``face_blend`` than the default Poisson blend.
+resized up instead of refined at 128 px; ``-poisson`` / ``-tone`` (last) another
+``face_blend`` than the default.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import skimage.data
 from PIL import Image, ImageDraw
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.config import DEFAULT_FACE_BLEND
 
 logger = logging.getLogger("renderer_grid")
 
@@ -39,7 +40,7 @@ def main() -> None:
     boxes: dict[str, tuple[float, ...]] = {}
     for name in args.generators.split(","):
         generator, _, steps = name.partition("@")  # e.g. renderer-lcm@1
-        blend = next((b for b in ("poisson-tone", "tone") if generator.endswith(f"-{b}")), "poisson")
+        blend = next((b for b in ("poisson", "tone") if generator.endswith(f"-{b}")), DEFAULT_FACE_BLEND)
         generator = generator.removesuffix(f"-{blend}")
         refine = not generator.endswith("-unrefined")
         generator = generator.removesuffix("-unrefined")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from idmrag_plugin.config import FACE_BLENDS, GENERATORS
+from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS, GENERATORS
 from idmrag_plugin.errors import IdmragError
 
 logger = logging.getLogger("idmrag_plugin.cli")
@@ -218,9 +218,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator-weights", default=None, help="folder from `idmrag train-lcm` (OUTPUT/lcm), `idmrag train-renderer` (OUTPUT/renderer) or `idmrag train-code-lcm` (OUTPUT/lcm, for renderer-lcm)")
     parser.add_argument("--no-refine", action="store_true",
                         help="renderer generators: resize the 64 px drawing up instead of refining it at 128 px")
-    parser.add_argument("--face-blend", default="poisson", choices=list(FACE_BLENDS),
-                        help="renderer generators: poisson (seamless), poisson-tone (also the original's mean "
-                             "tone), tone (hard edge, mean tone)")
+    parser.add_argument("--face-blend", default=DEFAULT_FACE_BLEND, choices=list(FACE_BLENDS),
+                        help="renderer generators: poisson-tone (seamless, the original's mean tone), poisson "
+                             "(seamless only), tone (hard edge, mean tone)")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,

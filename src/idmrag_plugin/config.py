@@ -14,7 +14,8 @@ PRIVACY_LEVELS = ("far1e-2", "far1e-3")
 OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 GENERATORS = ("none", "vae-decode", "renderer", "renderer-lcm", "lcm", "ldm-teacher")
 #: Generators with a number of sampling steps.
-FACE_BLENDS = ("poisson", "poisson-tone", "tone")
+FACE_BLENDS = ("poisson-tone", "poisson", "tone")
+DEFAULT_FACE_BLEND = "poisson-tone"
 STEPPED_GENERATORS = ("renderer-lcm", "lcm", "ldm-teacher")
 
 
@@ -57,12 +58,13 @@ class AnonymizerConfig:
             the renderer's 64 px face at the crop's 128 px with the detail a face has there
             (about 20 ms per face on a CPU); ``False`` resizes the 64 px drawing up instead.
         face_blend: for ``"renderer-lcm"`` and ``"renderer"``: how the drawn face meets the
-            photo. ``"poisson"`` (default): seamless (Poisson) blending, the drawing's own
+            photo. ``"poisson-tone"`` (default): seamless (Poisson) blending, the drawing's own
             gradients meeting the photo's colours at the edge of the drawn region, so no seam
-            or lighter rim shows; ``"poisson-tone"``: the same, with the face's mean tone
-            also moved to the original face's; ``"tone"``: hard edge with the mean tone moved
-            (the composite of earlier releases). Only pixels outside the drawn region are
-            read from the photo either way.
+            or lighter rim shows, then the face's mean tone moved to the original face's (skin
+            tone and lighting are not identity; the person's neck and ears stay in the
+            picture); ``"poisson"``: the blend alone (the face's tone then follows its edge);
+            ``"tone"``: hard edge with the mean tone moved (the composite of earlier
+            releases). Only pixels outside the drawn region are read from the photo.
         max_attempts: generator attempts per face before the failure policy applies.
         on_failure: ``"obfuscate"`` (irreversibly fill the face), ``"drop"`` (withhold the
             image) or ``"raise"`` (:class:`~idmrag_plugin.errors.AnonymizationFailedError`).
@@ -99,7 +101,7 @@ class AnonymizerConfig:
     generator_steps: int | None = None
     generator_weights: Path | None = None
     refine_faces: bool = True
-    face_blend: str = "poisson"
+    face_blend: str = DEFAULT_FACE_BLEND
     max_attempts: int = 5
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from idmrag_plugin.config import AnonymizerConfig
+from idmrag_plugin.config import DEFAULT_FACE_BLEND, AnonymizerConfig
 from idmrag_plugin.engine.detect import Detection, FaceDetector, MTCNNDetector
 from idmrag_plugin.engine.oracles import FaceOracle
 from idmrag_plugin.errors import ConfigError
@@ -170,11 +170,11 @@ def _engine(generator: str) -> Callable[[int | None, Path | None], BenchMethod]:
 
 
 def _diffusion(generator: str, folder: str, default_steps: int, refine: bool = True,
-               face_blend: str = "poisson") -> Callable[[int | None, Path | None], BenchMethod]:
+               face_blend: str = DEFAULT_FACE_BLEND) -> Callable[[int | None, Path | None], BenchMethod]:
     """``lcm`` / ``ldm-teacher`` / ``renderer-lcm``: weights from ``diffusion_weights/{folder}``
     when given (the OUTPUT of ``idmrag train-lcm`` / ``train-code-lcm``), else the packaged ones.
     ``refine=False``: the renderer's drawing resized up instead of refined (``-unrefined``);
-    ``face_blend``: another composite than the default Poisson blend (``-tone``, ``-poisson-tone``)."""
+    ``face_blend``: another composite than the default (``-poisson``, ``-tone``)."""
 
     def build(steps: int | None, diffusion_weights: Path | None) -> BenchMethod:
         config = AnonymizerConfig(
@@ -182,7 +182,7 @@ def _diffusion(generator: str, folder: str, default_steps: int, refine: bool = T
             generator_weights=Path(diffusion_weights) / folder if diffusion_weights is not None else None,
             refine_faces=refine, face_blend=face_blend,
         )
-        suffix = ("" if refine else "-unrefined") + ("" if face_blend == "poisson" else f"-{face_blend}")
+        suffix = ("" if refine else "-unrefined") + ("" if face_blend == DEFAULT_FACE_BLEND else f"-{face_blend}")
         return EngineMethod(f"{generator}{suffix}@{steps or default_steps}", config)
 
     return build
@@ -218,7 +218,7 @@ METHODS: dict[str, Callable[[int | None, Path | None], BenchMethod]] = {
     "renderer-lcm": _diffusion("renderer-lcm", "lcm", 1),
     "renderer-lcm-unrefined": _diffusion("renderer-lcm", "lcm", 1, refine=False),
     "renderer-lcm-tone": _diffusion("renderer-lcm", "lcm", 1, face_blend="tone"),
-    "renderer-lcm-poisson-tone": _diffusion("renderer-lcm", "lcm", 1, face_blend="poisson-tone"),
+    "renderer-lcm-poisson": _diffusion("renderer-lcm", "lcm", 1, face_blend="poisson"),
     "lcm": _diffusion("lcm", "lcm", 4),
     "ldm-teacher": _diffusion("ldm-teacher", "teacher", 50),
 }

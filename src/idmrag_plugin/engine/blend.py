@@ -71,7 +71,7 @@ def shift_tone(drawn: np.ndarray, reference: np.ndarray, inner: np.ndarray, draw
     inside = (drawn_mask > 0.5).astype(np.uint8)
     depth = cv2.distanceTransform(inside, cv2.DIST_L2, 3)  # px to the nearest kept pixel
     band = max(float(depth[region].min()), 1.0)  # the depth at which ``inner`` begins
-    weight = np.clip(depth / band, 0.0, 1.0)[..., None]
+    weight = np.clip((depth - 1.0) / max(band - 1.0, 1.0), 0.0, 1.0)[..., None]  # none on the edge ring
     shifted = lab + weight * shift
     floor = target[1:] - CAST_LIMIT
     chroma = shifted[..., 1:]

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from idmrag_plugin.config import FACE_BLENDS
+from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS
 from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
@@ -60,11 +60,11 @@ class RendererGenerator(VAEDecodeGenerator):
         refiner_dir: folder written by ``idmrag train-refiner`` (``OUTPUT/refiner``): the
             renderer's drawing is redrawn at the refiner's resolution (the crop's, 128 px)
             with the detail a face has there; without it the drawing is resized up.
-        blend: how the drawing meets the photo at the inpainting mask's edge: ``"poisson"``
-            (seamless: the drawing's gradients, the photo's colours at the edge, so a rim the
-            renderer drew lighter or a tone unlike the photo's leaves no seam),
-            ``"poisson-tone"`` (the same, with the face's mean tone moved to the original's
-            inside the face) or ``"tone"`` (hard edge, mean tone moved to the original's).
+        blend: how the drawing meets the photo (``AnonymizerConfig.face_blend``):
+            ``"poisson-tone"`` (seamless: the drawing's gradients, the photo's colours at the
+            edge, so a rim the renderer drew lighter leaves no seam; then the face's mean tone
+            moved to the original's inside the face), ``"poisson"`` (the blend alone) or
+            ``"tone"`` (hard edge, mean tone moved to the original's).
     """
 
     name = "renderer"
@@ -84,7 +84,7 @@ class RendererGenerator(VAEDecodeGenerator):
         student_path: str | Path | None = None,
         candidates: int = PSEUDONYM_CANDIDATES,
         refiner_dir: str | Path | None = None,
-        blend: str = "poisson",
+        blend: str = DEFAULT_FACE_BLEND,
     ) -> None:
         super().__init__(model_dir, sampler_path, device=device, secret=secret)
         if blend not in FACE_BLENDS:

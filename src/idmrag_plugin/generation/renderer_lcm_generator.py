@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from idmrag_plugin.config import DEFAULT_FACE_BLEND
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.renderer_generator import RendererGenerator
 from idmrag_plugin.generation.sampler import _normalise, pseudonym_key
@@ -56,7 +57,7 @@ class RendererLCMGenerator(RendererGenerator):
         device: str = "cpu",
         secret: bytes | None = None,
         refiner_dir: str | Path | None = None,
-        blend: str = "poisson",
+        blend: str = DEFAULT_FACE_BLEND,
     ) -> None:
         super().__init__(renderer_dir, model_dir, sampler_path, device=device, secret=secret,
                          attribute_probes_path=attribute_probes_path, student_path=student_path,
