@@ -16,6 +16,7 @@ GENERATORS = ("none", "vae-decode", "renderer", "renderer-lcm", "lcm", "ldm-teac
 #: Generators with a number of sampling steps.
 FACE_BLENDS = ("poisson-tone", "poisson", "tone")
 DEFAULT_FACE_BLEND = "poisson-tone"
+ORACLE_RUNTIMES = ("auto", "torch", "onnxruntime")
 STEPPED_GENERATORS = ("renderer-lcm", "lcm", "ldm-teacher")
 
 
@@ -82,6 +83,10 @@ class AnonymizerConfig:
             running a model. 0 disables the cache.
         result_cache_dir: also keep results in this folder (outputs and reports only, never
             an original), shared between processes and runs.
+        oracle_runtime: what runs the oracles' networks on a CPU: ``"auto"`` (default: ONNX
+            Runtime, exported once into ``cache_dir`` and checked against torch at each load,
+            falling back to torch if that fails), ``"onnxruntime"`` (required) or ``"torch"``.
+            The embeddings, and so the verdicts, are the same to ~1e-7.
         threads: torch's intra-op thread count, set when the engine is built (process-wide);
             ``None`` leaves torch's default. Under CPU contention one or two threads per
             engine avoid torch's oversubscription collapse.
@@ -112,6 +117,7 @@ class AnonymizerConfig:
     seed: int = 0
     cache_size: int = 128
     result_cache_dir: Path | None = None
+    oracle_runtime: str = "auto"
     threads: int | None = None
     batch_size: int = 8
 
@@ -121,6 +127,7 @@ class AnonymizerConfig:
         _choice("on_failure", self.on_failure, FAILURE_POLICIES)
         _choice("generator", self.generator, GENERATORS)
         _choice("face_blend", self.face_blend, FACE_BLENDS)
+        _choice("oracle_runtime", self.oracle_runtime, ORACLE_RUNTIMES)
         _choice("output_format", self.output_format.upper(), OUTPUT_FORMATS)
         if not self.oracles:
             raise ConfigError("oracles: at least one oracle is required; privacy fails closed")

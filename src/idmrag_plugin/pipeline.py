@@ -129,7 +129,9 @@ class FaceAnonymizer:
         if set(self.config.rotations) != {0} and not isinstance(self.detector, RotatingDetector):
             self.detector = RotatingDetector(self.detector, self.config.rotations)
         self.oracles = list(oracles) if oracles is not None else [
-            build_oracle(name, self.device, self.config.cache_dir) for name in self.config.oracles
+            build_oracle(name, self.device, self.config.cache_dir, runtime=self.config.oracle_runtime,
+                         threads=self.config.threads)
+            for name in self.config.oracles
         ]
         if not self.oracles:
             raise ConfigError("at least one oracle is required; privacy fails closed")
