@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/latency.json")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--oracle-runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
+                        help="what runs the oracles' networks (AnonymizerConfig.oracle_runtime)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -55,10 +57,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     # cache_size=0: repeated runs of one image must compute, not hit the result cache
-    base = FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0))
+    base = FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime))
     camera = np.repeat(skimage.data.camera()[..., None], 3, axis=2)
     (det,) = base.detector.detect(camera)
-    swap = FaceAnonymizer(AnonymizerConfig(cache_size=0),
+    swap = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime),
                           generator=OtherPersonGenerator(align_face(camera, det.landmarks, 128).crop),
                           detector=base.detector, oracles=base.oracles)
     one_face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((250, 250)))
@@ -66,14 +68,15 @@ def main() -> None:
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
+        "oracle_runtime": args.oracle_runtime,
     }
-    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode", cache_size=0), detector=base.detector,
+    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector,
                          oracles=base.oracles)
-    renderer = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0), detector=base.detector,
+    renderer = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector,
                               oracles=base.oracles)
-    renderer_lcm = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0), detector=base.detector,
+    renderer_lcm = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector,
                                   oracles=base.oracles)
-    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), cache_size=0), detector=base.detector.detector,
+    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector.detector,
                              oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),

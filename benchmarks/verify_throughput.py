@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads on a CPU")
+    parser.add_argument("--oracle-runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
+                        help="what runs the oracles' networks on a CPU (AnonymizerConfig.oracle_runtime)")
     parser.add_argument("--out", default="benchmarks/results/verify_throughput.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -45,7 +47,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     timings: dict[str, float] = {}
     for name in ("dlib", "facenet"):
-        oracle = build_oracle(name, device)
+        oracle = build_oracle(name, device, runtime=args.oracle_runtime, threads=args.threads)
         oracle.load()
         crops = []
         for _ in range(args.batch):  # the same face, jittered, so no two crops are equal
