@@ -68,9 +68,8 @@ class RendererGenerator(VAEDecodeGenerator):
     """
 
     name = "renderer"
-    # The crop it returns already fits its own context: no colour transfer. The paste keeps
-    # the engine's face ellipse, whose feathered rim blends the renderer's drawing of the
-    # band between that ellipse and its larger inpainting ellipse into the photo.
+    # The crop it returns already fits its own context (blended into it): no colour transfer,
+    # and it is pasted over the whole ellipse it was drawn in (see paste_grow_for).
     colour_match = False
 
     def __init__(
