@@ -1,11 +1,17 @@
 """The adversarial half of renderer training: a conditional patch discriminator,
-differentiable augmentation, hinge losses, the R1 penalty and feature matching."""
+differentiable augmentation, hinge losses, the R1 penalty and feature matching; and the
+generator step and bookkeeping that the renderer's and the refiner's loops share."""
 
 from __future__ import annotations
+
+import logging
+import time
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+logger = logging.getLogger(__name__)
 
 
 class PatchDiscriminator(nn.Module):
@@ -124,6 +130,33 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
         rate = min(decay, (1 + step) / (10 + step))
         for p_e, p in zip(ema.parameters(), model.parameters(), strict=True):
             p_e.lerp_(p.detach(), 1 - rate)
+
+
+def generator_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, ema: nn.Module, model: nn.Module,
+                   decay: float, step: int) -> None:
+    """One optimiser step on ``loss``, then the EMA copy follows ``model``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    ema_update(ema, model, decay, step)
+
+
+def record_step(state: dict, log: dict[str, float], terms: dict[str, torch.Tensor], images: int,
+                seconds: float) -> None:
+    """Count one step of ``images`` images in ``state``, keep its loss terms in ``log`` and
+    log them every 50 steps."""
+    state["step"] += 1
+    state["images"] += images
+    state["seconds"] = seconds
+    log.update({k: float(v.detach()) for k, v in terms.items()})
+    if state["step"] % 50 == 0:
+        logger.info("step %d (%d images, %.1f img/s) %s", state["step"], state["images"],
+                    state["images"] / max(state["seconds"], 1e-6), " ".join(f"{k}={v:.3f}" for k, v in log.items()))
+
+
+def checkpoint_due(step: int, every: int, minutes: float, last_save: float) -> bool:
+    """Every ``every`` steps, and also when ``minutes`` (0: off) passed since the last save."""
+    return step % every == 0 or bool(minutes and time.time() - last_save > minutes * 60)
 
 
 def to_grey(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -39,10 +39,12 @@ from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.adversarial import (
     PatchDiscriminator,
     augment_params,
+    checkpoint_due,
     diff_augment,
     discriminator_step,
-    ema_update,
     feature_matching,
+    generator_step,
+    record_step,
     spectrum_loss,
     to_grey,
 )
@@ -203,20 +205,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         terms["consistency"] = ((downsample(refined[drawn], small) - drawn_rows).abs() * mask_small).mean() / (
             mask_small.mean().clamp(min=1e-3))
         loss_g = sum(weights[k] * v for k, v in terms.items() if k not in ("d", "r1"))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        ema_update(ema, refiner, args.ema, state["step"])
-        state["step"] += 1
-        state["images"] += n
-        state["seconds"] = seconds_before + time.time() - start
-        log.update({k: float(v.detach()) for k, v in terms.items()})
-        if state["step"] % 50 == 0:
-            logger.info("step %d (%d images, %.1f img/s) %s", state["step"], state["images"],
-                        state["images"] / max(state["seconds"], 1e-6),
-                        " ".join(f"{k}={v:.3f}" for k, v in log.items()))
-        if state["step"] % args.checkpoint_every == 0 or (
-                args.checkpoint_minutes and time.time() - last_save > args.checkpoint_minutes * 60):
+        generator_step(opt_g, loss_g, ema, refiner, args.ema, state["step"])
+        record_step(state, log, terms, n, seconds_before + time.time() - start)
+        if checkpoint_due(state["step"], args.checkpoint_every, args.checkpoint_minutes, last_save):
             save()
             last_save = time.time()
     save()
