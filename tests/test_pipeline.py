@@ -9,6 +9,7 @@ from conftest import FixedFaceGenerator, IdentityGenerator, RaisingGenerator
 from PIL import Image
 
 from idmrag_plugin import AnonymizationFailedError, AnonymizerConfig, ConfigError, InvalidImageError
+from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.oracles import cosine
 from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD
 
@@ -321,3 +322,67 @@ def test_anonymize_many_isolates_a_detector_failure_to_its_image(make_engine, as
     assert results[1].pixels is None and "detector crashed" in (results[1].error or "")
     with pytest.raises(RuntimeError, match="detector crashed"):
         engine.anonymize_many([astronaut, astronaut[:300]], raise_errors=True)
+
+
+class RecordingGenerator(FaceGenerator):
+    """Returns a fixed other face and keeps every request it gets."""
+
+    name = "recording"
+
+    def __init__(self, face: np.ndarray) -> None:
+        self.face = face
+        self.requests: list[GenerationRequest] = []
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        self.requests.append(request)
+        return self.face
+
+
+def test_generator_gets_the_oracles_embeddings_of_the_original_face(make_engine, astronaut, camera_face, oracles):
+    """A generator may read perceived attributes from the original: it gets the verifier's own
+    embeddings of the face in the photo (no second forward), one per oracle."""
+    recording = RecordingGenerator(camera_face)
+    engine = make_engine(recording, cache_size=0)
+    result = engine.anonymize(astronaut)
+    assert result.counts() == {"generated": 1}
+    (request,) = recording.requests
+    assert request.original_embeddings is not None
+    assert set(request.original_embeddings) == {o.name for o in oracles}
+    (det,) = engine.detector.detect(astronaut)
+    for oracle in oracles:
+        expected = oracle.embed_faces(astronaut, [det.landmarks])[0]
+        assert np.allclose(request.original_embeddings[oracle.name], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_face_recognised_again_on_the_final_image_is_redrawn_with_its_attempts_left(
+        make_engine, astronaut, camera_face, monkeypatch, max_attempts):
+    """A neighbour's paste can make a verified face recognisable on the final image: it is
+    redrawn (next attempt, a new pseudonym) while it has attempts left, and fails closed only
+    when none are left. The final check is planted to report the face once."""
+    from idmrag_plugin.engine.oracles import OracleVerdict
+
+    recording = RecordingGenerator(camera_face)
+    engine = make_engine(recording, cache_size=0, max_attempts=max_attempts)
+    real_check = engine._final_check
+    planted = []
+
+    def final_check(jobs):
+        if not planted:
+            job = jobs[0]
+            face = job.faces[0]
+            face.verdicts = [OracleVerdict("dlib", 0.99, 0.9)]
+            planted.append(face)
+            return [(job, face)]
+        return real_check(jobs)
+
+    monkeypatch.setattr(engine, "_final_check", final_check)
+    result = engine.anonymize(astronaut)
+    (face,) = result.faces
+    if max_attempts == 1:
+        assert face.method == OBFUSCATED and "final image" in face.reason
+        assert [r.attempt for r in recording.requests] == [0]
+        assert not np.array_equal(result.pixels, astronaut)
+    else:
+        assert face.method == GENERATED and face.verified
+        assert [r.attempt for r in recording.requests] == [0, 1] and face.attempts == 2

@@ -351,7 +351,8 @@ def test_attribute_probes_of_another_renderer_are_refused(tiny_run, tmp_path):
                           attribute_probes_path=tmp_path / "probes.safetensors")
 
 
-def test_fit_attribute_probes_reads_labels_and_the_renderer_it_describes(tiny_run, tmp_path):
+@pytest.mark.parametrize("reader", ["student", "dlib"])
+def test_fit_attribute_probes_reads_labels_and_the_renderer_it_describes(tiny_run, tmp_path, reader):
     from idmrag_plugin.generation.attributes import AttributeProbes
     from idmrag_plugin.training.fit_attribute_probes import build_parser, fit
 
@@ -360,18 +361,25 @@ def test_fit_attribute_probes_reads_labels_and_the_renderer_it_describes(tiny_ru
     brightness = data["crops"].reshape(len(data["crops"]), -1).mean(axis=1)
     data["gender"] = (brightness > np.median(brightness)).astype(np.int8)
     data["age"] = (20 + brightness / 4).astype(np.int16)
-    np.savez(tmp_path / "labelled.npz", **data)
     args = ["--data", str(tmp_path / "labelled.npz"), "--output", str(tmp_path / "probes.safetensors"),
             "--renderer", str(root / "run" / "renderer"), "--codes", str(root / "codes"),
             "--sampler", str(root / "sampler.safetensors"), "--student", str(root / "student.safetensors"),
-            "--draws", "64", "--threads", "1"]
+            "--draws", "64", "--threads", "1", "--reader", reader]
+    if reader == "dlib":
+        np.savez(tmp_path / "labelled.npz", **data)
+        with pytest.raises(ConfigError, match="emb_dlib"):  # said clearly when the data lacks them
+            fit(build_parser().parse_args(args))
+        data["emb_dlib"] = np.random.default_rng(3).standard_normal((len(data["crops"]), 128)).astype(np.float32)
+    np.savez(tmp_path / "labelled.npz", **data)
+    width = 128 if reader == "dlib" else 512
     try:
         fitted = fit(build_parser().parse_args(args))
     except ConfigError as exc:  # a random tiny renderer may draw one side only: said clearly
         assert "one class" in str(exc)
     else:
         loaded = AttributeProbes.load(tmp_path / "probes.safetensors")
-        assert loaded.code_age[0].shape == (16,) and loaded.image_gender[0].shape == (512,)
+        assert loaded.code_age[0].shape == (16,) and loaded.image_gender[0].shape == (width,)
+        assert loaded.image_reader == reader
         assert np.allclose(loaded.code_gender[0], fitted.code_gender[0], atol=1e-6)
         assert loaded.renderer_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     del data["gender"]
@@ -415,3 +423,41 @@ def test_of_several_candidates_the_drawing_least_like_the_person_is_kept_for_the
     assert np.array_equal(generator._chosen[person], own)  # chosen anew for this photo only
     with pytest.raises(ModelLoadError, match="candidates"):
         RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", candidates=0)
+
+
+def test_dlib_reading_probes_read_the_original_s_descriptor_the_engine_brings(tiny_run, tmp_path):
+    """Probes that read dlib's descriptor take the person's gender from the embedding the
+    request carries (the verifier's, of the face in its photo); a request without one (the
+    generator used on its own) gets dlib's descriptor of the crop computed by the generator."""
+    from idmrag_plugin.engine.align import template
+    from idmrag_plugin.generation.attributes import AttributeProbes
+
+    root, *_ = tiny_run
+    sha = json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
+    weight = np.zeros(128)
+    weight[0] = 1.0
+    thirty = float(np.log1p(30.0))
+    AttributeProbes((weight, 0.0), (np.zeros(128), thirty), (np.zeros(16), 0.0), (np.zeros(16), thirty), sha,
+                    image_reader="dlib").save(tmp_path / "probes.safetensors")
+
+    def build() -> RendererGenerator:
+        return RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                                 secret=b"s", attribute_probes_path=tmp_path / "probes.safetensors",
+                                 student_path=root / "student.safetensors")
+
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    for sign in (1.0, -1.0):
+        generator = build()
+        embedding = np.zeros(128, np.float32)
+        embedding[0] = sign
+        generator.generate(GenerationRequest(face, attempt=0, seed=1, original_embeddings={"dlib": embedding}))
+        (reading,) = generator._readings.values()
+        assert reading.gender == (sign > 0)
+        assert generator._reader is None  # nothing computed a second time
+    generator = build()
+    generator.generate(GenerationRequest(face, attempt=0, seed=1))
+    (reading,) = generator._readings.values()
+    own = generator._reader.embed(generator._reader.crops(face, [template(128)]))[0]
+    assert reading.gender == bool(own[0] > 0)
+    with pytest.raises(ModelLoadError, match="known readers"):
+        AttributeProbes((weight, 0.0), (weight, 0.0), (np.zeros(16), 0.0), (np.zeros(16), 0.0), sha, image_reader="vgg")

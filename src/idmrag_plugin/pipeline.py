@@ -36,6 +36,10 @@ from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD, AnonymizationR
 
 logger = logging.getLogger(__name__)
 
+#: Rounds in which faces recognised again on the final image (a neighbour's paste changed
+#: what their views see) are redrawn with the attempts they have left; what is still
+#: recognised after them fails closed.
+FINAL_CHECK_ROUNDS = 2
 
 @contextmanager
 def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
@@ -468,6 +472,26 @@ class FaceAnonymizer:
             job.failed = self._unreplaced(job)
         # A paste, or the restoring of a failed one, can change what another face's views see:
         # verify again, on the final image, every face whose views reach into another's crop.
+        # One recognised there is redrawn alone with the attempts it has left (a pseudonym its
+        # neighbours' pastes leave alone), then everything is checked again.
+        for round_ in range(FINAL_CHECK_ROUNDS + 1):
+            recognised = self._final_check(jobs)
+            if not recognised:
+                return
+            for job, face in recognised:
+                if round_ == FINAL_CHECK_ROUNDS or face.attempts >= self.config.max_attempts:
+                    face.method = OBFUSCATED
+                    face.reason = "not anonymous on the final image after overlapping faces were pasted"
+                    job.failed.append(face)
+                    continue
+                self._replace_together([(job, face)], first_attempt=face.attempts)
+                if not face.verified:
+                    face.method = OBFUSCATED
+                    job.failed.append(face)
+
+    def _final_check(self, jobs: list[_Job]) -> list[tuple[_Job, FaceReport]]:
+        """Verify again, on the final image, each generated face whose views reach into another
+        face's crop; the ones now recognised (their verdicts updated)."""
         touched = [
             [f for f in job.faces if f.method == GENERATED and any(
                 g is not f and _overlaps(job.regions[g.index], _view_footprint(f, job.regions[f.index]))
@@ -476,17 +500,17 @@ class FaceAnonymizer:
         ]
         again = [(job, faces) for job, faces in zip(jobs, touched, strict=True) if faces]
         if not again:
-            return
+            return []
         with _timed_shared([job for job, _ in again], "verify"):
             final = self.verifier.verdicts_many(
                 [(job.originals, job.output, [f.index for f in faces]) for job, faces in again])  # type: ignore[misc]
+        recognised = []
         for (job, faces), per_face in zip(again, final, strict=True):
             for face, verdicts in zip(faces, per_face, strict=True):
                 face.verdicts = verdicts
                 if not face.verified:
-                    face.method = OBFUSCATED
-                    face.reason = "not anonymous on the final image after overlapping faces were pasted"
-                    job.failed.append(face)
+                    recognised.append((job, face))
+        return recognised
 
     @staticmethod
     def _unreplaced(job: _Job) -> list[FaceReport]:
@@ -504,13 +528,14 @@ class FaceAnonymizer:
                 failed.append(face)
         return failed
 
-    def _replace_together(self, items: list[tuple[_Job, FaceReport]]) -> None:
+    def _replace_together(self, items: list[tuple[_Job, FaceReport]], first_attempt: int = 0) -> None:
         """Attempt rounds for faces whose crops overlap no other's in their image; a face
         verified anonymous keeps its paste, any other is restored and tried again with a new
-        identity. Each round's pastes are verified in one call, across the images."""
+        identity. Each round's pastes are verified in one call, across the images. Attempts
+        are numbered from ``first_attempt`` (a face redrawn after earlier ones) to the last."""
         assert self.generator is not None
         pending = list(items)
-        for attempt in range(self.config.max_attempts):
+        for attempt in range(first_attempt, self.config.max_attempts):
             if not pending:
                 return
             pasted: list[tuple[_Job, FaceReport, tuple[int, int, int, int], np.ndarray]] = []
@@ -519,7 +544,7 @@ class FaceAnonymizer:
                 crop = job.aligned[face.index]
                 assert crop is not None
                 face.attempts = attempt + 1
-                new = self._generate(face, crop, attempt, job.timings)
+                new = self._generate(face, crop, attempt, job.timings, self._original_embeddings(job, face))
                 if new is None:
                     retry.append((job, face))
                     continue
@@ -550,10 +575,20 @@ class FaceAnonymizer:
                     retry.append((job, face))
             pending = retry
 
-    def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float]) -> np.ndarray | None:
+    @staticmethod
+    def _original_embeddings(job: _Job, face: FaceReport) -> dict[str, np.ndarray]:
+        """The oracles' embeddings of ``face`` in the original photo (the verifier's aligned view)."""
+        if job.originals is None:
+            return {}
+        return {name: per_face[face.index] for name, per_face in job.originals.aligned.items()
+                if face.index in per_face}
+
+    def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float],
+                  original_embeddings: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         """One generator attempt; None (the error noted on the face) when the generator fails."""
         assert self.generator is not None
-        request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt))
+        request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt),
+                                    original_embeddings=original_embeddings or None)
         try:
             with _timed(timings, "generate"):
                 new = np.asarray(self.generator.generate(request))

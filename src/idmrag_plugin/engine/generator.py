@@ -8,6 +8,7 @@ implement :class:`FaceGenerator`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +23,16 @@ class GenerationRequest:
         attempt: 0 for the first try; later tries must give a different identity.
         seed: deterministic seed of this face and attempt.
         identity: replacement identity code chosen by a sampler, when the engine has one.
+        original_embeddings: the oracles' embeddings of the original face (L2-normalised, by
+            oracle name, from the photo at the detector's landmarks), when the engine has
+            computed them for verification; a generator may read perceived attributes from them.
     """
 
     face: np.ndarray
     attempt: int
     seed: int
     identity: np.ndarray | None = None
+    original_embeddings: Mapping[str, np.ndarray] | None = None
 
 
 class FaceGenerator(ABC):

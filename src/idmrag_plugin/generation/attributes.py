@@ -3,8 +3,9 @@
 Linear probes, fitted by ``idmrag fit-attribute-probes`` for one renderer:
 
 * ``image``: the perceived gender (logistic) and age (ridge on log-years) of a face photo,
-  read from the identity student's embedding (the small network distilled from FaceNet) and
-  fitted on UTKFace's labels;
+  fitted on UTKFace's labels and read from one of the ``IMAGE_READERS``: dlib's descriptor
+  of the face (the verifier computes it for every original anyway), or the identity student's
+  embedding of the 64 px crop (the small network distilled from FaceNet; older probes);
 * ``code``: the gender and age the renderer *draws* for an identity code, fitted on codes from
   the sampler, each rendered into a real face's context and judged by the image probes.
 
@@ -27,6 +28,10 @@ from idmrag_plugin.errors import ModelLoadError
 #: Largest difference of log(1 + years) between the person and the age a pseudonym is drawn
 #: at: about +-25% (a 40-year-old gets 31 to 51).
 AGE_TOLERANCE = 0.25
+#: What the image probes read: ``"dlib"``, dlib's face descriptor of the face in the photo
+#: (UTKFace held-out: see README), or ``"student"``, the identity student's embedding of the
+#: 64 px aligned crop.
+IMAGE_READERS = ("dlib", "student")
 
 
 @dataclass(frozen=True)
@@ -56,9 +61,14 @@ class AttributeProbes:
     code_gender: tuple[np.ndarray, float]
     code_age: tuple[np.ndarray, float]
     renderer_sha256: str
+    image_reader: str = "student"
+
+    def __post_init__(self) -> None:
+        if self.image_reader not in IMAGE_READERS:
+            raise ModelLoadError(f"attribute probes read {self.image_reader!r}; known readers: {', '.join(IMAGE_READERS)}")
 
     def read_image(self, embeddings: np.ndarray) -> list[Reading]:
-        """Perceived gender and age of faces from their identity-student embeddings (N, D)."""
+        """Perceived gender and age of faces from their embeddings (N, D) by ``image_reader``."""
         return _read(embeddings, self.image_gender, self.image_age)
 
     def read_code(self, codes: np.ndarray) -> list[Reading]:
@@ -79,7 +89,8 @@ class AttributeProbes:
             weight, bias = getattr(self, name)
             tensors[f"{name}.weight"] = np.asarray(weight, np.float32)
             tensors[f"{name}.bias"] = np.array([bias], np.float32)
-        save_file(tensors, str(path), metadata={"renderer_sha256": self.renderer_sha256})
+        save_file(tensors, str(path), metadata={"renderer_sha256": self.renderer_sha256,
+                                                "image_reader": self.image_reader})
 
     @classmethod
     def load(cls, path: str | Path) -> AttributeProbes:
@@ -94,4 +105,5 @@ class AttributeProbes:
         except (OSError, KeyError, ValueError) as exc:
             raise ModelLoadError(f"{path} does not hold attribute probes ({exc}); refit them with "
                                  "`idmrag fit-attribute-probes`") from exc
-        return cls(**probes, renderer_sha256=metadata.get("renderer_sha256", ""))
+        return cls(**probes, renderer_sha256=metadata.get("renderer_sha256", ""),
+                   image_reader=metadata.get("image_reader", "student"))

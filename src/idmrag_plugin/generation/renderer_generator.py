@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS
+from idmrag_plugin.engine.align import template
 from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
@@ -98,6 +100,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self.student_path = Path(student_path) if student_path is not None else None
         self._probes: tuple[AttributeProbes, object] | None = None
         self._readings: dict[bytes, Reading] = {}  # the person's registered code -> their gender and age
+        self._reader = None  # dlib's descriptor, for dlib-reading probes when a request brings no embedding
         self._renderer = None
         self.refiner_dir = Path(refiner_dir) if refiner_dir is not None else None
         self._refiner = None
@@ -156,7 +159,8 @@ class RendererGenerator(VAEDecodeGenerator):
                     self._probes = (probes, IdentityStudent.load(self.student_path).to(self.device).eval())
         return self._probes
 
-    def _note_person(self, code: np.ndarray, face: np.ndarray) -> None:
+    def _note_person(self, code: np.ndarray, face: np.ndarray,
+                     original_embeddings: Mapping[str, np.ndarray] | None = None) -> None:
         """Register the perceived gender and age of the person whose code is ``code`` from this
         photo, unless they were seen before (one person keeps one pseudonym across photos)."""
         keeping = self._attribute_keeping()
@@ -165,16 +169,36 @@ class RendererGenerator(VAEDecodeGenerator):
         person = self._seed_code(code).tobytes()
         if person in self._readings:
             return
+        probes = keeping[0]
+        if probes.image_reader == "dlib":
+            embedding = (original_embeddings or {}).get("dlib")
+            if embedding is None:
+                embedding = self._dlib_embedding(face)
+            reading = probes.read_image(np.asarray(embedding, np.float64)[None])[0]
+        else:
+            reading = probes.read_image(self._student_embedding(face, keeping[1]))[0]
+        with self._lock:
+            self._readings.setdefault(person, reading)
+
+    def _student_embedding(self, face: np.ndarray, student) -> np.ndarray:
         import torch
 
-        probes, student = keeping
         side = self._model.config.image_size  # type: ignore[union-attr]
         small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
         x = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with torch.inference_mode():
-            embedding = student(x).cpu().numpy()  # type: ignore[operator]
-        with self._lock:
-            self._readings.setdefault(person, probes.read_image(embedding)[0])
+            return student(x).cpu().numpy()
+
+    def _dlib_embedding(self, face: np.ndarray) -> np.ndarray:
+        """dlib's descriptor of an aligned crop, for a request that brings none (the generator
+        used outside the engine); the oracle is built once, on first use."""
+        if self._reader is None:
+            with self._renderer_lock:
+                if self._reader is None:
+                    from idmrag_plugin.engine.oracles import build_oracle
+
+                    self._reader = build_oracle("dlib", device=self.device)
+        return self._reader.embed(self._reader.crops(face, [template(face.shape[0])]))[0]
 
     def sampler_keeps_attributes(self) -> bool:
         """The sampler's probes read the codes, not what this renderer draws: with attribute
@@ -218,7 +242,7 @@ class RendererGenerator(VAEDecodeGenerator):
         grow = self.mask_grow_for(request.attempt)
         if request.identity is not None:
             return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu, grow)[0], face, grow)
-        self._note_person(id_mu[0], face)
+        self._note_person(id_mu[0], face, request.original_embeddings)
         return self._draw_pseudonym(id_mu[0], face, attr_mu, request.attempt, grow)
 
     def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,

@@ -2,11 +2,13 @@
 and age (see :mod:`idmrag_plugin.generation.attributes`).
 
 1. ``image``: logistic regression of the labelled faces' gender, and ridge regression of their
-   log(1 + age) (UTKFace's labels, in the data), on the identity student's embedding of the
-   face (at the codes model's resolution).
+   log(1 + age) (UTKFace's labels, in the data), on what ``--reader`` names: dlib's descriptor
+   of the face in its photo (``emb_dlib``, cached by ``prepare-data``; default), or the
+   identity student's embedding of the crop at the codes model's resolution.
 2. ``code``: ``--draws`` codes drawn by the sampler are rendered into the contexts (and with
-   the attribute codes) of random training faces; the image probes judge each drawing, and
-   regressions of those verdicts on the code give the gender and age the renderer draws.
+   the attribute codes) of random training faces; the image probes judge each drawing (pasted
+   into its 128 px context, as the engine shows it), and regressions of those verdicts on the
+   code give the gender and age the renderer draws.
 
 Each reports its held-out accuracy or error (a fifth of the rows, shuffled). The output
 records the renderer weights' sha256: refit after retraining the renderer.
@@ -23,7 +25,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.generation.attributes import AttributeProbes
+from idmrag_plugin.generation.attributes import IMAGE_READERS, AttributeProbes
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     rng = np.random.default_rng(args.seed)
     renderer_dir = Path(args.renderer) if args.renderer else packaged(RENDERER_DIR)
     generator = RendererGenerator(renderer_dir, Path(args.codes) if args.codes else packaged(CODES_VAE_DIR),
-                                  Path(args.sampler) if args.sampler else packaged(SAMPLER_FILE))
+                                  Path(args.sampler) if args.sampler else packaged(SAMPLER_FILE),
+                                  refiner_dir=Path(args.refiner) if args.refiner else None)
     student = IdentityStudent.load(Path(args.student) if args.student else packaged("identity_student.safetensors"))
     student.eval()
     data = np.load(args.data, allow_pickle=False)
@@ -89,7 +92,7 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     generator._load()
     side = int(generator._model.config.image_size)  # type: ignore[union-attr]
 
-    def embed(faces: np.ndarray) -> np.ndarray:
+    def embed_student(faces: np.ndarray) -> np.ndarray:
         out = []
         with torch.inference_mode():
             for start in range(0, len(faces), 256):
@@ -98,7 +101,23 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
                 out.append(student(torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0).numpy())
         return np.concatenate(out)
 
-    labelled_embeddings = embed(crops[labelled])
+    if args.reader == "dlib":
+        if "emb_dlib" not in data.files:
+            raise ConfigError(f"{args.data} has no dlib descriptors (emb_dlib); prepare it with `idmrag "
+                              "prepare-data --oracles dlib,...`, or fit with --reader student")
+        from idmrag_plugin.engine.align import template
+        from idmrag_plugin.engine.oracles import build_oracle
+
+        oracle = build_oracle("dlib", threads=args.threads)
+        labelled_embeddings = data["emb_dlib"][labelled].astype(np.float64)
+
+        def embed_drawn(faces: np.ndarray) -> np.ndarray:
+            points = [template(faces.shape[1])]
+            return np.concatenate([oracle.embed(np.concatenate([oracle.crops(f, points) for f in faces[start : start + 64]]))
+                                   for start in range(0, len(faces), 64)])
+    else:
+        labelled_embeddings = embed_student(crops[labelled])
+        embed_drawn = embed_student
     image_gender = _logistic(labelled_embeddings, data["gender"][labelled] == 1, "image")
     image_age = _ridge(labelled_embeddings, np.log1p(data["age"][labelled].astype(np.float64)), "image")
     contexts = rng.choice(np.where(train)[0], args.draws)
@@ -106,25 +125,22 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     assert sampler is not None
     codes = np.stack([sampler.sample(rng.standard_normal(sampler.means.shape[1]), rng.bytes(16))[0]
                       for _ in range(args.draws)]).astype(np.float32)
-    size = renderer.config.image_size
-    mask = torch.as_tensor(generator.mask(size))[None, None]
     drawings = []
-    with torch.inference_mode():
-        for start in range(0, args.draws, 64):
-            faces = crops[contexts[start : start + 64]]
-            _, attr = generator.encode(faces)
-            small = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in faces])
-            x = torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            y = renderer(x, mask.expand(len(x), -1, -1, -1), torch.as_tensor(codes[start : start + 64]),
-                         torch.as_tensor(attr).float(), generator=torch.Generator().manual_seed(start))
-            drawings.append(((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
-    drawn = embed(np.concatenate(drawings))
+    for start in range(0, args.draws, 64):
+        faces = crops[contexts[start : start + 64]]
+        _, attr = generator.encode(faces)
+        # drawn, refined and blended into the face's context as the engine shows it
+        drawings.append(np.stack([generator._composite(generator._render(codes[i : i + 1], face, attr[j : j + 1])[0], face)
+                                  for j, (i, face) in enumerate(zip(range(start, start + len(faces)), faces))]))
+    drawn = embed_drawn(np.concatenate(drawings)).astype(np.float64)
     gender_drawn = drawn @ image_gender[0] + image_gender[1] > 0
     age_drawn = drawn @ image_age[0] + image_age[1]
+    logger.info("drawn faces read as %.0f%% label 1, median age %.0f", 100 * gender_drawn.mean(),
+                float(np.median(np.expm1(age_drawn))))
     codes64 = codes.astype(np.float64)
     sha = json.loads((renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
     probes = AttributeProbes(image_gender, image_age, _logistic(codes64, gender_drawn, "code (as drawn)"),
-                             _ridge(codes64, age_drawn, "code (as drawn)"), sha)
+                             _ridge(codes64, age_drawn, "code (as drawn)"), sha, image_reader=args.reader)
     probes.save(Path(args.output))
     logger.info("wrote %s", args.output)
     return probes
@@ -138,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--renderer", default=None, help="renderer folder (default: the packaged one)")
     parser.add_argument("--codes", default=None, help="codes VAE folder (default: the packaged one)")
     parser.add_argument("--sampler", default=None, help="identity sampler (default: the packaged one)")
+    parser.add_argument("--refiner", default=None,
+                        help="refiner folder whose redrawing the code probes judge (as in use; default: none, the drawing resized)")
     parser.add_argument("--student", default=None, help="identity student (default: the packaged one)")
     parser.add_argument("--draws", type=int, default=4000, help="codes rendered to fit the code probe")
+    parser.add_argument("--reader", choices=IMAGE_READERS, default="dlib",
+                        help="what the image probes read: dlib's descriptor of the face, or the identity student's embedding")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     return parser
