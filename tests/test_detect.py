@@ -5,6 +5,7 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from idmrag_plugin.engine.detect import DlibHOGDetector, MTCNNDetector, UnionDetector, box_iou
 
@@ -61,3 +62,36 @@ def test_recall_on_hand_marked_scene_faces(scenes):
             found += any(box_iou(d.box, (x, y, x + w, y + h)) > 0.3 for d in detections)
     assert total > 0
     assert found / total >= 0.9, f"recall {found}/{total}"
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2)])
+@pytest.mark.parametrize("ceil_mode", [True, False])
+def test_sliced_max_pool_equals_torch_s(kernel, stride, ceil_mode):
+    from torch import nn
+
+    from idmrag_plugin.engine.fast_pool import SlicedMaxPool2d
+
+    torch.manual_seed(0)
+    for h, w in [(3, 3), (4, 5), (22, 22), (23, 24), (147, 149), (3, 7)]:
+        x = torch.randn(2, 3, h, w)
+        expected = nn.MaxPool2d(kernel, stride, ceil_mode=ceil_mode)(x)
+        assert torch.equal(SlicedMaxPool2d(kernel, stride, ceil_mode)(x), expected), (h, w)
+
+
+def test_mtcnn_with_sliced_pools_finds_what_stock_mtcnn_finds(astronaut, camera):
+    from facenet_pytorch import MTCNN
+    from torch import nn
+
+    detector = MTCNNDetector()
+    detector.load()
+    assert not [m for m in detector._mtcnn.modules() if isinstance(m, nn.MaxPool2d)]
+    stock = MTCNN(keep_all=True, min_face_size=20, thresholds=[0.6, 0.7, 0.7], select_largest=False,
+                  post_process=False)
+    for image in (astronaut, camera):
+        with torch.inference_mode():
+            boxes, probs, points = stock.detect(image, landmarks=True)
+        found = detector.detect(image)
+        assert len(found) == len(boxes) >= 1
+        for det, box, prob in zip(found, boxes, probs, strict=True):
+            assert np.allclose(det.box, np.asarray(box, dtype=np.float64), atol=1e-4)
+            assert abs(det.score - float(prob)) < 1e-6
