@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from idmrag_plugin import AnonymizerConfig, ConfigError, GenerationRequest, ModelLoadError
-from idmrag_plugin.generation.attributes import AttributeProbes, Reading
+from idmrag_plugin.generation.attributes import READING_DECIMALS, AttributeProbes, Reading
 from idmrag_plugin.generation.code_diffusion import (
     CodeDiffusion,
     CodeDiffusionConfig,
@@ -164,8 +164,8 @@ def test_generator_draws_acceptable_suited_pseudonyms(tiny):
     def cos(a: np.ndarray) -> np.ndarray:
         return (a / np.linalg.norm(a, axis=-1, keepdims=True)) @ (code / np.linalg.norm(code))
 
-    (wanted,) = generator._readings.values()  # label 1, 30 years (as float32 probes read it)
-    assert wanted.gender and wanted.log_age == pytest.approx(THIRTY, abs=1e-6)
+    (wanted,) = generator._readings.values()  # label 1, 30 years (rounded as photo readings are)
+    assert wanted.gender and wanted.log_age == round(THIRTY, READING_DECIMALS)
 
     def candidates_of(attempt: int) -> np.ndarray:
         return sample_codes(generator._load_code_model(), condition_of([wanted] * 64), 2,

@@ -32,6 +32,10 @@ AGE_TOLERANCE = 0.25
 #: (UTKFace held-out: see README), or ``"student"``, the identity student's embedding of the
 #: 64 px aligned crop.
 IMAGE_READERS = ("dlib", "student")
+#: A photo's age reading is rounded to this many decimals of log(1 + years) (about 1% of the
+#: age): the embeddings it is read from differ by ~1e-7 between ONNX Runtime, torch and GPUs,
+#: and the reading conditions the pseudonym, which must not depend on where the engine ran.
+READING_DECIMALS = 2
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class AttributeProbes:
 
     def read_image(self, embeddings: np.ndarray) -> list[Reading]:
         """Perceived gender and age of faces from their embeddings (N, D) by ``image_reader``."""
-        return _read(embeddings, self.image_gender, self.image_age)
+        return [Reading(r.gender, round(r.log_age, READING_DECIMALS))
+                for r in _read(embeddings, self.image_gender, self.image_age)]
 
     def read_code(self, codes: np.ndarray) -> list[Reading]:
         """The gender and age the renderer draws for identity codes (N, id_dim)."""
