@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 #: recognised after them fails closed.
 FINAL_CHECK_ROUNDS = 2
 
+
 @contextmanager
 def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
     start = time.perf_counter()
