@@ -89,7 +89,7 @@ def test_mtcnn_with_sliced_pools_finds_what_stock_mtcnn_finds(astronaut, camera)
                   post_process=False)
     for image in (astronaut, camera):
         with torch.inference_mode():
-            boxes, probs, points = stock.detect(image, landmarks=True)
+            boxes, probs, _points = stock.detect(image, landmarks=True)
         found = detector.detect(image)
         assert len(found) == len(boxes) >= 1
         for det, box, prob in zip(found, boxes, probs, strict=True):

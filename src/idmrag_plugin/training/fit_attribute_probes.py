@@ -88,7 +88,7 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     if len(labelled) < 10:
         raise ConfigError(f"{args.data} has too few faces with gender and age labels ({len(labelled)})")
     rng.shuffle(labelled)
-    renderer = generator._load_renderer().eval()
+    generator._load_renderer().eval()
     generator._load()
     side = int(generator._model.config.image_size)  # type: ignore[union-attr]
 
