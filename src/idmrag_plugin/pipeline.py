@@ -577,19 +577,20 @@ class FaceAnonymizer:
             pending = retry
 
     @staticmethod
-    def _original_embeddings(job: _Job, face: FaceReport) -> dict[str, np.ndarray]:
-        """The oracles' embeddings of ``face`` in the original photo (the verifier's aligned view)."""
+    def _original_embeddings(job: _Job, face: FaceReport) -> dict[str, np.ndarray] | None:
+        """The oracles' embeddings of ``face`` in the original photo (the verifier's aligned
+        view), None when there are none."""
         if job.originals is None:
-            return {}
+            return None
         return {name: per_face[face.index] for name, per_face in job.originals.aligned.items()
-                if face.index in per_face}
+                if face.index in per_face} or None
 
     def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float],
                   original_embeddings: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         """One generator attempt; None (the error noted on the face) when the generator fails."""
         assert self.generator is not None
         request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt),
-                                    original_embeddings=original_embeddings or None)
+                                    original_embeddings=original_embeddings)
         try:
             with _timed(timings, "generate"):
                 new = np.asarray(self.generator.generate(request))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from idmrag_plugin.engine.align import align_face
+from idmrag_plugin.engine.align import align_face, template
 from idmrag_plugin.engine.plausibility import upright_turns
 from idmrag_plugin.engine.upright import upright_patch
 from idmrag_plugin.errors import ModelLoadError
@@ -77,6 +77,14 @@ class FaceOracle(ABC):
 
     def embed_faces(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> np.ndarray:
         return self.embed(self.crops(image, landmarks))
+
+    def embed_aligned(self, faces: np.ndarray) -> np.ndarray:
+        """Embeddings (N, D) of faces already in the engine's canonical aligned crop (N, S, S, 3):
+        each is cut into the oracle's own crop at the template's landmarks."""
+        if len(faces) == 0:
+            return self.embed(faces)
+        landmarks = [template(faces.shape[1])]
+        return self.embed(np.concatenate([self.crops(face, landmarks) for face in faces]))
 
 
 def package_file(package: str, *parts: str, install_hint: str) -> Path:

@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS
-from idmrag_plugin.engine.align import template
 from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
@@ -198,7 +197,7 @@ class RendererGenerator(VAEDecodeGenerator):
                     from idmrag_plugin.engine.oracles import build_oracle
 
                     self._reader = build_oracle("dlib", device=self.device)
-        return self._reader.embed(self._reader.crops(face, [template(face.shape[0])]))[0]
+        return self._reader.embed_aligned(face[None])[0]
 
     def sampler_keeps_attributes(self) -> bool:
         """The sampler's probes read the codes, not what this renderer draws: with attribute

@@ -172,15 +172,11 @@ def add_embeddings(source: Path, output: Path, oracle: FaceOracle, batch: int = 
     (``emb_<oracle name>``, measured on the crop at the template's landmarks); returns the count."""
     from tqdm import tqdm
 
-    from idmrag_plugin.engine.align import template
-
     data = np.load(source, allow_pickle=False)
     crops = unpack_crops(data)
-    landmarks = template(crops.shape[1])
-    embeddings = []
-    for start in tqdm(range(0, len(crops), batch), desc=f"{oracle.name} embeddings", disable=not progress):
-        chunk = crops[start : start + batch]
-        embeddings.append(oracle.embed(np.concatenate([oracle.crops(c, [landmarks]) for c in chunk])))
+    embeddings = [oracle.embed_aligned(crops[start : start + batch])
+                  for start in tqdm(range(0, len(crops), batch), desc=f"{oracle.name} embeddings",
+                                    disable=not progress)]
     arrays = {k: data[k] for k in data.files}
     arrays[f"emb_{oracle.name}"] = np.concatenate(embeddings).astype(np.float32)
     output.parent.mkdir(parents=True, exist_ok=True)

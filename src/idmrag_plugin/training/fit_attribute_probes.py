@@ -77,8 +77,6 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     generator = RendererGenerator(renderer_dir, Path(args.codes) if args.codes else packaged(CODES_VAE_DIR),
                                   Path(args.sampler) if args.sampler else packaged(SAMPLER_FILE),
                                   refiner_dir=Path(args.refiner) if args.refiner else None)
-    student = IdentityStudent.load(Path(args.student) if args.student else packaged("identity_student.safetensors"))
-    student.eval()
     data = np.load(args.data, allow_pickle=False)
     if "gender" not in data.files:
         raise ConfigError(f"{args.data} has no gender labels (prepare it from UTKFace)")
@@ -88,36 +86,34 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     if len(labelled) < 10:
         raise ConfigError(f"{args.data} has too few faces with gender and age labels ({len(labelled)})")
     rng.shuffle(labelled)
-    generator._load_renderer().eval()
+    generator._load_renderer()  # refuses a renderer of other codes before any work
     generator._load()
-    side = int(generator._model.config.image_size)  # type: ignore[union-attr]
-
-    def embed_student(faces: np.ndarray) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(faces), 256):
-                small = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA)
-                                  for f in faces[start : start + 256]])
-                out.append(student(torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0).numpy())
-        return np.concatenate(out)
-
     if args.reader == "dlib":
         if "emb_dlib" not in data.files:
             raise ConfigError(f"{args.data} has no dlib descriptors (emb_dlib); prepare it with `idmrag "
                               "prepare-data --oracles dlib,...`, or fit with --reader student")
-        from idmrag_plugin.engine.align import template
         from idmrag_plugin.engine.oracles import build_oracle
 
         oracle = build_oracle("dlib", threads=args.threads)
         labelled_embeddings = data["emb_dlib"][labelled].astype(np.float64)
 
         def embed_drawn(faces: np.ndarray) -> np.ndarray:
-            points = [template(faces.shape[1])]
-            return np.concatenate([oracle.embed(np.concatenate([oracle.crops(f, points) for f in faces[start : start + 64]]))
-                                   for start in range(0, len(faces), 64)])
+            return np.concatenate([oracle.embed_aligned(faces[start : start + 64]) for start in range(0, len(faces), 64)])
     else:
-        labelled_embeddings = embed_student(crops[labelled])
-        embed_drawn = embed_student
+        student = IdentityStudent.load(Path(args.student) if args.student else packaged("identity_student.safetensors"))
+        student.eval()
+        side = int(generator._model.config.image_size)  # type: ignore[union-attr]
+
+        def embed_drawn(faces: np.ndarray) -> np.ndarray:
+            out = []
+            with torch.inference_mode():
+                for start in range(0, len(faces), 256):
+                    small = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA)
+                                      for f in faces[start : start + 256]])
+                    out.append(student(torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0).numpy())
+            return np.concatenate(out)
+
+        labelled_embeddings = embed_drawn(crops[labelled])
     image_gender = _logistic(labelled_embeddings, data["gender"][labelled] == 1, "image")
     image_age = _ridge(labelled_embeddings, np.log1p(data["age"][labelled].astype(np.float64)), "image")
     contexts = rng.choice(np.where(train)[0], args.draws)
@@ -130,8 +126,9 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
         faces = crops[contexts[start : start + 64]]
         _, attr = generator.encode(faces)
         # drawn, refined and blended into the face's context as the engine shows it
-        drawings.append(np.stack([generator._composite(generator._render(codes[i : i + 1], face, attr[j : j + 1])[0], face)
-                                  for j, (i, face) in enumerate(zip(range(start, start + len(faces)), faces))]))
+        drawings.append(np.stack([
+            generator._composite(generator._render(codes[start + j : start + j + 1], face, attr[j : j + 1])[0], face)
+            for j, face in enumerate(faces)]))
     drawn = embed_drawn(np.concatenate(drawings)).astype(np.float64)
     gender_drawn = drawn @ image_gender[0] + image_gender[1] > 0
     age_drawn = drawn @ image_age[0] + image_age[1]
