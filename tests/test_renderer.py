@@ -144,6 +144,69 @@ def test_training_refuses_a_checkpoint_of_another_config(tiny_run):
         train(build_parser().parse_args(argv + ["--steps", "61", "--max-channels", "32"]))
 
 
+def test_swap_partners_share_the_person_s_perceived_gender_and_age_band():
+    from idmrag_plugin.training.train_renderer import PARTNER_AGE_BAND, matched_partners
+
+    rng = np.random.default_rng(0)
+    n = 400
+    gender = rng.random(n) < 0.5
+    log_age = rng.uniform(np.log1p(5), np.log1p(80), n)
+    identity = np.repeat(np.arange(n // 4), 4).astype(np.int64)
+    identity[:40] = -1  # unlabelled faces: all different people
+    rows = rng.integers(0, n, 200)
+    partners = matched_partners(gender, log_age, identity, rows, rng)
+    assert (gender[partners] == gender[rows]).all()
+    assert (np.floor(log_age[partners] / PARTNER_AGE_BAND) == np.floor(log_age[rows] / PARTNER_AGE_BAND)).all()
+    others = (partners != rows) & ((identity[partners] < 0) | (identity[partners] != identity[rows]))
+    assert others.mean() > 0.95
+    # a band holding one face only: that face is its own partner rather than an error
+    alone = matched_partners(np.array([True, False]), np.array([1.0, 3.0]), np.array([0, 1]), np.array([0, 1]), rng)
+    assert alone.tolist() == [0, 1]
+
+
+def _dlib_probes(path, reader: str = "dlib") -> None:
+    from idmrag_plugin.generation.attributes import AttributeProbes
+
+    rng = np.random.default_rng(5)
+    AttributeProbes(image_gender=(rng.standard_normal(128), 0.0), image_age=(rng.standard_normal(128) * 0.1, 3.5),
+                    code_gender=(rng.standard_normal(16), 0.0), code_age=(rng.standard_normal(16), 3.5),
+                    renderer_sha256="x", image_reader=reader).save(path)
+
+
+def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_terms(tiny_run, tmp_path):
+    from idmrag_plugin.training.train_renderer import build_parser, train
+
+    root, argv, _, _ = tiny_run
+    data = dict(np.load(root / "data.npz"))
+    dlib = np.random.default_rng(4).standard_normal((len(data["crops"]), 128)).astype(np.float32)
+    data["emb_dlib"] = dlib / np.linalg.norm(dlib, axis=1, keepdims=True)
+    np.savez(tmp_path / "data.npz", **data)
+    _dlib_probes(tmp_path / "probes.safetensors")
+    base = [a if a != str(root / "data.npz") else str(tmp_path / "data.npz") for a in argv]
+    tune = base + ["--init", str(root / "run" / "renderer"), "--probes", str(tmp_path / "probes.safetensors"),
+                   "--weight", "dlib=1", "--weight", "gender=1", "--weight", "age=1"]
+    # no step yet: what it saves is the renderer it started from
+    train(build_parser().parse_args(_output(tune, tmp_path / "zero") + ["--steps", "0"]))
+    started = FaceRenderer.from_pretrained(tmp_path / "zero" / "renderer").state_dict()
+    trained = FaceRenderer.from_pretrained(root / "run" / "renderer").state_dict()
+    assert all(torch.equal(started[k], trained[k]) for k in trained)
+    summary = train(build_parser().parse_args(_output(tune, tmp_path / "tuned") + ["--steps", "3"]))
+    assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age"))
+    with pytest.raises(ConfigError, match="another config"):
+        train(build_parser().parse_args(_output(tune, tmp_path / "wide") + ["--steps", "1", "--max-channels", "32"]))
+    _dlib_probes(tmp_path / "student_probes.safetensors", reader="student")
+    with pytest.raises(ConfigError, match="dlib reader"):
+        train(build_parser().parse_args(_output(base, tmp_path / "other") + [
+            "--steps", "1", "--probes", str(tmp_path / "student_probes.safetensors")]))
+    with pytest.raises(ConfigError, match="--probes"):
+        train(build_parser().parse_args(_output(base, tmp_path / "none") + ["--steps", "1", "--weight", "age=1"]))
+
+
+def _output(argv: list[str], output) -> list[str]:
+    at = argv.index("--output")
+    return argv[:at + 1] + [str(output)] + argv[at + 2:]
+
+
 def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     root, *_ = tiny_run
     generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors")

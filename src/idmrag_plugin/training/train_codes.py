@@ -73,8 +73,16 @@ class FaceData:
             crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
         self.images = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous().to(device)
         self.embeddings = torch.from_numpy(data["emb_facenet"][keep].astype(np.float32)).to(device)
-        self.embeddings_dlib = (centred(torch.from_numpy(data["emb_dlib"][keep].astype(np.float32))).to(device)
-                                if "emb_dlib" in data.files else None)
+        #: dlib's unit descriptors as the oracle gives them (attribute probes read these), their
+        #: mean, and the centred descriptors the identity losses compare (see ``centred``)
+        self.embeddings_dlib_raw: torch.Tensor | None = None
+        self.dlib_mean: torch.Tensor | None = None
+        self.embeddings_dlib: torch.Tensor | None = None
+        if "emb_dlib" in data.files:
+            raw = torch.from_numpy(data["emb_dlib"][keep].astype(np.float32)).to(device)
+            self.embeddings_dlib_raw = raw
+            self.dlib_mean = raw.mean(dim=0)
+            self.embeddings_dlib = centred(raw)
         self.labels = torch.from_numpy(data["identity"][keep].astype(np.int64)).to(device)
         labels = self.labels.cpu().numpy()
         groups: dict[int, list[int]] = {}

@@ -12,7 +12,13 @@ for the other half with another person's code. Losses:
   pull towards the wanted identity's embedding, and on swapped rows the privacy hinge
   max(0, cos(drawn, original) - tau), which stops pushing once the face is in the impostor
   regime; optionally the same two terms judged by dlib's own network (torch port);
-* attributes: the frozen codes encoder's ``z_attr`` of the result stays the original's.
+* attributes: the frozen codes encoder's ``z_attr`` of the result stays the original's;
+  with ``--probes`` (dlib-reader attribute probes) the perceived gender and age of the
+  drawing, read by the probes from dlib's descriptor of it, stay the original's, and the
+  swapped rows get the identity of a face of the same perceived gender and age band (as the
+  engine's sampler picks pseudonyms), so that identity and age terms do not pull apart.
+
+``--init`` starts the renderer from trained weights (fine-tuning; a fresh discriminator).
 
 The generator's weights are averaged (EMA); the EMA is what gets saved. One checkpoint,
 resumed automatically, written every ``--checkpoint-every`` steps and when the time budget
@@ -61,7 +67,28 @@ from idmrag_plugin.training.train_codes import FaceData, weight_option, write_ch
 logger = logging.getLogger(__name__)
 
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
-           "dlib": 0.0}
+           "dlib": 0.0, "gender": 0.0, "age": 0.0}
+#: Width of the perceived-age bands swap partners are drawn from, in log(1 + years)
+PARTNER_AGE_BAND = 0.25
+
+
+def matched_partners(gender: np.ndarray, log_age: np.ndarray, identity: np.ndarray, rows: np.ndarray,
+                     rng: np.random.Generator, band: float = PARTNER_AGE_BAND) -> np.ndarray:
+    """For each of ``rows``, another face of the same perceived gender and age band (another
+    person where the band has one): whose identity code the swapped row is drawn with."""
+    keys = gender.astype(np.int64) * 1000 + np.floor(log_age / band).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    partners = np.empty(len(rows), dtype=np.int64)
+    for out, row in enumerate(rows):
+        lo, hi = np.searchsorted(sorted_keys, keys[row], "left"), np.searchsorted(sorted_keys, keys[row], "right")
+        pick = row
+        for _ in range(4):  # a few tries at another person; tiny bands may hold only this one
+            pick = int(order[rng.integers(lo, hi)])
+            if pick != row and (identity[pick] < 0 or identity[pick] != identity[row]):
+                break
+        partners[out] = pick
+    return partners
 
 
 def mask_bank(size: int, grow: float, count: int, rng: np.random.Generator) -> torch.Tensor:
@@ -152,10 +179,21 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     val = FaceData(Path(args.data), args.size, device, split="val") if has_val else data
     logger.info("training on %d faces, %d held out, at %d px on %s", len(data), len(val) if has_val else 0,
                 args.size, device)
+    probes = None
+    if weights["gender"] > 0 or weights["age"] > 0 or args.probes:
+        if not args.probes:
+            raise ConfigError("gender/age weights need --probes (attribute probes with the dlib reader)")
+        from idmrag_plugin.generation.attributes import AttributeProbes
+
+        probes = AttributeProbes.load(packaged("attribute_probes.safetensors") if args.probes == "packaged"
+                                      else args.probes)
+        if probes.image_reader != "dlib":
+            raise ConfigError(f"{args.probes} reads faces with {probes.image_reader!r}; the renderer's attribute "
+                              "terms need probes with the dlib reader (`idmrag fit-attribute-probes --reader dlib`)")
     dlib_judge = None
-    if weights["dlib"] > 0:
-        if data.embeddings_dlib is None:
-            raise ConfigError("a dlib weight needs dlib embeddings (emb_dlib) in the data")
+    if weights["dlib"] > 0 or probes is not None:
+        if data.embeddings_dlib_raw is None:
+            raise ConfigError("dlib and attribute weights need dlib embeddings (emb_dlib) in the data")
         from idmrag_plugin.engine.align import CANONICAL_ZOOM
         from idmrag_plugin.engine.dlib_resnet import DlibJudge
         from idmrag_plugin.weights import load_dlib_resnet
@@ -165,6 +203,12 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                             id_dim=frozen.codes.config.id_dim, attr_channels=frozen.codes.config.attr_channels,
                             mask_grow=args.mask_grow, codes_sha256=frozen.fingerprint)
     renderer = FaceRenderer(config).to(device)
+    if args.init:
+        start_from = FaceRenderer.from_pretrained(packaged("renderer") if args.init == "packaged" else args.init)
+        if asdict(start_from.config) != asdict(config):
+            raise ConfigError(f"--init {args.init} is a renderer with another config ({asdict(start_from.config)}); "
+                              "match its sizes and channels, or train from scratch")
+        renderer.load_state_dict(start_from.state_dict())
     ema = copy.deepcopy(renderer).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -199,6 +243,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         sample_sheet(ema, frozen, vx, vmask, out / "samples.png")
 
     codes_id, codes_attr = frozen.codes_of_all(data.images, out / "codes_cache.pt")
+    readings = None
+    if probes is not None:
+        raw = data.embeddings_dlib_raw.cpu().numpy().astype(np.float64)
+        gender_w, gender_b = probes.image_gender
+        age_w, age_b = probes.image_age
+        readings = (raw @ gender_w + gender_b > 0.0, raw @ age_w + age_b)
+        probe_gender = (torch.as_tensor(gender_w, dtype=torch.float32, device=device), float(gender_b))
+        probe_age = (torch.as_tensor(age_w, dtype=torch.float32, device=device), float(age_b))
+        identities = data.labels.cpu().numpy()
     start = last_save = time.time()
     seconds_before = float(state["seconds"])
     half = args.batch // 2
@@ -212,14 +265,20 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         grey = torch.as_tensor(rng.random(n) < args.grey_fraction, device=device)
         x = to_grey(x, grey)
         e = data.embeddings[idx]
-        e_dlib = None if data.embeddings_dlib is None else data.embeddings_dlib[idx]
-        z_id, z_attr = codes_id[idx], codes_attr[idx]
+        z_attr = codes_attr[idx]
         mask = masks[torch.as_tensor(rng.integers(0, len(masks), n), device=device)]
-        # rows [half:] get another row's identity (a rotation within that half)
-        perm = torch.arange(n, device=device)
-        perm[half:] = torch.roll(perm[half:], 1)
-        wanted_e = e[perm]
-        drawn = renderer(x, mask, z_id[perm], z_attr)
+        # rows [half:] get another face's identity: one of the same perceived gender and age
+        # band when there are probes, else another row's (a rotation within that half)
+        if readings is not None:
+            rows = idx[half:].cpu().numpy()
+            partner = torch.as_tensor(matched_partners(readings[0], readings[1], identities, rows, rng), device=device)
+            wanted = torch.cat([idx[:half], partner])
+        else:
+            perm = torch.arange(n, device=device)
+            perm[half:] = torch.roll(perm[half:], 1)
+            wanted = idx[perm]
+        wanted_e = data.embeddings[wanted]
+        drawn = renderer(x, mask, codes_id[wanted], z_attr)
 
         # discriminator
         params = augment_params(n, device)
@@ -241,10 +300,22 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         if weights["attr"] > 0:  # costs as much as the rest of the renderer step on a CPU
             _, attr_again = frozen.codes_of(drawn)
             terms["attr"] = F.mse_loss(attr_again, z_attr)
-        if dlib_judge is not None and e_dlib is not None:
-            d_emb = dlib_judge(drawn)
-            terms["dlib"] = ((1 - F.cosine_similarity(d_emb, e_dlib[perm], dim=1)).mean()
-                             + F.relu(F.cosine_similarity(d_emb[half:], e_dlib[half:], dim=1) - args.dlib_tau).mean())
+        if dlib_judge is not None:
+            d_raw = dlib_judge(drawn)
+            if weights["dlib"] > 0:
+                # the pull is compared centred (see train_codes.centred); the hinge at the oracle's
+                # own threshold, on the descriptors as the oracle compares them
+                d_emb = F.normalize(d_raw - data.dlib_mean, dim=1)
+                original_raw = data.embeddings_dlib_raw[idx[half:]]
+                terms["dlib"] = ((1 - F.cosine_similarity(d_emb, data.embeddings_dlib[wanted], dim=1)).mean()
+                                 + F.relu(F.cosine_similarity(d_raw[half:], original_raw, dim=1)
+                                          - args.dlib_tau).mean())
+            if readings is not None:
+                original_raw = data.embeddings_dlib_raw[idx]
+                target_gender = (original_raw @ probe_gender[0] + probe_gender[1] > 0).float()
+                terms["gender"] = F.binary_cross_entropy_with_logits(d_raw @ probe_gender[0] + probe_gender[1],
+                                                                     target_gender)
+                terms["age"] = ((d_raw - original_raw) @ probe_age[0]).abs().mean()
         loss_g = sum(weights[k] * v for k, v in terms.items() if k not in ("d", "r1"))
         generator_step(opt_g, loss_g, ema, renderer, args.ema, state["step"])
         record_step(state, log, terms, n, seconds_before + time.time() - start)
@@ -264,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="runs/renderer")
     parser.add_argument("--codes", default=None, help="codes VAE folder (default: the packaged one)")
     parser.add_argument("--student", default=None, help="identity student safetensors (default: packaged)")
+    parser.add_argument("--init", default=None,
+                        help="renderer folder to start from (fine-tuning), or 'packaged' for the packaged renderer")
+    parser.add_argument("--probes", default=None,
+                        help="attribute probes (dlib reader) for the gender/age terms and matched swap partners, "
+                             "or 'packaged'")
     parser.add_argument("--size", type=int, default=64, help="training resolution (64 on a CPU, 128 on a GPU)")
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--max-channels", type=int, default=128)
