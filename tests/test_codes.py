@@ -116,6 +116,49 @@ def test_vae_generator_shapes_and_consistent_pseudonyms(tiny_model_dir, sampler_
     assert not np.array_equal(out, retry)  # a retry draws another identity
 
 
+def test_registry_finds_the_person_by_dlib_s_descriptor_where_the_request_brings_it(
+        tiny_model_dir, sampler_path, clustered_codes):
+    from idmrag_plugin.calibration import thresholds_for
+    from idmrag_plugin.generation.vae_generator import REGISTRY_LEVEL
+
+    codes, _, _ = clustered_codes
+    generator = VAEDecodeGenerator(tiny_model_dir, sampler_path, secret=b"k")
+    generator._load()
+    same_cos = thresholds_for(REGISTRY_LEVEL, ["dlib"])["dlib"]
+    rng = np.random.default_rng(0)
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    def near(v, cos):  # a unit vector at cosine ``cos`` from unit ``v``
+        other = unit(rng.standard_normal(v.shape) - v * (v @ rng.standard_normal(v.shape)))
+        other = unit(other - v * (other @ v))
+        return cos * v + np.sqrt(1 - cos**2) * other
+
+    person = unit(rng.standard_normal(128))
+    far_codes = [c for c in codes[1:] if unit(c) @ unit(codes[0]) < generator._sampler.distinct_cos]
+    # the codes say two people, dlib says one: one pseudonym (the first face's)
+    first = generator._seed_code(codes[0], {"dlib": person})
+    assert np.array_equal(first, codes[0])
+    assert np.array_equal(generator._seed_code(far_codes[0], {"dlib": near(person, same_cos + 0.02)}), codes[0])
+    # the face resolved once answers the same when the later drawing steps ask without embeddings
+    assert np.array_equal(generator._seed_code(far_codes[0]), codes[0])
+    # near codes, but dlib says another person: a pseudonym of its own
+    twin = codes[0] + 1e-3
+    assert np.array_equal(generator._seed_code(twin, {"dlib": near(person, same_cos - 0.1)}), twin)
+    # of two registered people who both match, the nearer in dlib's eyes (not the first)
+    side = unit(near(person, 0.0))
+    angle = np.arccos(same_cos)
+
+    def at(theta):
+        return np.cos(theta) * person + np.sin(theta) * side
+
+    assert np.array_equal(generator._seed_code(far_codes[1], {"dlib": at(1.2 * angle)}), far_codes[1])
+    assert np.array_equal(generator._seed_code(far_codes[2], {"dlib": at(0.8 * angle)}), far_codes[1])
+    # a request without embeddings falls back to the identity codes' rule
+    assert np.array_equal(generator._seed_code(codes[0] * 1.01), codes[0])
+
+
 def test_loss_terms():
     mu, logvar = torch.zeros(4, 8), torch.zeros(4, 8)
     assert float(gaussian_kl(mu, logvar)) == 0.0 and float(gaussian_kl(mu + 1, logvar)) == pytest.approx(4.0)

@@ -77,6 +77,8 @@ class LatentDiffusionGenerator(VAEDecodeGenerator):
 
         model = self._load_diffusion()
         id_mu, attr_mu = self.encode(request.face[None])
+        if request.identity is None:
+            self._seed_code(id_mu[0], request.original_embeddings)  # the person, by dlib where the request says
         z = request.identity if request.identity is not None else self.replacement_code(id_mu[0], request.attempt)
         # The start noise follows the pseudonym, not the photo: one person's replacement code is
         # rendered the same way in every photo of the session (consistency), and a retry, which

@@ -162,10 +162,10 @@ class RendererGenerator(VAEDecodeGenerator):
                      original_embeddings: Mapping[str, np.ndarray] | None = None) -> None:
         """Register the perceived gender and age of the person whose code is ``code`` from this
         photo, unless they were seen before (one person keeps one pseudonym across photos)."""
+        person = self._seed_code(code, original_embeddings).tobytes()
         keeping = self._attribute_keeping()
         if keeping is None:
             return
-        person = self._seed_code(code).tobytes()
         if person in self._readings:
             return
         probes = keeping[0]
