@@ -162,3 +162,22 @@ def test_repeated_encoded_bytes_skip_decoding(engine, camera_face, photo, monkey
     assert second.cached and not decoded and second.to_bytes("PNG") == first.to_bytes("PNG")
     assert anonymizer.anonymize(data + b"\x00").cached  # other bytes: decoded again, then a pixel-key hit
     assert decoded
+
+
+def test_a_repeated_hit_is_not_re_encoded_unless_its_pixels_changed(engine, camera_face, astronaut, monkeypatch):
+    from idmrag_plugin import report
+
+    anonymizer, _, _ = _engine(engine, camera_face)
+    anonymizer.anonymize(astronaut)
+    first = anonymizer.anonymize(astronaut)
+    jpeg = first.to_bytes("JPEG", 90)
+    encoded: list[str] = []
+    real = report.encode
+    monkeypatch.setattr(report, "encode", lambda pixels, fmt, quality: encoded.append(fmt) or real(pixels, fmt, quality))
+    again = anonymizer.anonymize(astronaut)
+    assert again.to_bytes("JPEG", 90) == jpeg and not encoded  # the entry's encoding, shared
+    assert again.to_bytes("JPEG", 80) != jpeg and encoded == ["JPEG"]  # another quality: encoded
+    again.pixels[:8, :8] = 0  # a caller who edits a hit gets their own pixels encoded
+    edited = again.to_bytes("JPEG", 90)
+    assert edited != jpeg and encoded == ["JPEG", "JPEG"]
+    assert anonymizer.anonymize(astronaut).to_bytes("JPEG", 90) == jpeg  # the entry is untouched

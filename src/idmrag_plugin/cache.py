@@ -9,7 +9,9 @@ output (already verified, or obfuscated) and the report. A new secret gives new 
 the cache is scoped like the pseudonyms themselves: results cached under one secret are
 unreachable under another, and the keys reveal nothing without it.
 
-Two layers: an in-memory LRU (bounded by entries and bytes) and an optional on-disk store
+Two layers: an in-memory LRU (bounded by entries and by the outputs' pixel bytes; each entry
+also keeps up to ``report.ENCODINGS_KEPT`` encodings of its output, made on first request,
+so that a repeated hit is not re-encoded) and an optional on-disk store
 (``AnonymizerConfig.result_cache_dir``) shared between processes, written atomically.
 """
 
@@ -129,6 +131,8 @@ class ResultCache:
         size = entry.pixels.nbytes if entry.pixels is not None else 0
         if size > self.max_bytes:
             return
+        # the entry's own encodings, which every copy handed out shares (AnonymizationResult.to_bytes)
+        entry._encodings, entry._encoded_pixels = {}, entry.pixels
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None and old.pixels is not None:

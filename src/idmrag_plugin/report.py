@@ -63,6 +63,10 @@ class FaceReport:
         )
 
 
+#: Encodings (format, quality) of one cached result kept with it.
+ENCODINGS_KEPT = 3
+
+
 @dataclass
 class AnonymizationResult:
     """The anonymized image (``None`` when withheld) and its report.
@@ -83,6 +87,11 @@ class AnonymizationResult:
     error: str | None = None
     #: True when the result came from the anonymization cache (no model ran).
     cached: bool = False
+    # Encodings of the cached entry's pixels, shared by every result handed out from that
+    # entry (see ``cache.ResultCache``): a repeated hit is not re-encoded. Only used while
+    # this result's pixels still equal the entry's.
+    _encodings: dict[tuple[str, int], bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    _encoded_pixels: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def image(self) -> Image.Image | None:
@@ -95,7 +104,16 @@ class AnonymizationResult:
         """The image encoded without any metadata (EXIF, XMP, IPTC, GPS, ICC)."""
         if self.pixels is None:
             raise ValueError(f"no image to encode: status is {self.status!r}")
-        return encode(self.pixels, fmt, quality)
+        memo, source = self._encodings, self._encoded_pixels
+        if memo is None or source is None or not (self.pixels is source or np.array_equal(self.pixels, source)):
+            return encode(self.pixels, fmt, quality)
+        key = (fmt.upper(), int(quality))
+        data = memo.get(key)
+        if data is None:
+            data = encode(self.pixels, fmt, quality)
+            if len(memo) < ENCODINGS_KEPT:
+                memo[key] = data
+        return data
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
