@@ -200,11 +200,12 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
     def _known_format(cls, value: str) -> str:
         return known_output_format(value)
 
-    def _anonymize_node(self, node: BaseNode) -> BaseNode | None:
-        """The safe copy, the node itself when it has no media, None when withheld."""
+    def _anonymize_node(self, node: BaseNode, reference: dict[str, Any] | None = None) -> BaseNode | None:
+        """The safe copy, the node itself when it has no media, None when withheld.
+        ``reference``: the node's image reference when the caller already read it."""
         bridge = self._bridge
         try:
-            reference = _image_reference(node)
+            reference = reference if reference is not None else _image_reference(node)
             withheld = _withheld_media(node)
             image_file = _image_file_of_text_node(node)
             if image_file is not None:
@@ -233,23 +234,28 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
         return _safe_copy(node, image, withheld, self.report_key, self.location_keys)
 
     def _anonymize_nodes(self, nodes: Sequence[BaseNode]) -> list[BaseNode]:
-        self._prefetch(nodes)
-        return [out for out in (self._anonymize_node(n) for n in nodes) if out is not None]
+        references = self._prefetch(nodes)
+        return [out for out in (self._anonymize_node(n, references.get(id(n))) for n in nodes) if out is not None]
 
-    def _prefetch(self, nodes: Sequence[BaseNode]) -> None:
+    def _prefetch(self, nodes: Sequence[BaseNode]) -> dict[int, dict[str, Any]]:
         """Anonymize the nodes' inline and file images as one batch (see AnonymizerBridge.prefetch);
-        images behind URLs are fetched node by node, under the fetch policy."""
+        images behind URLs are fetched node by node, under the fetch policy. Returns the image
+        references read, by ``id(node)``, so that the node-by-node pass does not decode them again."""
         sources: list[bytes | Path] = []
+        references: dict[int, dict[str, Any]] = {}
         for node in nodes:
             try:
                 reference = _image_reference(node)
             except (IdmragError, ValueError, TypeError):
                 continue  # withheld by the node-by-node pass
+            if reference is not None:
+                references[id(node)] = reference
             if reference is not None and "data" in reference:
                 sources.append(reference["data"])
             elif reference is not None and "path" in reference:
                 sources.append(Path(reference["path"]))
         self._bridge.prefetch(sources)
+        return references
 
 
 class FaceAnonymizerPostprocessor(_AnonymizerSettings, BaseNodePostprocessor):
@@ -267,10 +273,10 @@ class FaceAnonymizerPostprocessor(_AnonymizerSettings, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        self._prefetch([item.node for item in nodes])
+        references = self._prefetch([item.node for item in nodes])
         out = []
         for item in nodes:
-            node = self._anonymize_node(item.node)
+            node = self._anonymize_node(item.node, references.get(id(item.node)))
             if node is item.node:
                 out.append(item)
             elif node is not None:
