@@ -96,8 +96,20 @@ class _PoissonSystem:
         count = len(self.ys)
         index = -np.ones(inside.shape, np.int64)
         index[inside] = np.arange(count)
-        self.links: list[tuple[np.ndarray, ...]] = []
         rows, cols = [np.arange(count)], [np.arange(count)]
+        # The right-hand side is linear in the drawing's and the context's pixels: built once
+        # as two sparse operators over the flattened images (signed pixel picks per link).
+        pixel = self.ys * width + self.xs
+        guide_rows: list[np.ndarray] = []
+        guide_cols: list[np.ndarray] = []
+        guide_signs: list[np.ndarray] = []
+        known_rows: list[np.ndarray] = []
+        known_cols: list[np.ndarray] = []
+
+        def pick(which: np.ndarray, columns: np.ndarray, sign: float) -> None:
+            guide_rows.append(np.nonzero(which)[0])
+            guide_cols.append(columns[which])
+            guide_signs.append(np.full(int(which.sum()), sign))
         degree = np.zeros(count)
         self.has_border = False
         for dy, dx in _NEIGHBOURS:
@@ -116,24 +128,32 @@ class _PoissonSystem:
             y0, x0 = self.ys - dy, self.xs - dx
             inward = (y0 >= 0) & (y0 < height) & (x0 >= 0) & (x0 < width)
             inward[inward] = index[y0[inward], x0[inward]] >= 0
-            self.links.append((interior, border, border & inward, np.clip(y2, 0, height - 1), np.clip(x2, 0, width - 1),
-                               np.clip(y0, 0, height - 1), np.clip(x0, 0, width - 1)))
+            beyond = np.clip(y2, 0, height - 1) * width + np.clip(x2, 0, width - 1)
+            behind = np.clip(y0, 0, height - 1) * width + np.clip(x0, 0, width - 1)
+            extrapolated = border & inward
+            pick(interior, pixel, 1.0)  # the drawing's gradient towards an inside neighbour
+            pick(interior, beyond, -1.0)
+            pick(extrapolated, behind, 1.0)  # across the edge: the gradient one pixel further in
+            pick(extrapolated, pixel, -1.0)
+            known_rows.append(np.nonzero(border)[0])  # the context's value just outside the mask
+            known_cols.append(beyond[border])
         values = np.concatenate([degree, *[-np.ones(len(r)) for r in rows[1:]]])
         matrix = scipy.sparse.csc_matrix((values, (np.concatenate(rows), np.concatenate(cols))), shape=(count, count))
         self.solver = scipy.sparse.linalg.splu(matrix) if self.has_border and count else None
+        shape = (count, height * width)
+        self.from_guide = scipy.sparse.csr_matrix(
+            (np.concatenate(guide_signs), (np.concatenate(guide_rows), np.concatenate(guide_cols))), shape=shape)
+        known_rows_all = np.concatenate(known_rows)
+        self.from_known = scipy.sparse.csr_matrix(
+            (np.ones(len(known_rows_all)), (known_rows_all, np.concatenate(known_cols))), shape=shape)
 
     def solve(self, drawn: np.ndarray, context: np.ndarray) -> np.ndarray:
         """Pixels under the mask: ``drawn``'s gradients, ``context``'s values just outside it."""
         assert self.solver is not None
-        guide = drawn.astype(np.float64)
-        known = context.astype(np.float64)
-        rhs = np.zeros((len(self.ys), drawn.shape[2]))
-        here = guide[self.ys, self.xs]
-        for interior, border, extrapolated, y2, x2, y0, x0 in self.links:
-            rhs[interior] += here[interior] - guide[y2[interior], x2[interior]]
-            rhs[border] += known[y2[border], x2[border]]
-            rhs[extrapolated] += guide[y0[extrapolated], x0[extrapolated]] - here[extrapolated]
-        return self.solver.solve(rhs)
+        channels = drawn.shape[2]
+        guide = drawn.reshape(-1, channels).astype(np.float64)
+        known = context.reshape(-1, channels).astype(np.float64)
+        return self.solver.solve(self.from_guide @ guide + self.from_known @ known)
 
 
 _SYSTEMS: OrderedDict[bytes, _PoissonSystem] = OrderedDict()
