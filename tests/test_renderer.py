@@ -187,9 +187,11 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_te
                    "--weight", "dlib=1", "--weight", "gender=1", "--weight", "age=1"]
     # no step yet: what it saves is the renderer it started from
     train(build_parser().parse_args(_output(tune, tmp_path / "zero") + ["--steps", "0"]))
-    started = FaceRenderer.from_pretrained(tmp_path / "zero" / "renderer").state_dict()
+    started = FaceRenderer.from_pretrained(tmp_path / "zero" / "renderer")
     trained = FaceRenderer.from_pretrained(root / "run" / "renderer").state_dict()
-    assert all(torch.equal(started[k], trained[k]) for k in trained)
+    assert all(torch.equal(started.state_dict()[k], trained[k]) for k in trained)
+    # the fine-tuned renderer records the one it started from
+    assert started.config.init_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     summary = train(build_parser().parse_args(_output(tune, tmp_path / "tuned") + ["--steps", "3"]))
     assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age"))
     with pytest.raises(ConfigError, match="another config"):

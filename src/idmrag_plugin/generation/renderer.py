@@ -59,6 +59,7 @@ class RendererConfig:
     style_dim: int = 256
     mask_grow: float = 1.1
     codes_sha256: str = ""  # the codes model whose (z_id, z_attr) it was trained on
+    init_sha256: str = ""  # the renderer it was fine-tuned from (train-renderer --init), if any
 
     @property
     def stages(self) -> int:

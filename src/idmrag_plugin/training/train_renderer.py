@@ -199,13 +199,16 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         from idmrag_plugin.weights import load_dlib_resnet
 
         dlib_judge = DlibJudge(load_dlib_resnet(), zoom=CANONICAL_ZOOM).to(device)
+    init_dir = None if not args.init else packaged("renderer") if args.init == "packaged" else Path(args.init)
     config = RendererConfig(image_size=args.size, base_channels=args.base_channels, max_channels=args.max_channels,
                             id_dim=frozen.codes.config.id_dim, attr_channels=frozen.codes.config.attr_channels,
-                            mask_grow=args.mask_grow, codes_sha256=frozen.fingerprint)
+                            mask_grow=args.mask_grow, codes_sha256=frozen.fingerprint,
+                            init_sha256=json.loads((init_dir / "config.json").read_text()).get("sha256", "")
+                            if init_dir is not None and (init_dir / "config.json").is_file() else "")
     renderer = FaceRenderer(config).to(device)
-    if args.init:
-        start_from = FaceRenderer.from_pretrained(packaged("renderer") if args.init == "packaged" else args.init)
-        if asdict(start_from.config) != asdict(config):
+    if init_dir is not None:
+        start_from = FaceRenderer.from_pretrained(init_dir)
+        if {**asdict(start_from.config), "init_sha256": ""} != {**asdict(config), "init_sha256": ""}:
             raise ConfigError(f"--init {args.init} is a renderer with another config ({asdict(start_from.config)}); "
                               "match its sizes and channels, or train from scratch")
         renderer.load_state_dict(start_from.state_dict())
