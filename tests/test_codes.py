@@ -159,6 +159,29 @@ def test_registry_finds_the_person_by_dlib_s_descriptor_where_the_request_brings
     assert np.array_equal(generator._seed_code(codes[0] * 1.01), codes[0])
 
 
+def test_person_registry_grows_and_mixes_faces_with_and_without_descriptors():
+    from idmrag_plugin.generation.vae_generator import PersonRegistry
+
+    rng = np.random.default_rng(2)
+
+    def unit(v):
+        return v / np.linalg.norm(v)
+
+    registry = PersonRegistry()
+    assert registry.nearest(unit(rng.standard_normal(16)), None, 0.9, 0.5) is None
+    codes = [unit(rng.standard_normal(16)) for _ in range(150)]
+    descriptors = [unit(rng.standard_normal(128)) for _ in range(150)]
+    registry.add(codes[0], None, codes[0] * 2)  # the first person came without a descriptor
+    assert np.array_equal(registry.nearest(codes[0], descriptors[0], 0.9, 0.5), codes[0] * 2)  # by code
+    for i in range(1, 150):  # past the first capacity (64) and its doubling
+        registry.add(codes[i], descriptors[i], codes[i] * 2)
+    assert len(registry) == 150
+    for i in (1, 70, 149):
+        assert np.array_equal(registry.nearest(unit(rng.standard_normal(16)), descriptors[i], 0.9, 0.5), codes[i] * 2)
+        assert np.array_equal(registry.nearest(codes[i], None, 0.9, 0.5), codes[i] * 2)
+    assert registry.nearest(unit(rng.standard_normal(16)), unit(rng.standard_normal(128)), 0.9, 0.9) is None
+
+
 def test_loss_terms():
     mu, logvar = torch.zeros(4, 8), torch.zeros(4, 8)
     assert float(gaussian_kl(mu, logvar)) == 0.0 and float(gaussian_kl(mu + 1, logvar)) == pytest.approx(4.0)

@@ -43,6 +43,59 @@ REGISTRY_LEVEL = "far1e-3"
 RESOLVED_MEMORY = 4096
 
 
+class PersonRegistry:
+    """The people a generator has drawn: unit identity codes, dlib descriptors (where known) and
+    the seed code each person's pseudonyms are keyed by, in arrays grown by doubling, so that
+    finding a face's person is one matrix-vector product however many people are registered
+    (a corpus job's engine sees many). Not thread-safe: the generator holds its lock."""
+
+    def __init__(self) -> None:
+        self._codes = np.zeros((0, 0))
+        self._descriptors = np.zeros((0, 0))
+        self._has_descriptor = np.zeros(0, bool)
+        self._seeds: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self._seeds)
+
+    def nearest(self, unit: np.ndarray, descriptor: np.ndarray | None, same_cos: float,
+                distinct_cos: float) -> np.ndarray | None:
+        """The seed of the most similar registered person who matches, else None. People match
+        by dlib's descriptors where both faces have one (at ``same_cos``), else by identity codes
+        (closer than ``distinct_cos``); similarity is the margin over the rule's threshold."""
+        n = len(self._seeds)
+        if n == 0:
+            return None
+        margin = self._codes[:n] @ unit - distinct_cos
+        if descriptor is not None and self._has_descriptor[:n].any():
+            margin = np.where(self._has_descriptor[:n], self._descriptors[:n] @ descriptor - same_cos, margin)
+        best = int(np.argmax(margin))
+        return self._seeds[best] if margin[best] >= 0.0 else None
+
+    def add(self, unit: np.ndarray, descriptor: np.ndarray | None, seed: np.ndarray) -> None:
+        n = len(self._seeds)
+        if n == len(self._codes):
+            capacity = max(64, 2 * n)
+            self._codes = _grown(self._codes, capacity, unit.shape[0])
+            self._descriptors = _grown(self._descriptors, capacity,
+                                       self._descriptors.shape[1] or (0 if descriptor is None else descriptor.shape[0]))
+            self._has_descriptor = np.concatenate([self._has_descriptor, np.zeros(capacity - n, bool)])
+        if descriptor is not None and self._descriptors.shape[1] != descriptor.shape[0]:
+            self._descriptors = _grown(self._descriptors, len(self._codes), descriptor.shape[0])
+        self._codes[n] = unit
+        if descriptor is not None:
+            self._descriptors[n] = descriptor
+            self._has_descriptor[n] = True
+        self._seeds.append(seed)
+
+
+def _grown(rows: np.ndarray, capacity: int, width: int) -> np.ndarray:
+    """``rows`` copied into a zero array of ``capacity`` rows and ``width`` columns."""
+    out = np.zeros((capacity, width))
+    out[: rows.shape[0], : rows.shape[1]] = rows[:, :width]
+    return out
+
+
 class VAEDecodeGenerator(FaceGenerator):
     name = "vae-decode"
 
@@ -60,8 +113,7 @@ class VAEDecodeGenerator(FaceGenerator):
         self._lock = threading.Lock()
         self._model = None
         self._sampler: IdentitySampler | None = None
-        # (unit code, dlib descriptor or None, key seed) per person
-        self._registry: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
+        self._registry = PersonRegistry()
         self._resolved: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._dlib_same_cos: float | None = None
 
@@ -124,16 +176,11 @@ class VAEDecodeGenerator(FaceGenerator):
             if key in self._resolved:
                 self._resolved.move_to_end(key)
                 return self._resolved[key]
-            best, best_margin = code, -np.inf
-            for known, known_descriptor, seed in self._registry:
-                if descriptor is not None and known_descriptor is not None:
-                    margin = float(known_descriptor @ descriptor) - same_cos
-                else:
-                    margin = float(known @ unit) - self._sampler.distinct_cos
-                if margin >= 0.0 and margin > best_margin:
-                    best, best_margin = seed, margin
-            if best_margin == -np.inf:
-                self._registry.append((unit, descriptor, code))
+            best = self._registry.nearest(unit, descriptor, same_cos if descriptor is not None else 0.0,
+                                          self._sampler.distinct_cos)
+            if best is None:
+                self._registry.add(unit, descriptor, code)
+                best = code
             self._resolved[key] = best
             if len(self._resolved) > RESOLVED_MEMORY:
                 self._resolved.popitem(last=False)
