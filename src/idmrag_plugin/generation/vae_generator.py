@@ -74,25 +74,24 @@ class PersonRegistry:
 
     def add(self, unit: np.ndarray, descriptor: np.ndarray | None, seed: np.ndarray) -> None:
         n = len(self._seeds)
-        if n == len(self._codes):
+        if n == len(self._codes):  # full: double the capacity
             capacity = max(64, 2 * n)
             self._codes = _grown(self._codes, capacity, unit.shape[0])
-            self._descriptors = _grown(self._descriptors, capacity,
-                                       self._descriptors.shape[1] or (0 if descriptor is None else descriptor.shape[0]))
+            self._descriptors = _grown(self._descriptors, capacity, self._descriptors.shape[1])
             self._has_descriptor = np.concatenate([self._has_descriptor, np.zeros(capacity - n, bool)])
-        if descriptor is not None and self._descriptors.shape[1] != descriptor.shape[0]:
-            self._descriptors = _grown(self._descriptors, len(self._codes), descriptor.shape[0])
-        self._codes[n] = unit
         if descriptor is not None:
+            if self._descriptors.shape[1] == 0:  # the first descriptor sets their width
+                self._descriptors = _grown(self._descriptors, len(self._codes), descriptor.shape[0])
             self._descriptors[n] = descriptor
             self._has_descriptor[n] = True
+        self._codes[n] = unit
         self._seeds.append(seed)
 
 
 def _grown(rows: np.ndarray, capacity: int, width: int) -> np.ndarray:
-    """``rows`` copied into a zero array of ``capacity`` rows and ``width`` columns."""
+    """``rows`` (at most ``width`` columns) copied into a zero array of ``capacity`` x ``width``."""
     out = np.zeros((capacity, width))
-    out[: rows.shape[0], : rows.shape[1]] = rows[:, :width]
+    out[: rows.shape[0], : rows.shape[1]] = rows
     return out
 
 
@@ -166,18 +165,21 @@ class VAEDecodeGenerator(FaceGenerator):
         self._load()
         assert self._sampler is not None
         key = np.ascontiguousarray(code, np.float32).tobytes()
+        with self._lock:
+            if key in self._resolved:
+                self._resolved.move_to_end(key)
+                return self._resolved[key]
         descriptor = None if embeddings is None else embeddings.get("dlib")
+        same_cos = 0.0
         if descriptor is not None:
             descriptor = np.asarray(descriptor, np.float64).ravel()
             descriptor = descriptor / max(float(np.linalg.norm(descriptor)), 1e-12)
             same_cos = self._dlib_threshold()
         unit = code / max(float(np.linalg.norm(code)), 1e-12)
         with self._lock:
-            if key in self._resolved:
-                self._resolved.move_to_end(key)
+            if key in self._resolved:  # resolved by another thread meanwhile
                 return self._resolved[key]
-            best = self._registry.nearest(unit, descriptor, same_cos if descriptor is not None else 0.0,
-                                          self._sampler.distinct_cos)
+            best = self._registry.nearest(unit, descriptor, same_cos, self._sampler.distinct_cos)
             if best is None:
                 self._registry.add(unit, descriptor, code)
                 best = code

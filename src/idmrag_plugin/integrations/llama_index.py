@@ -248,11 +248,12 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
                 reference = _image_reference(node)
             except (IdmragError, ValueError, TypeError):
                 continue  # withheld by the node-by-node pass
-            if reference is not None:
-                references[id(node)] = reference
-            if reference is not None and "data" in reference:
+            if reference is None:
+                continue
+            references[id(node)] = reference
+            if "data" in reference:
                 sources.append(reference["data"])
-            elif reference is not None and "path" in reference:
+            elif "path" in reference:
                 sources.append(Path(reference["path"]))
         self._bridge.prefetch(sources)
         return references

@@ -72,23 +72,37 @@ WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, 
 PARTNER_AGE_BAND = 0.25
 
 
+class PartnerBands:
+    """The faces grouped by perceived gender and age band (sorted once): swap partners are
+    drawn from a face's own group."""
+
+    def __init__(self, gender: np.ndarray, log_age: np.ndarray, identity: np.ndarray,
+                 band: float = PARTNER_AGE_BAND) -> None:
+        self.keys = gender.astype(np.int64) * 1000 + np.floor(log_age / band).astype(np.int64)
+        self.order = np.argsort(self.keys, kind="stable")
+        self.sorted_keys = self.keys[self.order]
+        self.identity = identity
+
+    def draw(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each of ``rows``, another face of its group (another person where the group has
+        one): whose identity code the swapped row is drawn with."""
+        lo = np.searchsorted(self.sorted_keys, self.keys[rows], "left")
+        hi = np.searchsorted(self.sorted_keys, self.keys[rows], "right")
+        partners = np.empty(len(rows), dtype=np.int64)
+        for out, row in enumerate(rows):
+            pick = row
+            for _ in range(4):  # a few tries at another person; tiny groups may hold only this one
+                pick = int(self.order[rng.integers(lo[out], hi[out])])
+                if pick != row and (self.identity[pick] < 0 or self.identity[pick] != self.identity[row]):
+                    break
+            partners[out] = pick
+        return partners
+
+
 def matched_partners(gender: np.ndarray, log_age: np.ndarray, identity: np.ndarray, rows: np.ndarray,
                      rng: np.random.Generator, band: float = PARTNER_AGE_BAND) -> np.ndarray:
-    """For each of ``rows``, another face of the same perceived gender and age band (another
-    person where the band has one): whose identity code the swapped row is drawn with."""
-    keys = gender.astype(np.int64) * 1000 + np.floor(log_age / band).astype(np.int64)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    partners = np.empty(len(rows), dtype=np.int64)
-    for out, row in enumerate(rows):
-        lo, hi = np.searchsorted(sorted_keys, keys[row], "left"), np.searchsorted(sorted_keys, keys[row], "right")
-        pick = row
-        for _ in range(4):  # a few tries at another person; tiny bands may hold only this one
-            pick = int(order[rng.integers(lo, hi)])
-            if pick != row and (identity[pick] < 0 or identity[pick] != identity[row]):
-                break
-        partners[out] = pick
-    return partners
+    """:meth:`PartnerBands.draw` for one set of rows."""
+    return PartnerBands(gender, log_age, identity, band).draw(rows, rng)
 
 
 def mask_bank(size: int, grow: float, count: int, rng: np.random.Generator) -> torch.Tensor:
@@ -162,6 +176,7 @@ def sample_sheet(renderer: FaceRenderer, frozen: Frozen, x: torch.Tensor, mask: 
 
 
 def train(args: argparse.Namespace) -> dict[str, float]:
+    from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
     from idmrag_plugin.weights import CODES_VAE_DIR, packaged
 
     if args.threads:
@@ -203,8 +218,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     config = RendererConfig(image_size=args.size, base_channels=args.base_channels, max_channels=args.max_channels,
                             id_dim=frozen.codes.config.id_dim, attr_channels=frozen.codes.config.attr_channels,
                             mask_grow=args.mask_grow, codes_sha256=frozen.fingerprint,
-                            init_sha256=json.loads((init_dir / "config.json").read_text()).get("sha256", "")
-                            if init_dir is not None and (init_dir / "config.json").is_file() else "")
+                            init_sha256=codes_fingerprint(init_dir) if init_dir is not None else "")
     renderer = FaceRenderer(config).to(device)
     if init_dir is not None:
         start_from = FaceRenderer.from_pretrained(init_dir)
@@ -246,15 +260,16 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         sample_sheet(ema, frozen, vx, vmask, out / "samples.png")
 
     codes_id, codes_attr = frozen.codes_of_all(data.images, out / "codes_cache.pt")
-    readings = None
-    if probes is not None:
+    partners = None
+    if probes is not None:  # every face's perceived gender and age, read once
         raw = data.embeddings_dlib_raw.cpu().numpy().astype(np.float64)
         gender_w, gender_b = probes.image_gender
         age_w, age_b = probes.image_age
-        readings = (raw @ gender_w + gender_b > 0.0, raw @ age_w + age_b)
+        perceived_female = raw @ gender_w + gender_b > 0.0
+        partners = PartnerBands(perceived_female, raw @ age_w + age_b, data.labels.cpu().numpy())
+        gender_targets = torch.as_tensor(perceived_female, dtype=torch.float32, device=device)
         probe_gender = (torch.as_tensor(gender_w, dtype=torch.float32, device=device), float(gender_b))
-        probe_age = (torch.as_tensor(age_w, dtype=torch.float32, device=device), float(age_b))
-        identities = data.labels.cpu().numpy()
+        probe_age = torch.as_tensor(age_w, dtype=torch.float32, device=device)
     start = last_save = time.time()
     seconds_before = float(state["seconds"])
     half = args.batch // 2
@@ -272,9 +287,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         mask = masks[torch.as_tensor(rng.integers(0, len(masks), n), device=device)]
         # rows [half:] get another face's identity: one of the same perceived gender and age
         # band when there are probes, else another row's (a rotation within that half)
-        if readings is not None:
-            rows = idx[half:].cpu().numpy()
-            partner = torch.as_tensor(matched_partners(readings[0], readings[1], identities, rows, rng), device=device)
+        if partners is not None:
+            partner = torch.as_tensor(partners.draw(idx[half:].cpu().numpy(), rng), device=device)
             wanted = torch.cat([idx[:half], partner])
         else:
             perm = torch.arange(n, device=device)
@@ -305,20 +319,18 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             terms["attr"] = F.mse_loss(attr_again, z_attr)
         if dlib_judge is not None:
             d_raw = dlib_judge(drawn)
+            original_raw = data.embeddings_dlib_raw[idx]
             if weights["dlib"] > 0:
                 # the pull is compared centred (see train_codes.centred); the hinge at the oracle's
                 # own threshold, on the descriptors as the oracle compares them
                 d_emb = F.normalize(d_raw - data.dlib_mean, dim=1)
-                original_raw = data.embeddings_dlib_raw[idx[half:]]
                 terms["dlib"] = ((1 - F.cosine_similarity(d_emb, data.embeddings_dlib[wanted], dim=1)).mean()
-                                 + F.relu(F.cosine_similarity(d_raw[half:], original_raw, dim=1)
+                                 + F.relu(F.cosine_similarity(d_raw[half:], original_raw[half:], dim=1)
                                           - args.dlib_tau).mean())
-            if readings is not None:
-                original_raw = data.embeddings_dlib_raw[idx]
-                target_gender = (original_raw @ probe_gender[0] + probe_gender[1] > 0).float()
+            if partners is not None:
                 terms["gender"] = F.binary_cross_entropy_with_logits(d_raw @ probe_gender[0] + probe_gender[1],
-                                                                     target_gender)
-                terms["age"] = ((d_raw - original_raw) @ probe_age[0]).abs().mean()
+                                                                     gender_targets[idx])
+                terms["age"] = ((d_raw - original_raw) @ probe_age).abs().mean()
         loss_g = sum(weights[k] * v for k, v in terms.items() if k not in ("d", "r1"))
         generator_step(opt_g, loss_g, ema, renderer, args.ema, state["step"])
         record_step(state, log, terms, n, seconds_before + time.time() - start)
