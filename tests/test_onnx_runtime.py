@@ -64,6 +64,15 @@ def test_a_damaged_or_stale_export_is_exported_again(tmp_path):
         assert np.abs(again(x) - net(torch.from_numpy(x)).numpy()).max() < 1e-5
 
 
+def test_sessions_do_not_spin_between_runs(tmp_path):
+    """The engine alternates ONNX Runtime and torch; spinning intra-op threads would starve torch."""
+    network = onnx_network(_net(0), (1, 3, 16, 16), "tiny", tmp_path, threads=2)
+    assert network is not None
+    options = network.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+
+
 def test_where_onnxruntime_cannot_run(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="oracle_runtime"):
         AnonymizerConfig(oracle_runtime="tensorrt")
