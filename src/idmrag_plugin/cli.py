@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-refiner", help="train the refiner that redraws the renderer's faces at 128 px (see --help)")
     sub.add_parser("fit-attribute-probes", help="fit the probes with which the renderer keeps gender and age (see --help)")
     sub.add_parser("train-code-lcm", help="train the pseudonym-code diffusion model and distil it into an LCM (see --help)")
+    sub.add_parser("fit-int8-ranges", help="calibrate the int8 FaceNet that screens verdicts, on LFW (see --help)")
     return parser
 
 
@@ -322,6 +323,7 @@ DELEGATED = {
     "train-refiner": "idmrag_plugin.training.train_refiner",
     "fit-attribute-probes": "idmrag_plugin.training.fit_attribute_probes",
     "train-code-lcm": "idmrag_plugin.training.train_code_lcm",
+    "fit-int8-ranges": "idmrag_plugin.training.fit_int8_ranges",
 }
 
 

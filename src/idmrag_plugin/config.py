@@ -87,6 +87,11 @@ class AnonymizerConfig:
             Runtime, exported once into ``cache_dir`` and checked against torch at each load,
             falling back to torch if that fails), ``"onnxruntime"`` (required) or ``"torch"``.
             The embeddings, and so the verdicts, are the same to ~1e-7.
+        screening: on ONNX Runtime, FaceNet first judges through an int8 copy of itself (about
+            four times faster); every similarity within 0.15 of its threshold is recomputed by
+            the float32 network, so the verdicts are the float32 network's (its int8 error on
+            LFW stays under 0.09). Reported similarities far from the threshold are then the
+            int8 copy's; ``False`` computes every one exactly.
         threads: torch's intra-op thread count, set when the engine is built (process-wide);
             ``None`` leaves torch's default. Under CPU contention one or two threads per
             engine avoid torch's oversubscription collapse.
@@ -118,6 +123,7 @@ class AnonymizerConfig:
     cache_size: int = 128
     result_cache_dir: Path | None = None
     oracle_runtime: str = "auto"
+    screening: bool = True
     threads: int | None = None
     batch_size: int = 8
 

@@ -135,7 +135,7 @@ class FaceAnonymizer:
             self.detector = RotatingDetector(self.detector, self.config.rotations)
         self.oracles = list(oracles) if oracles is not None else [
             build_oracle(name, self.device, self.config.cache_dir, runtime=self.config.oracle_runtime,
-                         threads=self.config.threads)
+                         threads=self.config.threads, screening=self.config.screening)
             for name in self.config.oracles
         ]
         if not self.oracles:
@@ -579,10 +579,10 @@ class FaceAnonymizer:
     @staticmethod
     def _original_embeddings(job: _Job, face: FaceReport) -> dict[str, np.ndarray] | None:
         """The oracles' embeddings of ``face`` in the original photo (the verifier's aligned
-        view), None when there are none."""
+        view; exact ones only, not int8 screening copies'), None when there are none."""
         if job.originals is None:
             return None
-        return {name: per_face[face.index] for name, per_face in job.originals.aligned.items()
+        return {name: per_face[face.index] for name, per_face in job.originals.exact_aligned().items()
                 if face.index in per_face} or None
 
     def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float],

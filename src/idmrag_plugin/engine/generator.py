@@ -26,6 +26,8 @@ class GenerationRequest:
         original_embeddings: the oracles' embeddings of the original face (L2-normalised, by
             oracle name, from the photo at the detector's landmarks), when the engine has
             computed them for verification; a generator may read perceived attributes from them.
+            Exact embeddings only: an oracle that screens through an int8 copy (FaceNet on
+            ONNX Runtime, see engine.screening) is left out.
     """
 
     face: np.ndarray

@@ -78,6 +78,16 @@ class FaceOracle(ABC):
     def embed_faces(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> np.ndarray:
         return self.embed(self.crops(image, landmarks))
 
+    @property
+    def screens(self) -> bool:
+        """Whether :meth:`embed_screen` gives fast approximate embeddings (see engine.screening)."""
+        self.load()
+        return False
+
+    def embed_screen(self, crops: np.ndarray) -> np.ndarray:
+        """Approximate L2-normalised embeddings for screening verdicts; exact ones here."""
+        return self.embed(crops)
+
     def embed_aligned(self, faces: np.ndarray) -> np.ndarray:
         """Embeddings (N, D) of faces already in the engine's canonical aligned crop (N, S, S, 3):
         each is cut into the oracle's own crop at the template's landmarks."""
@@ -223,13 +233,15 @@ class FaceNetOracle(FaceOracle):
     box_view = True
 
     def __init__(self, device: str = "cpu", cache_dir: Path | None = None, runtime: str = "auto",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, screening: bool = True) -> None:
         super().__init__()
         self.device = device
         self.cache_dir = cache_dir
         self.runtime = runtime
         self.threads = threads
+        self.screening = screening
         self._onnx = None
+        self._screen = None
 
     def _load(self) -> None:
         import torch
@@ -240,6 +252,35 @@ class FaceNetOracle(FaceOracle):
         self._onnx = _onnx_for(model, (1, 3, self.input_size, self.input_size), "facenet", self)
         # channels-last runs this network about 15% faster on the CPU (same outputs to 1e-7)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        if self._onnx is not None and self.screening:
+            self._screen = self._load_screen()
+
+    def _load_screen(self):
+        from idmrag_plugin.engine.screening import screening_network
+        from idmrag_plugin.weights import FACENET_INT8_RANGES_FILE, cache_dir, packaged
+
+        try:
+            ranges = packaged(FACENET_INT8_RANGES_FILE)
+        except ModelLoadError as exc:
+            logger.warning("int8 screening off (%s); verifying at full cost", exc)
+            return None
+        check = self.preprocess(check_faces(self.input_size)).numpy()
+        return screening_network(cache_dir(self.cache_dir) / "facenet.onnx", ranges, self._onnx, check, self.threads)
+
+    @property
+    def screens(self) -> bool:
+        self.load()
+        return self._screen is not None
+
+    def embed_screen(self, crops: np.ndarray) -> np.ndarray:
+        self.load()
+        if self._screen is None or len(crops) == 0:
+            return self.embed(crops)
+        import torch
+
+        with torch.inference_mode():
+            emb = np.asarray(self._screen(self.preprocess(np.ascontiguousarray(crops)).numpy()), dtype=np.float32)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
     def preprocess(self, crops: np.ndarray):
         """uint8 crops -> per-image standardised NCHW tensor, as the graph was trained."""
@@ -259,6 +300,25 @@ class FaceNetOracle(FaceOracle):
             if self._onnx is not None:
                 return self._onnx(x.cpu().numpy())
             return self.model(x.contiguous(memory_format=torch.channels_last)).cpu().numpy()
+
+
+#: Face boxes (x1, y1, x2, y2) in scikit-image's astronaut and camera photos, as MTCNN finds them.
+CHECK_FACE_BOXES = {"astronaut": (181, 62, 268, 172), "camera": (199, 119, 254, 192)}
+
+
+def check_faces(size: int) -> np.ndarray:
+    """Real faces that ship with a dependency, to check a converted network on: the astronaut's
+    and the cameraman's face boxes at ``size`` px, and their mirror images (N, size, size, 3)."""
+    import cv2
+    import skimage.data
+
+    faces = []
+    for name, (x1, y1, x2, y2) in CHECK_FACE_BOXES.items():
+        photo = getattr(skimage.data, name)()
+        photo = np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo
+        face = cv2.resize(np.ascontiguousarray(photo[y1:y2, x1:x2]), (size, size), interpolation=cv2.INTER_AREA)
+        faces += [face, face[:, ::-1]]
+    return np.ascontiguousarray(np.stack(faces))
 
 
 @dataclass(frozen=True)
@@ -283,11 +343,14 @@ class OracleVerdict:
 
 
 def build_oracle(name: str, device: str = "cpu", cache_dir: Path | None = None, runtime: str = "auto",
-                 threads: int | None = None) -> FaceOracle:
+                 threads: int | None = None, screening: bool = True) -> FaceOracle:
     """An oracle by name; ``runtime`` (``"auto"``, ``"torch"``, ``"onnxruntime"``) picks what
-    runs its network on a CPU (see :mod:`idmrag_plugin.engine.onnx_runtime`)."""
+    runs its network on a CPU (see :mod:`idmrag_plugin.engine.onnx_runtime`); ``screening``
+    lets FaceNet on ONNX Runtime screen verdicts with its int8 copy (see
+    :mod:`idmrag_plugin.engine.screening`)."""
     if name == "dlib":
         return DlibOracle(device=device, cache_dir=cache_dir, runtime=runtime, threads=threads)
     if name == "facenet":
-        return FaceNetOracle(device=device, cache_dir=cache_dir, runtime=runtime, threads=threads)
+        return FaceNetOracle(device=device, cache_dir=cache_dir, runtime=runtime, threads=threads,
+                             screening=screening)
     raise ModelLoadError(f"unknown oracle {name!r}; choose 'dlib' or 'facenet'")

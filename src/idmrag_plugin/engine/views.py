@@ -12,6 +12,11 @@ same wrong part of the face. Each face is therefore also judged
   with its own calibrated threshold.
 
 A face is verified only when every oracle judges it a different person in every view.
+
+An oracle with an int8 screening copy (FaceNet on ONNX Runtime, see
+:mod:`idmrag_plugin.engine.screening`) is compared through it first; a screened similarity
+within ``SCREEN_MARGIN`` of its threshold is recomputed by the exact network, on the original
+and on the output, and the exact similarity is the verdict's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from idmrag_plugin.engine.detect import Detection, landmarks_from_dlib_shape
 from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, cosine, face_model_file
 from idmrag_plugin.engine.plausibility import upright_turns
+from idmrag_plugin.engine.screening import SCREEN_MARGIN
 from idmrag_plugin.engine.upright import upright_patch
 
 #: Refit eyes further than this (in inter-ocular distances) from the detector's make the
@@ -103,7 +109,9 @@ def box_crop(image: np.ndarray, detection: Detection, size: int, grow: float = B
 class OriginalViews:
     """The original image's embeddings, computed once per image and reused across attempts.
 
-    Every mapping is keyed by the face's index in ``detections``.
+    Every mapping is keyed by the face's index in ``detections``. The embeddings of the
+    oracles named in ``screened`` are their int8 screening copies'; exact ones are computed
+    when a verdict needs them and kept in ``exact`` (keyed by oracle, view and face).
     """
 
     pixels: np.ndarray
@@ -112,6 +120,12 @@ class OriginalViews:
     box: dict[str, dict[int, np.ndarray]]
     refit_landmarks: dict[int, np.ndarray]
     refit: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    screened: frozenset[str] = frozenset()
+    exact: dict[tuple[str, str, int], np.ndarray] = field(default_factory=dict)
+
+    def exact_aligned(self) -> dict[str, dict[int, np.ndarray]]:
+        """``aligned`` without the screening embeddings (only exact ones leave the verifier)."""
+        return {name: faces for name, faces in self.aligned.items() if name not in self.screened}
 
 
 class Verifier:
@@ -142,8 +156,9 @@ class Verifier:
         sites = [(pixels, [detections[i] for i in indices]) for pixels, detections, indices in requests]
         aligned: list[dict[str, dict[int, np.ndarray]]] = [{} for _ in requests]
         box: list[dict[str, dict[int, np.ndarray]]] = [{} for _ in requests]
+        screened = frozenset(o.name for o in self.oracles if o.screens)
         for oracle in self.oracles:
-            embedded = self._embed_views(oracle, sites)
+            embedded = self._embed_views(oracle, sites, screen=oracle.name in screened)
             for slot, ((_, _, indices), (rows, box_rows)) in enumerate(zip(requests, embedded, strict=True)):
                 aligned[slot][oracle.name] = dict(zip(indices, rows, strict=True)) if indices else {}
                 if box_rows is not None:
@@ -155,22 +170,25 @@ class Verifier:
                 aligned=aligned[slot],
                 box=box[slot],
                 refit_landmarks={i: self.refitter.refit(pixels, detections[i]) for i in indices},
+                screened=screened,
             )
             for slot, (pixels, detections, indices) in enumerate(requests)
         ]
 
     def _embed_views(
-        self, oracle: FaceOracle, sites: Sequence[tuple[np.ndarray, Sequence[Detection]]]
+        self, oracle: FaceOracle, sites: Sequence[tuple[np.ndarray, Sequence[Detection]]], screen: bool = False
     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Per (image, detections) site, the aligned and (for box-view oracles) whole-box
-        embeddings: every crop of every site in one forward pass."""
+        embeddings: every crop of every site in one forward pass (of the screening copy when
+        ``screen``)."""
         with_box = oracle in self.box_oracles
         parts = [oracle.crops(image, [d.landmarks for d in detections]) for image, detections in sites]
         if with_box:
             parts += [np.stack([box_crop(image, d, oracle.input_size) for d in detections])
                       for image, detections in sites if detections]
         crops = [p for p in parts if len(p)]
-        embedded = oracle.embed(np.concatenate(crops)) if crops else np.zeros((0, 1), np.float32)
+        embed = oracle.embed_screen if screen else oracle.embed
+        embedded = embed(np.concatenate(crops)) if crops else np.zeros((0, 1), np.float32)
         out: list[tuple[np.ndarray, np.ndarray | None]] = []
         cursor = 0
         for _, detections in sites:
@@ -195,23 +213,65 @@ class Verifier:
         sites = [(output, [originals.detections[i] for i in indices]) for originals, output, indices in requests]
         per_image: list[list[list[OracleVerdict]]] = [[[] for _ in indices] for _, _, indices in requests]
         for oracle in self.oracles:
-            embedded = self._embed_views(oracle, sites)
-            for (originals, _, indices), per_face, (now_aligned, now_box) in zip(
-                requests, per_image, embedded, strict=True
-            ):
+            screen = any(oracle.name in originals.screened for originals, _, _ in requests)
+            embedded = self._embed_views(oracle, sites, screen=screen)
+            # (request, face slot, view, similarity) of every comparison, views in order
+            found: list[tuple[int, int, str, float]] = []
+            for r, ((originals, _, indices), (now_aligned, now_box)) in enumerate(zip(requests, embedded, strict=True)):
                 if not indices:
                     continue
-                before = np.stack([originals.aligned[oracle.name][i] for i in indices])
-                for slot, sim in zip(per_face, cosine(before, now_aligned), strict=True):
-                    slot.append(OracleVerdict(oracle.name, float(sim), self.thresholds[oracle.name]))
+                views = [("aligned", originals.aligned[oracle.name], now_aligned)]
                 if now_box is not None:
-                    name = box_view_name(oracle.name)
-                    before = np.stack([originals.box[oracle.name][i] for i in indices])
-                    for slot, sim in zip(per_face, cosine(before, now_box), strict=True):
-                        slot.append(OracleVerdict(name, float(sim), self.thresholds[name]))
+                    views.append(("box", originals.box[oracle.name], now_box))
+                for view, before, now in views:
+                    sims = cosine(np.stack([before[i] for i in indices]), now)
+                    found += [(r, slot, view, float(sim)) for slot, sim in enumerate(sims)]
+            if screen:
+                found = self._settle_screened(oracle, requests, found)
+            for r, slot, view, sim in found:
+                name = oracle.name if view == "aligned" else box_view_name(oracle.name)
+                per_image[r][slot].append(OracleVerdict(name, sim, self.thresholds[name]))
         for (originals, output, indices), per_face, (_, detections) in zip(requests, per_image, sites, strict=True):
             self._refit_verdicts(originals, output, indices, detections, per_face)
         return per_image
+
+    def _view_crop(self, oracle: FaceOracle, view: str, image: np.ndarray, detection: Detection) -> np.ndarray:
+        if view == "box":
+            return box_crop(image, detection, oracle.input_size)
+        return oracle.crops(image, [detection.landmarks])[0]
+
+    def _settle_screened(
+        self, oracle: FaceOracle, requests: Sequence[tuple[OriginalViews, np.ndarray, list[int]]],
+        found: list[tuple[int, int, str, float]],
+    ) -> list[tuple[int, int, str, float]]:
+        """``found`` with every screened similarity near its threshold replaced by the exact one
+        (the exact network on the output's crop and on the original's, the latter kept)."""
+        near = [
+            k for k, (_, _, view, sim) in enumerate(found)
+            if abs(sim - self.thresholds[oracle.name if view == "aligned" else box_view_name(oracle.name)]) <= SCREEN_MARGIN
+        ]
+        if not near:
+            return found
+        outputs, keys = [], []
+        pending: dict[tuple[int, tuple[str, str, int]], np.ndarray] = {}  # originals' crops to embed
+        for k in near:
+            r, slot, view, _ = found[k]
+            originals, output, indices = requests[r]
+            detection = originals.detections[indices[slot]]
+            outputs.append(self._view_crop(oracle, view, output, detection))
+            key = (oracle.name, view, indices[slot])
+            keys.append(key)
+            if key not in originals.exact and (r, key) not in pending:
+                pending[(r, key)] = self._view_crop(oracle, view, originals.pixels, detection)
+        embedded = oracle.embed(np.stack(outputs + list(pending.values())))
+        for (r, key), row in zip(pending, embedded[len(outputs):], strict=True):
+            requests[r][0].exact[key] = row
+        settled = list(found)
+        for k, key, now in zip(near, keys, embedded[: len(outputs)], strict=True):
+            r, slot, view, _ = found[k]
+            before = requests[r][0].exact[key]
+            settled[k] = (r, slot, view, float(cosine(before[None], now[None])[0]))
+        return settled
 
     def _refit_verdicts(
         self,
