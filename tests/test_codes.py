@@ -182,6 +182,28 @@ def test_person_registry_grows_and_mixes_faces_with_and_without_descriptors():
     assert registry.nearest(unit(rng.standard_normal(16)), unit(rng.standard_normal(128)), 0.9, 0.9) is None
 
 
+def test_person_registry_forgets_the_person_least_recently_met_when_full():
+    from idmrag_plugin.generation.vae_generator import PersonRegistry
+
+    rng = np.random.default_rng(3)
+    codes = [v / np.linalg.norm(v) for v in rng.standard_normal((5, 16))]
+    registry = PersonRegistry(capacity=3)
+    for i in range(3):
+        registry.add(codes[i], None, codes[i] * 2)
+    assert np.array_equal(registry.nearest(codes[0], None, 0.9, 0.9), codes[0] * 2)  # met again: kept
+    registry.add(codes[3], None, codes[3] * 2)  # full: person 1, least recently met, is forgotten
+    assert len(registry) == 3
+    assert registry.nearest(codes[1], None, 0.9, 0.9) is None
+    for i in (0, 2, 3):
+        assert np.array_equal(registry.nearest(codes[i], None, 0.9, 0.9), codes[i] * 2)
+    descriptor = rng.standard_normal(128)
+    registry.add(codes[4], descriptor / np.linalg.norm(descriptor), codes[4] * 2)  # takes person 0's place
+    assert registry.nearest(codes[0], None, 0.9, 0.9) is None
+    assert np.array_equal(registry.nearest(codes[4], descriptor / np.linalg.norm(descriptor), 0.9, 0.9), codes[4] * 2)
+    with pytest.raises(ValueError, match="capacity"):
+        PersonRegistry(capacity=0)
+
+
 def test_loss_terms():
     mu, logvar = torch.zeros(4, 8), torch.zeros(4, 8)
     assert float(gaussian_kl(mu, logvar)) == 0.0 and float(gaussian_kl(mu + 1, logvar)) == pytest.approx(4.0)
