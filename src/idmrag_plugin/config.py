@@ -88,7 +88,7 @@ class AnonymizerConfig:
             falling back to torch if that fails), ``"onnxruntime"`` (required) or ``"torch"``.
             The embeddings, and so the verdicts, are the same to ~1e-7.
         screening: on ONNX Runtime, FaceNet first judges through an int8 copy of itself (about
-            four times faster); every similarity within 0.15 of its threshold is recomputed by
+            four times faster); every similarity within 0.2 of its threshold is recomputed by
             the float32 network, so the verdicts are the float32 network's (its int8 error on
             LFW stays under 0.09). Reported similarities far from the threshold are then the
             int8 copy's; ``False`` computes every one exactly.
