@@ -213,8 +213,8 @@ def test_packaged_refiner_loads_with_its_sha256_adds_detail_and_replaces_a_face(
 
     refiner = FaceRefiner.from_pretrained(packaged(REFINER_DIR))  # checks the recorded sha256
     renderer = json.loads((packaged(RENDERER_DIR) / "config.json").read_text())
-    # trained behind the shipped renderer, or behind the one it was fine-tuned from (--init)
-    lineage = {renderer["sha256"], renderer.get("init_sha256", "")} - {""}
+    # trained behind the shipped renderer, or behind one it was fine-tuned from (--init)
+    lineage = {renderer["sha256"], renderer.get("init_sha256", ""), *renderer.get("lineage", [])} - {""}
     assert refiner.config.renderer_sha256 in lineage and refiner.config.image_size == 128
     anonymize_with_packaged_generator(make_engine, astronaut, oracles, cache_size=0)
 

@@ -194,6 +194,11 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_te
     assert started.config.init_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     summary = train(build_parser().parse_args(_output(tune, tmp_path / "tuned") + ["--steps", "3"]))
     assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age"))
+    # fine-tuned again: the whole line of renderers it descends from, nearest first
+    again = [a if a != str(root / "run" / "renderer") else str(tmp_path / "tuned" / "renderer") for a in tune]
+    train(build_parser().parse_args(_output(again, tmp_path / "again") + ["--steps", "0"]))
+    shas = [json.loads((d / "config.json").read_text())["sha256"] for d in (tmp_path / "tuned" / "renderer", root / "run" / "renderer")]
+    assert list(FaceRenderer.from_pretrained(tmp_path / "again" / "renderer").config.ancestors()) == shas
     with pytest.raises(ConfigError, match="another config"):
         train(build_parser().parse_args(_output(tune, tmp_path / "wide") + ["--steps", "1", "--max-channels", "32"]))
     _dlib_probes(tmp_path / "student_probes.safetensors", reader="student")

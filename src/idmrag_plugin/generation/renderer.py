@@ -60,6 +60,14 @@ class RendererConfig:
     mask_grow: float = 1.1
     codes_sha256: str = ""  # the codes model whose (z_id, z_attr) it was trained on
     init_sha256: str = ""  # the renderer it was fine-tuned from (train-renderer --init), if any
+    #: every renderer it descends from by fine-tuning, nearest first (init_sha256 and its own)
+    lineage: tuple[str, ...] = ()
+
+    def ancestors(self) -> tuple[str, ...]:
+        """The renderers this one was fine-tuned from, nearest first."""
+        if self.lineage:
+            return tuple(self.lineage)
+        return (self.init_sha256,) if self.init_sha256 else ()
 
     @property
     def stages(self) -> int:

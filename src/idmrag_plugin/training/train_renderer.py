@@ -215,14 +215,17 @@ def train(args: argparse.Namespace) -> dict[str, float]:
 
         dlib_judge = DlibJudge(load_dlib_resnet(), zoom=CANONICAL_ZOOM).to(device)
     init_dir = None if not args.init else packaged("renderer") if args.init == "packaged" else Path(args.init)
+    start_from = FaceRenderer.from_pretrained(init_dir) if init_dir is not None else None
+    init_sha = codes_fingerprint(init_dir) if init_dir is not None else ""
     config = RendererConfig(image_size=args.size, base_channels=args.base_channels, max_channels=args.max_channels,
                             id_dim=frozen.codes.config.id_dim, attr_channels=frozen.codes.config.attr_channels,
-                            mask_grow=args.mask_grow, codes_sha256=frozen.fingerprint,
-                            init_sha256=codes_fingerprint(init_dir) if init_dir is not None else "")
+                            mask_grow=args.mask_grow, codes_sha256=frozen.fingerprint, init_sha256=init_sha,
+                            lineage=(init_sha, *start_from.config.ancestors()) if start_from is not None else ())
     renderer = FaceRenderer(config).to(device)
-    if init_dir is not None:
-        start_from = FaceRenderer.from_pretrained(init_dir)
-        if {**asdict(start_from.config), "init_sha256": ""} != {**asdict(config), "init_sha256": ""}:
+    if start_from is not None:
+        family = ("init_sha256", "lineage")
+        if ({k: v for k, v in asdict(start_from.config).items() if k not in family}
+                != {k: v for k, v in asdict(config).items() if k not in family}):
             raise ConfigError(f"--init {args.init} is a renderer with another config ({asdict(start_from.config)}); "
                               "match its sizes and channels, or train from scratch")
         renderer.load_state_dict(start_from.state_dict())
