@@ -84,11 +84,11 @@ def test_similarities_near_the_threshold_are_recomputed_exactly(facenet, engine,
 
     near, moved = verdict(exact_sim + SCREEN_MARGIN / 2)
     exact_now = float(cosine(facenet.embed_faces(astronaut, [astro.landmarks]), facenet.embed_faces(moved, [astro.landmarks]))[0])
-    assert near.similarity == pytest.approx(exact_now, abs=1e-5)
+    assert near.similarity == pytest.approx(exact_now, abs=1e-5) and near.exact and near.to_dict()["exact"]
     far, _ = verdict(min(exact_now + 3 * SCREEN_MARGIN, 0.999))
     screened_now = float(cosine(facenet.embed_screen(facenet.crops(astronaut, [astro.landmarks])),
                                 facenet.embed_screen(facenet.crops(moved, [astro.landmarks])))[0])
-    assert far.similarity == pytest.approx(screened_now, abs=1e-5)
+    assert far.similarity == pytest.approx(screened_now, abs=1e-5) and not far.exact  # the report says so
 
 
 def _tiny(tmp_path):

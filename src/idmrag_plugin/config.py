@@ -91,7 +91,7 @@ class AnonymizerConfig:
             four times faster); every similarity within 0.2 of its threshold is recomputed by
             the float32 network, so the verdicts are the float32 network's (its int8 error on
             LFW stays under 0.09). Reported similarities far from the threshold are then the
-            int8 copy's; ``False`` computes every one exactly.
+            int8 copy's (``exact`` False in the report); ``False`` computes every one exactly.
         threads: torch's intra-op thread count, set when the engine is built (process-wide);
             ``None`` leaves torch's default. Under CPU contention one or two threads per
             engine avoid torch's oversubscription collapse.

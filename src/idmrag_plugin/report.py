@@ -57,8 +57,8 @@ class FaceReport:
         return cls(
             index=int(data["index"]), detection=detection, method=str(data["method"]),
             reason=str(data.get("reason", "")), attempts=int(data.get("attempts", 0)),
-            verdicts=[OracleVerdict(v["oracle"], float(v["similarity"]), float(v["threshold"]))
-                      for v in data.get("oracles", [])],
+            verdicts=[OracleVerdict(v["oracle"], float(v["similarity"]), float(v["threshold"]),
+                                    bool(v.get("exact", True))) for v in data.get("oracles", [])],
             errors=list(data.get("errors", [])), timings_ms=dict(data.get("timings_ms", {})),
         )
 

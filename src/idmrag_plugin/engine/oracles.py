@@ -323,11 +323,14 @@ def check_faces(size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OracleVerdict:
-    """One oracle's judgement of a replaced face against its original."""
+    """One oracle's judgement of a replaced face against its original. ``exact`` is False when
+    the similarity is an int8 screening copy's, far enough from the threshold that the exact
+    network was not needed for the verdict (see :mod:`idmrag_plugin.engine.screening`)."""
 
     oracle: str
     similarity: float
     threshold: float
+    exact: bool = True
 
     @property
     def anonymous(self) -> bool:
@@ -339,6 +342,7 @@ class OracleVerdict:
             "similarity": round(self.similarity, 4),
             "threshold": round(self.threshold, 4),
             "anonymous": self.anonymous,
+            "exact": self.exact,
         }
 
 

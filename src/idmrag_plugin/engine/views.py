@@ -215,8 +215,8 @@ class Verifier:
         for oracle in self.oracles:
             screen = any(oracle.name in originals.screened for originals, _, _ in requests)
             embedded = self._embed_views(oracle, sites, screen=screen)
-            # (request, face slot, view, similarity) of every comparison, views in order
-            found: list[tuple[int, int, str, float]] = []
+            # (request, face slot, view, similarity, exact) of every comparison, views in order
+            found: list[tuple[int, int, str, float, bool]] = []
             for r, ((originals, _, indices), (now_aligned, now_box)) in enumerate(zip(requests, embedded, strict=True)):
                 if not indices:
                     continue
@@ -225,12 +225,12 @@ class Verifier:
                     views.append(("box", originals.box[oracle.name], now_box))
                 for view, before, now in views:
                     sims = cosine(np.stack([before[i] for i in indices]), now)
-                    found += [(r, slot, view, float(sim)) for slot, sim in enumerate(sims)]
+                    found += [(r, slot, view, float(sim), not screen) for slot, sim in enumerate(sims)]
             if screen:
                 found = self._settle_screened(oracle, requests, found)
-            for r, slot, view, sim in found:
+            for r, slot, view, sim, exact in found:
                 name = oracle.name if view == "aligned" else box_view_name(oracle.name)
-                per_image[r][slot].append(OracleVerdict(name, sim, self.thresholds[name]))
+                per_image[r][slot].append(OracleVerdict(name, sim, self.thresholds[name], exact))
         for (originals, output, indices), per_face, (_, detections) in zip(requests, per_image, sites, strict=True):
             self._refit_verdicts(originals, output, indices, detections, per_face)
         return per_image
@@ -242,12 +242,12 @@ class Verifier:
 
     def _settle_screened(
         self, oracle: FaceOracle, requests: Sequence[tuple[OriginalViews, np.ndarray, list[int]]],
-        found: list[tuple[int, int, str, float]],
-    ) -> list[tuple[int, int, str, float]]:
+        found: list[tuple[int, int, str, float, bool]],
+    ) -> list[tuple[int, int, str, float, bool]]:
         """``found`` with every screened similarity near its threshold replaced by the exact one
         (the exact network on the output's crop and on the original's, the latter kept)."""
         near = [
-            k for k, (_, _, view, sim) in enumerate(found)
+            k for k, (_, _, view, sim, _) in enumerate(found)
             if abs(sim - self.thresholds[oracle.name if view == "aligned" else box_view_name(oracle.name)]) <= SCREEN_MARGIN
         ]
         if not near:
@@ -255,7 +255,7 @@ class Verifier:
         outputs, keys = [], []
         pending: dict[tuple[int, tuple[str, str, int]], np.ndarray] = {}  # originals' crops to embed
         for k in near:
-            r, slot, view, _ = found[k]
+            r, slot, view, _, _ = found[k]
             originals, output, indices = requests[r]
             detection = originals.detections[indices[slot]]
             outputs.append(self._view_crop(oracle, view, output, detection))
@@ -268,9 +268,9 @@ class Verifier:
             requests[r][0].exact[key] = row
         settled = list(found)
         for k, key, now in zip(near, keys, embedded[: len(outputs)], strict=True):
-            r, slot, view, _ = found[k]
+            r, slot, view, _, _ = found[k]
             before = requests[r][0].exact[key]
-            settled[k] = (r, slot, view, float(cosine(before[None], now[None])[0]))
+            settled[k] = (r, slot, view, float(cosine(before[None], now[None])[0]), True)
         return settled
 
     def _refit_verdicts(
