@@ -24,6 +24,11 @@ from idmrag_plugin.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 
+def _unit_rows(emb: np.ndarray) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float32)
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two (N, D) arrays."""
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
@@ -72,8 +77,7 @@ class FaceOracle(ABC):
         self.load()
         if len(crops) == 0:
             return np.zeros((0, 1), np.float32)
-        emb = np.asarray(self._embed(np.ascontiguousarray(crops)), dtype=np.float32)
-        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return _unit_rows(self._embed(np.ascontiguousarray(crops)))
 
     def embed_faces(self, image: np.ndarray, landmarks: Sequence[np.ndarray]) -> np.ndarray:
         return self.embed(self.crops(image, landmarks))
@@ -279,8 +283,7 @@ class FaceNetOracle(FaceOracle):
         import torch
 
         with torch.inference_mode():
-            emb = np.asarray(self._screen(self.preprocess(np.ascontiguousarray(crops)).numpy()), dtype=np.float32)
-        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+            return _unit_rows(self._screen(self.preprocess(np.ascontiguousarray(crops)).numpy()))
 
     def preprocess(self, crops: np.ndarray):
         """uint8 crops -> per-image standardised NCHW tensor, as the graph was trained."""

@@ -108,8 +108,11 @@ def screening_network(float_path: Path, ranges_path: Path, float_network: OnnxNe
     from idmrag_plugin.weights import _checked, sha256_of
 
     out = float_path.with_name(float_path.stem + "_int8.onnx")
-    source_sha = f"{sha256_of(float_path)} {sha256_of(Path(ranges_path))}"  # the export and the ranges
     try:
+        # the export's sha256 as its sidecar records it (onnx_network has just checked it): hashing
+        # the 90 MB export again at every load would only repeat that work
+        exported_sha = float_path.with_suffix(float_path.suffix + ".sha256").read_text().split()[0]
+        source_sha = f"{exported_sha} {sha256_of(Path(ranges_path))}"  # the export and the ranges
         ranges = load_ranges(ranges_path)
         with _lock:
             stamp = out.with_suffix(".source")

@@ -48,6 +48,11 @@ def box_view_name(oracle: str) -> str:
     return f"{oracle}@box"
 
 
+def view_name(oracle: str, view: str) -> str:
+    """The verdict's name for ``oracle`` in ``view`` ("aligned" or "box")."""
+    return oracle if view == "aligned" else box_view_name(oracle)
+
+
 def refit_view_name(oracle: str) -> str:
     return f"{oracle}@refit"
 
@@ -229,7 +234,7 @@ class Verifier:
             if screen:
                 found = self._settle_screened(oracle, requests, found)
             for r, slot, view, sim, exact in found:
-                name = oracle.name if view == "aligned" else box_view_name(oracle.name)
+                name = view_name(oracle.name, view)
                 per_image[r][slot].append(OracleVerdict(name, sim, self.thresholds[name], exact))
         for (originals, output, indices), per_face, (_, detections) in zip(requests, per_image, sites, strict=True):
             self._refit_verdicts(originals, output, indices, detections, per_face)
@@ -248,7 +253,7 @@ class Verifier:
         (the exact network on the output's crop and on the original's, the latter kept)."""
         near = [
             k for k, (_, _, view, sim, _) in enumerate(found)
-            if abs(sim - self.thresholds[oracle.name if view == "aligned" else box_view_name(oracle.name)]) <= SCREEN_MARGIN
+            if abs(sim - self.thresholds[view_name(oracle.name, view)]) <= SCREEN_MARGIN
         ]
         if not near:
             return found

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     test = oracle.preprocess(held_out).numpy()
     with tempfile.TemporaryDirectory() as tmp:
         exported = Path(tmp) / "facenet.onnx"
-        exported.write_bytes(model_path.read_bytes())
+        for source in (model_path, model_path.with_suffix(".onnx.sha256")):  # the export and its sidecar
+            (Path(tmp) / source.name).write_bytes(source.read_bytes())
         screen = screening_network(exported, out, oracle._onnx, test[:8], threads=args.threads)
         if screen is None:
             raise SystemExit("the int8 copy built from these ranges was refused (see the log)")
