@@ -315,3 +315,15 @@ def test_retrieved_image_documents_go_through_the_engine_as_one_batch(make_engin
     assert [d.metadata["i"] for d in out] == [0, 1, 2, 3]
     for got, doc in zip(out, docs, strict=True):
         assert _face_changed(_decoded(got.page_content), _decoded(doc.page_content))
+
+
+def test_photo_metadata_a_loader_copied_out_is_not_handed_on(compressor, astronaut):
+    doc = Document(page_content="figure", metadata={
+        "image_base64": _jpeg_b64(astronaut, "JPEG"), "exif": {"GPSInfo": {"GPSLatitude": 48.85837}},
+        "GPSLongitude": 2.294481, "title": "crew", "pages": [{"n": 1, "location": "Paris"}],
+    })
+    (out,) = compressor.compress_documents([doc], "q")
+    assert set(out.metadata) == {"image_base64", "title", "pages", "idmrag_report"}
+    assert out.metadata["pages"] == [{"n": 1}]
+    assert sorted(out.metadata["idmrag_report"]["removed_metadata"]) == ["GPSLongitude", "exif", "pages.location"]
+    assert "48.85" not in repr(out.metadata) and "2.29" not in repr(out.metadata)

@@ -434,3 +434,21 @@ def test_without_a_cache_images_are_anonymized_node_by_node_once(make_engine, as
     out = FaceAnonymizerPostprocessor(engine=engine).postprocess_nodes(
         [NodeWithScore(node=ImageNode(image=b64), score=1.0), NodeWithScore(node=ImageNode(image=b64), score=0.5)])
     assert len(out) == 2 and len(detections) == 2  # no prefetch that the cache could not keep
+
+
+def test_photo_metadata_a_loader_copied_out_never_reaches_the_model(post, photo):
+    """EXIF and GPS fields (flat, nested, any spelling) leave with the original; the rest stays."""
+    metadata = {
+        "caption": "crew portrait", "GPSInfo": {"GPSLatitude": 48.85837}, "exif": {"Make": "Canon"},
+        "gps_longitude": 2.294481, "lat": 48.85837, "camera": {"model": "EOS", "GPSAltitude": 35.0},
+        "taken": [{"geo_location": "Paris"}, {"note": "kept"}],
+    }
+    node = ImageNode(image_path=str(photo), id_="gps", metadata=metadata)
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    kept = {k: v for k, v in out.node.metadata.items() if k != "idmrag_report"}
+    assert kept == {"caption": "crew portrait", "camera": {"model": "EOS"}, "taken": [{}, {"note": "kept"}]}
+    assert sorted(out.node.metadata["idmrag_report"]["removed_metadata"]) == sorted(
+        ["GPSInfo", "exif", "gps_longitude", "lat", "camera.GPSAltitude", "taken.geo_location"])
+    shown = out.node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "48.85" not in shown and "2.29" not in shown and "Paris" not in shown and "Canon" not in shown
+    assert node.metadata == metadata  # the retrieved node itself is not modified

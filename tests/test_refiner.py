@@ -178,6 +178,21 @@ def test_training_refuses_a_checkpoint_of_another_config_and_a_size_not_above_th
         train(build_parser().parse_args(argv + ["--steps", "321", "--size", "32"]))
 
 
+def test_training_from_init_starts_at_the_given_refiner_and_refuses_another_config(tiny_run, tmp_path):
+    from idmrag_plugin.training.train_refiner import build_parser, train
+
+    root, argv, _, _ = tiny_run
+    start = FaceRefiner.from_pretrained(root / "run" / "refiner")
+    fresh = [*argv, "--output", str(tmp_path / "tuned"), "--init", str(root / "run" / "refiner")]
+    train(build_parser().parse_args([*fresh, "--steps", "0"]))  # saved at once: the starting weights
+    tuned = FaceRefiner.from_pretrained(tmp_path / "tuned" / "refiner")
+    for name, value in start.state_dict().items():
+        assert torch.equal(tuned.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match="another config"):
+        train(build_parser().parse_args([*fresh, "--output", str(tmp_path / "other"), "--steps", "1",
+                                         "--deep-channels", "32"]))
+
+
 def test_generator_with_a_refiner_draws_at_its_resolution_and_keeps_the_context(tiny_run, tmp_path):
     root, *_ = tiny_run
     refiner = _tiny(128)

@@ -7,6 +7,7 @@ import base64
 import binascii
 import dataclasses
 import logging
+import re
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,41 @@ REPORT_KEY = "idmrag_report"
 LOCATION_KEYS = (
     "file_path", "file_name", "filename", "image_path", "image_url", "image_uri", "url", "uri", "source", "path",
 )
+#: Words that mark a metadata key as the photo's embedded metadata or where it was taken
+#: (EXIF, GPS, XMP, IPTC, geotags): loaders copy these out of the original file, and they
+#: would reach the model beside the clean image. Matched against the key's words, so that
+#: ``GPSInfo``, ``exif:GPSLatitude``, ``geo_location`` and ``lat`` all match.
+PHOTO_METADATA_WORDS = frozenset({
+    "gps", "exif", "xmp", "iptc", "geo", "geotag", "geotags", "geolocation", "geocode", "latitude", "longitude",
+    "lat", "lon", "lng", "altitude", "coordinates", "coords", "location", "place", "address",
+})
+_KEY_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+def is_photo_metadata_key(key: Any) -> bool:
+    """True for a metadata key carrying the original photo's embedded metadata or location."""
+    if not isinstance(key, str):
+        return False
+    return any(word.lower() in PHOTO_METADATA_WORDS for word in _KEY_WORDS.findall(key))
+
+
+def drop_photo_metadata(value: Any, removed: list[str], path: str = "") -> Any:
+    """``value`` without the entries of :func:`is_photo_metadata_key` (nested dicts and lists
+    too); the dotted path of each entry dropped is appended to ``removed``."""
+    if isinstance(value, dict):
+        kept = {}
+        for key, inner in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if is_photo_metadata_key(key):
+                removed.append(where)
+            else:
+                kept[key] = drop_photo_metadata(inner, removed, where)
+        return kept
+    if isinstance(value, (list, tuple)):
+        return type(value)(drop_photo_metadata(inner, removed, path) for inner in value)
+    return value
+
+
 #: Metadata keys describing the image's encoding; set to the output's after anonymization.
 MIME_KEYS = ("image_mimetype", "image_mime_type", "mimetype", "mime_type", "content_type", "file_type")
 #: Suffixes that make a path or URL an image reference.

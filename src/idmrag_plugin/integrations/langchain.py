@@ -51,6 +51,7 @@ from idmrag_plugin.integrations._common import (
     AnonymizerBridge,
     EngineHolder,
     EngineSettingsMixin,
+    drop_photo_metadata,
     image_bytes_of,
     is_image_location,
     known_output_format,
@@ -206,6 +207,8 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         for key in self.location_keys:  # they point at the original photo
             if metadata.pop(key, None) is not None:
                 removed.append(key)
+        dropped: list[str] = []  # the original file's EXIF, GPS and the like, copied out by a loader
+        metadata = drop_photo_metadata(metadata, dropped)
         if reports:
             for key in MIME_KEYS:
                 if key in metadata and isinstance(metadata[key], str):
@@ -213,6 +216,9 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         report: Any = reports[0] if len(reports) == 1 else reports
         if removed and not reports:
             report = {"status": "no_image", "removed_locations": removed}
+        if dropped:
+            report = ({**report, "removed_metadata": dropped} if isinstance(report, dict)
+                      else [*report, {"removed_metadata": dropped}])
         metadata[self.report_key] = report
         return Document(page_content=content, metadata=metadata, id=doc.id)
 

@@ -61,6 +61,7 @@ from idmrag_plugin.integrations._common import (
     EngineHolder,
     EngineSettingsMixin,
     decode_base64_image,
+    drop_photo_metadata,
     is_image_location,
     known_output_format,
 )
@@ -154,9 +155,15 @@ def _safe_copy(
     if image is None and withheld:
         for key in location_keys:  # they point at an original that is not handed on
             copy.metadata.pop(key, None)
+    removed: list[str] = []  # the original file's EXIF, GPS and the like, copied out by a loader
+    kept = drop_photo_metadata(copy.metadata, removed)
+    copy.metadata.clear()
+    copy.metadata.update(kept)
     report: dict[str, Any] = dict(image.report) if image is not None else {"status": "no_image"}
     if withheld:
         report["withheld_media"] = withheld
+    if removed:
+        report["removed_metadata"] = removed
     copy.metadata[report_key] = report
     for excluded in (copy.excluded_llm_metadata_keys, copy.excluded_embed_metadata_keys):
         if report_key not in excluded:

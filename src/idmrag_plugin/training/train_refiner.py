@@ -13,6 +13,9 @@ drawing of another person's identity code into the face's context. Losses:
 * on the drawn rows: consistency, the refined face averaged back down to 64 px stays the
   drawing (detail is added to the pseudonym, no other face is drawn).
 
+``--init`` starts the refiner from trained weights (fine-tuning; a fresh discriminator); its
+sizes and channels are the starting refiner's.
+
 The refiner's weights are averaged (EMA); the EMA is what gets saved. One checkpoint,
 resumed automatically; ``OUTPUT/refiner`` (safetensors + config with sha256) and a sample
 sheet ``OUTPUT/samples.png`` are refreshed at every checkpoint.
@@ -124,6 +127,16 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                            mask_grow=renderer.config.mask_grow,
                            renderer_sha256=json.loads((renderer_dir / MODEL_CONFIG).read_text()).get("sha256", ""))
     refiner = FaceRefiner(config).to(device)
+    if args.init:
+        from idmrag_plugin.weights import REFINER_DIR
+
+        start_from = FaceRefiner.from_pretrained(packaged(REFINER_DIR) if args.init == "packaged" else Path(args.init))
+        shape = ("renderer_sha256",)
+        if ({k: v for k, v in asdict(start_from.config).items() if k not in shape}
+                != {k: v for k, v in asdict(config).items() if k not in shape}):
+            raise ConfigError(f"--init {args.init} is a refiner with another config ({asdict(start_from.config)}); "
+                              "match its sizes and channels, or train from scratch")
+        refiner.load_state_dict(start_from.state_dict())
     ema = copy.deepcopy(refiner).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -224,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--renderer", default=None, help="renderer folder (default: the packaged one)")
     parser.add_argument("--codes", default=None, help="codes VAE folder (default: the packaged one)")
     parser.add_argument("--student", default=None, help="identity student safetensors (default: packaged)")
+    parser.add_argument("--init", default=None,
+                        help="start from a trained refiner: a folder (OUTPUT/refiner) or 'packaged'")
     parser.add_argument("--size", type=int, default=128, help="resolution it draws at (the engine's crop)")
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--mid-channels", type=int, default=32)
