@@ -77,6 +77,8 @@ def test_sessions_do_not_spin_between_runs(tmp_path):
 def test_where_onnxruntime_cannot_run(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="oracle_runtime"):
         AnonymizerConfig(oracle_runtime="tensorrt")
+    with pytest.raises(ConfigError, match="generator_runtime"):
+        AnonymizerConfig(generator_runtime="tensorrt")
     with pytest.raises(ModelLoadError, match="CPU only"):
         wants_onnxruntime("onnxruntime", "cuda:0")
     assert not wants_onnxruntime("auto", "cuda:0") and not wants_onnxruntime("torch", "cpu")
@@ -93,3 +95,84 @@ def test_where_onnxruntime_cannot_run(tmp_path, monkeypatch):
     assert onnx_network(_net(0), (1, 3, 16, 16), "broken", tmp_path) is None  # auto: torch runs instead
     with pytest.raises(ModelLoadError, match="exporter exploded"):
         onnx_network(_net(0), (1, 3, 16, 16), "broken", tmp_path, required=True)
+
+
+class _TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, image: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.conv(image) * self.fc(code)[:, :, None, None]
+        return h, h.mean(dim=(2, 3))
+
+
+def test_networks_of_several_inputs_and_outputs_run_on_onnxruntime(tmp_path):
+    net = _TwoInTwoOut().eval()
+    network = onnx_network(net, [(1, 3, 8, 8), (1, 5)], "two", tmp_path, required=True)
+    rng = np.random.default_rng(1)
+    image, code = rng.standard_normal((3, 3, 8, 8)).astype(np.float32), rng.standard_normal((3, 5)).astype(np.float32)
+    got = network.run(image, code)  # another batch size than exported with
+    with torch.no_grad():
+        expected = net(torch.from_numpy(image), torch.from_numpy(code))
+    assert len(got) == 2
+    for g, e in zip(got, expected, strict=True):
+        assert np.abs(g - e.numpy()).max() < 1e-5
+    with pytest.raises(ValueError, match="takes 2 inputs"):
+        network.run(image)
+
+
+@pytest.fixture(scope="module")
+def generators(tmp_path_factory):
+    """The packaged default generator on torch and on ONNX Runtime, one pseudonym secret."""
+    cache = tmp_path_factory.mktemp("generator_cache")
+    built = {}
+    for runtime in ("torch", "onnxruntime"):
+        generator = FaceAnonymizer(AnonymizerConfig(generator_runtime=runtime, cache_dir=cache, threads=2)).generator
+        generator.secret = b"one secret for both runtimes"
+        built[runtime] = generator
+    return built
+
+
+def test_the_generator_s_networks_on_onnxruntime_draw_what_torch_draws(generators, camera_face):
+    slow, fast = generators["torch"], generators["onnxruntime"]
+    (id_slow, attr_slow), (id_fast, attr_fast) = slow.encode(camera_face[None]), fast.encode(camera_face[None])
+    assert fast._encoder_onnx is not None and slow._encoder_onnx is None
+    assert np.abs(id_slow - id_fast).max() < 1e-4 and np.abs(attr_slow - attr_fast).max() < 1e-4
+    code = slow.replacement_code(id_slow[0], 0)
+    drawn_slow, drawn_fast = slow._render(code[None], camera_face, attr_slow), fast._render(code[None], camera_face, attr_slow)
+    assert fast._renderer_onnx is not None and fast._refiner_onnx is not None and slow._renderer_onnx is None
+    difference = np.abs(drawn_slow.astype(int) - drawn_fast.astype(int))
+    assert difference.max() <= 2 and difference.mean() < 0.05  # float rounding, a level here and there
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_the_original_under_the_mask_never_reaches_the_drawing(generators, camera_face, runtime):
+    """Pixels under the inpainting mask can be anything without changing the drawing: the
+    exported graphs blank the mask as the torch modules do, and bringing the crop down to the
+    renderer's resolution mixes no pixel under the mask into the context at its edge."""
+    fast = generators[runtime]
+    id_mu, attr_mu = fast.encode(camera_face[None])
+    code = fast.replacement_code(id_mu[0], 0)
+    drawn = fast._render(code[None], camera_face, attr_mu)
+    tampered = camera_face.copy()
+    inside = fast.mask(128) > 0.5
+    tampered[inside] = np.random.default_rng(0).integers(0, 256, (int(inside.sum()), 3), dtype=np.uint8)
+    assert (fast._renderer_onnx is not None) == (runtime == "onnxruntime")
+    assert np.array_equal(fast._render(code[None], tampered, attr_mu), drawn)
+
+
+def test_a_face_drawn_again_is_not_encoded_again(generators, camera_face, monkeypatch):
+    from idmrag_plugin.engine.generator import GenerationRequest
+
+    fast = generators["onnxruntime"]
+    calls = []
+    original = type(fast).encode
+    monkeypatch.setattr(type(fast), "encode", lambda self, faces: calls.append(1) or original(self, faces))
+    crop = camera_face.copy()
+    crop[0, 0] ^= 1  # a crop this generator has not seen
+    first = fast.generate(GenerationRequest(crop, attempt=0, seed=1))
+    second = fast.generate(GenerationRequest(crop, attempt=1, seed=2))
+    assert len(calls) == 1 and not np.array_equal(first, second)  # another pseudonym, the same codes

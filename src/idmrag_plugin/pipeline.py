@@ -173,10 +173,13 @@ class FaceAnonymizer:
         def refiner() -> Path | None:
             return packaged(REFINER_DIR) if self.config.refine_faces else None
 
+        runtime = {"runtime": self.config.generator_runtime, "cache_dir": self.config.cache_dir,
+                   "threads": self.config.threads}
+
         if self.config.generator == "vae-decode":
             from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
-            return VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device)
+            return VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device, **runtime)
         if self.config.generator == "renderer":
             from idmrag_plugin.generation.renderer_generator import RendererGenerator
 
@@ -188,7 +191,7 @@ class FaceAnonymizer:
             return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device,
                                      attribute_probes_path=probes,
                                      student_path=packaged(STUDENT_FILE) if probes is not None else None,
-                                     refiner_dir=refiner(), blend=self.config.face_blend)
+                                     refiner_dir=refiner(), blend=self.config.face_blend, **runtime)
         if self.config.generator == "renderer-lcm":
             from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
 
@@ -196,7 +199,7 @@ class FaceAnonymizer:
                 self.config.generator_weights or packaged(CODE_LCM_DIR), packaged(RENDERER_DIR), packaged(CODES_VAE_DIR),
                 packaged(SAMPLER_FILE), packaged(ATTRIBUTE_PROBES_FILE), packaged(STUDENT_FILE),
                 steps=self.config.generator_steps, device=self.device, refiner_dir=refiner(),
-                blend=self.config.face_blend)
+                blend=self.config.face_blend, **runtime)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

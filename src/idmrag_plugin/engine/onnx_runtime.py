@@ -1,7 +1,9 @@
-"""ONNX Runtime inference for the engine's fixed networks (the oracles).
+"""ONNX Runtime inference for the engine's fixed networks (the oracles, and the generator's
+codes encoder, renderer and refiner).
 
 On this project's CPUs ONNX Runtime runs FaceNet 1.5-1.9x and dlib's ResNet 2.2-2.6x faster
-than torch's eager mode, with the same outputs to ~1e-7. A network is exported once from its
+than torch's eager mode, with the same outputs to ~1e-7; the generator's networks at batch 1
+1.3-1.7x faster. A network is exported once from its
 torch module into the cache folder (with a sha256 sidecar), and every load checks the
 exported graph against the torch module on a fixed input: a stale or damaged export is
 exported again, and one that still disagrees is not used (torch runs instead). The torch
@@ -15,6 +17,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +41,16 @@ def wants_onnxruntime(runtime: str, device: str) -> bool:
     """Whether a network should run on ONNX Runtime: ``"auto"`` on a CPU when it is
     installed; ``"onnxruntime"`` always (refused on another device or when missing)."""
     if runtime not in RUNTIMES:
-        raise ModelLoadError(f"oracle runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        raise ModelLoadError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime == "torch":
         return False
     on_cpu = str(device).startswith("cpu")
     if runtime == "auto":
         return on_cpu and onnxruntime_available()
     if not on_cpu:
-        raise ModelLoadError(f"oracle_runtime='onnxruntime' runs on the CPU only, not on {device!r}")
+        raise ModelLoadError(f"runtime 'onnxruntime' runs on the CPU only, not on {device!r}")
     if not onnxruntime_available():
-        raise ModelLoadError("oracle_runtime='onnxruntime' needs ONNX Runtime: pip install 'idmrag-plugin[fast]'")
+        raise ModelLoadError("runtime 'onnxruntime' needs ONNX Runtime: pip install 'idmrag-plugin[fast]'")
     return True
 
 
@@ -56,17 +59,45 @@ class OnnxNetwork:
 
     def __init__(self, session: Any) -> None:
         self.session = session
-        self.input_name = session.get_inputs()[0].name
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.input_name = self.input_names[0]
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Every output of the network for its float32 inputs, in order."""
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"network takes {len(self.input_names)} inputs, got {len(inputs)}")
+        feed = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self.input_names, inputs, strict=True)}
+        return self.session.run(None, feed)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        """The first output of a one-input network."""
+        return self.run(x)[0]
 
 
-def _check_input(shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(20261201).standard_normal(shape).astype(np.float32)
+def _shapes(input_shapes: tuple[int, ...] | Sequence[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """One input's shape, or several inputs' shapes, as a list of shapes."""
+    if input_shapes and all(isinstance(d, int) for d in input_shapes):
+        return [tuple(input_shapes)]  # type: ignore[arg-type]
+    return [tuple(shape) for shape in input_shapes]  # type: ignore[union-attr]
 
 
-def _export(module: Any, shape: tuple[int, ...], path: Path) -> None:
+def _check_input(shape: tuple[int, ...], index: int = 0) -> np.ndarray:
+    return np.random.default_rng(20261201 + index).standard_normal(shape).astype(np.float32)
+
+
+def _check_inputs(shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    return [_check_input(shape, i) for i, shape in enumerate(shapes)]
+
+
+def _outputs(module: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(x) for x in inputs))
+    return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def _export(module: Any, shapes: list[tuple[int, ...]], count: int, path: Path) -> None:
     import torch
 
     from idmrag_plugin.weights import sha256_of
@@ -75,11 +106,15 @@ def _export(module: Any, shape: tuple[int, ...], path: Path) -> None:
         raise ModelLoadError("exporting a network for ONNX Runtime needs the onnx package: pip install 'idmrag-plugin[fast]'")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
+    single = len(shapes) == 1
+    inputs = ["x"] if single else [f"x{i}" for i in range(len(shapes))]
+    outputs = ["y"] if count == 1 else [f"y{i}" for i in range(count)]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shape checks in forward()
         torch.onnx.export(
-            module, (torch.from_numpy(_check_input(shape)),), str(tmp), dynamo=False, opset_version=17,
-            input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            module, tuple(torch.from_numpy(x) for x in _check_inputs(shapes)), str(tmp), dynamo=False,
+            opset_version=17, input_names=inputs, output_names=outputs,
+            dynamic_axes={name: {0: "n"} for name in (*inputs, *outputs)},
         )
     tmp.replace(path)
     path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
@@ -100,28 +135,30 @@ def _session(path: Path, threads: int | None) -> Any:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_network(module: Any, input_shape: tuple[int, ...], name: str, cache: Path,
+def onnx_network(module: Any, input_shape: tuple[int, ...] | Sequence[tuple[int, ...]], name: str, cache: Path,
                  threads: int | None = None, required: bool = False) -> OnnxNetwork | None:
-    """``module`` (eval mode, one float32 NCHW input, one output) as an :class:`OnnxNetwork`,
-    exported once into ``cache/name.onnx``. When the export cannot be made, written or made to
-    agree with the module: None (the caller runs torch), or :class:`ModelLoadError` when
-    ``required``."""
-    import torch
-
+    """``module`` (eval mode; float32 inputs of ``input_shape``, or of each shape of a list of
+    them, batch first; one output or a tuple of them) as an :class:`OnnxNetwork`, exported
+    once into ``cache/name.onnx``. When the export cannot be made, written or made to agree
+    with the module on a fixed input: None (the caller runs torch), or
+    :class:`ModelLoadError` when ``required``."""
     from idmrag_plugin.weights import _checked
 
     path = cache / f"{name}.onnx"
-    check = _check_input(input_shape)
-    with torch.no_grad():
-        expected = module(torch.from_numpy(check)).numpy()
+    shapes = _shapes(input_shape)
+    check = _check_inputs(shapes)
+    expected = _outputs(module, check)
     with _export_lock:
         for fresh in (False, True):
             try:
                 if fresh or not _checked(path):
                     logger.info("exporting %s for ONNX Runtime into %s (once)", name, path)
-                    _export(module, input_shape, path)
+                    _export(module, shapes, len(expected), path)
                 network = OnnxNetwork(_session(path, threads))
-                error = float(np.abs(network(check) - expected).max())
+                got = network.run(*check)
+                if len(got) != len(expected):
+                    raise ValueError(f"export has {len(got)} outputs, the module {len(expected)}")
+                error = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
             except Exception as exc:  # export and session errors vary by version; torch is the fallback
                 if required:
                     raise ModelLoadError(f"{name}: cannot run it on ONNX Runtime ({exc})") from exc

@@ -10,8 +10,10 @@ resolution, so everything outside the mask is the crop's own pixels, exactly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +33,9 @@ from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 #: drawing least like the person is kept). One by default: each further candidate costs a
 #: sampler draw with its redraws and a rendering (about 3x the generate stage at 4).
 PSEUDONYM_CANDIDATES = 1
+#: Crops whose codes are remembered: a face that fails verification is drawn again from the
+#: same crop, whose encoding (about 15 ms on a CPU) need not be computed again.
+ENCODINGS_KEPT = 64
 #: Keeps the refiner's texture noise apart from the renderer's, both seeded by the pseudonym.
 REFINER_NOISE_SALT = 0x5EED_F1E5
 
@@ -66,6 +71,9 @@ class RendererGenerator(VAEDecodeGenerator):
             edge, so a rim the renderer drew lighter leaves no seam; then the face's mean tone
             moved to the original's inside the face), ``"poisson"`` (the blend alone) or
             ``"tone"`` (hard edge, mean tone moved to the original's).
+        runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
+            renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
+            see :mod:`idmrag_plugin.generation.onnx_networks`); ``"torch"`` (default) does not.
     """
 
     name = "renderer"
@@ -85,8 +93,12 @@ class RendererGenerator(VAEDecodeGenerator):
         candidates: int = PSEUDONYM_CANDIDATES,
         refiner_dir: str | Path | None = None,
         blend: str = DEFAULT_FACE_BLEND,
+        runtime: str = "torch",
+        cache_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
-        super().__init__(model_dir, sampler_path, device=device, secret=secret)
+        super().__init__(model_dir, sampler_path, device=device, secret=secret, runtime=runtime,
+                         cache_dir=cache_dir, threads=threads)
         if blend not in FACE_BLENDS:
             raise ModelLoadError(f"blend must be one of {', '.join(FACE_BLENDS)}, got {blend!r}")
         self.blend = blend
@@ -101,10 +113,14 @@ class RendererGenerator(VAEDecodeGenerator):
         self._readings: dict[bytes, Reading] = {}  # the person's registered code -> their gender and age
         self._reader = None  # dlib's descriptor, for dlib-reading probes when a request brings no embedding
         self._renderer = None
+        self._renderer_onnx = None
         self.refiner_dir = Path(refiner_dir) if refiner_dir is not None else None
         self._refiner = None
+        self._refiner_onnx = None
+        self._encodings: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._renderer_lock = threading.Lock()
         self._masks: dict[tuple[int, float], np.ndarray] = {}
+        self._nearest_kept: dict[tuple[int, float], np.ndarray] = {}
         self.candidates = candidates
         self._chosen: dict[tuple[bytes, int], np.ndarray] = {}  # (person, attempt) -> the pseudonym kept
 
@@ -113,6 +129,7 @@ class RendererGenerator(VAEDecodeGenerator):
             with self._renderer_lock:
                 if self._renderer is None:
                     from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
+                    from idmrag_plugin.generation.onnx_networks import RendererGraph
                     from idmrag_plugin.generation.renderer import FaceRenderer
 
                     renderer = FaceRenderer.from_pretrained(self.renderer_dir)
@@ -122,7 +139,14 @@ class RendererGenerator(VAEDecodeGenerator):
                             f"{self.renderer_dir} was trained on codes model {trained_on[:12]}, not on "
                             f"{self.model_dir}; retrain it with `idmrag train-renderer --codes {self.model_dir}`"
                         )
-                    self._renderer = renderer.to(self.device)
+                    renderer = renderer.to(self.device)
+                    c = renderer.config
+                    self._renderer_onnx = self._on_onnxruntime(
+                        RendererGraph(renderer),
+                        [(1, 3, c.image_size, c.image_size), (1, 1, c.image_size, c.image_size), (1, c.id_dim),
+                         (1, c.attr_channels, c.bottleneck_size, c.bottleneck_size), *renderer.noise_shapes(1)],
+                        "renderer", self.renderer_dir)
+                    self._renderer = renderer
         return self._renderer
 
     def _load_refiner(self):
@@ -132,9 +156,17 @@ class RendererGenerator(VAEDecodeGenerator):
         if self._refiner is None:
             with self._renderer_lock:
                 if self._refiner is None:
+                    from idmrag_plugin.generation.onnx_networks import RefinerGraph
                     from idmrag_plugin.generation.refiner import FaceRefiner
 
-                    self._refiner = FaceRefiner.from_pretrained(self.refiner_dir).to(self.device)
+                    refiner = FaceRefiner.from_pretrained(self.refiner_dir).to(self.device)
+                    c = refiner.config
+                    self._refiner_onnx = self._on_onnxruntime(
+                        RefinerGraph(refiner),
+                        [(1, 3, c.image_size, c.image_size), (1, 1, c.image_size, c.image_size),
+                         (1, 3, c.input_size, c.input_size), *refiner.noise_shapes(1, c.image_size)],
+                        "refiner", self.refiner_dir)
+                    self._refiner = refiner
         return self._refiner
 
     def _attribute_keeping(self) -> tuple[AttributeProbes, object] | None:
@@ -235,9 +267,43 @@ class RendererGenerator(VAEDecodeGenerator):
             self._masks[key] = inpaint_mask(size, grow)
         return self._masks[key]
 
+    def _encoded(self, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode` of one crop, remembered for its later attempts (same crop, same codes)."""
+        key = hashlib.blake2b(np.asarray(face.shape, np.int64).tobytes() + face.tobytes(), digest_size=16).digest()
+        with self._lock:
+            known = self._encodings.get(key)
+            if known is not None:
+                self._encodings.move_to_end(key)
+                return known
+        codes = self.encode(face[None])
+        with self._lock:
+            self._encodings[key] = codes
+            while len(self._encodings) > ENCODINGS_KEPT:
+                self._encodings.popitem(last=False)
+        return codes
+
+    def _kept_only(self, face: np.ndarray, grow: float | None = None) -> np.ndarray:
+        """``face`` with every pixel under the inpainting mask replaced by its nearest pixel
+        outside it: resized to a network's resolution, the context then mixes no pixel of the
+        original's inner face into its ring at the mask's edge."""
+        size = face.shape[0]
+        key = (size, round(float(self._load_renderer().config.mask_grow) if grow is None else grow, 6))
+        nearest = self._nearest_kept.get(key)
+        if nearest is None:
+            inside = (self.mask(size, grow) > 0.5).astype(np.uint8)
+            _, labels = cv2.distanceTransformWithLabels(inside, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+            kept = inside == 0
+            where = np.zeros((int(labels.max()) + 1, 2), np.int64)  # label of a kept pixel -> (y, x)
+            where[labels[kept]] = np.argwhere(kept)
+            nearest = where[labels[inside > 0]]
+            self._nearest_kept[key] = nearest
+        out = face.copy()
+        out[self.mask(size, grow) > 0.5] = face[nearest[:, 0], nearest[:, 1]]
+        return out
+
     def generate(self, request: GenerationRequest) -> np.ndarray:
         face = request.face
-        id_mu, attr_mu = self.encode(face[None])
+        id_mu, attr_mu = self._encoded(face)
         grow = self.mask_grow_for(request.attempt)
         if request.identity is not None:
             return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu, grow)[0], face, grow)
@@ -295,7 +361,8 @@ class RendererGenerator(VAEDecodeGenerator):
         renderer = self._load_renderer()
         side = renderer.config.image_size
         count = len(codes)
-        small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
+        small = cv2.resize(self._kept_only(face, grow), (side, side), interpolation=cv2.INTER_AREA) \
+            if face.shape[0] != side else face
         context = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         mask = torch.as_tensor(self.mask(side, grow), device=self.device)[None, None]
         # Noise follows the pseudonym: one person is drawn alike in every photo of the session.
@@ -304,13 +371,14 @@ class RendererGenerator(VAEDecodeGenerator):
             generator = torch.Generator().manual_seed(noise_seed(z))
             per_code.append([torch.randn(shape, generator=generator) for shape in renderer.noise_shapes(1)])
         noise = [torch.cat(maps).to(self.device) for maps in zip(*per_code, strict=True)]
+        inputs = (context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1),
+                  torch.as_tensor(codes, device=self.device).float(),
+                  torch.as_tensor(attr_mu, device=self.device).float().expand(count, -1, -1, -1))
         with torch.inference_mode():
-            drawn = renderer(
-                context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1),
-                torch.as_tensor(codes, device=self.device).float(),
-                torch.as_tensor(attr_mu, device=self.device).float().expand(count, -1, -1, -1),
-                noise=noise,
-            )
+            if self._renderer_onnx is not None:
+                drawn = torch.from_numpy(self._renderer_onnx.run(*(t.numpy() for t in (*inputs, *noise)))[0])
+            else:
+                drawn = renderer(*inputs, noise=noise)
             drawn = self._refine(drawn, face, codes, grow)
         return ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
@@ -324,7 +392,8 @@ class RendererGenerator(VAEDecodeGenerator):
         if refiner is None:
             return drawn
         side = refiner.config.image_size
-        big = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
+        big = cv2.resize(self._kept_only(face, grow), (side, side), interpolation=cv2.INTER_AREA) \
+            if face.shape[0] != side else face
         context = torch.as_tensor(big, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         mask = torch.as_tensor(self.mask(side, grow), device=self.device)[None, None]
         count = len(codes)
@@ -333,7 +402,10 @@ class RendererGenerator(VAEDecodeGenerator):
             generator = torch.Generator().manual_seed(noise_seed(z) ^ REFINER_NOISE_SALT)
             per_code.append([torch.randn(shape, generator=generator) for shape in refiner.noise_shapes(1, side)])
         noise = [torch.cat(maps).to(self.device) for maps in zip(*per_code, strict=True)]
-        return refiner(context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1), drawn, noise=noise)
+        inputs = (context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1), drawn)
+        if self._refiner_onnx is not None:
+            return torch.from_numpy(self._refiner_onnx.run(*(t.numpy() for t in (*inputs, *noise)))[0])
+        return refiner(*inputs, noise=noise)
 
     def _composite(self, image: np.ndarray, face: np.ndarray, grow: float | None = None) -> np.ndarray:
         """One drawing of :meth:`_render` at the crop's size, in its tone, inside the inpainting

@@ -127,10 +127,18 @@ class VAEDecodeGenerator(FaceGenerator):
         sampler_path: str | Path,
         device: str = "cpu",
         secret: bytes | None = None,
+        runtime: str = "torch",
+        cache_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.sampler_path = Path(sampler_path)
         self.device = device
+        # what runs the networks on a CPU (AnonymizerConfig.generator_runtime), see onnx_networks
+        self.runtime = runtime
+        self.cache_dir = cache_dir
+        self.threads = threads
+        self._encoder_onnx = None
         self.secret = secret if secret is not None else secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._model = None
@@ -145,9 +153,21 @@ class VAEDecodeGenerator(FaceGenerator):
         with self._lock:
             if self._model is None:
                 from idmrag_plugin.generation.encoder import DisentangledFaceVAE
+                from idmrag_plugin.generation.onnx_networks import EncoderMeans
 
                 self._sampler = IdentitySampler.load(self.sampler_path)
-                self._model = DisentangledFaceVAE.from_pretrained(self.model_dir).to(self.device)
+                model = DisentangledFaceVAE.from_pretrained(self.model_dir).to(self.device)
+                self._encoder_onnx = self._on_onnxruntime(
+                    EncoderMeans(model), [(1, 3, model.config.image_size, model.config.image_size)], "codes_encoder",
+                    self.model_dir)
+                self._model = model
+
+    def _on_onnxruntime(self, graph, input_shapes: list[tuple[int, ...]], kind: str, weights: Path):
+        """``graph`` on ONNX Runtime when this generator's runtime asks for it, else None."""
+        from idmrag_plugin.generation.onnx_networks import on_onnxruntime
+
+        return on_onnxruntime(graph, input_shapes, kind, weights, self.runtime, self.device, self.cache_dir,
+                              self.threads)
 
     def encode(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) uint8 canonical crops -> (id_mu, attr_mu) as numpy."""
@@ -158,6 +178,9 @@ class VAEDecodeGenerator(FaceGenerator):
         size = self._model.config.image_size
         small = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in faces])
         x = torch.as_tensor(small, device=self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if self._encoder_onnx is not None:
+            id_mu, attr_mu = self._encoder_onnx.run(x.numpy())
+            return id_mu, attr_mu
         with torch.inference_mode():
             id_mu, _, attr_mu, _ = self._model.encode(x)
         return id_mu.cpu().numpy(), attr_mu.cpu().numpy()
