@@ -248,3 +248,16 @@ def test_packaged_refiner_loads_with_its_sha256_adds_detail_and_replaces_a_face(
 
     # (a plain bilinear resize, what an untrained refiner draws, has less than the cubic resize)
     assert detail(refined.generate(request)) > 1.05 * detail(plain.generate(request))
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_a_fresh_discriminator_s_logits_respond_to_the_image(astronaut, size):
+    """With torch's default initialisation the 128 px discriminator's logits hardly depended on
+    its input (squared input-gradient ~1e-5): the refiner's adversarial loss pushed nothing."""
+    from idmrag_plugin.training.adversarial import PatchDiscriminator, r1_penalty
+
+    step = astronaut.shape[0] // size
+    x = torch.from_numpy(astronaut[::step, ::step][:size, :size].copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    for seed in range(3):
+        torch.manual_seed(seed)
+        assert r1_penalty(PatchDiscriminator(size, 16), x, torch.zeros(1, 1, size, size)).item() > 1.0

@@ -120,7 +120,7 @@ def tiny_run(tmp_path_factory):
     argv = ["--data", str(root / "data.npz"), "--output", str(root / "run"), "--codes", str(root / "codes"),
             "--student", str(root / "student.safetensors"), "--size", "32", "--base-channels", "8",
             "--max-channels", "16", "--disc-channels", "8", "--batch", "8", "--checkpoint-every", "5",
-            "--r1-every", "4", "--lr", "2e-3", "--threads", "1"]
+            "--r1-every", "4", "--lr", "2e-3", "--threads", "1", "--weight", "adv=0.1"]
     first = train(build_parser().parse_args(argv + ["--steps", "2"]))
     second = train(build_parser().parse_args(argv + ["--steps", "60"]))
     return root, argv, first, second

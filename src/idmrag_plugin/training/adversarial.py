@@ -38,6 +38,15 @@ class PatchDiscriminator(nn.Module):
             channels, size, c = c, size // 2, min(c * 2, max_channels)
         self.blocks = nn.ModuleList(layers)
         self.head = nn.Conv2d(channels, 1, 3, padding=1)
+        # He initialisation for the leaky ReLUs. With torch's default the signal shrinks layer
+        # by layer (mean |activation| 0.08 -> 0.015 over the four blocks at 128 px): after 500
+        # refiner fine-tuning steps its logits were the same for real and 4x-blurred faces
+        # (-0.049 +- 0.018), R1 ~0.001 and feature matching 0.000 (the loss at 2.0); with He
+        # initialisation R1 and feature matching are alive from the first steps.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, a=0.2, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Patch logits (N, 1, 8, 8) and the intermediate features (for feature matching)."""
