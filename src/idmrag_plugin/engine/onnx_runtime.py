@@ -60,7 +60,6 @@ class OnnxNetwork:
     def __init__(self, session: Any) -> None:
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
-        self.input_name = self.input_names[0]
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         """Every output of the network for its float32 inputs, in order."""

@@ -10,7 +10,6 @@ torch modules stay the reference and the path of training and of other devices.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -58,16 +57,6 @@ class RefinerGraph(nn.Module):
         return self.refiner(context, mask, drawing, noise=list(noise))
 
 
-def weights_sha256(folder: Path) -> str:
-    """The sha256 a model folder's config records for its weights ("" when none)."""
-    from idmrag_plugin.weights import MODEL_CONFIG
-
-    try:
-        return str(json.loads((Path(folder) / MODEL_CONFIG).read_text()).get("sha256", ""))
-    except (OSError, ValueError):
-        return ""
-
-
 def on_onnxruntime(graph: nn.Module, input_shapes: list[tuple[int, ...]], kind: str, weights: Path, runtime: str,
                    device: str, cache_dir: Path | None = None, threads: int | None = None) -> OnnxNetwork | None:
     """``graph`` on ONNX Runtime when ``runtime`` asks for it on this device, else None.
@@ -75,12 +64,15 @@ def on_onnxruntime(graph: nn.Module, input_shapes: list[tuple[int, ...]], kind: 
     ``kind`` and the weights' sha256 name the export, so that engines with other weights
     (``generator_weights``) keep exports of their own. ``runtime="onnxruntime"`` makes a
     failure an error; ``"auto"`` falls back to torch (None)."""
+    from idmrag_plugin.errors import ModelLoadError
+    from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
     from idmrag_plugin.weights import cache_dir as resolve_cache
 
     if not wants_onnxruntime(runtime, device):
         return None
-    sha = weights_sha256(weights)
-    if not sha:  # weights folders record one; without it an export could not be told apart
+    try:
+        sha = codes_fingerprint(weights)  # the sha256 a weights folder's config records
+    except ModelLoadError:  # without it an export could not be told apart from another's
         logger.warning("%s has no sha256 in its config: its %s runs on torch", weights, kind)
         return None
     return onnx_network(graph.eval(), input_shapes, f"{kind}_{sha[:16]}", resolve_cache(cache_dir), threads,

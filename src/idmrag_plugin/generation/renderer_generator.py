@@ -40,6 +40,15 @@ ENCODINGS_KEPT = 64
 REFINER_NOISE_SALT = 0x5EED_F1E5
 
 
+def _forward(exported, module, inputs: tuple, noise: list):
+    """``module(*inputs, noise=noise)``, on ONNX Runtime when ``exported`` is its export."""
+    import torch
+
+    if exported is None:
+        return module(*inputs, noise=noise)
+    return torch.from_numpy(exported.run(*(t.numpy() for t in (*inputs, *noise)))[0])
+
+
 def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
     """True for a black-and-white crop (channels equal up to JPEG noise)."""
     f = face.astype(np.int16)
@@ -120,7 +129,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self._encodings: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._renderer_lock = threading.Lock()
         self._masks: dict[tuple[int, float], np.ndarray] = {}
-        self._nearest_kept: dict[tuple[int, float], np.ndarray] = {}
+        self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
         self.candidates = candidates
         self._chosen: dict[tuple[bytes, int], np.ndarray] = {}  # (person, attempt) -> the pseudonym kept
 
@@ -286,19 +295,18 @@ class RendererGenerator(VAEDecodeGenerator):
         """``face`` with every pixel under the inpainting mask replaced by its nearest pixel
         outside it: resized to a network's resolution, the context then mixes no pixel of the
         original's inner face into its ring at the mask's edge."""
-        size = face.shape[0]
-        key = (size, round(float(self._load_renderer().config.mask_grow) if grow is None else grow, 6))
+        inside = self.mask(face.shape[0], grow) > 0.5
+        key = inside.tobytes()
         nearest = self._nearest_kept.get(key)
         if nearest is None:
-            inside = (self.mask(size, grow) > 0.5).astype(np.uint8)
-            _, labels = cv2.distanceTransformWithLabels(inside, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-            kept = inside == 0
+            _, labels = cv2.distanceTransformWithLabels(inside.astype(np.uint8), cv2.DIST_L2, 5,
+                                                        labelType=cv2.DIST_LABEL_PIXEL)
             where = np.zeros((int(labels.max()) + 1, 2), np.int64)  # label of a kept pixel -> (y, x)
-            where[labels[kept]] = np.argwhere(kept)
-            nearest = where[labels[inside > 0]]
+            where[labels[~inside]] = np.argwhere(~inside)
+            nearest = where[labels[inside]]
             self._nearest_kept[key] = nearest
         out = face.copy()
-        out[self.mask(size, grow) > 0.5] = face[nearest[:, 0], nearest[:, 1]]
+        out[inside] = face[nearest[:, 0], nearest[:, 1]]
         return out
 
     def generate(self, request: GenerationRequest) -> np.ndarray:
@@ -375,10 +383,7 @@ class RendererGenerator(VAEDecodeGenerator):
                   torch.as_tensor(codes, device=self.device).float(),
                   torch.as_tensor(attr_mu, device=self.device).float().expand(count, -1, -1, -1))
         with torch.inference_mode():
-            if self._renderer_onnx is not None:
-                drawn = torch.from_numpy(self._renderer_onnx.run(*(t.numpy() for t in (*inputs, *noise)))[0])
-            else:
-                drawn = renderer(*inputs, noise=noise)
+            drawn = _forward(self._renderer_onnx, renderer, inputs, noise)
             drawn = self._refine(drawn, face, codes, grow)
         return ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
@@ -403,9 +408,7 @@ class RendererGenerator(VAEDecodeGenerator):
             per_code.append([torch.randn(shape, generator=generator) for shape in refiner.noise_shapes(1, side)])
         noise = [torch.cat(maps).to(self.device) for maps in zip(*per_code, strict=True)]
         inputs = (context.expand(count, -1, -1, -1), mask.expand(count, -1, -1, -1), drawn)
-        if self._refiner_onnx is not None:
-            return torch.from_numpy(self._refiner_onnx.run(*(t.numpy() for t in (*inputs, *noise)))[0])
-        return refiner(*inputs, noise=noise)
+        return _forward(self._refiner_onnx, refiner, inputs, noise)
 
     def _composite(self, image: np.ndarray, face: np.ndarray, grow: float | None = None) -> np.ndarray:
         """One drawing of :meth:`_render` at the crop's size, in its tone, inside the inpainting
