@@ -204,8 +204,21 @@ def test_unstructured_style_mime_follows_the_output(compressor, astronaut):
 def test_image_paths_under_other_keys_are_not_handed_on(compressor, photo):
     doc = Document(page_content="caption", metadata={"thumbnail_url": "https://cdn.example.org/p/face.jpg"})
     (out,) = compressor.compress_documents([doc], "q")
-    assert out.metadata["thumbnail_url"] is None
+    assert "thumbnail_url" not in out.metadata
     assert out.metadata["idmrag_report"]["removed_locations"] == ["thumbnail_url"]
+
+
+def test_original_locations_nested_anywhere_are_not_handed_on(compressor, photo):
+    """A loader's nested provenance (a dict's ``source``, a list of image paths) points at the
+    original as surely as a top-level ``source`` does."""
+    doc = Document(page_content="caption", metadata={
+        "image_path": str(photo), "origin": {"source": "/photos/alice.pdf", "album": "2019"},
+        "gallery": ["https://cdn.example.org/p/alice.jpg", "see also"], "note": "kept",
+    })
+    (out,) = compressor.compress_documents([doc], "q")
+    assert out.metadata["origin"] == {"album": "2019"} and out.metadata["gallery"] == ["see also"]
+    assert out.metadata["note"] == "kept" and out.metadata["idmrag_report"]["status"] == "anonymized"
+    assert "alice" not in repr(out.metadata) and str(photo) not in repr(out.metadata)
 
 
 def test_kwargs_and_k_reach_the_wrapped_retriever(engine):

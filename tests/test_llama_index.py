@@ -17,7 +17,15 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.llms.mock import MockLLMWithChatMemoryOfLastCall
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import ImageDocument, ImageNode, MetadataMode, NodeWithScore, TextNode
+from llama_index.core.schema import (
+    ImageDocument,
+    ImageNode,
+    MetadataMode,
+    NodeRelationship,
+    NodeWithScore,
+    RelatedNodeInfo,
+    TextNode,
+)
 
 from idmrag_plugin import InvalidImageError
 from idmrag_plugin.integrations.llama_index import (
@@ -452,3 +460,26 @@ def test_photo_metadata_a_loader_copied_out_never_reaches_the_model(post, photo)
     shown = out.node.get_content(metadata_mode=MetadataMode.LLM)
     assert "48.85" not in shown and "2.29" not in shown and "Paris" not in shown and "Canon" not in shown
     assert node.metadata == metadata  # the retrieved node itself is not modified
+
+
+def test_the_source_document_s_metadata_in_relationships_is_scrubbed(post, photo):
+    """Node parsers copy the source document's whole metadata (its path, URL, EXIF, GPS) into
+    the node's SOURCE relationship, which travels with the node into responses and stores."""
+    source = ImageDocument(image_path=str(photo), id_="doc", metadata={
+        "file_path": str(photo), "image_url": "https://cdn.example.org/alice.jpg",
+        "GPSInfo": {"GPSLatitude": 48.85837}, "album": "crew", "more": {"thumbnail": "/photos/alice_small.jpg"},
+    })
+    node = ImageNode(image_path=str(photo), id_="node", relationships={
+        NodeRelationship.SOURCE: source.as_related_node_info(),
+        NodeRelationship.CHILD: [RelatedNodeInfo(node_id="c", metadata={"url": "https://cdn.example.org/a.png"})],
+    })
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    relations = out.node.relationships
+    assert relations[NodeRelationship.SOURCE].node_id == "doc"  # the link itself stays
+    assert relations[NodeRelationship.SOURCE].metadata == {"album": "crew", "more": {}}
+    assert relations[NodeRelationship.CHILD][0].metadata == {}
+    dumped = out.node.model_dump_json()
+    assert str(photo) not in dumped and "alice" not in dumped and "48.85" not in dumped and "cdn.example" not in dumped
+    assert "relationships.source.GPSInfo" in out.node.metadata["idmrag_report"]["removed_metadata"]
+    assert source.metadata["file_path"] == str(photo)  # the caller's objects are not modified
+

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import re
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,21 +47,41 @@ def is_photo_metadata_key(key: Any) -> bool:
     return any(word.lower() in PHOTO_METADATA_WORDS for word in _KEY_WORDS.findall(key))
 
 
-def drop_photo_metadata(value: Any, removed: list[str], path: str = "") -> Any:
-    """``value`` without the entries of :func:`is_photo_metadata_key` (nested dicts and lists
-    too); the dotted path of each entry dropped is appended to ``removed``."""
+def drop_entries(value: Any, is_dropped: Callable[[Any, Any], bool], removed: list[str], path: str = "") -> Any:
+    """``value`` without the dict entries for which ``is_dropped(key, value)`` (nested dicts,
+    lists and tuples too); the dotted path of each entry dropped is appended to ``removed``."""
     if isinstance(value, dict):
         kept = {}
         for key, inner in value.items():
             where = f"{path}.{key}" if path else str(key)
-            if is_photo_metadata_key(key):
+            if is_dropped(key, inner):
                 removed.append(where)
             else:
-                kept[key] = drop_photo_metadata(inner, removed, where)
+                kept[key] = drop_entries(inner, is_dropped, removed, where)
         return kept
     if isinstance(value, (list, tuple)):
-        return type(value)(drop_photo_metadata(inner, removed, path) for inner in value)
+        kept_items = []
+        for index, inner in enumerate(value):
+            if is_dropped(None, inner):  # a list item has no key of its own
+                removed.append(f"{path}[{index}]")
+            else:
+                kept_items.append(drop_entries(inner, is_dropped, removed, path))
+        return type(value)(kept_items)
     return value
+
+
+def drop_photo_metadata(value: Any, removed: list[str], path: str = "") -> Any:
+    """``value`` without the entries of :func:`is_photo_metadata_key` (nested dicts and lists
+    too); the dotted path of each entry dropped is appended to ``removed``."""
+    return drop_entries(value, lambda key, _: is_photo_metadata_key(key), removed, path)
+
+
+def drop_locations(value: Any, location_keys: Sequence[str], removed: list[str], path: str = "") -> Any:
+    """``value`` without the entries naming where an original came from, at any depth: the
+    ``location_keys`` and any entry whose value is a path or URL of an image file; the dotted
+    path of each entry dropped is appended to ``removed``."""
+    keys = frozenset(location_keys)
+    return drop_entries(value, lambda key, inner: key in keys or is_image_location(inner), removed, path)
 
 
 #: Metadata keys describing the image's encoding; set to the output's after anonymization.

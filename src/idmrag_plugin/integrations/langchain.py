@@ -51,6 +51,8 @@ from idmrag_plugin.integrations._common import (
     AnonymizerBridge,
     EngineHolder,
     EngineSettingsMixin,
+    drop_entries,
+    drop_locations,
     drop_photo_metadata,
     image_bytes_of,
     is_image_location,
@@ -182,7 +184,6 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
 
     def _anonymize_document(self, doc: Document, bridge: AnonymizerBridge) -> Document:
         reports: list[dict[str, Any]] = []
-        removed: list[str] = []
         content = doc.page_content
         if self._content_is_image(doc):
             image = bridge.anonymize(data=image_bytes_of(content) or b"")
@@ -194,7 +195,7 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
             if key in self.image_keys and value not in (None, "") and image_bytes_of(value) is None:
                 pending.append((key, _reference(value)))  # a path or URL: its image goes to output_key
                 continue
-            metadata[key] = self._scrub(value, key, bridge, reports, removed)
+            metadata[key] = self._scrub(value, bridge, reports)
         for key, reference in pending:
             if self.output_key in metadata and self.output_key not in doc.metadata:
                 continue  # several locations of one image: anonymized once, all removed
@@ -202,11 +203,12 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
             metadata[self.output_key] = image.base64
             metadata["image_mimetype"] = image.mimetype
             reports.append(image.report)
-        if not reports and not removed:
+        pointers: list[str] = []  # paths or URLs of image files the document refers to
+        drop_entries(metadata, lambda _, value: is_image_location(value), pointers)
+        if not reports and not pointers:
             return doc
-        for key in self.location_keys:  # they point at the original photo
-            if metadata.pop(key, None) is not None:
-                removed.append(key)
+        removed: list[str] = []  # where the original came from, at any depth
+        metadata = drop_locations(metadata, self.location_keys, removed)
         dropped: list[str] = []  # the original file's EXIF, GPS and the like, copied out by a loader
         metadata = drop_photo_metadata(metadata, dropped)
         if reports:
@@ -222,20 +224,17 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         metadata[self.report_key] = report
         return Document(page_content=content, metadata=metadata, id=doc.id)
 
-    def _scrub(self, value: Any, key: str, bridge: AnonymizerBridge, reports: list, removed: list) -> Any:
+    def _scrub(self, value: Any, bridge: AnonymizerBridge, reports: list) -> Any:
         """``value`` with every image inside it anonymized (nested dicts and lists too)."""
         if isinstance(value, dict):
-            return {k: self._scrub(v, k, bridge, reports, removed) for k, v in value.items()}
+            return {k: self._scrub(v, bridge, reports) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return type(value)(self._scrub(v, key, bridge, reports, removed) for v in value)
+            return type(value)(self._scrub(v, bridge, reports) for v in value)
         data = image_bytes_of(value)
         if data is not None:
             image = bridge.anonymize(data=data)
             reports.append(image.report)
             return _in_kind(value, image)
-        if key not in self.location_keys and is_image_location(value):
-            removed.append(key)  # a pointer to an original image: not handed on
-            return None
         return value
 
     def _anonymize_all(self, items: Sequence[RetrievedItem]) -> list[Any]:

@@ -61,6 +61,7 @@ from idmrag_plugin.integrations._common import (
     EngineHolder,
     EngineSettingsMixin,
     decode_base64_image,
+    drop_locations,
     drop_photo_metadata,
     is_image_location,
     known_output_format,
@@ -140,8 +141,6 @@ def _safe_copy(
             copy.image_mimetype = image.mimetype
         if isinstance(copy, Node) and (getattr(copy, "image_resource", None) is not None or "text" in withheld):
             copy.image_resource = MediaResource(data=image.base64.encode("ascii"), mimetype=image.mimetype)
-        for key in location_keys:
-            copy.metadata.pop(key, None)
         for key in MIME_KEYS:
             if key in copy.metadata:
                 copy.metadata[key] = image.mimetype
@@ -152,13 +151,11 @@ def _safe_copy(
             copy.set_content("")
         else:
             setattr(copy, f"{name}_resource", None)
-    if image is None and withheld:
-        for key in location_keys:  # they point at an original that is not handed on
-            copy.metadata.pop(key, None)
     removed: list[str] = []  # the original file's EXIF, GPS and the like, copied out by a loader
-    kept = drop_photo_metadata(copy.metadata, removed)
+    kept = drop_photo_metadata(drop_locations(copy.metadata, location_keys, []), removed)
     copy.metadata.clear()
     copy.metadata.update(kept)
+    _scrub_relationships(copy, location_keys, removed)
     report: dict[str, Any] = dict(image.report) if image is not None else {"status": "no_image"}
     if withheld:
         report["withheld_media"] = withheld
@@ -169,6 +166,18 @@ def _safe_copy(
         if report_key not in excluded:
             excluded.append(report_key)
     return copy
+
+
+def _scrub_relationships(node: BaseNode, location_keys: Sequence[str], removed: list[str]) -> None:
+    """Scrub the metadata the node's relationships carry: node parsers copy the source
+    document's whole metadata (its file path, URL, EXIF and GPS) into the SOURCE relationship,
+    and it travels with the node into responses and stores."""
+    for relation, related in node.relationships.items():
+        name = getattr(relation, "name", str(relation)).lower()
+        for info in related if isinstance(related, list) else [related]:
+            where = f"relationships.{name}"
+            kept = drop_photo_metadata(drop_locations(info.metadata, location_keys, []), removed, where)
+            info.metadata = kept
 
 
 _FIELDS_DOC = {
