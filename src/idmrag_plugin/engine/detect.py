@@ -148,8 +148,6 @@ class MTCNNDetector(FaceDetector):
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Detection]]:
         """Faces of several images; same-size ones that need neither enlarging nor tiling go
         through MTCNN in one batch (the turned passes of a rotation search, say)."""
-        import torch
-
         self.load()
         shapes = {image.shape for image in images}
         plain = all(
@@ -158,33 +156,34 @@ class MTCNNDetector(FaceDetector):
         )
         if len(images) < 2 or len(shapes) != 1 or not plain:
             return [self.detect(image) for image in images]
-        with torch.inference_mode():
-            boxes, probs, points = self._mtcnn.detect(np.stack(images), landmarks=True)
-        return [self._detections(b, p, lm, 1.0) for b, p, lm in zip(boxes, probs, points, strict=True)]
+        return [self._detections(b, lm, 1.0) for b, lm in zip(*self._cascade(np.stack(images)), strict=True)]
 
-    def _detections(self, boxes, probs, points, scale: float) -> list[Detection]:
-        if boxes is None:
-            return []
-        # facenet-pytorch 2.5.3 returns object arrays under numpy 2.
-        boxes = np.asarray(np.asarray(boxes).tolist(), dtype=np.float64).reshape(-1, 4) / scale
-        probs = np.asarray(np.asarray(probs).tolist(), dtype=np.float64).reshape(-1)
-        points = np.asarray(np.asarray(points).tolist(), dtype=np.float64).reshape(-1, 5, 2) / scale
+    def _cascade(self, images: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        import torch
+
+        from idmrag_plugin.engine.mtcnn_cascade import CascadeNets, detect_faces
+
+        nets = CascadeNets(self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet)
+        with torch.inference_mode():
+            return detect_faces(images, nets, self.min_face_size, self.thresholds, self._mtcnn.factor)
+
+    def _detections(self, boxes: np.ndarray, points: np.ndarray, scale: float) -> list[Detection]:
+        """Detections from the cascade's (n, 5) boxes with scores and (n, 5, 2) landmarks."""
+        boxes = boxes.astype(np.float64)
+        points = points.astype(np.float64) / scale
         return [
-            Detection(tuple(map(float, b)), float(p), lm, self.name)  # type: ignore[arg-type]
-            for b, p, lm in zip(boxes, probs, points, strict=True)
+            Detection(tuple(float(v) / scale for v in b[:4]), float(b[4]), lm, self.name)  # type: ignore[arg-type]
+            for b, lm in zip(boxes, points, strict=True)
         ]
 
     def _detect_scaled(self, image: np.ndarray, scale: float, interpolation: int = cv2.INTER_AREA) -> list[Detection]:
-        import torch
-
         if scale != 1.0:
             size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
             image = cv2.resize(image, size, interpolation=interpolation)
             if min(image.shape[:2]) < self.min_face_size:
                 return []
-        with torch.inference_mode():
-            boxes, probs, points = self._mtcnn.detect(image, landmarks=True)
-        return self._detections(boxes, probs, points, scale)
+        (boxes,), (points,) = self._cascade(image[None])
+        return self._detections(boxes, points, scale)
 
 
 def landmarks_from_eyes_and_nose(left_eye: np.ndarray, right_eye: np.ndarray, nose: np.ndarray) -> np.ndarray:
