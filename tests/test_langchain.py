@@ -340,3 +340,35 @@ def test_photo_metadata_a_loader_copied_out_is_not_handed_on(compressor, astrona
     assert out.metadata["pages"] == [{"n": 1}]
     assert sorted(out.metadata["idmrag_report"]["removed_metadata"]) == ["GPSLongitude", "exif", "pages.location"]
     assert "48.85" not in repr(out.metadata) and "2.29" not in repr(out.metadata)
+
+
+def test_images_embedded_in_text_are_anonymized_in_place(compressor, astronaut):
+    """A Markdown or HTML chunk can carry the photo itself as a data URI, in its text or in a
+    metadata string: the model would receive the original."""
+    b64 = _jpeg_b64(astronaut)
+    text = f"The crew.\n![portrait](data:image/jpeg;base64,{b64})\nTaken at launch."
+    doc = Document(page_content=text, metadata={"html": f'<p>crew</p><img src="data:image/jpeg;base64,{b64}">'})
+    (out,) = compressor.compress_documents([doc], "q")
+    assert b64[:500] not in out.page_content and b64[:500] not in repr(out.metadata)
+    assert out.page_content.startswith("The crew.\n![portrait](data:image/jpeg;base64,")
+    assert out.page_content.endswith(")\nTaken at launch.")
+    anonymized = out.page_content.split("base64,")[1].split(")")[0]
+    assert _face_changed(_decoded(anonymized), astronaut)
+    assert out.metadata["html"].startswith('<p>crew</p><img src="data:image/jpeg;base64,')
+    assert [r["status"] for r in out.metadata["idmrag_report"]] == ["anonymized", "anonymized"]
+    broken = Document(page_content="see ![x](data:image/png;base64,AAAAAAAA) here")
+    assert compressor.compress_documents([broken], "q") == []  # not an image: withheld, never passed on
+
+
+def test_model_boundary_guard_anonymizes_images_embedded_in_text(engine, photo, astronaut):
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    guard = FaceAnonymizingGuard(anonymizer=FaceAnonymizerCompressor(engine=engine))
+    text = f"Context:\n![crew](data:image/jpeg;base64,{b64})\nand ![bad](data:image/png;base64,AAAAAAAA) end"
+    for message in (HumanMessage(content=text), HumanMessage(content=[{"type": "text", "text": text}])):
+        reply = (guard | ParrotFakeChatModel()).invoke([message])
+        sent = reply.content if isinstance(reply.content, str) else reply.content[0]["text"]
+        assert b64[:500] not in sent and sent.startswith("Context:\n![crew](data:image/jpeg;base64,")
+        assert _face_changed(_decoded(sent.split("base64,")[1].split(")")[0]), astronaut)
+        assert "withheld" in sent and "png;base64,AAAAAAAA" not in sent and sent.endswith(" end")  # the unreadable one

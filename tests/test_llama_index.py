@@ -483,3 +483,65 @@ def test_the_source_document_s_metadata_in_relationships_is_scrubbed(post, photo
     assert "relationships.source.GPSInfo" in out.node.metadata["idmrag_report"]["removed_metadata"]
     assert source.metadata["file_path"] == str(photo)  # the caller's objects are not modified
 
+
+def _b64_jpeg(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_images_in_metadata_and_text_are_anonymized_in_any_node(post, astronaut):
+    """A loader's thumbnail in metadata, or a Markdown chunk embedding the photo as a data URI,
+    would hand the original to the model and into responses, from text nodes too."""
+    b64 = _b64_jpeg(astronaut)
+    image_node = ImageNode(image=b64, id_="img", metadata={"thumbnail": f"data:image/jpeg;base64,{b64}"})
+    text_node = TextNode(id_="txt", text=f"Crew.\n![portrait](data:image/jpeg;base64,{b64})\nLaunch day.",
+                         metadata={"raw": b64, "preview": "/photos/alice.jpg", "page": 3})
+    plain = TextNode(id_="plain", text="no pictures here", metadata={"page": 4})
+    out = post.postprocess_nodes([NodeWithScore(node=n, score=1.0) for n in (image_node, text_node, plain)])
+    assert [item.node.node_id for item in out] == ["img", "txt", "plain"]
+    assert out[2].node is plain  # nothing to anonymize: passed on as it is
+    for item in out[:2]:
+        assert b64[:500] not in item.node.model_dump_json()
+    thumbnail = out[0].node.metadata["thumbnail"]
+    assert thumbnail.startswith("data:image/jpeg;base64,") and _face_changed(_decoded(thumbnail.split(",")[1]), astronaut)
+    node = out[1].node
+    assert node.text.startswith("Crew.\n![portrait](data:image/jpeg;base64,") and node.text.endswith(")\nLaunch day.")
+    assert _face_changed(_decoded(node.metadata["raw"]), astronaut)
+    report = node.metadata["idmrag_report"]
+    assert report["status"] == "no_image" and [r["status"] for r in report["metadata_images"]] == ["anonymized"] * 2
+    assert report["removed_locations"] == ["preview"] and node.metadata["page"] == 3
+    assert "/photos/alice.jpg" not in node.get_content(metadata_mode=MetadataMode.LLM)
+
+
+def test_a_text_node_whose_embedded_image_cannot_be_read_is_withheld(post):
+    node = TextNode(id_="broken", text="see ![x](data:image/png;base64,AAAAAAAA) here")
+    assert post.postprocess_nodes([NodeWithScore(node=node, score=1.0)]) == []
+
+
+def test_thumbnails_in_relationships_are_dropped(post, photo, astronaut):
+    b64 = _b64_jpeg(astronaut)
+    node = ImageNode(image_path=str(photo), id_="n", relationships={
+        NodeRelationship.SOURCE: RelatedNodeInfo(node_id="doc", metadata={"thumb": b64, "album": "crew"}),
+    })
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    assert out.node.relationships[NodeRelationship.SOURCE].metadata == {"album": "crew"}
+    assert "relationships.source.thumb" in out.node.metadata["idmrag_report"]["removed_metadata"]
+
+
+def test_llm_guard_anonymizes_images_embedded_in_text_blocks(engine, photo, astronaut):
+    from llama_index.core.base.llms.types import ChatMessage, TextBlock
+
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    llm = FaceAnonymizingLLM(llm=inner, anonymizer=FaceAnonymizerPostprocessor(engine=engine))
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    text = f'Context: <img src="data:image/jpeg;base64,{b64}"> and ![x](data:image/png;base64,AAAAAAAA) end'
+    llm.chat([ChatMessage(role="user", blocks=[TextBlock(text=text)])])
+    (sent,) = inner.last_chat_messages
+    out = sent.blocks[0].text
+    assert b64[:500] not in out and out.startswith('Context: <img src="data:image/jpeg;base64,')
+    assert _face_changed(_decoded(out.split("base64,")[1].split('"')[0]), astronaut)
+    assert "withheld" in out and "png;base64,AAAAAAAA" not in out and out.endswith(" end")
+

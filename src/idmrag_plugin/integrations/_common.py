@@ -172,6 +172,83 @@ def image_bytes_of(value: Any) -> bytes | None:
     return None
 
 
+def in_kind(original: Any, image: AnonymizedImage) -> Any:
+    """The anonymized image encoded like ``original`` was (bytes, data URI or base64)."""
+    if isinstance(original, (bytes, bytearray, memoryview)):
+        return image.data
+    if isinstance(original, str) and original[:5].lower() == "data:":
+        return image.data_uri
+    return image.base64
+
+
+def anonymize_inline_images(
+    value: Any, anonymize: Callable[..., AnonymizedImage], reports: list[dict[str, Any]]
+) -> Any:
+    """``value`` with every image inside it (bytes, base64 or data URI, in nested dicts and
+    lists too) replaced by ``anonymize(data=...)``'s output in the same encoding; each
+    output's report is appended to ``reports``. An undecodable image raises
+    :class:`InvalidImageError`: it must be withheld, never passed on."""
+    if isinstance(value, dict):
+        return {k: anonymize_inline_images(v, anonymize, reports) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(anonymize_inline_images(v, anonymize, reports) for v in value)
+    data = image_bytes_of(value)
+    if data is None:
+        return anonymize_embedded_images(value, anonymize, reports) if isinstance(value, str) else value
+    image = anonymize(data=data)
+    reports.append(image.report)
+    return in_kind(value, image)
+
+
+#: An image data URI inside text (Markdown ``![](data:image/...)``, HTML ``<img src=...>``).
+DATA_URI_IN_TEXT = re.compile(r"data:image/[\w.+-]+;base64,[A-Za-z0-9+/]+={0,2}", re.IGNORECASE)
+
+
+def anonymize_embedded_images(
+    text: str,
+    anonymize: Callable[..., AnonymizedImage],
+    reports: list[dict[str, Any]],
+    on_error: Callable[[IdmragError], str] | None = None,
+) -> str:
+    """``text`` with every image data URI inside it replaced by ``anonymize(data=...)``'s
+    output as a data URI; each output's report is appended to ``reports``. An image that
+    cannot be anonymized raises its :class:`IdmragError` (withhold the text), or, with
+    ``on_error``, is replaced by what ``on_error`` returns for it."""
+
+    def replaced(match: re.Match[str]) -> str:
+        try:
+            image = anonymize(data=decode_base64_image(match.group(0)))
+        except IdmragError as exc:
+            if on_error is None:
+                raise
+            reports.append({"status": "withheld", "error": str(exc)})
+            return on_error(exc)
+        reports.append(image.report)
+        return image.data_uri
+
+    return DATA_URI_IN_TEXT.sub(replaced, text)
+
+
+def carries_images(value: Any) -> bool:
+    """True when ``value`` holds, at any depth, image data (an image data URI inside text
+    too) or a path or URL of an image file."""
+    if isinstance(value, dict):
+        return any(carries_images(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(carries_images(v) for v in value)
+    if isinstance(value, str) and DATA_URI_IN_TEXT.search(value):
+        return True
+    return is_inline_image(value) or is_image_location(value)
+
+
+def is_inline_image(value: Any) -> bool:
+    """True for image data (bytes, base64, data URI), readable or not."""
+    try:
+        return image_bytes_of(value) is not None
+    except InvalidImageError:
+        return True  # it claims to be an image
+
+
 def is_image_location(value: Any) -> bool:
     """True for a path or http(s)/file URL string whose name ends like an image file."""
     if isinstance(value, Path):

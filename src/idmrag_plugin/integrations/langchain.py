@@ -43,18 +43,21 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
+    DATA_URI_IN_TEXT,
     LOCATION_KEYS,
     MIME_KEYS,
     MIMETYPES,
     REPORT_KEY,
-    AnonymizedImage,
     AnonymizerBridge,
     EngineHolder,
     EngineSettingsMixin,
+    anonymize_embedded_images,
+    anonymize_inline_images,
     drop_entries,
     drop_locations,
     drop_photo_metadata,
     image_bytes_of,
+    in_kind,
     is_image_location,
     known_output_format,
     looks_like_base64_image,
@@ -83,15 +86,6 @@ def _reference(value: Any) -> dict[str, Any]:
     if "://" in value:
         raise InvalidImageError(f"unsupported image URL scheme in {value[:30]!r}")
     return {"path": value}
-
-
-def _in_kind(original: Any, image: AnonymizedImage) -> Any:
-    """The anonymized image encoded like ``original`` was (bytes, data URI or base64)."""
-    if isinstance(original, (bytes, bytearray, memoryview)):
-        return image.data
-    if isinstance(original, str) and original[:5].lower() == "data:":
-        return image.data_uri
-    return image.base64
 
 
 class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, BaseDocumentTransformer):
@@ -174,7 +168,7 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
             data = image_bytes_of(item)
             if data is None:
                 return item
-            return _in_kind(item, bridge.anonymize(data=data))
+            return in_kind(item, bridge.anonymize(data=data))
         raise InvalidImageError(f"retrieved item of type {type(item).__name__} is neither a Document, str nor bytes")
 
     def _content_is_image(self, doc: Document) -> bool:
@@ -187,15 +181,17 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         content = doc.page_content
         if self._content_is_image(doc):
             image = bridge.anonymize(data=image_bytes_of(content) or b"")
-            content = _in_kind(content, image)
+            content = in_kind(content, image)
             reports.append(image.report)
+        elif isinstance(content, str) and DATA_URI_IN_TEXT.search(content):  # Markdown or HTML inline images
+            content = anonymize_embedded_images(content, bridge.anonymize, reports)
         metadata: dict[str, Any] = {}
         pending: list[tuple[str, dict[str, Any]]] = []
         for key, value in doc.metadata.items():
             if key in self.image_keys and value not in (None, "") and image_bytes_of(value) is None:
                 pending.append((key, _reference(value)))  # a path or URL: its image goes to output_key
                 continue
-            metadata[key] = self._scrub(value, bridge, reports)
+            metadata[key] = anonymize_inline_images(value, bridge.anonymize, reports)
         for key, reference in pending:
             if self.output_key in metadata and self.output_key not in doc.metadata:
                 continue  # several locations of one image: anonymized once, all removed
@@ -223,19 +219,6 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
                       else [*report, {"removed_metadata": dropped}])
         metadata[self.report_key] = report
         return Document(page_content=content, metadata=metadata, id=doc.id)
-
-    def _scrub(self, value: Any, bridge: AnonymizerBridge, reports: list) -> Any:
-        """``value`` with every image inside it anonymized (nested dicts and lists too)."""
-        if isinstance(value, dict):
-            return {k: self._scrub(v, bridge, reports) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(self._scrub(v, bridge, reports) for v in value)
-        data = image_bytes_of(value)
-        if data is not None:
-            image = bridge.anonymize(data=data)
-            reports.append(image.report)
-            return _in_kind(value, image)
-        return value
 
     def _anonymize_all(self, items: Sequence[RetrievedItem]) -> list[Any]:
         self._prefetch(items)

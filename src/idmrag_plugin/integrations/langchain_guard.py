@@ -36,8 +36,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
+    DATA_URI_IN_TEXT,
     AnonymizedImage,
     AnonymizerBridge,
+    anonymize_embedded_images,
     decode_base64_image,
     image_bytes_of,
 )
@@ -116,10 +118,19 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         return message.model_copy(update={"content": new_content, "response_metadata": metadata})
 
     def _maybe_image(self, text: str, bridge: AnonymizerBridge, reports: list) -> str | None:
+        """``text`` anonymized when it is an image or embeds some (Markdown, HTML data URIs);
+        None when it has none."""
         try:
             data = image_bytes_of(text)
             if data is None:
-                return None
+                if not DATA_URI_IN_TEXT.search(text):
+                    return None
+
+                def withheld(exc: IdmragError) -> str:
+                    bridge.withhold(exc, "image sent to the model")
+                    return _note("image", str(exc))["text"]
+
+                return anonymize_embedded_images(text, bridge.anonymize, reports, on_error=withheld)
             image = bridge.anonymize(data=data)
         except IdmragError as exc:
             bridge.withhold(exc, "image sent to the model")
@@ -135,6 +146,9 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         if not isinstance(block, dict):
             return block
         kind = str(block.get("type", ""))
+        if kind == "text" and isinstance(block.get("text"), str):
+            text = self._maybe_image(block["text"], bridge, reports)
+            return block if text is None else {**block, "text": text}
         if kind in _MEDIA_TYPES:
             if not self.withhold_media:
                 return block

@@ -41,6 +41,7 @@ try:
         Document,
         ImageNode,
         MediaResource,
+        MetadataMode,
         Node,
         NodeWithScore,
         QueryBundle,
@@ -54,16 +55,22 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
+    DATA_URI_IN_TEXT,
     LOCATION_KEYS,
     MIME_KEYS,
     REPORT_KEY,
     AnonymizedImage,
     EngineHolder,
     EngineSettingsMixin,
+    anonymize_embedded_images,
+    anonymize_inline_images,
+    carries_images,
     decode_base64_image,
+    drop_entries,
     drop_locations,
     drop_photo_metadata,
     is_image_location,
+    is_inline_image,
     known_output_format,
 )
 from idmrag_plugin.pipeline import FaceAnonymizer
@@ -129,10 +136,22 @@ def _withheld_media(node: BaseNode) -> list[str]:
 
 
 def _safe_copy(
-    node: BaseNode, image: AnonymizedImage | None, withheld: list[str], report_key: str, location_keys: Sequence[str]
+    node: BaseNode,
+    image: AnonymizedImage | None,
+    withheld: list[str],
+    report_key: str,
+    location_keys: Sequence[str],
+    metadata: dict[str, Any],
+    inline: list[dict[str, Any]],
+    text: str | None = None,
 ) -> BaseNode:
-    """A deep copy of ``node`` (same id) carrying only the anonymized image, no original media."""
+    """A deep copy of ``node`` (same id) carrying only the anonymized image, no original media.
+    ``metadata``: the node's metadata with its inline images anonymized; ``text``: its text
+    with the images embedded in it anonymized, when it has any (their reports: ``inline``)."""
     copy = node.model_copy(deep=True)
+    copy.metadata = metadata
+    if text is not None:
+        copy.set_content(text)
     if image is not None:
         if isinstance(copy, ImageNode):
             copy.image = image.base64
@@ -152,11 +171,16 @@ def _safe_copy(
         else:
             setattr(copy, f"{name}_resource", None)
     removed: list[str] = []  # the original file's EXIF, GPS and the like, copied out by a loader
-    kept = drop_photo_metadata(drop_locations(copy.metadata, location_keys, []), removed)
+    located: list[str] = []  # where the original came from (its path, URL, a preview's path)
+    kept = drop_photo_metadata(drop_locations(copy.metadata, location_keys, located), removed)
     copy.metadata.clear()
     copy.metadata.update(kept)
     _scrub_relationships(copy, location_keys, removed)
     report: dict[str, Any] = dict(image.report) if image is not None else {"status": "no_image"}
+    if inline:
+        report["metadata_images"] = inline
+    if located:
+        report["removed_locations"] = located
     if withheld:
         report["withheld_media"] = withheld
     if removed:
@@ -170,14 +194,14 @@ def _safe_copy(
 
 def _scrub_relationships(node: BaseNode, location_keys: Sequence[str], removed: list[str]) -> None:
     """Scrub the metadata the node's relationships carry: node parsers copy the source
-    document's whole metadata (its file path, URL, EXIF and GPS) into the SOURCE relationship,
-    and it travels with the node into responses and stores."""
+    document's whole metadata (its file path, URL, EXIF, GPS, thumbnails) into the SOURCE
+    relationship, and it travels with the node into responses and stores."""
     for relation, related in node.relationships.items():
         name = getattr(relation, "name", str(relation)).lower()
         for info in related if isinstance(related, list) else [related]:
             where = f"relationships.{name}"
             kept = drop_photo_metadata(drop_locations(info.metadata, location_keys, []), removed, where)
-            info.metadata = kept
+            info.metadata = drop_entries(kept, lambda _, value: is_inline_image(value), removed, where)
 
 
 _FIELDS_DOC = {
@@ -231,9 +255,14 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
                     reference = {"path": image_file}
                 else:
                     withheld.append("file")
-            if reference is None and not withheld:
+            content = "" if "text" in withheld else node.get_content(metadata_mode=MetadataMode.NONE)
+            embeds = DATA_URI_IN_TEXT.search(content) is not None  # Markdown or HTML inline images
+            if reference is None and not withheld and not embeds and not carries_images(node.metadata):
                 return node
             image = bridge.anonymize(**reference) if reference is not None else None
+            inline: list[dict[str, Any]] = []  # thumbnails and the like a loader put in metadata
+            metadata = anonymize_inline_images(node.metadata, bridge.anonymize, inline)
+            text = anonymize_embedded_images(content, bridge.anonymize, inline) if embeds else None
         except IdmragError as exc:
             dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
             bridge.withhold(exc, f"node {node.node_id}")
@@ -247,7 +276,7 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
         report = image.report if image is not None else None
         status = str(report["status"]) if report is not None else "media_withheld"
         dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status=status, report=report))
-        return _safe_copy(node, image, withheld, self.report_key, self.location_keys)
+        return _safe_copy(node, image, withheld, self.report_key, self.location_keys, metadata, inline, text)
 
     def _anonymize_nodes(self, nodes: Sequence[BaseNode]) -> list[BaseNode]:
         references = self._prefetch(nodes)

@@ -52,7 +52,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
-from idmrag_plugin.integrations._common import AnonymizedImage, decode_base64_image
+from idmrag_plugin.integrations._common import (
+    DATA_URI_IN_TEXT,
+    AnonymizedImage,
+    anonymize_embedded_images,
+    decode_base64_image,
+)
 from idmrag_plugin.integrations.llama_index import (
     FaceAnonymizationEvent,
     FaceAnonymizerPostprocessor,
@@ -99,6 +104,8 @@ class FaceAnonymizingLLM(LLM):
             return _withheld("video", "video cannot be anonymized")
         if isinstance(block, AudioBlock) and self.withhold_audio:
             return _withheld("audio", "audio cannot be anonymized")
+        if isinstance(block, TextBlock) and DATA_URI_IN_TEXT.search(block.text):  # Markdown or HTML inline images
+            return TextBlock(text=self._anonymize_embedded(block.text))
         is_image_document = isinstance(block, DocumentBlock) and str(block.document_mimetype or "").startswith("image/")
         if not isinstance(block, ImageBlock) and not is_image_document:
             return block
@@ -110,6 +117,21 @@ class FaceAnonymizingLLM(LLM):
             return _withheld("image", str(exc))
         dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status=str(image.report["status"]), report=image.report))
         return ImageBlock(image=image.data, image_mimetype=image.mimetype, detail=getattr(block, "detail", None))
+
+    def _anonymize_embedded(self, text: str) -> str:
+        bridge = self.anonymizer._bridge
+        reports: list[dict[str, Any]] = []
+
+        def withheld(exc: IdmragError) -> str:
+            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=str(exc)))
+            bridge.withhold(exc, "image sent to the model")
+            return _withheld("image", str(exc)).text
+
+        text = anonymize_embedded_images(text, bridge.anonymize, reports, on_error=withheld)
+        for report in reports:
+            if report.get("status") != "withheld":
+                dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status=str(report["status"]), report=report))
+        return text
 
     def _anonymize_image(self, block: Any) -> AnonymizedImage:
         bridge = self.anonymizer._bridge
