@@ -462,7 +462,7 @@ def test_photo_metadata_a_loader_copied_out_never_reaches_the_model(post, photo)
     assert node.metadata == metadata  # the retrieved node itself is not modified
 
 
-def test_the_source_document_s_metadata_in_relationships_is_scrubbed(post, photo):
+def test_what_travels_with_the_node_is_scrubbed_relationships_and_embedding(post, photo):
     """Node parsers copy the source document's whole metadata (its path, URL, EXIF, GPS) into
     the node's SOURCE relationship, which travels with the node into responses and stores."""
     source = ImageDocument(image_path=str(photo), id_="doc", metadata={
@@ -473,7 +473,9 @@ def test_the_source_document_s_metadata_in_relationships_is_scrubbed(post, photo
         NodeRelationship.SOURCE: source.as_related_node_info(),
         NodeRelationship.CHILD: [RelatedNodeInfo(node_id="c", metadata={"url": "https://cdn.example.org/a.png"})],
     })
+    node.embedding = [0.1, 0.2, 0.3]  # the original photo's image embedding, as an index stores it
     (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    assert out.node.embedding is None  # it describes the original face, not the image handed on
     relations = out.node.relationships
     assert relations[NodeRelationship.SOURCE].node_id == "doc"  # the link itself stays
     assert relations[NodeRelationship.SOURCE].metadata == {"album": "crew", "more": {}}

@@ -150,6 +150,7 @@ def _safe_copy(
     with the images embedded in it anonymized, when it has any (their reports: ``inline``)."""
     copy = node.model_copy(deep=True)
     copy.metadata = metadata
+    copy.embedding = None  # computed from the original (an image embedding describes its face)
     if text is not None:
         copy.set_content(text)
     if image is not None:
