@@ -74,3 +74,18 @@ def test_box_resampling_from_the_integral_image_equals_pooling_each_box():
     for size in (24, 48):
         np.testing.assert_allclose(integral.crops(index, y0, y1, x0, x1, size).numpy(),
                                    by_box.crops(index, y0, y1, x0, x1, size).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("height", [12, 13, 75, 150, 151, 431])
+def test_the_proposal_network_in_strips_equals_one_pass(mtcnn, height, monkeypatch):
+    from idmrag_plugin.engine import mtcnn_cascade
+
+    monkeypatch.setattr(mtcnn_cascade, "STRIP_ROWS", 5)  # strips even on small inputs, a ragged last one
+    data = torch.randn(2, 3, height, 37)
+    with torch.inference_mode():
+        whole = mtcnn.pnet(data)
+        strips = mtcnn_cascade._proposals(mtcnn.pnet, data)
+    for got, want in zip(strips, whole, strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+

