@@ -160,7 +160,7 @@ def detect_faces(
     landmarks (n, 5, 2), as facenet-pytorch's ``detect_face``.
     """
     batch, h, w = images.shape[:3]
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.float32)
+    pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
     sampler = BoxSampler(pixels)
     m = 12.0 / min_face_size
     minl = min(h, w) * m
