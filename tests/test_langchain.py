@@ -372,3 +372,25 @@ def test_model_boundary_guard_anonymizes_images_embedded_in_text(engine, photo, 
         assert b64[:500] not in sent and sent.startswith("Context:\n![crew](data:image/jpeg;base64,")
         assert _face_changed(_decoded(sent.split("base64,")[1].split(")")[0]), astronaut)
         assert "withheld" in sent and "png;base64,AAAAAAAA" not in sent and sent.endswith(" end")  # the unreadable one
+
+
+def test_in_memory_images_in_metadata_are_anonymized_in_kind(compressor, astronaut):
+    """Custom loaders keep PIL images or pixel arrays in metadata; they are photos too."""
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 200, np.uint8)])
+    embedding = np.linspace(0, 1, 128).astype(np.float32)
+    doc = Document(page_content="caption", metadata={
+        "image": astronaut, "pil": Image.fromarray(astronaut), "grey": astronaut[..., 0].copy(), "rgba": rgba,
+        "embedding": embedding, "tiny_mask": np.ones((4, 4), np.uint8),
+    })
+    (out,) = compressor.compress_documents([doc], "q")
+    meta = out.metadata
+    assert isinstance(meta["pil"], Image.Image) and meta["image"].shape == astronaut.shape
+    assert meta["grey"].shape == astronaut.shape[:2] and meta["rgba"].shape == rgba.shape
+    for key in ("image", "pil", "rgba"):
+        assert _face_changed(np.asarray(meta[key])[..., :3].astype(int), astronaut)
+    grey = astronaut[..., 0].astype(int)
+    face = (slice(90, 150), slice(195, 255))
+    assert np.abs(meta["grey"].astype(int)[face] - grey[face]).mean() > 20
+    assert (meta["rgba"][..., 3] == 200).all()  # the alpha channel is not the face: kept
+    assert meta["embedding"] is embedding and meta["tiny_mask"].shape == (4, 4)  # not images
+    assert len(meta["idmrag_report"]) == 4

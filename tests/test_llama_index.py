@@ -547,3 +547,12 @@ def test_llm_guard_anonymizes_images_embedded_in_text_blocks(engine, photo, astr
     assert _face_changed(_decoded(out.split("base64,")[1].split('"')[0]), astronaut)
     assert "withheld" in out and "png;base64,AAAAAAAA" not in out and out.endswith(" end")
 
+
+def test_in_memory_images_in_metadata_are_anonymized(post, astronaut):
+    node = TextNode(id_="t", text="caption", metadata={"crop": Image.fromarray(astronaut), "pixels": astronaut})
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    crop, pixels = out.node.metadata["crop"], out.node.metadata["pixels"]
+    assert isinstance(crop, Image.Image) and pixels.shape == astronaut.shape
+    assert _face_changed(np.asarray(crop).astype(int), astronaut) and _face_changed(pixels.astype(int), astronaut)
+    assert node.metadata["pixels"] is astronaut  # the retrieved node itself is not modified
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
 import logging
 import re
 import threading
@@ -13,6 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.errors import ConfigError, IdmragError, ImageWithheldError, InvalidImageError
@@ -152,6 +156,53 @@ def looks_like_base64_image(text: str) -> bool:
     return sniff_image(raw)
 
 
+#: Smallest side of a 2-D 8-bit array taken for a greyscale image (smaller ones: masks, codes).
+MIN_ARRAY_IMAGE_SIDE = 16
+
+
+def is_image_object(value: Any) -> bool:
+    """True for an image held in memory: a PIL image, or an 8-bit array shaped like one
+    (height x width, or height x width x 1/3/4)."""
+    if isinstance(value, Image.Image):
+        return True
+    if not isinstance(value, np.ndarray) or value.dtype != np.uint8:
+        return False
+    if value.ndim == 2:
+        return min(value.shape) >= MIN_ARRAY_IMAGE_SIDE
+    return value.ndim == 3 and value.shape[2] in (1, 3, 4) and min(value.shape[:2]) >= 1
+
+
+def _png_of(value: Any) -> bytes:
+    if isinstance(value, Image.Image):
+        picture = value
+    else:
+        picture = Image.fromarray(value[..., 0] if value.ndim == 3 and value.shape[2] == 1 else value)
+    buffer = io.BytesIO()
+    try:
+        picture.save(buffer, "PNG")
+    except (OSError, ValueError) as exc:  # a mode PNG cannot hold: convert, never pass on
+        buffer = io.BytesIO()
+        picture.convert("RGB").save(buffer, "PNG")
+        logger.debug("in-memory image of mode %s converted to RGB (%s)", picture.mode, exc)
+    return buffer.getvalue()
+
+
+def _object_in_kind(original: Any, image: AnonymizedImage) -> Any:
+    """The anonymized image as the same kind of in-memory object as ``original``."""
+    with Image.open(io.BytesIO(image.data)) as decoded:
+        rgb = decoded.convert("RGB")
+    if isinstance(original, Image.Image):
+        return rgb.convert("L") if original.mode in ("L", "1", "I", "I;16", "F") else rgb
+    pixels = np.asarray(rgb)
+    if original.ndim == 2:
+        return np.asarray(rgb.convert("L"))
+    if original.shape[2] == 1:
+        return np.asarray(rgb.convert("L"))[..., None]
+    if original.shape[2] == 4:  # the alpha channel is not the face: kept
+        return np.concatenate([pixels, original[..., 3:]], axis=2) if original.shape[:2] == pixels.shape[:2] else pixels
+    return pixels
+
+
 def image_bytes_of(value: Any) -> bytes | None:
     """The image inside ``value`` when it carries image data (bytes, base64, data URI), else None.
 
@@ -173,7 +224,10 @@ def image_bytes_of(value: Any) -> bytes | None:
 
 
 def in_kind(original: Any, image: AnonymizedImage) -> Any:
-    """The anonymized image encoded like ``original`` was (bytes, data URI or base64)."""
+    """The anonymized image encoded like ``original`` was (bytes, data URI, base64, or an
+    in-memory PIL image or array)."""
+    if is_image_object(original):
+        return _object_in_kind(original, image)
     if isinstance(original, (bytes, bytearray, memoryview)):
         return image.data
     if isinstance(original, str) and original[:5].lower() == "data:":
@@ -192,7 +246,7 @@ def anonymize_inline_images(
         return {k: anonymize_inline_images(v, anonymize, reports) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(anonymize_inline_images(v, anonymize, reports) for v in value)
-    data = image_bytes_of(value)
+    data = _png_of(value) if is_image_object(value) else image_bytes_of(value)
     if data is None:
         return anonymize_embedded_images(value, anonymize, reports) if isinstance(value, str) else value
     image = anonymize(data=data)
@@ -242,7 +296,9 @@ def carries_images(value: Any) -> bool:
 
 
 def is_inline_image(value: Any) -> bool:
-    """True for image data (bytes, base64, data URI), readable or not."""
+    """True for image data (bytes, base64, data URI, an in-memory image), readable or not."""
+    if is_image_object(value):
+        return True
     try:
         return image_bytes_of(value) is not None
     except InvalidImageError:

@@ -59,6 +59,7 @@ from idmrag_plugin.integrations._common import (
     image_bytes_of,
     in_kind,
     is_image_location,
+    is_image_object,
     known_output_format,
     looks_like_base64_image,
 )
@@ -188,7 +189,8 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         metadata: dict[str, Any] = {}
         pending: list[tuple[str, dict[str, Any]]] = []
         for key, value in doc.metadata.items():
-            if key in self.image_keys and value not in (None, "") and image_bytes_of(value) is None:
+            reference_like = not is_image_object(value) and not isinstance(value, (dict, list, tuple))
+            if key in self.image_keys and reference_like and value not in (None, "") and image_bytes_of(value) is None:
                 pending.append((key, _reference(value)))  # a path or URL: its image goes to output_key
                 continue
             metadata[key] = anonymize_inline_images(value, bridge.anonymize, reports)
