@@ -347,7 +347,8 @@ def test_images_embedded_in_text_are_anonymized_in_place(compressor, astronaut):
     metadata string: the model would receive the original."""
     b64 = _jpeg_b64(astronaut)
     text = f"The crew.\n![portrait](data:image/jpeg;base64,{b64})\nTaken at launch."
-    doc = Document(page_content=text, metadata={"html": f'<p>crew</p><img src="data:image/jpeg;base64,{b64}">'})
+    html = f'<p>crew</p><img src="DATA:image/JPEG;name=crew.jpg;base64,{b64}">'  # parameters, any case
+    doc = Document(page_content=text, metadata={"html": html})
     (out,) = compressor.compress_documents([doc], "q")
     assert b64[:500] not in out.page_content and b64[:500] not in repr(out.metadata)
     assert out.page_content.startswith("The crew.\n![portrait](data:image/jpeg;base64,")

@@ -130,9 +130,9 @@ def decode_base64_image(text: str | bytes) -> bytes:
             text = text.decode("ascii", errors="strict")
         except UnicodeDecodeError as exc:
             raise InvalidImageError("image field is neither base64 text nor an image") from exc
-    if text.startswith("data:"):
+    if text[:5].lower() == "data:":
         header, _, text = text.partition(",")
-        if ";base64" not in header:
+        if ";base64" not in header.lower():
             raise InvalidImageError("image data URI is not base64-encoded")
     try:
         return base64.b64decode("".join(text.split()), validate=True)
@@ -255,7 +255,7 @@ def anonymize_inline_images(
 
 
 #: An image data URI inside text (Markdown ``![](data:image/...)``, HTML ``<img src=...>``).
-DATA_URI_IN_TEXT = re.compile(r"data:image/[\w.+-]+;base64,[A-Za-z0-9+/]+={0,2}", re.IGNORECASE)
+DATA_URI_IN_TEXT = re.compile(r"data:image/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*;base64,[A-Za-z0-9+/]+={0,2}", re.IGNORECASE)
 
 
 def anonymize_embedded_images(
