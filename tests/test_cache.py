@@ -43,7 +43,9 @@ class CountingGenerator(FixedFaceGenerator):
 def _engine(engine, camera_face, tmp_path=None, secret=b"s" * 32, **config):
     detector = CountingDetector(engine.detector)
     generator = CountingGenerator(camera_face, secret)
-    settings = replace(engine.config, generator="vae-decode", rotations=(0,), result_cache_dir=tmp_path, **config)
+    # the wrapped detector is the engine's whole search (turns and border pass included)
+    settings = replace(engine.config, generator="vae-decode", rotations=(0,), border_search=False,
+                       result_cache_dir=tmp_path, **config)
     return FaceAnonymizer(settings, generator=generator, detector=detector, oracles=engine.oracles), detector, generator
 
 

@@ -33,6 +33,9 @@ class AnonymizerConfig:
             lying on their side (phone photos without EXIF orientation, scans) are invisible
             to an upright detector. Default: all four; ``(0,)`` saves three detection passes
             at the cost of missing them.
+        border_search: also search for faces the image border cuts through (one more upright
+            pass over the image padded by mirroring, see :mod:`idmrag_plugin.engine.border`);
+            an upright detector misses a face once about half of it is outside the frame.
         crop_size: side of the canonical aligned face crop handed to the generator.
         oracles: face-recognition models that must all judge each replaced face a
             different person.
@@ -108,6 +111,7 @@ class AnonymizerConfig:
     min_face_size: int = 20
     detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     rotations: tuple[int, ...] = (0, 90, 180, 270)
+    border_search: bool = True
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"

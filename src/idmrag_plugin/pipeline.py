@@ -18,6 +18,7 @@ from idmrag_plugin.calibration import thresholds_for
 from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.engine.align import AlignedFace, align_face
 from idmrag_plugin.engine.blend import paste_face, region_of
+from idmrag_plugin.engine.border import BORDER_MIN_FACE, BorderDetector
 from idmrag_plugin.engine.detect import (
     DlibHOGDetector,
     FaceDetector,
@@ -108,8 +109,9 @@ class FaceAnonymizer:
         config: engine settings; defaults to :class:`AnonymizerConfig()`.
         generator: makes replacement faces. Without one, every detected face is
             irreversibly obfuscated (and the report says so).
-        detector: overrides the detector built from ``config`` (``config.rotations`` still
-            applies to it).
+        detector: overrides the detector built from ``config`` (``config.rotations`` and
+            ``config.border_search`` still apply to it; another engine's ``detector``, a
+            whole search already, is used as it is).
         oracles: override the oracles built from ``config.oracles``.
         thresholds: override the shipped calibrated thresholds, by oracle name.
     """
@@ -130,9 +132,7 @@ class FaceAnonymizer:
             import torch
 
             torch.set_num_threads(self.config.threads)
-        self.detector = detector or self._build_detector()
-        if set(self.config.rotations) != {0} and not isinstance(self.detector, RotatingDetector):
-            self.detector = RotatingDetector(self.detector, self.config.rotations)
+        self.detector = self._search(detector)
         self.oracles = list(oracles) if oracles is not None else [
             build_oracle(name, self.device, self.config.cache_dir, runtime=self.config.oracle_runtime,
                          threads=self.config.threads, screening=self.config.screening)
@@ -218,6 +218,22 @@ class FaceAnonymizer:
                 weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), steps=steps, device=self.device
             )
         return None
+
+    def _search(self, detector: FaceDetector | None) -> FaceDetector:
+        """The whole face search: ``detector`` (or the configured one) at every rotation, plus
+        the border pass. Another engine's search (a BorderDetector) is taken as it is."""
+        if isinstance(detector, BorderDetector):
+            return detector
+        upright = detector or self._build_detector()
+        search = upright
+        if set(self.config.rotations) != {0} and not isinstance(search, RotatingDetector):
+            search = RotatingDetector(search, self.config.rotations)
+        if not self.config.border_search:
+            return search
+        border = upright if detector is not None else MTCNNDetector(
+            max(self.config.min_face_size, BORDER_MIN_FACE), self.config.detection_thresholds, device=self.device
+        )
+        return BorderDetector(search, border)
 
     def _build_detector(self) -> FaceDetector:
         mtcnn = MTCNNDetector(

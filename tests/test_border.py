@@ -1,0 +1,53 @@
+"""Faces cut by the image border are found and replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.engine.border import BorderDetector
+
+
+@pytest.fixture(scope="module")
+def obfuscating() -> FaceAnonymizer:
+    return FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0))
+
+
+@pytest.fixture(scope="module")
+def without_border_search() -> FaceAnonymizer:
+    return FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0, border_search=False))
+
+
+def _cut(astronaut: np.ndarray, side: str) -> np.ndarray:
+    # half the face outside the frame: cut through its middle, or just below the eyes
+    return np.ascontiguousarray(astronaut[:, 225:] if side == "left" else astronaut[120:, :])
+
+
+@pytest.mark.parametrize("side", ["left", "top"])
+def test_a_face_cut_in_half_by_the_border_is_found_and_replaced(obfuscating, without_border_search, astronaut, side):
+    image = _cut(astronaut, side)
+    assert without_border_search.detector.detect(image) == []  # the upright search alone misses it
+    result = obfuscating.anonymize(image)
+    (face,) = result.faces
+    assert face.detection.detector.endswith("@border")
+    x1, y1 = face.detection.box[:2]
+    assert x1 < 0 if side == "left" else y1 < 0  # the box reaches past the border it crosses
+    visible = (slice(60, 175), slice(0, 45)) if side == "left" else (slice(0, 55), slice(180, 270))
+    changed = np.abs(np.asarray(result.image).astype(int)[visible] - image[visible].astype(int)).mean()
+    assert changed > 20
+
+
+def test_whole_faces_are_not_doubled_by_their_mirror_image(obfuscating, astronaut):
+    assert len(obfuscating.detector.detect(astronaut)) == 1
+    touching = np.ascontiguousarray(astronaut[:, 180:])  # the face starts at the border
+    assert len(obfuscating.detector.detect(touching)) == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 9, 3), (30, 30, 3), (40, 700, 3)])
+def test_tiny_and_thin_images_are_searched_without_error(obfuscating, shape):
+    image = np.full(shape, 128, np.uint8)
+    detector = obfuscating.detector
+    assert isinstance(detector, BorderDetector)
+    assert detector.cut_faces(image) == []
+    assert obfuscating.anonymize(image).status == "no_faces"
