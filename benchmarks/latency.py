@@ -76,15 +76,15 @@ def main() -> None:
                               oracles=base.oracles)
     renderer_lcm = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector,
                                   oracles=base.oracles)
-    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector.detector,
-                             oracles=base.oracles)
+    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), border_search=False, cache_size=0, threads=args.threads,
+                                              oracle_runtime=args.oracle_runtime), oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),
         ("vae-decode + verify (2 oracles)", vae),
         ("renderer + verify (2 oracles)", renderer),
         ("renderer-lcm@1 (default) + verify (2 oracles)", renderer_lcm),
-        (f"default engine ({AnonymizerConfig().generator}), upright detection only (rotations=0)", upright),
+        (f"default engine ({AnonymizerConfig().generator}), upright detection only (rotations=0, no border search)", upright),
     )
     for engine_name, engine in engines:
         for image_name, image in (("250x250 one face", one_face), (f"{scene.shape[1]}x{scene.shape[0]} scene", scene)):

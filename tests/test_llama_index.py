@@ -511,7 +511,7 @@ def test_images_in_metadata_and_text_are_anonymized_in_any_node(post, astronaut)
     assert node.text.startswith("Crew.\n![portrait](data:image/jpeg;base64,") and node.text.endswith(")\nLaunch day.")
     assert _face_changed(_decoded(node.metadata["raw"]), astronaut)
     report = node.metadata["idmrag_report"]
-    assert report["status"] == "no_image" and [r["status"] for r in report["metadata_images"]] == ["anonymized"] * 2
+    assert report["status"] == "no_image" and [r["status"] for r in report["embedded_images"]] == ["anonymized"] * 2
     assert report["removed_locations"] == ["preview"] and node.metadata["page"] == 3
     assert "/photos/alice.jpg" not in node.get_content(metadata_mode=MetadataMode.LLM)
 
@@ -555,4 +555,11 @@ def test_in_memory_images_in_metadata_are_anonymized(post, astronaut):
     assert isinstance(crop, Image.Image) and pixels.shape == astronaut.shape
     assert _face_changed(np.asarray(crop).astype(int), astronaut) and _face_changed(pixels.astype(int), astronaut)
     assert node.metadata["pixels"] is astronaut  # the retrieved node itself is not modified
+
+
+def test_a_text_node_whose_text_is_a_base64_image_is_anonymized(post, astronaut):
+    b64 = _b64_jpeg(astronaut)
+    (out,) = post.postprocess_nodes([NodeWithScore(node=TextNode(id_="b", text=b64 + "\n"), score=1.0)])
+    assert b64[:500] not in out.node.text and _face_changed(_decoded(out.node.text), astronaut)
+    assert [r["status"] for r in out.node.metadata["idmrag_report"]["embedded_images"]] == ["anonymized"]
 

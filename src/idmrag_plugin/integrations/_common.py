@@ -283,6 +283,18 @@ def anonymize_embedded_images(
     return DATA_URI_IN_TEXT.sub(replaced, text)
 
 
+def anonymize_text_images(text: str, anonymize: Callable[..., AnonymizedImage], reports: list[dict[str, Any]]) -> str:
+    """``text`` anonymized when it is an image in base64 (the whole text, as some loaders
+    store images), else with the images embedded in it anonymized (see
+    :func:`anonymize_embedded_images`)."""
+    stripped = text.strip()
+    if DATA_URI_IN_TEXT.fullmatch(stripped) is None and looks_like_base64_image(stripped):
+        image = anonymize(data=decode_base64_image(stripped))
+        reports.append(image.report)
+        return image.base64
+    return anonymize_embedded_images(text, anonymize, reports)
+
+
 def carries_images(value: Any) -> bool:
     """True when ``value`` holds, at any depth, image data (an image data URI inside text
     too) or a path or URL of an image file."""

@@ -62,8 +62,8 @@ from idmrag_plugin.integrations._common import (
     AnonymizedImage,
     EngineHolder,
     EngineSettingsMixin,
-    anonymize_embedded_images,
     anonymize_inline_images,
+    anonymize_text_images,
     carries_images,
     decode_base64_image,
     drop_entries,
@@ -72,6 +72,7 @@ from idmrag_plugin.integrations._common import (
     is_image_location,
     is_inline_image,
     known_output_format,
+    looks_like_base64_image,
 )
 from idmrag_plugin.pipeline import FaceAnonymizer
 
@@ -179,7 +180,7 @@ def _safe_copy(
     _scrub_relationships(copy, location_keys, removed)
     report: dict[str, Any] = dict(image.report) if image is not None else {"status": "no_image"}
     if inline:
-        report["metadata_images"] = inline
+        report["embedded_images"] = inline
     if located:
         report["removed_locations"] = located
     if withheld:
@@ -257,13 +258,14 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
                 else:
                     withheld.append("file")
             content = "" if "text" in withheld else node.get_content(metadata_mode=MetadataMode.NONE)
-            embeds = DATA_URI_IN_TEXT.search(content) is not None  # Markdown or HTML inline images
+            # Markdown or HTML inline images, or a whole text that is an image in base64
+            embeds = DATA_URI_IN_TEXT.search(content) is not None or looks_like_base64_image(content.strip())
             if reference is None and not withheld and not embeds and not carries_images(node.metadata):
                 return node
             image = bridge.anonymize(**reference) if reference is not None else None
             inline: list[dict[str, Any]] = []  # thumbnails and the like a loader put in metadata
             metadata = anonymize_inline_images(node.metadata, bridge.anonymize, inline)
-            text = anonymize_embedded_images(content, bridge.anonymize, inline) if embeds else None
+            text = anonymize_text_images(content, bridge.anonymize, inline) if embeds else None
         except IdmragError as exc:
             dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
             bridge.withhold(exc, f"node {node.node_id}")
