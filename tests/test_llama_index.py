@@ -563,3 +563,40 @@ def test_a_text_node_whose_text_is_a_base64_image_is_anonymized(post, astronaut)
     assert b64[:500] not in out.node.text and _face_changed(_decoded(out.node.text), astronaut)
     assert [r["status"] for r in out.node.metadata["idmrag_report"]["embedded_images"]] == ["anonymized"]
 
+
+def test_llm_guard_anonymizes_images_nested_in_citable_citation_and_tool_blocks(engine, photo, astronaut):
+    """A multimodal citation query engine hands the model retrieved images inside CitableBlocks
+    (with the node's source); a guard that looked only at top-level blocks let them through."""
+    types = pytest.importorskip("llama_index.core.base.llms.types")
+    if not hasattr(types, "CitableBlock"):
+        pytest.skip("this llama-index-core has no citation blocks")
+    from llama_index.core.base.llms.types import (
+        ChatMessage,
+        CitableBlock,
+        CitationBlock,
+        TextBlock,
+        ToolCallBlock,
+    )
+
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    llm = FaceAnonymizingLLM(llm=inner, anonymizer=FaceAnonymizerPostprocessor(engine=engine))
+    raw = photo.read_bytes()
+    b64 = base64.b64encode(raw).decode()
+    message = ChatMessage(role="user", blocks=[
+        CitableBlock(title="crew photo", source=str(photo), content=[TextBlock(text="the crew"), ImageBlock(path=str(photo))]),
+        CitationBlock(cited_content=ImageBlock(image=raw), source="https://cdn.example.org/alice.jpg", title="t",
+                      additional_location_info={}),
+        ToolCallBlock(tool_call_id="1", tool_name="show", tool_kwargs={"image": b64, "caption": "kept"}),
+    ])
+    llm.chat([message])
+    (sent,) = inner.last_chat_messages
+    citable, citation, tool = sent.blocks
+    assert citable.source == "" and citable.title == "crew photo" and citable.content[0].text == "the crew"
+    for block in (citable.content[1], citation.cited_content):
+        assert block.path is None and _face_changed(_decoded(base64.b64encode(block.resolve_image().read())), astronaut)
+    assert citation.source == "" and tool.tool_kwargs["caption"] == "kept"
+    assert _face_changed(_decoded(tool.tool_kwargs["image"]), astronaut)
+    assert str(photo) not in str(sent) and b64[:500] not in str(sent) and "cdn.example.org" not in str(sent)
+

@@ -43,7 +43,7 @@ try:
         TextBlock,
         VideoBlock,
     )
-    from llama_index.core.bridge.pydantic import Field, PrivateAttr
+    from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr
     from llama_index.core.llms.llm import LLM
     from llama_index.core.schema import BaseNode
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -56,7 +56,11 @@ from idmrag_plugin.integrations._common import (
     DATA_URI_IN_TEXT,
     AnonymizedImage,
     anonymize_embedded_images,
+    anonymize_inline_images,
+    carries_images,
     decode_base64_image,
+    drop_locations,
+    is_image_location,
 )
 from idmrag_plugin.integrations.llama_index import (
     FaceAnonymizationEvent,
@@ -107,8 +111,10 @@ class FaceAnonymizingLLM(LLM):
         if isinstance(block, TextBlock) and DATA_URI_IN_TEXT.search(block.text):  # Markdown or HTML inline images
             return TextBlock(text=self._anonymize_embedded(block.text))
         is_image_document = isinstance(block, DocumentBlock) and str(block.document_mimetype or "").startswith("image/")
-        if not isinstance(block, ImageBlock) and not is_image_document:
+        if isinstance(block, (TextBlock, AudioBlock, VideoBlock, DocumentBlock)) and not is_image_document:
             return block
+        if not isinstance(block, ImageBlock) and not is_image_document:
+            return self._anonymize_container(block)
         try:
             image = self._anonymize_image(block)
         except IdmragError as exc:
@@ -117,6 +123,38 @@ class FaceAnonymizingLLM(LLM):
             return _withheld("image", str(exc))
         dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status=str(image.report["status"]), report=image.report))
         return ImageBlock(image=image.data, image_mimetype=image.mimetype, detail=getattr(block, "detail", None))
+
+    def _anonymize_container(self, block: Any) -> Any:
+        """A block that holds other blocks (``CitableBlock``'s content, ``CitationBlock``'s
+        cited content, and whatever later releases add) with those anonymized, its image
+        paths and URLs (a citation's ``source``) blanked and images in its other fields (a
+        tool call's arguments) anonymized in kind."""
+        if not isinstance(block, BaseModel):
+            return block
+        updates: dict[str, Any] = {}
+        for name in type(block).model_fields:
+            value = getattr(block, name)
+            if isinstance(value, BaseModel):
+                new = self._anonymize_block(value)
+            elif isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+                new = [self._anonymize_block(v) for v in value]
+            elif is_image_location(value):
+                new = ""
+            elif isinstance(value, (dict, list, str, bytes)) and carries_images(value):
+                new = self._anonymize_value(value)
+            else:
+                continue
+            updates[name] = new
+        return block.model_copy(update=updates) if updates else block
+
+    def _anonymize_value(self, value: Any) -> Any:
+        bridge = self.anonymizer._bridge
+        reports: list[dict[str, Any]] = []
+        try:
+            return drop_locations(anonymize_inline_images(value, bridge.anonymize, reports), (), [])
+        except IdmragError as exc:
+            bridge.withhold(exc, "image sent to the model")
+            return None if not isinstance(value, str) else _withheld("image", str(exc)).text
 
     def _anonymize_embedded(self, text: str) -> str:
         bridge = self.anonymizer._bridge
