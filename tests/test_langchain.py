@@ -395,3 +395,22 @@ def test_in_memory_images_in_metadata_are_anonymized_in_kind(compressor, astrona
     assert (meta["rgba"][..., 3] == 200).all()  # the alpha channel is not the face: kept
     assert meta["embedding"] is embedding and meta["tiny_mask"].shape == (4, 4)  # not images
     assert len(meta["idmrag_report"]) == 4
+
+
+def test_model_boundary_guard_anonymizes_images_nested_in_other_blocks(engine, photo, astronaut):
+    """Anthropic-style tool results carry image blocks inside their content."""
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    guard = FaceAnonymizingGuard(anonymizer=FaceAnonymizerCompressor(engine=engine))
+    block = {"type": "tool_result", "tool_use_id": "t1", "content": [
+        {"type": "text", "text": "the photo"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": b64}},
+    ], "meta": {"preview": f"data:image/jpeg;base64,{b64}", "origin": str(photo)}}
+    (guarded,) = guard.invoke([HumanMessage(content=[block])])
+    (out,) = guarded.content
+    assert out["tool_use_id"] == "t1" and out["content"][0] == {"type": "text", "text": "the photo"}
+    assert _face_changed(_decoded(out["content"][1]["source"]["data"]), astronaut)
+    assert _face_changed(_decoded(out["meta"]["preview"]), astronaut) and out["meta"]["origin"] == ""
+    assert b64[:500] not in str(guarded.content) and str(photo) not in str(guarded.content)
+    assert block["content"][1]["source"]["data"] == b64  # the caller's message is untouched

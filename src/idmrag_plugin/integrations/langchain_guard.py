@@ -42,6 +42,7 @@ from idmrag_plugin.integrations._common import (
     anonymize_embedded_images,
     decode_base64_image,
     image_bytes_of,
+    is_image_location,
 )
 from idmrag_plugin.integrations.langchain import FaceAnonymizerCompressor
 from idmrag_plugin.pipeline import FaceAnonymizer
@@ -156,7 +157,7 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             return _note(kind, "it cannot be anonymized")
         is_image_file = kind == "file" and str(block.get("mime_type", "")).startswith("image/")
         if kind not in ("image_url", "image") and not is_image_file:
-            return block
+            return self._nested(block, bridge, reports)
         try:
             image = self._image_of(block, kind, bridge)
         except IdmragError as exc:
@@ -165,6 +166,24 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             return _note("image", str(exc))
         reports.append(image.report)
         return self._rebuilt(block, kind, image)
+
+    def _nested(self, block: dict[str, Any], bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
+        """Any other block with the blocks and images inside it anonymized: a tool result
+        holding image blocks (Anthropic's ``tool_result``), a document's or a provider's own
+        containers; image paths and URLs in its fields blanked."""
+        new: dict[str, Any] = {}
+        for key, value in block.items():
+            if key == "type":
+                new[key] = value
+            elif isinstance(value, list):
+                new[key] = [self._block(item, bridge, reports) for item in value]
+            elif isinstance(value, dict):
+                new[key] = self._block(value, bridge, reports)
+            elif is_image_location(value):
+                new[key] = ""
+            else:
+                new[key] = self._block(value, bridge, reports)
+        return new if new != block else block
 
     def _image_of(self, block: dict[str, Any], kind: str, bridge: AnonymizerBridge) -> AnonymizedImage:
         if kind == "image_url":
