@@ -414,3 +414,10 @@ def test_model_boundary_guard_anonymizes_images_nested_in_other_blocks(engine, p
     assert _face_changed(_decoded(out["meta"]["preview"]), astronaut) and out["meta"]["origin"] == ""
     assert b64[:500] not in str(guarded.content) and str(photo) not in str(guarded.content)
     assert block["content"][1]["source"]["data"] == b64  # the caller's message is untouched
+
+
+def test_a_document_whose_content_is_an_image_path_or_url_hands_on_the_anonymized_image(compressor, photo, astronaut):
+    (out,) = compressor.compress_documents([Document(page_content=str(photo))], "q")
+    assert out.page_content.startswith("data:image/jpeg;base64,") and str(photo) not in repr(out)
+    assert _face_changed(_decoded(out.page_content), astronaut)
+    assert compressor.compress_documents([Document(page_content="ftp://host/alice.jpg")], "q") == []

@@ -600,3 +600,14 @@ def test_llm_guard_anonymizes_images_nested_in_citable_citation_and_tool_blocks(
     assert _face_changed(_decoded(tool.tool_kwargs["image"]), astronaut)
     assert str(photo) not in str(sent) and b64[:500] not in str(sent) and "cdn.example.org" not in str(sent)
 
+
+def test_a_text_node_whose_text_is_an_image_path_or_url_hands_on_the_anonymized_image(post, photo, astronaut):
+    out = post.postprocess_nodes([
+        NodeWithScore(node=TextNode(id_="p", text=f" {photo}\n"), score=1.0),
+        NodeWithScore(node=TextNode(id_="f", text="file:///photos/alice.jpg"), score=1.0),
+    ])
+    assert [item.node.node_id for item in out] == ["p"]  # a file:// URL cannot be fetched safely: withheld
+    text = out[0].node.text
+    assert text.startswith("data:image/jpeg;base64,") and str(photo) not in out[0].node.model_dump_json()
+    assert _face_changed(_decoded(text.split(",", 1)[1]), astronaut)
+

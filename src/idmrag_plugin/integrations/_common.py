@@ -317,6 +317,23 @@ def is_inline_image(value: Any) -> bool:
         return True  # it claims to be an image
 
 
+def image_reference(value: Any) -> dict[str, Any]:
+    """The ``data``/``path``/``url`` keyword arguments of the engine for an image given as
+    data, a path or an http(s) URL; other URL schemes and types raise :class:`InvalidImageError`."""
+    if isinstance(value, Path):
+        return {"path": value}
+    data = image_bytes_of(value)
+    if data is not None:
+        return {"data": data}
+    if not isinstance(value, str):
+        raise InvalidImageError(f"unsupported image value of type {type(value).__name__}")
+    if value.lower().startswith(("http://", "https://")):
+        return {"url": value}
+    if "://" in value:
+        raise InvalidImageError(f"unsupported image URL scheme in {value[:30]!r}")
+    return {"path": value}
+
+
 def is_image_location(value: Any) -> bool:
     """True for a path or http(s)/file URL string whose name ends like an image file."""
     if isinstance(value, Path):

@@ -57,6 +57,7 @@ from idmrag_plugin.integrations._common import (
     drop_locations,
     drop_photo_metadata,
     image_bytes_of,
+    image_reference,
     in_kind,
     is_image_location,
     is_image_object,
@@ -71,22 +72,6 @@ IMAGE_KEYS = ("image", "image_base64", "image_path", "image_url")
 
 #: Items a LangChain retriever can return: documents, or raw values from a byte store.
 RetrievedItem = Document | str | bytes
-
-
-def _reference(value: Any) -> dict[str, Any]:
-    """data/path/url keyword arguments for a value under one of ``image_keys``."""
-    if isinstance(value, Path):
-        return {"path": value}
-    data = image_bytes_of(value)
-    if data is not None:
-        return {"data": data}
-    if not isinstance(value, str):
-        raise InvalidImageError(f"unsupported image value of type {type(value).__name__}")
-    if value.lower().startswith(("http://", "https://")):
-        return {"url": value}
-    if "://" in value:
-        raise InvalidImageError(f"unsupported image URL scheme in {value[:30]!r}")
-    return {"path": value}
 
 
 class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, BaseDocumentTransformer):
@@ -184,6 +169,10 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
             image = bridge.anonymize(data=image_bytes_of(content) or b"")
             content = in_kind(content, image)
             reports.append(image.report)
+        elif isinstance(content, str) and self.content_mode == "auto" and is_image_location(content.strip()):
+            image = bridge.anonymize(**image_reference(content.strip()))  # the content is an image's path or URL
+            content = image.data_uri
+            reports.append(image.report)
         elif isinstance(content, str) and DATA_URI_IN_TEXT.search(content):  # Markdown or HTML inline images
             content = anonymize_embedded_images(content, bridge.anonymize, reports)
         metadata: dict[str, Any] = {}
@@ -191,7 +180,7 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         for key, value in doc.metadata.items():
             reference_like = not is_image_object(value) and not isinstance(value, (dict, list, tuple))
             if key in self.image_keys and reference_like and value not in (None, "") and image_bytes_of(value) is None:
-                pending.append((key, _reference(value)))  # a path or URL: its image goes to output_key
+                pending.append((key, image_reference(value)))  # a path or URL: its image goes to output_key
                 continue
             metadata[key] = anonymize_inline_images(value, bridge.anonymize, reports)
         for key, reference in pending:

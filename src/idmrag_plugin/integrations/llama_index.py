@@ -69,6 +69,7 @@ from idmrag_plugin.integrations._common import (
     drop_entries,
     drop_locations,
     drop_photo_metadata,
+    image_reference,
     is_image_location,
     is_inline_image,
     known_output_format,
@@ -260,12 +261,17 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
             content = "" if "text" in withheld else node.get_content(metadata_mode=MetadataMode.NONE)
             # Markdown or HTML inline images, or a whole text that is an image in base64
             embeds = DATA_URI_IN_TEXT.search(content) is not None or looks_like_base64_image(content.strip())
-            if reference is None and not withheld and not embeds and not carries_images(node.metadata):
+            pointer = is_image_location(content.strip())  # the text is an image's path or URL
+            if reference is None and not withheld and not embeds and not pointer and not carries_images(node.metadata):
                 return node
             image = bridge.anonymize(**reference) if reference is not None else None
             inline: list[dict[str, Any]] = []  # thumbnails and the like a loader put in metadata
             metadata = anonymize_inline_images(node.metadata, bridge.anonymize, inline)
             text = anonymize_text_images(content, bridge.anonymize, inline) if embeds else None
+            if pointer:
+                pointed = bridge.anonymize(**image_reference(content.strip()))
+                inline.append(pointed.report)
+                text = pointed.data_uri
         except IdmragError as exc:
             dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
             bridge.withhold(exc, f"node {node.node_id}")
