@@ -51,3 +51,25 @@ def test_tiny_and_thin_images_are_searched_without_error(obfuscating, shape):
     assert isinstance(detector, BorderDetector)
     assert detector.cut_faces(image) == []
     assert obfuscating.anonymize(image).status == "no_faces"
+
+
+def test_crops_of_a_cut_face_are_completed_by_its_mirror_image():
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.engine.upright import upright_patch
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    patch = upright_patch(image, (2.0, 20.0, 22.0, 40.0), 0, margin=0.5)  # reaches 8 px past the left edge
+    assert patch.origin[0] == -8 and patch.pixels.shape[1] == 8 + 32
+    np.testing.assert_array_equal(patch.pixels[:, :8], image[10:50, 8:0:-1])  # mirrored, edge not repeated
+    point = np.array([[0.0, 30.0]])
+    np.testing.assert_allclose(patch.to_image(patch.to_patch(point)), point)
+    # a face centred on the left edge, landmarks symmetric about it: its aligned crop is the
+    # visible half and that half's mirror image, left-right symmetric (a smear would not be)
+    import cv2
+
+    smooth = cv2.GaussianBlur(image, (0, 0), 3)  # no aliasing from the crop's slight offset
+    landmarks = np.array([[-6.0, 25.0], [6.0, 25.0], [0.0, 32.0], [-5.0, 38.0], [5.0, 38.0]])
+    crop = align_face(smooth, landmarks, 64).crop.astype(int)
+    asymmetry = np.abs(crop - crop[:, ::-1]).mean()
+    assert asymmetry < 0.25 * np.abs(crop - crop[::-1]).mean()

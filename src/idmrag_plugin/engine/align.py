@@ -73,12 +73,13 @@ def align_face(
 ) -> AlignedFace:
     """Warp the face given by five landmarks into a ``size`` x ``size`` crop.
 
-    Pixels outside the image are filled by replicating the border, so faces cut by the
-    image edge still give a full crop.
+    Pixels outside the image are the image mirrored across its border, so a face cut by the
+    image edge gives a full crop: its mirror image completes it (as in the border search), and
+    the original and its replacement do not share a smear of edge pixels there.
     """
     matrix = similarity_matrix(landmarks, size, zoom)
     crop = cv2.warpAffine(
-        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
     )
     return AlignedFace(crop=crop, matrix=matrix, inverse=invert(matrix))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 
@@ -68,5 +69,12 @@ def upright_patch(
     right, bottom = int(min(w, np.ceil(x2 + pad))), int(min(h, np.ceil(y2 + pad)))
     right, bottom = max(right, left + 1), max(bottom, top + 1)
     region = image[top:bottom, left:right]
+    # A face cut by the image border: the part outside is its mirror image (as the border
+    # search saw it), not a smear of edge pixels that the original and its replacement share.
+    spill = [int(max(0, np.ceil(v))) for v in (-(y1 - pad), (y2 + pad) - h, -(x1 - pad), (x2 + pad) - w)]
+    if any(spill) and min(region.shape[:2]) > 1:
+        spill = [min(v, size - 1) for v, size in zip(spill, (region.shape[0],) * 2 + (region.shape[1],) * 2, strict=True)]
+        region = cv2.copyMakeBorder(region, *spill, cv2.BORDER_REFLECT_101)
+        left, top = left - spill[2], top - spill[0]
     pixels = np.ascontiguousarray(np.rot90(region, k % 4)) if k % 4 else np.ascontiguousarray(region)
     return UprightPatch(pixels, (left, top), region.shape[:2], k % 4)

@@ -97,7 +97,7 @@ def eye_deviation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def box_crop(image: np.ndarray, detection: Detection, size: int, grow: float = BOX_GROW) -> np.ndarray:
-    """The detection's box as an upright square ``size`` x ``size`` crop (edges replicated)."""
+    """The detection's box as an upright square ``size`` x ``size`` crop (edges mirrored)."""
     x1, y1, x2, y2 = detection.box
     side = max(x2 - x1, y2 - y1, 1.0) * grow
     center = ((x1 + x2) / 2.0, (y1 + y2) / 2.0)
@@ -106,7 +106,7 @@ def box_crop(image: np.ndarray, detection: Detection, size: int, grow: float = B
     matrix[:, 2] += (size / 2.0 - center[0], size / 2.0 - center[1])
     return cv2.warpAffine(
         image, matrix, (size, size), flags=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
+        borderMode=cv2.BORDER_REFLECT_101,
     )
 
 
