@@ -73,3 +73,13 @@ def test_crops_of_a_cut_face_are_completed_by_its_mirror_image():
     crop = align_face(smooth, landmarks, 64).crop.astype(int)
     asymmetry = np.abs(crop - crop[:, ::-1]).mean()
     assert asymmetry < 0.25 * np.abs(crop - crop[::-1]).mean()
+
+
+def test_a_face_cropped_tighter_than_the_face_is_found(obfuscating, without_border_search, astronaut):
+    """Thumbnails cut around a face (a face dataset's crops) lose its outline on every side."""
+    import cv2
+
+    tight = cv2.resize(np.ascontiguousarray(astronaut[70:165, 190:262]), None, fx=3, fy=3)
+    assert without_border_search.detector.detect(tight) == []
+    result = obfuscating.anonymize(tight)
+    assert len(result.faces) == 1 and np.abs(np.asarray(result.image).astype(int) - tight.astype(int)).mean() > 20
