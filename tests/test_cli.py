@@ -91,3 +91,15 @@ def test_help_shows_defaults_and_meanings(capsys):
     for option, default in (("--rotations", "0,90,180,270"), ("--privacy-level", "far1e-2"),
                             ("--on-failure", "obfuscate"), ("--detector", "mtcnn")):
         assert option in text and f"(default: {default})" in " ".join(text.split())
+
+
+def test_engine_options_reach_the_config():
+    import argparse
+
+    from idmrag_plugin.cli import _add_engine_options, _engine_config
+
+    parser = argparse.ArgumentParser()
+    _add_engine_options(parser)
+    assert _engine_config(parser.parse_args([])).border_search is True
+    config = _engine_config(parser.parse_args(["--no-border-search", "--rotations", "0,180"]))
+    assert config.border_search is False and config.rotations == (0, 180)
