@@ -26,6 +26,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ def _safe_copy(
     ``metadata``: the node's metadata with its inline images anonymized; ``text``: its text
     with the images embedded in it anonymized, when it has any (their reports: ``inline``)."""
     copy = node.model_copy(deep=True)
-    copy.metadata = metadata
+    copy.metadata = deepcopy(metadata)  # nothing shared with the caller's node
     copy.embedding = None  # computed from the original (an image embedding describes its face)
     if text is not None:
         copy.set_content(text)
@@ -283,7 +284,7 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
         if withheld:
             logger.info("node %s: %s withheld (cannot be anonymized)", node.node_id, ", ".join(withheld))
         report = image.report if image is not None else None
-        status = str(report["status"]) if report is not None else "media_withheld"
+        status = str(report["status"]) if report is not None else "media_withheld" if withheld else "no_image"
         dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status=status, report=report))
         return _safe_copy(node, image, withheld, self.report_key, self.location_keys, metadata, inline, text)
 
