@@ -224,24 +224,16 @@ class FaceAnonymizer:
         the border pass. Another engine's search (a BorderDetector) is taken as it is."""
         if isinstance(detector, BorderDetector):
             return detector
-        upright = detector or self._build_detector()
+        if detector is not None:
+            upright = border = detector
+        else:
+            mtcnn = MTCNNDetector(self.config.min_face_size, self.config.detection_thresholds, device=self.device)
+            upright = UnionDetector([mtcnn, DlibHOGDetector()]) if self.config.detector == "mtcnn+hog" else mtcnn
+            border = mtcnn.sharing_networks(max(self.config.min_face_size, BORDER_MIN_FACE))
         search = upright
         if set(self.config.rotations) != {0} and not isinstance(search, RotatingDetector):
             search = RotatingDetector(search, self.config.rotations)
-        if not self.config.border_search:
-            return search
-        border = upright if detector is not None else MTCNNDetector(
-            max(self.config.min_face_size, BORDER_MIN_FACE), self.config.detection_thresholds, device=self.device
-        )
-        return BorderDetector(search, border)
-
-    def _build_detector(self) -> FaceDetector:
-        mtcnn = MTCNNDetector(
-            self.config.min_face_size, self.config.detection_thresholds, device=self.device
-        )
-        if self.config.detector == "mtcnn+hog":
-            return UnionDetector([mtcnn, DlibHOGDetector()])
-        return mtcnn
+        return BorderDetector(search, border) if self.config.border_search else search
 
     def warmup(self) -> None:
         """Load every model now instead of on the first image."""

@@ -98,8 +98,20 @@ class MTCNNDetector(FaceDetector):
         self.min_face_size = min_face_size
         self.thresholds = thresholds
         self.device = device
+        self._networks_of: MTCNNDetector | None = None
+
+    def sharing_networks(self, min_face_size: int) -> MTCNNDetector:
+        """A detector of faces from ``min_face_size`` px that runs this one's networks (loaded
+        once, whichever of the two is used first)."""
+        other = MTCNNDetector(min_face_size, self.thresholds, self.device)
+        other._networks_of = self
+        return other
 
     def _load(self) -> None:
+        if self._networks_of is not None:
+            self._networks_of.load()
+            self._mtcnn = self._networks_of._mtcnn
+            return
         try:
             from facenet_pytorch import MTCNN
         except ImportError as exc:

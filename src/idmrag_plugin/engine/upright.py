@@ -71,9 +71,11 @@ def upright_patch(
     region = image[top:bottom, left:right]
     # A face cut by the image border: the part outside is its mirror image (as the border
     # search saw it), not a smear of edge pixels that the original and its replacement share.
-    spill = [int(max(0, np.ceil(v))) for v in (-(y1 - pad), (y2 + pad) - h, -(x1 - pad), (x2 + pad) - w)]
-    if any(spill) and min(region.shape[:2]) > 1:
-        spill = [min(v, size - 1) for v, size in zip(spill, (region.shape[0],) * 2 + (region.shape[1],) * 2, strict=True)]
+    rows, cols = region.shape[:2]
+    limits = (rows - 1, rows - 1, cols - 1, cols - 1)  # reflection reaches at most across the region
+    wanted = (-(y1 - pad), (y2 + pad) - h, -(x1 - pad), (x2 + pad) - w)
+    spill = [min(int(max(0, np.ceil(v))), limit) for v, limit in zip(wanted, limits, strict=True)]
+    if any(spill):
         region = cv2.copyMakeBorder(region, *spill, cv2.BORDER_REFLECT_101)
         left, top = left - spill[2], top - spill[0]
     pixels = np.ascontiguousarray(np.rot90(region, k % 4)) if k % 4 else np.ascontiguousarray(region)

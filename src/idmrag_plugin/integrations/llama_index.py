@@ -260,9 +260,10 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
                 else:
                     withheld.append("file")
             content = "" if "text" in withheld else node.get_content(metadata_mode=MetadataMode.NONE)
+            stripped = content.strip()
             # Markdown or HTML inline images, or a whole text that is an image in base64
-            embeds = DATA_URI_IN_TEXT.search(content) is not None or looks_like_base64_image(content.strip())
-            pointer = is_image_location(content.strip())  # the text is an image's path or URL
+            embeds = DATA_URI_IN_TEXT.search(content) is not None or looks_like_base64_image(stripped)
+            pointer = is_image_location(stripped)  # the text is an image's path or URL
             if reference is None and not withheld and not embeds and not pointer and not carries_images(node.metadata):
                 return node
             image = bridge.anonymize(**reference) if reference is not None else None
@@ -270,7 +271,7 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
             metadata = anonymize_inline_images(node.metadata, bridge.anonymize, inline)
             text = anonymize_text_images(content, bridge.anonymize, inline) if embeds else None
             if pointer:
-                pointed = bridge.anonymize(**image_reference(content.strip()))
+                pointed = bridge.anonymize(**image_reference(stripped))
                 inline.append(pointed.report)
                 text = pointed.data_uri
         except IdmragError as exc:
