@@ -58,9 +58,17 @@ class PatchDiscriminator(nn.Module):
         return self.head(h), features
 
 
-def augment_params(n: int, device: torch.device, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Random parameters of one DiffAugment draw (colour + translation), shared by the
-    tensors it is applied to so that real and fake of a pair see the same transform."""
+def augment_params(n: int, device: torch.device, generator: torch.Generator | None = None,
+                   translation: float = 0.0) -> dict[str, torch.Tensor]:
+    """Random parameters of one DiffAugment draw (colour, and translation by up to
+    ``translation`` of the side each way), shared by the tensors it is applied to so that real
+    and fake of a pair see the same transform.
+
+    Translation is off by default: measured on the packaged renderer's drawings against real
+    faces (64 px, batch 16, gamma 0), a discriminator with colour jitter alone took its hinge
+    loss from 2.2 to 1.4 in 125 steps; with whole-pixel shifts of up to 1/16 of the side added
+    it stayed at 1.9-2.0 (with bilinear shifts, as before, at 2.0 for 2,000 steps of a fine-tune).
+    """
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator).to(device)
 
@@ -68,23 +76,30 @@ def augment_params(n: int, device: torch.device, generator: torch.Generator | No
         "brightness": rand(n, 1, 1, 1) - 0.5,
         "saturation": rand(n, 1, 1, 1) * 2.0,
         "contrast": rand(n, 1, 1, 1) + 0.5,
-        "shift": (rand(n, 2) - 0.5) * 0.25,  # up to 1/8 of the side each way
+        "shift": (rand(n, 2) * 2.0 - 1.0) * 2.0 * translation,  # normalised coordinates span 2 per side
     }
 
 
 def diff_augment(image: torch.Tensor, mask: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable colour jitter (image only) and translation (image and mask together)."""
+    """Differentiable colour jitter (image only) and translation by whole pixels (image and
+    mask together)."""
     x = image + params["brightness"]
     mean = x.mean(dim=1, keepdim=True)
     x = (x - mean) * params["saturation"] + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * params["contrast"] + mean
-    n = x.shape[0]
+    n, _, h, w = x.shape
+    if not bool(params["shift"].any()):
+        return x, mask
+    # Whole pixels: a fractional shift resampled bilinearly is a low-pass filter that blurs
+    # the real faces as much as the drawn ones, hiding the very detail the discriminator judges.
+    sides = torch.tensor([w, h], device=x.device, dtype=x.dtype)
+    shift = torch.round(params["shift"].to(x.device, x.dtype) * sides / 2) * 2 / sides
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = params["shift"].to(x.dtype)
+    theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     m = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return x, m
 
