@@ -61,6 +61,7 @@ def _engine_config(args: argparse.Namespace):
         min_face_size=args.min_face_size,
         rotations=rotations,
         border_search=not args.no_border_search,
+        exposure_search=not args.no_exposure_search,
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
@@ -208,6 +209,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="detect faces in the image turned by these angles (sideways photos); 0 alone is faster")
     parser.add_argument("--no-border-search", action="store_true",
                         help="skip the extra pass for faces cut by the image border (faster; misses them)")
+    parser.add_argument("--no-exposure-search", action="store_true",
+                        help="skip the extra pass over a levelled copy of dark or washed-out photos (misses their faces)")
     parser.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"],
                         help="a replaced face must be less like the original than all but this fraction of "
                              "different-person pairs (far1e-3 is stricter)")

@@ -36,6 +36,10 @@ class AnonymizerConfig:
         border_search: also search for faces the image border cuts through (one more upright
             pass over the image padded by mirroring, see :mod:`idmrag_plugin.engine.border`);
             an upright detector misses a face once about half of it is outside the frame.
+        exposure_search: also search a levelled copy of a photo whose tones are narrow, dark or
+            washed out (see :mod:`idmrag_plugin.engine.exposure`); a detector reads a face in
+            the dark as flat, while anyone who brightens the photo sees it. Other photos cost
+            nothing more.
         crop_size: side of the canonical aligned face crop handed to the generator.
         oracles: face-recognition models that must all judge each replaced face a
             different person.
@@ -112,6 +116,7 @@ class AnonymizerConfig:
     detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     rotations: tuple[int, ...] = (0, 90, 180, 270)
     border_search: bool = True
+    exposure_search: bool = True
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"

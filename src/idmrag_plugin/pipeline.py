@@ -26,6 +26,7 @@ from idmrag_plugin.engine.detect import (
     RotatingDetector,
     UnionDetector,
 )
+from idmrag_plugin.engine.exposure import LEVELLED_TAG, LevellingDetector, Levels, levels_of
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.obfuscate import obfuscate_region, obfuscation_mask
 from idmrag_plugin.engine.oracles import FaceOracle, build_oracle
@@ -90,6 +91,10 @@ class _Job:
     failed: list[FaceReport] = field(default_factory=list)
     originals: OriginalViews | None = None
     regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    #: a dark or washed-out photo is worked on levelled (``pixels`` and ``output`` are the
+    #: levelled copy) and its redrawn pixels brought back to the photo's tones at the end
+    levels: Levels | None = None
+    photo: np.ndarray | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -109,9 +114,9 @@ class FaceAnonymizer:
         config: engine settings; defaults to :class:`AnonymizerConfig()`.
         generator: makes replacement faces. Without one, every detected face is
             irreversibly obfuscated (and the report says so).
-        detector: overrides the detector built from ``config`` (``config.rotations`` and
-            ``config.border_search`` still apply to it; another engine's ``detector``, a
-            whole search already, is used as it is).
+        detector: overrides the detector built from ``config`` (``config.rotations``,
+            ``config.border_search`` and ``config.exposure_search`` still apply to it; another
+            engine's ``detector``, a whole search already, is used as it is).
         oracles: override the oracles built from ``config.oracles``.
         thresholds: override the shipped calibrated thresholds, by oracle name.
     """
@@ -221,8 +226,9 @@ class FaceAnonymizer:
 
     def _search(self, detector: FaceDetector | None) -> FaceDetector:
         """The whole face search: ``detector`` (or the configured one) at every rotation, plus
-        the border pass. Another engine's search (a BorderDetector) is taken as it is."""
-        if isinstance(detector, BorderDetector):
+        the border pass, on the photo and, when its tones call for it, on a levelled copy.
+        Another engine's search is taken as it is."""
+        if isinstance(detector, (BorderDetector, LevellingDetector)):
             return detector
         if detector is not None:
             upright = border = detector
@@ -233,7 +239,9 @@ class FaceAnonymizer:
         search = upright
         if set(self.config.rotations) != {0} and not isinstance(search, RotatingDetector):
             search = RotatingDetector(search, self.config.rotations)
-        return BorderDetector(search, border) if self.config.border_search else search
+        if self.config.border_search:
+            search = BorderDetector(search, border)
+        return LevellingDetector(search) if self.config.exposure_search else search
 
     def warmup(self) -> None:
         """Load every model now instead of on the first image."""
@@ -400,12 +408,19 @@ class FaceAnonymizer:
         height, width = pixels.shape[:2]
         with _timed(timings, "detect"):
             detections = self.detector.detect(pixels)
+        photo, levels = None, None
+        if any(LEVELLED_TAG in d.detector for d in detections):
+            # a face only the levelled copy shows: faces are redrawn and judged where they can
+            # be seen (engine.exposure)
+            levels = levels_of(pixels)
+            if levels is not None:
+                photo, pixels = pixels, levels.apply(pixels)
         output = pixels.copy()
         result = AnonymizationResult(
             "no_faces" if not detections else "anonymized", width, height, output,
             timings_ms=timings, privacy_level=self.config.privacy_level,
         )
-        job = _Job(pixels, timings, result, output)
+        job = _Job(pixels, timings, result, output, levels=levels, photo=photo)
         if detections:
             job.faces = result.faces = [FaceReport(i, d) for i, d in enumerate(detections)]
             with _timed(timings, "align"):
@@ -432,6 +447,8 @@ class FaceAnonymizer:
             for face in failed:
                 face.method = OBFUSCATED
                 obfuscate_region(job.output, obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index]))
+        if job.levels is not None and job.photo is not None:
+            result.pixels = job.levels.restore(job.photo, job.pixels, job.output)
         return result
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:

@@ -1,0 +1,106 @@
+"""Faces in under- or overexposed photos.
+
+A face in a photo taken at night, or washed out by haze or backlight, spans a few grey levels
+that a detector reads as flat: MTCNN found nothing in the astronaut with its tones scaled to
+7% (every pixel below 18 of 255) or squeezed into the top fifth. Yet stretching the levels,
+what any viewer, editor or model downstream can do, brings the face back whole. So when an
+image's tones are that narrow or that dark, the search looks once more at a levelled copy (its
+tones stretched to the full range, then brought to a mid-grey median) and adds what it finds
+there. When one of its faces was found only there, the engine replaces the photo's faces in the levelled copy, where the generator
+sees a face of ordinary contrast and the oracles can judge it, and brings the redrawn pixels
+back to the photo's tones (every other pixel stays the photo's own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from idmrag_plugin.engine.detect import Detection, FaceDetector, suppress_overlaps
+
+#: An image whose tones (0.5th to 99.5th percentile of luminance) span fewer grey levels than
+#: this is levelled. Of 3,000 LFW, UTKFace and scene photos, 0.1% span fewer than 96.
+NARROW_RANGE = 96
+#: ... and so is one whose median luminance, after stretching, is below DARK_MEDIAN (a face in
+#: the dark beside a lamp) or above BRIGHT_MEDIAN (4.6% and 0.1% of those photos have medians
+#: under 30 and over 220, mostly dark studio backgrounds).
+DARK_MEDIAN = 24
+BRIGHT_MEDIAN = 224
+#: The levelled copy's median luminance.
+TARGET_MEDIAN = 110
+#: Levels are read from a copy at most this long (the percentiles barely move).
+PROBE_SIDE = 256
+#: The end of the detector name of a face found on the levelled copy.
+LEVELLED_TAG = "@levelled"
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """A tone curve (a lookup table) that levels one image, and its inverse."""
+
+    table: np.ndarray  # uint8 (256,), non-decreasing
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        return cv2.LUT(np.ascontiguousarray(image), self.table)
+
+    def restore(self, original: np.ndarray, levelled: np.ndarray, processed: np.ndarray) -> np.ndarray:
+        """``processed`` (``levelled`` with some regions redrawn) back in ``original``'s tones:
+        every pixel the processing left alone is the original's exactly, the redrawn ones go
+        through the inverse curve."""
+        inverse = np.round(np.interp(np.arange(256), self.table.astype(np.float64), np.arange(256.0)))
+        back = cv2.LUT(np.ascontiguousarray(processed), inverse.astype(np.uint8))
+        changed = (processed != levelled).any(axis=2, keepdims=True)
+        return np.where(changed, back, original)
+
+
+def levels_of(image: np.ndarray) -> Levels | None:
+    """The curve that stretches the RGB uint8 ``image``'s tones to the full range and brings
+    its median to mid-grey, or None when its tones need no levelling."""
+    side = max(image.shape[:2])
+    probe = image
+    if side > PROBE_SIDE:
+        scale = PROBE_SIDE / side
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        probe = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    luma = probe.reshape(-1, 3).astype(np.float32) @ _LUMA
+    lo, hi = np.percentile(luma, [0.5, 99.5])
+    span = max(float(hi - lo), 4.0)
+    median = (float(np.median(luma)) - lo) / span * 255.0
+    if hi - lo >= NARROW_RANGE and DARK_MEDIAN <= median <= BRIGHT_MEDIAN:
+        return None
+    median = min(max(median, 1.0), 254.0)
+    gamma = np.log(TARGET_MEDIAN / 255.0) / np.log(median / 255.0)
+    curve = np.clip((np.arange(256, dtype=np.float32) - lo) / span, 0.0, 1.0) ** gamma
+    return Levels(np.round(curve * 255.0).astype(np.uint8))
+
+
+def levelled(image: np.ndarray) -> np.ndarray | None:
+    """``image`` levelled (see :func:`levels_of`), or None when its tones need no levelling."""
+    levels = levels_of(image)
+    return None if levels is None else levels.apply(image)
+
+
+class LevellingDetector(FaceDetector):
+    """``detector``'s faces, plus those it finds on the levelled copy of an image whose tones
+    are narrow, dark or washed out (see :func:`levelled`); other images cost nothing more."""
+
+    def __init__(self, detector: FaceDetector, iou: float = 0.3) -> None:
+        super().__init__()
+        self.detector = detector
+        self.iou = iou
+        self.name = detector.name
+
+    def _load(self) -> None:
+        self.detector.load()
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        found = self.detector.detect(image)
+        copy = levelled(image)
+        if copy is None:
+            return found
+        extra = [Detection(d.box, d.score, d.landmarks, f"{d.detector}{LEVELLED_TAG}") for d in self.detector.detect(copy)]
+        return suppress_overlaps(found + extra, self.iou)
