@@ -81,3 +81,21 @@ def test_a_dark_photo_s_face_is_drawn_in_its_tones(astronaut):
     # drawn where the face could be seen and brought back: as dark as the photo around it
     assert int(drawn.max()) <= int(image.max()) + 2, (drawn.max(), image.max())
     assert abs(float(drawn.mean()) - float(image[y1:y2, x1:x2].mean())) < 3.0, (drawn.mean(), image[y1:y2, x1:x2].mean())
+
+
+def test_levelled_pixels_come_back_inside_the_photo_s_range(astronaut):
+    for tone in TONES.values():
+        image = tone(astronaut)
+        levels = levels_of(image)
+        assert levels is not None
+        flat = levels.apply(image)
+        redrawn = np.full_like(flat, 255)
+        redrawn[::2] = 0  # every level a drawing can reach, both clipped ends included
+        back = levels.restore(image, flat, redrawn)
+        changed = (redrawn != flat).any(axis=2)
+        assert back[changed].min() >= int(np.percentile(image, 0.1)) - 1
+        assert back[changed].max() <= int(image.max())
+        assert np.array_equal(back[~changed], image[~changed])
+        # and levelled again, a drawing comes back as drawn, up to the levels the photo has
+        again = levels.apply(back)
+        assert np.abs(again[changed].astype(int) - redrawn[changed].astype(int)).mean() < 40

@@ -51,8 +51,14 @@ class Levels:
         """``processed`` (``levelled`` with some regions redrawn) back in ``original``'s tones:
         every pixel the processing left alone is the original's exactly, the redrawn ones go
         through the inverse curve."""
-        inverse = np.round(np.interp(np.arange(256), self.table.astype(np.float64), np.arange(256.0)))
-        back = cv2.LUT(np.ascontiguousarray(processed), inverse.astype(np.uint8))
+        # the darkest original level that levels to at least v; but for 0, the brightest that
+        # levels to 0: the curve's clipped ends (every level past the photo's brightest levels
+        # to 255, every one below its darkest to 0) map back to the photo's own range
+        levels = np.arange(256)
+        first = np.searchsorted(self.table, levels, side="left")
+        last = np.searchsorted(self.table, levels, side="right") - 1
+        inverse = np.clip(np.where(levels == 0, last, first), 0, 255).astype(np.uint8)
+        back = cv2.LUT(np.ascontiguousarray(processed), inverse)
         changed = (processed != levelled).any(axis=2, keepdims=True)
         return np.where(changed, back, original)
 
