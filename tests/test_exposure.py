@@ -99,3 +99,10 @@ def test_levelled_pixels_come_back_inside_the_photo_s_range(astronaut):
         # and levelled again, a drawing comes back as drawn, up to the levels the photo has
         again = levels.apply(back)
         assert np.abs(again[changed].astype(int) - redrawn[changed].astype(int)).mean() < 40
+
+
+def test_a_face_the_photo_itself_shows_keeps_its_own_detection(obfuscating, astronaut):
+    image = (astronaut.astype(np.float32) * 0.15).astype(np.uint8)  # dark, but MTCNN still sees the face
+    assert levels_of(image) is not None
+    (face,) = obfuscating.detector.detect(image)
+    assert face.detector == "mtcnn"  # not replaced by the levelled copy's view of the same face
