@@ -92,9 +92,8 @@ class _Job:
     originals: OriginalViews | None = None
     regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
     #: a dark or washed-out photo is worked on levelled (``pixels`` and ``output`` are the
-    #: levelled copy) and its redrawn pixels brought back to the photo's tones at the end
-    levels: Levels | None = None
-    photo: np.ndarray | None = None
+    #: levelled copy): its curve and the photo, to bring the redrawn pixels back at the end
+    levelled_from: tuple[Levels, np.ndarray] | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -408,19 +407,19 @@ class FaceAnonymizer:
         height, width = pixels.shape[:2]
         with _timed(timings, "detect"):
             detections = self.detector.detect(pixels)
-        photo, levels = None, None
+        levelled_from = None
         if any(LEVELLED_TAG in d.detector for d in detections):
             # a face only the levelled copy shows: faces are redrawn and judged where they can
             # be seen (engine.exposure)
             levels = levels_of(pixels)
             if levels is not None:
-                photo, pixels = pixels, levels.apply(pixels)
+                levelled_from, pixels = (levels, pixels), levels.apply(pixels)
         output = pixels.copy()
         result = AnonymizationResult(
             "no_faces" if not detections else "anonymized", width, height, output,
             timings_ms=timings, privacy_level=self.config.privacy_level,
         )
-        job = _Job(pixels, timings, result, output, levels=levels, photo=photo)
+        job = _Job(pixels, timings, result, output, levelled_from=levelled_from)
         if detections:
             job.faces = result.faces = [FaceReport(i, d) for i, d in enumerate(detections)]
             with _timed(timings, "align"):
@@ -447,8 +446,9 @@ class FaceAnonymizer:
             for face in failed:
                 face.method = OBFUSCATED
                 obfuscate_region(job.output, obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index]))
-        if job.levels is not None and job.photo is not None:
-            result.pixels = job.levels.restore(job.photo, job.pixels, job.output)
+        if job.levelled_from is not None:
+            levels, photo = job.levelled_from
+            result.pixels = levels.restore(photo, job.pixels, job.output)
         return result
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
