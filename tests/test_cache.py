@@ -137,7 +137,7 @@ def test_cache_can_be_disabled(engine, astronaut):
 
 
 def test_a_file_swapped_into_the_store_is_never_handed_out(engine, camera_face, astronaut, tmp_path):
-    writer, _, _ = _engine(engine, camera_face, tmp_path=tmp_path)
+    writer, searched, _ = _engine(engine, camera_face, tmp_path=tmp_path)
     writer.anonymize(astronaut)
     from PIL import Image
 
@@ -145,7 +145,8 @@ def test_a_file_swapped_into_the_store_is_never_handed_out(engine, camera_face, 
     Image.fromarray(astronaut).save(png)  # the original photo, planted in place of the output
     reader, detector, _ = _engine(engine, camera_face, tmp_path=tmp_path)
     result = reader.anonymize(astronaut)
-    assert not result.cached and detector.calls == 1  # recomputed, not served from the store
+    # recomputed (the search ran as for the first, shadow passes included), not served from the store
+    assert not result.cached and detector.calls == searched.calls > 0
     x1, y1, x2, y2 = (int(v) for v in result.faces[0].detection.box)
     face = (slice(y1 + 10, y2 - 10), slice(x1 + 10, x2 - 10))
     assert np.abs(result.pixels[face].astype(int) - astronaut[face]).mean() > 20

@@ -1,13 +1,21 @@
-"""Faces in dark or washed-out photos are found, replaced where they can be seen, and the
-photo keeps its own tones."""
+"""Faces in dark or washed-out photos, or in deep shadow, are found, replaced where they can be
+seen, and the photo keeps its own tones."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
-from idmrag_plugin.engine.exposure import levelled, levels_of
+from idmrag_plugin.engine.exposure import (
+    SHADOW_TAG,
+    levelled,
+    levels_of,
+    shadow_levels,
+    shadow_tone_map,
+    shadows,
+)
 
 
 def _dark(image: np.ndarray) -> np.ndarray:
@@ -43,19 +51,25 @@ def test_ordinary_photos_are_not_levelled(astronaut, camera, no_face_image):
 
 
 @pytest.mark.parametrize("tone", list(TONES))
-def test_a_face_in_a_dark_or_washed_out_photo_is_found_and_replaced(obfuscating, without_exposure_search,
-                                                                    astronaut, tone):
+def test_a_face_in_a_dark_or_washed_out_photo_is_found_and_replaced(
+    obfuscating, without_exposure_search, astronaut, tone
+):
     image = TONES[tone](astronaut)
     assert without_exposure_search.detector.detect(image) == []  # flat to the detector
     seen = levelled(image)
-    assert seen is not None and without_exposure_search.detector.detect(seen)  # but there to anyone who levels it
+    assert seen is not None and without_exposure_search.detector.detect(
+        seen
+    )  # but there to anyone who levels it
 
     result = obfuscating.anonymize(image)
     assert result.status == "anonymized"
     (face,) = [f for f in result.faces if f.detection.detector.startswith("mtcnn@levelled")]
     out = np.asarray(result.image)
     x1, y1, x2, y2 = (int(v) for v in face.detection.box)
-    inner = (slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))
+    inner = (
+        slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4),
+        slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4),
+    )
     # levelled, the output's face is no longer the original's face
     again = levelled(out)
     assert again is not None
@@ -80,7 +94,10 @@ def test_a_dark_photo_s_face_is_drawn_in_its_tones(astronaut):
     drawn = np.asarray(result.image)[y1:y2, x1:x2]
     # drawn where the face could be seen and brought back: as dark as the photo around it
     assert int(drawn.max()) <= int(image.max()) + 2, (drawn.max(), image.max())
-    assert abs(float(drawn.mean()) - float(image[y1:y2, x1:x2].mean())) < 3.0, (drawn.mean(), image[y1:y2, x1:x2].mean())
+    assert abs(float(drawn.mean()) - float(image[y1:y2, x1:x2].mean())) < 3.0, (
+        drawn.mean(),
+        image[y1:y2, x1:x2].mean(),
+    )
 
 
 def test_levelled_pixels_come_back_inside_the_photo_s_range(astronaut):
@@ -102,7 +119,99 @@ def test_levelled_pixels_come_back_inside_the_photo_s_range(astronaut):
 
 
 def test_a_face_the_photo_itself_shows_keeps_its_own_detection(obfuscating, astronaut):
-    image = (astronaut.astype(np.float32) * 0.15).astype(np.uint8)  # dark, but MTCNN still sees the face
+    image = (astronaut.astype(np.float32) * 0.15).astype(
+        np.uint8
+    )  # dark, but MTCNN still sees the face
     assert levels_of(image) is not None
     (face,) = obfuscating.detector.detect(image)
     assert face.detector == "mtcnn"  # not replaced by the levelled copy's view of the same face
+
+
+def _shaded(
+    image: np.ndarray, factor: float = 0.06, box: tuple[int, int, int, int] = (120, 0, 320, 240)
+) -> np.ndarray:
+    """``image`` with a soft-edged deep shadow over ``box`` (the astronaut's head)."""
+    mask = np.zeros(image.shape[:2], np.float32)
+    x1, y1, x2, y2 = box
+    mask[y1:y2, x1:x2] = 1.0
+    mask = cv2.GaussianBlur(mask, (31, 31), 10)[..., None]
+    return (image.astype(np.float32) * (1.0 - mask * (1.0 - factor))).astype(np.uint8)
+
+
+def test_a_face_in_deep_shadow_in_a_bright_photo_is_found_and_replaced(
+    obfuscating, without_exposure_search, astronaut
+):
+    image = _shaded(astronaut)
+    assert levels_of(image) is None  # the photo as a whole is well exposed
+    assert (
+        without_exposure_search.detector.detect(image) == []
+    )  # the shadowed face is flat to MTCNN
+    result = obfuscating.anonymize(image)
+    assert result.status == "anonymized"
+    (face,) = result.faces
+    assert face.detection.detector == "mtcnn" + SHADOW_TAG
+    out = np.asarray(result.image)
+    # lifted out of the shadow, the output's face is not the original's
+    levels = shadow_levels(image, face.detection.box)
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    inner = (
+        slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4),
+        slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4),
+    )
+    assert (
+        np.abs(levels.apply(out)[inner].astype(int) - levels.apply(image)[inner].astype(int)).mean()
+        > 10
+    )
+    # and the photo is its own outside the face's region, and as dark inside the shadow
+    rx1, ry1, rx2, ry2 = levels.region
+    outside = np.ones(image.shape[:2], bool)
+    outside[ry1:ry2, rx1:rx2] = False
+    assert np.array_equal(out[outside], image[outside])
+    assert int(out[y1:y2, x1:x2].max()) <= int(image[y1:y2, x1:x2].max()) + 2
+
+
+def test_ordinary_photos_show_no_shadowed_faces(obfuscating, astronaut, camera):
+    for image in (astronaut, camera):
+        assert [d.detector for d in obfuscating.detector.detect(image)] == ["mtcnn"]
+
+
+def test_a_flat_black_region_is_no_shadow():
+    image = np.full((200, 300, 3), 200, np.uint8)
+    image[20:180, 20:150] = 3  # a plain dark surface: nothing to level
+    image[20:180, 160:290] = np.random.default_rng(0).integers(
+        0, 30, (160, 130, 3)
+    )  # a textured one
+    found = shadows(image, 20)
+    assert len(found) == 1
+    (x1, _, x2, _), _ = found[0]
+    assert x1 > 100 and 160 <= (x1 + x2) / 2 <= 290  # the textured one (padded)
+
+
+def test_regional_levels_come_back_exactly_where_nothing_was_redrawn(astronaut):
+    image = _shaded(astronaut, box=(120, 0, 320, 240))
+    tones = shadow_tone_map(
+        image,
+        [(180.0, 60.0, 265.0, 170.0), (200.0, 80.0, 280.0, 190.0), (10.0, 400.0, 40.0, 440.0)],
+    )
+    assert len(tones.steps) == 2  # the two overlapping faces share one region
+    flat = tones.apply(image)
+    redrawn = flat.copy()
+    redrawn[100:140, 200:240] = 128  # inside the first region
+    redrawn[300:310, 300:310] = 7  # outside every region: drawn in the photo's own tones
+    back = tones.restore(image, redrawn)
+    changed = (redrawn != flat).any(axis=2)
+    assert np.array_equal(back[~changed], image[~changed])
+    assert np.array_equal(back[300:310, 300:310], redrawn[300:310, 300:310])
+    assert int(back[100:140, 200:240].max()) <= int(image[60:170, 180:265].max()) + 1
+
+
+def test_a_shadowed_face_is_generated_in_the_shadow_s_tones(astronaut):
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0))
+    image = _shaded(astronaut)
+    result = engine.anonymize(image)
+    (face,) = result.faces
+    assert face.method == "generated", face.to_dict()
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    drawn, before = np.asarray(result.image)[y1:y2, x1:x2], image[y1:y2, x1:x2]
+    assert int(drawn.max()) <= int(before.max()) + 2
+    assert abs(float(drawn.mean()) - float(before.mean())) < 3.0

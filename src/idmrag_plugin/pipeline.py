@@ -26,7 +26,14 @@ from idmrag_plugin.engine.detect import (
     RotatingDetector,
     UnionDetector,
 )
-from idmrag_plugin.engine.exposure import LEVELLED_TAG, LevellingDetector, Levels, levels_of
+from idmrag_plugin.engine.exposure import (
+    LEVELLED_TAG,
+    SHADOW_TAG,
+    LevellingDetector,
+    ToneMap,
+    levels_of,
+    shadow_tone_map,
+)
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.obfuscate import obfuscate_region, obfuscation_mask
 from idmrag_plugin.engine.oracles import FaceOracle, build_oracle
@@ -91,9 +98,10 @@ class _Job:
     failed: list[FaceReport] = field(default_factory=list)
     originals: OriginalViews | None = None
     regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
-    #: a dark or washed-out photo is worked on levelled (``pixels`` and ``output`` are the
-    #: levelled copy): its curve and the photo, to bring the redrawn pixels back at the end
-    levelled_from: tuple[Levels, np.ndarray] | None = None
+    #: a dark or washed-out photo, or one with a face in deep shadow, is worked on levelled
+    #: (``pixels`` and ``output`` are the levelled copy): its tone map and the photo, to bring
+    #: the redrawn pixels back at the end
+    levelled_from: tuple[ToneMap, np.ndarray] | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -240,7 +248,11 @@ class FaceAnonymizer:
             search = RotatingDetector(search, self.config.rotations)
         if self.config.border_search:
             search = BorderDetector(search, border)
-        return LevellingDetector(search) if self.config.exposure_search else search
+        if self.config.exposure_search:
+            return LevellingDetector(
+                search, min_face_size=self.config.min_face_size, shadow_detector=upright
+            )
+        return search
 
     def warmup(self) -> None:
         """Load every model now instead of on the first image."""
@@ -407,13 +419,17 @@ class FaceAnonymizer:
         height, width = pixels.shape[:2]
         with _timed(timings, "detect"):
             detections = self.detector.detect(pixels)
-        levelled_from = None
+        # a face only a levelled copy or shadow shows: faces are redrawn and judged where they
+        # can be seen (engine.exposure)
+        tones = None
         if any(LEVELLED_TAG in d.detector for d in detections):
-            # a face only the levelled copy shows: faces are redrawn and judged where they can
-            # be seen (engine.exposure)
             levels = levels_of(pixels)
-            if levels is not None:
-                levelled_from, pixels = (levels, pixels), levels.apply(pixels)
+            tones = ToneMap((levels,)) if levels is not None else None
+        elif shadowed := [d.box for d in detections if SHADOW_TAG in d.detector]:
+            tones = shadow_tone_map(pixels, shadowed)
+        levelled_from = None
+        if tones is not None:
+            levelled_from, pixels = (tones, pixels), tones.apply(pixels)
         output = pixels.copy()
         result = AnonymizationResult(
             "no_faces" if not detections else "anonymized", width, height, output,
@@ -447,8 +463,8 @@ class FaceAnonymizer:
                 face.method = OBFUSCATED
                 obfuscate_region(job.output, obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index]))
         if job.levelled_from is not None:
-            levels, photo = job.levelled_from
-            result.pixels = levels.restore(photo, job.pixels, job.output)
+            tones, photo = job.levelled_from
+            result.pixels = tones.restore(photo, job.output)
         return result
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
