@@ -9,6 +9,7 @@ import pytest
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.exposure import (
+    SHADOW_MAX_PIXELS,
     SHADOW_TAG,
     levelled,
     levels_of,
@@ -215,3 +216,15 @@ def test_a_shadowed_face_is_generated_in_the_shadow_s_tones(astronaut):
     drawn, before = np.asarray(result.image)[y1:y2, x1:x2], image[y1:y2, x1:x2]
     assert int(drawn.max()) <= int(before.max()) + 2
     assert abs(float(drawn.mean()) - float(before.mean())) < 3.0
+
+
+def test_a_large_shadow_is_searched_on_a_smaller_copy_and_its_face_found(obfuscating, astronaut):
+    big = cv2.resize(astronaut, (1536, 1536), interpolation=cv2.INTER_CUBIC)
+    image = _shaded(big, box=(360, 0, 960, 720))
+    (region, _), *_ = shadows(image, 20)
+    x1, y1, x2, y2 = region
+    assert (x2 - x1) * (y2 - y1) > SHADOW_MAX_PIXELS  # over the budget: searched scaled down
+    (face,) = obfuscating.detector.detect(image)
+    assert face.detector == "mtcnn" + SHADOW_TAG
+    fx1, fy1, fx2, fy2 = face.box
+    assert 500 < (fx1 + fx2) / 2 < 800 and 150 < (fy1 + fy2) / 2 < 550  # where the head is, in full-size pixels
