@@ -232,3 +232,27 @@ def test_generator_methods_are_reproducible(astronaut):
     """Seeds are fixed: two fresh instances of a generator method give the same pixels."""
     first, second = build_method("vae-decode"), build_method("vae-decode")
     assert np.array_equal(first.run(astronaut).pixels, second.run(astronaut).pixels)
+
+
+def test_faces_cut_by_the_frame_are_told_apart():
+    from idmrag_plugin.bench.runner import _rate, cut_by_frame
+
+    shape = (250, 250, 3)
+    assert not cut_by_frame((80.0, 60.0, 170.0, 190.0), shape)
+    assert not cut_by_frame((-0.5, 0.0, 250.5, 100.0), shape)  # a box touching the edge is not cut
+    assert cut_by_frame((235.0, 97.0, 285.0, 167.0), shape)  # eyes past the right edge
+    assert cut_by_frame((3.0, -48.0, 86.0, 69.0), shape)
+    assert _rate(["generated", "obfuscated", "generated", "generated"]) == 0.25
+    assert np.isnan(_rate([]))
+
+
+def test_a_generator_s_fail_closed_rate_is_split_by_the_frame(two_people, tmp_path):
+    config = BenchConfig(data=two_people, methods=("vae-decode",), limit=None, consistency=0, grid=False,
+                         age_gender=False, progress=False)
+    results = run_benchmark(config)
+    faces = results.summary["methods"]["vae-decode"]["faces"]
+    assert faces["reported"] >= 2 and faces["cut_by_frame"] == 0  # both subjects lie whole in their photos
+    assert faces["fail_closed_in_frame"] == faces["fail_closed_rate"]
+    assert np.isnan(faces["fail_closed_cut_by_frame"])
+    table = write_results(results, tmp_path)["markdown"].read_text()
+    assert "Fail-closed among faces whole in the frame / cut by it: vae-decode" in table

@@ -71,6 +71,14 @@ def markdown_table(summary: dict) -> str:
             f" | {_num(cost['cpu_ms_per_image']['median'], 0)} | {_num(cost['wall_ms_per_face'], 0)}"
             f" | {_pct(fail) if fail is not None else '–'} |"
         )
+    split = [
+        f"{name} {_pct(m['faces']['fail_closed_in_frame'])} / {_pct(m['faces']['fail_closed_cut_by_frame'])}"
+        f" ({m['faces']['cut_by_frame']} of {m['faces']['reported']} faces cut)"
+        for name, m in methods.items()
+        if m["faces"].get("fail_closed_in_frame") is not None
+    ]
+    if split:
+        lines += ["", "Fail-closed among faces whole in the frame / cut by it: " + "; ".join(split) + "."]
     env = summary["environment"]
     machine = env["machine"]
     lines += [
