@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/renderer_grid.png")
     parser.add_argument("--renderer-weights", default=None, help="OUTPUT/renderer of train-renderer (default: packaged)")
     parser.add_argument("--code-lcm-weights", default=None, help="OUTPUT/lcm of train-code-lcm (default: packaged)")
+    parser.add_argument("--attribute-probes", default=None,
+                        help="attribute probes fitted for --renderer-weights (fit-attribute-probes; default: packaged)")
     parser.add_argument("--refiner-weights", default=None, help="OUTPUT/refiner of train-refiner (default: packaged)")
     parser.add_argument("--generators", default="vae-decode,renderer,renderer-lcm")
     parser.add_argument("--side", type=int, default=220, help="side of the 1:1 window around each face")
@@ -52,6 +54,10 @@ def main() -> None:
                                                  refine_faces=refine, face_blend=blend, cache_size=0, threads=args.threads))
         if engine.generator is not None and hasattr(engine.generator, "secret"):
             engine.generator.secret = b"renderer-grid"  # one secret: the columns draw the same pseudonyms
+        if args.renderer_weights and generator == "renderer-lcm" and engine.generator is not None:
+            engine.generator.renderer_dir = Path(args.renderer_weights)  # the LCM's codes drawn by that renderer
+        if args.attribute_probes and engine.generator is not None and hasattr(engine.generator, "attribute_probes_path"):
+            engine.generator.attribute_probes_path = Path(args.attribute_probes)
         if args.refiner_weights and refine and getattr(engine.generator, "refiner_dir", None) is not None:
             engine.generator.refiner_dir = Path(args.refiner_weights)
         columns[name] = {}
