@@ -426,7 +426,8 @@ class FaceAnonymizer:
             levels = levels_of(pixels)
             tones = ToneMap((levels,)) if levels is not None else None
         elif shadowed := [d.box for d in detections if SHADOW_TAG in d.detector]:
-            tones = shadow_tone_map(pixels, shadowed)
+            others = [d.box for d in detections if SHADOW_TAG not in d.detector]
+            tones = shadow_tone_map(pixels, shadowed, others)
         levelled_from = None
         if tones is not None:
             levelled_from, pixels = (tones, pixels), tones.apply(pixels)

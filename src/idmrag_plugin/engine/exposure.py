@@ -19,7 +19,7 @@ redrawn in its surroundings levelled by its own curve, and brought back the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import cv2
@@ -83,14 +83,28 @@ class Levels:
 
     table: np.ndarray  # uint8 (256,), non-decreasing
     region: Box | None = None
+    #: when set, only the region's pixels whose luminance is below this are levelled: a bright
+    #: face beside a shadowed one keeps its own tones (levelled, it would be clipped white)
+    below: int | None = None
+    #: and never inside these boxes (other faces, redrawn in their own tones)
+    exclude: tuple[Box, ...] = ()
+
+    def _levelled_where(self, original: np.ndarray) -> np.ndarray:
+        """(H, W, 1) bool: the pixels of ``original`` this curve levels."""
+        where = np.zeros(original.shape[:2] + (1,), bool)
+        x1, y1, x2, y2 = self.region if self.region is not None else (0, 0, original.shape[1], original.shape[0])
+        if self.below is None:
+            where[y1:y2, x1:x2] = True
+        else:
+            where[y1:y2, x1:x2, 0] = _luma(original[y1:y2, x1:x2]) < self.below
+        for ex1, ey1, ex2, ey2 in self.exclude:
+            where[max(0, ey1) : max(0, ey2), max(0, ex1) : max(0, ex2)] = False
+        return where
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        if self.region is None:
+        if self.region is None and self.below is None and not self.exclude:
             return cv2.LUT(np.ascontiguousarray(image), self.table)
-        x1, y1, x2, y2 = self.region
-        out = image.copy()
-        out[y1:y2, x1:x2] = cv2.LUT(np.ascontiguousarray(image[y1:y2, x1:x2]), self.table)
-        return out
+        return np.where(self._levelled_where(image), cv2.LUT(np.ascontiguousarray(image), self.table), image)
 
     def restore(
         self, original: np.ndarray, levelled: np.ndarray, processed: np.ndarray
@@ -106,12 +120,9 @@ class Levels:
         last = np.searchsorted(self.table, levels, side="right") - 1
         inverse = np.clip(np.where(levels == 0, last, first), 0, 255).astype(np.uint8)
         back = cv2.LUT(np.ascontiguousarray(processed), inverse)
-        if self.region is not None:
-            # a redrawn pixel outside the region was drawn in the photo's own tones
-            inside = np.zeros(processed.shape[:2] + (1,), bool)
-            x1, y1, x2, y2 = self.region
-            inside[y1:y2, x1:x2] = True
-            back = np.where(inside, back, processed)
+        if self.region is not None or self.below is not None or self.exclude:
+            # a redrawn pixel where the photo was not levelled was drawn in the photo's own tones
+            back = np.where(self._levelled_where(original), back, processed)
         changed = (processed != levelled).any(axis=2, keepdims=True)
         return np.where(changed, back, original)
 
@@ -253,13 +264,26 @@ def shadow_levels(image: np.ndarray, face: tuple[float, float, float, float]) ->
         min(width, int(np.ceil(x2 + grow_x))),
         min(height, int(np.ceil(y2 + grow_y))),
     )
-    return Levels(_curve(tones), region)
+    table = _curve(tones)
+    # levelled: the shadow's tones, and up to twice its brightest (the curve is white from there
+    # on); brighter pixels keep their own tones
+    saturated = int(np.argmax(table == 255)) if (table == 255).any() else 255
+    return Levels(table, region, below=min(255, 2 * saturated + 8))
 
 
-def shadow_tone_map(image: np.ndarray, faces: list[tuple[float, float, float, float]]) -> ToneMap:
+def shadow_tone_map(
+    image: np.ndarray,
+    faces: list[tuple[float, float, float, float]],
+    others: list[tuple[float, float, float, float]] | tuple = (),
+) -> ToneMap:
     """Each shadowed face's levels (:func:`shadow_levels`); overlapping regions are joined
-    under the first face's curve."""
-    merged = [shadow_levels(image, face) for face in faces]
+    under the first face's curve. The photo's ``others`` faces (their boxes grown by half
+    their size each way, where they are redrawn) are left in their own tones."""
+    exclude = tuple(
+        (int(x1 - (x2 - x1) / 2), int(y1 - (y2 - y1) / 2), int(np.ceil(x2 + (x2 - x1) / 2)), int(np.ceil(y2 + (y2 - y1) / 2)))
+        for x1, y1, x2, y2 in others
+    )
+    merged = [replace(shadow_levels(image, face), exclude=exclude) for face in faces]
     joined = True
     while joined:
         joined = False
@@ -268,7 +292,7 @@ def shadow_tone_map(image: np.ndarray, faces: list[tuple[float, float, float, fl
             assert a is not None and b is not None
             if _overlap(a, b):
                 union = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                merged[i] = Levels(merged[i].table, union)
+                merged[i] = replace(merged[i], region=union)
                 del merged[j]
                 joined = True
                 break
