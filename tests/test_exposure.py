@@ -199,7 +199,7 @@ def test_regional_levels_come_back_exactly_where_nothing_was_redrawn(astronaut):
     redrawn = flat.copy()
     redrawn[100:140, 200:240] = 128  # inside the first region
     redrawn[300:310, 300:310] = 7  # outside every region: drawn in the photo's own tones
-    back = tones.restore(image, redrawn)
+    back = tones.restore(image, flat, redrawn)
     changed = (redrawn != flat).any(axis=2)
     assert np.array_equal(back[~changed], image[~changed])
     assert np.array_equal(back[300:310, 300:310], redrawn[300:310, 300:310])

@@ -465,7 +465,7 @@ class FaceAnonymizer:
                 obfuscate_region(job.output, obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index]))
         if job.levelled_from is not None:
             tones, photo = job.levelled_from
-            result.pixels = tones.restore(photo, job.output)
+            result.pixels = tones.restore(photo, job.pixels, job.output)
         return result
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:

@@ -260,7 +260,7 @@ def _summarise(run: _MethodRun, refs: list[_Reference], gallery: dict[str, np.nd
             "reported": faces,
             "generated": generated,
             "obfuscated": obfuscated,
-            "fail_closed_rate": (obfuscated / faces if faces else float("nan")) if run.generates else None,
+            "fail_closed_rate": _rate(run.face_methods) if run.generates else None,
             # faces cut by the frame are mostly judged on mirrored padding, identical before and after:
             # their oracles' verdicts rarely clear them, and they fail closed by design
             "cut_by_frame": len(cut),

@@ -89,26 +89,32 @@ class Levels:
     #: and never inside these boxes (other faces, redrawn in their own tones)
     exclude: tuple[Box, ...] = ()
 
-    def _levelled_where(self, original: np.ndarray) -> np.ndarray:
-        """(H, W, 1) bool: the pixels of ``original`` this curve levels."""
-        where = np.zeros(original.shape[:2] + (1,), bool)
+    def _levelled_where(self, original: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray]:
+        """The region's slices, and (h, w, 1) bool inside it: the pixels of ``original`` this
+        curve levels."""
         x1, y1, x2, y2 = self.region if self.region is not None else (0, 0, original.shape[1], original.shape[0])
+        inside = (slice(y1, y2), slice(x1, x2))
         if self.below is None:
-            where[y1:y2, x1:x2] = True
+            where = np.ones((y2 - y1, x2 - x1, 1), bool)
         else:
-            where[y1:y2, x1:x2, 0] = _luma(original[y1:y2, x1:x2]) < self.below
+            where = (_luma(original[inside]) < self.below)[..., None]
         for ex1, ey1, ex2, ey2 in self.exclude:
-            where[max(0, ey1) : max(0, ey2), max(0, ex1) : max(0, ex2)] = False
-        return where
+            where[max(0, ey1 - y1) : max(0, ey2 - y1), max(0, ex1 - x1) : max(0, ex2 - x1)] = False
+        return inside, where
+
+    def _whole(self) -> bool:
+        return self.region is None and self.below is None and not self.exclude
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        if self.region is None and self.below is None and not self.exclude:
+        if self._whole():
             return cv2.LUT(np.ascontiguousarray(image), self.table)
-        return np.where(self._levelled_where(image), cv2.LUT(np.ascontiguousarray(image), self.table), image)
+        inside, where = self._levelled_where(image)
+        out = image.copy()
+        part = np.ascontiguousarray(image[inside])
+        out[inside] = np.where(where, cv2.LUT(part, self.table), part)
+        return out
 
-    def restore(
-        self, original: np.ndarray, levelled: np.ndarray, processed: np.ndarray
-    ) -> np.ndarray:
+    def restore(self, original: np.ndarray, levelled: np.ndarray, processed: np.ndarray) -> np.ndarray:
         """``processed`` (``levelled`` with some regions redrawn) back in ``original``'s tones:
         every pixel the processing left alone is the original's exactly, the redrawn ones go
         through the inverse curve."""
@@ -119,10 +125,14 @@ class Levels:
         first = np.searchsorted(self.table, levels, side="left")
         last = np.searchsorted(self.table, levels, side="right") - 1
         inverse = np.clip(np.where(levels == 0, last, first), 0, 255).astype(np.uint8)
-        back = cv2.LUT(np.ascontiguousarray(processed), inverse)
-        if self.region is not None or self.below is not None or self.exclude:
+        if self._whole():
+            back = cv2.LUT(np.ascontiguousarray(processed), inverse)
+        else:
             # a redrawn pixel where the photo was not levelled was drawn in the photo's own tones
-            back = np.where(self._levelled_where(original), back, processed)
+            inside, where = self._levelled_where(original)
+            back = processed.copy()
+            part = np.ascontiguousarray(processed[inside])
+            back[inside] = np.where(where, cv2.LUT(part, inverse), part)
         changed = (processed != levelled).any(axis=2, keepdims=True)
         return np.where(changed, back, original)
 
@@ -138,12 +148,13 @@ class ToneMap:
             image = levels.apply(image)
         return image
 
-    def restore(self, original: np.ndarray, processed: np.ndarray) -> np.ndarray:
-        """``processed`` (this map's levelled copy of ``original`` with some regions redrawn)
-        back in ``original``'s tones; every pixel not redrawn is the original's exactly."""
+    def restore(self, original: np.ndarray, levelled: np.ndarray, processed: np.ndarray) -> np.ndarray:
+        """``processed`` (``levelled``, this map's copy of ``original``, with some regions
+        redrawn) back in ``original``'s tones; every pixel not redrawn is the original's exactly."""
         stages = [original]
-        for levels in self.steps:
+        for levels in self.steps[:-1]:
             stages.append(levels.apply(stages[-1]))
+        stages.append(levelled)
         for levels, before, after in zip(
             reversed(self.steps), reversed(stages[:-1]), reversed(stages[1:]), strict=True
         ):
@@ -245,26 +256,20 @@ def _is_dark(image: np.ndarray, box: tuple[float, float, float, float]) -> bool:
     return x2 > x1 and y2 > y1 and float(np.median(_luma(image[y1:y2, x1:x2]))) <= SHADOW_LEVEL
 
 
+def _clipped(box: tuple[float, float, float, float], shape: tuple[int, ...]) -> Box:
+    """The whole pixels ``box`` touches, inside an image of ``shape``."""
+    x1, y1, x2, y2 = box
+    return max(0, int(x1)), max(0, int(y1)), min(shape[1], int(np.ceil(x2))), min(shape[0], int(np.ceil(y2)))
+
+
 def shadow_levels(image: np.ndarray, face: tuple[float, float, float, float]) -> Levels:
     """The curve that shows a face found in a shadow (from the tones of its box), applied to
     the region the engine redraws it in (its box grown by SHADOW_REGION_GROWTH each way)."""
     x1, y1, x2, y2 = face
-    height, width = image.shape[:2]
-    inner = (
-        max(0, int(x1)),
-        max(0, int(y1)),
-        min(width, int(np.ceil(x2))),
-        min(height, int(np.ceil(y2))),
-    )
-    tones = _luma(image[inner[1] : inner[3], inner[0] : inner[2]]).ravel()
+    ix1, iy1, ix2, iy2 = _clipped(face, image.shape)
     grow_x, grow_y = (x2 - x1) * SHADOW_REGION_GROWTH, (y2 - y1) * SHADOW_REGION_GROWTH
-    region = (
-        max(0, int(x1 - grow_x)),
-        max(0, int(y1 - grow_y)),
-        min(width, int(np.ceil(x2 + grow_x))),
-        min(height, int(np.ceil(y2 + grow_y))),
-    )
-    table = _curve(tones)
+    region = _clipped((x1 - grow_x, y1 - grow_y, x2 + grow_x, y2 + grow_y), image.shape)
+    table = _curve(_luma(image[iy1:iy2, ix1:ix2]).ravel())
     # levelled: the shadow's tones, and up to twice its brightest (the curve is white from there
     # on); brighter pixels keep their own tones
     saturated = int(np.argmax(table == 255)) if (table == 255).any() else 255
@@ -283,20 +288,12 @@ def shadow_tone_map(
         (int(x1 - (x2 - x1) / 2), int(y1 - (y2 - y1) / 2), int(np.ceil(x2 + (x2 - x1) / 2)), int(np.ceil(y2 + (y2 - y1) / 2)))
         for x1, y1, x2, y2 in others
     )
-    merged = [replace(shadow_levels(image, face), exclude=exclude) for face in faces]
-    joined = True
-    while joined:
-        joined = False
-        for i, j in combinations(range(len(merged)), 2):
-            a, b = merged[i].region, merged[j].region
-            assert a is not None and b is not None
-            if _overlap(a, b):
-                union = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                merged[i] = replace(merged[i], region=union)
-                del merged[j]
-                joined = True
-                break
-    return ToneMap(tuple(merged))
+    levels = [shadow_levels(image, face) for face in faces]
+    regions = [level.region for level in levels if level.region is not None]
+    return ToneMap(tuple(
+        replace(next(level for level in levels if _overlap(level.region, region)), region=region, exclude=exclude)
+        for region in _join_overlapping(regions)
+    ))
 
 
 def levels_of(image: np.ndarray) -> Levels | None:
@@ -349,26 +346,7 @@ class LevellingDetector(FaceDetector):
         if copy is not None:
             candidates = [(d, LEVELLED_TAG) for d in self.detector.detect(copy)]
         else:
-            candidates = []
-            found_shadows = shadows(image, self.min_face_size)
-            area = sum((x2 - x1) * (y2 - y1) for (x1, y1, x2, y2), _ in found_shadows)
-            scale = min(1.0, float(np.sqrt(SHADOW_MAX_PIXELS / max(area, 1))))
-            for (x1, y1, x2, y2), levels in found_shadows:
-                crop = cv2.LUT(np.ascontiguousarray(image[y1:y2, x1:x2]), levels.table)
-                if scale < 1.0:
-                    size = (max(1, round((x2 - x1) * scale)), max(1, round((y2 - y1) * scale)))
-                    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-                for d in self.shadow_detector.detect(crop):
-                    box = tuple(v / scale for v in d.box)
-                    if not _is_dark(image[y1:y2, x1:x2], box):
-                        continue
-                    moved = Detection(
-                        (box[0] + x1, box[1] + y1, box[2] + x1, box[3] + y1),
-                        d.score,
-                        d.landmarks / scale + np.array([x1, y1], dtype=np.float64),
-                        d.detector,
-                    )
-                    candidates.append((moved, SHADOW_TAG))
+            candidates = [(d, SHADOW_TAG) for d in self._in_shadows(image)]
         # only faces the photo itself does not show: a face found in both keeps the photo's
         # detection (and the photo is then worked on as it is)
         extra: list[Detection] = []
@@ -378,3 +356,24 @@ class LevellingDetector(FaceDetector):
             ):
                 extra.append(Detection(d.box, d.score, d.landmarks, f"{d.detector}{tag}"))
         return suppress_overlaps(found + extra, self.iou) if extra else found
+
+    def _in_shadows(self, image: np.ndarray) -> list[Detection]:
+        """Dark faces the upright detector finds in ``image``'s levelled shadows, in the
+        image's coordinates; shadows over SHADOW_MAX_PIXELS in all are searched scaled down."""
+        found_shadows = shadows(image, self.min_face_size)
+        area = sum((x2 - x1) * (y2 - y1) for (x1, y1, x2, y2), _ in found_shadows)
+        scale = min(1.0, float(np.sqrt(SHADOW_MAX_PIXELS / max(area, 1))))
+        faces = []
+        for (x1, y1, x2, y2), levels in found_shadows:
+            crop = cv2.LUT(np.ascontiguousarray(image[y1:y2, x1:x2]), levels.table)
+            if scale < 1.0:
+                size = (max(1, round((x2 - x1) * scale)), max(1, round((y2 - y1) * scale)))
+                crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+            for d in self.shadow_detector.detect(crop):
+                box = tuple(v / scale for v in d.box)
+                if _is_dark(image[y1:y2, x1:x2], box):
+                    faces.append(Detection(
+                        (box[0] + x1, box[1] + y1, box[2] + x1, box[3] + y1), d.score,
+                        d.landmarks / scale + np.array([x1, y1], dtype=np.float64), d.detector,
+                    ))
+        return faces
