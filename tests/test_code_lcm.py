@@ -22,7 +22,7 @@ from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
 from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig
 from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
-from idmrag_plugin.generation.sampler import IdentitySampler
+from idmrag_plugin.generation.sampler import IdentitySampler, pseudonym_key
 
 ID_DIM = 16
 HELD_OUT = 32  # faces of the tiny dataset's "val" split
@@ -159,7 +159,6 @@ def test_generator_draws_acceptable_suited_pseudonyms(tiny):
     code = generator.encode(face[None])[0][0]
     assert not np.allclose(generator.replacement_code(code, 0), generator.replacement_code(code, 1))  # a retry
     probes = AttributeProbes.load(root / "probes.safetensors")
-    from idmrag_plugin.generation.sampler import pseudonym_key
 
     def cos(a: np.ndarray) -> np.ndarray:
         return (a / np.linalg.norm(a, axis=-1, keepdims=True)) @ (code / np.linalg.norm(code))
@@ -187,6 +186,47 @@ def test_generator_draws_acceptable_suited_pseudonyms(tiny):
     other = _generator(root, steps=2, secret=b"t")
     other.generate(GenerationRequest(face, attempt=0, seed=7))
     assert not np.array_equal(other.replacement_code(code, 0), generator.replacement_code(code, 0))
+
+
+def test_every_photo_of_a_person_gets_the_same_pseudonym(tiny):
+    """A second photo of a registered person has its own identity code; the pseudonym must not
+    depend on it (chosen by this photo's code, two photos of one person got two pseudonyms)."""
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    generator._load_code_model().config.novelty_cos = 0.9999
+    face = np.random.default_rng(3).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    generator.generate(GenerationRequest(face, attempt=0, seed=7))  # the person's first photo
+    # one person's photos lie within the sampler's same-person level: loosened as for the tiny
+    # codes model, whose candidates are all within 0.82-0.93 of this face's code
+    generator._sampler.distinct_cos = 0.95
+    first = generator.encode(face[None])[0][0].astype(np.float64)
+    chosen = generator.replacement_code(first, 0)
+    (wanted,) = generator._readings.values()
+    candidates = sample_codes(generator._load_code_model(), condition_of([wanted] * 64), 2,
+                              generator_for(pseudonym_key(b"s", generator._seed_code(first), 0)))
+    probes = AttributeProbes.load(root / "probes.safetensors")
+    mismatch = np.array([probes.mismatch(wanted, r) for r in probes.read_code(candidates)])
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    def least_like(code: np.ndarray) -> np.ndarray:
+        """The best-suited passing candidates ordered from least to most like ``code``."""
+        passing = generator._sampler.judge(code, candidates)[1]
+        best = np.flatnonzero(passing & (mismatch == mismatch[passing].min()))
+        return candidates[best[np.argsort(unit(candidates[best]) @ unit(code))]]
+
+    ordered = least_like(first)
+    assert np.allclose(ordered[0], chosen) and len(ordered) > 1
+    # other photos of the person: codes leaning towards the pseudonym and away from the runner-up,
+    # so that "the candidate least like this photo" becomes another one
+    lean = unit(chosen) - unit(ordered[1])
+    flipped = 0
+    for step in (0.05, 0.1, 0.2):
+        other = first + step * np.linalg.norm(first) * lean
+        assert unit(other) @ unit(first) > generator._sampler.distinct_cos  # the same person
+        assert np.array_equal(generator._seed_code(other), generator._seed_code(first))
+        flipped += not np.allclose(least_like(other)[0], chosen)
+        assert np.allclose(generator.replacement_code(other, 0), chosen)
+    assert flipped  # the rule by this photo's code would have given another pseudonym
 
 
 def test_generator_refuses_a_model_for_other_probes(tiny, tmp_path):

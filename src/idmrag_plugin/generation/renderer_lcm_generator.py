@@ -7,7 +7,7 @@ writes the candidates directly for that gender and age (1-4 steps, a batch of ca
 once); the sampler's rules still decide which are acceptable (distinct from the original,
 realistic, and nobody real: no closer to a training identity than 99% of unseen people are,
 the model's recorded ``novelty_cos``); among the candidates the renderer draws closest to the person's
-attributes, the one least like the original identity wins, and the renderer draws it. The oracles verify the drawing as for every generator.
+attributes, the one least like the person's registered identity wins, and the renderer draws it. The oracles verify the drawing as for every generator.
 """
 
 from __future__ import annotations
@@ -134,9 +134,12 @@ class RendererLCMGenerator(RendererGenerator):
         if acceptable.any():
             pool = np.flatnonzero(acceptable)
             mismatch = np.array([probes.mismatch(wanted, drawn) for drawn in probes.read_code(candidates[pool])])
-            # Among the best-suited candidates, the one furthest from the original identity:
-            # a pseudonym of the person's gender and age is otherwise a nearer match than a random one.
-            closeness = _normalise(candidates[pool]) @ _normalise(code)
+            # Among the best-suited candidates, the one furthest from the person's identity: a
+            # pseudonym of the person's gender and age is otherwise a nearer match than a random
+            # one. Measured from the person's registered code, not this photo's: every photo of
+            # the person then gets the same pseudonym (by this photo's code, 16 of 50 people's
+            # two photos got two).
+            closeness = _normalise(candidates[pool]) @ _normalise(seed)
             return candidates[pool[int(np.lexsort((closeness, mismatch))[0])]]
         logger.info("none of %d LCM codes passed the sampler's rules; using the sampler's own", CANDIDATES)
         return super().replacement_code(code, attempt, variant)
