@@ -229,6 +229,39 @@ def test_every_photo_of_a_person_gets_the_same_pseudonym(tiny):
     assert flipped  # the rule by this photo's code would have given another pseudonym
 
 
+def test_a_person_next_photo_starts_with_their_verified_pseudonym(tiny):
+    """When a person's first photo was verified only at a later attempt, their next photo tries
+    that pseudonym first; the other attempts keep their order and stay distinct."""
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    generator._load_code_model().config.novelty_cos = 0.9999
+    face = np.random.default_rng(4).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    code = generator.encode(face[None])[0][0]
+    assert [generator.pseudonym_attempt(code, a) for a in range(4)] == [0, 1, 2, 3]
+    asked: list[int] = []
+    replacement_code = generator.replacement_code
+
+    def recording(code: np.ndarray, attempt: int, variant: int = 0) -> np.ndarray:
+        asked.append(attempt)
+        return replacement_code(code, attempt, variant)
+
+    generator.replacement_code = recording  # type: ignore[method-assign]
+    third = GenerationRequest(face, attempt=2, seed=11)
+    generator.generate(third)
+    generator.accepted(GenerationRequest(face, attempt=0, seed=12))  # never drawn: ignored
+    assert [generator.pseudonym_attempt(code, a) for a in range(4)] == [0, 1, 2, 3]
+    generator.accepted(third)
+    assert [generator.pseudonym_attempt(code, a) for a in range(5)] == [2, 0, 1, 3, 4]
+    # the person's next photo (here the same crop again) is drawn with that pseudonym first
+    # (the engine's attempt still sets the mask: later attempts redraw more)
+    generator.generate(GenerationRequest(face, attempt=0, seed=13))
+    generator.generate(GenerationRequest(face, attempt=1, seed=14))
+    assert asked == [2, 2, 0]
+    other = _generator(root, steps=2, secret=b"s")  # a new generator knows nothing of it
+    other._load_code_model().config.novelty_cos = 0.9999
+    assert [other.pseudonym_attempt(code, a) for a in range(3)] == [0, 1, 2]
+
+
 def test_generator_refuses_a_model_for_other_probes(tiny, tmp_path):
     root, *_ = tiny
     _planted_probes("0" * 64).save(tmp_path / "probes.safetensors")  # other bytes, other sha256

@@ -389,3 +389,32 @@ def test_face_recognised_again_on_the_final_image_is_redrawn_with_its_attempts_l
     else:
         assert face.method == GENERATED and face.verified
         assert [r.attempt for r in recording.requests] == [0, 1] and face.attempts == 2
+
+
+class LeakThenOtherGenerator(RecordingGenerator):
+    """Returns the original face at the first attempt (caught by the oracles), a fixed other
+    face after that; keeps the requests the engine says were verified."""
+
+    def __init__(self, face: np.ndarray) -> None:
+        super().__init__(face)
+        self.verified: list[GenerationRequest] = []
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        self.requests.append(request)
+        return request.face if request.attempt == 0 else self.face
+
+    def accepted(self, request: GenerationRequest) -> None:
+        self.verified.append(request)
+
+
+def test_the_generator_is_told_which_drawing_was_verified(make_engine, astronaut, camera_face):
+    """A generator keeping pseudonyms learns which attempt's drawing the oracles accepted (and
+    never one they rejected), so that the person's next photo can start with it."""
+    generator = LeakThenOtherGenerator(camera_face)
+    result = make_engine(generator, cache_size=0).anonymize(astronaut)
+    assert result.counts() == {"generated": 1} and result.faces[0].attempts == 2
+    assert [r.attempt for r in generator.requests] == [0, 1]
+    assert generator.verified == [generator.requests[1]]
+    failed = LeakThenOtherGenerator(camera_face)
+    assert make_engine(failed, cache_size=0, max_attempts=1).anonymize(astronaut).counts() == {"obfuscated": 1}
+    assert failed.verified == []

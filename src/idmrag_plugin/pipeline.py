@@ -584,35 +584,37 @@ class FaceAnonymizer:
         for attempt in range(first_attempt, self.config.max_attempts):
             if not pending:
                 return
-            pasted: list[tuple[_Job, FaceReport, tuple[int, int, int, int], np.ndarray]] = []
+            pasted: list[tuple[_Job, FaceReport, tuple[int, int, int, int], np.ndarray, GenerationRequest]] = []
             retry = []
             for job, face in pending:
                 crop = job.aligned[face.index]
                 assert crop is not None
                 face.attempts = attempt + 1
-                new = self._generate(face, crop, attempt, job.timings, self._original_embeddings(job, face))
-                if new is None:
+                drawn = self._generate(face, crop, attempt, job.timings, self._original_embeddings(job, face))
+                if drawn is None:
                     retry.append((job, face))
                     continue
+                new, request = drawn
                 x1, y1, x2, y2 = region = region_of(crop, job.output.shape[:2])
-                pasted.append((job, face, region, job.output[y1:y2, x1:x2].copy()))
+                pasted.append((job, face, region, job.output[y1:y2, x1:x2].copy(), request))
                 with _timed(job.timings, "blend"):
                     paste_face(job.output, new, crop, grow=self.generator.paste_grow_for(attempt),
                                colour_match=self.generator.colour_match)
             if not pasted:
                 pending = retry
                 continue
-            jobs = list({id(job): job for job, _, _, _ in pasted}.values())
+            jobs = list({id(job): job for job, *_ in pasted}.values())
             entries = [[p for p in pasted if p[0] is job] for job in jobs]
             with _timed_shared(jobs, "verify"):
                 verdicts = self.verifier.verdicts_many(
-                    [(job.originals, job.output, [face.index for _, face, _, _ in mine])  # type: ignore[misc]
+                    [(job.originals, job.output, [face.index for _, face, *_ in mine])  # type: ignore[misc]
                      for job, mine in zip(jobs, entries, strict=True)])
             for mine, per_face in zip(entries, verdicts, strict=True):
-                for (job, face, (x1, y1, x2, y2), backup), face_verdicts in zip(mine, per_face, strict=True):
+                for (job, face, (x1, y1, x2, y2), backup, request), face_verdicts in zip(mine, per_face, strict=True):
                     face.verdicts = face_verdicts
                     if face.verified:
                         face.reason = ""
+                        self.generator.accepted(request)
                         continue
                     job.output[y1:y2, x1:x2] = backup
                     face.reason = "still recognisable as the original by " + ", ".join(
@@ -631,8 +633,9 @@ class FaceAnonymizer:
                 if face.index in per_face} or None
 
     def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float],
-                  original_embeddings: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
-        """One generator attempt; None (the error noted on the face) when the generator fails."""
+                  original_embeddings: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, GenerationRequest] | None:
+        """One generator attempt and its request; None (the error noted on the face) when the
+        generator fails."""
         assert self.generator is not None
         request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt),
                                     original_embeddings=original_embeddings)
@@ -645,7 +648,7 @@ class FaceAnonymizer:
             face.errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
             logger.warning("generator failed on face %d: %s", face.index, exc)
             return None
-        return new
+        return new, request
 
     def _seed(self, crop: np.ndarray, attempt: int) -> int:
         digest = hashlib.blake2b(crop.tobytes(), digest_size=8, key=str(self.config.seed).encode())

@@ -54,3 +54,7 @@ class FaceGenerator(ABC):
     @abstractmethod
     def generate(self, request: GenerationRequest) -> np.ndarray:
         """Return an RGB uint8 array shaped like ``request.face``."""
+
+    def accepted(self, request: GenerationRequest) -> None:
+        """Told by the engine when the face drawn for ``request`` was verified anonymous (a
+        generator that keeps pseudonyms can try that one first for the person's next photo)."""

@@ -316,7 +316,8 @@ class RendererGenerator(VAEDecodeGenerator):
         if request.identity is not None:
             return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu, grow)[0], face, grow)
         self._note_person(id_mu[0], face, request.original_embeddings)
-        return self._draw_pseudonym(id_mu[0], face, attr_mu, request.attempt, grow)
+        attempt = self.pseudonym_attempt(id_mu[0], request.attempt, request.seed)
+        return self._draw_pseudonym(id_mu[0], face, attr_mu, attempt, grow)
 
     def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
                         grow: float | None = None) -> np.ndarray:

@@ -146,6 +146,10 @@ class VAEDecodeGenerator(FaceGenerator):
         self._registry = PersonRegistry()
         self._resolved: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._dlib_same_cos: float | None = None
+        # the pseudonym attempt that was last verified for each person (by registered code), and
+        # which person and pseudonym attempt each recent request drew (by the request's seed)
+        self._verified_attempt: OrderedDict[bytes, int] = OrderedDict()
+        self._drawn: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
 
     def _load(self) -> None:
         if self._model is not None:
@@ -234,6 +238,36 @@ class VAEDecodeGenerator(FaceGenerator):
                 self._resolved.popitem(last=False)
         return best
 
+    def pseudonym_attempt(self, code: np.ndarray, attempt: int, request_seed: int | None = None) -> int:
+        """The person's pseudonym attempt for the engine's ``attempt`` at a face whose identity
+        code is ``code``: the one last verified for the person comes first, the others keep their
+        order. A pseudonym that failed on one photo and was replaced by a later attempt's would
+        otherwise give every later photo of the person the first one again (two pseudonyms for
+        one person). ``request_seed`` remembers the choice for :meth:`accepted`."""
+        person = self._seed_code(code).tobytes()
+        with self._lock:
+            verified = self._verified_attempt.get(person)
+            if verified is None or attempt > verified:
+                chosen = attempt
+            else:
+                chosen = verified if attempt == 0 else attempt - 1
+            if request_seed is not None:
+                self._drawn[request_seed] = (person, chosen)
+                if len(self._drawn) > RESOLVED_MEMORY:
+                    self._drawn.popitem(last=False)
+        return chosen
+
+    def accepted(self, request: GenerationRequest) -> None:
+        with self._lock:
+            drawn = self._drawn.get(request.seed)
+            if drawn is None:
+                return
+            person, attempt = drawn
+            self._verified_attempt[person] = attempt
+            self._verified_attempt.move_to_end(person)
+            if len(self._verified_attempt) > MAX_PEOPLE:
+                self._verified_attempt.popitem(last=False)
+
     def _dlib_threshold(self) -> float:
         if self._dlib_same_cos is None:
             from idmrag_plugin.calibration import thresholds_for
@@ -281,4 +315,5 @@ class VAEDecodeGenerator(FaceGenerator):
         if request.identity is not None:
             return self.decode(request.identity, attr_mu, request.face.shape[0])[0]
         self._seed_code(id_mu[0], request.original_embeddings)  # the person, by dlib where the request says
-        return self.decode(self.replacement_code(id_mu[0], request.attempt), attr_mu, request.face.shape[0])[0]
+        attempt = self.pseudonym_attempt(id_mu[0], request.attempt, request.seed)
+        return self.decode(self.replacement_code(id_mu[0], attempt), attr_mu, request.face.shape[0])[0]
