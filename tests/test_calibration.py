@@ -3,7 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from idmrag_plugin.calibration import calibrate, impostor_similarities, threshold_at
+from idmrag_plugin.calibration import (
+    calibrate,
+    impostor_similarities,
+    threshold_at,
+    threshold_at_far,
+)
 from idmrag_plugin.errors import CalibrationError
 
 
@@ -27,7 +32,7 @@ def test_impostor_pairs_exclude_same_label():
 def test_calibrate_on_a_synthetic_lfw_tree(tmp_path):
     """Identity-clustered random embeddings: genuine pairs pass, held-out FAR near target."""
     rng = np.random.default_rng(1)
-    names = [f"P{i:04d}" for i in range(400)]
+    names = [f"P{i:04d}" for i in range(1000)]
     centers = {n: rng.standard_normal(64) for n in names}
     lines = []
     for name in names:
@@ -50,3 +55,21 @@ def test_calibrate_on_a_synthetic_lfw_tree(tmp_path):
     assert entry["genuine_tar"]["far1e-2"] > 0.95
     assert entry["held_out_far"]["far1e-2"] < 0.03
     assert entry["thresholds"]["far1e-3"] > entry["thresholds"]["far1e-2"]
+    # 19,900 impostor pairs per half measure FAR 1e-3 (20 pairs above), not the tail's 1e-4 or 1e-5;
+    # about 120,000 measure 1e-4 too
+    assert set(entry["thresholds"]) == {"far1e-2", "far1e-3"}
+    tail = calibrate(tmp_path, embed, ["toy"], identities_per_half=500)["oracles"]["toy"]
+    assert tail["fit_impostor_pairs"] > 100_000
+    assert set(tail["thresholds"]) == {"far1e-2", "far1e-3", "far1e-4"}
+    assert tail["thresholds"]["far1e-4"] > tail["thresholds"]["far1e-3"] > tail["thresholds"]["far1e-2"]
+
+
+def test_threshold_at_far_interpolates_the_calibrated_tail_and_clamps_to_it():
+    calibration = {"oracles": {"toy": {"thresholds": {"far1e-2": 0.90, "far1e-3": 0.92, "far1e-5": 0.96}}}}
+    assert threshold_at_far("toy", 1e-2, calibration) == pytest.approx(0.90)
+    assert threshold_at_far("toy", 10**-2.5, calibration) == pytest.approx(0.91)
+    assert threshold_at_far("toy", 1e-4, calibration) == pytest.approx(0.94)  # log-linear between 1e-3 and 1e-5
+    assert threshold_at_far("toy", 0.5, calibration) == pytest.approx(0.90)  # clamped to the calibrated range
+    assert threshold_at_far("toy", 1e-9, calibration) == pytest.approx(0.96)
+    with pytest.raises(CalibrationError, match="idmrag calibrate"):
+        threshold_at_far("other", 1e-3, calibration)

@@ -262,6 +262,29 @@ def test_a_person_next_photo_starts_with_their_verified_pseudonym(tiny):
     assert [other.pseudonym_attempt(code, a) for a in range(3)] == [0, 1, 2]
 
 
+def test_what_is_kept_about_a_person_goes_when_the_registry_forgets_them(tiny):
+    """A long job's memory stays bounded by the registry's: the gender and age read for a
+    person and their verified pseudonym attempt go when the registry makes room."""
+    from idmrag_plugin.generation.vae_generator import PersonRegistry
+
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    generator._load()
+    generator._registry = PersonRegistry(capacity=2)
+    rng = np.random.default_rng(6)
+    people = []
+    for i in range(3):
+        face = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+        descriptor = np.zeros(128, np.float32)
+        descriptor[i] = 1.0  # three different people in dlib's eyes
+        request = GenerationRequest(face, attempt=1, seed=100 + i, original_embeddings={"dlib": descriptor})
+        generator.generate(request)
+        generator.accepted(request)
+        people.append(generator._seed_code(generator.encode(face[None])[0][0]).tobytes())
+        assert len(generator._readings) == len(generator._verified_attempt) == min(i + 1, 2)
+    assert set(generator._readings) == set(generator._verified_attempt) == set(people[1:])
+
+
 def test_generator_refuses_a_model_for_other_probes(tiny, tmp_path):
     root, *_ = tiny
     _planted_probes("0" * 64).save(tmp_path / "probes.safetensors")  # other bytes, other sha256

@@ -118,13 +118,13 @@ def test_vae_generator_shapes_and_consistent_pseudonyms(tiny_model_dir, sampler_
 
 def test_registry_finds_the_person_by_dlib_s_descriptor_where_the_request_brings_it(
         tiny_model_dir, sampler_path, clustered_codes):
-    from idmrag_plugin.calibration import thresholds_for
-    from idmrag_plugin.generation.vae_generator import REGISTRY_LEVEL
+    from idmrag_plugin.generation.vae_generator import registry_threshold
 
     codes, _, _ = clustered_codes
     generator = VAEDecodeGenerator(tiny_model_dir, sampler_path, secret=b"k")
     generator._load()
-    same_cos = thresholds_for(REGISTRY_LEVEL, ["dlib"])["dlib"]
+    same_cos = registry_threshold(1)
+    assert registry_threshold(3) == same_cos  # a registry of a few people: far1e-3
     rng = np.random.default_rng(0)
 
     def unit(v):
@@ -157,6 +157,60 @@ def test_registry_finds_the_person_by_dlib_s_descriptor_where_the_request_brings
     assert np.array_equal(generator._seed_code(far_codes[2], {"dlib": at(0.8 * angle)}), far_codes[1])
     # a request without embeddings falls back to the identity codes' rule
     assert np.array_equal(generator._seed_code(codes[0] * 1.01), codes[0])
+
+
+def test_registry_threshold_tightens_as_the_registry_grows():
+    """A stranger must not join someone else's pseudonym because many people are registered:
+    past 50 people the same-person level is the one at which all registered people together
+    match a stranger ``REGISTRY_FALSE_MATCHES`` times on average, within the calibrated levels."""
+    from idmrag_plugin.calibration import load_calibration, thresholds_for
+    from idmrag_plugin.generation.vae_generator import (
+        REGISTRY_FALSE_MATCHES,
+        REGISTRY_LOOSEST_FAR,
+        registry_threshold,
+    )
+
+    loosest = thresholds_for("far1e-3", ["dlib"])["dlib"]
+    sizes = [1, 2, 10, 50, 100, 1000, 10_000, 1_000_000]
+    thresholds = [registry_threshold(n) for n in sizes]
+    assert thresholds == sorted(thresholds)
+    assert thresholds[:4] == [pytest.approx(loosest)] * 4  # up to 50 people: far1e-3
+    assert round(REGISTRY_FALSE_MATCHES / REGISTRY_LOOSEST_FAR) == 50
+    calibrated = load_calibration()["oracles"]["dlib"]["thresholds"]
+    assert {"far1e-4", "far1e-5"} <= set(calibrated)  # the shipped calibration charts the tail
+    assert registry_threshold(500) == pytest.approx(calibrated["far1e-4"])
+    assert registry_threshold(5000) == pytest.approx(calibrated["far1e-5"])
+    assert loosest < registry_threshold(100) < calibrated["far1e-4"]
+    assert registry_threshold(10**7) == pytest.approx(calibrated["far1e-5"])  # past the tail: its strictest level
+
+
+def test_a_stranger_as_similar_as_a_lookalike_joins_a_small_registry_only(tiny_model_dir, sampler_path):
+    from idmrag_plugin.generation.vae_generator import registry_threshold
+
+    between = (registry_threshold(10) + registry_threshold(1000)) / 2  # far1e-3 and about far5e-5
+    rng = np.random.default_rng(5)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    def seed_after(registered: int) -> bool:
+        """Whether a face at ``between`` from the first registered person's descriptor joins them
+        once ``registered`` people (random descriptors: no other match) are registered."""
+        generator = VAEDecodeGenerator(tiny_model_dir, sampler_path, secret=b"k")
+        generator._load()
+        dim = generator._model.config.id_dim
+        codes = rng.standard_normal((registered + 1, dim))
+        descriptors = unit(rng.standard_normal((registered, 128)))
+        for code, descriptor in zip(codes[:-1], descriptors, strict=True):
+            generator._seed_code(code, {"dlib": descriptor})
+        assert len(generator._registry) == registered
+        side = unit(rng.standard_normal(128) - descriptors[0] * (descriptors[0] @ rng.standard_normal(128)))
+        side = unit(side - descriptors[0] * (side @ descriptors[0]))
+        lookalike = between * descriptors[0] + np.sqrt(1 - between**2) * side
+        return np.array_equal(generator._seed_code(codes[-1], {"dlib": lookalike}), codes[0])
+
+    assert seed_after(10)
+    assert not seed_after(1000)
 
 
 def test_person_registry_grows_and_mixes_faces_with_and_without_descriptors():

@@ -493,17 +493,17 @@ def test_of_several_candidates_the_drawing_least_like_the_person_is_kept_for_the
     # the person's next photo gets the kept pseudonym, not a choice of its own
     again = np.clip(face.astype(np.int16) + 3, 0, 255).astype(np.uint8)
     drawn_again = generator.generate(GenerationRequest(again, attempt=0, seed=8))
-    (kept,) = generator._chosen.values()
+    ((person, by_attempt),) = generator._chosen.items()
+    (kept,) = by_attempt.values()
     assert np.array_equal(kept, codes[int(np.argmin(likeness))])
     redrawn = generator._render(kept[None], again, generator.encode(again[None])[1])[0]
     assert np.array_equal(drawn_again, generator._composite(redrawn, again))
     # a registered pseudonym too near a photo's own code (the sampler's rule) is not reused for it
-    (person,) = generator._chosen
     own, own_attr = (a[0] for a in generator.encode(again[None]))
-    generator._chosen[person] = own.copy()
+    generator._chosen[person][0] = own.copy()
     out_near = generator.generate(GenerationRequest(again, attempt=0, seed=8))
     assert not np.array_equal(out_near, generator._composite(generator._render(own[None], again, own_attr[None])[0], again))
-    assert np.array_equal(generator._chosen[person], own)  # chosen anew for this photo only
+    assert np.array_equal(generator._chosen[person][0], own)  # chosen anew for this photo only
     with pytest.raises(ModelLoadError, match="candidates"):
         RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", candidates=0)
 

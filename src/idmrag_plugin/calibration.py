@@ -24,8 +24,15 @@ from idmrag_plugin.errors import CalibrationError
 
 logger = logging.getLogger(__name__)
 
+#: Calibrated levels, every one required (the privacy levels, ``config.PRIVACY_LEVELS``).
 LEVELS = {"far1e-2": 1e-2, "far1e-3": 1e-3}
+#: Stricter levels, calibrated where the impostor pairs can measure them: they chart the tail
+#: for the pseudonym registry, whose rule must hold among thousands of registered people
+#: (``threshold_at_far``).
+TAIL_LEVELS = {"far1e-4": 1e-4, "far1e-5": 1e-5}
 CALIBRATION_FILE = "calibration.json"
+#: Impostor pairs that must lie above a threshold for it to be estimated at all.
+MIN_PAIRS_ABOVE = 10
 
 
 def load_calibration() -> dict:
@@ -51,6 +58,22 @@ def thresholds_for(level: str, oracles: Iterable[str], calibration: dict | None 
     return result
 
 
+def threshold_at_far(oracle: str, far: float, calibration: dict | None = None) -> float:
+    """An oracle's similarity threshold at false-accept rate ``far``, interpolated linearly in
+    log10(FAR) between its calibrated levels and clamped to them: a rate below the strictest
+    calibrated level gets that level's threshold (what the impostor pairs could measure)."""
+    calibration = calibration or load_calibration()
+    try:
+        levels = calibration["oracles"][oracle]["thresholds"]
+    except KeyError as exc:
+        raise CalibrationError(f"no calibrated thresholds for oracle {oracle!r}; run `idmrag calibrate`") from exc
+    points = sorted((float(name.removeprefix("far")), float(t)) for name, t in levels.items())
+    if not points:
+        raise CalibrationError(f"no calibrated thresholds for oracle {oracle!r}; run `idmrag calibrate`")
+    rates = np.log10([rate for rate, _ in points])
+    return float(np.interp(np.log10(far), rates, [t for _, t in points]))
+
+
 def _split(name: str) -> int:
     return hashlib.sha256(name.encode()).digest()[0] & 1
 
@@ -66,7 +89,7 @@ def impostor_similarities(embeddings: np.ndarray, labels: list[str]) -> np.ndarr
 
 def threshold_at(impostor: np.ndarray, far: float) -> float:
     """Smallest similarity that at most a fraction ``far`` of impostor pairs reach."""
-    if impostor.size * far < 10:
+    if impostor.size * far < MIN_PAIRS_ABOVE:
         raise CalibrationError(
             f"{impostor.size} impostor pairs cannot estimate FAR {far:g}; use more identities"
         )
@@ -143,7 +166,8 @@ def calibrate(
             "held_out_far": {},
             "genuine_tar": {},
         }
-        for level, far in LEVELS.items():
+        measurable = {level: far for level, far in TAIL_LEVELS.items() if fit.size * far >= MIN_PAIRS_ABOVE}
+        for level, far in {**LEVELS, **measurable}.items():
             t = threshold_at(fit, far)
             entry["thresholds"][level] = round(t, 6)
             entry["held_out_far"][level] = round(float(np.mean(held >= t)), 6)

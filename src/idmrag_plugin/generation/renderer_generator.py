@@ -131,7 +131,12 @@ class RendererGenerator(VAEDecodeGenerator):
         self._masks: dict[tuple[int, float], np.ndarray] = {}
         self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
         self.candidates = candidates
-        self._chosen: dict[tuple[bytes, int], np.ndarray] = {}  # (person, attempt) -> the pseudonym kept
+        self._chosen: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the pseudonym kept
+
+    def _forget(self, person: bytes) -> None:
+        super()._forget(person)
+        self._readings.pop(person, None)
+        self._chosen.pop(person, None)
 
     def _load_renderer(self):
         if self._renderer is None:
@@ -334,9 +339,9 @@ class RendererGenerator(VAEDecodeGenerator):
             return self._composite(self._render(self.replacement_code(code, attempt)[None], face, attr_mu, grow)[0],
                                    face, grow)
         assert keeping is not None and self._sampler is not None
-        person = (self._seed_code(code).tobytes(), attempt)
+        person = self._seed_code(code).tobytes()
         with self._lock:
-            chosen = self._chosen.get(person)
+            chosen = self._chosen.get(person, {}).get(attempt)
         if chosen is not None and self._sampler.judge(code, chosen[None])[0][0]:
             return self._composite(self._render(chosen[None], face, attr_mu, grow)[0], face, grow)
         codes = np.stack([self.replacement_code(code, attempt, variant) for variant in range(count)])
@@ -344,7 +349,7 @@ class RendererGenerator(VAEDecodeGenerator):
         best = int(np.argmin(self._likeness(drawings, face, keeping[1])))
         if chosen is None:
             with self._lock:
-                registered = self._chosen.setdefault(person, codes[best])
+                registered = self._chosen.setdefault(person, {}).setdefault(attempt, codes[best])
             if not np.array_equal(registered, codes[best]) and self._sampler.judge(code, registered[None])[0][0]:
                 # another thread chose first for this person
                 return self._composite(self._render(registered[None], face, attr_mu, grow)[0], face, grow)
