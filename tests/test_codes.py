@@ -94,6 +94,23 @@ def test_sampler_leaves_attributes_to_a_generator_that_judges_them_itself(sample
     assert not all(kept)  # the probe's gender is not forced any more
 
 
+def test_sampler_keeps_the_person_s_attributes_not_this_photo_s(sampler_path, clustered_codes):
+    """Two photos of one person whose codes the probe reads differently aim at the person's
+    (registered) gender: both photos then draw from the same candidates."""
+    codes, _, _ = clustered_codes
+    sampler = IdentitySampler.load(sampler_path)
+    genders = np.array([sampler._attributes(c)[0] for c in codes])
+    person = codes[int(np.flatnonzero(genders == 1)[0])]
+    photos = codes[np.flatnonzero(genders == 0)[:10]]
+    kept = 0
+    for i, photo in enumerate(photos):
+        z, info = sampler.sample(photo, key=i.to_bytes(2, "little"), person=person)
+        if info.accepted:
+            kept += 1
+            assert sampler._attributes(z)[0] == 1  # the person's, not this photo's (0)
+    assert kept >= 5
+
+
 def test_same_key_same_pseudonym_other_key_other(sampler_path, clustered_codes):
     codes, _, _ = clustered_codes
     sampler = IdentitySampler.load(sampler_path)

@@ -162,13 +162,16 @@ class IdentitySampler:
 
     # ------------------------------------------------------------------ sampling
     def sample(
-        self, original: np.ndarray, key: bytes, max_tries: int = 256, keep_attributes: bool = True
+        self, original: np.ndarray, key: bytes, max_tries: int = 256, keep_attributes: bool = True,
+        person: np.ndarray | None = None,
     ) -> tuple[np.ndarray, SampleInfo]:
         """A replacement code for ``original``; the same ``key`` gives the same answer.
 
         The candidates are drawn in one go and judged in chunks, in order, the first that
         passes winning. ``keep_attributes=False`` skips the gender and age-band probes (for a
-        generator that judges attributes its own way). When no candidate passes within
+        generator that judges attributes its own way); otherwise the candidates keep the gender
+        and age band of ``person`` (the person's registered code, so that every photo of them
+        aims at the same ones), or of ``original``. When no candidate passes within
         ``max_tries`` the last candidate that was at least distinct is returned with
         ``accepted=False`` (the oracle check downstream still decides whether the face may be
         used).
@@ -181,7 +184,7 @@ class IdentitySampler:
             self.variances[components])
         units = _normalise(z)
         cos_orig = units @ _normalise(original)
-        target = self._attributes(original) if keep_attributes else (None, None)
+        target = self._attributes(original if person is None else person) if keep_attributes else (None, None)
         fallback: tuple[int, float, float] | None = None  # (index, density, max_real)
         for first in range(0, max_tries, SAMPLE_CHUNK):
             chunk = first + np.flatnonzero(cos_orig[first : first + SAMPLE_CHUNK] < self.distinct_cos)

@@ -304,7 +304,8 @@ class VAEDecodeGenerator(FaceGenerator):
         assert self._sampler is not None
         seed = self._seed_code(code)
         keep = self.sampler_keeps_attributes()
-        z, info = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt, variant), keep_attributes=keep)
+        z, info = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt, variant), keep_attributes=keep,
+                                       person=seed)
         if not info.accepted:
             logger.info("sampler found no fully acceptable code in %d tries", info.tries)
         if attempt >= SUITED_ATTEMPTS:
@@ -315,7 +316,7 @@ class VAEDecodeGenerator(FaceGenerator):
                 break
             # deterministic: the same person and attempt redraw the same way
             z, _ = self._sampler.sample(code, pseudonym_key(self.secret, seed, attempt + 1000 * redraw, variant),
-                                        keep_attributes=keep)
+                                        keep_attributes=keep, person=seed)
             mismatch = self.mismatch(seed, z)
             if mismatch < best_mismatch:
                 best, best_mismatch = z, mismatch
