@@ -9,7 +9,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from idmrag_plugin import AnonymizerConfig, ConfigError, GenerationRequest, ModelLoadError
+from idmrag_plugin import (
+    AnonymizerConfig,
+    ConfigError,
+    FaceAnonymizer,
+    GenerationRequest,
+    ModelLoadError,
+)
 from idmrag_plugin.generation.attributes import READING_DECIMALS, AttributeProbes, Reading
 from idmrag_plugin.generation.code_diffusion import (
     CodeDiffusion,
@@ -346,3 +352,30 @@ def test_learned_proposals_are_held_to_the_novelty_level():
     _, strict = sampler.judge(original, np.stack([close, copy]), nobody_real_cos=0.7)
     assert sampler.distinct_cos < 0.8
     assert list(default) == [False, False] and list(loose) == [True, False] and list(strict) == [False, False]
+
+
+def test_the_default_engine_draws_one_pseudonym_for_two_photos_of_one_person(make_engine, astronaut):
+    """Through the default engine, a second photo of a person (the astronaut mirrored: her
+    identity code differs, dlib finds her) is drawn from the pseudonym code of the first, and
+    both faces are verified."""
+    base = make_engine()
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0), detector=base.detector, oracles=base.oracles)
+    generator = engine.generator
+    generator.secret = b"one-person".ljust(32, b"\0")  # with it, a pick by each photo's code gave two
+    drawn: list[np.ndarray] = []
+    replacement_code = generator.replacement_code
+
+    def recording(code: np.ndarray, attempt: int, variant: int = 0) -> np.ndarray:
+        out = replacement_code(code, attempt, variant)
+        drawn.append(out)
+        return out
+
+    generator.replacement_code = recording  # type: ignore[method-assign]
+    first = engine.anonymize(astronaut)
+    codes_first = list(drawn)
+    second_photo = np.ascontiguousarray(astronaut[:, ::-1])
+    drawn.clear()
+    second = engine.anonymize(second_photo)
+    assert first.counts() == second.counts() == {"generated": 1}
+    assert len(generator._registry) == 1  # one person
+    assert np.array_equal(codes_first[-1], drawn[-1])  # one pseudonym
