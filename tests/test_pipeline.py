@@ -418,3 +418,13 @@ def test_the_generator_is_told_which_drawing_was_verified(make_engine, astronaut
     failed = LeakThenOtherGenerator(camera_face)
     assert make_engine(failed, cache_size=0, max_attempts=1).anonymize(astronaut).counts() == {"obfuscated": 1}
     assert failed.verified == []
+
+
+class RaisingOnAcceptedGenerator(RecordingGenerator):
+    def accepted(self, request: GenerationRequest) -> None:
+        raise RuntimeError("bookkeeping broke")
+
+
+def test_a_generator_failing_to_note_an_accepted_drawing_keeps_the_verified_face(make_engine, astronaut, camera_face):
+    result = make_engine(RaisingOnAcceptedGenerator(camera_face), cache_size=0).anonymize(astronaut)
+    assert result.counts() == {"generated": 1} and result.faces[0].verified

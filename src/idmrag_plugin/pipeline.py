@@ -614,7 +614,7 @@ class FaceAnonymizer:
                     face.verdicts = face_verdicts
                     if face.verified:
                         face.reason = ""
-                        self.generator.accepted(request)
+                        self._tell_accepted(request)
                         continue
                     job.output[y1:y2, x1:x2] = backup
                     face.reason = "still recognisable as the original by " + ", ".join(
@@ -622,6 +622,15 @@ class FaceAnonymizer:
                     )
                     retry.append((job, face))
             pending = retry
+
+    def _tell_accepted(self, request: GenerationRequest) -> None:
+        """Tell the generator its drawing was verified; its bookkeeping failing costs the face
+        nothing (the drawing is verified), so it is logged, not raised."""
+        assert self.generator is not None
+        try:
+            self.generator.accepted(request)
+        except Exception as exc:  # noqa: BLE001 - a generator's own hook must not lose a verified face
+            logger.warning("generator %s failed to note an accepted drawing: %s", self.generator.name, exc)
 
     @staticmethod
     def _original_embeddings(job: _Job, face: FaceReport) -> dict[str, np.ndarray] | None:
