@@ -22,26 +22,15 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 from border_eval import _cut  # the same cuts as the detection benchmark
+from latency import OtherPersonGenerator  # pastes one fixed real face
 
-from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.detect import central_face
 from idmrag_plugin.image_io import load_rgb
 
 logger = logging.getLogger("cut_face_verification")
 SIDES = ("left", "right", "top", "bottom")
-
-
-class OtherPersonGenerator(FaceGenerator):
-    """Pastes one fixed real face (another person) into every crop."""
-
-    name = "other-person"
-
-    def __init__(self, face: np.ndarray) -> None:
-        self.face = face
-
-    def generate(self, request: GenerationRequest) -> np.ndarray:
-        return self.face
 
 
 def _subject(result, visible: tuple[float, ...]):
