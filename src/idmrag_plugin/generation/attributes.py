@@ -29,7 +29,7 @@ from idmrag_plugin.errors import ModelLoadError
 #: at: about +-25% (a 40-year-old gets 31 to 51).
 AGE_TOLERANCE = 0.25
 #: What the image probes read: ``"dlib"``, dlib's face descriptor of the face in the photo
-#: (UTKFace held-out: see README), or ``"student"``, the identity student's embedding of the
+#: (UTKFace held-out: see docs/generators.md), or ``"student"``, the identity student's embedding of the
 #: 64 px aligned crop.
 IMAGE_READERS = ("dlib", "student")
 #: A photo's age reading is rounded to this many decimals of log(1 + years) (about 1% of the

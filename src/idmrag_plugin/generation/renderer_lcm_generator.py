@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 #: Codes the LCM writes per attempt (one batch); the sampler's rules filter them.
 CANDIDATES = 64
-#: Measured (`idmrag bench --limit 300`, README "Renderer"): 1 step kept gender as well as 4
+#: Measured (`idmrag bench --limit 300`, docs/generators.md): 1 step kept gender as well as 4
 #: (79.7% vs 79.3%) at the same privacy, and is the fastest.
 DEFAULT_LCM_STEPS = 1
 
