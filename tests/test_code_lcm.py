@@ -27,7 +27,7 @@ from idmrag_plugin.generation.code_diffusion import (
 from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
 from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig
-from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
+from idmrag_plugin.generation.renderer_lcm_generator import CANDIDATES, RendererLCMGenerator
 from idmrag_plugin.generation.sampler import IdentitySampler, pseudonym_key
 
 ID_DIM = 16
@@ -173,7 +173,7 @@ def test_generator_draws_acceptable_suited_pseudonyms(tiny):
     assert wanted.gender and wanted.log_age == round(THIRTY, READING_DECIMALS)
 
     def candidates_of(attempt: int) -> np.ndarray:
-        return sample_codes(generator._load_code_model(), condition_of([wanted] * 64), 2,
+        return sample_codes(generator._load_code_model(), condition_of([wanted] * CANDIDATES), 2,
                             generator_for(pseudonym_key(b"s", generator._seed_code(code), attempt)))
 
     for attempt in range(SUITED_ATTEMPTS):
@@ -208,7 +208,7 @@ def test_every_photo_of_a_person_gets_the_same_pseudonym(tiny):
     first = generator.encode(face[None])[0][0].astype(np.float64)
     chosen = generator.replacement_code(first, 0)
     (wanted,) = generator._readings.values()
-    candidates = sample_codes(generator._load_code_model(), condition_of([wanted] * 64), 2,
+    candidates = sample_codes(generator._load_code_model(), condition_of([wanted] * CANDIDATES), 2,
                               generator_for(pseudonym_key(b"s", generator._seed_code(first), 0)))
     probes = AttributeProbes.load(root / "probes.safetensors")
     mismatch = np.array([probes.mismatch(wanted, r) for r in probes.read_code(candidates)])
