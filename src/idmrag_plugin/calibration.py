@@ -10,6 +10,7 @@ the held-apart second half; the true-accept rate comes from the genuine pairs of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ MIN_PAIRS_ABOVE = 10
 
 
 def load_calibration() -> dict:
-    """The calibration shipped with the package."""
+    """The calibration shipped with the package (a fresh copy)."""
     try:
         text = resources.files("idmrag_plugin.data").joinpath(CALIBRATION_FILE).read_text()
     except FileNotFoundError as exc:
@@ -44,9 +45,16 @@ def load_calibration() -> dict:
     return json.loads(text)
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped() -> dict:
+    """The shipped calibration, read once for the lookups below (which never modify it): the
+    pseudonym registry asks for a threshold at every new person."""
+    return load_calibration()
+
+
 def thresholds_for(level: str, oracles: Iterable[str], calibration: dict | None = None) -> dict[str, float]:
     """Each oracle's similarity threshold at a privacy level such as ``"far1e-2"``."""
-    calibration = calibration or load_calibration()
+    calibration = calibration or _shipped()
     result = {}
     for name in oracles:
         try:
@@ -62,14 +70,11 @@ def threshold_at_far(oracle: str, far: float, calibration: dict | None = None) -
     """An oracle's similarity threshold at false-accept rate ``far``, interpolated linearly in
     log10(FAR) between its calibrated levels and clamped to them: a rate below the strictest
     calibrated level gets that level's threshold (what the impostor pairs could measure)."""
-    calibration = calibration or load_calibration()
-    try:
-        levels = calibration["oracles"][oracle]["thresholds"]
-    except KeyError as exc:
-        raise CalibrationError(f"no calibrated thresholds for oracle {oracle!r}; run `idmrag calibrate`") from exc
-    points = sorted((float(name.removeprefix("far")), float(t)) for name, t in levels.items())
-    if not points:
+    calibration = calibration or _shipped()
+    levels = calibration.get("oracles", {}).get(oracle, {}).get("thresholds")
+    if not levels:
         raise CalibrationError(f"no calibrated thresholds for oracle {oracle!r}; run `idmrag calibrate`")
+    points = sorted((float(name.removeprefix("far")), float(t)) for name, t in levels.items())
     rates = np.log10([rate for rate, _ in points])
     return float(np.interp(np.log10(far), rates, [t for _, t in points]))
 

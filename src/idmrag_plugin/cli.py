@@ -133,10 +133,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise IdmragError(f"{root} is not an LFW folder (needs images/<Name>/ and pairs.txt)")
     oracles = [build_oracle(name) for name in args.oracles.split(",")]
     embed = engine_embedder(MTCNNDetector(), oracles, progress=not args.quiet)
-    from idmrag_plugin.engine.views import box_view_name
+    from idmrag_plugin.engine.views import box_view_description, box_view_name
 
     names = [o.name for o in oracles] + [box_view_name(o.name) for o in oracles if o.box_view]
     report = calibrate(root, embed, names, args.identities_per_half)
+    for oracle in (o for o in oracles if o.box_view):
+        report["oracles"][box_view_name(oracle.name)]["view"] = box_view_description(oracle.name)
     write_calibration(report, Path(args.output))
     print(json.dumps({k: v["thresholds"] for k, v in report["oracles"].items()}, indent=2))
     return 0

@@ -104,6 +104,18 @@ class _Job:
     levelled_from: tuple[ToneMap, np.ndarray] | None = None
 
 
+@dataclass
+class _Paste:
+    """One face drawn and pasted in an attempt round, waiting for its verdicts: what to restore
+    if it fails, and the request the generator hears about if it passes."""
+
+    job: _Job
+    face: FaceReport
+    region: tuple[int, int, int, int]
+    backup: np.ndarray
+    request: GenerationRequest
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -584,7 +596,7 @@ class FaceAnonymizer:
         for attempt in range(first_attempt, self.config.max_attempts):
             if not pending:
                 return
-            pasted: list[tuple[_Job, FaceReport, tuple[int, int, int, int], np.ndarray, GenerationRequest]] = []
+            pasted: list[_Paste] = []
             retry = []
             for job, face in pending:
                 crop = job.aligned[face.index]
@@ -596,31 +608,33 @@ class FaceAnonymizer:
                     continue
                 new, request = drawn
                 x1, y1, x2, y2 = region = region_of(crop, job.output.shape[:2])
-                pasted.append((job, face, region, job.output[y1:y2, x1:x2].copy(), request))
+                pasted.append(_Paste(job, face, region, job.output[y1:y2, x1:x2].copy(), request))
                 with _timed(job.timings, "blend"):
                     paste_face(job.output, new, crop, grow=self.generator.paste_grow_for(attempt),
                                colour_match=self.generator.colour_match)
             if not pasted:
                 pending = retry
                 continue
-            jobs = list({id(job): job for job, *_ in pasted}.values())
-            entries = [[p for p in pasted if p[0] is job] for job in jobs]
+            jobs = list({id(p.job): p.job for p in pasted}.values())
+            entries = [[p for p in pasted if p.job is job] for job in jobs]
             with _timed_shared(jobs, "verify"):
                 verdicts = self.verifier.verdicts_many(
-                    [(job.originals, job.output, [face.index for _, face, *_ in mine])  # type: ignore[misc]
+                    [(job.originals, job.output, [p.face.index for p in mine])  # type: ignore[misc]
                      for job, mine in zip(jobs, entries, strict=True)])
             for mine, per_face in zip(entries, verdicts, strict=True):
-                for (job, face, (x1, y1, x2, y2), backup, request), face_verdicts in zip(mine, per_face, strict=True):
+                for paste, face_verdicts in zip(mine, per_face, strict=True):
+                    face = paste.face
                     face.verdicts = face_verdicts
                     if face.verified:
                         face.reason = ""
-                        self._tell_accepted(request)
+                        self._tell_accepted(paste.request)
                         continue
-                    job.output[y1:y2, x1:x2] = backup
+                    x1, y1, x2, y2 = paste.region
+                    paste.job.output[y1:y2, x1:x2] = paste.backup
                     face.reason = "still recognisable as the original by " + ", ".join(
                         v.oracle for v in face.verdicts if not v.anonymous
                     )
-                    retry.append((job, face))
+                    retry.append((paste.job, face))
             pending = retry
 
     def _tell_accepted(self, request: GenerationRequest) -> None:

@@ -48,6 +48,12 @@ def box_view_name(oracle: str) -> str:
     return f"{oracle}@box"
 
 
+def box_view_description(oracle: str) -> str:
+    """What ``box_view_name(oracle)`` embeds, as the calibration records it."""
+    return (f"{oracle} over the whole detection box: an upright square {BOX_GROW}x the box's longer "
+            "side, resized to the network's input, unaligned (engine.views.box_crop)")
+
+
 def view_name(oracle: str, view: str) -> str:
     """The verdict's name for ``oracle`` in ``view`` ("aligned" or "box")."""
     return oracle if view == "aligned" else box_view_name(oracle)

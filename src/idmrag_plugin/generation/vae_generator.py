@@ -11,7 +11,6 @@ as the instance (its scope); a new instance, or a new ``secret``, gives unlinkab
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import threading
@@ -55,20 +54,13 @@ RESOLVED_MEMORY = 4096
 MAX_PEOPLE = 50_000
 
 
-@functools.lru_cache(maxsize=1)
-def _calibration() -> dict:
-    from idmrag_plugin.calibration import load_calibration
-
-    return load_calibration()
-
-
 def registry_threshold(people: int) -> float:
     """dlib's similarity at which a face is one of ``people`` registered people (see
     ``REGISTRY_FALSE_MATCHES``)."""
     from idmrag_plugin.calibration import threshold_at_far
 
     far = min(REGISTRY_LOOSEST_FAR, REGISTRY_FALSE_MATCHES / max(people, 1))
-    return threshold_at_far("dlib", far, _calibration())
+    return threshold_at_far("dlib", far)
 
 
 class PersonRegistry:
