@@ -78,12 +78,15 @@ def main() -> None:
                                   oracles=base.oracles)
     upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), border_search=False, cache_size=0, threads=args.threads,
                                               oracle_runtime=args.oracle_runtime), oracles=base.oracles)
+    quarter_turns = FaceAnonymizer(AnonymizerConfig(rotations=(0, 90, 180, 270), cache_size=0, threads=args.threads,
+                                                    oracle_runtime=args.oracle_runtime), oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),
         ("vae-decode + verify (2 oracles)", vae),
         ("renderer + verify (2 oracles)", renderer),
         ("renderer-lcm@1 (default) + verify (2 oracles)", renderer_lcm),
+        (f"default engine ({AnonymizerConfig().generator}), quarter turns only (rotations=0,90,180,270)", quarter_turns),
         (f"default engine ({AnonymizerConfig().generator}), upright detection only (rotations=0, no border search)", upright),
     )
     for engine_name, engine in engines:

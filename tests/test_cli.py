@@ -88,7 +88,7 @@ def test_help_shows_defaults_and_meanings(capsys):
     with pytest.raises(SystemExit):
         main(["anonymize", "--help"])
     text = capsys.readouterr().out
-    for option, default in (("--rotations", "0,90,180,270"), ("--privacy-level", "far1e-2"),
+    for option, default in (("--rotations", "0,45,90,135,180,225,270,315"), ("--privacy-level", "far1e-2"),
                             ("--on-failure", "obfuscate"), ("--detector", "mtcnn")):
         assert option in text and f"(default: {default})" in " ".join(text.split())
 

@@ -6,8 +6,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from idmrag_plugin.engine.detect import DlibHOGDetector, MTCNNDetector, UnionDetector, box_iou
+from idmrag_plugin.engine.detect import (
+    DlibHOGDetector,
+    MTCNNDetector,
+    RotatingDetector,
+    UnionDetector,
+    box_iou,
+    diagonal_canvas,
+)
 
 
 def test_mtcnn_finds_the_astronaut_and_the_cameraman(engine, astronaut, camera):
@@ -95,3 +103,65 @@ def test_mtcnn_with_sliced_pools_finds_what_stock_mtcnn_finds(astronaut, camera)
         for det, box, prob in zip(found, boxes, probs, strict=True):
             assert np.allclose(det.box, np.asarray(box, dtype=np.float64), atol=1e-4)
             assert abs(det.score - float(prob)) < 1e-6
+
+
+def _tilted(image: np.ndarray, degrees: float) -> np.ndarray:
+    """``image`` turned counter-clockwise on a canvas that holds all of it, as a tilted scan."""
+    return np.asarray(Image.fromarray(image).rotate(degrees, expand=True, resample=Image.BILINEAR))
+
+
+def _tilted_point(point: np.ndarray, degrees: float, shape: tuple[int, ...], turned_shape: tuple[int, ...]) -> np.ndarray:
+    t = np.radians(degrees)
+    dx, dy = point[0] - shape[1] / 2, point[1] - shape[0] / 2
+    return np.array([turned_shape[1] / 2 + np.cos(t) * dx + np.sin(t) * dy,
+                     turned_shape[0] / 2 - np.sin(t) * dx + np.cos(t) * dy])
+
+
+@pytest.mark.parametrize("degrees", [57, 147, 237, 327])
+def test_a_face_rolled_between_quarter_turns_is_found_by_the_diagonal_passes(engine, camera, degrees):
+    (upright,) = engine.detector.detect(camera)
+    tilted = _tilted(camera, degrees)
+    quarter_turns = RotatingDetector(MTCNNDetector(), (0, 90, 180, 270))
+    assert quarter_turns.detect(tilted) == []  # the cameraman rolled by 57 degrees: missed
+    (face,) = engine.detector.detect(tilted)
+    nose = _tilted_point(upright.landmarks[2], degrees, camera.shape, tilted.shape)
+    side = upright.box[2] - upright.box[0]
+    assert np.hypot(*(face.landmarks[2] - nose)) < 0.2 * side
+    x1, y1, x2, y2 = face.box
+    assert x1 <= nose[0] <= x2 and y1 <= nose[1] <= y2 and x2 - x1 < 2.5 * side
+    assert face.detector.rsplit("@", 1)[1] in {"45", "135", "225", "315"}
+
+
+def test_the_diagonal_passes_add_no_face_to_upright_photos(engine, astronaut, camera, no_face_image):
+    from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+
+    quarter_turns = FaceAnonymizer(AnonymizerConfig(generator="none", rotations=(0, 90, 180, 270))).detector
+    for image in (astronaut, camera, no_face_image, _tilted(astronaut, 90)):
+        everything = engine.detector.detect(image)
+        assert [d.box for d in everything] == [d.box for d in quarter_turns.detect(image)]
+
+
+@pytest.mark.parametrize("max_side,max_scale", [(4000, 1.0), (4000, 0.5), (150, 1.0)])
+def test_diagonal_canvas_maps_points_back_to_the_image(max_side, max_scale):
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[40:46, 250:256] = 255  # a bright mark centred on (252.5, 42.5)
+    canvas, inside, back = diagonal_canvas(image, max_side, max_scale)
+    assert canvas.shape[0] == canvas.shape[1] <= max_side
+    scale = canvas.shape[0] / ((300 + 200) / np.sqrt(2))
+    ys, xs = np.nonzero(canvas[..., 0] > 0.5 * canvas[..., 0].max())
+    mark = np.array([xs.mean(), ys.mean()]) @ back[:, :2].T + back[:, 2]
+    assert np.hypot(*(mark - (252.5, 42.5))) < 1.0 / scale
+    # The image covers the canvas's middle; its corners are outside.
+    assert inside[canvas.shape[0] // 2, canvas.shape[1] // 2] and not inside[0, 0] and not inside[-1, -1]
+    assert abs(inside.mean() - 300 * 200 * scale**2 / inside.size) < 0.05
+
+
+def test_rotations_must_be_multiples_of_45():
+    from idmrag_plugin import AnonymizerConfig
+    from idmrag_plugin.errors import ConfigError
+
+    assert AnonymizerConfig(rotations=(0, 45)).rotations == (0, 45)
+    with pytest.raises(ConfigError, match="multiples of 45"):
+        AnonymizerConfig(rotations=(0, 30))
+    with pytest.raises(ValueError, match="multiples of 45"):
+        RotatingDetector(MTCNNDetector(), (0, 100))

@@ -55,7 +55,7 @@ def _engine_config(args: argparse.Namespace):
     try:
         rotations = tuple(int(a) for a in args.rotations.split(","))
     except ValueError as exc:
-        raise IdmragError(f"--rotations takes comma-separated multiples of 90, got {args.rotations!r}") from exc
+        raise IdmragError(f"--rotations takes comma-separated multiples of 45, got {args.rotations!r}") from exc
     return AnonymizerConfig(
         detector=args.detector,
         min_face_size=args.min_face_size,
@@ -207,8 +207,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", default="mtcnn", choices=["mtcnn", "mtcnn+hog"],
                         help="face detector; mtcnn+hog adds dlib's HOG detector for recall (slower)")
     parser.add_argument("--min-face-size", type=int, default=20, help="smallest face side searched, in pixels")
-    parser.add_argument("--rotations", default="0,90,180,270",
-                        help="detect faces in the image turned by these angles (sideways photos); 0 alone is faster")
+    parser.add_argument("--rotations", default="0,45,90,135,180,225,270,315",
+                        help="detect faces in the image turned by these angles, multiples of 45 (sideways and "
+                             "tilted photos); 0,90,180,270 or 0 alone is faster")
     parser.add_argument("--no-border-search", action="store_true",
                         help="skip the extra pass for faces cut by the image border (faster; misses them)")
     parser.add_argument("--no-exposure-search", action="store_true",

@@ -20,6 +20,8 @@ from idmrag_plugin.engine.align import AlignedFace, align_face
 from idmrag_plugin.engine.blend import paste_face, region_of
 from idmrag_plugin.engine.border import BORDER_MIN_FACE, BorderDetector
 from idmrag_plugin.engine.detect import (
+    DIAGONAL_MIN_FACE,
+    DIAGONAL_SCALE,
     DlibHOGDetector,
     FaceDetector,
     MTCNNDetector,
@@ -250,14 +252,19 @@ class FaceAnonymizer:
         if isinstance(detector, (BorderDetector, LevellingDetector)):
             return detector
         if detector is not None:
-            upright = border = detector
+            upright = border = diagonal = detector
+            diagonal_scale = 1.0
         else:
             mtcnn = MTCNNDetector(self.config.min_face_size, self.config.detection_thresholds, device=self.device)
             upright = UnionDetector([mtcnn, DlibHOGDetector()]) if self.config.detector == "mtcnn+hog" else mtcnn
             border = mtcnn.sharing_networks(max(self.config.min_face_size, BORDER_MIN_FACE))
+            diagonal_scale = DIAGONAL_SCALE
+            diagonal = mtcnn.sharing_networks(round(max(self.config.min_face_size, DIAGONAL_MIN_FACE) * diagonal_scale))
         search = upright
         if set(self.config.rotations) != {0} and not isinstance(search, RotatingDetector):
-            search = RotatingDetector(search, self.config.rotations)
+            search = RotatingDetector(
+                search, self.config.rotations, diagonal_detector=diagonal, diagonal_scale=diagonal_scale
+            )
         if self.config.border_search:
             search = BorderDetector(search, border)
         if self.config.exposure_search:
