@@ -47,7 +47,7 @@ def test_whole_faces_are_not_doubled_by_their_mirror_image(obfuscating, astronau
 @pytest.mark.parametrize("shape", [(1, 1, 3), (2, 9, 3), (30, 30, 3), (40, 700, 3)])
 def test_tiny_and_thin_images_are_searched_without_error(obfuscating, shape):
     image = np.full(shape, 128, np.uint8)
-    detector = obfuscating.detector.detector  # the border search inside the exposure search
+    detector = obfuscating.detector.detector.detector  # the border search inside the exposure and negative searches
     assert isinstance(detector, BorderDetector)
     assert detector.cut_faces(image) == []
     assert obfuscating.anonymize(image).status == "no_faces"

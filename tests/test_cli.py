@@ -103,3 +103,5 @@ def test_engine_options_reach_the_config():
     assert _engine_config(parser.parse_args([])).border_search is True
     config = _engine_config(parser.parse_args(["--no-border-search", "--rotations", "0,180"]))
     assert config.border_search is False and config.rotations == (0, 180)
+    assert _engine_config(parser.parse_args([])).negative_search is True
+    assert _engine_config(parser.parse_args(["--no-negative-search"])).negative_search is False

@@ -62,6 +62,7 @@ def _engine_config(args: argparse.Namespace):
         rotations=rotations,
         border_search=not args.no_border_search,
         exposure_search=not args.no_exposure_search,
+        negative_search=not args.no_negative_search,
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
@@ -214,6 +215,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="skip the extra pass for faces cut by the image border (faster; misses them)")
     parser.add_argument("--no-exposure-search", action="store_true",
                         help="skip the extra pass over a levelled copy of dark or washed-out photos (misses their faces)")
+    parser.add_argument("--no-negative-search", action="store_true",
+                        help="skip the extra pass over the negative of photos without a face (misses the faces "
+                             "of scanned film negatives)")
     parser.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"],
                         help="a replaced face must be less like the original than all but this fraction of "
                              "different-person pairs (far1e-3 is stricter)")

@@ -37,6 +37,7 @@ from idmrag_plugin.engine.exposure import (
     shadow_tone_map,
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
+from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative, NegativeSearch
 from idmrag_plugin.engine.obfuscate import obfuscate_region, obfuscation_mask
 from idmrag_plugin.engine.oracles import FaceOracle, build_oracle
 from idmrag_plugin.engine.plausibility import check_landmarks
@@ -103,7 +104,7 @@ class _Job:
     #: a dark or washed-out photo, or one with a face in deep shadow, is worked on levelled
     #: (``pixels`` and ``output`` are the levelled copy): its tone map and the photo, to bring
     #: the redrawn pixels back at the end
-    levelled_from: tuple[ToneMap, np.ndarray] | None = None
+    levelled_from: tuple[ToneMap | Negative, np.ndarray] | None = None
 
 
 @dataclass
@@ -249,7 +250,7 @@ class FaceAnonymizer:
         """The whole face search: ``detector`` (or the configured one) at every rotation, plus
         the border pass, on the photo and, when its tones call for it, on a levelled copy.
         Another engine's search is taken as it is."""
-        if isinstance(detector, (BorderDetector, LevellingDetector)):
+        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch)):
             return detector
         if detector is not None:
             upright = border = diagonal = detector
@@ -268,9 +269,9 @@ class FaceAnonymizer:
         if self.config.border_search:
             search = BorderDetector(search, border)
         if self.config.exposure_search:
-            return LevellingDetector(
-                search, min_face_size=self.config.min_face_size, shadow_detector=upright
-            )
+            search = LevellingDetector(search, min_face_size=self.config.min_face_size, shadow_detector=upright)
+        if self.config.negative_search:
+            search = NegativeSearch(search, negative_detector=upright)
         return search
 
     def warmup(self) -> None:
@@ -440,8 +441,10 @@ class FaceAnonymizer:
             detections = self.detector.detect(pixels)
         # a face only a levelled copy or shadow shows: faces are redrawn and judged where they
         # can be seen (engine.exposure)
-        tones = None
-        if any(LEVELLED_TAG in d.detector for d in detections):
+        tones: ToneMap | Negative | None = None
+        if any(NEGATIVE_TAG in d.detector for d in detections):
+            tones = Negative()
+        elif any(LEVELLED_TAG in d.detector for d in detections):
             levels = levels_of(pixels)
             tones = ToneMap((levels,)) if levels is not None else None
         elif shadowed := [d.box for d in detections if SHADOW_TAG in d.detector]:
