@@ -91,8 +91,9 @@ def test_landmarks_clustered_on_the_nose_are_refused_and_the_whole_box_obfuscate
     offsets = np.array([[-6, -5], [6, -5], [0, 0], [-5, 6], [5, 6]], dtype=np.float64)
     planted = replace(astronaut_face, landmarks=nose + offsets)
     assert not check_landmarks(planted.landmarks, planted.box).plausible
-    anonymizer = FaceAnonymizer(  # the planted detector finds its box in any image: no border pass, no shadows
-        AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False), generator=NoseOnlyGenerator(),
+    anonymizer = FaceAnonymizer(  # the planted detector finds its box in any image: no border pass, shadows, negative
+        AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
+                         negative_search=False), generator=NoseOnlyGenerator(),
         detector=PlantedDetector([planted]), oracles=oracles,
     )
     result = anonymizer.anonymize(astronaut)

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import Detection, FaceDetector, MTCNNDetector
 from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative, NegativeSearch
 from idmrag_plugin.engine.oracles import cosine
 from idmrag_plugin.report import GENERATED, OBFUSCATED
-
-
-class CountingDetector(FaceDetector):
-    """Finds a planted face in every image it is shown, and counts the images."""
-
-    name = "counting"
-
-    def __init__(self, faces: int) -> None:
-        super().__init__()
-        self.faces = faces
-        self.seen: list[np.ndarray] = []
-
-    def _load(self) -> None:
-        pass
-
-    def _detect(self, image: np.ndarray) -> list[Detection]:
-        self.seen.append(image)
-        points = np.array([[30, 40], [60, 40], [45, 55], [33, 70], [57, 70]], dtype=np.float64)
-        return [Detection((10.0, 10.0, 80.0, 90.0), 0.99, points, self.name)] * self.faces
 
 
 def test_a_face_in_a_film_negative_is_found_and_replaced(engine, astronaut, oracles):
@@ -38,7 +21,7 @@ def test_a_face_in_a_film_negative_is_found_and_replaced(engine, astronaut, orac
     (face,) = result.faces
     assert face.detection.detector.endswith(NEGATIVE_TAG) and face.method in (GENERATED, OBFUSCATED)
     (upright,) = MTCNNDetector().detect(astronaut)
-    assert np.hypot(*(face.detection.landmarks[2] - upright.landmarks[2])) < 6
+    assert np.abs(face.detection.landmarks - upright.landmarks).max() < 3.0  # found again at full size
     # The output turned positive again shows another person to every oracle ...
     positive = 255 - result.pixels
     for oracle in oracles:
@@ -68,16 +51,58 @@ def test_negative_restore_reverses_only_redrawn_pixels():
     assert np.array_equal(back[untouched], photo[untouched])
 
 
-def test_the_negative_is_searched_only_when_the_photo_shows_no_face(no_face_image):
-    with_face, negative_side = CountingDetector(faces=1), CountingDetector(faces=1)
-    found = NegativeSearch(with_face, negative_detector=negative_side).detect(no_face_image)
-    assert [d.detector for d in found] == ["counting"] and negative_side.seen == []
-    faceless, negative_side = CountingDetector(faces=0), CountingDetector(faces=1)
-    found = NegativeSearch(faceless, negative_detector=negative_side).detect(no_face_image)
-    (shown,) = negative_side.seen
+class PlantedDetector(FaceDetector):
+    """Finds faces at fixed places given as fractions of whatever image it is shown."""
+
+    name = "planted"
+
+    def __init__(self, *fractions: tuple[float, float, float, float]) -> None:
+        super().__init__()
+        self.fractions = fractions
+        self.shown: list[tuple[int, ...]] = []
+
+    def _load(self) -> None:
+        pass
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        self.shown.append(image.shape)
+        h, w = image.shape[:2]
+        found = []
+        for fx1, fy1, fx2, fy2 in self.fractions:
+            x1, y1, x2, y2 = fx1 * w, fy1 * h, fx2 * w, fy2 * h
+            points = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.55], [0.35, 0.75], [0.65, 0.75]])
+            points = points * (x2 - x1, y2 - y1) + (x1, y1)
+            found.append(Detection((x1, y1, x2, y2), 0.99, points, self.name))
+        return found
+
+
+def test_a_face_the_photo_shows_is_the_photo_s(no_face_image):
     h, w = no_face_image.shape[:2]
-    assert shown.shape[:2] == (round(h / 2), round(w / 2))
-    assert np.abs(shown.astype(int) + no_face_image[::2, ::2].astype(int) - 255).mean() < 20
-    (face,) = found
-    assert face.detector == f"counting{NEGATIVE_TAG}"
-    assert np.allclose(face.box, (20.0, 20.0, 160.0, 180.0), atol=1.0)
+    photo, negative_side = PlantedDetector((0.2, 0.2, 0.6, 0.6)), PlantedDetector((0.21, 0.2, 0.61, 0.6))
+    found = NegativeSearch(photo, negative_detector=negative_side).detect(no_face_image)
+    assert [d.detector for d in found] == ["planted"]
+    # the negative is searched at half size
+    assert negative_side.shown[0][:2] == (round(h / 2), round(w / 2))
+
+
+def test_a_face_only_the_negative_shows_is_added_beside_false_faces(no_face_image):
+    h, w = no_face_image.shape[:2]
+    # the photo's detector finds a small false face (an eye socket of the negative, say)
+    photo = PlantedDetector((0.05, 0.05, 0.1, 0.1))
+    negative_side = PlantedDetector((0.4, 0.3, 0.8, 0.9))
+    found = NegativeSearch(photo, negative_detector=negative_side).detect(no_face_image)
+    assert [d.detector for d in found] == ["planted", f"planted{NEGATIVE_TAG}"]
+    assert np.allclose(found[1].box, (0.4 * w, 0.3 * h, 0.8 * w, 0.9 * h), atol=2.0)
+
+
+@pytest.mark.parametrize("name", ["Al_Pacino_0002", "Alan_Greenspan_0002", "Andy_Hebb_0002"])
+def test_negatives_where_the_detector_finds_false_faces_are_still_searched(engine, lfw, name):
+    """In these negatives MTCNN finds a false face (a nostril, an eye) and not the face."""
+    photo = np.asarray(Image.open(lfw / "images" / name.rsplit("_", 1)[0] / f"{name}.jpg").convert("RGB"))
+    (upright,) = [d for d in MTCNNDetector().detect(photo) if d.score > 0.99][:1]
+    negative = 255 - photo
+    faces = engine.detector.detect(negative)
+    assert any(not d.detector.endswith(NEGATIVE_TAG) for d in faces)  # the false face
+    (face,) = [d for d in faces if d.detector.endswith(NEGATIVE_TAG)]
+    # found again at full resolution: the landmarks are as precise as the positive's
+    assert np.abs(face.landmarks - upright.landmarks).max() < 3.0

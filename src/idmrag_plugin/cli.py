@@ -216,8 +216,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-exposure-search", action="store_true",
                         help="skip the extra pass over a levelled copy of dark or washed-out photos (misses their faces)")
     parser.add_argument("--no-negative-search", action="store_true",
-                        help="skip the extra pass over the negative of photos without a face (misses the faces "
-                             "of scanned film negatives)")
+                        help="skip the extra pass over the photo's negative (misses the faces of scanned film "
+                             "negatives)")
     parser.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"],
                         help="a replaced face must be less like the original than all but this fraction of "
                              "different-person pairs (far1e-3 is stricter)")
