@@ -165,3 +165,18 @@ def test_rotations_must_be_multiples_of_45():
         AnonymizerConfig(rotations=(0, 30))
     with pytest.raises(ValueError, match="multiples of 45"):
         RotatingDetector(MTCNNDetector(), (0, 100))
+
+
+@pytest.mark.parametrize("degrees", [35, 40, 50])
+def test_landmarks_of_a_rolled_face_are_found_again_upright(engine, astronaut, degrees):
+    (upright,) = engine.detector.detect(astronaut)
+    tilted = _tilted(astronaut, degrees)
+    truth = np.stack([_tilted_point(p, degrees, astronaut.shape, tilted.shape) for p in upright.landmarks])
+    iod = float(np.hypot(*(upright.landmarks[1] - upright.landmarks[0])))
+    def nearest(found):
+        return min(found, key=lambda d: np.hypot(*(d.landmarks[2] - truth[2])))
+
+    raw, face = nearest(MTCNNDetector().detect(tilted)), nearest(engine.detector.detect(tilted))
+    raw_error = np.linalg.norm(raw.landmarks - truth, axis=1).mean() / iod
+    error = np.linalg.norm(face.landmarks - truth, axis=1).mean() / iod
+    assert error < 0.05 and error < raw_error, (error, raw_error)
