@@ -101,9 +101,9 @@ class _Job:
     failed: list[FaceReport] = field(default_factory=list)
     originals: OriginalViews | None = None
     regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
-    #: a dark or washed-out photo, or one with a face in deep shadow, is worked on levelled
-    #: (``pixels`` and ``output`` are the levelled copy): its tone map and the photo, to bring
-    #: the redrawn pixels back at the end
+    #: a dark or washed-out photo, one with a face in deep shadow, or a film negative is worked
+    #: on levelled or inverted (``pixels`` and ``output`` are that copy): its tone map and the
+    #: photo, to bring the redrawn pixels back at the end
     levelled_from: tuple[ToneMap | Negative, np.ndarray] | None = None
 
 
