@@ -44,6 +44,16 @@ class FaceOracle(ABC):
     zoom: float
     #: Whether the oracle can judge an unaligned, upright detection box (see engine.views).
     box_view: bool = False
+    #: In the views cut by the detector's landmarks a verdict must stay this far under the
+    #: calibrated threshold (engine.views): on 300 anonymized LFW faces, FaceNet's similarity through
+    #: MTCNN's landmarks found afresh on the output, or the engine's moved by 1.5 px of noise
+    #: (worst of 8), rose over the engine's alignment by 0.046-0.067 at the 99th percentile,
+    #: mostly caught by the shifted view (benchmarks/attacker_eval.py).
+    alignment_margin: float = 0.05
+    #: Aligned similarities within this distance under that are judged again through shifted
+    #: alignments (engine.views.ALIGNMENT_SHIFTS): the most those shifts raised FaceNet's
+    #: similarity on 300 anonymized LFW faces was 0.091 (median 0.024).
+    shift_margin: float = 0.10
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -139,6 +149,14 @@ class DlibOracle(FaceOracle):
     name = "dlib"
     input_size = 150
     zoom = 1.0  # unused: dlib aligns with its own shape predictor, see crops()
+    #: dlib's chips are cut by its own predictor, so other landmarks move them little: on 300
+    #: anonymized LFW faces the attackers of benchmarks/attacker_eval.py gained 0.011-0.013 at
+    #: the 99th percentile (at most 0.024; face_recognition's own pipeline 0.029), and the
+    #: shifted alignments at most 0.014 (median 0.001). The faces they recognised had been
+    #: accepted 0.001-0.009 under the threshold; a wider margin cost many more attempts, since
+    #: dlib's similarities of drawn faces lie close to its threshold (median 0.062 under it).
+    alignment_margin = 0.01
+    shift_margin = 0.02
 
     def __init__(self, backend: str = "torch", device: str = "cpu", cache_dir: Path | None = None,
                  runtime: str = "auto", threads: int | None = None) -> None:
@@ -326,7 +344,9 @@ def check_faces(size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OracleVerdict:
-    """One oracle's judgement of a replaced face against its original. ``exact`` is False when
+    """One oracle's judgement of a replaced face against its original: anonymous when
+    ``similarity`` is under ``threshold``, the calibrated threshold (less the oracle's alignment
+    margin in views cut by landmarks, see engine.views). ``exact`` is False when
     the similarity is an int8 screening copy's, far enough from the threshold that the exact
     network was not needed for the verdict (see :mod:`idmrag_plugin.engine.screening`)."""
 
