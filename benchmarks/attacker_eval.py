@@ -14,6 +14,8 @@ the output's ``faces``)
   (``--jitter`` px, ``--draws`` draws; the worst draw counts), as another landmark model would;
 * ``redetected_box``: FaceNet over the whole box MTCNN finds afresh on the output, unaligned
   (the engine's box view, ``facenet@box``, with the attacker's box on the output);
+* ``jpeg``: both oracles through the engine's landmarks on the output as the integrations hand it
+  on (JPEG, quality 92) and recompressed further downstream (quality 75), the worse counting;
 * ``face_recognition``: dlib's own pipeline end to end, as the face_recognition library runs it
   (HOG detector, 5-point predictor, 150 px chip, descriptor), matched at its default tolerance
   (Euclidean distance below 0.6), and at the engine's dlib threshold (cosine).
@@ -30,6 +32,7 @@ recognised (and are reported).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 from pathlib import Path
@@ -45,6 +48,7 @@ from idmrag_plugin.engine.oracles import cosine, face_model_file
 from idmrag_plugin.engine.views import box_crop, box_view_name
 
 FACE_RECOGNITION_TOLERANCE = 0.6
+JPEG_QUALITIES = (92, 75)
 
 
 class FaceRecognitionPipeline:
@@ -75,10 +79,10 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], jitter: float, draws: in
     detector = MTCNNDetector()
     pipeline = FaceRecognitionPipeline()
     thresholds = {o.name: engine.thresholds[o.name] for o in engine.oracles}
-    counts = {"engine": 0, "redetected": 0, "jittered": 0, "redetected_box": 0,
+    counts = {"engine": 0, "redetected": 0, "jittered": 0, "redetected_box": 0, "jpeg": 0,
               "face_recognition_0.6": 0, "face_recognition_threshold": 0}
     missed = {"redetected": 0, "face_recognition": 0}
-    worst = {k: [] for k in ("engine", "redetected", "jittered", "redetected_box")}
+    worst = {k: [] for k in ("engine", "redetected", "jittered", "redetected_box", "jpeg")}
     faces = 0
     cases = []
     methods: dict[str, int] = {}
@@ -100,6 +104,7 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], jitter: float, draws: in
         shifted_views += any(v.oracle.endswith("@shifted") for v in face.verdicts)
         faces += 1
         output = result.pixels
+        jpegs = [np.asarray(Image.open(io.BytesIO(result.to_bytes("JPEG", quality)))) for quality in JPEG_QUALITIES]
         again = [d for d in detector.detect(output) if box_iou(d.box, subject.box) >= 0.3]
         again_face = max(again, key=lambda d: box_iou(d.box, subject.box)) if again else None
         missed["redetected"] += again_face is None
@@ -121,6 +126,10 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], jitter: float, draws: in
             jittered = float(np.max(cosine(np.repeat(before, draws, axis=0), oracle.embed_faces(output, moved)))) - t
             row[f"{oracle.name}@jittered"] = round(jittered, 4)
             margins["jittered"] = max(margins["jittered"], jittered)
+            jpeg = float(np.max(cosine(np.repeat(before, len(jpegs), axis=0),
+                                       np.concatenate([oracle.embed_faces(j, [subject.landmarks]) for j in jpegs])))) - t
+            row[f"{oracle.name}@jpeg"] = round(jpeg, 4)
+            margins["jpeg"] = max(margins["jpeg"], jpeg)
             if oracle.box_view and again_face is not None:
                 t_box = engine.thresholds[box_view_name(oracle.name)]
                 box = float(cosine(oracle.embed(box_crop(original, subject, oracle.input_size)[None]),
