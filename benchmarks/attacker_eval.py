@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from border_eval import _cut  # the same cuts as the detection benchmark
 from PIL import Image
 from rotation_eval import photos  # the same photos: the second of each identity
 
@@ -49,6 +50,7 @@ from idmrag_plugin.engine.views import box_crop, box_view_name
 
 FACE_RECOGNITION_TOLERANCE = 0.6
 JPEG_QUALITIES = (92, 75)
+CUT_SIDES = ("left", "right", "top", "bottom")
 
 
 class FaceRecognitionPipeline:
@@ -74,7 +76,8 @@ class FaceRecognitionPipeline:
         return np.asarray(self.model.compute_face_descriptor(image, shape, 1))
 
 
-def evaluate(engine: FaceAnonymizer, paths: list[Path], jitter: float, draws: int, seed: int) -> dict:
+def evaluate(engine: FaceAnonymizer, paths: list[Path], jitter: float, draws: int, seed: int,
+             cut: float = 0.0) -> dict:
     rng = np.random.default_rng(seed)
     detector = MTCNNDetector()
     pipeline = FaceRecognitionPipeline()
@@ -88,15 +91,26 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], jitter: float, draws: in
     methods: dict[str, int] = {}
     attempts = []
     shifted_views = 0
-    for path in paths:
+    for number, path in enumerate(paths):
         original = np.asarray(Image.open(path).convert("RGB"))
         subject = central_face(detector.detect(original), original.shape)
         if subject is None:
             continue
-        result = engine.anonymize(original)
-        face = next((f for f in result.faces if box_iou(f.detection.box, subject.box) >= 0.5), None)
-        if face is None:
-            continue
+        if cut:
+            # the face cut by one border (in turn), as border_eval.py cuts it; the engine's
+            # detection of the cut face is the one judged
+            cut_photo, visible = _cut(original, subject.box, CUT_SIDES[number % 4], cut)
+            original = np.ascontiguousarray(cut_photo)
+            result = engine.anonymize(original)
+            face = max(result.faces, key=lambda f: box_iou(f.detection.box, visible), default=None)
+            if face is None or box_iou(face.detection.box, visible) < 0.3:
+                continue
+            subject = face.detection
+        else:
+            result = engine.anonymize(original)
+            face = next((f for f in result.faces if box_iou(f.detection.box, subject.box) >= 0.5), None)
+            if face is None:
+                continue
         methods[face.method] = methods.get(face.method, 0) + 1
         if face.method != "generated":
             continue
@@ -173,6 +187,8 @@ def main() -> None:
     parser.add_argument("--secret", default="attacker_eval", help="pseudonym secret (same faces run to run)")
     parser.add_argument("--no-margins", action="store_true",
                         help="verify without the alignment margins and shifted views (the engine before them)")
+    parser.add_argument("--cut", type=float, default=0.0,
+                        help="cut each face by one border so that this share of its box is outside the frame")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="benchmarks/results/attacker_eval.json")
     args = parser.parse_args()
@@ -184,7 +200,8 @@ def main() -> None:
         for oracle in engine.oracles:
             oracle.alignment_margin, oracle.shift_margin = 0.0, -1.0
     out = {"photos": args.limit, "jitter_px": args.jitter, "draws": args.draws, "margins": not args.no_margins,
-           **evaluate(engine, photos(Path(args.lfw), args.limit), args.jitter, args.draws, args.seed)}
+           "cut": args.cut,
+           **evaluate(engine, photos(Path(args.lfw), args.limit), args.jitter, args.draws, args.seed, args.cut)}
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "faces"}, indent=2))
 

@@ -209,3 +209,55 @@ def test_anonymize_many_reports_any_exception_and_goes_on(oracles, astronaut):
     assert results[1].pixels is None
     with pytest.raises(RuntimeError):
         engine.anonymize_many(images, raise_errors=True)
+
+
+class OnlyOthersGenerator(FaceGenerator):
+    """Planted mix: gives one face back unchanged (it must fail closed), and the cameraman's
+    face everywhere else."""
+
+    name = "only-others"
+
+    def __init__(self, unchanged: np.ndarray, other: np.ndarray) -> None:
+        self.unchanged, self.other = unchanged, other
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        return request.face.copy() if np.array_equal(request.face, self.unchanged) else self.other
+
+
+def test_generated_faces_are_judged_on_the_image_after_their_neighbours_are_obfuscated(
+    astronaut, astronaut_face, camera, oracles
+):
+    """A face that fails closed is obfuscated last; a generated neighbour whose views reach
+    into its region is judged again on that final image, and fails closed if recognised."""
+    import cv2
+
+    from idmrag_plugin.engine.align import align_face
+
+    # the cameraman's face pasted beside the astronaut's: two real faces whose views overlap
+    (cam,) = MTCNNDetector().detect(camera)
+    x1, y1, x2, y2 = (round(v) for v in astronaut_face.box)
+    cx1, cy1, cx2, cy2 = (round(v) for v in cam.box)
+    width = x2 - x1
+    grow = width // 4
+    patch = cv2.resize(camera[cy1 - grow : cy2 + grow, cx1 - grow : cx2 + grow], (width + 2 * grow, y2 - y1 + 2 * grow))
+    scene = astronaut.copy()
+    scene[y1 - grow : y2 + grow, x2 - grow : x2 + grow + width] = patch
+    faces = sorted(MTCNNDetector().detect(scene), key=lambda d: d.box[0])
+    assert len(faces) == 2
+    config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
+                              negative_search=False, max_attempts=2, cache_size=0)
+    hers = align_face(scene, faces[0].landmarks, config.crop_size).crop
+    anonymizer = FaceAnonymizer(config, generator=OnlyOthersGenerator(hers, hers),
+                                detector=PlantedDetector(faces), oracles=oracles)
+    result = anonymizer.anonymize(scene)
+    real, drawn = result.faces
+    assert real.method == OBFUSCATED  # given back unchanged: fails closed
+    verifier = anonymizer.verifier
+    (final,) = verifier.verdicts(verifier.prepare(scene, faces, [1]), result.pixels, [1])
+    if drawn.method == GENERATED:
+        # what the report says is what the final image shows, and it is anonymous
+        assert [(v.oracle, round(v.similarity, 4)) for v in drawn.verdicts] == [
+            (v.oracle, round(v.similarity, 4)) for v in final]
+        assert all(v.anonymous for v in final)
+    else:
+        assert drawn.method == OBFUSCATED and "neighbouring face was obfuscated" in drawn.reason
