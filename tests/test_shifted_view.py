@@ -106,3 +106,47 @@ def test_a_face_within_the_alignment_margin_of_the_threshold_is_not_verified(
     assert verdict.similarity < thresholds[name]
     assert not verdict.anonymous
     assert verdict.threshold == pytest.approx(thresholds[name] - oracle.alignment_margin)
+
+
+def test_a_face_cut_by_the_frame_is_also_judged_through_the_plain_detector_s_own_alignment(
+    astronaut, astronaut_face
+):
+    from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+    from idmrag_plugin.engine.detect import MTCNNDetector
+    from idmrag_plugin.engine.views import crosses_border, redetect_near
+
+    _, y1, _, y2 = astronaut_face.box
+    cuts = [astronaut[round(y1 + 0.3 * (y2 - y1)):], astronaut[: round(y2 - 0.3 * (y2 - y1))]]  # 30% off
+    engine = FaceAnonymizer(AnonymizerConfig(rotations=(0,), exposure_search=False, negative_search=False,
+                                             cache_size=0, threads=2))
+    engine.generator.secret = b"a cut face"
+    attacker = MTCNNDetector()
+    judged = 0
+    for cut in map(np.ascontiguousarray, cuts):
+        result = engine.anonymize(cut)
+        faces = [f for f in result.faces if crosses_border(f.detection.box, cut.shape)]
+        assert faces, "the border search finds the cut face"
+        for face in faces:
+            before = redetect_near(attacker, cut, face.detection.box)
+            after = redetect_near(attacker, result.pixels, face.detection.box)
+            if face.method != "generated" or before is None or after is None:
+                continue
+            judged += 1
+            assert {f"{o.name}@redetected" for o in engine.oracles} <= {v.oracle for v in face.verdicts}
+            for oracle in engine.oracles:  # the attacker's own alignment on both images
+                sim = float(cosine(oracle.embed_faces(cut, [before.landmarks]),
+                                   oracle.embed_faces(result.pixels, [after.landmarks]))[0])
+                assert sim < engine.thresholds[oracle.name]
+    assert judged, "the plain detector found a generated cut face on both images"
+
+
+def test_redetect_near_finds_the_face_in_a_window_and_maps_it_back(engine, astronaut, astronaut_face):
+    from idmrag_plugin.engine.detect import MTCNNDetector
+    from idmrag_plugin.engine.views import crosses_border, redetect_near
+
+    found = redetect_near(MTCNNDetector(), astronaut, astronaut_face.box)
+    assert found is not None
+    assert np.allclose(found.landmarks, astronaut_face.landmarks, atol=3.0)
+    assert not crosses_border(astronaut_face.box, astronaut.shape)
+    assert crosses_border((-5.0, 10.0, 40.0, 60.0), astronaut.shape)
+    assert redetect_near(MTCNNDetector(), astronaut, (400.0, 400.0, 440.0, 440.0)) is None  # no face there

@@ -185,7 +185,7 @@ class FaceAnonymizer:
             missing = [name for name in names if name not in thresholds]
             if missing:
                 raise ConfigError(f"thresholds given for some oracles but not for {', '.join(missing)}")
-        self.verifier = Verifier(self.oracles, self.thresholds)
+        self.verifier = Verifier(self.oracles, self.thresholds, redetector=self._upright)
         self.cache: ResultCache | None = None
         if self.config.cache_size > 0 or self.config.result_cache_dir is not None:
             self.cache = ResultCache(
@@ -259,6 +259,7 @@ class FaceAnonymizer:
         """The whole face search: ``detector`` (or the configured one) at every rotation, plus
         the border pass, on the photo and, when its tones call for it, on a levelled copy.
         Another engine's search is taken as it is."""
+        self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
         if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch)):
             return detector
         if detector is not None:
@@ -270,6 +271,7 @@ class FaceAnonymizer:
             border = mtcnn.sharing_networks(max(self.config.min_face_size, BORDER_MIN_FACE))
             diagonal_scale = DIAGONAL_SCALE
             diagonal = mtcnn.sharing_networks(round(max(self.config.min_face_size, DIAGONAL_MIN_FACE) * diagonal_scale))
+        self._upright = upright
         search = upright
         if set(self.config.rotations) != {0} and not isinstance(search, RotatingDetector):
             search = RotatingDetector(
