@@ -221,8 +221,8 @@ class Verifier:
 
     def threshold(self, oracle: FaceOracle, view: str) -> float:
         """The similarity ``oracle``'s verdicts in ``view`` must stay under: the calibrated
-        threshold, less the oracle's alignment margin in the views cut by the detector's
-        landmarks (aligned, shifted). The refit view is itself another alignment, judged at
+        threshold, less the oracle's alignment margin in the views cut by detector landmarks
+        (aligned, shifted, redetected). The refit view is itself another alignment, judged at
         the calibrated threshold."""
         if view == "box":
             return self.thresholds[box_view_name(oracle.name)]
