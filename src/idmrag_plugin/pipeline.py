@@ -75,6 +75,14 @@ def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _obfuscate(job: _Job, face: FaceReport) -> tuple[int, int, int, int] | None:
+    """Obfuscate ``face`` in the job's output; the box around the region refilled."""
+    face.method = OBFUSCATED
+    mask = obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index])
+    obfuscate_region(job.output, mask)
+    return _mask_box(mask)
+
+
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """The (x1, y1, x2, y2) box around a boolean mask's True pixels, or None when it has none."""
     rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
@@ -493,10 +501,8 @@ class FaceAnonymizer:
             raise AnonymizationFailedError(f"{summary}; image withheld (on_failure='raise')", result)
 
         with _timed(job.timings, "obfuscate"):
-            for face in failed:
-                face.method = OBFUSCATED
-                obfuscate_region(job.output, obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index]))
-        self._verify_beside_obfuscated(job, failed)
+            regions = [_obfuscate(job, face) for face in failed]
+        self._verify_beside_obfuscated(job, regions)
         if job.levelled_from is not None:
             tones, photo = job.levelled_from
             result.pixels = tones.restore(photo, job.pixels, job.output)
@@ -592,7 +598,7 @@ class FaceAnonymizer:
                     recognised.append((job, face))
         return recognised
 
-    def _verify_beside_obfuscated(self, job: _Job, obfuscated: list[FaceReport]) -> None:
+    def _verify_beside_obfuscated(self, job: _Job, regions: list[tuple[int, int, int, int] | None]) -> None:
         """Verify again, on the final image, each generated face whose views reach into a region
         just obfuscated, and obfuscate the ones recognised there (and so on, as those regions
         reach further). Obfuscation refills a neighbour's region from what surrounds it, which
@@ -602,24 +608,19 @@ class FaceAnonymizer:
         matched the drawn one's views to the original at 0.91 (threshold 0.907)."""
         if job.originals is None:
             return
-        while obfuscated:
-            boxes = [_mask_box(obfuscation_mask(job.output.shape[:2], f.detection, job.aligned[f.index]))
-                     for f in obfuscated]
+        while regions:
             near = [f for f in job.faces if f.method == GENERATED and any(
-                box is not None and _overlaps(box, _view_footprint(f, job.regions[f.index])) for box in boxes)]
+                box is not None and _overlaps(box, _view_footprint(f, job.regions[f.index])) for box in regions)]
             if not near:
                 return
             with _timed(job.timings, "verify"):
                 (final,) = self.verifier.verdicts_many([(job.originals, job.output, [f.index for f in near])])
-            obfuscated = []
+            regions = []
             for face, verdicts in zip(near, final, strict=True):
                 face.verdicts = verdicts
-                if face.verified:
-                    continue
-                face.method = OBFUSCATED
-                face.reason = "not anonymous on the final image after a neighbouring face was obfuscated"
-                obfuscate_region(job.output, obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index]))
-                obfuscated.append(face)
+                if not face.verified:
+                    face.reason = "not anonymous on the final image after a neighbouring face was obfuscated"
+                    regions.append(_obfuscate(job, face))
 
     @staticmethod
     def _unreplaced(job: _Job) -> list[FaceReport]:
