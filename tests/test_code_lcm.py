@@ -4,6 +4,8 @@ samples, and the renderer-lcm generator's rules."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -112,7 +114,8 @@ def test_training_loss_falls_and_resumes(tiny):
     teacher = CodeDiffusion.from_pretrained(root / "run" / "teacher")
     lcm = CodeDiffusion.from_pretrained(root / "run" / "lcm")
     assert (teacher.config.kind, lcm.config.kind) == ("teacher", "lcm")
-    assert lcm.config.codes_sha256 and lcm.config.probes_sha256
+    assert lcm.config.codes_sha256
+    assert lcm.config.code_probes_sha256 == AttributeProbes.load(root / "probes.safetensors").code_fingerprint()
     # calibrated on the held-out faces: their nearest training identity at the 99th percentile
     from idmrag_plugin.training.train_code_lcm import novelty_level, training_codes
 
@@ -291,15 +294,24 @@ def test_what_is_kept_about_a_person_goes_when_the_registry_forgets_them(tiny):
     assert set(generator._readings) == set(generator._verified_attempt) == set(people[1:])
 
 
-def test_generator_refuses_a_model_for_other_probes(tiny, tmp_path):
+def test_generator_refuses_a_model_for_other_code_probes(tiny, tmp_path):
     root, *_ = tiny
-    _planted_probes("0" * 64).save(tmp_path / "probes.safetensors")  # other bytes, other sha256
+    trained_on = AttributeProbes.load(root / "probes.safetensors")
+    weight, bias = trained_on.code_age
+    replace(trained_on, code_age=(weight * 2.0, bias)).save(tmp_path / "probes.safetensors")
     generator = RendererLCMGenerator(root / "run" / "lcm", root / "renderer", root / "codes",
                                      root / "sampler.safetensors", root / "probes.safetensors",
                                      root / "student.safetensors")
     generator.attribute_probes_path = tmp_path / "probes.safetensors"
     with pytest.raises(ModelLoadError, match="train-code-lcm"):
         generator._load_code_model()
+    # Image probes refitted, code probes kept (`fit-attribute-probes --code-probes`): the model,
+    # trained on the code probes' read-outs alone, stays valid.
+    refitted = replace(trained_on, image_age=(trained_on.image_age[0] + 0.5, 1.0), age_range=(1.0, 4.0))
+    refitted.save(tmp_path / "refitted.safetensors")
+    assert refitted.code_fingerprint() == trained_on.code_fingerprint()
+    generator.attribute_probes_path = tmp_path / "refitted.safetensors"
+    assert generator._load_code_model().config.code_probes_sha256 == trained_on.code_fingerprint()
     with pytest.raises(ModelLoadError, match="train-code-lcm"):
         RendererLCMGenerator(tmp_path, root / "renderer", root / "codes", root / "sampler.safetensors",
                              root / "probes.safetensors", root / "student.safetensors")
@@ -322,13 +334,12 @@ def test_packaged_code_lcm_fits_the_packaged_parts_and_replaces_a_face(make_engi
         CODE_LCM_DIR,
         CODES_VAE_DIR,
         packaged,
-        sha256_of,
     )
 
     model = CodeDiffusion.from_pretrained(packaged(CODE_LCM_DIR))
     assert model.config.kind == "lcm"
     assert model.config.codes_sha256 == codes_fingerprint(packaged(CODES_VAE_DIR))
-    assert model.config.probes_sha256 == sha256_of(packaged(ATTRIBUTE_PROBES_FILE))
+    assert model.config.code_probes_sha256 == AttributeProbes.load(packaged(ATTRIBUTE_PROBES_FILE)).code_fingerprint()
     result = anonymize_with_packaged_generator(make_engine, astronaut, oracles, generator="renderer-lcm",
                                                generator_steps=1, cache_size=0)
     assert result.faces[0].attempts >= 1

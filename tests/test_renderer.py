@@ -461,6 +461,54 @@ def test_fit_attribute_probes_reads_labels_and_the_renderer_it_describes(tiny_ru
     with pytest.raises(ConfigError, match="gender labels"):
         fit(build_parser().parse_args(["--data", str(tmp_path / "unlabelled.npz")] + args[2:]))
 
+def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(tiny_run, tmp_path):
+    """``--code-probes``: the image probes are refitted, the code probes kept bit for bit (a code
+    LCM trained on them stays valid); photo age readings are held to the labels' range."""
+    from idmrag_plugin.generation.attributes import AttributeProbes
+    from idmrag_plugin.training.fit_attribute_probes import build_parser, fit
+
+    root, *_ = tiny_run
+    rng = np.random.default_rng(4)
+    data = dict(np.load(root / "data.npz"))
+    n = len(data["crops"])
+    data["emb_dlib"] = rng.standard_normal((n, 128)).astype(np.float32)
+    data["gender"] = (data["emb_dlib"][:, 0] > 0).astype(np.int8)
+    data["age"] = np.clip(np.expm1(3.4 + 0.3 * data["emb_dlib"][:, 1]), 1, 100).astype(np.int16)
+    np.savez(tmp_path / "labelled.npz", **data)
+    sha = json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
+    kept = AttributeProbes((np.zeros(128), 0.0), (np.zeros(128), 3.0), (rng.standard_normal(16), 0.3),
+                           (rng.standard_normal(16), 3.4), sha, image_reader="dlib")
+    kept.save(tmp_path / "kept.safetensors")
+    args = ["--data", str(tmp_path / "labelled.npz"), "--output", str(tmp_path / "probes.safetensors"),
+            "--renderer", str(root / "run" / "renderer"), "--codes", str(root / "codes"),
+            "--sampler", str(root / "sampler.safetensors"), "--code-probes", str(tmp_path / "kept.safetensors"),
+            "--threads", "1"]
+    fit(build_parser().parse_args(args))
+    probes = AttributeProbes.load(tmp_path / "probes.safetensors")
+    assert probes.code_fingerprint() == kept.code_fingerprint()
+    assert not np.allclose(probes.image_age[0], kept.image_age[0])  # refitted: reads the labels
+    train = data["split"] == "train"
+    low, high = np.percentile(np.log1p(data["age"][train].astype(np.float64)), [1, 99])
+    assert probes.age_range == pytest.approx((low, high), abs=1e-9)
+    far = probes.image_age[0] / np.linalg.norm(probes.image_age[0]) * 1e3  # far beyond any training face
+    assert [r.log_age for r in probes.read_image(np.stack([far, -far]))] == [round(high, 2), round(low, 2)]
+    other = AttributeProbes(kept.image_gender, kept.image_age, kept.code_gender, kept.code_age, "0" * 64)
+    other.save(tmp_path / "other.safetensors")
+    with pytest.raises(ConfigError, match="describes renderer"):
+        fit(build_parser().parse_args(args[:-4] + ["--code-probes", str(tmp_path / "other.safetensors"),
+                                                   "--threads", "1"]))
+
+
+def test_an_age_probe_is_regularised_as_far_as_cross_validation_allows():
+    from idmrag_plugin.training.fit_attribute_probes import RIDGE_ALPHAS, _ridge_alpha
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 32))
+    assert _ridge_alpha(x, 3.4 + 0.01 * rng.standard_normal(600)) == max(RIDGE_ALPHAS)  # nothing to fit: most
+    y = 3.4 + x @ rng.standard_normal(32) * 0.3  # exact linear labels: any shrinkage costs
+    assert _ridge_alpha(x, y) < 1.0
+
+
 def test_of_several_candidates_the_drawing_least_like_the_person_is_kept_for_the_person(tiny_run, tmp_path):
     from idmrag_plugin.generation.attributes import AttributeProbes
 

@@ -18,6 +18,7 @@ agreement 61% against 57% without them, on 300 LFW faces).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +67,21 @@ class AttributeProbes:
     code_age: tuple[np.ndarray, float]
     renderer_sha256: str
     image_reader: str = "student"
+    #: The range of log(1 + years) a photo's age reading is held to: the labels' own (1st to
+    #: 99th percentile). A linear probe extrapolates on faces unlike its training photos (fitted
+    #: on UTKFace, it read LFW faces as up to 171 years old). None: unbounded (older probes).
+    age_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.image_reader not in IMAGE_READERS:
             raise ModelLoadError(f"attribute probes read {self.image_reader!r}; known readers: {', '.join(IMAGE_READERS)}")
+        if self.age_range is not None and not self.age_range[0] < self.age_range[1]:
+            raise ModelLoadError(f"attribute probes' age range {self.age_range} is empty")
 
     def read_image(self, embeddings: np.ndarray) -> list[Reading]:
         """Perceived gender and age of faces from their embeddings (N, D) by ``image_reader``."""
-        return [Reading(r.gender, round(r.log_age, READING_DECIMALS))
+        low, high = self.age_range if self.age_range is not None else (-np.inf, np.inf)
+        return [Reading(r.gender, round(float(np.clip(r.log_age, low, high)), READING_DECIMALS))
                 for r in _read(embeddings, self.image_gender, self.image_age)]
 
     def read_code(self, codes: np.ndarray) -> list[Reading]:
@@ -86,6 +94,18 @@ class AttributeProbes:
         for the other gender plus the age difference beyond the tolerance (in log-years)."""
         return float(person.gender != drawn.gender) + max(0.0, abs(person.log_age - drawn.log_age) - AGE_TOLERANCE)
 
+    def code_fingerprint(self) -> str:
+        """sha256 of the code probes alone (float32, as saved): what a code model trained on
+        their read-outs depends on; refitting the image probes leaves it unchanged."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in ("code_gender", "code_age"):
+            weight, bias = getattr(self, name)
+            digest.update(np.ascontiguousarray(weight, np.float32).tobytes())
+            digest.update(np.array([bias], np.float32).tobytes())
+        return digest.hexdigest()
+
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file
 
@@ -94,8 +114,10 @@ class AttributeProbes:
             weight, bias = getattr(self, name)
             tensors[f"{name}.weight"] = np.asarray(weight, np.float32)
             tensors[f"{name}.bias"] = np.array([bias], np.float32)
-        save_file(tensors, str(path), metadata={"renderer_sha256": self.renderer_sha256,
-                                                "image_reader": self.image_reader})
+        metadata = {"renderer_sha256": self.renderer_sha256, "image_reader": self.image_reader}
+        if self.age_range is not None:
+            metadata["age_range"] = json.dumps([float(v) for v in self.age_range])
+        save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> AttributeProbes:
@@ -107,8 +129,10 @@ class AttributeProbes:
                 metadata = handle.metadata() or {}
             probes = {name: (tensors[f"{name}.weight"].astype(np.float64), float(tensors[f"{name}.bias"][0]))
                       for name in ("image_gender", "image_age", "code_gender", "code_age")}
+            age_range = json.loads(metadata["age_range"]) if "age_range" in metadata else None
         except (OSError, KeyError, ValueError) as exc:
             raise ModelLoadError(f"{path} does not hold attribute probes ({exc}); refit them with "
                                  "`idmrag fit-attribute-probes`") from exc
         return cls(**probes, renderer_sha256=metadata.get("renderer_sha256", ""),
-                   image_reader=metadata.get("image_reader", "student"))
+                   image_reader=metadata.get("image_reader", "student"),
+                   age_range=None if age_range is None else (float(age_range[0]), float(age_range[1])))

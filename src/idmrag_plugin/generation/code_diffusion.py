@@ -52,7 +52,11 @@ class CodeDiffusionConfig:
     code_mean: list[float] = field(default_factory=list)  # per-dimension standardisation of the codes
     code_std: list[float] = field(default_factory=list)
     codes_sha256: str = ""  # the codes model whose z_id it models
-    probes_sha256: str = ""  # the attribute probes whose code readings labelled its training codes
+    # The attribute probes whose code read-outs labelled its training codes: the code probes'
+    # own fingerprint (AttributeProbes.code_fingerprint; refitting the image probes keeps it), or,
+    # in models trained before it, the whole probes file's sha256.
+    code_probes_sha256: str = ""
+    probes_sha256: str = ""
     # Its samples may be no closer to a training identity's mean code than this: the 99th
     # percentile of held-out people's nearest training identity (0: the sampler's distinct_cos).
     novelty_cos: float = 0.0

@@ -90,6 +90,7 @@ class RendererLCMGenerator(RendererGenerator):
         if self._code_model is None:
             with self._code_lock:
                 if self._code_model is None:
+                    from idmrag_plugin.generation.attributes import AttributeProbes
                     from idmrag_plugin.generation.code_diffusion import CodeDiffusion
                     from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
                     from idmrag_plugin.weights import sha256_of
@@ -100,7 +101,12 @@ class RendererLCMGenerator(RendererGenerator):
                         raise ModelLoadError(f"{self.code_model_dir} models the codes of {c.codes_sha256[:12]}, not "
                                              f"{self.model_dir}; retrain it with `idmrag train-code-lcm`")
                     assert self.attribute_probes_path is not None
-                    if c.probes_sha256 and c.probes_sha256 != sha256_of(self.attribute_probes_path):
+                    if c.code_probes_sha256:
+                        trained_for = (c.code_probes_sha256
+                                       == AttributeProbes.load(self.attribute_probes_path).code_fingerprint())
+                    else:
+                        trained_for = not c.probes_sha256 or c.probes_sha256 == sha256_of(self.attribute_probes_path)
+                    if not trained_for:
                         raise ModelLoadError(
                             f"{self.code_model_dir} was trained for other attribute probes than "
                             f"{self.attribute_probes_path}; retrain it with `idmrag train-code-lcm --probes "

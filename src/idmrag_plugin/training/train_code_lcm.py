@@ -47,7 +47,6 @@ from idmrag_plugin.weights import (
     CODES_VAE_DIR,
     SAMPLER_FILE,
     packaged,
-    sha256_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -118,7 +117,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     config = CodeDiffusionConfig(
         id_dim=codes.shape[1], hidden=args.hidden, blocks=args.blocks, guidance=args.guidance,
         code_mean=codes.mean(0).tolist(), code_std=codes.std(0).clamp(min=1e-4).tolist(),
-        codes_sha256=codes_fingerprint(codes_dir), probes_sha256=sha256_of(probes_path), novelty_cos=novelty,
+        codes_sha256=codes_fingerprint(codes_dir), code_probes_sha256=probes.code_fingerprint(), novelty_cos=novelty,
     )
     teacher = CodeDiffusion(config).to(device)
     x0_all = teacher.standardise(codes)
