@@ -261,3 +261,58 @@ def test_generated_faces_are_judged_on_the_image_after_their_neighbours_are_obfu
         assert all(v.anonymous for v in final)
     else:
         assert drawn.method == OBFUSCATED and "neighbouring face was obfuscated" in drawn.reason
+
+
+@pytest.mark.parametrize("max_attempts", [1, 2])
+def test_a_face_recognised_beside_an_obfuscated_neighbour_is_redrawn_with_the_attempts_it_has_left(
+    astronaut, astronaut_face, camera, oracles, max_attempts
+):
+    """Planted: the first verification on an image where the neighbour is obfuscated says the
+    drawn face is recognised. With an attempt left it is redrawn on that image and kept when
+    verified there (its report: the returned image's verdicts); with none it fails closed."""
+    import cv2
+
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.engine.oracles import OracleVerdict
+
+    (cam,) = MTCNNDetector().detect(camera)
+    x1, y1, x2, y2 = (round(v) for v in astronaut_face.box)
+    cx1, cy1, cx2, cy2 = (round(v) for v in cam.box)
+    width, grow = x2 - x1, (x2 - x1) // 4
+    patch = cv2.resize(camera[cy1 - grow : cy2 + grow, cx1 - grow : cx2 + grow], (width + 2 * grow, y2 - y1 + 2 * grow))
+    scene = astronaut.copy()
+    scene[y1 - grow : y2 + grow, x2 - grow : x2 + grow + width] = patch
+    faces = sorted(MTCNNDetector().detect(scene), key=lambda d: d.box[0])
+    config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
+                              negative_search=False, max_attempts=max_attempts, cache_size=0)
+    hers = align_face(scene, faces[0].landmarks, config.crop_size).crop
+    generator = OnlyOthersGenerator(hers, hers)
+    attempts_seen: list[int] = []
+    plain_generate = generator.generate
+    generator.generate = lambda request: (attempts_seen.append(request.attempt), plain_generate(request))[1]
+    anonymizer = FaceAnonymizer(config, generator=generator, detector=PlantedDetector(faces), oracles=oracles)
+    verifier = anonymizer.verifier
+    real_verdicts_many = verifier.verdicts_many
+    centre = (round((faces[0].box[1] + faces[0].box[3]) / 2), round((faces[0].box[0] + faces[0].box[2]) / 2))
+    planted: list[bool] = []
+
+    def verdicts_many(requests):
+        found = real_verdicts_many(requests)
+        for (_, output, indices), per_face in zip(requests, found, strict=True):
+            if not planted and not np.array_equal(output[centre], scene[centre]) and 1 in indices:
+                per_face[list(indices).index(1)].append(OracleVerdict("planted", 1.0, 0.5))
+                planted.append(True)
+        return found
+
+    verifier.verdicts_many = verdicts_many
+    result = anonymizer.anonymize(scene)
+    real, drawn = result.faces
+    assert real.method == OBFUSCATED and planted
+    if max_attempts == 1:
+        assert drawn.method == OBFUSCATED and "neighbouring face was obfuscated" in drawn.reason
+        return
+    assert drawn.method == GENERATED and drawn.attempts == 2 and 1 in attempts_seen
+    (final,) = verifier.verdicts(verifier.prepare(scene, faces, [1]), result.pixels, [1])
+    assert [(v.oracle, round(v.similarity, 4)) for v in drawn.verdicts] == [
+        (v.oracle, round(v.similarity, 4)) for v in final]
+    assert all(v.anonymous for v in final)

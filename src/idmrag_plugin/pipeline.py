@@ -600,27 +600,42 @@ class FaceAnonymizer:
 
     def _verify_beside_obfuscated(self, job: _Job, regions: list[tuple[int, int, int, int] | None]) -> None:
         """Verify again, on the final image, each generated face whose views reach into a region
-        just obfuscated, and obfuscate the ones recognised there (and so on, as those regions
-        reach further). Obfuscation refills a neighbour's region from what surrounds it, which
+        just obfuscated. Obfuscation refills a neighbour's region from what surrounds it, which
         can take the pseudonym's features out of a generated face's views and leave the context
         it shares with the original: on LFW faces cut by the frame, a false detection beside
         the real face was drawn and verified, the real face then failed closed, and dlib
-        matched the drawn one's views to the original at 0.91 (threshold 0.907)."""
+        matched the drawn one's views to the original at 0.91 (threshold 0.907).
+
+        A face recognised there is redrawn on that image, its neighbours as they will be
+        returned, with the attempts it has left, and obfuscated only when still recognised (or
+        with none left). Each redraw and each new obfuscation is a change whose neighbours are
+        verified in turn; every recognised face spends an attempt or is obfuscated, so it ends."""
         if job.originals is None:
             return
-        while regions:
+        changed = [box for box in regions if box is not None]
+        while changed:
             near = [f for f in job.faces if f.method == GENERATED and any(
-                box is not None and _overlaps(box, _view_footprint(f, job.regions[f.index])) for box in regions)]
+                _overlaps(box, _view_footprint(f, job.regions[f.index])) for box in changed)]
             if not near:
                 return
             with _timed(job.timings, "verify"):
                 (final,) = self.verifier.verdicts_many([(job.originals, job.output, [f.index for f in near])])
-            regions = []
+            changed = []
             for face, verdicts in zip(near, final, strict=True):
                 face.verdicts = verdicts
-                if not face.verified:
-                    face.reason = "not anonymous on the final image after a neighbouring face was obfuscated"
-                    regions.append(_obfuscate(job, face))
+                if face.verified:
+                    continue
+                cause = "not anonymous on the final image after a neighbouring face was obfuscated"
+                if self.generator is not None and face.attempts < self.config.max_attempts:
+                    self._replace_together([(job, face)], first_attempt=face.attempts)
+                    if face.verified:
+                        changed.append(job.regions[face.index])
+                        continue
+                    cause += "; redrawn there, " + face.reason
+                face.reason = cause
+                box = _obfuscate(job, face)
+                if box is not None:
+                    changed.append(box)
 
     @staticmethod
     def _unreplaced(job: _Job) -> list[FaceReport]:
