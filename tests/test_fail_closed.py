@@ -316,3 +316,51 @@ def test_a_face_recognised_beside_an_obfuscated_neighbour_is_redrawn_with_the_at
     assert [(v.oracle, round(v.similarity, 4)) for v in drawn.verdicts] == [
         (v.oracle, round(v.similarity, 4)) for v in final]
     assert all(v.anonymous for v in final)
+
+
+def test_an_obfuscation_still_matched_to_the_original_is_widened(astronaut, astronaut_face, oracles):
+    """Planted: the oracles' first look at the obfuscated astronaut matches her. The region is
+    obfuscated again, wider, and the report says so; a face already anonymous is not widened."""
+    from idmrag_plugin.engine.obfuscate import WIDENINGS, obfuscation_mask
+    from idmrag_plugin.engine.oracles import OracleVerdict
+
+    config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
+                              negative_search=False, max_attempts=1, cache_size=0)
+
+    def run(plant: bool):
+        anonymizer = FaceAnonymizer(config, generator=OnlyOthersGenerator(None, None),
+                                    detector=PlantedDetector([astronaut_face]), oracles=oracles)
+        anonymizer.generator.generate = lambda request: request.face.copy()  # fails closed
+        real_verdicts_many = anonymizer.verifier.verdicts_many
+        centre = (round((astronaut_face.box[1] + astronaut_face.box[3]) / 2),
+                  round((astronaut_face.box[0] + astronaut_face.box[2]) / 2))
+        planted: list[bool] = []
+
+        def verdicts_many(requests):
+            found = real_verdicts_many(requests)
+            for (_, output, _), per_face in zip(requests, found, strict=True):
+                cy, cx = centre
+                patch = (slice(cy - 8, cy + 8), slice(cx - 8, cx + 8))
+                # looking at the obfuscation (a paste of her own face moves these pixels a little)
+                if np.abs(output[patch].astype(int) - astronaut[patch]).mean() > 20:
+                    if plant and not planted:
+                        per_face[0].append(OracleVerdict("planted", 1.0, 0.5))
+                        planted.append(True)
+                    elif not plant:
+                        per_face[:] = [[OracleVerdict("planted", 0.0, 0.5)] for _ in per_face]
+            return found
+
+        anonymizer.verifier.verdicts_many = verdicts_many
+        result = anonymizer.anonymize(astronaut)
+        (face,) = result.faces
+        assert face.method == OBFUSCATED
+        changed = np.any(np.asarray(result.pixels) != astronaut, axis=2)
+        return face, changed
+
+    plain, plain_changed = run(plant=False)
+    assert "wider" not in plain.reason
+    widened, widened_changed = run(plant=True)
+    assert f"obfuscated {WIDENINGS[0]:g}x wider" in widened.reason
+    mask = obfuscation_mask(astronaut.shape[:2], astronaut_face, None, WIDENINGS[0])
+    assert widened_changed.sum() > 1.5 * plain_changed.sum()
+    assert widened_changed[mask].mean() > 0.9  # the wider region was refilled

@@ -22,16 +22,23 @@ BOX_GROW = 1.25
 FILL_RESOLUTION = 24  # the fill is computed with the region about this many pixels across
 
 
-def obfuscation_mask(shape: tuple[int, int], detection: Detection, face: AlignedFace | None) -> np.ndarray:
-    """Boolean image-space mask of the region to destroy."""
+#: Wider regions for a face whose obfuscation a recognizer still matches to the original (the
+#: head's outline, hair and neck are left): both grow factors times each of these in turn.
+WIDENINGS = (1.35, 1.7)
+
+
+def obfuscation_mask(shape: tuple[int, int], detection: Detection, face: AlignedFace | None,
+                     widen: float = 1.0) -> np.ndarray:
+    """Boolean image-space mask of the region to destroy; ``widen`` scales both ellipses."""
     h, w = shape
     mask = np.zeros((h, w), np.uint8)
     x1, y1, x2, y2 = detection.box
     center = (round((x1 + x2) / 2), round((y1 + y2) / 2))
-    axes = (max(2, round((x2 - x1) / 2 * BOX_GROW)), max(2, round((y2 - y1) / 2 * BOX_GROW)))
+    grow = BOX_GROW * widen
+    axes = (max(2, round((x2 - x1) / 2 * grow)), max(2, round((y2 - y1) / 2 * grow)))
     cv2.ellipse(mask, center, axes, 0, 0, 360, 1, thickness=-1)
     if face is not None:
-        crop_mask = face_mask(face.size, grow=MASK_GROW)
+        crop_mask = face_mask(face.size, grow=MASK_GROW * widen)
         full = (0, 0, w, h)
         mask |= (warp_into_region(crop_mask, face, full) > 0).astype(np.uint8)
     return mask.astype(bool)
