@@ -119,6 +119,8 @@ class _Job:
     failed: list[FaceReport] = field(default_factory=list)
     originals: OriginalViews | None = None
     regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    #: per obfuscated face, how many of obfuscate.WIDENINGS its region has been widened by
+    widened: dict[int, int] = field(default_factory=dict)
     #: a dark or washed-out photo, one with a face in deep shadow, or a film negative is worked
     #: on levelled or inverted (``pixels`` and ``output`` are that copy): its tone map and the
     #: photo, to bring the redrawn pixels back at the end
@@ -503,8 +505,12 @@ class FaceAnonymizer:
 
         with _timed(job.timings, "obfuscate"):
             regions = [_obfuscate(job, face) for face in failed]
-        regions += self._widen_recognised_obfuscations(job, failed)
-        self._verify_beside_obfuscated(job, regions)
+        # Each refill can change its neighbours' views, and a neighbour's redraw an obfuscated
+        # face's: until neither moves, check the generated faces beside what changed, then every
+        # obfuscated face (bounded: a redraw spends an attempt, a widening a level).
+        while regions:
+            self._verify_beside_obfuscated(job, regions)
+            regions = self._widen_recognised_obfuscations(job)
         if job.levelled_from is not None:
             tones, photo = job.levelled_from
             result.pixels = tones.restore(photo, job.pixels, job.output)
@@ -600,30 +606,31 @@ class FaceAnonymizer:
                     recognised.append((job, face))
         return recognised
 
-    def _widen_recognised_obfuscations(self, job: _Job, failed: list[FaceReport]) -> list[tuple[int, int, int, int] | None]:
+    def _widen_recognised_obfuscations(self, job: _Job) -> list[tuple[int, int, int, int] | None]:
         """Judge each obfuscated face (one the verifier has original views of) on the output as
-        the oracles judge a drawn one, and obfuscate a wider
-        region (``obfuscate.WIDENINGS``) where one still matches it to the original: the fill
-        leaves the head's outline, hair, ears and neck, and on LFW the faces that fail closed
-        are the ones whose context is most like them (the bench's dlib judge matched one such
-        face at 0.910, threshold 0.907). The boxes of the regions refilled again."""
+        the oracles judge a drawn one, and obfuscate a wider region (``obfuscate.WIDENINGS``,
+        one level more each time) where one still matches it to the original: the fill leaves
+        the head's outline, hair, ears and neck, and on LFW the faces that fail closed are the
+        ones whose context is most like them (the bench's FaceNet judge matched one such face at
+        0.62, threshold 0.53). The boxes of the regions refilled again."""
         if job.originals is None:
             return []
         replaceable = {f.index for f in job.replaceable}
-        pending = [f for f in failed if f.index in replaceable]
+        pending = [f for f in job.faces if f.method == OBFUSCATED and f.index in replaceable
+                   and job.widened.get(f.index, 0) < len(WIDENINGS)]
         regions: list[tuple[int, int, int, int] | None] = []
-        for widen in WIDENINGS:
-            if not pending:
-                break
+        while pending:
             with _timed(job.timings, "verify"):
                 (judged,) = self.verifier.verdicts_many([(job.originals, job.output, [f.index for f in pending])])
             matched = [face for face, verdicts in zip(pending, judged, strict=True)
                        if not all(v.anonymous for v in verdicts)]
             with _timed(job.timings, "obfuscate"):
                 for face in matched:
-                    face.reason += f"; its obfuscation still matched the original: obfuscated {widen:g}x wider"
-                    regions.append(_obfuscate(job, face, widen))
-            pending = matched
+                    level = job.widened.get(face.index, 0)
+                    job.widened[face.index] = level + 1
+                    face.reason += f"; its obfuscation still matched the original: obfuscated {WIDENINGS[level]:g}x wider"
+                    regions.append(_obfuscate(job, face, WIDENINGS[level]))
+            pending = [f for f in matched if job.widened[f.index] < len(WIDENINGS)]
         return regions
 
     def _verify_beside_obfuscated(self, job: _Job, regions: list[tuple[int, int, int, int] | None]) -> None:
