@@ -248,13 +248,14 @@ def test_a_person_next_photo_starts_with_their_verified_pseudonym(tiny):
     code = generator.encode(face[None])[0][0]
     assert [generator.pseudonym_attempt(code, a) for a in range(4)] == [0, 1, 2, 3]
     asked: list[int] = []
-    replacement_code = generator.replacement_code
+    pseudonym_codes = generator.pseudonym_codes
 
-    def recording(code: np.ndarray, attempt: int, variant: int = 0) -> np.ndarray:
+    def recording(code: np.ndarray, attempt: int, count: int) -> np.ndarray:
         asked.append(attempt)
-        return replacement_code(code, attempt, variant)
+        return pseudonym_codes(code, attempt, count)
 
-    generator.replacement_code = recording  # type: ignore[method-assign]
+    generator.pseudonym_codes = recording  # type: ignore[method-assign]
+    generator.speckle = lambda drawn, grow=None: np.zeros(len(drawn))  # type: ignore[method-assign]  # all clean
     third = GenerationRequest(face, attempt=2, seed=11)
     generator.generate(third)
     generator.accepted(GenerationRequest(face, attempt=0, seed=12))  # never drawn: ignored
@@ -290,8 +291,8 @@ def test_what_is_kept_about_a_person_goes_when_the_registry_forgets_them(tiny):
         generator.generate(request)
         generator.accepted(request)
         people.append(generator._seed_code(generator.encode(face[None])[0][0]).tobytes())
-        assert len(generator._readings) == len(generator._verified_attempt) == min(i + 1, 2)
-    assert set(generator._readings) == set(generator._verified_attempt) == set(people[1:])
+        assert len(generator._readings) == len(generator._verified_attempt) == len(generator._unspeckled) == min(i + 1, 2)
+    assert set(generator._readings) == set(generator._verified_attempt) == set(generator._unspeckled) == set(people[1:])
 
 
 def test_generator_refuses_a_model_for_other_code_probes(tiny, tmp_path):
@@ -373,15 +374,14 @@ def test_the_default_engine_draws_one_pseudonym_for_two_photos_of_one_person(mak
     engine = FaceAnonymizer(AnonymizerConfig(cache_size=0), detector=base.detector, oracles=base.oracles)
     generator = engine.generator
     generator.secret = b"one-person".ljust(32, b"\0")  # with it, a pick by each photo's code gave two
-    drawn: list[np.ndarray] = []
-    replacement_code = generator.replacement_code
+    drawn: list[np.ndarray] = []  # the codes whose drawings are finished (refined) for the photo
+    finish = generator._finish
 
-    def recording(code: np.ndarray, attempt: int, variant: int = 0) -> np.ndarray:
-        out = replacement_code(code, attempt, variant)
-        drawn.append(out)
-        return out
+    def recording(drawings, face: np.ndarray, codes: np.ndarray, grow: float | None = None) -> np.ndarray:
+        drawn.extend(codes)
+        return finish(drawings, face, codes, grow)
 
-    generator.replacement_code = recording  # type: ignore[method-assign]
+    generator._finish = recording  # type: ignore[method-assign]
     first = engine.anonymize(astronaut)
     codes_first = list(drawn)
     second_photo = np.ascontiguousarray(astronaut[:, ::-1])

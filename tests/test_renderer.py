@@ -185,7 +185,7 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_te
     _dlib_probes(tmp_path / "probes.safetensors")
     base = [a if a != str(root / "data.npz") else str(tmp_path / "data.npz") for a in argv]
     tune = base + ["--init", str(root / "run" / "renderer"), "--probes", str(tmp_path / "probes.safetensors"),
-                   "--weight", "dlib=1", "--weight", "gender=1", "--weight", "age=1"]
+                   "--weight", "dlib=1", "--weight", "gender=1", "--weight", "age=1", "--weight", "speckle=1"]
     # no step yet: what it saves is the renderer it started from
     train(build_parser().parse_args(_output(tune, tmp_path / "zero") + ["--steps", "0"]))
     started = FaceRenderer.from_pretrained(tmp_path / "zero" / "renderer")
@@ -194,7 +194,7 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_te
     # the fine-tuned renderer records the one it started from
     assert started.config.init_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     summary = train(build_parser().parse_args(_output(tune, tmp_path / "tuned") + ["--steps", "3"]))
-    assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age"))
+    assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age", "speckle"))
     # fine-tuned again: the whole line of renderers it descends from, nearest first
     again = [a if a != str(root / "run" / "renderer") else str(tmp_path / "tuned" / "renderer") for a in tune]
     train(build_parser().parse_args(_output(again, tmp_path / "again") + ["--steps", "0"]))
@@ -230,6 +230,42 @@ def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     grey = np.repeat(face[..., :1], 3, axis=2)  # a black-and-white photo gets a black-and-white face
     drawn = generator.generate(GenerationRequest(grey, attempt=0, seed=7))
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
+
+
+def test_a_pseudonym_drawn_speckled_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch):
+    from idmrag_plugin.generation.renderer_generator import SPECKLE_ALTERNATES
+
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    code, attr = (a[0] for a in generator.encode(face[None]))
+    codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES)
+    assert np.array_equal(codes[0], generator.replacement_code(code, 0))
+    assert len({c.tobytes() for c in codes}) == len(codes) == 1 + SPECKLE_ALTERNATES
+    drawn_codes: list[np.ndarray] = []
+    draw = generator._draw
+
+    def recording(some_codes, *args, **kwargs):
+        drawn_codes.append(np.array(some_codes))
+        return draw(some_codes, *args, **kwargs)
+
+    scores = {codes[0].tobytes(): 9.0, codes[1].tobytes(): 7.0}  # the rest draw clean
+    monkeypatch.setattr(generator, "_draw", recording)
+    monkeypatch.setattr(generator, "speckle",
+                        lambda drawn, grow=None: np.array([scores.get(c.tobytes(), 0.5) for c in drawn_codes[-1]]))
+    out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    # the first clean alternate in order, drawn and composited as any pseudonym
+    assert np.array_equal(out, generator._composite(generator._render(codes[2][None], face, attr[None])[0], face))
+    # the person's next photo tries that code first, and keeps it where it draws clean
+    again = np.clip(face.astype(np.int16) + 3, 0, 255).astype(np.uint8)
+    drawn_codes.clear()
+    generator.generate(GenerationRequest(again, attempt=0, seed=8))
+    assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], codes[2][None])
+    # nothing clean: the least speckled of all
+    scores.update({codes[2].tobytes(): 8.0, codes[3].tobytes(): 6.0})
+    drawn_codes.clear()
+    worst_case = generator.generate(GenerationRequest(face, attempt=0, seed=9))
+    assert np.array_equal(worst_case, generator._composite(generator._render(codes[3][None], face, attr[None])[0], face))
 
 
 def test_tone_shift_moves_the_face_mean_and_leaves_kept_pixels_alone():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
 
+logger = logging.getLogger(__name__)
+
 #: Pseudonym candidates drawn per person and attempt when the identity student is there (the
 #: drawing least like the person is kept). One by default: each further candidate costs a
 #: sampler draw with its redraws and a rendering (about 3x the generate stage at 4).
@@ -38,6 +41,17 @@ PSEUDONYM_CANDIDATES = 1
 ENCODINGS_KEPT = 64
 #: Keeps the refiner's texture noise apart from the renderer's, both seeded by the pseudonym.
 REFINER_NOISE_SALT = 0x5EED_F1E5
+#: A drawing is *speckled*, a mottled mask of colour blotches rather than a face, when its fine
+#: detail inside the mask at the renderer's resolution (:mod:`idmrag_plugin.generation.speckle`,
+#: 8-bit levels) scores above ``SPECKLE_LIMIT`` as chroma + ``SPECKLE_LUMA_SHARE`` x luma. Set
+#: by eye on 480 drawings (60 LFW contexts, 8 pseudonym codes each): the packaged renderer's
+#: clean drawings score 1.3-1.7, the mottled ones 1.8-4.
+SPECKLE_LIMIT = 1.8
+SPECKLE_LUMA_SHARE = 0.1
+#: Further pseudonym codes, in the generator's order of preference, drawn when the person's
+#: first is speckled in this photo's context; of them the first clean one is used (else the
+#: least speckled of all).
+SPECKLE_ALTERNATES = 3
 
 
 def _forward(exported, module, inputs: tuple, noise: list):
@@ -132,11 +146,13 @@ class RendererGenerator(VAEDecodeGenerator):
         self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
         self.candidates = candidates
         self._chosen: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the pseudonym kept
+        self._unspeckled: dict[bytes, dict[int, int]] = {}  # person -> attempt -> the code drawn clean last
 
     def _forget(self, person: bytes) -> None:
         super()._forget(person)
         self._readings.pop(person, None)
         self._chosen.pop(person, None)
+        self._unspeckled.pop(person, None)
 
     def _load_renderer(self):
         if self._renderer is None:
@@ -328,25 +344,29 @@ class RendererGenerator(VAEDecodeGenerator):
                         grow: float | None = None) -> np.ndarray:
         """Draw the person's pseudonym for this attempt.
 
-        With one candidate the pseudonym code is the (deterministic) ``replacement_code``. With
-        several, at the person's first photo ``candidates`` codes are drawn and the drawing the
-        identity student finds least like this face is kept, its code registered so that the
-        person's other photos get the same pseudonym; a registered code that is not distinct
-        from *this* photo's code (the sampler's rule) is not reused for it."""
+        With one candidate, the person's pseudonym code unless drawn speckled (see
+        :meth:`_draw_unspeckled`). With several, at the person's first photo ``candidates``
+        codes are drawn and the drawing the identity student finds least like this face is kept
+        (a speckled one only when all are), its code registered so that the person's other
+        photos get the same pseudonym; a registered code that is not distinct from *this*
+        photo's code (the sampler's rule) is not reused for it."""
         keeping = self._attribute_keeping()
         count = self.candidates if keeping is not None else 1
         if count == 1:
-            return self._composite(self._render(self.replacement_code(code, attempt)[None], face, attr_mu, grow)[0],
-                                   face, grow)
+            return self._draw_unspeckled(code, face, attr_mu, attempt, grow)
         assert keeping is not None and self._sampler is not None
         person = self._seed_code(code).tobytes()
         with self._lock:
             chosen = self._chosen.get(person, {}).get(attempt)
         if chosen is not None and self._sampler.judge(code, chosen[None])[0][0]:
             return self._composite(self._render(chosen[None], face, attr_mu, grow)[0], face, grow)
-        codes = np.stack([self.replacement_code(code, attempt, variant) for variant in range(count)])
-        drawings = self._render(codes, face, attr_mu, grow)
-        best = int(np.argmin(self._likeness(drawings, face, keeping[1])))
+        codes = self.pseudonym_codes(code, attempt, count)
+        raw = self._draw(codes, face, attr_mu, grow)
+        drawings = self._finish(raw, face, codes, grow)
+        likeness = self._likeness(drawings, face, keeping[1])
+        # a speckled drawing is no face to keep, however unlike the person
+        likeness[self.speckle(raw, grow) > SPECKLE_LIMIT] += 2.0
+        best = int(np.argmin(likeness))
         if chosen is None:
             with self._lock:
                 registered = self._chosen.setdefault(person, {}).setdefault(attempt, codes[best])
@@ -366,10 +386,60 @@ class RendererGenerator(VAEDecodeGenerator):
             e = torch.nn.functional.normalize(student(x), dim=1).cpu().numpy()
         return e[1:] @ e[0]
 
+    def pseudonym_codes(self, code: np.ndarray, attempt: int, count: int) -> np.ndarray:
+        """``count`` pseudonym codes (count, D) for ``attempt``, in order of preference; the
+        first is :meth:`replacement_code`'s."""
+        return np.stack([self.replacement_code(code, attempt, variant) for variant in range(count)])
+
+    def speckle(self, drawn, grow: float | None = None) -> np.ndarray:
+        """Speckle scores (K,) of the renderer's drawings (K, 3, r, r) in the mask of ``grow``;
+        above ``SPECKLE_LIMIT`` a drawing is a mottled mask rather than a face."""
+        import torch
+
+        from idmrag_plugin.generation.speckle import speckle_levels
+
+        mask = torch.as_tensor(self.mask(drawn.shape[-1], grow))[None, None]
+        luma, chroma = speckle_levels(drawn.float().cpu(), mask)
+        return (chroma + SPECKLE_LUMA_SHARE * luma).numpy()
+
+    def _draw_unspeckled(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
+                         grow: float | None) -> np.ndarray:
+        """The person's pseudonym for ``attempt`` drawn into ``face``, unless the renderer draws
+        it speckled in this context: then the first of ``SPECKLE_ALTERNATES`` further codes
+        that it draws clean (else the least speckled). The code drawn clean is tried first at
+        the person's next photo, so that one person keeps one pseudonym where the renderer
+        allows."""
+
+        person = self._seed_code(code).tobytes()
+        with self._lock:
+            first = self._unspeckled.get(person, {}).get(attempt, 0)
+        codes = self.pseudonym_codes(code, attempt, first + 1)
+        # one code at a time: a drawing must not depend on what else was in its batch
+        tried = [(first, self._draw(codes[first:first + 1], face, attr_mu, grow))]
+        scores = [float(self.speckle(tried[0][1], grow)[0])]
+        if scores[0] > SPECKLE_LIMIT:
+            codes = self.pseudonym_codes(code, attempt, max(first + 1, 1 + SPECKLE_ALTERNATES))
+            for index in [i for i in range(len(codes)) if i != first][:SPECKLE_ALTERNATES]:
+                tried.append((index, self._draw(codes[index:index + 1], face, attr_mu, grow)))
+                scores.append(float(self.speckle(tried[-1][1], grow)[0]))
+                if scores[-1] <= SPECKLE_LIMIT:
+                    break
+            logger.debug("pseudonym %d drawn speckled (%.2f); alternates %s scored %s", first, scores[0],
+                         [i for i, _ in tried[1:]], np.round(scores[1:], 2).tolist())
+        index, drawn = tried[int(np.argmin(scores))] if min(scores) > SPECKLE_LIMIT else tried[-1]
+        with self._lock:
+            self._unspeckled.setdefault(person, {})[attempt] = index
+        return self._composite(self._finish(drawn, face, codes[index][None], grow)[0], face, grow)
+
     def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, grow: float | None = None) -> np.ndarray:
         """The drawings (K, R, R, 3) of identity codes (K, D) into ``face``'s context, at the
         refiner's resolution R when there is one, else the renderer's (see :meth:`_composite`
         for the crop's)."""
+        return self._finish(self._draw(codes, face, attr_mu, grow), face, codes, grow)
+
+    def _draw(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, grow: float | None = None):
+        """The renderer's drawings (K, 3, r, r), in [-1, 1], of identity codes (K, D) into
+        ``face``'s context at its own resolution r."""
         import torch
 
         renderer = self._load_renderer()
@@ -389,7 +459,13 @@ class RendererGenerator(VAEDecodeGenerator):
                   torch.as_tensor(codes, device=self.device).float(),
                   torch.as_tensor(attr_mu, device=self.device).float().expand(count, -1, -1, -1))
         with torch.inference_mode():
-            drawn = _forward(self._renderer_onnx, renderer, inputs, noise)
+            return _forward(self._renderer_onnx, renderer, inputs, noise)
+
+    def _finish(self, drawn, face: np.ndarray, codes: np.ndarray, grow: float | None = None) -> np.ndarray:
+        """Drawings of :meth:`_draw` refined (see :meth:`_refine`) and as pixels (K, R, R, 3)."""
+        import torch
+
+        with torch.inference_mode():
             drawn = self._refine(drawn, face, codes, grow)
         return ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 

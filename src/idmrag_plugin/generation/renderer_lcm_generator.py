@@ -118,6 +118,22 @@ class RendererLCMGenerator(RendererGenerator):
         return False
 
     def replacement_code(self, code: np.ndarray, attempt: int, variant: int = 0) -> np.ndarray:
+        ranked = self._ranked_candidates(code, attempt, variant)
+        return ranked[0] if ranked is not None else super().replacement_code(code, attempt, variant)
+
+    def pseudonym_codes(self, code: np.ndarray, attempt: int, count: int) -> np.ndarray:
+        """The LCM's acceptable candidates of one batch in order of preference (the first is
+        :meth:`replacement_code`'s), topped up with further variants when too few passed."""
+        ranked = self._ranked_candidates(code, attempt, 0)
+        if ranked is None:
+            return super().pseudonym_codes(code, attempt, count)
+        ranked = ranked[:count]
+        extra = [self.replacement_code(code, attempt, variant) for variant in range(1, 1 + count - len(ranked))]
+        return np.concatenate([ranked, np.reshape(extra, (-1, ranked.shape[1]))]) if extra else ranked
+
+    def _ranked_candidates(self, code: np.ndarray, attempt: int, variant: int) -> np.ndarray | None:
+        """The candidate codes (M, D) of one LCM batch that pass the sampler's rules, best
+        first; None where the sampler's own draws are used instead."""
         self._load()
         assert self._sampler is not None
         seed = self._seed_code(code)
@@ -126,7 +142,7 @@ class RendererLCMGenerator(RendererGenerator):
         if keeping is None or wanted is None or attempt >= SUITED_ATTEMPTS:
             # After a few unverified drawings a pseudonym of other attributes beats failing
             # closed: the sampler's unconstrained draws, as for the one-pass renderer.
-            return super().replacement_code(code, attempt, variant)
+            return None
         from idmrag_plugin.generation.code_diffusion import (
             condition_of,
             generator_for,
@@ -137,15 +153,15 @@ class RendererLCMGenerator(RendererGenerator):
         candidates = sample_codes(model, condition_of([wanted] * CANDIDATES), self.steps,
                                   generator_for(pseudonym_key(self.secret, seed, attempt, variant)))
         _, acceptable = self._sampler.judge(code, candidates, model.config.novelty_cos or None)
-        if acceptable.any():
-            pool = np.flatnonzero(acceptable)
-            mismatch = np.array([probes.mismatch(wanted, drawn) for drawn in probes.read_code(candidates[pool])])
-            # Among the best-suited candidates, the one furthest from the person's identity: a
-            # pseudonym of the person's gender and age is otherwise a nearer match than a random
-            # one. Measured from the person's registered code, not this photo's: every photo of
-            # the person then gets the same pseudonym (by this photo's code, 16 of 50 people's
-            # two photos got two).
-            closeness = _normalise(candidates[pool]) @ _normalise(seed)
-            return candidates[pool[int(np.lexsort((closeness, mismatch))[0])]]
-        logger.info("none of %d LCM codes passed the sampler's rules; using the sampler's own", CANDIDATES)
-        return super().replacement_code(code, attempt, variant)
+        if not acceptable.any():
+            logger.info("none of %d LCM codes passed the sampler's rules; using the sampler's own", CANDIDATES)
+            return None
+        pool = np.flatnonzero(acceptable)
+        mismatch = np.array([probes.mismatch(wanted, drawn) for drawn in probes.read_code(candidates[pool])])
+        # Among the best-suited candidates, the one furthest from the person's identity: a
+        # pseudonym of the person's gender and age is otherwise a nearer match than a random
+        # one. Measured from the person's registered code, not this photo's: every photo of
+        # the person then gets the same pseudonym (by this photo's code, 16 of 50 people's
+        # two photos got two).
+        closeness = _normalise(candidates[pool]) @ _normalise(seed)
+        return candidates[pool[np.lexsort((closeness, mismatch))]]

@@ -16,7 +16,11 @@ for the other half with another person's code. Losses:
   with ``--probes`` (dlib-reader attribute probes) the perceived gender and age of the
   drawing, read by the probes from dlib's descriptor of it, stay the original's, and the
   swapped rows get the identity of a face of the same perceived gender and age band (as the
-  engine's sampler picks pseudonyms), so that identity and age terms do not pull apart.
+  engine's sampler picks pseudonyms), so that identity and age terms do not pull apart;
+* speckle (off by default): the drawing's fine detail inside the mask beyond the real
+  face's in the same photo, chroma plus a quarter of luma (see
+  :mod:`idmrag_plugin.generation.speckle`): some codes are otherwise drawn as mottled masks
+  of colour blotches that the discriminator does not object to.
 
 ``--init`` starts the renderer from trained weights (fine-tuning; a fresh discriminator).
 
@@ -49,6 +53,7 @@ from idmrag_plugin.generation.renderer import (
     RendererConfig,
     inpaint_mask,
 )
+from idmrag_plugin.generation.speckle import speckle_levels
 from idmrag_plugin.pipeline import resolve_device
 from idmrag_plugin.training.adversarial import (
     PatchDiscriminator,
@@ -67,7 +72,9 @@ from idmrag_plugin.training.train_codes import FaceData, weight_option, write_ch
 logger = logging.getLogger(__name__)
 
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
-           "dlib": 0.0, "gender": 0.0, "age": 0.0}
+           "dlib": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0}
+#: Share of the luma's excess detail in the speckle term (luma has texture, chroma hardly any).
+SPECKLE_LUMA_SHARE = 0.25
 #: Width of the perceived-age bands swap partners are drawn from, in log(1 + years)
 PARTNER_AGE_BAND = 0.25
 
@@ -317,6 +324,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         emb = frozen.embed(drawn)
         terms["identity"] = (1 - F.cosine_similarity(emb, wanted_e, dim=1)).mean()
         terms["hinge"] = F.relu(F.cosine_similarity(emb[half:], e[half:], dim=1) - args.tau).mean()
+        if weights["speckle"] > 0:
+            luma, chroma = speckle_levels(drawn, mask)
+            with torch.no_grad():
+                real_luma, real_chroma = speckle_levels(x, mask)
+            terms["speckle"] = (F.relu(chroma - real_chroma) + SPECKLE_LUMA_SHARE * F.relu(luma - real_luma)).mean()
         if weights["attr"] > 0:  # costs as much as the rest of the renderer step on a CPU
             _, attr_again = frozen.codes_of(drawn)
             terms["attr"] = F.mse_loss(attr_again, z_attr)

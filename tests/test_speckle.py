@@ -1,0 +1,51 @@
+"""The speckle statistic: fine detail inside the mask, luma and chroma apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from idmrag_plugin.generation.renderer import inpaint_mask
+from idmrag_plugin.generation.speckle import speckle_levels
+
+
+def _smooth(n: int = 2, size: int = 64) -> torch.Tensor:
+    """Faces' worth of smooth shading in [-1, 1]: gradients, no detail."""
+    ramp = torch.linspace(-0.6, 0.6, size)
+    image = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size) * 0.5,
+                         torch.full((size, size), 0.1)])
+    return image[None].repeat(n, 1, 1, 1)
+
+
+def test_smooth_shading_has_next_to_no_detail():
+    mask = torch.from_numpy(inpaint_mask(64))[None, None]
+    luma, chroma = speckle_levels(_smooth(), mask)
+    assert luma.shape == chroma.shape == (2,)
+    assert float(luma.max()) < 0.2 and float(chroma.max()) < 0.2
+
+
+def test_colour_blotches_raise_chroma_and_grey_grain_raises_luma_only():
+    mask = torch.from_numpy(inpaint_mask(64))[None, None]
+    g = torch.Generator().manual_seed(0)
+    blotches = _smooth(1) + (torch.rand(1, 3, 64, 64, generator=g) - 0.5) * 0.3 * mask
+    grain = _smooth(1) + (torch.rand(1, 1, 64, 64, generator=g) - 0.5) * 0.3 * mask
+    luma, chroma = speckle_levels(torch.cat([blotches, grain]), mask)
+    assert float(chroma[0]) > 2.0  # levels: per-channel noise of +-19 levels
+    assert float(chroma[1]) < 0.2 and float(luma[1]) > 2.0  # the same on all channels is luma alone
+
+
+def test_detail_outside_the_mask_does_not_count_and_the_statistic_is_differentiable():
+    mask = torch.from_numpy(inpaint_mask(64))[None, None]
+    g = torch.Generator().manual_seed(1)
+    noisy_context = _smooth(1) + (torch.rand(1, 3, 64, 64, generator=g) - 0.5) * 0.5 * (1 - mask)
+    eroded = -torch.nn.functional.max_pool2d(-mask, 3, stride=1, padding=1)
+    assert float(eroded.sum()) < float(mask.sum())
+    luma, chroma = speckle_levels(noisy_context, mask)
+    # the blur reaches 3 px across the mask's edge; the eroded ring keeps the rest out
+    assert float(chroma) < 0.5 and float(luma) < 1.0
+    drawn = (_smooth(1) + (torch.rand(1, 3, 64, 64, generator=g) - 0.5) * 0.2).requires_grad_()
+    luma, chroma = speckle_levels(drawn, mask)
+    (luma + chroma).sum().backward()
+    assert drawn.grad is not None and float(drawn.grad.abs().sum()) > 0
+    outside = torch.from_numpy(np.asarray(inpaint_mask(64, 1.6) < 0.5))
+    assert float(drawn.grad[0][:, outside].abs().max()) == 0.0
