@@ -51,19 +51,20 @@ def main() -> None:
     generator = engine.generator
     generator.secret = b"pseudonym-consistency".ljust(32, b"\0")
     drawn: list[tuple[str, object]] = []  # what the generator was asked, in order
-    replacement_code, seed_code = generator.replacement_code, generator._seed_code
+    finish, seed_code = generator._finish, generator._seed_code
 
-    def recording_code(code, attempt, variant=0):
-        out = replacement_code(code, attempt, variant)
-        drawn.append(("code", out.copy()))
-        return out
+    def recording_code(drawings, face, codes, grow=None):
+        """The code of each drawing the generator finishes (the one it pastes, after its
+        speckle screen chose among the person's codes)."""
+        drawn.extend(("code", code.copy()) for code in codes)
+        return finish(drawings, face, codes, grow)
 
     def recording_seed(code, embeddings=None):
         out = seed_code(code, embeddings)
         drawn.append(("person", out.tobytes()))
         return out
 
-    generator.replacement_code, generator._seed_code = recording_code, recording_seed
+    generator._finish, generator._seed_code = recording_code, recording_seed
     judges = Judges()
     judges.load()
     thresholds = thresholds_for("far1e-2", ["dlib", "facenet"])

@@ -1,0 +1,118 @@
+"""How often a renderer draws a pseudonym as a mottled mask instead of a face.
+
+For LFW photos (the bench's probes), the default engine's detection, alignment, codes and
+person's pseudonym codes (its first ``--codes`` in order of preference) are drawn into each
+photo's context by each renderer given, at the renderer's own resolution and before the
+refiner; a drawing is *speckled* when its score (chroma + luma share of fine detail inside the
+mask, :mod:`idmrag_plugin.generation.speckle`) is above the generator's ``SPECKLE_LIMIT``.
+Reports the share of speckled drawings, of speckled first choices and of photos whose first
+``1 + SPECKLE_ALTERNATES`` codes are all speckled (what the engine's screen cannot avoid), and
+optionally a sheet with one row of drawings per photo and renderer.
+
+    python benchmarks/speckle_rate.py --lfw ../shared/data/lfw --limit 60 \
+        --renderer packaged --renderer runs/renderer_s15/renderer --sheet /tmp/speckle.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.bench.dataset import load_evaluation_set
+from idmrag_plugin.bench.runner import load_rgb
+from idmrag_plugin.engine.align import align_face
+from idmrag_plugin.engine.detect import central_face
+from idmrag_plugin.generation.renderer import FaceRenderer
+from idmrag_plugin.generation.renderer_generator import (
+    SPECKLE_ALTERNATES,
+    SPECKLE_LIMIT,
+    SPECKLE_LUMA_SHARE,
+)
+from idmrag_plugin.generation.sampler import noise_seed
+from idmrag_plugin.generation.speckle import speckle_levels
+from idmrag_plugin.weights import RENDERER_DIR, packaged
+
+logger = logging.getLogger("speckle_rate")
+
+
+def drawings(renderer: FaceRenderer, context: np.ndarray, mask: np.ndarray, codes: np.ndarray,
+             attr: np.ndarray) -> torch.Tensor:
+    """The renderer's drawings (K, 3, r, r) of ``codes`` into one context at its resolution."""
+    n = len(codes)
+    noise = []
+    for z in codes:
+        generator = torch.Generator().manual_seed(noise_seed(z))
+        noise.append([torch.randn(shape, generator=generator) for shape in renderer.noise_shapes(1)])
+    maps = [torch.cat(parts) for parts in zip(*noise, strict=True)]
+    x = torch.as_tensor(context).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    m = torch.as_tensor(mask)[None, None]
+    with torch.inference_mode():
+        return renderer(x.expand(n, -1, -1, -1), m.expand(n, -1, -1, -1), torch.as_tensor(codes).float(),
+                        torch.as_tensor(attr).float().expand(n, -1, -1, -1), noise=maps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lfw", default="../shared/data/lfw")
+    parser.add_argument("--limit", type=int, default=60, help="LFW probes (the bench's, from the first)")
+    parser.add_argument("--skip", type=int, default=100, help="probes skipped before them")
+    parser.add_argument("--codes", type=int, default=8, help="pseudonym codes per photo")
+    parser.add_argument("--renderer", action="append", help="renderer folder, or 'packaged' (repeatable)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/results/speckle_rate.json")
+    parser.add_argument("--sheet", default=None, help="PNG: the first 10 photos' drawings, a row per renderer")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    folders = args.renderer or ["packaged"]
+    renderers = [FaceRenderer.from_pretrained(packaged(RENDERER_DIR) if f == "packaged" else Path(f)) for f in folders]
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=args.threads))
+    generator = engine.generator
+    generator.secret = b"idmrag-bench/0"
+    evaluation = load_evaluation_set(Path(args.lfw), args.skip + args.limit, 4, 0)
+    scores: list[list[np.ndarray]] = [[] for _ in renderers]
+    rows = []
+    for probe in evaluation.probes[args.skip:args.skip + args.limit]:
+        image = load_rgb(probe.path)
+        face = central_face(engine.detector.detect(image), image.shape)
+        if face is None:
+            continue
+        crop = align_face(image, face.landmarks, 128).crop
+        id_mu, attr = generator._encoded(crop)
+        generator._note_person(id_mu[0], crop)
+        codes = generator.pseudonym_codes(id_mu[0], 0, args.codes)
+        for k, renderer in enumerate(renderers):
+            side = renderer.config.image_size
+            mask = generator.mask(side)
+            context = cv2.resize(generator._kept_only(crop), (side, side), interpolation=cv2.INTER_AREA)
+            drawn = drawings(renderer, context, mask, codes, attr)
+            luma, chroma = speckle_levels(drawn, torch.as_tensor(mask)[None, None])
+            scores[k].append((chroma + SPECKLE_LUMA_SHARE * luma).numpy())
+            if args.sheet and len(rows) < 10 * len(renderers):
+                rows.append(np.hstack(list(((drawn.clamp(-1, 1) + 1) * 127.5).round().byte()
+                                           .permute(0, 2, 3, 1).numpy())))
+    result = {"probes": len(scores[0]), "codes_per_probe": args.codes, "limit": SPECKLE_LIMIT, "renderers": {}}
+    for folder, rows_of in zip(folders, scores, strict=True):
+        s = np.array(rows_of)
+        speckled = s > SPECKLE_LIMIT
+        result["renderers"][folder] = {
+            "speckled_drawings": round(float(speckled.mean()), 4),
+            "speckled_first_choice": round(float(speckled[:, 0].mean()), 4),
+            "none_clean_within_alternates": round(float(speckled[:, :1 + SPECKLE_ALTERNATES].all(axis=1).mean()), 4),
+            "median_score": round(float(np.median(s)), 3),
+        }
+        logger.info("%s: %s", folder, result["renderers"][folder])
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.sheet and rows:
+        cv2.imwrite(args.sheet, cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+
+
+if __name__ == "__main__":
+    main()
