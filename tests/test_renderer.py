@@ -261,6 +261,15 @@ def test_a_pseudonym_drawn_speckled_gives_way_to_an_alternate_kept_for_the_perso
     drawn_codes.clear()
     generator.generate(GenerationRequest(again, attempt=0, seed=8))
     assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], codes[2][None])
+    # kept by value: a photo whose codes pass the sampler's rules differently (codes[1] not
+    # distinct from it, say) still starts with the kept code, wherever it stands in its list
+    all_codes = generator.pseudonym_codes
+    monkeypatch.setattr(generator, "pseudonym_codes", lambda c, a, n: np.stack(
+        [z for z in all_codes(c, a, n + 1) if not np.array_equal(z, codes[1])][:n]))
+    drawn_codes.clear()
+    generator.generate(GenerationRequest(again, attempt=0, seed=10))
+    assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], codes[2][None])
+    monkeypatch.setattr(generator, "pseudonym_codes", all_codes)
     # nothing clean: the least speckled of all
     scores.update({codes[2].tobytes(): 8.0, codes[3].tobytes(): 6.0})
     drawn_codes.clear()

@@ -146,7 +146,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
         self.candidates = candidates
         self._chosen: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the pseudonym kept
-        self._unspeckled: dict[bytes, dict[int, int]] = {}  # person -> attempt -> the code drawn clean last
+        self._unspeckled: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the code drawn clean last
 
     def _forget(self, person: bytes) -> None:
         super()._forget(person)
@@ -408,17 +408,23 @@ class RendererGenerator(VAEDecodeGenerator):
         it speckled in this context: then the first of ``SPECKLE_ALTERNATES`` further codes
         that it draws clean (else the least speckled). The code drawn clean is tried first at
         the person's next photo, so that one person keeps one pseudonym where the renderer
-        allows."""
-
+        allows. That code is found again among this photo's codes by its value: which codes pass
+        the sampler's rules (distinct from *this* photo's code) may differ between photos."""
         person = self._seed_code(code).tobytes()
         with self._lock:
-            first = self._unspeckled.get(person, {}).get(attempt, 0)
-        codes = self.pseudonym_codes(code, attempt, first + 1)
+            kept = self._unspeckled.get(person, {}).get(attempt)
+        first = 0
+        if kept is None:
+            codes = self.pseudonym_codes(code, attempt, 1)
+        else:
+            codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES)
+            first = next((i for i, c in enumerate(codes) if np.array_equal(c, kept)), 0)
         # one code at a time: a drawing must not depend on what else was in its batch
         tried = [(first, self._draw(codes[first:first + 1], face, attr_mu, grow))]
         scores = [float(self.speckle(tried[0][1], grow)[0])]
         if scores[0] > SPECKLE_LIMIT:
-            codes = self.pseudonym_codes(code, attempt, max(first + 1, 1 + SPECKLE_ALTERNATES))
+            if len(codes) < 1 + SPECKLE_ALTERNATES:
+                codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES)
             for index in [i for i in range(len(codes)) if i != first][:SPECKLE_ALTERNATES]:
                 tried.append((index, self._draw(codes[index:index + 1], face, attr_mu, grow)))
                 scores.append(float(self.speckle(tried[-1][1], grow)[0]))
@@ -428,7 +434,7 @@ class RendererGenerator(VAEDecodeGenerator):
                          [i for i, _ in tried[1:]], np.round(scores[1:], 2).tolist())
         index, drawn = tried[int(np.argmin(scores))] if min(scores) > SPECKLE_LIMIT else tried[-1]
         with self._lock:
-            self._unspeckled.setdefault(person, {})[attempt] = index
+            self._unspeckled.setdefault(person, {})[attempt] = codes[index].copy()
         return self._composite(self._finish(drawn, face, codes[index][None], grow)[0], face, grow)
 
     def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, grow: float | None = None) -> np.ndarray:
