@@ -4,7 +4,7 @@ For LFW photos (the bench's probes), the default engine's detection, alignment, 
 person's pseudonym codes (its first ``--codes`` in order of preference) are drawn into each
 photo's context by each renderer given, at the renderer's own resolution and before the
 refiner; a drawing is *speckled* when its score (chroma + luma share of fine detail inside the
-mask, :mod:`idmrag_plugin.generation.speckle`) is above the generator's ``SPECKLE_LIMIT``.
+mask, ``RendererGenerator.speckle``) is above its ``SPECKLE_LIMIT``.
 Reports the share of speckled drawings, of speckled first choices and of photos whose first
 ``1 + SPECKLE_ALTERNATES`` codes are all speckled (what the engine's screen cannot avoid), and
 optionally a sheet with one row of drawings per photo and renderer.
@@ -33,29 +33,23 @@ from idmrag_plugin.generation.renderer import FaceRenderer
 from idmrag_plugin.generation.renderer_generator import (
     SPECKLE_ALTERNATES,
     SPECKLE_LIMIT,
-    SPECKLE_LUMA_SHARE,
+    RendererGenerator,
 )
-from idmrag_plugin.generation.sampler import noise_seed
-from idmrag_plugin.generation.speckle import speckle_levels
 from idmrag_plugin.weights import RENDERER_DIR, packaged
 
 logger = logging.getLogger("speckle_rate")
 
 
-def drawings(renderer: FaceRenderer, context: np.ndarray, mask: np.ndarray, codes: np.ndarray,
+def drawings(generator: RendererGenerator, renderer: FaceRenderer, crop: np.ndarray, codes: np.ndarray,
              attr: np.ndarray) -> torch.Tensor:
-    """The renderer's drawings (K, 3, r, r) of ``codes`` into one context at its resolution."""
-    n = len(codes)
-    noise = []
-    for z in codes:
-        generator = torch.Generator().manual_seed(noise_seed(z))
-        noise.append([torch.randn(shape, generator=generator) for shape in renderer.noise_shapes(1)])
-    maps = [torch.cat(parts) for parts in zip(*noise, strict=True)]
-    x = torch.as_tensor(context).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    m = torch.as_tensor(mask)[None, None]
-    with torch.inference_mode():
-        return renderer(x.expand(n, -1, -1, -1), m.expand(n, -1, -1, -1), torch.as_tensor(codes).float(),
-                        torch.as_tensor(attr).float().expand(n, -1, -1, -1), noise=maps)
+    """The engine's drawings (K, 3, r, r) of ``codes`` into ``crop``'s context, by ``renderer``
+    (run in torch) in place of the generator's own."""
+    own = generator._renderer, generator._renderer_onnx
+    generator._renderer, generator._renderer_onnx = renderer, None
+    try:
+        return generator._draw(codes, crop, attr)
+    finally:
+        generator._renderer, generator._renderer_onnx = own
 
 
 def main() -> None:
@@ -89,12 +83,8 @@ def main() -> None:
         generator._note_person(id_mu[0], crop)
         codes = generator.pseudonym_codes(id_mu[0], 0, args.codes)
         for k, renderer in enumerate(renderers):
-            side = renderer.config.image_size
-            mask = generator.mask(side)
-            context = cv2.resize(generator._kept_only(crop), (side, side), interpolation=cv2.INTER_AREA)
-            drawn = drawings(renderer, context, mask, codes, attr)
-            luma, chroma = speckle_levels(drawn, torch.as_tensor(mask)[None, None])
-            scores[k].append((chroma + SPECKLE_LUMA_SHARE * luma).numpy())
+            drawn = drawings(generator, renderer, crop, codes, attr)
+            scores[k].append(generator.speckle(drawn))
             if args.sheet and len(rows) < 10 * len(renderers):
                 rows.append(np.hstack(list(((drawn.clamp(-1, 1) + 1) * 127.5).round().byte()
                                            .permute(0, 2, 3, 1).numpy())))

@@ -42,12 +42,11 @@ ENCODINGS_KEPT = 64
 #: Keeps the refiner's texture noise apart from the renderer's, both seeded by the pseudonym.
 REFINER_NOISE_SALT = 0x5EED_F1E5
 #: A drawing is *speckled*, a mottled mask of colour blotches rather than a face, when its fine
-#: detail inside the mask at the renderer's resolution (:mod:`idmrag_plugin.generation.speckle`,
-#: 8-bit levels) scores above ``SPECKLE_LIMIT`` as chroma + ``SPECKLE_LUMA_SHARE`` x luma. Set
-#: by eye on 480 drawings (60 LFW contexts, 8 pseudonym codes each): the packaged renderer's
-#: clean drawings score 1.3-1.7, the mottled ones 1.8-4.
+#: detail inside the mask at the renderer's resolution (``speckle_score`` of
+#: :mod:`idmrag_plugin.generation.speckle`, 8-bit levels) is above ``SPECKLE_LIMIT``. Set by eye
+#: on 480 drawings (60 LFW contexts, 8 pseudonym codes each): the packaged renderer's clean
+#: drawings score 1.3-1.7, the mottled ones 1.8-4.
 SPECKLE_LIMIT = 1.8
-SPECKLE_LUMA_SHARE = 0.1
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
 #: first is speckled in this photo's context; of them the first clean one is used (else the
 #: least speckled of all).
@@ -396,11 +395,10 @@ class RendererGenerator(VAEDecodeGenerator):
         above ``SPECKLE_LIMIT`` a drawing is a mottled mask rather than a face."""
         import torch
 
-        from idmrag_plugin.generation.speckle import speckle_levels
+        from idmrag_plugin.generation.speckle import speckle_score
 
         mask = torch.as_tensor(self.mask(drawn.shape[-1], grow))[None, None]
-        luma, chroma = speckle_levels(drawn.float().cpu(), mask)
-        return (chroma + SPECKLE_LUMA_SHARE * luma).numpy()
+        return speckle_score(drawn.float().cpu(), mask).numpy()
 
     def _draw_unspeckled(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
                          grow: float | None) -> np.ndarray:

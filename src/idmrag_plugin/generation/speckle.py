@@ -24,6 +24,9 @@ _YCBCR = torch.tensor([[0.299, 0.587, 0.114],
 #: Blur of the reference the detail is measured against (pixels at the renderer's 64 px).
 SIGMA = 1.0
 KERNEL = 7
+#: Luma's share in :func:`speckle_score` (chroma + share x luma): luma adds the dark-blotched
+#: drawings, but real skin has luma texture where it has hardly any chroma detail.
+LUMA_SHARE = 0.1
 
 
 def speckle_levels(images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,3 +40,9 @@ def speckle_levels(images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     luma = (detail[:, :1] * inner).sum(dim=(1, 2, 3)) / area
     chroma = (detail[:, 1:] * inner).sum(dim=(1, 2, 3)) / (2.0 * area)
     return luma, chroma
+
+
+def speckle_score(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One number per image (N,): chroma + ``LUMA_SHARE`` x luma of :func:`speckle_levels`."""
+    luma, chroma = speckle_levels(images, mask)
+    return chroma + LUMA_SHARE * luma

@@ -73,8 +73,8 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
            "dlib": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0}
-#: Share of the luma's excess detail in the speckle term (luma has texture, chroma hardly any).
-SPECKLE_LUMA_SHARE = 0.25
+#: Share of the luma's excess detail in the speckle loss (luma has texture, chroma hardly any).
+SPECKLE_LOSS_LUMA_SHARE = 0.25
 #: Width of the perceived-age bands swap partners are drawn from, in log(1 + years)
 PARTNER_AGE_BAND = 0.25
 
@@ -328,7 +328,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             luma, chroma = speckle_levels(drawn, mask)
             with torch.no_grad():
                 real_luma, real_chroma = speckle_levels(x, mask)
-            terms["speckle"] = (F.relu(chroma - real_chroma) + SPECKLE_LUMA_SHARE * F.relu(luma - real_luma)).mean()
+            terms["speckle"] = (F.relu(chroma - real_chroma) + SPECKLE_LOSS_LUMA_SHARE * F.relu(luma - real_luma)).mean()
         if weights["attr"] > 0:  # costs as much as the rest of the renderer step on a CPU
             _, attr_again = frozen.codes_of(drawn)
             terms["attr"] = F.mse_loss(attr_again, z_attr)
