@@ -390,3 +390,52 @@ def test_the_default_engine_draws_one_pseudonym_for_two_photos_of_one_person(mak
     assert first.counts() == second.counts() == {"generated": 1}
     assert len(generator._registry) == 1  # one person
     assert np.array_equal(codes_first[-1], drawn[-1])  # one pseudonym
+
+
+def test_a_person_pseudonym_is_one_drawn_clean_in_the_speckle_reference(tiny):
+    """Among equally suited candidates, the first the renderer draws clean in the reference
+    context leads (codes drawn clean there are drawn clean in most other photos); a less suited
+    one never jumps ahead, and with none clean the order stays."""
+    from idmrag_plugin.generation.renderer_generator import REFERENCE_LOOKAHEAD
+    from idmrag_plugin.generation.speckle_reference import CROP_SIZE, reference_crop
+
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    generator._load_code_model().config.novelty_cos = 0.9999
+    face = np.random.default_rng(5).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    code = generator.encode(face[None])[0][0]
+    generator._note_person(code, face)
+    verdicts: dict[bytes, bool] = {}
+    generator.speckled_in_reference = lambda c: verdicts.get(np.asarray(c).tobytes(), False)  # type: ignore[method-assign]
+    order = generator._ranked_candidates(code, 0, 0)
+    assert len(order) > 3
+    verdicts.update({order[0].tobytes(): True, order[1].tobytes(): True})
+    promoted = generator._ranked_candidates(code, 0, 0)
+    assert np.array_equal(promoted, np.concatenate([order[2:3], order[:2], order[3:]]))
+    assert np.array_equal(generator.replacement_code(code, 0), order[2])
+    assert np.array_equal(generator.pseudonym_codes(code, 0, 3), promoted[:3])
+
+    codes = np.arange(12, dtype=np.float32).reshape(6, 2)
+    verdicts.clear()
+    verdicts.update({codes[0].tobytes(): True, codes[1].tobytes(): True})
+    suitability = np.array([0.0, 0.0, 0.5, 0.0, 0.0, 0.0])  # codes[2] suits worse: never ahead
+    assert np.array_equal(generator._clean_in_reference_first(codes, suitability), codes[[3, 0, 1, 2, 4, 5]])
+    verdicts.update({c.tobytes(): True for c in codes})
+    assert np.array_equal(generator._clean_in_reference_first(codes, np.zeros(6)), codes)
+    many = np.arange(2 * (REFERENCE_LOOKAHEAD + 2), dtype=np.float32).reshape(-1, 2)
+    verdicts.update({c.tobytes(): True for c in many[:REFERENCE_LOOKAHEAD]})
+    assert np.array_equal(generator._clean_in_reference_first(many, np.zeros(len(many))), many)  # beyond the lookahead
+
+    # the real verdict: one drawing in the reference context, remembered per code
+    del generator.speckled_in_reference
+    drawn_into: list[np.ndarray] = []
+    draw = generator._draw
+
+    def recording(some_codes, context, *args, **kwargs):
+        drawn_into.append(context)
+        return draw(some_codes, context, *args, **kwargs)
+
+    generator._draw = recording  # type: ignore[method-assign]
+    first = generator.speckled_in_reference(order[0])
+    assert len(drawn_into) == 1 and np.array_equal(drawn_into[0], reference_crop(CROP_SIZE))
+    assert generator.speckled_in_reference(order[0]) == first and len(drawn_into) == 1

@@ -89,3 +89,29 @@ def test_the_proposal_network_in_strips_equals_one_pass(mtcnn, height, monkeypat
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
+
+
+def test_the_cascade_on_onnx_runtime_finds_what_torch_finds(tmp_path):
+    """The networks exported for ONNX Runtime (P-Net at any pyramid level's size) give the
+    torch cascade's boxes, scores and landmarks, on every test scene and a batch of turns."""
+    pytest.importorskip("onnxruntime")
+    from idmrag_plugin.engine.mtcnn_cascade import onnx_cascade
+
+    model = facenet_pytorch.MTCNN(keep_all=True, min_face_size=20, thresholds=list(THRESHOLDS), post_process=False)
+    exported = onnx_cascade(model, "onnxruntime", "cpu", tmp_path, 1)
+    assert exported is not None and sorted(p.name for p in tmp_path.glob("*.onnx")) == [
+        "mtcnn_onet.onnx", "mtcnn_pnet.onnx", "mtcnn_rnet.onnx"]
+    assert onnx_cascade(model, "torch", "cpu", tmp_path, 1) is None
+    replace_max_pools(model)
+    torch_nets = CascadeNets(model.pnet, model.rnet, model.onet)
+    found = 0
+    for image in _scenes():
+        for batch in (image[None], np.stack([image, np.rot90(image, 2)])):
+            with torch.inference_mode():
+                want_boxes, want_points = detect_faces(batch, torch_nets, 20, THRESHOLDS)
+                got_boxes, got_points = detect_faces(batch, exported, 20, THRESHOLDS)
+            for got, want in zip(got_boxes + got_points, want_boxes + want_points, strict=True):
+                assert got.shape == want.shape
+                np.testing.assert_allclose(got, want, atol=1e-3)
+            found += sum(len(b) for b in want_boxes)
+    assert found >= 4  # faces were found (the comparison is not vacuous)

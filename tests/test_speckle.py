@@ -49,3 +49,24 @@ def test_detail_outside_the_mask_does_not_count_and_the_statistic_is_differentia
     assert drawn.grad is not None and float(drawn.grad.abs().sum()) > 0
     outside = torch.from_numpy(np.asarray(inpaint_mask(64, 1.6) < 0.5))
     assert float(drawn.grad[0][:, outside].abs().max()) == 0.0
+
+
+def test_the_speckle_reference_is_the_face_the_detector_finds(engine):
+    """The reference context is built from scikit-image's astronaut at recorded landmarks: the
+    engine's detector must still find them there (a changed photo or detector would silently
+    change which pseudonyms are preferred)."""
+    import skimage.data
+
+    from idmrag_plugin.generation.speckle_reference import (
+        CROP_SIZE,
+        GAMMA,
+        LANDMARKS,
+        reference_crop,
+    )
+
+    dark = (255.0 * (skimage.data.astronaut().astype(np.float32) / 255.0) ** GAMMA).astype(np.uint8)
+    found = max(engine.detector.detect(dark), key=lambda d: d.score)
+    assert np.abs(found.landmarks - LANDMARKS).max() < 1.0
+    crop = reference_crop(CROP_SIZE)
+    assert crop.shape == (CROP_SIZE, CROP_SIZE, 3) and crop.dtype == np.uint8 and not crop.flags.writeable
+    assert 20 < crop.mean() < 120  # darkened, not black

@@ -277,7 +277,9 @@ class FaceAnonymizer:
             upright = border = diagonal = detector
             diagonal_scale = 1.0
         else:
-            mtcnn = MTCNNDetector(self.config.min_face_size, self.config.detection_thresholds, device=self.device)
+            mtcnn = MTCNNDetector(self.config.min_face_size, self.config.detection_thresholds, device=self.device,
+                                  runtime=self.config.detector_runtime, cache_dir=self.config.cache_dir,
+                                  threads=self.config.threads)
             upright = UnionDetector([mtcnn, DlibHOGDetector()]) if self.config.detector == "mtcnn+hog" else mtcnn
             border = mtcnn.sharing_networks(max(self.config.min_face_size, BORDER_MIN_FACE))
             diagonal_scale = DIAGONAL_SCALE

@@ -10,6 +10,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -117,17 +118,26 @@ class MTCNNDetector(FaceDetector):
         min_face_size: int = 20,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         device: str = "cpu",
+        runtime: str = "torch",
+        cache_dir: Path | None = None,
+        threads: int | None = None,
     ) -> None:
+        """``runtime``: ``"auto"`` / ``"onnxruntime"`` run the three networks on ONNX Runtime on
+        a CPU (exported once into ``cache_dir``, checked against torch at each load; the boxes
+        are the same), ``"torch"`` does not; ``threads``: ONNX Runtime's threads."""
         super().__init__()
         self.min_face_size = min_face_size
         self.thresholds = thresholds
         self.device = device
+        self.runtime = runtime
+        self.cache_dir = cache_dir
+        self.threads = threads
         self._networks_of: MTCNNDetector | None = None
 
     def sharing_networks(self, min_face_size: int) -> MTCNNDetector:
         """A detector of faces from ``min_face_size`` px that runs this one's networks (loaded
         once, whichever of the two is used first)."""
-        other = MTCNNDetector(min_face_size, self.thresholds, self.device)
+        other = MTCNNDetector(min_face_size, self.thresholds, self.device, self.runtime, self.cache_dir, self.threads)
         other._networks_of = self
         return other
 
@@ -135,6 +145,7 @@ class MTCNNDetector(FaceDetector):
         if self._networks_of is not None:
             self._networks_of.load()
             self._mtcnn = self._networks_of._mtcnn
+            self._nets = self._networks_of._nets
             return
         try:
             from facenet_pytorch import MTCNN
@@ -148,9 +159,13 @@ class MTCNNDetector(FaceDetector):
             post_process=False,
             device=self.device,
         )
+        from idmrag_plugin.engine.mtcnn_cascade import CascadeNets, onnx_cascade
+
+        exported = onnx_cascade(self._mtcnn, self.runtime, self.device, self.cache_dir, self.threads)
         if self.device == "cpu":
             # torch's CPU max pooling is several times slower than strided maxima (exact)
             replace_max_pools(self._mtcnn)
+        self._nets = exported or CascadeNets(self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet)
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         short = min(image.shape[:2])
@@ -197,11 +212,10 @@ class MTCNNDetector(FaceDetector):
     def _cascade(self, images: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
         import torch
 
-        from idmrag_plugin.engine.mtcnn_cascade import CascadeNets, detect_faces
+        from idmrag_plugin.engine.mtcnn_cascade import detect_faces
 
-        nets = CascadeNets(self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet)
         with torch.inference_mode():
-            return detect_faces(images, nets, self.min_face_size, self.thresholds, self._mtcnn.factor)
+            return detect_faces(images, self._nets, self.min_face_size, self.thresholds, self._mtcnn.factor)
 
     def _detections(self, boxes: np.ndarray, points: np.ndarray, scale: float) -> list[Detection]:
         """Detections from the cascade's (n, 5) boxes with scores and (n, 5, 2) landmarks."""

@@ -13,6 +13,7 @@ non-maximum suppressions) is facenet-pytorch's own code, called unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +41,38 @@ class CascadeNets:
     pnet: nn.Module
     rnet: nn.Module
     onet: nn.Module
+
+
+class _OnnxStage:
+    """One cascade network run by ONNX Runtime, called as its torch module is (a tensor in,
+    a tuple of tensors out)."""
+
+    def __init__(self, network) -> None:
+        self.network = network
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(out) for out in self.network.run(x.numpy()))
+
+
+def onnx_cascade(mtcnn: nn.Module, runtime: str, device: str, cache: Path | None,
+                 threads: int | None) -> CascadeNets | None:
+    """facenet-pytorch MTCNN's three networks on ONNX Runtime (about a fifth faster than
+    torch on this project's CPUs), or None where the runtime says torch or the export fails
+    (it is exported once into ``cache`` and checked against the torch network at each load).
+    Call it before the torch networks' max pools are replaced (their own pools export)."""
+    from idmrag_plugin.engine.onnx_runtime import onnx_network, wants_onnxruntime
+    from idmrag_plugin.weights import cache_dir
+
+    if not wants_onnxruntime(runtime, device):
+        return None
+    folder, required = cache_dir(cache), runtime == "onnxruntime"
+    # P-Net is fully convolutional: any pyramid level's height and width
+    pnet = onnx_network(mtcnn.pnet.eval(), (1, 3, 64, 64), "mtcnn_pnet", folder, threads, required, dynamic=(0, 2, 3))
+    rnet = onnx_network(mtcnn.rnet.eval(), (4, 3, 24, 24), "mtcnn_rnet", folder, threads, required)
+    onet = onnx_network(mtcnn.onet.eval(), (4, 3, 48, 48), "mtcnn_onet", folder, threads, required)
+    if pnet is None or rnet is None or onet is None:
+        return None
+    return CascadeNets(_OnnxStage(pnet), _OnnxStage(rnet), _OnnxStage(onet))  # type: ignore[arg-type]
 
 
 def _bins(start: torch.Tensor, length: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,7 +96,8 @@ def _outputs(module: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
-def _export(module: Any, shapes: list[tuple[int, ...]], count: int, path: Path) -> None:
+def _export(module: Any, shapes: list[tuple[int, ...]], count: int, path: Path,
+            dynamic: Sequence[int] = (0,)) -> None:
     import torch
 
     from idmrag_plugin.weights import sha256_of
@@ -113,7 +114,7 @@ def _export(module: Any, shapes: list[tuple[int, ...]], count: int, path: Path) 
         torch.onnx.export(
             module, tuple(torch.from_numpy(x) for x in _check_inputs(shapes)), str(tmp), dynamo=False,
             opset_version=17, input_names=inputs, output_names=outputs,
-            dynamic_axes={name: {0: "n"} for name in (*inputs, *outputs)},
+            dynamic_axes={name: {axis: f"{name}_{axis}" for axis in dynamic} for name in (*inputs, *outputs)},
         )
     tmp.replace(path)
     path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
@@ -135,12 +136,14 @@ def _session(path: Path, threads: int | None) -> Any:
 
 
 def onnx_network(module: Any, input_shape: tuple[int, ...] | Sequence[tuple[int, ...]], name: str, cache: Path,
-                 threads: int | None = None, required: bool = False) -> OnnxNetwork | None:
+                 threads: int | None = None, required: bool = False,
+                 dynamic: Sequence[int] = (0,)) -> OnnxNetwork | None:
     """``module`` (eval mode; float32 inputs of ``input_shape``, or of each shape of a list of
     them, batch first; one output or a tuple of them) as an :class:`OnnxNetwork`, exported
-    once into ``cache/name.onnx``. When the export cannot be made, written or made to agree
-    with the module on a fixed input: None (the caller runs torch), or
-    :class:`ModelLoadError` when ``required``."""
+    once into ``cache/name.onnx``, free in the axes ``dynamic`` of every input and output (the
+    batch; a fully convolutional network's height and width too). When the export cannot be
+    made, written or made to agree with the module on a fixed input: None (the caller runs
+    torch), or :class:`ModelLoadError` when ``required``."""
     from idmrag_plugin.weights import _checked
 
     path = cache / f"{name}.onnx"
@@ -152,7 +155,7 @@ def onnx_network(module: Any, input_shape: tuple[int, ...] | Sequence[tuple[int,
             try:
                 if fresh or not _checked(path):
                     logger.info("exporting %s for ONNX Runtime into %s (once)", name, path)
-                    _export(module, shapes, len(expected), path)
+                    _export(module, shapes, len(expected), path, dynamic)
                 network = OnnxNetwork(_session(path, threads))
                 got = network.run(*check)
                 if len(got) != len(expected):

@@ -51,6 +51,12 @@ SPECKLE_LIMIT = 1.8
 #: first is speckled in this photo's context; of them the first clean one is used (else the
 #: least speckled of all).
 SPECKLE_ALTERNATES = 3
+#: A person's pseudonym is the first of this many suitable codes, in the generator's order of
+#: preference, that the renderer draws clean in the speckle reference context (see
+#: :mod:`idmrag_plugin.generation.speckle_reference`); the first one when none is.
+REFERENCE_LOOKAHEAD = 8
+#: Codes whose verdict in the reference context is remembered (one renderer pass each).
+REFERENCE_VERDICTS_KEPT = 4096
 
 
 def _forward(exported, module, inputs: tuple, noise: list):
@@ -146,6 +152,8 @@ class RendererGenerator(VAEDecodeGenerator):
         self.candidates = candidates
         self._chosen: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the pseudonym kept
         self._unspeckled: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the code drawn clean last
+        self._reference: tuple[np.ndarray, np.ndarray] | None = None  # the reference context's crop and attribute code
+        self._reference_verdicts: OrderedDict[bytes, bool] = OrderedDict()  # code -> speckled there
 
     def _forget(self, person: bytes) -> None:
         super()._forget(person)
@@ -399,6 +407,44 @@ class RendererGenerator(VAEDecodeGenerator):
 
         mask = torch.as_tensor(self.mask(drawn.shape[-1], grow))[None, None]
         return speckle_score(drawn.float().cpu(), mask).numpy()
+
+    def speckled_in_reference(self, code: np.ndarray) -> bool:
+        """Whether the renderer draws ``code`` speckled in the speckle reference context, a
+        fixed photo where codes drawn clean tend to be drawn clean in other photos too (see
+        :mod:`idmrag_plugin.generation.speckle_reference`). Remembered per code."""
+        key = np.asarray(code, np.float32).tobytes()
+        with self._lock:
+            known = self._reference_verdicts.get(key)
+            if known is not None:
+                self._reference_verdicts.move_to_end(key)
+                return known
+        if self._reference is None:
+            from idmrag_plugin.generation.speckle_reference import CROP_SIZE, reference_crop
+
+            self._load()
+            crop = reference_crop(CROP_SIZE)
+            self._reference = (crop, self._encoded(crop)[1])
+        crop, attr_mu = self._reference
+        # one code at a time, as every drawing: a verdict must not depend on the batch
+        speckled = bool(self.speckle(self._draw(np.asarray(code)[None], crop, attr_mu))[0] > SPECKLE_LIMIT)
+        with self._lock:
+            self._reference_verdicts[key] = speckled
+            while len(self._reference_verdicts) > REFERENCE_VERDICTS_KEPT:
+                self._reference_verdicts.popitem(last=False)
+        return speckled
+
+    def _clean_in_reference_first(self, codes: np.ndarray, suitability: np.ndarray) -> np.ndarray:
+        """``codes`` (in order of preference) with the first of the first
+        ``REFERENCE_LOOKAHEAD`` that is as suitable as the first (``suitability``: lower is
+        better) and drawn clean in the speckle reference context moved to the front."""
+        for index in range(min(REFERENCE_LOOKAHEAD, len(codes))):
+            if suitability[index] > suitability[0]:
+                continue
+            if not self.speckled_in_reference(codes[index]):
+                if index == 0:
+                    return codes
+                return np.concatenate([codes[index:index + 1], codes[:index], codes[index + 1:]])
+        return codes
 
     def _draw_unspeckled(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
                          grow: float | None) -> np.ndarray:

@@ -7,7 +7,10 @@ writes the candidates directly for that gender and age (1-4 steps, a batch of ca
 once); the sampler's rules still decide which are acceptable (distinct from the original,
 realistic, and nobody real: no closer to a training identity than 99% of unseen people are,
 the model's recorded ``novelty_cos``); among the candidates the renderer draws closest to the person's
-attributes, the one least like the person's registered identity wins, and the renderer draws it. The oracles verify the drawing as for every generator.
+attributes, the one least like the person's registered identity wins (the first of them the
+renderer draws clean in the speckle reference context, see
+:mod:`idmrag_plugin.generation.speckle_reference`), and the renderer draws it. The oracles
+verify the drawing as for every generator.
 """
 
 from __future__ import annotations
@@ -164,4 +167,5 @@ class RendererLCMGenerator(RendererGenerator):
         # the person then gets the same pseudonym (by this photo's code, 16 of 50 people's
         # two photos got two).
         closeness = _normalise(candidates[pool]) @ _normalise(seed)
-        return candidates[pool[np.lexsort((closeness, mismatch))]]
+        order = np.lexsort((closeness, mismatch))
+        return self._clean_in_reference_first(candidates[pool[order]], mismatch[order])
