@@ -58,6 +58,34 @@ def _read(x: np.ndarray, gender: tuple[np.ndarray, float], age: tuple[np.ndarray
 
 
 @dataclass(frozen=True)
+class AgeNet:
+    """A small ensemble of one-hidden-layer networks reading log(1 + years) from an L2-normalised
+    face embedding: ``mean`` and ``scale`` (D,) standardise the input, then each member ``m``
+    computes ``w2[m] . gelu(w1[m] x + b1[m]) + b2[m]`` (tanh GELU); the reading is the members'
+    mean. Fitted on UTKFace's labels over dlib's descriptor it reads age with 6.5-7.5 years of
+    held-out error, the linear probe 9.3, and on LFW it agrees better with an age model it
+    never saw (see docs/generators.md)."""
+
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+    w1: np.ndarray  # (M, H, D)
+    b1: np.ndarray  # (M, H)
+    w2: np.ndarray  # (M, H)
+    b2: np.ndarray  # (M,)
+
+    TENSORS = ("mean", "scale", "w1", "b1", "w2", "b2")
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        """log(1 + years) of embeddings (N, D), (N,)."""
+        x = np.atleast_2d(np.asarray(embeddings, np.float64))
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = (x - self.mean) / self.scale
+        hidden = np.einsum("mhd,nd->mnh", self.w1, x) + self.b1[:, None, :]
+        hidden = 0.5 * hidden * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (hidden + 0.044715 * hidden**3)))
+        return (np.einsum("mnh,mh->mn", hidden, self.w2) + self.b2[:, None]).mean(axis=0)
+
+
+@dataclass(frozen=True)
 class AttributeProbes:
     """The four read-outs; ``renderer_sha256`` names the renderer weights the code probes describe."""
 
@@ -71,6 +99,9 @@ class AttributeProbes:
     #: 99th percentile). A linear probe extrapolates on faces unlike its training photos (fitted
     #: on UTKFace, it read LFW faces as up to 171 years old). None: unbounded (older probes).
     age_range: tuple[float, float] | None = None
+    #: Reads a photo's age in place of the linear ``image_age`` (which training's differentiable
+    #: age term still uses); None: the linear probe (older probes).
+    image_age_net: AgeNet | None = None
 
     def __post_init__(self) -> None:
         if self.image_reader not in IMAGE_READERS:
@@ -81,8 +112,10 @@ class AttributeProbes:
     def read_image(self, embeddings: np.ndarray) -> list[Reading]:
         """Perceived gender and age of faces from their embeddings (N, D) by ``image_reader``."""
         low, high = self.age_range if self.age_range is not None else (-np.inf, np.inf)
-        return [Reading(r.gender, round(float(np.clip(r.log_age, low, high)), READING_DECIMALS))
-                for r in _read(embeddings, self.image_gender, self.image_age)]
+        readings = _read(embeddings, self.image_gender, self.image_age)
+        ages = self.image_age_net(embeddings) if self.image_age_net is not None else [r.log_age for r in readings]
+        return [Reading(r.gender, round(float(np.clip(age, low, high)), READING_DECIMALS))
+                for r, age in zip(readings, ages, strict=True)]
 
     def read_code(self, codes: np.ndarray) -> list[Reading]:
         """The gender and age the renderer draws for identity codes (N, id_dim)."""
@@ -114,6 +147,9 @@ class AttributeProbes:
             weight, bias = getattr(self, name)
             tensors[f"{name}.weight"] = np.asarray(weight, np.float32)
             tensors[f"{name}.bias"] = np.array([bias], np.float32)
+        if self.image_age_net is not None:
+            for name in AgeNet.TENSORS:
+                tensors[f"image_age_net.{name}"] = np.asarray(getattr(self.image_age_net, name), np.float32)
         metadata = {"renderer_sha256": self.renderer_sha256, "image_reader": self.image_reader}
         if self.age_range is not None:
             metadata["age_range"] = json.dumps([float(v) for v in self.age_range])
@@ -130,9 +166,13 @@ class AttributeProbes:
             probes = {name: (tensors[f"{name}.weight"].astype(np.float64), float(tensors[f"{name}.bias"][0]))
                       for name in ("image_gender", "image_age", "code_gender", "code_age")}
             age_range = json.loads(metadata["age_range"]) if "age_range" in metadata else None
+            net = None
+            if "image_age_net.w1" in tensors:
+                net = AgeNet(**{name: tensors[f"image_age_net.{name}"].astype(np.float64) for name in AgeNet.TENSORS})
         except (OSError, KeyError, ValueError) as exc:
             raise ModelLoadError(f"{path} does not hold attribute probes ({exc}); refit them with "
                                  "`idmrag fit-attribute-probes`") from exc
         return cls(**probes, renderer_sha256=metadata.get("renderer_sha256", ""),
                    image_reader=metadata.get("image_reader", "student"),
-                   age_range=None if age_range is None else (float(age_range[0]), float(age_range[1])))
+                   age_range=None if age_range is None else (float(age_range[0]), float(age_range[1])),
+                   image_age_net=net)

@@ -4,7 +4,9 @@ and age (see :mod:`idmrag_plugin.generation.attributes`).
 1. ``image``: logistic regression of the labelled faces' gender, and ridge regression of their
    log(1 + age) (UTKFace's labels, in the data), on what ``--reader`` names: dlib's descriptor
    of the face in its photo (``emb_dlib``, cached by ``prepare-data``; default), or the
-   identity student's embedding of the crop at the codes model's resolution.
+   identity student's embedding of the crop at the codes model's resolution. A photo's age is
+   read by a small network ensemble on the same embedding (``--age-model network``, default;
+   :class:`~idmrag_plugin.generation.attributes.AgeNet`): the linear probe stays beside it.
 2. ``code``: ``--draws`` codes drawn by the sampler are rendered into the contexts (and with
    the attribute codes) of random training faces; the image probes judge each drawing (pasted
    into its 128 px context, as the engine shows it), and regressions of those verdicts on the
@@ -28,7 +30,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.generation.attributes import IMAGE_READERS, AttributeProbes
+from idmrag_plugin.generation.attributes import IMAGE_READERS, AgeNet, AttributeProbes
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,54 @@ def _ridge(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, float]:
                 "(%.1f predicting the mean)", what, alpha, held_out, len(x) - cut,
                 np.abs(np.expm1(y[:cut]).mean() - np.expm1(y[cut:])).mean())
     return model.coef_.astype(np.float64), float(model.intercept_)
+
+
+#: The photo age network (``AgeNet``): members, hidden units, epochs, dropout, weight decay.
+AGE_NET_MEMBERS = 5
+AGE_NET_HIDDEN = 128
+AGE_NET_EPOCHS = 80
+AGE_NET_DROPOUT = 0.2
+AGE_NET_WEIGHT_DECAY = 1e-3
+
+
+def _train_age_net(x: np.ndarray, y: np.ndarray, seed: int) -> AgeNet:
+    """An :class:`AgeNet` of log(1 + years) ``y`` on embeddings ``x`` (rows L2-normalised inside)."""
+    import torch
+    from torch import nn
+
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    inputs = torch.as_tensor((x - mean) / scale, dtype=torch.float32)
+    targets = torch.as_tensor(y, dtype=torch.float32)
+    members = []
+    for member in range(AGE_NET_MEMBERS):
+        torch.manual_seed(seed * 1000 + member)
+        net = nn.Sequential(nn.Dropout(AGE_NET_DROPOUT), nn.Linear(x.shape[1], AGE_NET_HIDDEN),
+                            nn.GELU(approximate="tanh"), nn.Dropout(AGE_NET_DROPOUT), nn.Linear(AGE_NET_HIDDEN, 1))
+        optimiser = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=AGE_NET_WEIGHT_DECAY)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, AGE_NET_EPOCHS)
+        for _ in range(AGE_NET_EPOCHS):
+            order = torch.randperm(len(inputs))
+            for start in range(0, len(order), 128):
+                batch = order[start : start + 128]
+                # smooth L1 on log-years: a mislabelled photo pulls less than under squares
+                loss = nn.functional.smooth_l1_loss(net(inputs[batch])[:, 0], targets[batch], beta=0.1)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            schedule.step()
+        members.append([t.detach().numpy().astype(np.float64) for t in (net[1].weight, net[1].bias, net[4].weight[0],
+                                                                       net[4].bias[0])])
+    w1, b1, w2, b2 = (np.stack(parts) for parts in zip(*members, strict=True))
+    return AgeNet(mean, scale, w1, b1, w2, b2)
+
+
+def _age_net(x: np.ndarray, y: np.ndarray, what: str, seed: int) -> AgeNet:
+    """:func:`_train_age_net`, fitted on 4/5 of the rows to report, then on all."""
+    cut = len(x) * 4 // 5
+    held_out = np.abs(np.expm1(_train_age_net(x[:cut], y[:cut], seed)(x[cut:])) - np.expm1(y[cut:])).mean()
+    logger.info("%s age network: %.1f years mean absolute error on %d held-out rows", what, held_out, len(x) - cut)
+    return _train_age_net(x, y, seed)
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, float]:
@@ -144,6 +194,7 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     log_ages = np.log1p(data["age"][labelled].astype(np.float64))
     image_gender = _logistic(labelled_embeddings, data["gender"][labelled] == 1, "image")
     image_age = _ridge(labelled_embeddings, log_ages, "image")
+    age_net = _age_net(labelled_embeddings, log_ages, "image", args.seed) if args.age_model == "network" else None
     low, high = np.percentile(log_ages, AGE_RANGE_PERCENTILES)
     age_range = (float(low), float(high)) if low < high else None
     sha = json.loads((renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
@@ -156,7 +207,7 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
             raise ConfigError(f"{args.code_probes} judged drawings with the {kept.image_reader!r} reader, not "
                               f"{args.reader!r}; pass --reader {kept.image_reader}, or fit the code probes afresh")
         probes = AttributeProbes(image_gender, image_age, kept.code_gender, kept.code_age, sha,
-                                 image_reader=args.reader, age_range=age_range)
+                                 image_reader=args.reader, age_range=age_range, image_age_net=age_net)
         probes.save(Path(args.output))
         logger.info("wrote %s (code probes kept from %s)", args.output, args.code_probes)
         return probes
@@ -175,13 +226,13 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
             for j, face in enumerate(faces)]))
     drawn = embed_drawn(np.concatenate(drawings)).astype(np.float64)
     gender_drawn = drawn @ image_gender[0] + image_gender[1] > 0
-    age_drawn = drawn @ image_age[0] + image_age[1]
+    age_drawn = age_net(drawn) if age_net is not None else drawn @ image_age[0] + image_age[1]
     logger.info("drawn faces read as %.0f%% label 1, median age %.0f", 100 * gender_drawn.mean(),
                 float(np.median(np.expm1(age_drawn))))
     codes64 = codes.astype(np.float64)
     probes = AttributeProbes(image_gender, image_age, _logistic(codes64, gender_drawn, "code (as drawn)"),
                              _ridge(codes64, age_drawn, "code (as drawn)"), sha, image_reader=args.reader,
-                             age_range=age_range)
+                             age_range=age_range, image_age_net=age_net)
     probes.save(Path(args.output))
     logger.info("wrote %s", args.output)
     return probes
@@ -204,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--code-probes", default=None,
                         help="attribute probes whose code probes to keep (same renderer): refit the image probes only, "
                              "so that a code LCM trained on those code probes stays valid")
+    parser.add_argument("--age-model", choices=("network", "ridge"), default="network",
+                        help="what reads a photo's age: a small network ensemble on the embedding (default), "
+                             "or the linear probe alone")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     return parser
