@@ -509,6 +509,8 @@ def test_fit_attribute_probes_reads_labels_and_the_renderer_it_describes(tiny_ru
 def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(tiny_run, tmp_path):
     """``--code-probes``: the image probes are refitted, the code probes kept bit for bit (a code
     LCM trained on them stays valid); photo age readings are held to the labels' range."""
+    from dataclasses import replace
+
     from idmrag_plugin.generation.attributes import AttributeProbes
     from idmrag_plugin.training.fit_attribute_probes import build_parser, fit
 
@@ -535,8 +537,14 @@ def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(t
     train = data["split"] == "train"
     low, high = np.percentile(np.log1p(data["age"][train].astype(np.float64)), [1, 99])
     assert probes.age_range == pytest.approx((low, high), abs=1e-9)
+    # a photo's age is read by the network ensemble, held to the labels' range
+    assert probes.image_age_net is not None
+    faces = rng.standard_normal((20, 128))
+    assert [r.log_age for r in probes.read_image(faces)] == [
+        round(float(np.clip(a, low, high)), 2) for a in probes.image_age_net(faces)]
+    linear = replace(probes, image_age_net=None)
     far = probes.image_age[0] / np.linalg.norm(probes.image_age[0]) * 1e3  # far beyond any training face
-    assert [r.log_age for r in probes.read_image(np.stack([far, -far]))] == [round(high, 2), round(low, 2)]
+    assert [r.log_age for r in linear.read_image(np.stack([far, -far]))] == [round(high, 2), round(low, 2)]
     other = AttributeProbes(kept.image_gender, kept.image_age, kept.code_gender, kept.code_age, "0" * 64)
     other.save(tmp_path / "other.safetensors")
     with pytest.raises(ConfigError, match="describes renderer"):
@@ -637,3 +645,30 @@ def test_dlib_reading_probes_read_the_original_s_descriptor_the_engine_brings(ti
     assert reading.gender == bool(own[0] > 0)
     with pytest.raises(ModelLoadError, match="known readers"):
         AttributeProbes((weight, 0.0), (weight, 0.0), (np.zeros(16), 0.0), (np.zeros(16), 0.0), sha, image_reader="vgg")
+
+
+def test_the_age_network_reads_what_a_linear_probe_cannot_and_round_trips(tmp_path):
+    """Age that depends on the embedding non-linearly (here on the square of a projection) is
+    read by the network ensemble far better than by the ridge; saved and loaded, it reads the same."""
+    from idmrag_plugin.generation.attributes import AttributeProbes
+    from idmrag_plugin.training.fit_attribute_probes import _age_net, _ridge
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1500, 32))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = 2.5 + 6.0 * (unit @ np.full(32, 32**-0.5)) ** 2 + 0.02 * rng.standard_normal(len(x))
+    train, test = slice(0, 1200), slice(1200, None)
+    net = _age_net(x[train], y[train], "test", seed=0)
+    weights, bias = _ridge(unit[train], y[train], "test")
+    net_error = np.abs(net(x[test]) - y[test]).mean()
+    ridge_error = np.abs(unit[test] @ weights + bias - y[test]).mean()
+    assert net_error < 0.6 * ridge_error, (net_error, ridge_error)
+    assert np.allclose(net(x[test] * 7.0), net(x[test]))  # reads the direction: embeddings are L2-normalised
+    probes = AttributeProbes((np.zeros(32), 0.0), (weights, bias), (np.zeros(4), 0.0), (np.zeros(4), 3.0), "0" * 64,
+                             image_reader="dlib", image_age_net=net)
+    probes.save(tmp_path / "probes.safetensors")
+    loaded = AttributeProbes.load(tmp_path / "probes.safetensors")
+    assert loaded.image_age_net is not None
+    np.testing.assert_allclose(loaded.image_age_net(x[test]), net(x[test]), atol=1e-4)
+    read = [r.log_age for r in loaded.read_image(x[test])]
+    np.testing.assert_allclose(read, net(x[test]), atol=0.0051)  # rounded to 2 decimals

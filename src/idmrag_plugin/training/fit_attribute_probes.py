@@ -87,7 +87,8 @@ def _train_age_net(x: np.ndarray, y: np.ndarray, seed: int) -> AgeNet:
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     inputs = torch.as_tensor((x - mean) / scale, dtype=torch.float32)
-    targets = torch.as_tensor(y, dtype=torch.float32)
+    centre = float(np.mean(y))  # the networks learn the difference from the mean age
+    targets = torch.as_tensor(y - centre, dtype=torch.float32)
     members = []
     for member in range(AGE_NET_MEMBERS):
         torch.manual_seed(seed * 1000 + member)
@@ -108,7 +109,7 @@ def _train_age_net(x: np.ndarray, y: np.ndarray, seed: int) -> AgeNet:
         members.append([t.detach().numpy().astype(np.float64) for t in (net[1].weight, net[1].bias, net[4].weight[0],
                                                                        net[4].bias[0])])
     w1, b1, w2, b2 = (np.stack(parts) for parts in zip(*members, strict=True))
-    return AgeNet(mean, scale, w1, b1, w2, b2)
+    return AgeNet(mean, scale, w1, b1, w2, b2 + centre)
 
 
 def _age_net(x: np.ndarray, y: np.ndarray, what: str, seed: int) -> AgeNet:
