@@ -180,3 +180,41 @@ def test_landmarks_of_a_rolled_face_are_found_again_upright(engine, astronaut, d
     raw_error = np.linalg.norm(raw.landmarks - truth, axis=1).mean() / iod
     error = np.linalg.norm(face.landmarks - truth, axis=1).mean() / iod
     assert error < 0.05 and error < raw_error, (error, raw_error)
+
+
+def test_a_doubtful_face_only_a_turned_pass_found_must_pass_an_upright_second_look():
+    """A face found only by the 90/180/270-degree passes with a score below TURNED_SURE_SCORE
+    stays only when an upright second look finds it again (on upright LFW photos such faces
+    were nearly all false: an ear and collar, a hand); a sure one, or an upright pass's, stays."""
+    from idmrag_plugin.engine.detect import TURNED_SURE_SCORE, Detection, FaceDetector
+
+    image = np.zeros((120, 200, 3), np.uint8)
+    landmarks = np.array([[40.0, 50.0], [60.0, 50.0], [50.0, 60.0], [42.0, 70.0], [58.0, 70.0]])
+
+    class Planted(FaceDetector):
+        name = "planted"
+
+        def __init__(self, turned_score: float, confirms: bool) -> None:
+            super().__init__()
+            self.turned_score, self.confirms, self.second_looks = turned_score, confirms, 0
+
+        def _load(self) -> None:
+            pass
+
+        def _detect(self, picture: np.ndarray) -> list[Detection]:
+            if picture.shape[:2] == (200, 120):  # the image turned by 90 or 270 degrees
+                return [Detection((30.0, 30.0, 70.0, 80.0), self.turned_score, landmarks, self.name)]
+            if picture.shape[:2] == image.shape[:2]:
+                return []  # upright and turned by 180 degrees: nothing
+            self.second_looks += 1  # the upright look's crop: the face again, where the pass put it
+            centre = picture.shape[1] / 2.0
+            points = np.array([[-18.0, -18.0], [18.0, -18.0], [0.0, 0.0], [-14.4, 18.0], [14.4, 18.0]]) + centre
+            return [Detection((centre - 30, centre - 30, centre + 30, centre + 30), 0.99, points, self.name)] \
+                if self.confirms else []
+
+    for score, confirms, kept in [(0.8, False, False), (0.8, True, True), (TURNED_SURE_SCORE, False, True)]:
+        planted = Planted(score, confirms)
+        found = RotatingDetector(planted, (0, 90)).detect(image)
+        assert bool(found) == kept, (score, confirms)
+        assert planted.second_looks == (1 if score < TURNED_SURE_SCORE else 0)
+        assert all(d.detector == "planted@90" for d in found)
