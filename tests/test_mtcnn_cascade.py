@@ -115,3 +115,17 @@ def test_the_cascade_on_onnx_runtime_finds_what_torch_finds(tmp_path):
                 np.testing.assert_allclose(got, want, atol=1e-3)
             found += sum(len(b) for b in want_boxes)
     assert found >= 4  # faces were found (the comparison is not vacuous)
+
+
+def test_the_detector_runtime_is_a_checked_setting_that_reaches_the_detector(tmp_path):
+    from idmrag_plugin import AnonymizerConfig, ConfigError
+    from idmrag_plugin.engine.detect import MTCNNDetector
+
+    with pytest.raises(ConfigError, match="detector_runtime"):
+        AnonymizerConfig(detector_runtime="tensorrt")
+    detector = MTCNNDetector(runtime="torch", cache_dir=tmp_path)
+    detector.load()
+    assert detector._nets.pnet is detector._mtcnn.pnet  # torch's own module
+    shared = detector.sharing_networks(40)
+    shared.load()
+    assert shared._nets is detector._nets and shared.runtime == "torch"
