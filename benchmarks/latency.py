@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--oracle-runtime", default="auto", choices=["auto", "torch", "onnxruntime"],
                         help="what runs the oracles' networks (AnonymizerConfig.oracle_runtime)")
+    parser.add_argument("--detector-runtime", default="torch", choices=["auto", "torch", "onnxruntime"],
+                        help="what runs MTCNN's networks (AnonymizerConfig.detector_runtime)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -57,10 +59,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     # cache_size=0: repeated runs of one image must compute, not hit the result cache
-    base = FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime))
+    base = FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime))
     camera = np.repeat(skimage.data.camera()[..., None], 3, axis=2)
     (det,) = base.detector.detect(camera)
-    swap = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime),
+    swap = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime),
                           generator=OtherPersonGenerator(align_face(camera, det.landmarks, 128).crop),
                           detector=base.detector, oracles=base.oracles)
     one_face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((250, 250)))
@@ -69,17 +71,18 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "oracle_runtime": args.oracle_runtime,
+        "detector_runtime": args.detector_runtime,
     }
-    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector,
+    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), detector=base.detector,
                          oracles=base.oracles)
-    renderer = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector,
+    renderer = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), detector=base.detector,
                               oracles=base.oracles)
-    renderer_lcm = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime), detector=base.detector,
+    renderer_lcm = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), detector=base.detector,
                                   oracles=base.oracles)
     upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), border_search=False, cache_size=0, threads=args.threads,
-                                              oracle_runtime=args.oracle_runtime), oracles=base.oracles)
+                                              oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), oracles=base.oracles)
     quarter_turns = FaceAnonymizer(AnonymizerConfig(rotations=(0, 90, 180, 270), cache_size=0, threads=args.threads,
-                                                    oracle_runtime=args.oracle_runtime), oracles=base.oracles)
+                                                    oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),
