@@ -192,7 +192,7 @@ def test_a_doubtful_face_only_a_turned_pass_found_must_pass_an_upright_second_lo
     landmarks = np.array([[40.0, 50.0], [60.0, 50.0], [50.0, 60.0], [42.0, 70.0], [58.0, 70.0]])
 
     class Planted(FaceDetector):
-        name = "planted"
+        name = "mtcnn"  # HOG's faces are not second-guessed (below)
 
         def __init__(self, turned_score: float, confirms: bool) -> None:
             super().__init__()
@@ -217,4 +217,7 @@ def test_a_doubtful_face_only_a_turned_pass_found_must_pass_an_upright_second_lo
         found = RotatingDetector(planted, (0, 90)).detect(image)
         assert bool(found) == kept, (score, confirms)
         assert planted.second_looks == (1 if score < TURNED_SURE_SCORE else 0)
-        assert all(d.detector == "planted@90" for d in found)
+        assert all(d.detector == "mtcnn@90" for d in found)
+    hog = Planted(0.8, False)
+    hog.name = "hog"
+    assert RotatingDetector(hog, (0, 90)).detect(image) and hog.second_looks == 0

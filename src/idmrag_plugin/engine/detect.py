@@ -44,7 +44,7 @@ CONFIRM_LANDMARK_ERROR = 0.3
 #: A face a turned pass (90, 180, 270 degrees) found with at least this score stays as found;
 #: below it, it must pass the second, upright look (see ``RotatingDetector._turned_face_holds``).
 TURNED_SURE_SCORE = 0.95
-TURNED_PASSES = ("@90", "@180", "@270")
+TURNED_PASSES = ("90", "180", "270")
 #: A face the quarter turns found rolled this many degrees or more from upright in its pass
 #: gets its landmarks from a second, upright look (a LEVEL_SIDE px crop, LEVEL_FACE_SIZE px face).
 LEVEL_ROLL = 25.0
@@ -450,12 +450,15 @@ class RotatingDetector(FaceDetector):
         return added
 
     def _turned_face_holds(self, image: np.ndarray, det: Detection) -> bool:
-        """Whether a face found only by a turned pass (90, 180 or 270 degrees) stays: when it
-        scored below ``TURNED_SURE_SCORE`` there, a second, upright look must find it again
+        """Whether a face found only by a turned pass (90, 180 or 270 degrees) stays: when MTCNN
+        scored it below ``TURNED_SURE_SCORE`` there, a second, upright look must find it again
         (:func:`upright_look`), as for the diagonal passes' faces. On 300 upright LFW photos the
         turned passes added 35 faces beyond the upright pass's, nearly all false (an ear and
         collar, a hand, hair), each then drawn over with a small generated face."""
-        if not det.detector.endswith(TURNED_PASSES) or det.score >= self.turned_sure_score:
+        found_by, _, turn = det.detector.rpartition("@")
+        # HOG's scores are squashed SVM margins on another scale, and its faces are the ones
+        # MTCNN misses (what detector="mtcnn+hog" is chosen for): they stay as found
+        if turn not in TURNED_PASSES or found_by != MTCNNDetector.name or det.score >= self.turned_sure_score:
             return True
         return upright_look(self.detector, image, det.landmarks, CONFIRM_FACE_SIZE, CONFIRM_SIDE) is not None
 
