@@ -2,8 +2,9 @@
 
 For LFW people with two or more photos, two random photos are anonymized by one engine (one
 session, a fixed pseudonym secret). Each pair is sorted by what the generator did: the registry
-found the person again or not, and the two faces were drawn from the same pseudonym code or not;
-the oracles (the bench's judges) then say whether the two anonymized faces look like one person.
+found the person again or not, and the two faces were drawn from the same pseudonym code or not
+(and if not, whether both were verified at the first attempt, so that the speckle screen chose
+another code, or one needed a retry); the oracles (the bench's judges) then say whether the two anonymized faces look like one person.
 Only photos where the engine found one face, and the judges a central one, count.
 
     python benchmarks/pseudonym_consistency.py --lfw ../shared/data/lfw --people 100
@@ -100,6 +101,12 @@ def main() -> None:
         "all": [True] * len(rows),
         "same code": [r["same_code"] for r in rows],
         "same person registered, other code": [r["same_registered_person"] and not r["same_code"] for r in rows],
+        # of those: both photos verified at their first attempt (the speckle screen chose
+        # another code), or one needed a retry (another attempt's code; or failed closed)
+        "  other code, first attempt in both": [r["same_registered_person"] and not r["same_code"]
+                                               and r["attempts"] == [1, 1] for r in rows],
+        "  other code, after a retry": [r["same_registered_person"] and not r["same_code"]
+                                        and r["attempts"] != [1, 1] for r in rows],
         "person not found again": [not r["same_registered_person"] for r in rows],
     }
     for group, members in groups.items():
