@@ -58,12 +58,15 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    # cache_size=0: repeated runs of one image must compute, not hit the result cache
-    base = FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime))
+    def config(**settings) -> AnonymizerConfig:
+        # cache_size=0: repeated runs of one image must compute, not hit the result cache
+        return AnonymizerConfig(cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime,
+                                detector_runtime=args.detector_runtime, **settings)
+
+    base = FaceAnonymizer(config(generator="none"))
     camera = np.repeat(skimage.data.camera()[..., None], 3, axis=2)
     (det,) = base.detector.detect(camera)
-    swap = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime),
-                          generator=OtherPersonGenerator(align_face(camera, det.landmarks, 128).crop),
+    swap = FaceAnonymizer(config(), generator=OtherPersonGenerator(align_face(camera, det.landmarks, 128).crop),
                           detector=base.detector, oracles=base.oracles)
     one_face = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((250, 250)))
     scene = np.asarray(Image.open(args.scene).convert("RGB"))
@@ -73,16 +76,10 @@ def main() -> None:
         "oracle_runtime": args.oracle_runtime,
         "detector_runtime": args.detector_runtime,
     }
-    vae = FaceAnonymizer(AnonymizerConfig(generator="vae-decode", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), detector=base.detector,
-                         oracles=base.oracles)
-    renderer = FaceAnonymizer(AnonymizerConfig(generator="renderer", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), detector=base.detector,
-                              oracles=base.oracles)
-    renderer_lcm = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0, threads=args.threads, oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), detector=base.detector,
-                                  oracles=base.oracles)
-    upright = FaceAnonymizer(AnonymizerConfig(rotations=(0,), border_search=False, cache_size=0, threads=args.threads,
-                                              oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), oracles=base.oracles)
-    quarter_turns = FaceAnonymizer(AnonymizerConfig(rotations=(0, 90, 180, 270), cache_size=0, threads=args.threads,
-                                                    oracle_runtime=args.oracle_runtime, detector_runtime=args.detector_runtime), oracles=base.oracles)
+    vae, renderer, renderer_lcm = (FaceAnonymizer(config(generator=name), detector=base.detector, oracles=base.oracles)
+                                   for name in ("vae-decode", "renderer", "renderer-lcm"))
+    upright = FaceAnonymizer(config(rotations=(0,), border_search=False), oracles=base.oracles)
+    quarter_turns = FaceAnonymizer(config(rotations=(0, 90, 180, 270)), oracles=base.oracles)
     engines = (
         ("obfuscate (generator none)", base),
         ("fixed other face + verify (2 oracles)", swap),

@@ -361,7 +361,6 @@ class RotatingDetector(FaceDetector):
         self.diagonal_turns = sorted({(angle // 90) % 4 for angle in rotations if angle % 90})
         self.iou = iou
         self.name = detector.name
-        self.turned_sure_score = TURNED_SURE_SCORE
 
     def _load(self) -> None:
         self.detector.load()
@@ -458,7 +457,7 @@ class RotatingDetector(FaceDetector):
         found_by, _, turn = det.detector.rpartition("@")
         # HOG's scores are squashed SVM margins on another scale, and its faces are the ones
         # MTCNN misses (what detector="mtcnn+hog" is chosen for): they stay as found
-        if turn not in TURNED_PASSES or found_by != MTCNNDetector.name or det.score >= self.turned_sure_score:
+        if turn not in TURNED_PASSES or found_by != MTCNNDetector.name or det.score >= TURNED_SURE_SCORE:
             return True
         return upright_look(self.detector, image, det.landmarks, CONFIRM_FACE_SIZE, CONFIRM_SIDE) is not None
 
