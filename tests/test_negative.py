@@ -95,7 +95,7 @@ def test_a_face_only_the_negative_shows_is_added_beside_false_faces(no_face_imag
     assert np.allclose(found[1].box, (0.4 * w, 0.3 * h, 0.8 * w, 0.9 * h), atol=2.0)
 
 
-@pytest.mark.parametrize("name", ["Al_Pacino_0002", "Alan_Greenspan_0002", "Andy_Hebb_0002"])
+@pytest.mark.parametrize("name", ["Al_Pacino_0002", "Alan_Greenspan_0002"])
 def test_negatives_where_the_detector_finds_false_faces_are_still_searched(engine, lfw, name):
     """In these negatives MTCNN finds a false face (a nostril, an eye) and not the face."""
     photo = np.asarray(Image.open(lfw / "images" / name.rsplit("_", 1)[0] / f"{name}.jpg").convert("RGB"))
@@ -106,3 +106,12 @@ def test_negatives_where_the_detector_finds_false_faces_are_still_searched(engin
     (face,) = [d for d in faces if d.detector.endswith(NEGATIVE_TAG)]
     # found again at full resolution: the landmarks are as precise as the positive's
     assert np.abs(face.landmarks - upright.landmarks).max() < 3.0
+
+
+def test_a_false_face_only_a_turned_pass_saw_in_a_negative_is_dropped(engine, lfw):
+    """Andy_Hebb_0002's negative: only a turned pass saw a (false) face; the upright second look drops it."""
+    photo = np.asarray(Image.open(lfw / "images" / "Andy_Hebb" / "Andy_Hebb_0002.jpg").convert("RGB"))
+    negative = 255 - photo
+    assert MTCNNDetector().detect(negative) == []  # upright MTCNN sees nothing in the negative
+    faces = engine.detector.detect(negative)
+    assert [d.detector.endswith(NEGATIVE_TAG) for d in faces] == [True]
