@@ -215,6 +215,37 @@ def _output(argv: list[str], output) -> list[str]:
     return argv[:at + 1] + [str(output)] + argv[at + 2:]
 
 
+def test_training_on_data_packed_small_measures_the_embeddings_it_lacks(tiny_run, tmp_path):
+    """The GPU bundle's data (scripts/pack_gpu_bundle.py): WebP crops, no embeddings, a subset."""
+    from idmrag_plugin.training.data import pack_dataset, unpack_crops
+    from idmrag_plugin.training.train_codes import FaceData
+    from idmrag_plugin.training.train_renderer import build_parser, train
+
+    root, argv, _, _ = tiny_run
+    counts = pack_dataset(root / "data.npz", tmp_path / "packed.npz", size=32, quality=90, fmt="webp",
+                          embeddings=False, limit=12)
+    packed = np.load(tmp_path / "packed.npz")
+    assert counts["faces"] == 12 and not [k for k in packed.files if k.startswith("emb_")]
+    originals = np.load(root / "data.npz")["crops"].astype(np.int16)
+    crops = unpack_crops(packed)
+    assert crops.shape == (12, 32, 32, 3)
+    # each packed crop is one of the training split's, within WebP's error, and no two the same
+    nearest = [np.abs(originals - c).mean(axis=(1, 2, 3)) for c in crops]
+    assert max(float(d.min()) for d in nearest) < 4.0 and len({int(d.argmin()) for d in nearest}) == 12
+    assert {int(d.argmin()) for d in nearest} <= set(range(20))  # the training split only
+    data = FaceData(tmp_path / "packed.npz", 32, torch.device("cpu"))
+    assert data.embeddings is None and data.embeddings_dlib_raw is None
+    with pytest.raises(ConfigError, match="emb_facenet"):
+        data.batch(4, np.random.default_rng(0))
+    data.measure_missing_embeddings(lambda x: x.flatten(1)[:, :8], lambda x: x.flatten(1)[:, :128] + 2.0, batch=5)
+    assert data.embeddings.shape == (12, 8)
+    assert torch.allclose(data.embeddings_dlib_raw.norm(dim=1), torch.ones(12)) and data.embeddings_dlib is not None
+    # the renderer's training measures them itself (student; dlib's torch port) and trains
+    run = [a if a != str(root / "data.npz") else str(tmp_path / "packed.npz") for a in argv] + ["--weight", "dlib=1"]
+    summary = train(build_parser().parse_args(_output(run, tmp_path / "run") + ["--steps", "2"]))
+    assert summary["step"] == 2 and all(np.isfinite(summary[k]) for k in ("identity", "hinge", "dlib"))
+
+
 def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     root, *_ = tiny_run
     generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors")

@@ -140,28 +140,45 @@ def prepare_dataset(
     return counts
 
 
-def pack_dataset(source: Path, output: Path, size: int = 64, quality: int = 90, split: str = "train") -> dict[str, int]:
+#: Image formats :func:`pack_dataset` encodes crops in (OpenCV's extensions; WebP is about a
+#: third smaller than JPEG at the same error on 128 px faces).
+PACK_FORMATS = {"jpeg": (".jpg", "IMWRITE_JPEG_QUALITY"), "webp": (".webp", "IMWRITE_WEBP_QUALITY")}
+
+
+def pack_dataset(source: Path, output: Path, size: int = 64, quality: int = 90, split: str = "train",
+                 fmt: str = "jpeg", embeddings: bool = True, limit: int | None = None,
+                 seed: int = 0) -> dict[str, int]:
     """A compact copy of a prepared dataset for moving to another machine: crops resized to
-    ``size`` and JPEG-encoded into one byte buffer, embeddings as float16."""
+    ``size`` and encoded (``fmt``: jpeg or webp) into one byte buffer, embeddings as float16
+    unless ``embeddings`` is False (the renderer's training then measures them on the crops),
+    at most ``limit`` faces (a seeded random choice)."""
     import cv2
 
+    if fmt not in PACK_FORMATS:
+        raise IdmragError(f"pack format must be one of {', '.join(PACK_FORMATS)}, got {fmt!r}")
+    extension, flag = PACK_FORMATS[fmt]
     data = np.load(source, allow_pickle=False)
     keep = data["split"] == split
+    if limit is not None and keep.sum() > limit:
+        chosen = np.random.default_rng(seed).choice(np.flatnonzero(keep), limit, replace=False)
+        keep = np.zeros_like(keep)
+        keep[chosen] = True
     chunks, offsets = [], [0]
     for crop in data["crops"][keep]:
         small = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, encoded = cv2.imencode(extension, cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [getattr(cv2, flag), quality])
         if not ok:
-            raise IdmragError("JPEG encoding failed")
+            raise IdmragError(f"{fmt} encoding failed")
         chunks.append(encoded.ravel())
         offsets.append(offsets[-1] + encoded.size)
+    output.parent.mkdir(parents=True, exist_ok=True)
     np.savez(
         output,
-        jpeg=np.concatenate(chunks),
+        jpeg=np.concatenate(chunks),  # the name predates WebP: any format OpenCV decodes
         offsets=np.array(offsets, np.int64),
         identity=data["identity"][keep],
         split=data["split"][keep],
-        **{k: data[k][keep].astype(np.float16) for k in data.files if k.startswith("emb_")},
+        **{k: data[k][keep].astype(np.float16) for k in data.files if k.startswith("emb_") and embeddings},
     )
     return {"faces": int(keep.sum()), "bytes": int(output.stat().st_size)}
 

@@ -72,17 +72,18 @@ class FaceData:
 
             crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
         self.images = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous().to(device)
-        self.embeddings = torch.from_numpy(data["emb_facenet"][keep].astype(np.float32)).to(device)
+        #: FaceNet's embeddings of the faces in their photos; None in data packed without them
+        #: (``pack_dataset(embeddings=False)``), see :meth:`measure_missing_embeddings`
+        self.embeddings: torch.Tensor | None = None
+        if "emb_facenet" in data.files:
+            self.embeddings = torch.from_numpy(data["emb_facenet"][keep].astype(np.float32)).to(device)
         #: dlib's unit descriptors as the oracle gives them (attribute probes read these), their
         #: mean, and the centred descriptors the identity losses compare (see ``centred``)
         self.embeddings_dlib_raw: torch.Tensor | None = None
         self.dlib_mean: torch.Tensor | None = None
         self.embeddings_dlib: torch.Tensor | None = None
         if "emb_dlib" in data.files:
-            raw = torch.from_numpy(data["emb_dlib"][keep].astype(np.float32)).to(device)
-            self.embeddings_dlib_raw = raw
-            self.dlib_mean = raw.mean(dim=0)
-            self.embeddings_dlib = centred(raw)
+            self._set_dlib(torch.from_numpy(data["emb_dlib"][keep].astype(np.float32)).to(device))
         self.labels = torch.from_numpy(data["identity"][keep].astype(np.int64)).to(device)
         labels = self.labels.cpu().numpy()
         groups: dict[int, list[int]] = {}
@@ -92,6 +93,26 @@ class FaceData:
         self.pairs = [g for g in groups.values() if len(g) >= 2]
         self.device = device
 
+    def _set_dlib(self, raw: torch.Tensor) -> None:
+        self.embeddings_dlib_raw = raw
+        self.dlib_mean = raw.mean(dim=0)
+        self.embeddings_dlib = centred(raw)
+
+    def measure_missing_embeddings(self, facenet_like, dlib=None, batch: int = 256) -> None:
+        """Fill the embeddings the data file lacks from the crops themselves: ``facenet_like``
+        (images in [-1, 1] -> embeddings; the identity student stands in for FaceNet) and
+        ``dlib`` (the same for dlib's descriptor, unit rows), when given. Data packed small
+        for another machine leaves them out (``pack_dataset(embeddings=False)``)."""
+        def measure(network) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.cat([network(self.images[i:i + batch].float() / 127.5 - 1.0)
+                                  for i in range(0, len(self), batch)]).float()
+
+        if self.embeddings is None:
+            self.embeddings = measure(facenet_like)
+        if dlib is not None and self.embeddings_dlib_raw is None:
+            self._set_dlib(F.normalize(measure(dlib), dim=1))
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
@@ -99,6 +120,9 @@ class FaceData:
         self, size: int, generator: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Images in [-1, 1], FaceNet embeddings, identity labels and dlib embeddings (None if absent)."""
+        if self.embeddings is None:
+            raise ConfigError("this training needs FaceNet embeddings (emb_facenet) in its data: prepare it with "
+                              "`idmrag prepare-data`, or pack it with its embeddings")
         half = size // 2
         index = list(generator.integers(0, len(self), size - 2 * (half // 2)))
         for group in generator.choice(len(self.pairs), half // 2, replace=False):
