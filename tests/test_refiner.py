@@ -212,6 +212,11 @@ def test_generator_with_a_refiner_draws_at_its_resolution_and_keeps_the_context(
     assert np.array_equal(out, refined.generate(request))  # its noise follows the pseudonym
     with pytest.raises(ModelLoadError, match="train-refiner"):
         RendererGenerator(*args, refiner_dir=tmp_path / "nothing").generate(request)
+    # a renderer that draws at the refiner's resolution already (a 128 px renderer with the
+    # packaged refiner) has nothing to refine: the drawing is used as drawn
+    _tiny(32).save_pretrained(tmp_path / "other_refiner", dtype=torch.float32)
+    other = RendererGenerator(*args, secret=b"one session", refiner_dir=tmp_path / "other_refiner")
+    assert np.array_equal(other.generate(request), base)
 
 
 def test_packaged_refiner_loads_with_its_sha256_adds_detail_and_replaces_a_face(make_engine, astronaut, oracles):

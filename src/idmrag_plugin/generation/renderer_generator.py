@@ -191,6 +191,7 @@ class RendererGenerator(VAEDecodeGenerator):
         if self.refiner_dir is None:
             return None
         if self._refiner is None:
+            drawn_at = self._load_renderer().config.image_size
             with self._renderer_lock:
                 if self._refiner is None:
                     from idmrag_plugin.generation.onnx_networks import RefinerGraph
@@ -198,6 +199,12 @@ class RendererGenerator(VAEDecodeGenerator):
 
                     refiner = FaceRefiner.from_pretrained(self.refiner_dir).to(self.device)
                     c = refiner.config
+                    if drawn_at >= c.image_size:
+                        # a renderer that draws at the refiner's resolution (128 px) already
+                        logger.info("the refiner in %s draws at %d px and the renderer already at %d px: its "
+                                    "drawings are used as drawn", self.refiner_dir, c.image_size, drawn_at)
+                        self.refiner_dir = None
+                        return None
                     self._refiner_onnx = self._on_onnxruntime(
                         RefinerGraph(refiner),
                         [(1, 3, c.image_size, c.image_size), (1, 1, c.image_size, c.image_size),
