@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS, GENERATORS
+from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS, GENERATORS, AnonymizerConfig
 from idmrag_plugin.errors import IdmragError
 
 logger = logging.getLogger("idmrag_plugin.cli")
@@ -50,8 +50,6 @@ def _load_sample(name: str):
 
 def _engine_config(args: argparse.Namespace):
     """The AnonymizerConfig of the options `anonymize` and `anonymize-corpus` share."""
-    from idmrag_plugin.config import AnonymizerConfig
-
     try:
         rotations = tuple(int(a) for a in args.rotations.split(","))
     except ValueError as exc:
@@ -224,7 +222,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-failure", default="obfuscate", choices=["obfuscate", "drop", "raise"],
                         help="a face that cannot be verified anonymous: fill it irreversibly, withhold the "
                              "image, or fail the image")
-    parser.add_argument("--max-attempts", type=int, default=5, help="generator attempts per face")
+    parser.add_argument("--max-attempts", type=int, default=AnonymizerConfig.max_attempts,
+                        help="generator attempts per face")
     parser.add_argument("--generator", default="renderer-lcm", choices=list(GENERATORS),
                         help="none: obfuscate every face; the others replace identities")
     parser.add_argument("--generator-steps", type=int, default=None, help="sampling steps of renderer-lcm / lcm / ldm-teacher")

@@ -81,7 +81,10 @@ class AnonymizerConfig:
             picture); ``"poisson"``: the blend alone (the face's tone then follows its edge);
             ``"tone"``: hard edge with the mean tone moved (the composite of earlier
             releases). Only pixels outside the drawn region are read from the photo.
-        max_attempts: generator attempts per face before the failure policy applies.
+        max_attempts: generator attempts per face before the failure policy applies. 8: on 80
+            LFW photos, whole and cut by one border (45% of the face's box outside), attempts 6-8
+            verified 1 of 80 whole and 4 of 70 cut faces that 5 attempts left to the policy;
+            9 and 10 none more. Only faces that fail their first attempts pay for them.
         on_failure: ``"obfuscate"`` (irreversibly fill the face), ``"drop"`` (withhold the
             image) or ``"raise"`` (:class:`~idmrag_plugin.errors.AnonymizationFailedError`).
         max_pixels: larger images are refused with
@@ -138,7 +141,7 @@ class AnonymizerConfig:
     generator_weights: Path | None = None
     refine_faces: bool = True
     face_blend: str = DEFAULT_FACE_BLEND
-    max_attempts: int = 5
+    max_attempts: int = 8
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000
     max_bytes: int = 200_000_000
