@@ -119,3 +119,20 @@ def test_encode_writes_no_metadata(astronaut, fmt):
     assert not image.getexif()
     assert not {"exif", "xmp", "XML:com.adobe.xmp", "icc_profile", "photoshop"} & set(image.info)
     assert b"Exif" not in data and b"http://ns.adobe.com/xap" not in data
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "TIFF"])
+def test_only_the_first_frame_of_an_animation_or_multi_page_file_is_read_and_the_drop_is_logged(
+        astronaut, fmt, caplog):
+    """A face only on the second frame never reaches the output (it is dropped), and the log says so."""
+    first = Image.new("RGB", (astronaut.shape[1], astronaut.shape[0]), (200, 30, 30))
+    data = _bytes(first, fmt, save_all=True, append_images=[Image.fromarray(astronaut)])
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    with caplog.at_level("WARNING", logger="idmrag_plugin.image_io"):
+        pixels = load_rgb(data, CAP)
+    assert "only the first is anonymized" in caplog.text and "the other 1 are dropped" in caplog.text
+    assert pixels.shape == astronaut.shape and np.abs(pixels.astype(int) - (200, 30, 30)).max() <= 8
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="idmrag_plugin.image_io"):
+        load_rgb(_bytes(first, fmt), CAP)
+    assert "frames" not in caplog.text  # a still image: nothing to say

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from idmrag_plugin.errors import ImageTooLargeError, InvalidImageError
+
+logger = logging.getLogger(__name__)
 
 ImageInput = Image.Image | bytes | bytearray | memoryview | str | os.PathLike | np.ndarray
 
@@ -120,6 +123,13 @@ def _flatten_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        # An animation or a multi-page scan: its first frame is the image (as viewers and
+        # multimodal models' loaders take it); the others are never returned, so nothing in
+        # them can leak, but say so rather than drop them silently.
+        logger.warning("the image has %d frames (an animation or a multi-page file): only the first is "
+                       "anonymized and returned, the other %d are dropped", frames, frames - 1)
     try:
         image = ImageOps.exif_transpose(image)
     except (ValueError, TypeError, KeyError, OSError) as exc:  # malformed EXIF orientation
