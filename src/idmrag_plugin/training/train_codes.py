@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -98,12 +99,14 @@ class FaceData:
         self.dlib_mean = raw.mean(dim=0)
         self.embeddings_dlib = centred(raw)
 
-    def measure_missing_embeddings(self, facenet_like, dlib=None, batch: int = 256) -> None:
+    def measure_missing_embeddings(self, facenet_like: Callable[[torch.Tensor], torch.Tensor],
+                                   dlib: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                                   batch: int = 256) -> None:
         """Fill the embeddings the data file lacks from the crops themselves: ``facenet_like``
         (images in [-1, 1] -> embeddings; the identity student stands in for FaceNet) and
         ``dlib`` (the same for dlib's descriptor, unit rows), when given. Data packed small
         for another machine leaves them out (``pack_dataset(embeddings=False)``)."""
-        def measure(network) -> torch.Tensor:
+        def measure(network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
             with torch.no_grad():
                 return torch.cat([network(self.images[i:i + batch].float() / 127.5 - 1.0)
                                   for i in range(0, len(self), batch)]).float()
