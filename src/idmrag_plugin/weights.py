@@ -32,6 +32,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def save_checked(state: dict, path: Path) -> None:
+    """Write a state dict to ``path`` as safetensors (atomically) with the sha256 sidecar that
+    :func:`_checked` reads; raises OSError when the folder cannot be written."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
+
+
 def _checked(path: Path) -> bool:
     """True when ``path`` exists with the sha256 recorded beside it."""
     sidecar = path.with_suffix(path.suffix + ".sha256")
@@ -46,7 +58,7 @@ def load_facenet(directory: Path | None = None):
     The converted weights are cached as safetensors with a sha256 sidecar; a cached file
     whose checksum does not match is converted again rather than trusted.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from idmrag_plugin.engine.facenet_convert import build_inception_resnet, convert_facenet_graph
 
@@ -56,11 +68,7 @@ def load_facenet(directory: Path | None = None):
             logger.info("converting FaceNet graph into %s (once)", path)
             state = convert_facenet_graph()
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-                tmp.replace(path)
-                path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
+                save_checked(state, path)
             except OSError as exc:
                 logger.warning("cannot cache FaceNet weights in %s (%s); using them in memory", path, exc)
             model = build_inception_resnet()
@@ -81,7 +89,7 @@ def load_dlib_resnet(directory: Path | None = None):
     """dlib's face descriptor network in torch, converted once from face-recognition-models'
     ``.dat`` file and cached as safetensors with a sha256 sidecar (a cached file whose
     checksum does not match is converted again rather than trusted)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from idmrag_plugin.engine.dlib_resnet import DlibResNet
     from idmrag_plugin.engine.oracles import face_model_file
@@ -93,11 +101,7 @@ def load_dlib_resnet(directory: Path | None = None):
             logger.info("converting dlib's face ResNet from %s into %s (once)", source, path)
             model = DlibResNet.from_dlib(source)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-                tmp.replace(path)
-                path.with_suffix(path.suffix + ".sha256").write_text(sha256_of(path) + "\n")
+                save_checked(model.state_dict(), path)
             except OSError as exc:
                 logger.warning("cannot cache dlib ResNet weights in %s (%s); using them in memory", path, exc)
             return model

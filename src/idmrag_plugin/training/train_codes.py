@@ -111,9 +111,13 @@ class FaceData:
                 return torch.cat([network(self.images[i:i + batch].float() / 127.5 - 1.0)
                                   for i in range(0, len(self), batch)]).float()
 
+        wants_dlib = dlib is not None and self.embeddings_dlib_raw is None
+        if self.embeddings is not None and not wants_dlib:
+            return
+        logger.info("measuring the embeddings the data leaves out (%d faces)", len(self))
         if self.embeddings is None:
             self.embeddings = measure(facenet_like)
-        if dlib is not None and self.embeddings_dlib_raw is None:
+        if wants_dlib:
             self._set_dlib(F.normalize(measure(dlib), dim=1))
 
     def __len__(self) -> int:

@@ -219,11 +219,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         from idmrag_plugin.weights import load_dlib_resnet
 
         dlib_judge = DlibJudge(load_dlib_resnet(), zoom=CANONICAL_ZOOM).to(device)
-    if data.embeddings is None or (dlib_judge is not None and data.embeddings_dlib_raw is None):
-        # data packed small for another machine: the identity student stands in for FaceNet,
-        # and dlib's descriptors are the torch port's on the crops (as drawn faces are judged)
-        logger.info("measuring the embeddings the data leaves out (%d faces)", len(data))
-        data.measure_missing_embeddings(frozen.embed, dlib_judge)
+    # data packed small for another machine leaves embeddings out: the identity student stands
+    # in for FaceNet, and dlib's descriptors are the torch port's on the crops (as drawn faces are judged)
+    data.measure_missing_embeddings(frozen.embed, dlib_judge)
     init_dir = None if not args.init else packaged("renderer") if args.init == "packaged" else Path(args.init)
     start_from = FaceRenderer.from_pretrained(init_dir) if init_dir is not None else None
     init_sha = codes_fingerprint(init_dir) if init_dir is not None else ""
