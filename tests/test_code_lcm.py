@@ -439,3 +439,45 @@ def test_a_person_pseudonym_is_one_drawn_clean_in_the_speckle_reference(tiny):
     first = generator.speckled_in_reference(order[0])
     assert len(drawn_into) == 1 and np.array_equal(drawn_into[0], reference_crop(CROP_SIZE))
     assert generator.speckled_in_reference(order[0]) == first and len(drawn_into) == 1
+
+
+def test_pseudonyms_of_the_person_s_complexion_come_first(tiny):
+    """With a code tone probe, the suited candidates whose faces are within TONE_TOLERANCE of the
+    person's own code's lightness come first (the furthest from the person among them leads);
+    a less suited candidate never jumps ahead for its tone; without the probe the order is the
+    attributes' and closeness's alone."""
+    from dataclasses import replace
+
+    from idmrag_plugin.generation.attributes import TONE_TOLERANCE
+    from idmrag_plugin.generation.sampler import _normalise
+
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    generator._load_code_model().config.novelty_cos = 0.9999
+    generator.speckled_in_reference = lambda c: False  # type: ignore[method-assign]
+    face = np.random.default_rng(6).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    code = generator.encode(face[None])[0][0]
+    generator._note_person(code, face)
+    probes, student = generator._attribute_keeping()
+    untoned = generator._ranked_candidates(code, 0, 0)
+    assert untoned is not None and len(untoned) > 4
+    seed = generator._seed_code(code)
+    # lightness read along the third code value: the person's own at 0 on it
+    weight = np.zeros(ID_DIM)
+    weight[2] = 1.0
+    spread = np.abs((untoned - seed) @ weight).max()
+    generator._probes = (replace(probes, code_tone=(weight * 4 * TONE_TOLERANCE / spread, -4 * TONE_TOLERANCE / spread * seed @ weight)),
+                         student)
+    toned = generator._ranked_candidates(code, 0, 0)
+    assert sorted(map(bytes, toned)) == sorted(map(bytes, untoned))  # the same acceptable pool, reordered
+    gap = np.abs(generator._probes[0].read_tone(toned) - generator._probes[0].read_tone(seed[None])[0])
+    mismatch = np.array([probes.mismatch(generator._readings[seed.tobytes()], r) for r in probes.read_code(toned)])
+    within = gap <= TONE_TOLERANCE
+    assert within.any() and not within.all()
+    for level in np.unique(mismatch):  # within each level of suitability, the complexion's first
+        tier = within[mismatch == level]
+        assert not np.any(tier[1:] & ~tier[:-1]), "an off-tone candidate ahead of one of the person's tone"
+    assert np.all(np.diff(mismatch) >= 0)  # the attributes still come first
+    first = toned[(mismatch == mismatch[0]) & within]
+    closeness = _normalise(first) @ _normalise(seed)
+    assert np.all(np.diff(closeness) >= 0)  # least like the person first among them

@@ -564,6 +564,16 @@ def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(t
     fit(build_parser().parse_args(args))
     probes = AttributeProbes.load(tmp_path / "probes.safetensors")
     assert probes.code_fingerprint() == kept.code_fingerprint()
+    assert kept.code_tone is None and probes.code_tone is not None and probes.code_tone[0].shape == (16,)
+    # --image-probes as well: only the tone probe is fitted, everything else kept bit for bit
+    fit(build_parser().parse_args(args + ["--image-probes", str(tmp_path / "probes.safetensors"),
+                                          "--output", str(tmp_path / "toned.safetensors")]))
+    toned = AttributeProbes.load(tmp_path / "toned.safetensors")
+    assert toned.code_fingerprint() == kept.code_fingerprint()
+    for name in ("image_gender", "image_age"):
+        assert np.array_equal(getattr(toned, name)[0], getattr(probes, name)[0])
+    assert np.array_equal(toned.image_age_net.w1, probes.image_age_net.w1) and toned.age_range == probes.age_range
+    assert np.allclose(toned.code_tone[0], probes.code_tone[0])  # the same faces, the same fit
     assert not np.allclose(probes.image_age[0], kept.image_age[0])  # refitted: reads the labels
     train = data["split"] == "train"
     low, high = np.percentile(np.log1p(data["age"][train].astype(np.float64)), [1, 99])
@@ -703,3 +713,20 @@ def test_the_age_network_reads_what_a_linear_probe_cannot_and_round_trips(tmp_pa
     np.testing.assert_allclose(loaded.image_age_net(x[test]), net(x[test]), atol=1e-4)
     read = [r.log_age for r in loaded.read_image(x[test])]
     np.testing.assert_allclose(read, net(x[test]), atol=0.0051)  # rounded to 2 decimals
+
+
+def test_face_lightness_reads_the_cheeks_and_nose_and_orders_complexions():
+    """The tone probe's target: L* (OpenCV's 0-255) of the region below the eyes and above the
+    mouth, whatever lies around it (hair, background); lighter faces read lighter."""
+    from idmrag_plugin.engine.align import template
+    from idmrag_plugin.generation.attributes import face_lightness
+
+    crops = np.zeros((3, 128, 128, 3), np.uint8)
+    points = template(128)
+    for crop, value in zip(crops, (60, 140, 220), strict=True):
+        crop[:] = 255 - value  # the surroundings, inverted: must not count
+        # the inner face from the eyes to the mouth, a little wider than the eyes
+        cv2.rectangle(crop, (int(points[0, 0]) - 4, int(points[0, 1])), (int(points[1, 0]) + 4, int(points[3, 1])),
+                      (value, value, value), thickness=-1)
+    expected = [float(cv2.cvtColor(np.full((1, 1, 3), v, np.uint8), cv2.COLOR_RGB2LAB)[0, 0, 0]) for v in (60, 140, 220)]
+    assert face_lightness(crops).tolist() == expected

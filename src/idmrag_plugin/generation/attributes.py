@@ -9,6 +9,12 @@ Linear probes, fitted by ``idmrag fit-attribute-probes`` for one renderer:
 * ``code``: the gender and age the renderer *draws* for an identity code, fitted on codes from
   the sampler, each rendered into a real face's context and judged by the image probes.
 
+A third code probe, ``code_tone``, reads the lightness of the face a code belongs to (fitted on
+training faces' codes and the median CIELAB L* of their cheeks and nose, :func:`face_lightness`):
+a pseudonym drawn much lighter or darker than the person's own code would be is toned to the
+photo's face by the blend, which leaves its features as dark or pale ghosts. Among the
+pseudonyms that suit the person's gender and age, those within ``TONE_TOLERANCE`` come first.
+
 A person's gender and age are read from their photo (the first one of the session, kept with
 their pseudonym), and a pseudonym code suits them when the code probes give the same gender
 and an age within ``AGE_TOLERANCE``. Probes of gender on the codes themselves, fitted on
@@ -22,6 +28,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from idmrag_plugin.errors import ModelLoadError
@@ -37,6 +44,10 @@ IMAGE_READERS = ("dlib", "student")
 #: age): the embeddings it is read from differ by ~1e-7 between ONNX Runtime, torch and GPUs,
 #: and the reading conditions the pseudonym, which must not depend on where the engine ran.
 READING_DECIMALS = 2
+#: Largest difference between the lightness a pseudonym code's face has and the person's own
+#: code's (CIELAB L* as OpenCV scales it, 0-255; training faces spread by about 25): beyond it the
+#: blend must tone the drawing so far that its features ghost.
+TONE_TOLERANCE = 8.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,22 @@ def _read(x: np.ndarray, gender: tuple[np.ndarray, float], age: tuple[np.ndarray
     x = np.atleast_2d(x).astype(np.float64)
     return [Reading(bool(g > 0.0), float(a)) for g, a in zip(x @ gender[0] + gender[1], x @ age[0] + age[1],
                                                              strict=True)]
+
+
+def face_lightness(crops: np.ndarray) -> np.ndarray:
+    """Median CIELAB L* (0-255, OpenCV's scale) of the cheeks and nose of canonical crops
+    (N, S, S, 3) uint8 RGB, (N,): below the eyes, above the mouth, between the eye centres."""
+    from idmrag_plugin.engine.align import template
+
+    crops = np.asarray(crops)
+    points = template(crops.shape[1])
+    eye_distance = points[1, 0] - points[0, 0]
+    top = round((points[0, 1] + points[1, 1]) / 2 + 0.3 * eye_distance)
+    bottom = round((points[3, 1] + points[4, 1]) / 2 - 0.2 * eye_distance)
+    left, right = round(points[0, 0]), round(points[1, 0])
+    region = np.ascontiguousarray(crops[:, top:bottom, left:right], dtype=np.uint8)
+    lightness = cv2.cvtColor(region.reshape(-1, right - left, 3), cv2.COLOR_RGB2LAB)[..., 0]
+    return np.median(lightness.reshape(len(crops), -1).astype(np.float64), axis=1)
 
 
 @dataclass(frozen=True)
@@ -102,6 +129,9 @@ class AttributeProbes:
     #: Reads a photo's age in place of the linear ``image_age`` (which training's differentiable
     #: age term still uses); None: the linear probe (older probes).
     image_age_net: AgeNet | None = None
+    #: The lightness (:func:`face_lightness`) of the face an identity code belongs to; None:
+    #: not fitted (older probes), pseudonyms are not chosen by it.
+    code_tone: tuple[np.ndarray, float] | None = None
 
     def __post_init__(self) -> None:
         if self.image_reader not in IMAGE_READERS:
@@ -120,6 +150,12 @@ class AttributeProbes:
     def read_code(self, codes: np.ndarray) -> list[Reading]:
         """The gender and age the renderer draws for identity codes (N, id_dim)."""
         return _read(codes, self.code_gender, self.code_age)
+
+    def read_tone(self, codes: np.ndarray) -> np.ndarray | None:
+        """The lightness of the faces of identity codes (N, id_dim), (N,); None without the probe."""
+        if self.code_tone is None:
+            return None
+        return np.atleast_2d(codes).astype(np.float64) @ self.code_tone[0] + self.code_tone[1]
 
     @staticmethod
     def mismatch(person: Reading, drawn: Reading) -> float:
@@ -143,7 +179,9 @@ class AttributeProbes:
         from safetensors.numpy import save_file
 
         tensors = {}
-        for name in ("image_gender", "image_age", "code_gender", "code_age"):
+        for name in ("image_gender", "image_age", "code_gender", "code_age", "code_tone"):
+            if getattr(self, name) is None:
+                continue
             weight, bias = getattr(self, name)
             tensors[f"{name}.weight"] = np.asarray(weight, np.float32)
             tensors[f"{name}.bias"] = np.array([bias], np.float32)
@@ -166,6 +204,8 @@ class AttributeProbes:
             probes = {name: (tensors[f"{name}.weight"].astype(np.float64), float(tensors[f"{name}.bias"][0]))
                       for name in ("image_gender", "image_age", "code_gender", "code_age")}
             age_range = json.loads(metadata["age_range"]) if "age_range" in metadata else None
+            tone = ((tensors["code_tone.weight"].astype(np.float64), float(tensors["code_tone.bias"][0]))
+                    if "code_tone.weight" in tensors else None)
             net = None
             if "image_age_net.w1" in tensors:
                 net = AgeNet(**{name: tensors[f"image_age_net.{name}"].astype(np.float64) for name in AgeNet.TENSORS})
@@ -175,4 +215,4 @@ class AttributeProbes:
         return cls(**probes, renderer_sha256=metadata.get("renderer_sha256", ""),
                    image_reader=metadata.get("image_reader", "student"),
                    age_range=None if age_range is None else (float(age_range[0]), float(age_range[1])),
-                   image_age_net=net)
+                   image_age_net=net, code_tone=tone)

@@ -6,10 +6,10 @@ consistency-distilled diffusion model of :mod:`idmrag_plugin.generation.code_dif
 writes the candidates directly for that gender and age (1-4 steps, a batch of candidates at
 once); the sampler's rules still decide which are acceptable (distinct from the original,
 realistic, and nobody real: no closer to a training identity than 99% of unseen people are,
-the model's recorded ``novelty_cos``); among the candidates the renderer draws closest to the person's
-attributes, the one least like the person's registered identity wins (the first of them the
-renderer draws clean in the speckle reference context, see
-:mod:`idmrag_plugin.generation.speckle_reference`), and the renderer draws it. The oracles
+the model's recorded ``novelty_cos``); among the candidates the renderer draws closest to the
+person's attributes (and, with a tone probe, complexion), the one least like the person's
+registered identity wins (the first of them the renderer draws clean in the speckle reference
+context, see :mod:`idmrag_plugin.generation.speckle_reference`), and the renderer draws it. The oracles
 verify the drawing as for every generator.
 """
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from idmrag_plugin.config import DEFAULT_FACE_BLEND
 from idmrag_plugin.errors import ModelLoadError
+from idmrag_plugin.generation.attributes import TONE_TOLERANCE
 from idmrag_plugin.generation.renderer_generator import RendererGenerator
 from idmrag_plugin.generation.sampler import _normalise, pseudonym_key
 from idmrag_plugin.generation.vae_generator import SUITED_ATTEMPTS
@@ -167,5 +168,11 @@ class RendererLCMGenerator(RendererGenerator):
         # the person then gets the same pseudonym (by this photo's code, 16 of 50 people's
         # two photos got two).
         closeness = _normalise(candidates[pool]) @ _normalise(seed)
-        order = np.lexsort((closeness, mismatch))
-        return self._clean_in_reference_first(candidates[pool[order]], mismatch[order])
+        # Of the person's complexion first: a much lighter or darker drawing, toned to the
+        # photo's face by the blend, shows its features as ghosts.
+        tones = probes.read_tone(np.concatenate([candidates[pool], seed[None]]))
+        off_tone = np.zeros(len(pool)) if tones is None else (np.abs(tones[:-1] - tones[-1]) > TONE_TOLERANCE) * 1.0
+        order = np.lexsort((closeness, off_tone, mismatch))
+        # equally suited: the same attribute mismatch and tone verdict (a dense rank of the pair)
+        suitability = np.unique(np.stack([mismatch[order], off_tone[order]], axis=1), axis=0, return_inverse=True)[1]
+        return self._clean_in_reference_first(candidates[pool[order]], suitability.ravel().astype(np.float64))

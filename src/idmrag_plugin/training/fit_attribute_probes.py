@@ -11,12 +11,16 @@ and age (see :mod:`idmrag_plugin.generation.attributes`).
    the attribute codes) of random training faces; the image probes judge each drawing (pasted
    into its 128 px context, as the engine shows it), and regressions of those verdicts on the
    code give the gender and age the renderer draws.
+3. ``code tone``: a ridge regression of the training faces' lightness (their cheeks' and nose's
+   median L*) on their identity codes, by which pseudonyms of the person's complexion are chosen
+   first (:data:`~idmrag_plugin.generation.attributes.TONE_TOLERANCE`).
 
 Each reports its held-out accuracy or error (a fifth of the rows, shuffled). An age probe's
 ridge penalty is chosen by cross-validation, and a photo's age reading is held to the labels'
 range (1st to 99th percentile). The output records the renderer weights' sha256: refit after
 retraining the renderer. ``--code-probes`` refits the image probes only and keeps the code
-probes of an earlier fit for the same renderer (a code LCM trained on them stays valid).
+probes of an earlier fit for the same renderer (a code LCM trained on them stays valid);
+``--image-probes`` keeps an earlier fit's image probes (with both, only the tone probe is fitted).
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.generation.attributes import IMAGE_READERS, AgeNet, AttributeProbes
+from idmrag_plugin.generation.attributes import (
+    IMAGE_READERS,
+    AgeNet,
+    AttributeProbes,
+    face_lightness,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +48,8 @@ logger = logging.getLogger(__name__)
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: The labels' percentiles that bound a photo's age reading (see ``AttributeProbes.age_range``).
 AGE_RANGE_PERCENTILES = (1.0, 99.0)
+#: Ridge penalty of the code tone probe (16k faces, 128-d codes: the penalty hardly matters).
+TONE_RIDGE_ALPHA = 1.0
 
 
 def _ridge_alpha(x: np.ndarray, y: np.ndarray, folds: int = 5) -> float:
@@ -68,6 +79,23 @@ def _ridge(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, float]:
     logger.info("%s age probe (ridge alpha %g): %.1f years mean absolute error on %d held-out rows "
                 "(%.1f predicting the mean)", what, alpha, held_out, len(x) - cut,
                 np.abs(np.expm1(y[:cut]).mean() - np.expm1(y[cut:])).mean())
+    return model.coef_.astype(np.float64), float(model.intercept_)
+
+
+def _tone_probe(generator, crops: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weights and bias of a ridge regression of the faces' lightness (:func:`face_lightness`)
+    on their identity codes, ``rows`` of ``crops`` (in random order), fitted on 4/5 of them to
+    report, then on all."""
+    from sklearn.linear_model import Ridge
+
+    codes = np.concatenate([generator.encode(crops[rows[start : start + 256]])[0]
+                            for start in range(0, len(rows), 256)]).astype(np.float64)
+    tone = face_lightness(crops[rows])
+    cut = len(rows) * 4 // 5
+    held_out = np.abs(Ridge(TONE_RIDGE_ALPHA).fit(codes[:cut], tone[:cut]).predict(codes[cut:]) - tone[cut:]).mean()
+    logger.info("code tone probe: lightness read to %.1f (L*, 0-255) on %d held-out faces (%.1f predicting the mean)",
+                held_out, len(rows) - cut, np.abs(tone[:cut].mean() - tone[cut:]).mean())
+    model = Ridge(TONE_RIDGE_ALPHA).fit(codes, tone)
     return model.coef_.astype(np.float64), float(model.intercept_)
 
 
@@ -134,6 +162,21 @@ def _logistic(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, floa
     return model.coef_[0].astype(np.float64), float(model.intercept_[0])
 
 
+def _kept(path: str | None, which: str, renderer_sha256: str, reader: str) -> AttributeProbes | None:
+    """The earlier fit whose ``which`` probes ``--code-probes`` / ``--image-probes`` keep, checked
+    to describe this renderer and to judge with this reader; None without one."""
+    if path is None:
+        return None
+    kept = AttributeProbes.load(path)
+    if which == "code" and kept.renderer_sha256 != renderer_sha256:
+        raise ConfigError(f"{path} describes renderer {kept.renderer_sha256[:12]}, not "
+                          f"{renderer_sha256[:12]}; fit the code probes afresh (without --code-probes)")
+    if kept.image_reader != reader:
+        raise ConfigError(f"{path} judged faces with the {kept.image_reader!r} reader, not {reader!r}; "
+                          f"pass --reader {kept.image_reader}, or fit the {which} probes afresh")
+    return kept
+
+
 def fit(args: argparse.Namespace) -> AttributeProbes:
     import torch
 
@@ -156,24 +199,25 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
                                   Path(args.sampler) if args.sampler else packaged(SAMPLER_FILE),
                                   refiner_dir=Path(args.refiner) if args.refiner else None)
     data = np.load(args.data, allow_pickle=False)
-    if "gender" not in data.files:
-        raise ConfigError(f"{args.data} has no gender labels (prepare it from UTKFace)")
     crops = unpack_crops(data)
     train = data["split"] == "train"
-    labelled = np.where(train & (data["gender"] >= 0) & (data["age"] >= 0))[0] if "age" in data.files else []
-    if len(labelled) < 10:
-        raise ConfigError(f"{args.data} has too few faces with gender and age labels ({len(labelled)})")
-    rng.shuffle(labelled)
+    sha = json.loads((renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
+    kept_codes = _kept(args.code_probes, "code", sha, args.reader)
+    kept_image = _kept(args.image_probes, "image", sha, args.reader)
+    if kept_image is None and "gender" not in data.files:
+        raise ConfigError(f"{args.data} has no gender labels (prepare it from UTKFace)")
     generator._load_renderer()  # refuses a renderer of other codes before any work
     generator._load()
     if args.reader == "dlib":
-        if "emb_dlib" not in data.files:
+        if "emb_dlib" not in data.files and (kept_image is None or kept_codes is None):
             raise ConfigError(f"{args.data} has no dlib descriptors (emb_dlib); prepare it with `idmrag "
                               "prepare-data --oracles dlib,...`, or fit with --reader student")
         from idmrag_plugin.engine.oracles import build_oracle
 
         oracle = build_oracle("dlib", threads=args.threads)
-        labelled_embeddings = data["emb_dlib"][labelled].astype(np.float64)
+
+        def embed(rows: np.ndarray) -> np.ndarray:
+            return data["emb_dlib"][rows].astype(np.float64)
 
         def embed_drawn(faces: np.ndarray) -> np.ndarray:
             return np.concatenate([oracle.embed_aligned(faces[start : start + 64]) for start in range(0, len(faces), 64)])
@@ -191,26 +235,32 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
                     out.append(student(torch.as_tensor(small).permute(0, 3, 1, 2).float() / 127.5 - 1.0).numpy())
             return np.concatenate(out)
 
-        labelled_embeddings = embed_drawn(crops[labelled])
-    log_ages = np.log1p(data["age"][labelled].astype(np.float64))
-    image_gender = _logistic(labelled_embeddings, data["gender"][labelled] == 1, "image")
-    image_age = _ridge(labelled_embeddings, log_ages, "image")
-    age_net = _age_net(labelled_embeddings, log_ages, "image", args.seed) if args.age_model == "network" else None
-    low, high = np.percentile(log_ages, AGE_RANGE_PERCENTILES)
-    age_range = (float(low), float(high)) if low < high else None
-    sha = json.loads((renderer_dir / MODEL_CONFIG).read_text()).get("sha256", "")
-    if args.code_probes:
-        kept = AttributeProbes.load(args.code_probes)
-        if kept.renderer_sha256 != sha:
-            raise ConfigError(f"{args.code_probes} describes renderer {kept.renderer_sha256[:12]}, not "
-                              f"{renderer_dir}; fit the code probes afresh (without --code-probes)")
-        if kept.image_reader != args.reader:
-            raise ConfigError(f"{args.code_probes} judged drawings with the {kept.image_reader!r} reader, not "
-                              f"{args.reader!r}; pass --reader {kept.image_reader}, or fit the code probes afresh")
-        probes = AttributeProbes(image_gender, image_age, kept.code_gender, kept.code_age, sha,
-                                 image_reader=args.reader, age_range=age_range, image_age_net=age_net)
+        def embed(rows: np.ndarray) -> np.ndarray:
+            return embed_drawn(crops[rows])
+    if kept_image is not None:
+        image_gender, image_age = kept_image.image_gender, kept_image.image_age
+        age_net, age_range = kept_image.image_age_net, kept_image.age_range
+    else:
+        labelled = np.where(train & (data["gender"] >= 0) & (data["age"] >= 0))[0] if "age" in data.files else []
+        if len(labelled) < 10:
+            raise ConfigError(f"{args.data} has too few faces with gender and age labels ({len(labelled)})")
+        rng.shuffle(labelled)
+        labelled_embeddings = embed(labelled)
+        log_ages = np.log1p(data["age"][labelled].astype(np.float64))
+        image_gender = _logistic(labelled_embeddings, data["gender"][labelled] == 1, "image")
+        image_age = _ridge(labelled_embeddings, log_ages, "image")
+        age_net = _age_net(labelled_embeddings, log_ages, "image", args.seed) if args.age_model == "network" else None
+        low, high = np.percentile(log_ages, AGE_RANGE_PERCENTILES)
+        age_range = (float(low), float(high)) if low < high else None
+    # its own stream: the draws below stay those of a fit without it
+    code_tone = _tone_probe(generator, crops, np.random.default_rng([args.seed, 1]).permutation(np.where(train)[0]))
+    if kept_codes is not None:
+        probes = AttributeProbes(image_gender, image_age, kept_codes.code_gender, kept_codes.code_age, sha,
+                                 image_reader=args.reader, age_range=age_range, image_age_net=age_net,
+                                 code_tone=code_tone)
         probes.save(Path(args.output))
-        logger.info("wrote %s (code probes kept from %s)", args.output, args.code_probes)
+        logger.info("wrote %s (code probes kept from %s%s)", args.output, args.code_probes,
+                    f", image probes from {args.image_probes}" if kept_image is not None else "")
         return probes
     contexts = rng.choice(np.where(train)[0], args.draws)
     sampler = generator._sampler
@@ -233,7 +283,7 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     codes64 = codes.astype(np.float64)
     probes = AttributeProbes(image_gender, image_age, _logistic(codes64, gender_drawn, "code (as drawn)"),
                              _ridge(codes64, age_drawn, "code (as drawn)"), sha, image_reader=args.reader,
-                             age_range=age_range, image_age_net=age_net)
+                             age_range=age_range, image_age_net=age_net, code_tone=code_tone)
     probes.save(Path(args.output))
     logger.info("wrote %s", args.output)
     return probes
@@ -256,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--code-probes", default=None,
                         help="attribute probes whose code probes to keep (same renderer): refit the image probes only, "
                              "so that a code LCM trained on those code probes stays valid")
+    parser.add_argument("--image-probes", default=None,
+                        help="attribute probes whose image probes (and photo age network) to keep: with "
+                             "--code-probes, only the code tone probe is fitted")
     parser.add_argument("--age-model", choices=("network", "ridge"), default="network",
                         help="what reads a photo's age: a small network ensemble on the embedding (default), "
                              "or the linear probe alone")
