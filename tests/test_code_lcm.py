@@ -340,10 +340,23 @@ def test_packaged_code_lcm_fits_the_packaged_parts_and_replaces_a_face(make_engi
     model = CodeDiffusion.from_pretrained(packaged(CODE_LCM_DIR))
     assert model.config.kind == "lcm"
     assert model.config.codes_sha256 == codes_fingerprint(packaged(CODES_VAE_DIR))
-    assert model.config.code_probes_sha256 == AttributeProbes.load(packaged(ATTRIBUTE_PROBES_FILE)).code_fingerprint()
+    probes = AttributeProbes.load(packaged(ATTRIBUTE_PROBES_FILE))
+    assert model.config.code_probes_sha256 == probes.code_fingerprint()
     result = anonymize_with_packaged_generator(make_engine, astronaut, oracles, generator="renderer-lcm",
                                                generator_steps=1, cache_size=0)
     assert result.faces[0].attempts >= 1
+    # the packaged tone probe reads the astronaut's code darker as her face is darkened
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.generation.attributes import face_lightness
+    from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
+    from idmrag_plugin.weights import SAMPLER_FILE
+
+    crop = align_face(astronaut, result.faces[0].detection.landmarks, 128).crop
+    darkened = np.stack([np.clip(255 * (crop / 255.0) ** gamma, 0, 255).astype(np.uint8) for gamma in (0.6, 1.0, 1.6, 2.2)])
+    codec = VAEDecodeGenerator(packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE))
+    read = probes.read_tone(codec.encode(darkened)[0])
+    assert np.all(np.diff(read) < 0)
+    assert np.abs(read - face_lightness(darkened)).max() < 30  # L* 0-255; faces spread by about 25
 
 
 def test_learned_proposals_are_held_to_the_novelty_level():
@@ -446,8 +459,6 @@ def test_pseudonyms_of_the_person_s_complexion_come_first(tiny):
     person's own code's lightness come first (the furthest from the person among them leads);
     a less suited candidate never jumps ahead for its tone; without the probe the order is the
     attributes' and closeness's alone."""
-    from dataclasses import replace
-
     from idmrag_plugin.generation.attributes import TONE_TOLERANCE
     from idmrag_plugin.generation.sampler import _normalise
 
