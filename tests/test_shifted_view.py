@@ -140,6 +140,34 @@ def test_a_face_cut_by_the_frame_is_also_judged_through_the_plain_detector_s_own
     assert judged, "the plain detector found a generated cut face on both images"
 
 
+def test_a_cut_face_s_box_is_also_judged_through_the_plain_detector_s_own_box(oracles, astronaut, astronaut_face):
+    """An attacker runs FaceNet over the box their own MTCNN finds on the original and on the
+    output; on a face the frame cuts that box is the part in the frame, not the engine's."""
+    from idmrag_plugin.engine.detect import Detection, MTCNNDetector
+    from idmrag_plugin.engine.views import box_crop, crosses_border, redetect_near
+
+    facenet = _facenet(oracles)
+    x1, y1, x2, y2 = astronaut_face.box
+    top = round(y1 + 0.3 * (y2 - y1))  # 30% of the face's box above the frame
+    cut = np.ascontiguousarray(astronaut[top:])
+    whole = Detection((x1, y1 - top, x2, y2 - top), astronaut_face.score,
+                      astronaut_face.landmarks - [0.0, top], astronaut_face.detector)
+    assert crosses_border(whole.box, cut.shape)
+    output = _face_moved_by(cut, 1.0, 0.0)  # the same person, a pixel away
+    attacker = MTCNNDetector()
+    verifier = Verifier([facenet], {"facenet": 0.9, "facenet@box": 0.9}, redetector=attacker)
+    (face,) = verifier.verdicts(verifier.prepare(cut, [whole], [0]), output, [0])
+    judged = {v.oracle: v for v in face}
+    assert "facenet@box@redetected" in judged
+    before, after = redetect_near(attacker, cut, whole.box), redetect_near(attacker, output, whole.box)
+    theirs = float(cosine(facenet.embed(box_crop(cut, before, facenet.input_size)[None]),
+                          facenet.embed(box_crop(output, after, facenet.input_size)[None]))[0])
+    verdict = judged["facenet@box@redetected"]
+    assert verdict.similarity == pytest.approx(theirs, abs=1e-5)
+    assert verdict.threshold == pytest.approx(0.9)
+    assert not verdict.anonymous
+
+
 def test_redetect_near_finds_the_face_in_a_window_and_maps_it_back(engine, astronaut, astronaut_face):
     from idmrag_plugin.engine.detect import MTCNNDetector
     from idmrag_plugin.engine.views import crosses_border, redetect_near
