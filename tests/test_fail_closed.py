@@ -327,7 +327,7 @@ def test_an_obfuscation_still_matched_to_the_original_is_widened(astronaut, astr
     config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
                               negative_search=False, max_attempts=1, cache_size=0)
 
-    def run(plant: bool):
+    def run(plant: bool | str):
         anonymizer = FaceAnonymizer(config, generator=OnlyOthersGenerator(None, None),
                                     detector=PlantedDetector([astronaut_face]), oracles=oracles)
         anonymizer.generator.generate = lambda request: request.face.copy()  # fails closed
@@ -343,7 +343,7 @@ def test_an_obfuscation_still_matched_to_the_original_is_widened(astronaut, astr
                 patch = (slice(cy - 8, cy + 8), slice(cx - 8, cx + 8))
                 # looking at the obfuscation (a paste of her own face moves these pixels a little)
                 if np.abs(output[patch].astype(int) - astronaut[patch]).mean() > 20:
-                    if plant and not planted:
+                    if plant == "always" or (plant and not planted):
                         per_face[0].append(OracleVerdict("planted", 1.0, 0.5))
                         planted.append(True)
                     elif not plant:
@@ -355,6 +355,8 @@ def test_an_obfuscation_still_matched_to_the_original_is_widened(astronaut, astr
         (face,) = result.faces
         assert face.method == OBFUSCATED
         changed = np.any(np.asarray(result.pixels) != astronaut, axis=2)
+        if plant == "always":
+            assert len(planted) == len(WIDENINGS) + 1  # the widest obfuscation was judged too
         return face, changed
 
     plain, plain_changed = run(plant=False)
@@ -364,3 +366,12 @@ def test_an_obfuscation_still_matched_to_the_original_is_widened(astronaut, astr
     mask = obfuscation_mask(astronaut.shape[:2], astronaut_face, None, WIDENINGS[0])
     assert widened_changed.sum() > 1.5 * plain_changed.sum()
     assert widened_changed[mask].mean() > 0.9  # the wider region was refilled
+    assert "widest" not in widened.reason  # anonymous once widened: judged there, nothing to say
+
+    # matched however wide: widened to the widest, judged there, and the report says so
+    stuck, stuck_changed = run(plant="always")
+    for level in WIDENINGS:
+        assert f"obfuscated {level:g}x wider" in stuck.reason
+    assert "its widest obfuscation still matched the original in planted" in stuck.reason
+    widest = obfuscation_mask(astronaut.shape[:2], astronaut_face, None, WIDENINGS[-1])
+    assert stuck_changed[widest].mean() > 0.9

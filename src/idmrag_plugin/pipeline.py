@@ -119,7 +119,8 @@ class _Job:
     failed: list[FaceReport] = field(default_factory=list)
     originals: OriginalViews | None = None
     regions: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
-    #: per obfuscated face, how many of obfuscate.WIDENINGS its region has been widened by
+    #: per obfuscated face, how many of obfuscate.WIDENINGS its region has been widened by (one
+    #: more: still matched at the widest, said in its report)
     widened: dict[int, int] = field(default_factory=dict)
     #: a dark or washed-out photo, one with a face in deep shadow, or a film negative is worked
     #: on levelled or inverted (``pixels`` and ``output`` are that copy): its tone map and the
@@ -614,25 +615,35 @@ class FaceAnonymizer:
         one level more each time) where one still matches it to the original: the fill leaves
         the head's outline, hair, ears and neck, and on LFW the faces that fail closed are the
         ones whose context is most like them (the bench's FaceNet judge matched one such face at
-        0.62, threshold 0.53). The boxes of the regions refilled again."""
+        0.62, threshold 0.53). The boxes of the regions refilled again.
+
+        The widest obfuscation is judged too, and a face still matched there says so in its
+        report (and the log): on faces the frame cuts, dlib's chips are mostly the black fill
+        past the frame on both images, and there a face filled with grey can match as well
+        (``benchmarks/blank_views.py``), which no wider fill changes."""
         if job.originals is None:
             return []
         replaceable = {f.index for f in job.replaceable}
         pending = [f for f in job.faces if f.method == OBFUSCATED and f.index in replaceable
-                   and job.widened.get(f.index, 0) < len(WIDENINGS)]
+                   and job.widened.get(f.index, 0) <= len(WIDENINGS)]
         regions: list[tuple[int, int, int, int] | None] = []
         while pending:
             with _timed(job.timings, "verify"):
                 (judged,) = self.verifier.verdicts_many([(job.originals, job.output, [f.index for f in pending])])
-            matched = [face for face, verdicts in zip(pending, judged, strict=True)
-                       if not all(v.anonymous for v in verdicts)]
+            matched = [(face, [v.oracle for v in verdicts if not v.anonymous])
+                       for face, verdicts in zip(pending, judged, strict=True) if not all(v.anonymous for v in verdicts)]
             with _timed(job.timings, "obfuscate"):
-                for face in matched:
+                for face, views in matched:
                     level = job.widened.get(face.index, 0)
                     job.widened[face.index] = level + 1
+                    if level == len(WIDENINGS):
+                        face.reason += f"; its widest obfuscation still matched the original in {', '.join(views)}"
+                        logger.warning("face %d: its widest obfuscation (%gx) still matched the original in %s",
+                                       face.index, WIDENINGS[-1], ", ".join(views))
+                        continue
                     face.reason += f"; its obfuscation still matched the original: obfuscated {WIDENINGS[level]:g}x wider"
                     regions.append(_obfuscate(job, face, WIDENINGS[level]))
-            pending = [f for f in matched if job.widened[f.index] < len(WIDENINGS)]
+            pending = [f for f, _ in matched if job.widened[f.index] <= len(WIDENINGS)]
         return regions
 
     def _verify_beside_obfuscated(self, job: _Job, regions: list[tuple[int, int, int, int] | None]) -> None:
