@@ -43,7 +43,7 @@ from border_eval import _cut  # the same cuts as the detection benchmark
 from PIL import Image
 from rotation_eval import photos  # the same photos: the second of each identity
 
-from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin import AnonymizationResult, AnonymizerConfig, FaceAnonymizer, FaceReport
 from idmrag_plugin.engine.detect import MTCNNDetector, box_iou, central_face
 from idmrag_plugin.engine.oracles import cosine, face_model_file
 from idmrag_plugin.engine.views import box_crop, box_view_name
@@ -76,6 +76,20 @@ class FaceRecognitionPipeline:
         return np.asarray(self.model.compute_face_descriptor(image, shape, 1))
 
 
+def anonymized_cut(engine: FaceAnonymizer, original: np.ndarray, box: tuple[float, ...], number: int,
+                   share: float) -> tuple[np.ndarray, AnonymizationResult, FaceReport | None]:
+    """``original`` with the face at ``box`` cut by one border (the ``number``-th of
+    ``CUT_SIDES`` in turn, ``share`` of the box outside, as border_eval.py cuts it), the engine's
+    result on it, and the engine's face for the cut one (None when it found none there)."""
+    cut_photo, visible = _cut(original, box, CUT_SIDES[number % 4], share)
+    cut_photo = np.ascontiguousarray(cut_photo)
+    result = engine.anonymize(cut_photo)
+    face = max(result.faces, key=lambda f: box_iou(f.detection.box, visible), default=None)
+    if face is None or box_iou(face.detection.box, visible) < 0.3:
+        face = None
+    return cut_photo, result, face
+
+
 def _nearest(detections: list, box: tuple[float, ...]):
     """The detection overlapping ``box`` most (IoU at least 0.3), or None."""
     near = [d for d in detections if box_iou(d.box, box) >= 0.3]
@@ -103,13 +117,9 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], jitter: float, draws: in
         if subject is None:
             continue
         if cut:
-            # the face cut by one border (in turn), as border_eval.py cuts it; the engine's
-            # detection of the cut face is the one judged
-            cut_photo, visible = _cut(original, subject.box, CUT_SIDES[number % 4], cut)
-            original = np.ascontiguousarray(cut_photo)
-            result = engine.anonymize(original)
-            face = max(result.faces, key=lambda f: box_iou(f.detection.box, visible), default=None)
-            if face is None or box_iou(face.detection.box, visible) < 0.3:
+            # the engine's detection of the cut face is the one judged
+            original, result, face = anonymized_cut(engine, original, subject.box, number, cut)
+            if face is None:
                 continue
             subject = face.detection
         else:

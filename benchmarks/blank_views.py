@@ -24,16 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from border_eval import _cut  # the same cuts as the detection benchmark
+from attacker_eval import anonymized_cut  # the same cuts as the attacker eval
 from PIL import Image
 from rotation_eval import photos  # the same photos: the second of each identity
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
-from idmrag_plugin.engine.detect import Detection, MTCNNDetector, box_iou, central_face
+from idmrag_plugin.engine.detect import Detection, MTCNNDetector, central_face
 from idmrag_plugin.engine.obfuscate import WIDENINGS
 from idmrag_plugin.engine.oracles import cosine
 
-CUT_SIDES = ("left", "right", "top", "bottom")
 GREY = 128
 
 
@@ -57,11 +56,8 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], cut: float) -> dict:
         subject = central_face(detector.detect(original), original.shape)
         if subject is None:
             continue
-        cut_photo, visible = _cut(original, subject.box, CUT_SIDES[number % 4], cut)
-        cut_photo = np.ascontiguousarray(cut_photo)
-        result = engine.anonymize(cut_photo)
-        face = max(result.faces, key=lambda f: box_iou(f.detection.box, visible), default=None)
-        if face is None or box_iou(face.detection.box, visible) < 0.3:
+        cut_photo, _, face = anonymized_cut(engine, original, subject.box, number, cut)
+        if face is None:
             continue
         blank = blanked(cut_photo, face.detection)
         row: dict[str, object] = {"photo": path.name, "method": face.method, "attempts": face.attempts}
