@@ -630,8 +630,8 @@ class FaceAnonymizer:
         while pending:
             with _timed(job.timings, "verify"):
                 (judged,) = self.verifier.verdicts_many([(job.originals, job.output, [f.index for f in pending])])
-            matched = [(face, [v.oracle for v in verdicts if not v.anonymous])
-                       for face, verdicts in zip(pending, judged, strict=True) if not all(v.anonymous for v in verdicts)]
+            matched = [(face, views) for face, verdicts in zip(pending, judged, strict=True)
+                       if (views := [v.oracle for v in verdicts if not v.anonymous])]
             with _timed(job.timings, "obfuscate"):
                 for face, views in matched:
                     level = job.widened.get(face.index, 0)

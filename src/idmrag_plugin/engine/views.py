@@ -355,19 +355,23 @@ class Verifier:
             if now is None:
                 continue  # the attacker's detector finds no face to compare
             for oracle in self.oracles:
+                # the aligned crop, and the whole box for a box-view oracle: one forward per image
                 key = (oracle.name, "redetected", index)
                 if key not in originals.exact:
-                    originals.exact[key] = oracle.embed_faces(originals.pixels, [before.landmarks])[0]
-                sim = float(cosine(originals.exact[key][None], oracle.embed_faces(output, [now.landmarks]))[0])
-                slot.append(OracleVerdict(redetected_view_name(oracle.name), sim, self.threshold(oracle, "redetected")))
-            for oracle in self.box_oracles:
-                key = (oracle.name, "redetected box", index)
-                if key not in originals.exact:
-                    originals.exact[key] = oracle.embed(box_crop(originals.pixels, before, oracle.input_size)[None])[0]
-                now_box = oracle.embed(box_crop(output, now, oracle.input_size)[None])
-                sim = float(cosine(originals.exact[key][None], now_box)[0])
-                slot.append(OracleVerdict(redetected_view_name(box_view_name(oracle.name)), sim,
-                                          self.threshold(oracle, "box")))
+                    originals.exact[key] = oracle.embed(self._redetected_crops(oracle, originals.pixels, before))
+                sims = cosine(originals.exact[key], oracle.embed(self._redetected_crops(oracle, output, now)))
+                slot.append(OracleVerdict(redetected_view_name(oracle.name), float(sims[0]),
+                                          self.threshold(oracle, "redetected")))
+                if len(sims) > 1:
+                    slot.append(OracleVerdict(redetected_view_name(box_view_name(oracle.name)), float(sims[1]),
+                                              self.threshold(oracle, "box")))
+
+    def _redetected_crops(self, oracle: FaceOracle, image: np.ndarray, detection: Detection) -> np.ndarray:
+        """``detection``'s aligned crop, and for a box-view oracle its whole box, stacked."""
+        crops = oracle.crops(image, [detection.landmarks])
+        if oracle not in self.box_oracles:
+            return crops
+        return np.concatenate([crops, box_crop(image, detection, oracle.input_size)[None]])
 
     def _view_crop(self, oracle: FaceOracle, view: str, image: np.ndarray, detection: Detection) -> np.ndarray:
         if view == "box":

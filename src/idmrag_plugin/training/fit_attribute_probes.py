@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -67,36 +68,39 @@ def _ridge_alpha(x: np.ndarray, y: np.ndarray, folds: int = 5) -> float:
     return max(alpha for alpha, mean in zip(RIDGE_ALPHAS, means, strict=True) if mean <= limit)
 
 
+def _held_out_ridge(x: np.ndarray, y: np.ndarray, alpha: float,
+                    units: Callable[[np.ndarray], np.ndarray] = np.asarray) -> tuple[np.ndarray, float, float, float]:
+    """A ridge regression fitted on 4/5 of the rows to report, then on all: its weights and bias,
+    the held-out mean absolute error and that of predicting the mean (both in ``units`` of y)."""
+    from sklearn.linear_model import Ridge
+
+    cut = len(x) * 4 // 5
+    held_out = np.abs(units(Ridge(alpha).fit(x[:cut], y[:cut]).predict(x[cut:])) - units(y[cut:])).mean()
+    guess = np.abs(units(y[:cut]).mean() - units(y[cut:])).mean()
+    model = Ridge(alpha).fit(x, y)
+    return model.coef_.astype(np.float64), float(model.intercept_), float(held_out), float(guess)
+
+
 def _ridge(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, float]:
     """Weights and bias of a ridge regression of log(1 + years), its penalty chosen by
     cross-validation (:func:`_ridge_alpha`), fitted on 4/5 of the rows to report, then on all."""
-    from sklearn.linear_model import Ridge
-
     alpha = _ridge_alpha(x, y) if len(x) >= 50 else RIDGE_ALPHAS[0]
-    cut = len(x) * 4 // 5
-    held_out = np.abs(np.expm1(Ridge(alpha).fit(x[:cut], y[:cut]).predict(x[cut:])) - np.expm1(y[cut:])).mean()
-    model = Ridge(alpha).fit(x, y)
+    weight, bias, held_out, guess = _held_out_ridge(x, y, alpha, np.expm1)
     logger.info("%s age probe (ridge alpha %g): %.1f years mean absolute error on %d held-out rows "
-                "(%.1f predicting the mean)", what, alpha, held_out, len(x) - cut,
-                np.abs(np.expm1(y[:cut]).mean() - np.expm1(y[cut:])).mean())
-    return model.coef_.astype(np.float64), float(model.intercept_)
+                "(%.1f predicting the mean)", what, alpha, held_out, len(x) - len(x) * 4 // 5, guess)
+    return weight, bias
 
 
 def _tone_probe(generator, crops: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
     """Weights and bias of a ridge regression of the faces' lightness (:func:`face_lightness`)
     on their identity codes, ``rows`` of ``crops`` (in random order), fitted on 4/5 of them to
     report, then on all."""
-    from sklearn.linear_model import Ridge
-
     codes = np.concatenate([generator.encode(crops[rows[start : start + 256]])[0]
                             for start in range(0, len(rows), 256)]).astype(np.float64)
-    tone = face_lightness(crops[rows])
-    cut = len(rows) * 4 // 5
-    held_out = np.abs(Ridge(TONE_RIDGE_ALPHA).fit(codes[:cut], tone[:cut]).predict(codes[cut:]) - tone[cut:]).mean()
+    weight, bias, held_out, guess = _held_out_ridge(codes, face_lightness(crops[rows]), TONE_RIDGE_ALPHA)
     logger.info("code tone probe: lightness read to %.1f (L*, 0-255) on %d held-out faces (%.1f predicting the mean)",
-                held_out, len(rows) - cut, np.abs(tone[:cut].mean() - tone[cut:]).mean())
-    model = Ridge(TONE_RIDGE_ALPHA).fit(codes, tone)
-    return model.coef_.astype(np.float64), float(model.intercept_)
+                held_out, len(rows) - len(rows) * 4 // 5, guess)
+    return weight, bias
 
 
 #: The photo age network (``AgeNet``): members, hidden units, epochs, dropout, weight decay.
