@@ -18,7 +18,12 @@ from idmrag_plugin import (
     GenerationRequest,
     ModelLoadError,
 )
-from idmrag_plugin.generation.attributes import READING_DECIMALS, AttributeProbes, Reading
+from idmrag_plugin.generation.attributes import (
+    READING_DECIMALS,
+    AttributeProbes,
+    Reading,
+    face_lightness,
+)
 from idmrag_plugin.generation.code_diffusion import (
     CodeDiffusion,
     CodeDiffusionConfig,
@@ -55,6 +60,12 @@ def test_round_trip_and_deterministic_sampling(tmp_path):
         sample_codes(loaded, cond, 0)
     with pytest.raises(ConfigError, match="kind"):
         CodeDiffusionConfig(kind="gan")
+    # a model saved before the tone was a condition loads as conditioned on gender and age
+    assert loaded.config.conditions == ["gender", "age"] and not loaded.config.on_tone
+    with pytest.raises(ConfigError, match="conditioned on"):
+        CodeDiffusionConfig(conditions=["gender", "tone"])
+    with pytest.raises(ConfigError, match="tones for"):
+        condition_of([Reading(True, THIRTY)], [100.0, 120.0])
     (tmp_path / "lcm" / "model.safetensors").write_bytes(b"corrupt")
     with pytest.raises(ModelLoadError, match="sha256"):
         CodeDiffusion.from_pretrained(tmp_path / "lcm")
@@ -86,7 +97,10 @@ def tiny(tmp_path_factory):
     _planted_probes(sha).save(root / "probes.safetensors")
     rng = np.random.default_rng(0)
     n = 256
-    np.savez(root / "data.npz", crops=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+    # faces from dark to light, so that the codes say something of the lightness the model is conditioned on
+    brightness = rng.uniform(0.15, 1.0, (n, 1, 1, 1))
+    crops = (rng.integers(0, 256, (n, 32, 32, 3)) * brightness).astype(np.uint8)
+    np.savez(root / "data.npz", crops=crops,
              identity=np.repeat(np.arange(n // 2), 2).astype(np.int32),
              split=np.array(["train"] * (n - HELD_OUT) + ["val"] * HELD_OUT),
              emb_facenet=rng.standard_normal((n, 512)).astype(np.float32))
@@ -140,9 +154,37 @@ def test_samples_follow_the_condition(tiny):
     for folder, steps in (("teacher", 20), ("lcm", 4)):
         model = CodeDiffusion.from_pretrained(root / "run" / folder)
         for gender in (True, False):
-            codes = sample_codes(model, condition_of([Reading(gender, THIRTY)] * 200), steps, generator_for(b"s"))
+            codes = sample_codes(model, condition_of([Reading(gender, THIRTY)] * 200, [100.0] * 200), steps,
+                                 generator_for(b"s"))
             agree = np.mean([r.gender == gender for r in probes.read_code(codes)])
             assert agree >= 0.75, (folder, gender, agree)
+
+
+def test_samples_follow_the_face_s_lightness(tiny):
+    """Codes drawn for a dark face lie among the codes of the training set's dark faces, codes
+    drawn for a light one among its light faces': without the tone, dark-skinned people got
+    pseudonyms of light-skinned faces."""
+    from idmrag_plugin.training.train_code_lcm import training_codes, training_tones
+
+    root, *_ = tiny
+    codes = training_codes(root / "data.npz", root / "codes", torch.device("cpu")).numpy()
+    tones = training_tones(root / "data.npz")
+    assert tones.shape == (len(codes),)
+    dark, light = np.percentile(tones, [10, 90])
+
+    def nearest_tone(model: CodeDiffusion, steps: int, tone: float) -> float:
+        """The median lightness of the training faces nearest to codes drawn for ``tone``."""
+        drawn = sample_codes(model, condition_of([Reading(True, THIRTY)] * 200, [tone] * 200), steps,
+                             generator_for(b"s"))
+        distance = (((drawn[:, None] - codes[None]) / np.asarray(model.config.code_std)) ** 2).sum(-1)
+        return float(np.median(tones[distance.argmin(1)]))
+
+    for folder, steps in (("teacher", 20), ("lcm", 4)):
+        model = CodeDiffusion.from_pretrained(root / "run" / folder)
+        assert model.config.conditions == ["gender", "age", "tone"]
+        assert nearest_tone(model, steps, dark) < nearest_tone(model, steps, light) - 0.3 * (light - dark), folder
+    with pytest.raises(ConfigError, match="conditioned on"):
+        model(torch.zeros(1, ID_DIM), torch.zeros(1), condition_of([Reading(True, THIRTY)]))
 
 
 def _generator(root, **kwargs) -> RendererLCMGenerator:
@@ -174,9 +216,12 @@ def test_generator_draws_acceptable_suited_pseudonyms(tiny):
 
     (wanted,) = generator._readings.values()  # label 1, 30 years (rounded as photo readings are)
     assert wanted.gender and wanted.log_age == round(THIRTY, READING_DECIMALS)
+    assert wanted.tone == round(face_lightness(face[None])[0])  # the photo's face lightness, in whole steps
+    assert generator.condition(wanted, code, 3).shape == (3, 3)
 
     def candidates_of(attempt: int) -> np.ndarray:
-        return sample_codes(generator._load_code_model(), condition_of([wanted] * CANDIDATES), 2,
+        return sample_codes(generator._load_code_model(), generator.condition(wanted, generator._seed_code(code),
+                                                                              CANDIDATES), 2,
                             generator_for(pseudonym_key(b"s", generator._seed_code(code), attempt)))
 
     for attempt in range(SUITED_ATTEMPTS):
@@ -203,7 +248,7 @@ def test_every_photo_of_a_person_gets_the_same_pseudonym(tiny):
     root, *_ = tiny
     generator = _generator(root, steps=2, secret=b"s")
     generator._load_code_model().config.novelty_cos = 0.9999
-    face = np.random.default_rng(3).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    face = (np.random.default_rng(3).integers(0, 256, (128, 128, 3)) * 0.7).astype(np.uint8)  # mid-tone, as most training faces
     generator.generate(GenerationRequest(face, attempt=0, seed=7))  # the person's first photo
     # one person's photos lie within the sampler's same-person level: loosened as for the tiny
     # codes model, whose candidates are all within 0.82-0.93 of this face's code
@@ -211,7 +256,8 @@ def test_every_photo_of_a_person_gets_the_same_pseudonym(tiny):
     first = generator.encode(face[None])[0][0].astype(np.float64)
     chosen = generator.replacement_code(first, 0)
     (wanted,) = generator._readings.values()
-    candidates = sample_codes(generator._load_code_model(), condition_of([wanted] * CANDIDATES), 2,
+    candidates = sample_codes(generator._load_code_model(), generator.condition(wanted, generator._seed_code(first),
+                                                                                CANDIDATES), 2,
                               generator_for(pseudonym_key(b"s", generator._seed_code(first), 0)))
     probes = AttributeProbes.load(root / "probes.safetensors")
     mismatch = np.array([probes.mismatch(wanted, r) for r in probes.read_code(candidates)])
@@ -456,9 +502,10 @@ def test_a_person_pseudonym_is_one_drawn_clean_in_the_speckle_reference(tiny):
 
 def test_pseudonyms_of_the_person_s_complexion_come_first(tiny):
     """With a code tone probe, the suited candidates whose faces are within TONE_TOLERANCE of the
-    person's own code's lightness come first (the furthest from the person among them leads);
-    a less suited candidate never jumps ahead for its tone; without the probe the order is the
-    attributes' and closeness's alone."""
+    lightness they were written for (the person's face's in their photo) come first (the
+    furthest from the person among them leads); a less suited candidate never jumps ahead for its
+    tone; without the probe the order is the attributes' and closeness's alone. Above the
+    condition's ceiling any candidate light enough suits."""
     from idmrag_plugin.generation.attributes import TONE_TOLERANCE
     from idmrag_plugin.generation.sampler import _normalise
 
@@ -466,29 +513,46 @@ def test_pseudonyms_of_the_person_s_complexion_come_first(tiny):
     generator = _generator(root, steps=2, secret=b"s")
     generator._load_code_model().config.novelty_cos = 0.9999
     generator.speckled_in_reference = lambda c: False  # type: ignore[method-assign]
-    face = np.random.default_rng(6).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    face = (np.random.default_rng(6).integers(0, 256, (128, 128, 3)) * 0.7).astype(np.uint8)  # below the ceiling
     code = generator.encode(face[None])[0][0]
     generator._note_person(code, face)
     probes, student = generator._attribute_keeping()
     untoned = generator._ranked_candidates(code, 0, 0)
     assert untoned is not None and len(untoned) > 4
     seed = generator._seed_code(code)
-    # lightness read along the third code value: the person's own at 0 on it
+    wanted = generator._readings[seed.tobytes()]
+    ceiling = generator._load_code_model().config.tone_ceiling
+    assert wanted.tone is not None and wanted.tone < ceiling - TONE_TOLERANCE
+    # lightness read along the third code value; the person's own code reads lighter than their
+    # photo (as the probe reads many dark-skinned people's): the photo's lightness is the target
     weight = np.zeros(ID_DIM)
     weight[2] = 1.0
     spread = np.abs((untoned - seed) @ weight).max()
-    generator._probes = (replace(probes, code_tone=(weight * 4 * TONE_TOLERANCE / spread, -4 * TONE_TOLERANCE / spread * seed @ weight)),
-                         student)
-    toned = generator._ranked_candidates(code, 0, 0)
-    assert sorted(map(bytes, toned)) == sorted(map(bytes, untoned))  # the same acceptable pool, reordered
-    gap = np.abs(generator._probes[0].read_tone(toned) - generator._probes[0].read_tone(seed[None])[0])
-    mismatch = np.array([probes.mismatch(generator._readings[seed.tobytes()], r) for r in probes.read_code(toned)])
-    within = gap <= TONE_TOLERANCE
-    assert within.any() and not within.all()
-    for level in np.unique(mismatch):  # within each level of suitability, the complexion's first
-        tier = within[mismatch == level]
-        assert not np.any(tier[1:] & ~tier[:-1]), "an off-tone candidate ahead of one of the person's tone"
-    assert np.all(np.diff(mismatch) >= 0)  # the attributes still come first
+    slope = 4 * TONE_TOLERANCE / spread
+    own_read = wanted.tone + 1.5 * TONE_TOLERANCE
+    generator._probes = (replace(probes, code_tone=(weight * slope, own_read - slope * seed @ weight)), student)
+
+    def ranked_within(target: float, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ranked candidates, their attribute mismatch and whether each suits ``target``."""
+        toned = generator._ranked_candidates(code, 0, 0)
+        assert sorted(map(bytes, toned)) == sorted(map(bytes, pool))  # the same acceptable pool, reordered
+        read = generator._probes[0].read_tone(toned)
+        within = read >= ceiling - TONE_TOLERANCE if target >= ceiling else np.abs(read - target) <= TONE_TOLERANCE
+        mismatch = np.array([probes.mismatch(wanted, r) for r in probes.read_code(toned)])
+        assert within.any() and not within.all()
+        for level in np.unique(mismatch):  # within each level of suitability, the complexion's first
+            tier = within[mismatch == level]
+            assert not np.any(tier[1:] & ~tier[:-1]), "an off-tone candidate ahead of one of the person's tone"
+        assert np.all(np.diff(mismatch) >= 0)  # the attributes still come first
+        return toned, mismatch, within
+
+    toned, mismatch, within = ranked_within(wanted.tone, untoned)
     first = toned[(mismatch == mismatch[0]) & within]
     closeness = _normalise(first) @ _normalise(seed)
     assert np.all(np.diff(closeness) >= 0)  # least like the person first among them
+    # a light photo: the candidates (written for the ceiling) that read light enough come first
+    generator._readings[seed.tobytes()] = replace(wanted, tone=ceiling + 40.0)
+    generator._probes = (probes, student)
+    light_pool = generator._ranked_candidates(code, 0, 0)
+    generator._probes = (replace(probes, code_tone=(weight * slope, ceiling - slope * seed @ weight)), student)
+    ranked_within(ceiling + 40.0, light_pool)

@@ -52,10 +52,12 @@ TONE_TOLERANCE = 8.0
 
 @dataclass(frozen=True)
 class Reading:
-    """A perceived gender (True: the data's label 1, UTKFace's female) and log(1 + years)."""
+    """A perceived gender (True: the data's label 1, UTKFace's female) and log(1 + years), and
+    where it was read from a photo's crop, the face's lightness there (:func:`face_lightness`)."""
 
     gender: bool
     log_age: float
+    tone: float | None = None
 
     @property
     def years(self) -> float:

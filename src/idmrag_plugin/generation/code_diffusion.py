@@ -3,7 +3,11 @@
 The renderer draws a face from an identity code; this model writes that code. It is a
 diffusion model over the codes model's ``z_id`` (the renderer's identity space), conditioned
 on the perceived gender and age the renderer should draw (the readings of
-:mod:`idmrag_plugin.generation.attributes`), trained on the codes of real training faces
+:mod:`idmrag_plugin.generation.attributes`) and, in models trained with it, the lightness of the
+person's face in their photo (:func:`~idmrag_plugin.generation.attributes.face_lightness`: without
+it the model wrote pseudonyms of light complexions for nearly everyone, since most training faces
+are light, and dark-skinned people were drawn with light-skinned features), trained on the codes
+of real training faces
 (so its samples lie on the identity manifold) with classifier-free guidance, then
 consistency-distilled so that diffusers' ``LCMScheduler`` samples it in 1-4 steps with the
 guidance built in. Its candidates still pass the identity sampler's rejection (distinct from
@@ -31,10 +35,21 @@ from idmrag_plugin.generation.attributes import Reading
 from idmrag_plugin.generation.latent_diffusion import _diffusers, make_scheduler
 
 KINDS = ("teacher", "lcm")
-#: The condition: gender (+1 for the data's label 1, -1 otherwise) and standardised log-age.
-COND_DIM = 2
+#: What a model can be conditioned on, in this order: gender (+1 for the data's label 1, -1
+#: otherwise), standardised log-age and standardised face lightness ("tone").
+CONDITIONS = ("gender", "age", "tone")
+#: The conditions of models trained before the tone was one.
+GENDER_AGE = ("gender", "age")
 #: log(1 + years) is centred and scaled by these before it conditions the model.
 LOG_AGE_CENTER, LOG_AGE_SCALE = 3.4, 0.7
+#: A face's lightness (CIELAB L*, OpenCV's 0-255) is centred and scaled by these.
+TONE_CENTER, TONE_SCALE = 140.0, 30.0
+#: Lightness above this conditions as this (the training faces' median, 155): the condition
+#: is there so that darker faces get pseudonyms of their complexion; above the median a
+#: photo's lightness says more about its exposure than about the person, and codes written for
+#: the lightest tones were drawn speckled (all eight of a face at 208 against three of eight
+#: unconditioned).
+TONE_CEILING = 155.0
 
 
 @dataclass
@@ -60,16 +75,32 @@ class CodeDiffusionConfig:
     # Its samples may be no closer to a training identity's mean code than this: the 99th
     # percentile of held-out people's nearest training identity (0: the sampler's distinct_cos).
     novelty_cos: float = 0.0
+    conditions: list[str] = field(default_factory=lambda: list(GENDER_AGE))
+    tone_ceiling: float = TONE_CEILING  # lightness above it conditions as it (see TONE_CEILING)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if tuple(self.conditions) not in (GENDER_AGE, CONDITIONS):
+            raise ConfigError(f"a code model is conditioned on {GENDER_AGE} or {CONDITIONS}, got {self.conditions}")
+
+    @property
+    def on_tone(self) -> bool:
+        return "tone" in self.conditions
 
 
-def condition_of(readings: Sequence[Reading]) -> torch.Tensor:
-    """(N, COND_DIM) conditioning vectors of perceived gender and age readings."""
-    return torch.tensor([[1.0 if r.gender else -1.0, (r.log_age - LOG_AGE_CENTER) / LOG_AGE_SCALE]
-                         for r in readings], dtype=torch.float32)
+def condition_of(readings: Sequence[Reading], tones: Sequence[float] | np.ndarray | None = None,
+                 tone_ceiling: float = TONE_CEILING) -> torch.Tensor:
+    """(N, 2) conditioning vectors of perceived gender and age readings, or (N, 3) with the
+    faces' lightness ``tones`` (:func:`~idmrag_plugin.generation.attributes.face_lightness`),
+    held to at most ``tone_ceiling`` (the model's ``config.tone_ceiling``)."""
+    rows = [[1.0 if r.gender else -1.0, (r.log_age - LOG_AGE_CENTER) / LOG_AGE_SCALE] for r in readings]
+    if tones is not None:
+        if len(tones) != len(rows):
+            raise ConfigError(f"{len(tones)} tones for {len(rows)} readings")
+        rows = [[*row, (min(float(tone), tone_ceiling) - TONE_CENTER) / TONE_SCALE]
+                for row, tone in zip(rows, tones, strict=True)]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(GENDER_AGE) + (tones is not None))
 
 
 class _Block(nn.Module):
@@ -97,7 +128,7 @@ class CodeDiffusion(nn.Module):
         embeddings = _diffusers().models.embeddings
         self.time_proj = embeddings.Timesteps(128, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = embeddings.TimestepEmbedding(128, config.hidden)
-        self.cond_embed = nn.Sequential(nn.Linear(COND_DIM, config.hidden), nn.SiLU(),
+        self.cond_embed = nn.Sequential(nn.Linear(len(config.conditions), config.hidden), nn.SiLU(),
                                         nn.Linear(config.hidden, config.hidden))
         self.null_cond = nn.Parameter(torch.zeros(config.hidden))  # "no condition", for guidance
         self.inp = nn.Linear(config.id_dim, config.hidden)
@@ -112,8 +143,12 @@ class CodeDiffusion(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 keep_cond: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, id_dim) standardised noisy codes, t (N,), cond (N, COND_DIM); ``keep_cond``
-        (N,) bool, False where the condition is dropped (guidance's unconditional branch)."""
+        """x (N, id_dim) standardised noisy codes, t (N,), cond (N, len(config.conditions));
+        ``keep_cond`` (N,) bool, False where the condition is dropped (guidance's unconditional
+        branch)."""
+        if cond.shape[-1] != len(self.config.conditions):
+            raise ConfigError(f"this code model is conditioned on {self.config.conditions}, "
+                              f"got conditions of {cond.shape[-1]} values")
         emb = self.time_embed(self.time_proj(t.reshape(-1).expand(x.shape[0])).to(x.dtype))
         c = self.cond_embed(cond)
         if keep_cond is not None:
@@ -162,7 +197,7 @@ def generator_for(key: bytes) -> torch.Generator:
 @torch.inference_mode()
 def sample_codes(model: CodeDiffusion, cond: torch.Tensor, steps: int,
                  generator: torch.Generator | None = None) -> np.ndarray:
-    """Codes (N, id_dim) for conditions (N, COND_DIM), denoised from Gaussian noise in ``steps``."""
+    """Codes (N, id_dim) for conditions (N, len(model.config.conditions)), denoised from Gaussian noise in ``steps``."""
     if steps < 1:
         raise ConfigError(f"sampling steps must be at least 1, got {steps}")
     c = model.config

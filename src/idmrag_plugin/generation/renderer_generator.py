@@ -16,6 +16,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,7 @@ from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS
 from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
-from idmrag_plugin.generation.attributes import AttributeProbes, Reading
+from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
@@ -252,6 +253,8 @@ class RendererGenerator(VAEDecodeGenerator):
             reading = probes.read_image(np.asarray(embedding, np.float64)[None])[0]
         else:
             reading = probes.read_image(self._student_embedding(face, keeping[1]))[0]
+        # whole L* steps: the reading conditions the pseudonym, which must not depend on where the engine ran
+        reading = replace(reading, tone=float(np.round(face_lightness(face[None])[0])))
         with self._lock:
             self._readings.setdefault(person, reading)
 

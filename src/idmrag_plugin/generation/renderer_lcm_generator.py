@@ -3,8 +3,8 @@
 The one-pass renderer draws pseudonym codes from the identity sampler's Gaussian mixture and
 redraws them until the renderer would draw the person's perceived gender and age. Here the
 consistency-distilled diffusion model of :mod:`idmrag_plugin.generation.code_diffusion`
-writes the candidates directly for that gender and age (1-4 steps, a batch of candidates at
-once); the sampler's rules still decide which are acceptable (distinct from the original,
+writes the candidates directly for that gender and age, and the lightness of the person's face
+in their first photo (1-4 steps, a batch of candidates at once); the sampler's rules still decide which are acceptable (distinct from the original,
 realistic, and nobody real: no closer to a training identity than 99% of unseen people are,
 the model's recorded ``novelty_cos``); among the candidates the renderer draws closest to the
 person's attributes (and, with a tone probe, complexion), the one least like the person's
@@ -24,7 +24,7 @@ import numpy as np
 
 from idmrag_plugin.config import DEFAULT_FACE_BLEND
 from idmrag_plugin.errors import ModelLoadError
-from idmrag_plugin.generation.attributes import TONE_TOLERANCE
+from idmrag_plugin.generation.attributes import TONE_TOLERANCE, Reading
 from idmrag_plugin.generation.renderer_generator import RendererGenerator
 from idmrag_plugin.generation.sampler import _normalise, pseudonym_key
 from idmrag_plugin.generation.vae_generator import SUITED_ATTEMPTS
@@ -135,6 +135,31 @@ class RendererLCMGenerator(RendererGenerator):
         extra = [self.replacement_code(code, attempt, variant) for variant in range(1, 1 + count - len(ranked))]
         return np.concatenate([ranked, np.reshape(extra, (-1, ranked.shape[1]))]) if extra else ranked
 
+    def condition(self, wanted: Reading, seed: np.ndarray, count: int):
+        """The code model's condition (count, C) for a person read as ``wanted`` whose registered
+        code is ``seed``: their gender and age and, for a model conditioned on it, their face's
+        lightness in their first photo (for a reading without it, the tone probe's reading of
+        ``seed``)."""
+        from idmrag_plugin.generation.code_diffusion import condition_of
+
+        if not self._load_code_model().config.on_tone:
+            return condition_of([wanted] * count)
+        tone = self._wanted_tone(wanted, seed)
+        if tone is None:
+            raise ModelLoadError(f"{self.code_model_dir} is conditioned on the face's lightness, which this "
+                                 "reading lacks and the attribute probes cannot read from a code")
+        return condition_of([wanted] * count, [float(np.round(tone))] * count, self._load_code_model().config.tone_ceiling)
+
+    def _wanted_tone(self, wanted: Reading, seed: np.ndarray) -> float | None:
+        """The lightness a pseudonym should have: for a code model conditioned on it, the
+        person's face's in their first photo (its condition); otherwise, or for a reading
+        without it, the tone probe's reading of the person's code (None without that probe)."""
+        if wanted.tone is not None and self._load_code_model().config.on_tone:
+            return wanted.tone
+        keeping = self._attribute_keeping()
+        read = None if keeping is None else keeping[0].read_tone(np.asarray(seed)[None])
+        return None if read is None else float(read[0])
+
     def _ranked_candidates(self, code: np.ndarray, attempt: int, variant: int) -> np.ndarray | None:
         """The candidate codes (M, D) of one LCM batch that pass the sampler's rules, best
         first; None where the sampler's own draws are used instead."""
@@ -147,14 +172,10 @@ class RendererLCMGenerator(RendererGenerator):
             # After a few unverified drawings a pseudonym of other attributes beats failing
             # closed: the sampler's unconstrained draws, as for the one-pass renderer.
             return None
-        from idmrag_plugin.generation.code_diffusion import (
-            condition_of,
-            generator_for,
-            sample_codes,
-        )
+        from idmrag_plugin.generation.code_diffusion import generator_for, sample_codes
 
         probes, model = keeping[0], self._load_code_model()
-        candidates = sample_codes(model, condition_of([wanted] * CANDIDATES), self.steps,
+        candidates = sample_codes(model, self.condition(wanted, seed, CANDIDATES), self.steps,
                                   generator_for(pseudonym_key(self.secret, seed, attempt, variant)))
         _, acceptable = self._sampler.judge(code, candidates, model.config.novelty_cos or None)
         if not acceptable.any():
@@ -169,9 +190,18 @@ class RendererLCMGenerator(RendererGenerator):
         # two photos got two).
         closeness = _normalise(candidates[pool]) @ _normalise(seed)
         # Of the person's complexion first: a much lighter or darker drawing, toned to the
-        # photo's face by the blend, shows its features as ghosts.
-        tones = probes.read_tone(np.concatenate([candidates[pool], seed[None]]))
-        off_tone = np.zeros(len(pool)) if tones is None else (np.abs(tones[:-1] - tones[-1]) > TONE_TOLERANCE) * 1.0
+        # photo's face by the blend, shows its features as ghosts. Judged against the tone the
+        # candidates were written for where the model has one: the probe can read a person's
+        # own code far from their photo (a light-skinned man's code at 120 for a face at 167),
+        # and a rule other than the condition's would favour the batch's outliers.
+        tones, wanted_tone = probes.read_tone(candidates[pool]), self._wanted_tone(wanted, seed)
+        if tones is None or wanted_tone is None:
+            off_tone = np.zeros(len(pool))
+        elif model.config.on_tone and wanted_tone >= model.config.tone_ceiling:
+            # written for "light" (the condition's ceiling): any light candidate suits
+            off_tone = (tones < model.config.tone_ceiling - TONE_TOLERANCE) * 1.0
+        else:
+            off_tone = (np.abs(tones - wanted_tone) > TONE_TOLERANCE) * 1.0
         order = np.lexsort((closeness, off_tone, mismatch))
         # equally suited: the same attribute mismatch and tone verdict (a dense rank of the pair)
         suitability = np.unique(np.stack([mismatch[order], off_tone[order]], axis=1), axis=0, return_inverse=True)[1]

@@ -1,7 +1,9 @@
 """``idmrag train-code-lcm``: the pseudonym diffusion teacher, distilled into a latent consistency model.
 
 Data: the identity codes (codes model's ``z_id``) of every training face, each labelled with
-the gender and age the renderer draws for it (the attribute probes' code read-outs). The
+the gender and age the renderer draws for it (the attribute probes' code read-outs) and, with
+``--conditions gender,age,tone`` (the default), the lightness of the face in its crop (the
+median L* of cheeks and nose, as the engine reads it from the person's photo). The
 held-out faces (``split == "val"``) calibrate the novelty level the generator holds samples to
 (see :func:`novelty_level`).
 
@@ -31,8 +33,10 @@ import torch
 from torch.nn import functional as F
 
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.generation.attributes import AttributeProbes
+from idmrag_plugin.generation.attributes import AttributeProbes, face_lightness
 from idmrag_plugin.generation.code_diffusion import (
+    CONDITIONS,
+    TONE_CEILING,
     CodeDiffusion,
     CodeDiffusionConfig,
     condition_of,
@@ -67,6 +71,17 @@ def _id_codes(codes, data_path: Path, device: torch.device, batch: int, split: s
         for start in range(0, len(data), batch):
             ids.append(codes.encode(data.images[start : start + batch].float() / 127.5 - 1.0)[0])
     return torch.cat(ids)
+
+
+def training_tones(data_path: Path, split: str = "train", batch: int = 1024) -> np.ndarray:
+    """:func:`face_lightness` of every face of the dataset's ``split`` in its own crops, in the
+    order :class:`FaceData` holds them."""
+    from idmrag_plugin.training.data import unpack_crops
+
+    with np.load(data_path) as data:
+        crops = unpack_crops(data)[data["split"] == split]
+    return np.concatenate([face_lightness(crops[start : start + batch]) for start in range(0, len(crops), batch)]
+                          or [np.zeros(0)])
 
 
 #: Held-out faces needed to calibrate the novelty level (else the sampler's strict level holds).
@@ -109,7 +124,12 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         logger.warning("fewer than %d held-out faces: samples must pass the sampler's strict nobody-real "
                        "level (%.3f), which real-looking codes rarely do", MIN_HELD_OUT, sampler.distinct_cos)
     probes = AttributeProbes.load(probes_path)
-    cond = condition_of(probes.read_code(codes.cpu().numpy())).to(device)
+    conditions = [c for c in args.conditions.split(",") if c]
+    tones = training_tones(Path(args.data), "train") if "tone" in conditions else None
+    cond = condition_of(probes.read_code(codes.cpu().numpy()), tones, args.tone_ceiling).to(device)
+    if tones is not None:
+        logger.info("face lightness of the training faces: median %.0f, 5th-95th percentile %.0f-%.0f",
+                    *np.percentile(tones, [50, 5, 95]))
     logger.info("%d training codes; the renderer draws %.0f%% of them as label 1, median age %.0f",
                 len(codes), 50 * float(cond[:, 0].mean() + 1),
                 float(np.expm1(np.median(cond[:, 1].cpu().numpy()) * 0.7 + 3.4)))
@@ -118,6 +138,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         id_dim=codes.shape[1], hidden=args.hidden, blocks=args.blocks, guidance=args.guidance,
         code_mean=codes.mean(0).tolist(), code_std=codes.std(0).clamp(min=1e-4).tolist(),
         codes_sha256=codes_fingerprint(codes_dir), code_probes_sha256=probes.code_fingerprint(), novelty_cos=novelty,
+        conditions=conditions, tone_ceiling=args.tone_ceiling,
     )
     teacher = CodeDiffusion(config).to(device)
     x0_all = teacher.standardise(codes)
@@ -249,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attribute probes of the renderer the codes are for (default: the packaged ones)")
     parser.add_argument("--sampler", default=None,
                         help="identity sampler whose training identities the samples must not copy (default: packaged)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="what the codes are conditioned on: gender,age,tone (default) or gender,age")
+    parser.add_argument("--tone-ceiling", type=float, default=TONE_CEILING,
+                        help="lightness above this conditions as this (L*, 0-255; see code_diffusion.TONE_CEILING)")
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--shares", default="0.6,0.4", help="time shares of teacher,distill")
     parser.add_argument("--teacher-steps", type=int, default=40_000)
