@@ -13,7 +13,9 @@ A third code probe, ``code_tone``, reads the lightness of the face a code belong
 training faces' codes and the median CIELAB L* of their cheeks and nose, :func:`face_lightness`):
 a pseudonym drawn much lighter or darker than the person's own code would be is toned to the
 photo's face by the blend, which leaves its features as dark or pale ghosts. Among the
-pseudonyms that suit the person's gender and age, those within ``TONE_TOLERANCE`` come first.
+pseudonyms that suit the person's gender and age, those within ``TONE_TOLERANCE`` come first: of
+the person's own code's lightness, or, for a code model conditioned on it, of the lightness
+of the person's face in their photo (``Reading.tone``) that the candidates were written for.
 
 A person's gender and age are read from their photo (the first one of the session, kept with
 their pseudonym), and a pseudonym code suits them when the code probes give the same gender

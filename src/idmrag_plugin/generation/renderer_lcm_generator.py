@@ -4,10 +4,11 @@ The one-pass renderer draws pseudonym codes from the identity sampler's Gaussian
 redraws them until the renderer would draw the person's perceived gender and age. Here the
 consistency-distilled diffusion model of :mod:`idmrag_plugin.generation.code_diffusion`
 writes the candidates directly for that gender and age, and the lightness of the person's face
-in their first photo (1-4 steps, a batch of candidates at once); the sampler's rules still decide which are acceptable (distinct from the original,
-realistic, and nobody real: no closer to a training identity than 99% of unseen people are,
-the model's recorded ``novelty_cos``); among the candidates the renderer draws closest to the
-person's attributes (and, with a tone probe, complexion), the one least like the person's
+in their first photo (1-4 steps, a batch of candidates at once); the sampler's rules still
+decide which are acceptable (distinct from the original, realistic, and nobody real: no closer
+to a training identity than 99% of unseen people are, the model's recorded ``novelty_cos``);
+among the candidates the renderer draws closest to the person's attributes (and, with a tone
+probe, that lightness), the one least like the person's
 registered identity wins (the first of them the renderer draws clean in the speckle reference
 context, see :mod:`idmrag_plugin.generation.speckle_reference`), and the renderer draws it. The oracles
 verify the drawing as for every generator.
@@ -19,6 +20,7 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +30,9 @@ from idmrag_plugin.generation.attributes import TONE_TOLERANCE, Reading
 from idmrag_plugin.generation.renderer_generator import RendererGenerator
 from idmrag_plugin.generation.sampler import _normalise, pseudonym_key
 from idmrag_plugin.generation.vae_generator import SUITED_ATTEMPTS
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +140,7 @@ class RendererLCMGenerator(RendererGenerator):
         extra = [self.replacement_code(code, attempt, variant) for variant in range(1, 1 + count - len(ranked))]
         return np.concatenate([ranked, np.reshape(extra, (-1, ranked.shape[1]))]) if extra else ranked
 
-    def condition(self, wanted: Reading, seed: np.ndarray, count: int):
+    def condition(self, wanted: Reading, seed: np.ndarray, count: int) -> torch.Tensor:
         """The code model's condition (count, C) for a person read as ``wanted`` whose registered
         code is ``seed``: their gender and age and, for a model conditioned on it, their face's
         lightness in their first photo (for a reading without it, the tone probe's reading of
