@@ -184,3 +184,30 @@ def test_a_repeated_hit_is_not_re_encoded_unless_its_pixels_changed(engine, came
     edited = again.to_bytes("JPEG", 90)
     assert edited != jpeg and encoded == ["JPEG", "JPEG"]
     assert anonymizer.anonymize(astronaut).to_bytes("JPEG", 90) == jpeg  # the entry is untouched
+
+
+def test_other_weights_under_the_same_paths_miss(tmp_path):
+    """Packaged weights keep their paths across upgrades: a generator whose model folder or
+    weights file changed, all else equal, gets another cache scope (the old faces are not
+    handed out), and the same weights the same scope."""
+    import json
+    from pathlib import Path
+
+    from idmrag_plugin.cache import scope_key
+
+    class Weighted:
+        def __init__(self, folder: Path, file: Path) -> None:
+            self.model_dir, self.sampler_path, self.secret = folder, file, b"s" * 32
+
+    folder, file = tmp_path / "model", tmp_path / "sampler.safetensors"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"sha256": "a" * 64}))
+    file.write_bytes(b"weights v1")
+    config = AnonymizerConfig()
+    first = scope_key(config, {"dlib": 0.9}, Weighted(folder, file))
+    assert scope_key(config, {"dlib": 0.9}, Weighted(folder, file)) == first
+    file.write_bytes(b"weights v2")
+    second = scope_key(config, {"dlib": 0.9}, Weighted(folder, file))
+    assert second != first
+    (folder / "config.json").write_text(json.dumps({"sha256": "b" * 64}))
+    assert scope_key(config, {"dlib": 0.9}, Weighted(folder, file)) not in (first, second)

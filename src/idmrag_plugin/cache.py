@@ -3,8 +3,8 @@ result without running a model.
 
 RAG retrieves the same popular images again and again. A cache entry is the anonymized
 output and its report, found by a key derived from the decoded input pixels, the engine's
-settings and thresholds, the generator and (keyed with it) the generator's pseudonym
-secret. Nothing original is stored: not the input's pixels, bytes, path or URL, only the
+settings and thresholds, the generator and the weights it was built with (a new version's
+weights miss), and (keyed with it) the generator's pseudonym secret. Nothing original is stored: not the input's pixels, bytes, path or URL, only the
 output (already verified, or obfuscated) and the report. A new secret gives new keys, so
 the cache is scoped like the pseudonyms themselves: results cached under one secret are
 unreachable under another, and the keys reveal nothing without it.
@@ -39,12 +39,35 @@ logger = logging.getLogger(__name__)
 _VERSION = b"idmrag-result-cache-v1"
 
 
+def weights_fingerprint(generator: Any) -> str:
+    """sha256 over the weights a generator was built with: every ``Path`` attribute naming a
+    model folder (its recorded sha256) or a file (its own). The packaged weights keep their
+    paths across upgrades, so without it an on-disk cache kept under the same secret would hand
+    out the previous version's faces."""
+    from idmrag_plugin.weights import MODEL_CONFIG, sha256_of
+
+    digest = hashlib.sha256()
+    for name, value in sorted(getattr(generator, "__dict__", {}).items()):
+        if not isinstance(value, Path):
+            continue
+        if (value / MODEL_CONFIG).is_file():
+            recorded = json.loads((value / MODEL_CONFIG).read_text()).get("sha256", "")
+        elif value.is_file():
+            recorded = sha256_of(value)
+        else:
+            continue
+        digest.update(f"{name}={recorded};".encode())
+    return digest.hexdigest()
+
+
 def scope_key(config: Any, thresholds: dict[str, float], generator: Any) -> bytes:
-    """The secret key of one engine's cache: settings, thresholds, generator and its secret."""
+    """The secret key of one engine's cache: settings, thresholds, generator, its weights and
+    its secret."""
     settings = json.dumps(
         {"config": {k: str(v) for k, v in asdict(config).items() if k not in ("cache_dir", "result_cache_dir", "batch_size")},
          "thresholds": thresholds,
-         "generator": f"{type(generator).__module__}.{type(generator).__qualname__}" if generator else None},
+         "generator": f"{type(generator).__module__}.{type(generator).__qualname__}" if generator else None,
+         "weights": weights_fingerprint(generator)},
         sort_keys=True,
     ).encode()
     secret = getattr(generator, "secret", None)
