@@ -145,15 +145,19 @@ class RendererLCMGenerator(RendererGenerator):
         code is ``seed``: their gender and age and, for a model conditioned on it, their face's
         lightness in their first photo (for a reading without it, the tone probe's reading of
         ``seed``)."""
+        return self._condition(wanted, self._wanted_tone(wanted, seed), count)
+
+    def _condition(self, wanted: Reading, tone: float | None, count: int) -> torch.Tensor:
+        """:meth:`condition` for the person's wanted lightness ``tone`` (:meth:`_wanted_tone`)."""
         from idmrag_plugin.generation.code_diffusion import condition_of
 
-        if not self._load_code_model().config.on_tone:
+        config = self._load_code_model().config
+        if not config.on_tone:
             return condition_of([wanted] * count)
-        tone = self._wanted_tone(wanted, seed)
         if tone is None:
             raise ModelLoadError(f"{self.code_model_dir} is conditioned on the face's lightness, which this "
                                  "reading lacks and the attribute probes cannot read from a code")
-        return condition_of([wanted] * count, [float(np.round(tone))] * count, self._load_code_model().config.tone_ceiling)
+        return condition_of([wanted] * count, [float(np.round(tone))] * count, config.tone_ceiling)
 
     def _wanted_tone(self, wanted: Reading, seed: np.ndarray) -> float | None:
         """The lightness a pseudonym should have: for a code model conditioned on it, the
@@ -180,7 +184,8 @@ class RendererLCMGenerator(RendererGenerator):
         from idmrag_plugin.generation.code_diffusion import generator_for, sample_codes
 
         probes, model = keeping[0], self._load_code_model()
-        candidates = sample_codes(model, self.condition(wanted, seed, CANDIDATES), self.steps,
+        wanted_tone = self._wanted_tone(wanted, seed)
+        candidates = sample_codes(model, self._condition(wanted, wanted_tone, CANDIDATES), self.steps,
                                   generator_for(pseudonym_key(self.secret, seed, attempt, variant)))
         _, acceptable = self._sampler.judge(code, candidates, model.config.novelty_cos or None)
         if not acceptable.any():
@@ -199,7 +204,7 @@ class RendererLCMGenerator(RendererGenerator):
         # candidates were written for where the model has one: the probe can read a person's
         # own code far from their photo (a light-skinned man's code at 120 for a face at 167),
         # and a rule other than the condition's would favour the batch's outliers.
-        tones, wanted_tone = probes.read_tone(candidates[pool]), self._wanted_tone(wanted, seed)
+        tones = probes.read_tone(candidates[pool])
         if tones is None or wanted_tone is None:
             off_tone = np.zeros(len(pool))
         elif model.config.on_tone and wanted_tone >= model.config.tone_ceiling:
