@@ -174,7 +174,7 @@ def _dlib_probes(path, reader: str = "dlib") -> None:
                     renderer_sha256="x", image_reader=reader).save(path)
 
 
-def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_terms(tiny_run, tmp_path):
+def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_age_and_landmark_terms(tiny_run, tmp_path):
     from idmrag_plugin.training.train_renderer import build_parser, train
 
     root, argv, _, _ = tiny_run
@@ -185,7 +185,8 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_te
     _dlib_probes(tmp_path / "probes.safetensors")
     base = [a if a != str(root / "data.npz") else str(tmp_path / "data.npz") for a in argv]
     tune = base + ["--init", str(root / "run" / "renderer"), "--probes", str(tmp_path / "probes.safetensors"),
-                   "--weight", "dlib=1", "--weight", "gender=1", "--weight", "age=1", "--weight", "speckle=1"]
+                   "--weight", "dlib=1", "--weight", "gender=1", "--weight", "age=1", "--weight", "speckle=1",
+                   "--weight", "landmarks=1"]
     # no step yet: what it saves is the renderer it started from
     train(build_parser().parse_args(_output(tune, tmp_path / "zero") + ["--steps", "0"]))
     started = FaceRenderer.from_pretrained(tmp_path / "zero" / "renderer")
@@ -194,7 +195,7 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_and_age_te
     # the fine-tuned renderer records the one it started from
     assert started.config.init_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     summary = train(build_parser().parse_args(_output(tune, tmp_path / "tuned") + ["--steps", "3"]))
-    assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age", "speckle"))
+    assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age", "speckle", "landmarks"))
     # fine-tuned again: the whole line of renderers it descends from, nearest first
     again = [a if a != str(root / "run" / "renderer") else str(tmp_path / "tuned" / "renderer") for a in tune]
     train(build_parser().parse_args(_output(again, tmp_path / "again") + ["--steps", "0"]))

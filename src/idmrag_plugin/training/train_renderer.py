@@ -17,6 +17,10 @@ for the other half with another person's code. Losses:
   drawing, read by the probes from dlib's descriptor of it, stay the original's, and the
   swapped rows get the identity of a face of the same perceived gender and age band (as the
   engine's sampler picks pseudonyms), so that identity and age terms do not pull apart;
+* landmarks (off by default): the drawing's five landmarks (eyes, nose tip, mouth corners),
+  read by MTCNN's output network on the aligned crop (see
+  :mod:`idmrag_plugin.training.landmark_judge`), stay the original's, in inter-ocular
+  distances: pose and expression are kept while the identity changes;
 * speckle (off by default): the drawing's fine detail inside the mask beyond the real
   face's in the same photo, chroma plus a quarter of luma (see
   :mod:`idmrag_plugin.generation.speckle`): some codes are otherwise drawn as mottled masks
@@ -72,7 +76,7 @@ from idmrag_plugin.training.train_codes import FaceData, weight_option, write_ch
 logger = logging.getLogger(__name__)
 
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
-           "dlib": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0}
+           "dlib": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0, "landmarks": 0.0}
 #: Share of the luma's excess detail in the speckle loss (luma has texture, chroma hardly any).
 SPECKLE_LOSS_LUMA_SHARE = 0.25
 #: Width of the perceived-age bands swap partners are drawn from, in log(1 + years)
@@ -110,6 +114,13 @@ def matched_partners(gender: np.ndarray, log_age: np.ndarray, identity: np.ndarr
                      rng: np.random.Generator, band: float = PARTNER_AGE_BAND) -> np.ndarray:
     """:meth:`PartnerBands.draw` for one set of rows."""
     return PartnerBands(gender, log_age, identity, band).draw(rows, rng)
+
+
+def landmark_error(marks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean distance (B,) between five landmarks (B, 5, 2) and the target's, in the target's
+    inter-ocular distances."""
+    iod = (target[:, 0] - target[:, 1]).norm(dim=1).clamp(min=1e-3)
+    return (marks - target).norm(dim=2).mean(dim=1) / iod
 
 
 def mask_bank(size: int, grow: float, count: int, rng: np.random.Generator) -> torch.Tensor:
@@ -219,6 +230,11 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         from idmrag_plugin.weights import load_dlib_resnet
 
         dlib_judge = DlibJudge(load_dlib_resnet(), zoom=CANONICAL_ZOOM).to(device)
+    landmark_judge = None
+    if weights["landmarks"] > 0:
+        from idmrag_plugin.training.landmark_judge import LandmarkJudge
+
+        landmark_judge = LandmarkJudge().to(device)
     # data packed small for another machine leaves embeddings out: the identity student stands
     # in for FaceNet, and dlib's descriptors are the torch port's on the crops (as drawn faces are judged)
     data.measure_missing_embeddings(frozen.embed, dlib_judge)
@@ -330,6 +346,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             with torch.no_grad():
                 real_luma, real_chroma = speckle_levels(x, mask)
             terms["speckle"] = (F.relu(chroma - real_chroma) + SPECKLE_LOSS_LUMA_SHARE * F.relu(luma - real_luma)).mean()
+        if landmark_judge is not None:
+            with torch.no_grad():
+                target_marks = landmark_judge(x)
+            terms["landmarks"] = landmark_error(landmark_judge(drawn), target_marks).mean()
         if weights["attr"] > 0:  # costs as much as the rest of the renderer step on a CPU
             _, attr_again = frozen.codes_of(drawn)
             terms["attr"] = F.mse_loss(attr_again, z_attr)
