@@ -594,6 +594,40 @@ def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(t
                                                    "--threads", "1"]))
 
 
+def test_code_probes_for_a_new_renderer_need_no_dlib_descriptors_when_the_image_probes_are_kept(tiny_run, tmp_path):
+    """Refitting the code probes for a retrained renderer judges its drawings with dlib itself:
+    data prepared without oracles will do when the image probes (which read the data's
+    descriptors) are kept."""
+    from idmrag_plugin.generation.attributes import AttributeProbes
+    from idmrag_plugin.training.fit_attribute_probes import build_parser, fit
+
+    root, *_ = tiny_run
+    data = dict(np.load(root / "data.npz"))
+    assert "emb_dlib" not in data
+    data["gender"] = np.arange(len(data["crops"])).astype(np.int8) % 2
+    data["age"] = np.full(len(data["crops"]), 30, np.int16)
+    np.savez(tmp_path / "plain.npz", **data)
+    rng = np.random.default_rng(6)
+    image = AttributeProbes((rng.standard_normal(128), 0.0), (rng.standard_normal(128) * 0.01, 3.4),
+                            (np.zeros(16), 0.0), (np.zeros(16), 3.4), "0" * 64, image_reader="dlib")
+    image.save(tmp_path / "image.safetensors")
+    args = ["--data", str(tmp_path / "plain.npz"), "--output", str(tmp_path / "probes.safetensors"),
+            "--renderer", str(root / "run" / "renderer"), "--codes", str(root / "codes"),
+            "--sampler", str(root / "sampler.safetensors"), "--draws", "64", "--threads", "1",
+            "--image-probes", str(tmp_path / "image.safetensors")]
+    try:
+        fit(build_parser().parse_args(args))
+    except ConfigError as exc:  # a random tiny renderer may draw one side only: said clearly
+        assert "one class" in str(exc)
+    else:
+        probes = AttributeProbes.load(tmp_path / "probes.safetensors")
+        assert np.array_equal(probes.image_gender[0], image.image_gender[0])
+        assert probes.renderer_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
+        assert probes.code_age[0].shape == (16,) and not np.array_equal(probes.code_age[0], image.code_age[0])
+    with pytest.raises(ConfigError, match="emb_dlib"):  # fitting the image probes does read them
+        fit(build_parser().parse_args(args[:-2]))
+
+
 def test_an_age_probe_is_regularised_as_far_as_cross_validation_allows():
     from idmrag_plugin.training.fit_attribute_probes import RIDGE_ALPHAS, _ridge_alpha
 

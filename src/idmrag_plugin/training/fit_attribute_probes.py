@@ -213,7 +213,7 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     generator._load_renderer()  # refuses a renderer of other codes before any work
     generator._load()
     if args.reader == "dlib":
-        if "emb_dlib" not in data.files and (kept_image is None or kept_codes is None):
+        if "emb_dlib" not in data.files and kept_image is None:  # the drawings' descriptors are measured here
             raise ConfigError(f"{args.data} has no dlib descriptors (emb_dlib); prepare it with `idmrag "
                               "prepare-data --oracles dlib,...`, or fit with --reader student")
         from idmrag_plugin.engine.oracles import build_oracle
