@@ -264,8 +264,14 @@ def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
 
 
-def test_a_pseudonym_drawn_speckled_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch):
-    from idmrag_plugin.generation.renderer_generator import SPECKLE_ALTERNATES
+@pytest.mark.parametrize("unfit", ["speckled", "washed out"])
+def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch, unfit):
+    from idmrag_plugin.generation import ghost
+    from idmrag_plugin.generation.renderer_generator import (
+        GHOST_LIMIT,
+        SPECKLE_ALTERNATES,
+        SPECKLE_LIMIT,
+    )
 
     root, *_ = tiny_run
     generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
@@ -281,10 +287,19 @@ def test_a_pseudonym_drawn_speckled_gives_way_to_an_alternate_kept_for_the_perso
         drawn_codes.append(np.array(some_codes))
         return draw(some_codes, *args, **kwargs)
 
-    scores = {codes[0].tobytes(): 9.0, codes[1].tobytes(): 7.0}  # the rest draw clean
+    # how unfit each code's drawing is (1 = at the limit); the rest draw fit
+    scores = {codes[0].tobytes(): 5.0, codes[1].tobytes(): 4.0}
+
+    def unfitness_of_last_drawn() -> np.ndarray:
+        return np.array([scores.get(c.tobytes(), 0.3) for c in drawn_codes[-1]])
+
     monkeypatch.setattr(generator, "_draw", recording)
-    monkeypatch.setattr(generator, "speckle",
-                        lambda drawn, grow=None: np.array([scores.get(c.tobytes(), 0.5) for c in drawn_codes[-1]]))
+    if unfit == "speckled":
+        monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: unfitness_of_last_drawn() * SPECKLE_LIMIT)
+        monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: np.ones(len(drawn)))
+    else:
+        monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: np.zeros(len(drawn)))
+        monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: GHOST_LIMIT / unfitness_of_last_drawn())
     out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
     # the first clean alternate in order, drawn and composited as any pseudonym
     assert np.array_equal(out, generator._composite(generator._render(codes[2][None], face, attr[None])[0], face))
@@ -302,8 +317,8 @@ def test_a_pseudonym_drawn_speckled_gives_way_to_an_alternate_kept_for_the_perso
     generator.generate(GenerationRequest(again, attempt=0, seed=10))
     assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], codes[2][None])
     monkeypatch.setattr(generator, "pseudonym_codes", all_codes)
-    # nothing clean: the least speckled of all
-    scores.update({codes[2].tobytes(): 8.0, codes[3].tobytes(): 6.0})
+    # nothing fit: the least unfit of all
+    scores.update({codes[2].tobytes(): 4.5, codes[3].tobytes(): 3.0})
     drawn_codes.clear()
     worst_case = generator.generate(GenerationRequest(face, attempt=0, seed=9))
     assert np.array_equal(worst_case, generator._composite(generator._render(codes[3][None], face, attr[None])[0], face))

@@ -70,3 +70,26 @@ def test_the_speckle_reference_is_the_face_the_detector_finds(engine):
     crop = reference_crop(CROP_SIZE)
     assert crop.shape == (CROP_SIZE, CROP_SIZE, 3) and crop.dtype == np.uint8 and not crop.flags.writeable
     assert 20 < crop.mean() < 120  # darkened, not black
+
+
+def test_a_washed_out_drawing_has_a_small_luma_spread_beside_the_photo_s_face(astronaut, engine):
+    """The ghost ratio: the photo's own face drawn back reads about 1, the same face faded
+    towards its mean skin tone reads as washed out, and the photo's face is read over the
+    inner face only (a change to the crop's rim does not move it)."""
+    import cv2
+
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.generation.ghost import ghost_ratio, luma_spread
+    from idmrag_plugin.generation.renderer_generator import GHOST_LIMIT
+
+    face = engine.detector.detect(astronaut)[0]
+    crop = align_face(astronaut, face.landmarks, 128).crop
+    small = cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    faded = small.mean(axis=(0, 1)) + 0.3 * (small - small.mean(axis=(0, 1)))
+    drawn = torch.as_tensor(np.stack([small, faded])).permute(0, 3, 1, 2) / 127.5 - 1.0
+    ratio = ghost_ratio(drawn, crop)
+    assert abs(ratio[0] - 1.0) < 0.02
+    assert ratio[1] < GHOST_LIMIT < 0.8
+    framed = crop.copy()
+    framed[:12], framed[-12:] = 0, 255
+    assert luma_spread(framed, 64) == luma_spread(crop, 64)

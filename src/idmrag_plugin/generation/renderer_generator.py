@@ -48,9 +48,14 @@ REFINER_NOISE_SALT = 0x5EED_F1E5
 #: on 480 drawings (60 LFW contexts, 8 pseudonym codes each): the packaged renderer's clean
 #: drawings score 1.3-1.7, the mottled ones 1.8-4.
 SPECKLE_LIMIT = 1.8
+#: A drawing is *washed out*, a pale, flat ghost of a face, when the spread of its luma over
+#: the inner face is under ``GHOST_LIMIT`` of the photo's face's (``ghost_ratio`` of
+#: :mod:`idmrag_plugin.generation.ghost`). On 240 held-out LFW faces the packaged stack's first
+#: drawings had a median ratio of 0.84; the 5% under 0.5 were all pale, flat faces.
+GHOST_LIMIT = 0.5
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
-#: first is speckled in this photo's context; of them the first clean one is used (else the
-#: least speckled of all).
+#: first is speckled or washed out in this photo's context; of them the first fit one is used
+#: (else the least unfit of all, see :meth:`RendererGenerator.unfitness`).
 SPECKLE_ALTERNATES = 3
 #: A person's pseudonym is the first of this many suitable codes, in the generator's order of
 #: preference, that the renderer draws clean in the speckle reference context (see
@@ -381,8 +386,8 @@ class RendererGenerator(VAEDecodeGenerator):
         raw = self._draw(codes, face, attr_mu, grow)
         drawings = self._finish(raw, face, codes, grow)
         likeness = self._likeness(drawings, face, keeping[1])
-        # a speckled drawing is no face to keep, however unlike the person
-        likeness[self.speckle(raw, grow) > SPECKLE_LIMIT] += 2.0
+        # a speckled or washed-out drawing is no face to keep, however unlike the person
+        likeness[self.unfitness(raw, face, grow) > 1.0] += 2.0
         best = int(np.argmin(likeness))
         if chosen is None:
             with self._lock:
@@ -417,6 +422,17 @@ class RendererGenerator(VAEDecodeGenerator):
 
         mask = torch.as_tensor(self.mask(drawn.shape[-1], grow))[None, None]
         return speckle_score(drawn.float().cpu(), mask).numpy()
+
+    def unfitness(self, drawn, face: np.ndarray, grow: float | None = None) -> np.ndarray:
+        """How far each of the renderer's drawings (K, 3, r, r) of ``face``'s context is from a
+        face to keep, (K,): above 1 it is speckled (its speckle score over ``SPECKLE_LIMIT``) or
+        washed out (its luma spread under ``GHOST_LIMIT`` of the photo's face's), whichever is
+        further off."""
+        from idmrag_plugin.generation.ghost import ghost_ratio
+
+        speckled = self.speckle(drawn, grow) / SPECKLE_LIMIT
+        washed_out = GHOST_LIMIT / np.maximum(ghost_ratio(drawn, face), 1e-3)
+        return np.maximum(speckled, washed_out)
 
     def speckled_in_reference(self, code: np.ndarray) -> bool:
         """Whether the renderer draws ``code`` speckled in the speckle reference context, a
@@ -459,8 +475,9 @@ class RendererGenerator(VAEDecodeGenerator):
     def _draw_unspeckled(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
                          grow: float | None) -> np.ndarray:
         """The person's pseudonym for ``attempt`` drawn into ``face``, unless the renderer draws
-        it speckled in this context: then the first of ``SPECKLE_ALTERNATES`` further codes
-        that it draws clean (else the least speckled). The code drawn clean is tried first at
+        it speckled or washed out in this context (:meth:`unfitness`): then the first of
+        ``SPECKLE_ALTERNATES`` further codes that it draws fit (else the least unfit). The code
+        drawn fit is tried first at
         the person's next photo, so that one person keeps one pseudonym where the renderer
         allows. That code is found again among this photo's codes by its value: which codes pass
         the sampler's rules (distinct from *this* photo's code) may differ between photos."""
@@ -475,18 +492,18 @@ class RendererGenerator(VAEDecodeGenerator):
             first = next((i for i, c in enumerate(codes) if np.array_equal(c, kept)), 0)
         # one code at a time: a drawing must not depend on what else was in its batch
         tried = [(first, self._draw(codes[first:first + 1], face, attr_mu, grow))]
-        scores = [float(self.speckle(tried[0][1], grow)[0])]
-        if scores[0] > SPECKLE_LIMIT:
+        scores = [float(self.unfitness(tried[0][1], face, grow)[0])]
+        if scores[0] > 1.0:
             if len(codes) < 1 + SPECKLE_ALTERNATES:
                 codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES)
             for index in [i for i in range(len(codes)) if i != first][:SPECKLE_ALTERNATES]:
                 tried.append((index, self._draw(codes[index:index + 1], face, attr_mu, grow)))
-                scores.append(float(self.speckle(tried[-1][1], grow)[0]))
-                if scores[-1] <= SPECKLE_LIMIT:
+                scores.append(float(self.unfitness(tried[-1][1], face, grow)[0]))
+                if scores[-1] <= 1.0:
                     break
-            logger.debug("pseudonym %d drawn speckled (%.2f); alternates %s scored %s", first, scores[0],
+            logger.debug("pseudonym %d drawn unfit (%.2f); alternates %s scored %s", first, scores[0],
                          [i for i, _ in tried[1:]], np.round(scores[1:], 2).tolist())
-        index, drawn = tried[int(np.argmin(scores))] if min(scores) > SPECKLE_LIMIT else tried[-1]
+        index, drawn = tried[int(np.argmin(scores))] if min(scores) > 1.0 else tried[-1]
         with self._lock:
             self._unspeckled.setdefault(person, {})[attempt] = codes[index].copy()
         return self._composite(self._finish(drawn, face, codes[index][None], grow)[0], face, grow)
