@@ -12,6 +12,8 @@ blend reads its mean colour.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 import torch
@@ -23,8 +25,14 @@ INNER_FACE = 0.8
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
-def _spread(luma: np.ndarray, inside: np.ndarray) -> float:
-    values = luma[inside]
+@lru_cache(maxsize=8)
+def _inner_face(side: int) -> np.ndarray:
+    """The inner face at ``side`` px (bool), built once per size: every drawing is measured."""
+    return face_mask(side, INNER_FACE) > 0.5
+
+
+def _spread(luma: np.ndarray, side: int) -> float:
+    values = luma[_inner_face(side)]
     return float(np.percentile(values, 90) - np.percentile(values, 10))
 
 
@@ -32,7 +40,7 @@ def luma_spread(face: np.ndarray, side: int) -> float:
     """The spread of a uint8 RGB crop's luma inside its inner face, read at ``side`` px."""
     small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) if face.shape[0] != side else face
     luma = small.astype(np.float32) @ _LUMA.numpy()
-    return _spread(luma, face_mask(side, INNER_FACE) > 0.5)
+    return _spread(luma, side)
 
 
 def ghost_ratio(drawn: torch.Tensor, face: np.ndarray) -> np.ndarray:
@@ -40,7 +48,6 @@ def ghost_ratio(drawn: torch.Tensor, face: np.ndarray) -> np.ndarray:
     uint8 crop ``face`` brought to r px), (K,): about 0.85 for the renderer's typical drawing,
     under 0.5 for a washed-out one."""
     side = drawn.shape[-1]
-    inside = face_mask(side, INNER_FACE) > 0.5
     luma = torch.einsum("k,nkhw->nhw", _LUMA.to(drawn), drawn.float()).cpu().numpy() * 127.5 + 127.5
     reference = max(luma_spread(face, side), 1.0)
-    return np.array([_spread(one, inside) / reference for one in luma])
+    return np.array([_spread(one, side) / reference for one in luma])
