@@ -165,6 +165,33 @@ def test_swap_partners_share_the_person_s_perceived_gender_and_age_band():
     assert alone.tolist() == [0, 1]
 
 
+def test_consistency_pairs_draw_one_code_into_two_people_s_photos_of_one_band():
+    from idmrag_plugin.training.train_renderer import PartnerBands, pair_contexts, pair_disagreement
+
+    rng = np.random.default_rng(1)
+    n = 400
+    gender = rng.random(n) < 0.5
+    log_age = rng.uniform(np.log1p(5), np.log1p(80), n)
+    identity = np.repeat(np.arange(n // 4), 4).astype(np.int64)
+    bands = PartnerBands(gender, log_age, identity)
+    for _ in range(20):
+        idx = rng.integers(0, n, 16)
+        wanted = np.concatenate([idx[:8], bands.draw(idx[8:], rng)])
+        paired, codes = pair_contexts(idx, wanted, 8, bands, rng)
+        # the own-identity half and the even swapped rows are untouched
+        assert (paired[:9] == idx[:9]).all() and (paired[8::2] == idx[8::2]).all() and (codes[:9] == wanted[:9]).all()
+        # each odd swapped row: the code of the row before it, in another photo of the same band
+        assert (codes[9::2] == codes[8::2]).all()
+        assert (gender[paired[9::2]] == gender[paired[8::2]]).all()
+        assert (identity[paired[9::2]] != identity[paired[8::2]]).mean() > 0.8
+    # without bands: only the codes are paired, the photos stay the batch's own
+    paired, codes = pair_contexts(idx, wanted, 8, None, rng)
+    assert (paired == idx).all() and (codes[9::2] == codes[8::2]).all()
+    emb = torch.nn.functional.normalize(torch.randn(7, 16), dim=1)
+    assert pair_disagreement(emb[[0, 0, 1, 1, 2, 2, 3]]).item() < 1e-6  # an odd last row is left out
+    assert pair_disagreement(emb[[0, 1, 2, 3, 4, 5]]).item() > 0.3
+
+
 def _dlib_probes(path, reader: str = "dlib") -> None:
     from idmrag_plugin.generation.attributes import AttributeProbes
 
@@ -186,7 +213,7 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_age_and_la
     base = [a if a != str(root / "data.npz") else str(tmp_path / "data.npz") for a in argv]
     tune = base + ["--init", str(root / "run" / "renderer"), "--probes", str(tmp_path / "probes.safetensors"),
                    "--weight", "dlib=1", "--weight", "gender=1", "--weight", "age=1", "--weight", "speckle=1",
-                   "--weight", "landmarks=1"]
+                   "--weight", "landmarks=1", "--weight", "consistency=1"]
     # no step yet: what it saves is the renderer it started from
     train(build_parser().parse_args(_output(tune, tmp_path / "zero") + ["--steps", "0"]))
     started = FaceRenderer.from_pretrained(tmp_path / "zero" / "renderer")
@@ -195,7 +222,7 @@ def test_fine_tuning_starts_from_trained_weights_and_adds_dlib_gender_age_and_la
     # the fine-tuned renderer records the one it started from
     assert started.config.init_sha256 == json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     summary = train(build_parser().parse_args(_output(tune, tmp_path / "tuned") + ["--steps", "3"]))
-    assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age", "speckle", "landmarks"))
+    assert summary["step"] == 3 and all(np.isfinite(summary[k]) for k in ("dlib", "gender", "age", "speckle", "landmarks", "consistency"))
     # fine-tuned again: the whole line of renderers it descends from, nearest first
     again = [a if a != str(root / "run" / "renderer") else str(tmp_path / "tuned" / "renderer") for a in tune]
     train(build_parser().parse_args(_output(again, tmp_path / "again") + ["--steps", "0"]))
@@ -238,9 +265,26 @@ def test_training_on_data_packed_small_measures_the_embeddings_it_lacks(tiny_run
     assert data.embeddings is None and data.embeddings_dlib_raw is None
     with pytest.raises(ConfigError, match="emb_facenet"):
         data.batch(4, np.random.default_rng(0))
-    data.measure_missing_embeddings(lambda x: x.flatten(1)[:, :8], lambda x: x.flatten(1)[:, :128] + 2.0, batch=5)
+    calls = []
+
+    def student(x):
+        calls.append("student")
+        return x.flatten(1)[:, :8]
+
+    data.measure_missing_embeddings(student, lambda x: x.flatten(1)[:, :128] + 2.0, batch=5,
+                                    cache=tmp_path / "measured.pt", key="k")
     assert data.embeddings.shape == (12, 8)
     assert torch.allclose(data.embeddings_dlib_raw.norm(dim=1), torch.ones(12)) and data.embeddings_dlib is not None
+    # a second run with the same key reads what the first measured; another key measures again
+    again = FaceData(tmp_path / "packed.npz", 32, torch.device("cpu"))
+    measured = len(calls)
+    again.measure_missing_embeddings(student, lambda x: x.flatten(1)[:, :128] + 2.0, batch=5,
+                                     cache=tmp_path / "measured.pt", key="k")
+    assert len(calls) == measured and torch.equal(again.embeddings, data.embeddings)
+    assert torch.equal(again.embeddings_dlib_raw, data.embeddings_dlib_raw)
+    other = FaceData(tmp_path / "packed.npz", 32, torch.device("cpu"))
+    other.measure_missing_embeddings(student, None, batch=5, cache=tmp_path / "measured.pt", key="other student")
+    assert len(calls) > measured and other.embeddings_dlib_raw is None
     # the renderer's training measures them itself (student; dlib's torch port) and trains
     run = [a if a != str(root / "data.npz") else str(tmp_path / "packed.npz") for a in argv] + ["--weight", "dlib=1"]
     summary = train(build_parser().parse_args(_output(run, tmp_path / "run") + ["--steps", "2"]))

@@ -101,11 +101,15 @@ class FaceData:
 
     def measure_missing_embeddings(self, facenet_like: Callable[[torch.Tensor], torch.Tensor],
                                    dlib: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                                   batch: int = 256) -> None:
+                                   batch: int = 256, cache: Path | None = None, key: str = "") -> None:
         """Fill the embeddings the data file lacks from the crops themselves: ``facenet_like``
         (images in [-1, 1] -> embeddings; the identity student stands in for FaceNet) and
         ``dlib`` (the same for dlib's descriptor, unit rows), when given. Data packed small
-        for another machine leaves them out (``pack_dataset(embeddings=False)``)."""
+        for another machine leaves them out (``pack_dataset(embeddings=False)``).
+
+        With ``cache``, what was measured is kept there under ``key`` (say, the data file's
+        and the judges' fingerprints) and read back by the next run with the same key: a
+        resumed training does not measure 17k faces again."""
         def measure(network: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
             with torch.no_grad():
                 return torch.cat([network(self.images[i:i + batch].float() / 127.5 - 1.0)
@@ -114,11 +118,25 @@ class FaceData:
         wants_dlib = dlib is not None and self.embeddings_dlib_raw is None
         if self.embeddings is not None and not wants_dlib:
             return
+        key = f"{key}:{len(self)}:{self.embeddings is None}:{wants_dlib}"
+        if cache is not None and cache.is_file():
+            saved = torch.load(cache, map_location=self.device, weights_only=True)
+            if saved.get("key") == key:
+                logger.info("read the embeddings the data leaves out from %s", cache)
+                if "facenet_like" in saved:
+                    self.embeddings = saved["facenet_like"]
+                if "dlib" in saved:
+                    self._set_dlib(saved["dlib"])
+                return
         logger.info("measuring the embeddings the data leaves out (%d faces)", len(self))
+        measured: dict[str, torch.Tensor] = {}
         if self.embeddings is None:
-            self.embeddings = measure(facenet_like)
+            self.embeddings = measured["facenet_like"] = measure(facenet_like)
         if wants_dlib:
-            self._set_dlib(F.normalize(measure(dlib), dim=1))
+            measured["dlib"] = F.normalize(measure(dlib), dim=1)
+            self._set_dlib(measured["dlib"])
+        if cache is not None:
+            torch.save({"key": key, **measured}, cache)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -21,6 +21,11 @@ for the other half with another person's code. Losses:
   read by MTCNN's output network on the aligned crop (see
   :mod:`idmrag_plugin.training.landmark_judge`), stay the original's, in inter-ocular
   distances: pose and expression are kept while the identity changes;
+* consistency (off by default): the swapped half of the batch comes in pairs of two people's
+  photos drawn with one identity code, and the two drawings' identity embeddings (the student's,
+  and dlib's where its network is loaded) should agree: the engine draws one pseudonym into all
+  of a person's photos, and a renderer that follows each photo's geometry closely (the
+  landmark term) otherwise lets the context leak into who the drawing looks like;
 * speckle (off by default): the drawing's fine detail inside the mask beyond the real
   face's in the same photo, chroma plus a quarter of luma (see
   :mod:`idmrag_plugin.generation.speckle`): some codes are otherwise drawn as mottled masks
@@ -72,11 +77,13 @@ from idmrag_plugin.training.adversarial import (
     to_grey,
 )
 from idmrag_plugin.training.train_codes import FaceData, weight_option, write_checkpoint
+from idmrag_plugin.weights import sha256_of
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
-           "dlib": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0, "landmarks": 0.0}
+           "dlib": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0, "landmarks": 0.0,
+           "consistency": 0.0}
 #: Share of the luma's excess detail in the speckle loss (luma has texture, chroma hardly any).
 SPECKLE_LOSS_LUMA_SHARE = 0.25
 #: Width of the perceived-age bands swap partners are drawn from, in log(1 + years)
@@ -116,6 +123,27 @@ def matched_partners(gender: np.ndarray, log_age: np.ndarray, identity: np.ndarr
     return PartnerBands(gender, log_age, identity, band).draw(rows, rng)
 
 
+def pair_contexts(idx: np.ndarray, wanted: np.ndarray, half: int, partners: PartnerBands | None,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and identity codes for the consistency term: in the swapped half (rows ``half:``,
+    an even count) each odd row becomes another photo, of another person of the same perceived
+    gender and age band where there are bands, drawn with the identity code of the even row
+    before it. Returns new (idx, wanted)."""
+    idx, wanted = idx.copy(), wanted.copy()
+    first = np.arange(half, len(idx) - 1, 2)
+    if partners is not None:
+        idx[first + 1] = partners.draw(idx[first], rng)
+    wanted[first + 1] = wanted[first]
+    return idx, wanted
+
+
+def pair_disagreement(emb: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cosine between consecutive rows (0-1, 2-3, ...) of identity embeddings; an odd
+    last row is left out."""
+    pairs = emb.shape[0] // 2
+    return (1 - F.cosine_similarity(emb[0 : 2 * pairs : 2], emb[1 : 2 * pairs : 2], dim=1)).mean()
+
+
 def landmark_error(marks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean distance (B,) between five landmarks (B, 5, 2) and the target's, in the target's
     inter-ocular distances."""
@@ -142,6 +170,7 @@ class Frozen:
         for p in [*self.codes.parameters(), *self.student.parameters()]:
             p.requires_grad_(False)
         self.codes_size = self.codes.config.image_size
+        self.student_fingerprint = sha256_of(student_path)
         from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
 
         self.fingerprint = codes_fingerprint(codes_dir)
@@ -237,7 +266,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         landmark_judge = LandmarkJudge().to(device)
     # data packed small for another machine leaves embeddings out: the identity student stands
     # in for FaceNet, and dlib's descriptors are the torch port's on the crops (as drawn faces are judged)
-    data.measure_missing_embeddings(frozen.embed, dlib_judge)
+    data.measure_missing_embeddings(frozen.embed, dlib_judge, cache=out / "embeddings_cache.pt",
+                                    key=f"{sha256_of(Path(args.data))}:{frozen.student_fingerprint}")
     init_dir = None if not args.init else packaged("renderer") if args.init == "packaged" else Path(args.init)
     start_from = FaceRenderer.from_pretrained(init_dir) if init_dir is not None else None
     init_sha = codes_fingerprint(init_dir) if init_dir is not None else ""
@@ -304,13 +334,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     while state["step"] < args.steps and time.time() - start < args.minutes * 60:
         n = args.batch
         idx = torch.as_tensor(rng.integers(0, len(data), n), device=device)
-        x = data.images[idx].float() / 127.5 - 1.0
         # Black-and-white photos are rare in the data but common in corpora: without these
         # the renderer draws colour faces into grey photos.
         grey = torch.as_tensor(rng.random(n) < args.grey_fraction, device=device)
-        x = to_grey(x, grey)
-        e = data.embeddings[idx]
-        z_attr = codes_attr[idx]
         mask = masks[torch.as_tensor(rng.integers(0, len(masks), n), device=device)]
         # rows [half:] get another face's identity: one of the same perceived gender and age
         # band when there are probes, else another row's (a rotation within that half)
@@ -321,6 +347,12 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             perm = torch.arange(n, device=device)
             perm[half:] = torch.roll(perm[half:], 1)
             wanted = idx[perm]
+        if weights["consistency"] > 0:
+            paired_idx, paired_wanted = pair_contexts(idx.cpu().numpy(), wanted.cpu().numpy(), half, partners, rng)
+            idx, wanted = torch.as_tensor(paired_idx, device=device), torch.as_tensor(paired_wanted, device=device)
+        x = to_grey(data.images[idx].float() / 127.5 - 1.0, grey)
+        e = data.embeddings[idx]
+        z_attr = codes_attr[idx]
         wanted_e = data.embeddings[wanted]
         drawn = renderer(x, mask, codes_id[wanted], z_attr)
 
@@ -341,6 +373,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         emb = frozen.embed(drawn)
         terms["identity"] = (1 - F.cosine_similarity(emb, wanted_e, dim=1)).mean()
         terms["hinge"] = F.relu(F.cosine_similarity(emb[half:], e[half:], dim=1) - args.tau).mean()
+        if weights["consistency"] > 0:
+            terms["consistency"] = pair_disagreement(emb[half:])
         if weights["speckle"] > 0:
             luma, chroma = speckle_levels(drawn, mask)
             with torch.no_grad():
@@ -356,6 +390,8 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         if dlib_judge is not None:
             d_raw = dlib_judge(drawn)
             original_raw = data.embeddings_dlib_raw[idx]
+            if weights["consistency"] > 0:
+                terms["consistency"] = terms["consistency"] + pair_disagreement(d_raw[half:] - data.dlib_mean)
             if weights["dlib"] > 0:
                 # the pull is compared centred (see train_codes.centred); the hinge at the oracle's
                 # own threshold, on the descriptors as the oracle compares them
