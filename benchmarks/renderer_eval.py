@@ -11,7 +11,11 @@ renderers never trained on). Per renderer and per kind of drawing (own code / an
 * Fréchet distance to the held-out real crops in dlib's and FaceNet's spaces;
 * similarity to the original (FaceNet cosine; a drawing of another person's code should be
   far) and to the face whose code was drawn;
-* sharpness: mean |Laplacian| of the grey drawing inside the face ellipse (real faces' beside).
+* sharpness: mean |Laplacian| of the grey drawing inside the face ellipse (real faces' beside);
+* privacy margin: dlib's cosine between drawing and original, and the share of drawings the
+  engine's dlib verdict would refuse as still the original (a refused drawing costs an attempt);
+* consistency: the other person's code drawn a second time, into a third person's photo, and
+  the two drawings' cosine (dlib, FaceNet): how alike one pseudonym looks in two photos.
 
     python benchmarks/renderer_eval.py --data runs/faces128.npz --renderers packaged,runs/s21/renderer_lm/renderer
 """
@@ -36,6 +40,9 @@ from idmrag_plugin.weights import CODES_VAE_DIR, REFINER_DIR, RENDERER_DIR, SAMP
 
 logger = logging.getLogger("renderer_eval")
 
+#: dlib's verdict "still the original" in the engine: its far1e-2 threshold less the alignment margin.
+DLIB_REJECTS = 0.897
+
 #: MTCNN's median box of a face in the canonical crop (x1, y1, x2, y2 as fractions).
 FACE_BOX = (0.262, 0.230, 0.749, 0.903)
 
@@ -57,18 +64,35 @@ def partners_of(identity: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-def drawings(renderer_dir: Path, crops: np.ndarray, partners: np.ndarray) -> dict[str, np.ndarray]:
+def second_photos(identity: np.ndarray, partners: np.ndarray) -> np.ndarray:
+    """For each face, the next held-out face of neither its person nor its partner's: where
+    the partner's code is drawn a second time (one pseudonym in two people's photos)."""
+    n = len(identity)
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        j = (i + 1) % n
+        while identity[j] in (identity[i], identity[partners[i]]):
+            j = (j + 1) % n
+        out[i] = j
+    return out
+
+
+def drawings(renderer_dir: Path, crops: np.ndarray, partners: np.ndarray,
+             second: np.ndarray) -> dict[str, np.ndarray]:
     generator = RendererGenerator(renderer_dir, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE),
                                   refiner_dir=packaged(REFINER_DIR))
     codes = [generator._encoded(face) for face in crops]
-    own, other = [], []
+    own, other, again = [], [], []
     for i, face in enumerate(crops):
         id_mu, attr_mu = codes[i]
         pair = np.concatenate([id_mu, codes[partners[i]][0]])
         drawn = generator._render(pair, face, attr_mu)
         own.append(generator._composite(drawn[0], face))
         other.append(generator._composite(drawn[1], face))
-    return {"own code": np.stack(own), "another's code": np.stack(other)}
+        elsewhere = crops[second[i]]
+        (drawn_again,) = generator._render(codes[partners[i]][0], elsewhere, codes[second[i]][1])
+        again.append(generator._composite(drawn_again, elsewhere))
+    return {"own code": np.stack(own), "another's code": np.stack(other), "second photo": np.stack(again)}
 
 
 class Landmarks68:
@@ -106,6 +130,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     crops, identity = held_out(Path(args.data), args.count, args.seed)
     partners = partners_of(identity, args.seed)
+    second = second_photos(identity, partners)
     oracles = {name: build_oracle(name) for name in ("dlib", "facenet")}
     marks = template(crops.shape[1])
     side = crops.shape[1]
@@ -121,7 +146,10 @@ def main() -> None:
     for name in args.renderers.split(","):
         folder = packaged(RENDERER_DIR) if name == "packaged" else Path(name)
         row = {}
-        for kind, drawn in drawings(folder, crops, partners).items():
+        drawn_all = drawings(folder, crops, partners, second)
+        second_drawn = drawn_all.pop("second photo")
+        again = {o: embed(o, second_drawn) for o in oracles}
+        for kind, drawn in drawn_all.items():
             emb = {o: embed(o, drawn) for o in oracles}
             row[kind] = {
                 "landmarks (IOD)": float(np.mean([landmark_error(r, predictor(d)) for r, d in zip(real_marks, drawn)])),
@@ -131,7 +159,13 @@ def main() -> None:
                 "FaceNet cosine to the code's face": float(np.mean(np.sum(
                     emb["facenet"] * real["facenet"][partners if kind != "own code" else np.arange(len(crops))], axis=1))),
                 "sharpness": sharpness(drawn),
+                "dlib cosine to original": float(np.mean(to_original_dlib := np.sum(emb["dlib"] * real["dlib"], axis=1))),
+                "share the dlib oracle rejects": float(np.mean(to_original_dlib >= DLIB_REJECTS)),
             }
+            if kind != "own code":  # one pseudonym drawn into two people's photos
+                for o, label in (("dlib", "dlib"), ("facenet", "FaceNet")):
+                    row[kind][f"{label} cosine, same code in two photos"] = float(
+                        np.mean(np.sum(emb[o] * again[o], axis=1)))
             logger.info("%s, %s: %s", name, kind, {k: round(v, 4) for k, v in row[kind].items()})
         results["renderers"][name] = row
     Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False))
