@@ -145,14 +145,19 @@ def test_training_refuses_a_checkpoint_of_another_config(tiny_run):
         train(build_parser().parse_args(argv + ["--steps", "61", "--max-channels", "32"]))
 
 
+def _faces_in_bands(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Perceived gender, log age and identity (four faces a person) of ``n`` made-up faces."""
+    gender = rng.random(n) < 0.5
+    log_age = rng.uniform(np.log1p(5), np.log1p(80), n)
+    return gender, log_age, np.repeat(np.arange(n // 4), 4).astype(np.int64)
+
+
 def test_swap_partners_share_the_person_s_perceived_gender_and_age_band():
     from idmrag_plugin.training.train_renderer import PARTNER_AGE_BAND, matched_partners
 
     rng = np.random.default_rng(0)
     n = 400
-    gender = rng.random(n) < 0.5
-    log_age = rng.uniform(np.log1p(5), np.log1p(80), n)
-    identity = np.repeat(np.arange(n // 4), 4).astype(np.int64)
+    gender, log_age, identity = _faces_in_bands(rng, n)
     identity[:40] = -1  # unlabelled faces: all different people
     rows = rng.integers(0, n, 200)
     partners = matched_partners(gender, log_age, identity, rows, rng)
@@ -170,9 +175,7 @@ def test_consistency_pairs_draw_one_code_into_two_people_s_photos_of_one_band():
 
     rng = np.random.default_rng(1)
     n = 400
-    gender = rng.random(n) < 0.5
-    log_age = rng.uniform(np.log1p(5), np.log1p(80), n)
-    identity = np.repeat(np.arange(n // 4), 4).astype(np.int64)
+    gender, log_age, identity = _faces_in_bands(rng, n)
     bands = PartnerBands(gender, log_age, identity)
     for _ in range(20):
         idx = rng.integers(0, n, 16)

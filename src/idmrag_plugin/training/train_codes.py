@@ -61,6 +61,21 @@ def centred(embeddings: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(shifted, dim=1)
 
 
+def keyed_cache(path: Path | None, key: str, compute: Callable[[], dict[str, torch.Tensor]],
+                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors kept in ``path`` under ``key``: read back when the file holds that key, else
+    computed and written there (nothing written when ``path`` is None)."""
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if saved.get("key") == key:
+            logger.info("read %s from %s", ", ".join(k for k in saved if k != "key"), path)
+            return {k: v for k, v in saved.items() if k != "key"}
+    tensors = compute()
+    if path is not None:
+        torch.save({"key": key, **tensors}, path)
+    return tensors
+
+
 class FaceData:
     """The training split on the device as uint8 tensors, sampled with identity pairs."""
 
@@ -118,25 +133,21 @@ class FaceData:
         wants_dlib = dlib is not None and self.embeddings_dlib_raw is None
         if self.embeddings is not None and not wants_dlib:
             return
+        def measure_all() -> dict[str, torch.Tensor]:
+            logger.info("measuring the embeddings the data leaves out (%d faces)", len(self))
+            measured: dict[str, torch.Tensor] = {}
+            if self.embeddings is None:
+                measured["facenet_like"] = measure(facenet_like)
+            if wants_dlib:
+                measured["dlib"] = F.normalize(measure(dlib), dim=1)  # type: ignore[arg-type]
+            return measured
+
         key = f"{key}:{len(self)}:{self.embeddings is None}:{wants_dlib}"
-        if cache is not None and cache.is_file():
-            saved = torch.load(cache, map_location=self.device, weights_only=True)
-            if saved.get("key") == key:
-                logger.info("read the embeddings the data leaves out from %s", cache)
-                if "facenet_like" in saved:
-                    self.embeddings = saved["facenet_like"]
-                if "dlib" in saved:
-                    self._set_dlib(saved["dlib"])
-                return
-        logger.info("measuring the embeddings the data leaves out (%d faces)", len(self))
-        measured: dict[str, torch.Tensor] = {}
-        if self.embeddings is None:
-            self.embeddings = measured["facenet_like"] = measure(facenet_like)
-        if wants_dlib:
-            measured["dlib"] = F.normalize(measure(dlib), dim=1)
+        measured = keyed_cache(cache, key, measure_all, self.device)
+        if "facenet_like" in measured:
+            self.embeddings = measured["facenet_like"]
+        if "dlib" in measured:
             self._set_dlib(measured["dlib"])
-        if cache is not None:
-            torch.save({"key": key, **measured}, cache)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

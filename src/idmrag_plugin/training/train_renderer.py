@@ -76,7 +76,12 @@ from idmrag_plugin.training.adversarial import (
     spectrum_loss,
     to_grey,
 )
-from idmrag_plugin.training.train_codes import FaceData, weight_option, write_checkpoint
+from idmrag_plugin.training.train_codes import (
+    FaceData,
+    keyed_cache,
+    weight_option,
+    write_checkpoint,
+)
 from idmrag_plugin.weights import sha256_of
 
 logger = logging.getLogger(__name__)
@@ -191,20 +196,17 @@ class Frozen:
     def codes_of_all(self, images: torch.Tensor, cache: Path, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_id, z_attr) of every uint8 image, computed once and kept in ``cache`` (keyed by
         the codes model's weights and the images' count): the conditioning is then free."""
-        key = f"{self.fingerprint}:{images.shape[0]}"
-        if cache.is_file():
-            saved = torch.load(cache, map_location=images.device, weights_only=True)
-            if saved.get("key") == key:
-                return saved["z_id"], saved["z_attr"]
-        ids, attrs = [], []
-        with torch.no_grad():
-            for start in range(0, images.shape[0], batch):
-                z_id, z_attr = self.codes_of(images[start : start + batch].float() / 127.5 - 1.0)
-                ids.append(z_id)
-                attrs.append(z_attr)
-        z_id, z_attr = torch.cat(ids), torch.cat(attrs)
-        torch.save({"key": key, "z_id": z_id, "z_attr": z_attr}, cache)
-        return z_id, z_attr
+        def encode_all() -> dict[str, torch.Tensor]:
+            ids, attrs = [], []
+            with torch.no_grad():
+                for start in range(0, images.shape[0], batch):
+                    z_id, z_attr = self.codes_of(images[start : start + batch].float() / 127.5 - 1.0)
+                    ids.append(z_id)
+                    attrs.append(z_attr)
+            return {"z_id": torch.cat(ids), "z_attr": torch.cat(attrs)}
+
+        codes = keyed_cache(cache, f"{self.fingerprint}:{images.shape[0]}", encode_all, images.device)
+        return codes["z_id"], codes["z_attr"]
 
 
 def sample_sheet(renderer: FaceRenderer, frozen: Frozen, x: torch.Tensor, mask: torch.Tensor, path: Path) -> None:
