@@ -28,9 +28,16 @@ def corpus(tmp_path_factory, astronaut, camera, no_face_image):
     (src / "empty.png").write_bytes(b"")
     (src / "notes.png").write_text("this is text, not a picture")
     (src / "readme.txt").write_text("not listed: not an image suffix")
-    yield src
-    if ray.is_initialized():
-        ray.shutdown()
+    return src
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime():
+    """One local Ray runtime for the module: each job reuses it instead of starting its own
+    (about 5 s a start and shutdown on this CPU); a job shuts down only a runtime it started."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def test_list_file_of_paths_and_urls(tmp_path, corpus):
