@@ -371,6 +371,54 @@ def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(t
     assert np.array_equal(worst_case, generator._composite(generator._render(codes[3][None], face, attr[None])[0], face))
 
 
+
+def test_a_person_s_pseudonym_drawn_a_little_unfit_in_a_later_photo_stays_theirs(tiny_run, monkeypatch):
+    from idmrag_plugin.generation import ghost
+    from idmrag_plugin.generation.renderer_generator import (
+        KEPT_UNFITNESS,
+        SPECKLE_ALTERNATES,
+        SPECKLE_LIMIT,
+    )
+
+    assert KEPT_UNFITNESS > 1.0
+    root, *_ = tiny_run
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    again = np.clip(face.astype(np.int16) + 3, 0, 255).astype(np.uint8)  # the same person's next photo
+    a_little, clearly = (1.0 + KEPT_UNFITNESS) / 2, 1.5 * KEPT_UNFITNESS
+
+    def drawn_for(first_photo_score: float, next_photo_score: float) -> list[bool]:
+        """For each drawing made for the person's next photo, whether it was of their own
+        pseudonym, when that scores ``next_photo_score`` there (``first_photo_score`` in their
+        first photo); every other code draws fit."""
+        generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                                      secret=b"s")
+        code = generator.encode(face[None])[0][0]
+        codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES)
+        scores = {codes[0].tobytes(): first_photo_score}
+        drawn: list[bytes] = []
+        draw = generator._draw
+
+        def recording(some_codes, *args, **kwargs):
+            drawn.append(np.asarray(some_codes).tobytes())
+            return draw(some_codes, *args, **kwargs)
+
+        monkeypatch.setattr(generator, "_draw", recording)
+        monkeypatch.setattr(generator, "speckle", lambda d, grow=None: np.array(
+            [scores.get(drawn[-1], 0.3) * SPECKLE_LIMIT]))
+        monkeypatch.setattr(ghost, "ghost_ratio", lambda d, f: np.ones(len(d)))
+        generator.generate(GenerationRequest(face, attempt=0, seed=7))
+        if first_photo_score > 1.0:  # an unfit first drawing is replaced at once, whatever its margin
+            assert drawn == [codes[0][None].tobytes(), codes[1][None].tobytes()]
+            return []
+        scores[codes[0].tobytes()] = next_photo_score
+        drawn.clear()
+        generator.generate(GenerationRequest(again, attempt=0, seed=8))
+        return [d == codes[0][None].tobytes() for d in drawn]
+
+    assert drawn_for(0.3, a_little) == [True]  # kept: one drawing, the person's own code
+    assert drawn_for(0.3, clearly) == [True, False]  # replaced there by the first fit alternate
+    assert drawn_for(a_little, 0.3) == []
+
 def test_tone_shift_moves_the_face_mean_and_leaves_kept_pixels_alone():
     from idmrag_plugin.engine.blend import face_mask, shift_tone
 
