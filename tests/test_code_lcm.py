@@ -307,12 +307,14 @@ def test_a_person_next_photo_starts_with_their_verified_pseudonym(tiny):
     generator.accepted(GenerationRequest(face, attempt=0, seed=12))  # never drawn: ignored
     assert [generator.pseudonym_attempt(code, a) for a in range(4)] == [0, 1, 2, 3]
     generator.accepted(third)
-    assert [generator.pseudonym_attempt(code, a) for a in range(5)] == [2, 0, 1, 3, 4]
-    # the person's next photo (here the same crop again) is drawn with that pseudonym first
-    # (the engine's attempt still sets the mask: later attempts redraw more)
-    generator.generate(GenerationRequest(face, attempt=0, seed=13))
-    generator.generate(GenerationRequest(face, attempt=1, seed=14))
-    assert asked == [2, 2, 0]
+    assert [generator.pseudonym_attempt(code, a) for a in range(6)] == [2, 2, 0, 1, 3, 4]
+    # the person's next photo (here the same crop again) is drawn with that pseudonym first, and
+    # again over the wider mask if refused there, before another (the engine's attempt sets the
+    # mask: later attempts redraw more)
+    assert generator.mask_grow_for(1) > generator.mask_grow_for(0)
+    for attempt in range(3):
+        generator.generate(GenerationRequest(face, attempt=attempt, seed=13 + attempt))
+    assert asked == [2, 2, 2, 0]
     other = _generator(root, steps=2, secret=b"s")  # a new generator knows nothing of it
     other._load_code_model().config.novelty_cos = 0.9999
     assert [other.pseudonym_attempt(code, a) for a in range(3)] == [0, 1, 2]

@@ -89,8 +89,10 @@ def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
 
 #: From this attempt on (0-based), a face is redrawn over the widest inpainting ellipse the
 #: renderer was trained with: the faces that fail closed are mostly ones the oracles still
-#: recognise after several pseudonyms, by what lies around the inner face.
-WIDER_MASK_FROM_ATTEMPT = 2
+#: recognise after several pseudonyms, by what lies around the inner face. From the second, so
+#: that a person's pseudonym refused in one of their photos is first drawn again there over it
+#: (``kept_pseudonym_retries``) before the photo gets another pseudonym.
+WIDER_MASK_FROM_ATTEMPT = 1
 
 
 class RendererGenerator(VAEDecodeGenerator):
@@ -121,6 +123,9 @@ class RendererGenerator(VAEDecodeGenerator):
     # The crop it returns already fits its own context (blended into it): no colour transfer,
     # and it is pasted over the whole ellipse it was drawn in (see paste_grow_for).
     colour_match = False
+    #: A person's pseudonym refused in a photo is drawn there once more, over the wider mask of
+    #: ``WIDER_MASK_FROM_ATTEMPT``, before another (their photos otherwise show two people).
+    kept_pseudonym_retries = 1
 
     def __init__(
         self,

@@ -139,6 +139,9 @@ def _grown(rows: np.ndarray, capacity: int, width: int) -> np.ndarray:
 
 class VAEDecodeGenerator(FaceGenerator):
     name = "vae-decode"
+    #: Attempts after the first at which a person's verified pseudonym is drawn again before
+    #: any other (see :meth:`pseudonym_attempt`): none here, where a redraw would be the same.
+    kept_pseudonym_retries = 0
 
     def __init__(
         self,
@@ -267,14 +270,19 @@ class VAEDecodeGenerator(FaceGenerator):
         code is ``code``: the one last verified for the person comes first, the others keep their
         order. A pseudonym that failed on one photo and was replaced by a later attempt's would
         otherwise give every later photo of the person the first one again (two pseudonyms for
-        one person). ``request_seed`` remembers the choice for :meth:`accepted`."""
+        one person). It is drawn again at the next ``kept_pseudonym_retries`` attempts (a
+        generator whose later attempts redraw more of the face) before any other.
+        ``request_seed`` remembers the choice for :meth:`accepted`."""
         person = self._seed_code(code).tobytes()
         with self._lock:
             verified = self._verified_attempt.get(person)
-            if verified is None or attempt > verified:
+            if verified is None:
                 chosen = attempt
+            elif attempt <= self.kept_pseudonym_retries:
+                chosen = verified
             else:
-                chosen = verified if attempt == 0 else attempt - 1
+                attempt -= self.kept_pseudonym_retries
+                chosen = attempt if attempt > verified else (verified if attempt == 0 else attempt - 1)
             if request_seed is not None:
                 self._drawn[request_seed] = (person, chosen)
                 if len(self._drawn) > RESOLVED_MEMORY:
