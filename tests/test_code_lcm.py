@@ -34,6 +34,7 @@ from idmrag_plugin.generation.code_diffusion import (
 from idmrag_plugin.generation.encoder import CodesConfig, DisentangledFaceVAE
 from idmrag_plugin.generation.identity_student import IdentityStudent
 from idmrag_plugin.generation.renderer import FaceRenderer, RendererConfig
+from idmrag_plugin.generation.renderer_generator import WIDER_MASK_FROM_ATTEMPT
 from idmrag_plugin.generation.renderer_lcm_generator import CANDIDATES, RendererLCMGenerator
 from idmrag_plugin.generation.sampler import IdentitySampler, pseudonym_key
 
@@ -309,15 +310,23 @@ def test_a_person_next_photo_starts_with_their_verified_pseudonym(tiny):
     generator.accepted(third)
     assert [generator.pseudonym_attempt(code, a) for a in range(6)] == [2, 2, 0, 1, 3, 4]
     # the person's next photo (here the same crop again) is drawn with that pseudonym first, and
-    # again over the wider mask if refused there, before another (the engine's attempt sets the
-    # mask: later attempts redraw more)
-    assert generator.mask_grow_for(1) > generator.mask_grow_for(0)
-    for attempt in range(3):
-        generator.generate(GenerationRequest(face, attempt=attempt, seed=13 + attempt))
+    # if refused there drawn again at once over the wider mask, before another; a new person's
+    # second attempt keeps the first's mask
+    normal, wide = generator.mask_grow_for(0), generator.mask_grow_for(WIDER_MASK_FROM_ATTEMPT)
+    assert WIDER_MASK_FROM_ATTEMPT > 1 and wide > normal == generator.mask_grow_for(1)
+    requests = [GenerationRequest(face, attempt=attempt, seed=13 + attempt) for attempt in range(3)]
+    for request in requests:
+        generator.generate(request)
     assert asked == [2, 2, 2, 0]
+    assert [generator.paste_grow_of(r) for r in requests] == [normal, wide, wide]
+    assert generator.redraws_kept_pseudonym(code, 1) and not generator.redraws_kept_pseudonym(code, 2)
     other = _generator(root, steps=2, secret=b"s")  # a new generator knows nothing of it
     other._load_code_model().config.novelty_cos = 0.9999
     assert [other.pseudonym_attempt(code, a) for a in range(3)] == [0, 1, 2]
+    assert not other.redraws_kept_pseudonym(code, 1)
+    fresh = GenerationRequest(face, attempt=1, seed=21)
+    other.generate(fresh)
+    assert other.paste_grow_of(fresh) == normal
 
 
 def test_what_is_kept_about_a_person_goes_when_the_registry_forgets_them(tiny):

@@ -725,7 +725,7 @@ class FaceAnonymizer:
                 x1, y1, x2, y2 = region = region_of(crop, job.output.shape[:2])
                 pasted.append(_Paste(job, face, region, job.output[y1:y2, x1:x2].copy(), request))
                 with _timed(job.timings, "blend"):
-                    paste_face(job.output, new, crop, grow=self.generator.paste_grow_for(attempt),
+                    paste_face(job.output, new, crop, grow=self.generator.paste_grow_of(request),
                                colour_match=self.generator.colour_match)
             if not pasted:
                 pending = retry

@@ -51,6 +51,11 @@ class FaceGenerator(ABC):
         """The face ellipse's growth for pasting this generator's crop at ``attempt``."""
         return self.paste_grow
 
+    def paste_grow_of(self, request: GenerationRequest) -> float:
+        """The face ellipse's growth for pasting the crop drawn for ``request`` (the engine's
+        call; by default :meth:`paste_grow_for` its attempt)."""
+        return self.paste_grow_for(request.attempt)
+
     @abstractmethod
     def generate(self, request: GenerationRequest) -> np.ndarray:
         """Return an RGB uint8 array shaped like ``request.face``."""

@@ -29,7 +29,7 @@ from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
-from idmrag_plugin.generation.vae_generator import VAEDecodeGenerator
+from idmrag_plugin.generation.vae_generator import RESOLVED_MEMORY, VAEDecodeGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,10 @@ def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
 
 #: From this attempt on (0-based), a face is redrawn over the widest inpainting ellipse the
 #: renderer was trained with: the faces that fail closed are mostly ones the oracles still
-#: recognise after several pseudonyms, by what lies around the inner face. From the second, so
-#: that a person's pseudonym refused in one of their photos is first drawn again there over it
-#: (``kept_pseudonym_retries``) before the photo gets another pseudonym.
-WIDER_MASK_FROM_ATTEMPT = 1
+#: recognise after several pseudonyms, by what lies around the inner face. (A person's own
+#: pseudonym refused in one of their photos is drawn again over it at once: see
+#: ``kept_pseudonym_retries``.)
+WIDER_MASK_FROM_ATTEMPT = 2
 
 
 class RendererGenerator(VAEDecodeGenerator):
@@ -123,8 +123,8 @@ class RendererGenerator(VAEDecodeGenerator):
     # The crop it returns already fits its own context (blended into it): no colour transfer,
     # and it is pasted over the whole ellipse it was drawn in (see paste_grow_for).
     colour_match = False
-    #: A person's pseudonym refused in a photo is drawn there once more, over the wider mask of
-    #: ``WIDER_MASK_FROM_ATTEMPT``, before another (their photos otherwise show two people).
+    #: A person's pseudonym refused in a photo is drawn there once more, over the wider mask
+    #: of ``WIDER_MASK_FROM_ATTEMPT``, before another (their photos otherwise show two people).
     kept_pseudonym_retries = 1
 
     def __init__(
@@ -164,6 +164,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self._refiner = None
         self._refiner_onnx = None
         self._encodings: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._grows: OrderedDict[int, float] = OrderedDict()  # request seed -> ellipse drawn in
         self._renderer_lock = threading.Lock()
         self._masks: dict[tuple[int, float], np.ndarray] = {}
         self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
@@ -322,6 +323,11 @@ class RendererGenerator(VAEDecodeGenerator):
         # Pasted over the whole drawn ellipse: the Poisson blend already met the photo at its edge.
         return self.mask_grow_for(attempt)
 
+    def paste_grow_of(self, request: GenerationRequest) -> float:
+        with self._lock:
+            grow = self._grows.get(request.seed)
+        return self.paste_grow_for(request.attempt) if grow is None else grow
+
     def mask(self, size: int, grow: float | None = None) -> np.ndarray:
         """The inpainting mask at ``size`` px (1 = drawn by the renderer), of the renderer's
         own size unless ``grow`` says otherwise."""
@@ -371,6 +377,12 @@ class RendererGenerator(VAEDecodeGenerator):
         if request.identity is not None:
             return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu, grow)[0], face, grow)
         self._note_person(id_mu[0], face, request.original_embeddings)
+        if self.redraws_kept_pseudonym(id_mu[0], request.attempt):
+            grow = self.mask_grow_for(WIDER_MASK_FROM_ATTEMPT)
+        with self._lock:
+            self._grows[request.seed] = grow  # the ellipse it is pasted over (paste_grow_of)
+            if len(self._grows) > RESOLVED_MEMORY:
+                self._grows.popitem(last=False)
         attempt = self.pseudonym_attempt(id_mu[0], request.attempt, request.seed)
         return self._draw_pseudonym(id_mu[0], face, attr_mu, attempt, grow)
 

@@ -289,6 +289,16 @@ class VAEDecodeGenerator(FaceGenerator):
                     self._drawn.popitem(last=False)
         return chosen
 
+    def redraws_kept_pseudonym(self, code: np.ndarray, attempt: int) -> bool:
+        """Whether the engine's ``attempt`` at a face whose identity code is ``code`` draws the
+        person's verified pseudonym again after it was refused in this photo (see
+        :meth:`pseudonym_attempt`)."""
+        if not 0 < attempt <= self.kept_pseudonym_retries:
+            return False
+        person = self._seed_code(code).tobytes()
+        with self._lock:
+            return person in self._verified_attempt
+
     def accepted(self, request: GenerationRequest) -> None:
         with self._lock:
             drawn = self._drawn.get(request.seed)
