@@ -311,31 +311,19 @@ def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
 
 
-@pytest.mark.parametrize("unfit", ["speckled", "washed out"])
-def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch, unfit):
+def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: str = "speckled") -> list[np.ndarray]:
+    """Record the codes ``generator`` draws (one array per drawing call, returned list) and make
+    each drawing as unfit as ``scores`` says for its code (1 = at the limit; unlisted codes 0.3,
+    fit), speckled or washed out."""
     from idmrag_plugin.generation import ghost
-    from idmrag_plugin.generation.renderer_generator import (
-        GHOST_LIMIT,
-        SPECKLE_ALTERNATES,
-        SPECKLE_LIMIT,
-    )
+    from idmrag_plugin.generation.renderer_generator import GHOST_LIMIT, SPECKLE_LIMIT
 
-    root, *_ = tiny_run
-    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
-    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
-    code, attr = (a[0] for a in generator.encode(face[None]))
-    codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES)
-    assert np.array_equal(codes[0], generator.replacement_code(code, 0))
-    assert len({c.tobytes() for c in codes}) == len(codes) == 1 + SPECKLE_ALTERNATES
     drawn_codes: list[np.ndarray] = []
     draw = generator._draw
 
     def recording(some_codes, *args, **kwargs):
         drawn_codes.append(np.array(some_codes))
         return draw(some_codes, *args, **kwargs)
-
-    # how unfit each code's drawing is (1 = at the limit); the rest draw fit
-    scores = {codes[0].tobytes(): 5.0, codes[1].tobytes(): 4.0}
 
     def unfitness_of_last_drawn() -> np.ndarray:
         return np.array([scores.get(c.tobytes(), 0.3) for c in drawn_codes[-1]])
@@ -347,6 +335,23 @@ def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(t
     else:
         monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: np.zeros(len(drawn)))
         monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: GHOST_LIMIT / unfitness_of_last_drawn())
+    return drawn_codes
+
+
+@pytest.mark.parametrize("unfit", ["speckled", "washed out"])
+def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch, unfit):
+    from idmrag_plugin.generation.renderer_generator import SPECKLE_ALTERNATES
+
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    code, attr = (a[0] for a in generator.encode(face[None]))
+    codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES)
+    assert np.array_equal(codes[0], generator.replacement_code(code, 0))
+    assert len({c.tobytes() for c in codes}) == len(codes) == 1 + SPECKLE_ALTERNATES
+    # how unfit each code's drawing is (1 = at the limit); the rest draw fit
+    scores = {codes[0].tobytes(): 5.0, codes[1].tobytes(): 4.0}
+    drawn_codes = _scored_drawings(generator, monkeypatch, scores, unfit)
     out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
     # the first clean alternate in order, drawn and composited as any pseudonym
     assert np.array_equal(out, generator._composite(generator._render(codes[2][None], face, attr[None])[0], face))
@@ -371,14 +376,8 @@ def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(t
     assert np.array_equal(worst_case, generator._composite(generator._render(codes[3][None], face, attr[None])[0], face))
 
 
-
 def test_a_person_s_pseudonym_drawn_a_little_unfit_in_a_later_photo_stays_theirs(tiny_run, monkeypatch):
-    from idmrag_plugin.generation import ghost
-    from idmrag_plugin.generation.renderer_generator import (
-        KEPT_UNFITNESS,
-        SPECKLE_ALTERNATES,
-        SPECKLE_LIMIT,
-    )
+    from idmrag_plugin.generation.renderer_generator import KEPT_UNFITNESS, SPECKLE_ALTERNATES
 
     assert KEPT_UNFITNESS > 1.0
     root, *_ = tiny_run
@@ -395,29 +394,20 @@ def test_a_person_s_pseudonym_drawn_a_little_unfit_in_a_later_photo_stays_theirs
         code = generator.encode(face[None])[0][0]
         codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES)
         scores = {codes[0].tobytes(): first_photo_score}
-        drawn: list[bytes] = []
-        draw = generator._draw
-
-        def recording(some_codes, *args, **kwargs):
-            drawn.append(np.asarray(some_codes).tobytes())
-            return draw(some_codes, *args, **kwargs)
-
-        monkeypatch.setattr(generator, "_draw", recording)
-        monkeypatch.setattr(generator, "speckle", lambda d, grow=None: np.array(
-            [scores.get(drawn[-1], 0.3) * SPECKLE_LIMIT]))
-        monkeypatch.setattr(ghost, "ghost_ratio", lambda d, f: np.ones(len(d)))
+        drawn = _scored_drawings(generator, monkeypatch, scores)
         generator.generate(GenerationRequest(face, attempt=0, seed=7))
         if first_photo_score > 1.0:  # an unfit first drawing is replaced at once, whatever its margin
-            assert drawn == [codes[0][None].tobytes(), codes[1][None].tobytes()]
+            assert [d.tobytes() for d in drawn] == [codes[0][None].tobytes(), codes[1][None].tobytes()]
             return []
         scores[codes[0].tobytes()] = next_photo_score
         drawn.clear()
         generator.generate(GenerationRequest(again, attempt=0, seed=8))
-        return [d == codes[0][None].tobytes() for d in drawn]
+        return [np.array_equal(d, codes[0][None]) for d in drawn]
 
     assert drawn_for(0.3, a_little) == [True]  # kept: one drawing, the person's own code
     assert drawn_for(0.3, clearly) == [True, False]  # replaced there by the first fit alternate
     assert drawn_for(a_little, 0.3) == []
+
 
 def test_tone_shift_moves_the_face_mean_and_leaves_kept_pixels_alone():
     from idmrag_plugin.engine.blend import face_mask, shift_tone

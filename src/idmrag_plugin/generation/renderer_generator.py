@@ -377,13 +377,13 @@ class RendererGenerator(VAEDecodeGenerator):
         if request.identity is not None:
             return self._composite(self._render(np.atleast_2d(request.identity), face, attr_mu, grow)[0], face, grow)
         self._note_person(id_mu[0], face, request.original_embeddings)
-        if self.redraws_kept_pseudonym(id_mu[0], request.attempt):
+        attempt, retried = self._pseudonym_choice(id_mu[0], request.attempt, request.seed)
+        if retried:
             grow = self.mask_grow_for(WIDER_MASK_FROM_ATTEMPT)
         with self._lock:
             self._grows[request.seed] = grow  # the ellipse it is pasted over (paste_grow_of)
             if len(self._grows) > RESOLVED_MEMORY:
                 self._grows.popitem(last=False)
-        attempt = self.pseudonym_attempt(id_mu[0], request.attempt, request.seed)
         return self._draw_pseudonym(id_mu[0], face, attr_mu, attempt, grow)
 
     def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,

@@ -273,9 +273,22 @@ class VAEDecodeGenerator(FaceGenerator):
         one person). It is drawn again at the next ``kept_pseudonym_retries`` attempts (a
         generator whose later attempts redraw more of the face) before any other.
         ``request_seed`` remembers the choice for :meth:`accepted`."""
+        return self._pseudonym_choice(code, attempt, request_seed)[0]
+
+    def redraws_kept_pseudonym(self, code: np.ndarray, attempt: int) -> bool:
+        """Whether the engine's ``attempt`` at a face whose identity code is ``code`` draws the
+        person's verified pseudonym again after it was refused in this photo (see
+        :meth:`pseudonym_attempt`)."""
+        return self._pseudonym_choice(code, attempt)[1]
+
+    def _pseudonym_choice(self, code: np.ndarray, attempt: int,
+                          request_seed: int | None = None) -> tuple[int, bool]:
+        """:meth:`pseudonym_attempt` and :meth:`redraws_kept_pseudonym` from one reading of
+        the person's verified attempt."""
         person = self._seed_code(code).tobytes()
         with self._lock:
             verified = self._verified_attempt.get(person)
+            retried = verified is not None and 0 < attempt <= self.kept_pseudonym_retries
             if verified is None:
                 chosen = attempt
             elif attempt <= self.kept_pseudonym_retries:
@@ -287,17 +300,7 @@ class VAEDecodeGenerator(FaceGenerator):
                 self._drawn[request_seed] = (person, chosen)
                 if len(self._drawn) > RESOLVED_MEMORY:
                     self._drawn.popitem(last=False)
-        return chosen
-
-    def redraws_kept_pseudonym(self, code: np.ndarray, attempt: int) -> bool:
-        """Whether the engine's ``attempt`` at a face whose identity code is ``code`` draws the
-        person's verified pseudonym again after it was refused in this photo (see
-        :meth:`pseudonym_attempt`)."""
-        if not 0 < attempt <= self.kept_pseudonym_retries:
-            return False
-        person = self._seed_code(code).tobytes()
-        with self._lock:
-            return person in self._verified_attempt
+        return chosen, retried
 
     def accepted(self, request: GenerationRequest) -> None:
         with self._lock:
