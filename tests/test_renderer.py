@@ -340,7 +340,7 @@ def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: 
 
 @pytest.mark.parametrize("unfit", ["speckled", "washed out"])
 def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch, unfit):
-    from idmrag_plugin.generation.renderer_generator import SPECKLE_ALTERNATES
+    from idmrag_plugin.generation.renderer_generator import FURTHER_ALTERNATES, SPECKLE_ALTERNATES
 
     root, *_ = tiny_run
     generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
@@ -369,11 +369,24 @@ def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(t
     generator.generate(GenerationRequest(again, attempt=0, seed=10))
     assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], codes[2][None])
     monkeypatch.setattr(generator, "pseudonym_codes", all_codes)
-    # nothing fit: the least unfit of all
+    # none of the kept code and its three alternates fit: further codes in the same order, until one is
     scores.update({codes[2].tobytes(): 4.5, codes[3].tobytes(): 3.0})
+    more = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
+    assert np.array_equal(more[: len(codes)], codes) and len({c.tobytes() for c in more}) == len(more)
     drawn_codes.clear()
-    worst_case = generator.generate(GenerationRequest(face, attempt=0, seed=9))
-    assert np.array_equal(worst_case, generator._composite(generator._render(codes[3][None], face, attr[None])[0], face))
+    further = generator.generate(GenerationRequest(face, attempt=0, seed=9))
+    assert [d[0].tobytes() for d in drawn_codes] == [c.tobytes() for c in (codes[2], codes[0], codes[1], codes[3], more[4])]
+    assert np.array_equal(further, generator._composite(generator._render(more[4][None], face, attr[None])[0], face))
+    drawn_codes.clear()
+    generator.generate(GenerationRequest(again, attempt=0, seed=10))  # the person's next photo starts with it
+    assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], more[4][None])
+    # nothing fit: the least unfit of all (the kept code's score divided by KEPT_UNFITNESS)
+    scores.update({c.tobytes(): 2.5 for c in more[4:]})
+    scores[more[7].tobytes()] = 1.1
+    drawn_codes.clear()
+    worst_case = generator.generate(GenerationRequest(face, attempt=0, seed=11))
+    assert len(drawn_codes) == 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES
+    assert np.array_equal(worst_case, generator._composite(generator._render(more[7][None], face, attr[None])[0], face))
 
 
 def test_a_person_s_pseudonym_drawn_a_little_unfit_in_a_later_photo_stays_theirs(tiny_run, monkeypatch):

@@ -57,6 +57,11 @@ GHOST_LIMIT = 0.5
 #: first is speckled or washed out in this photo's context; of them the first fit one is used
 #: (else the least unfit of all, see :meth:`RendererGenerator.unfitness`).
 SPECKLE_ALTERNATES = 3
+#: Further codes, in the same order, drawn one by one when the first and its
+#: ``SPECKLE_ALTERNATES`` are all unfit in a photo, until one is fit: some contexts (a turned
+#: face, hair across it) are drawn speckled by most codes, and the least unfit of four was
+#: still a mottled mask (an LFW photo: the first four scored 1.7-2.0, the eleventh 0.9).
+FURTHER_ALTERNATES = 8
 #: How unfit (see :meth:`RendererGenerator.unfitness`) the person's own pseudonym, the one drawn
 #: fit in an earlier photo of theirs, may be drawn in a later photo before an alternate replaces
 #: it there; among drawings all unfit, its score counts divided by this. A replaced pseudonym
@@ -500,7 +505,8 @@ class RendererGenerator(VAEDecodeGenerator):
                          grow: float | None) -> np.ndarray:
         """The person's pseudonym for ``attempt`` drawn into ``face``, unless the renderer draws
         it speckled or washed out in this context (:meth:`unfitness`): then the first of
-        ``SPECKLE_ALTERNATES`` further codes that it draws fit (else the least unfit). The code
+        ``SPECKLE_ALTERNATES`` further codes that it draws fit, else of ``FURTHER_ALTERNATES``
+        more (else the least unfit of all). The code
         drawn fit is tried first at the person's next photo, and kept there unless drawn
         unfit beyond ``KEPT_UNFITNESS``, so that one person keeps one pseudonym where the
         renderer allows. That code is found again among this photo's codes by its value: which codes pass
@@ -508,31 +514,50 @@ class RendererGenerator(VAEDecodeGenerator):
         person = self._seed_code(code).tobytes()
         with self._lock:
             kept = self._unspeckled.get(person, {}).get(attempt)
-        first = 0
-        if kept is None:
-            codes = self.pseudonym_codes(code, attempt, 1)
-        else:
+        drawings: dict[bytes, tuple[object, float]] = {}  # code -> (drawing, unfitness), each drawn once
+
+        def drawn(c: np.ndarray) -> tuple[object, float]:
+            key = c.tobytes()
+            if key not in drawings:
+                # one code at a time: a drawing must not depend on what else was in its batch
+                drawing = self._draw(c[None], face, attr_mu, grow)
+                drawings[key] = (drawing, float(self.unfitness(drawing, face, grow)[0]))
+            return drawings[key]
+
+        codes = self.pseudonym_codes(code, attempt, 1 if kept is None else 1 + SPECKLE_ALTERNATES)
+        own = kept is not None and any(np.array_equal(c, kept) for c in codes)
+        if kept is not None and not own:  # one drawn fit only among an earlier photo's further alternates
+            more = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
+            own = any(np.array_equal(c, kept) for c in more)
+        first = kept if own else codes[0]
+        # the person's own pseudonym counts less unfit: kept unless clearly unfit
+        leniency = KEPT_UNFITNESS if own else 1.0
+        chosen = first if drawn(first)[1] / leniency <= 1.0 else None
+        if chosen is None:
+            tried = [first]
+
+            def first_fit(candidates: list[np.ndarray]) -> np.ndarray | None:
+                for c in candidates:
+                    tried.append(c)
+                    if drawn(c)[1] <= 1.0:
+                        return c
+                return None
+
             codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES)
-            first = next((i for i, c in enumerate(codes) if np.array_equal(c, kept)), 0)
-        # one code at a time: a drawing must not depend on what else was in its batch
-        tried = [(first, self._draw(codes[first:first + 1], face, attr_mu, grow))]
-        scores = [float(self.unfitness(tried[0][1], face, grow)[0])]
-        if kept is not None:
-            scores[0] /= KEPT_UNFITNESS  # the person's own pseudonym: kept unless clearly unfit
-        if scores[0] > 1.0:
-            if len(codes) < 1 + SPECKLE_ALTERNATES:
-                codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES)
-            for index in [i for i in range(len(codes)) if i != first][:SPECKLE_ALTERNATES]:
-                tried.append((index, self._draw(codes[index:index + 1], face, attr_mu, grow)))
-                scores.append(float(self.unfitness(tried[-1][1], face, grow)[0]))
-                if scores[-1] <= 1.0:
-                    break
-            logger.debug("pseudonym %d drawn unfit (%.2f); alternates %s scored %s", first, scores[0],
-                         [i for i, _ in tried[1:]], np.round(scores[1:], 2).tolist())
-        index, drawn = tried[int(np.argmin(scores))] if min(scores) > 1.0 else tried[-1]
+            chosen = first_fit([c for c in codes if not np.array_equal(c, first)][:SPECKLE_ALTERNATES])
+            if chosen is None:
+                # every one unfit here: further codes of the same order, until one is fit
+                more = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
+                chosen = first_fit([c for c in more if not any(np.array_equal(c, t) for t in tried)]
+                                   [:FURTHER_ALTERNATES])
+            scores = [drawn(first)[1] / leniency] + [drawn(c)[1] for c in tried[1:]]
+            logger.debug("pseudonym drawn unfit (%.2f); %d alternates scored %s", scores[0], len(tried) - 1,
+                         np.round(scores[1:], 2).tolist())
+            if chosen is None:
+                chosen = tried[int(np.argmin(scores))]
         with self._lock:
-            self._unspeckled.setdefault(person, {})[attempt] = codes[index].copy()
-        return self._composite(self._finish(drawn, face, codes[index][None], grow)[0], face, grow)
+            self._unspeckled.setdefault(person, {})[attempt] = np.array(chosen, copy=True)
+        return self._composite(self._finish(drawn(chosen)[0], face, chosen[None], grow)[0], face, grow)
 
     def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, grow: float | None = None) -> np.ndarray:
         """The drawings (K, R, R, 3) of identity codes (K, D) into ``face``'s context, at the

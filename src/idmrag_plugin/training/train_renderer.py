@@ -11,7 +11,8 @@ for the other half with another person's code. Losses:
 * identity, judged by the frozen identity student (a light network distilled from FaceNet):
   pull towards the wanted identity's embedding, and on swapped rows the privacy hinge
   max(0, cos(drawn, original) - tau), which stops pushing once the face is in the impostor
-  regime; optionally the same two terms judged by dlib's own network (torch port);
+  regime; optionally the same two terms judged by dlib's own network (torch port), or its
+  hinge alone (``dlib_hinge``: no pull of a code's drawings towards one point);
 * attributes: the frozen codes encoder's ``z_attr`` of the result stays the original's;
   with ``--probes`` (dlib-reader attribute probes) the perceived gender and age of the
   drawing, read by the probes from dlib's descriptor of it, stay the original's, and the
@@ -87,7 +88,7 @@ from idmrag_plugin.weights import sha256_of
 logger = logging.getLogger(__name__)
 
 WEIGHTS = {"adv": 1.0, "rec": 5.0, "spectrum": 1.0, "fm": 5.0, "identity": 2.0, "hinge": 2.0, "attr": 0.0,
-           "dlib": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0, "landmarks": 0.0,
+           "dlib": 0.0, "dlib_hinge": 0.0, "gender": 0.0, "age": 0.0, "speckle": 0.0, "landmarks": 0.0,
            "consistency": 0.0}
 #: Share of the luma's excess detail in the speckle loss (luma has texture, chroma hardly any).
 SPECKLE_LOSS_LUMA_SHARE = 0.25
@@ -255,7 +256,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
             raise ConfigError(f"{args.probes} reads faces with {probes.image_reader!r}; the renderer's attribute "
                               "terms need probes with the dlib reader (`idmrag fit-attribute-probes --reader dlib`)")
     dlib_judge = None
-    if weights["dlib"] > 0 or probes is not None:
+    if weights["dlib"] > 0 or weights["dlib_hinge"] > 0 or probes is not None:
         from idmrag_plugin.engine.align import CANONICAL_ZOOM
         from idmrag_plugin.engine.dlib_resnet import DlibJudge
         from idmrag_plugin.weights import load_dlib_resnet
@@ -401,6 +402,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
                 terms["dlib"] = ((1 - F.cosine_similarity(d_emb, data.embeddings_dlib[wanted], dim=1)).mean()
                                  + F.relu(F.cosine_similarity(d_raw[half:], original_raw[half:], dim=1)
                                           - args.dlib_tau).mean())
+            if weights["dlib_hinge"] > 0:
+                # the privacy hinge alone: no pull of every drawing of a code towards one point
+                terms["dlib_hinge"] = F.relu(F.cosine_similarity(d_raw[half:], original_raw[half:], dim=1)
+                                             - args.dlib_tau).mean()
             if partners is not None:
                 terms["gender"] = F.binary_cross_entropy_with_logits(d_raw @ probe_gender[0] + probe_gender[1],
                                                                      gender_targets[idx])
