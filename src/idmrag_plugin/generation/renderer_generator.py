@@ -527,8 +527,8 @@ class RendererGenerator(VAEDecodeGenerator):
         codes = self.pseudonym_codes(code, attempt, 1 if kept is None else 1 + SPECKLE_ALTERNATES)
         own = kept is not None and any(np.array_equal(c, kept) for c in codes)
         if kept is not None and not own:  # one drawn fit only among an earlier photo's further alternates
-            more = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
-            own = any(np.array_equal(c, kept) for c in more)
+            codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
+            own = any(np.array_equal(c, kept) for c in codes)
         first = kept if own else codes[0]
         # the person's own pseudonym counts less unfit: kept unless clearly unfit
         leniency = KEPT_UNFITNESS if own else 1.0
@@ -543,12 +543,15 @@ class RendererGenerator(VAEDecodeGenerator):
                         return c
                 return None
 
-            codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES)
+            # the codes already asked for serve as far as they go (the code LCM samples a batch per call)
+            if len(codes) < 1 + SPECKLE_ALTERNATES:
+                codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES)
             chosen = first_fit([c for c in codes if not np.array_equal(c, first)][:SPECKLE_ALTERNATES])
             if chosen is None:
                 # every one unfit here: further codes of the same order, until one is fit
-                more = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
-                chosen = first_fit([c for c in more if not any(np.array_equal(c, t) for t in tried)]
+                if len(codes) < 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES:
+                    codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
+                chosen = first_fit([c for c in codes if not any(np.array_equal(c, t) for t in tried)]
                                    [:FURTHER_ALTERNATES])
             scores = [drawn(first)[1] / leniency] + [drawn(c)[1] for c in tried[1:]]
             logger.debug("pseudonym drawn unfit (%.2f); %d alternates scored %s", scores[0], len(tried) - 1,
