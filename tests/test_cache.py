@@ -101,6 +101,24 @@ def test_disk_store_is_shared_holds_no_original_and_is_scoped_by_secret(engine, 
     assert not other_secret.anonymize(astronaut).cached and generator.calls > 0
 
 
+def test_a_secret_changed_on_a_live_generator_is_never_answered_from_the_old_secret_s_entries(
+    engine, camera_face, astronaut, tmp_path
+):
+    """Rotating the pseudonym secret by assignment (as a service that keeps its models loaded
+    would) scopes the cache anew, in memory and on disk: under the old scope's entries the
+    same photo came back as drawn under the old secret, linkable across the rotation."""
+    anonymizer, _, generator = _engine(engine, camera_face, tmp_path=tmp_path)
+    assert not anonymizer.anonymize(astronaut).cached
+    assert anonymizer.anonymize(astronaut).cached
+    generator.secret = b"t" * 32
+    calls = generator.calls
+    after = anonymizer.anonymize(astronaut)
+    assert not after.cached and generator.calls > calls
+    assert anonymizer.anonymize(astronaut).cached  # the new scope caches as before
+    generator.secret = b"s" * 32  # back to the first secret: its entries on disk answer again
+    assert anonymizer.anonymize(astronaut).cached
+
+
 def test_concurrent_calls_are_safe(engine, camera_face, astronaut, camera):
     anonymizer, _, _ = _engine(engine, camera_face, cache_size=2)
     images = [astronaut, camera, np.ascontiguousarray(astronaut[:, ::-1]), astronaut]

@@ -462,6 +462,30 @@ def test_the_default_engine_draws_one_pseudonym_for_two_photos_of_one_person(mak
     assert np.array_equal(codes_first[-1], drawn[-1])  # one pseudonym
 
 
+def test_a_new_secret_on_the_default_generator_starts_a_new_scope(make_engine, astronaut):
+    """Setting the default generator's secret forgets every person met and every pseudonym
+    kept under the old one (and the engine's cache follows): the next photo is drawn exactly
+    as a new engine with that secret draws it, and not as under the old secret."""
+    base = make_engine()
+    engine = FaceAnonymizer(AnonymizerConfig(), detector=base.detector, oracles=base.oracles)
+    generator = engine.generator
+    generator.secret = b"old scope".ljust(32, b"\0")
+    before = engine.anonymize(astronaut)
+    engine.anonymize(np.ascontiguousarray(astronaut[:, ::-1]))  # the person met again, her pseudonym kept
+    assert len(generator._registry) == 1
+    generator.secret = b"new scope".ljust(32, b"\0")
+    assert len(generator._registry) == 0
+    after = engine.anonymize(astronaut)
+    fresh = FaceAnonymizer(AnonymizerConfig(), detector=base.detector, oracles=base.oracles)
+    fresh.generator.secret = b"new scope".ljust(32, b"\0")
+    expected = fresh.anonymize(astronaut)
+    assert not after.cached and after.counts() == expected.counts() == {"generated": 1}
+    np.testing.assert_array_equal(after.pixels, expected.pixels)
+    assert not np.array_equal(after.pixels, before.pixels)
+    with pytest.raises(ConfigError, match="non-empty bytes"):
+        generator.secret = "a text secret"  # type: ignore[assignment]
+
+
 def test_a_person_pseudonym_is_one_drawn_clean_in_the_speckle_reference(tiny):
     """Among equally suited candidates, the first the renderer draws clean in the reference
     context leads (codes drawn clean there are drawn clean in most other photos); a less suited

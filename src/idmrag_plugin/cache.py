@@ -95,6 +95,16 @@ class ResultCache:
         self.hits = 0
         self.misses = 0
 
+    def rescope(self, scope: bytes) -> None:
+        """Answer under a new scope from now on (the generator's secret changed): nothing kept
+        under the old one is answered again, in memory or on disk (its keys and MACs are the old
+        scope's)."""
+        with self._lock:
+            self._scope = scope
+            self._entries.clear()
+            self._aliases.clear()
+            self._bytes = 0
+
     def key(self, pixels: np.ndarray) -> str:
         digest = hmac.new(self._scope, repr(pixels.shape).encode(), hashlib.sha256)
         digest.update(np.ascontiguousarray(pixels).data)

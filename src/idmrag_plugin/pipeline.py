@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -199,6 +200,8 @@ class FaceAnonymizer:
                 raise ConfigError(f"thresholds given for some oracles but not for {', '.join(missing)}")
         self.verifier = Verifier(self.oracles, self.thresholds, redetector=self._upright)
         self.cache: ResultCache | None = None
+        self._cache_secret = getattr(self.generator, "secret", None)  # the secret the cache is scoped by
+        self._cache_scope_lock = threading.Lock()
         if self.config.cache_size > 0 or self.config.result_cache_dir is not None:
             self.cache = ResultCache(
                 scope_key(self.config, self.thresholds, self.generator),
@@ -361,6 +364,7 @@ class FaceAnonymizer:
         """(a cached result or None, the decoded pixels, the cache keys of the pixels and of
         the encoded bytes). Exact bytes seen before are answered without decoding."""
         encoded_key = None
+        self._follow_secret()
         if (
             self.cache is not None
             and isinstance(image, (bytes, bytearray, memoryview))
@@ -380,6 +384,19 @@ class FaceAnonymizer:
             if encoded_key is not None and key is not None:  # these bytes decode to known pixels
                 self.cache.alias(encoded_key, key)  # type: ignore[union-attr]
         return cached, pixels, (key, encoded_key)
+
+    def _follow_secret(self) -> None:
+        """Scope the cache anew when the generator's pseudonym secret changed since it was
+        scoped: a result drawn under the old secret is never answered under the new one."""
+        if self.cache is None:
+            return
+        secret = getattr(self.generator, "secret", None)
+        if secret == self._cache_secret:
+            return
+        with self._cache_scope_lock:
+            if secret != self._cache_secret:
+                self.cache.rescope(scope_key(self.config, self.thresholds, self.generator))
+                self._cache_secret = secret
 
     def _store(self, keys: tuple[str | None, str | None], result: AnonymizationResult) -> None:
         """Keep a new ``result`` under the pixels' key and point the encoded bytes' key at it."""

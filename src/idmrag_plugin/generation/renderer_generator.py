@@ -161,7 +161,6 @@ class RendererGenerator(VAEDecodeGenerator):
         self.attribute_probes_path = Path(attribute_probes_path) if attribute_probes_path is not None else None
         self.student_path = Path(student_path) if student_path is not None else None
         self._probes: tuple[AttributeProbes, object] | None = None
-        self._readings: dict[bytes, Reading] = {}  # the person's registered code -> their gender and age
         self._reader = None  # dlib's descriptor, for dlib-reading probes when a request brings no embedding
         self._renderer = None
         self._renderer_onnx = None
@@ -169,15 +168,19 @@ class RendererGenerator(VAEDecodeGenerator):
         self._refiner = None
         self._refiner_onnx = None
         self._encodings: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._grows: OrderedDict[int, float] = OrderedDict()  # request seed -> ellipse drawn in
         self._renderer_lock = threading.Lock()
         self._masks: dict[tuple[int, float], np.ndarray] = {}
         self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
         self.candidates = candidates
-        self._chosen: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the pseudonym kept
-        self._unspeckled: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the code drawn clean last
         self._reference: tuple[np.ndarray, np.ndarray] | None = None  # the reference context's crop and attribute code
         self._reference_verdicts: OrderedDict[bytes, bool] = OrderedDict()  # code -> speckled there
+
+    def _start_scope(self) -> None:
+        super()._start_scope()
+        self._readings: dict[bytes, Reading] = {}  # the person's registered code -> their gender and age
+        self._grows: OrderedDict[int, float] = OrderedDict()  # request seed -> ellipse drawn in
+        self._chosen: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the pseudonym kept
+        self._unspeckled: dict[bytes, dict[int, np.ndarray]] = {}  # person -> attempt -> the code drawn clean last
 
     def _forget(self, person: bytes) -> None:
         super()._forget(person)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
+from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.sampler import IdentitySampler, pseudonym_key
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,12 @@ def _grown(rows: np.ndarray, capacity: int, width: int) -> np.ndarray:
     return out
 
 
+def _checked_secret(secret: object) -> bytes:
+    if not isinstance(secret, (bytes, bytearray)) or not secret:
+        raise ConfigError(f"a pseudonym secret is non-empty bytes (e.g. secrets.token_bytes(32)), got {type(secret).__name__}")
+    return bytes(secret)
+
+
 class VAEDecodeGenerator(FaceGenerator):
     name = "vae-decode"
     #: Attempts after the first at which a person's verified pseudonym is drawn again before
@@ -161,10 +168,32 @@ class VAEDecodeGenerator(FaceGenerator):
         self.cache_dir = cache_dir
         self.threads = threads
         self._encoder_onnx = None
-        self.secret = secret if secret is not None else secrets.token_bytes(32)
         self._lock = threading.Lock()
         self._model = None
         self._sampler: IdentitySampler | None = None
+        self._secret = _checked_secret(secret) if secret is not None else secrets.token_bytes(32)
+        self._start_scope()
+
+    @property
+    def secret(self) -> bytes:
+        """The pseudonym secret: the same person under the same secret gets the same pseudonym.
+
+        Setting a new one starts a new scope, as a new instance would (the models stay loaded):
+        the people met, the pseudonyms kept for them and every other choice made under the old
+        secret are forgotten, so nothing links the pseudonyms of the two scopes. Set it between
+        requests, not while the generator is drawing."""
+        return self._secret
+
+    @secret.setter
+    def secret(self, value: bytes) -> None:
+        value = _checked_secret(value)
+        with self._lock:
+            self._secret = value
+            self._start_scope()
+
+    def _start_scope(self) -> None:
+        """Fresh per-secret state (see :attr:`secret`); generators that keep more about the
+        people they met extend it."""
         self._registry = PersonRegistry()
         self._resolved: OrderedDict[bytes, np.ndarray] = OrderedDict()
         # the pseudonym attempt that was last verified for each person (by registered code), and
