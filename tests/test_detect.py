@@ -221,3 +221,18 @@ def test_a_doubtful_face_only_a_turned_pass_found_must_pass_an_upright_second_lo
     hog = Planted(0.8, False)
     hog.name = "hog"
     assert RotatingDetector(hog, (0, 90)).detect(image) and hog.second_looks == 0
+
+    # A sure turned face that lies on a face the upright pass found (a turned reading of part
+    # of it: a real face does not share a third of its box with another) must pass the second
+    # look too.
+    class WithUprightFace(Planted):
+        def _detect(self, picture: np.ndarray) -> list[Detection]:
+            if picture is image:
+                return [Detection((0.0, 0.0, 200.0, 120.0), 0.999, landmarks * 2.0, self.name)]
+            return super()._detect(picture)
+
+    for confirms in (False, True):
+        planted = WithUprightFace(0.99, confirms)
+        found = RotatingDetector(planted, (0, 90)).detect(image)
+        assert sorted(d.detector for d in found) == (["mtcnn", "mtcnn@90"] if confirms else ["mtcnn"])
+        assert planted.second_looks == 1

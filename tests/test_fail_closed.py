@@ -224,26 +224,61 @@ class OnlyOthersGenerator(FaceGenerator):
         return request.face.copy() if np.array_equal(request.face, self.unchanged) else self.other
 
 
-def test_generated_faces_are_judged_on_the_image_after_their_neighbours_are_obfuscated(
-    astronaut, astronaut_face, camera, oracles
-):
-    """A face that fails closed is obfuscated last; a generated neighbour whose views reach
-    into its region is judged again on that final image, and fails closed if recognised."""
+def _astronaut_beside_cameraman(astronaut, astronaut_face, camera) -> tuple[np.ndarray, list[Detection]]:
+    """The cameraman's face pasted beside the astronaut's: two real faces whose views overlap,
+    and their detections, left to right."""
     import cv2
 
-    from idmrag_plugin.engine.align import align_face
-
-    # the cameraman's face pasted beside the astronaut's: two real faces whose views overlap
     (cam,) = MTCNNDetector().detect(camera)
     x1, y1, x2, y2 = (round(v) for v in astronaut_face.box)
     cx1, cy1, cx2, cy2 = (round(v) for v in cam.box)
-    width = x2 - x1
-    grow = width // 4
+    width, grow = x2 - x1, (x2 - x1) // 4
     patch = cv2.resize(camera[cy1 - grow : cy2 + grow, cx1 - grow : cx2 + grow], (width + 2 * grow, y2 - y1 + 2 * grow))
     scene = astronaut.copy()
     scene[y1 - grow : y2 + grow, x2 - grow : x2 + grow + width] = patch
     faces = sorted(MTCNNDetector().detect(scene), key=lambda d: d.box[0])
     assert len(faces) == 2
+    return scene, faces
+
+
+def test_a_face_failing_closed_leaves_its_generated_neighbour_s_drawing_whole(
+    astronaut, astronaut_face, camera, oracles, monkeypatch
+):
+    """No obfuscation fill lands on a generated neighbour's face ellipse, whose pixels are the
+    generator's (verified as no one's): no original pixel of the failed face stays, and a false
+    face by a subject's chin (a border pass's, its box past the frame) no longer fills the
+    subject's drawing with its own obfuscation. Here the astronaut fails closed (drawn
+    unchanged), and her obfuscation, unspared, would reach the drawn cameraman's ellipse."""
+    from idmrag_plugin import pipeline
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.engine.obfuscate import WIDENINGS, drawn_faces_mask, obfuscation_mask
+
+    scene, faces = _astronaut_beside_cameraman(astronaut, astronaut_face, camera)
+    config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
+                              negative_search=False, max_attempts=2, cache_size=0)
+    hers = align_face(scene, faces[0].landmarks, config.crop_size).crop
+    fills: list[np.ndarray] = []
+    fill = pipeline.obfuscate_region
+    monkeypatch.setattr(pipeline, "obfuscate_region", lambda image, mask: (fills.append(mask.copy()), fill(image, mask)))
+    anonymizer = FaceAnonymizer(config, generator=OnlyOthersGenerator(hers, hers),
+                                detector=PlantedDetector(faces), oracles=oracles)
+    real, drawn = anonymizer.anonymize(scene).faces
+    assert real.method == OBFUSCATED and drawn.method == GENERATED and fills
+    crops = [align_face(scene, face.landmarks, config.crop_size) for face in faces]
+    ellipse = drawn_faces_mask(scene.shape[:2], [crops[1]])
+    assert not any((mask & ellipse).any() for mask in fills)
+    unspared = [obfuscation_mask(scene.shape[:2], faces[0], crops[0], widen) for widen in (1.0, *WIDENINGS)]
+    assert any((mask & ellipse).any() for mask in unspared)
+
+
+def test_generated_faces_are_judged_on_the_image_after_their_neighbours_are_obfuscated(
+    astronaut, astronaut_face, camera, oracles
+):
+    """A face that fails closed is obfuscated last; a generated neighbour whose views reach
+    into its region is judged again on that final image, and fails closed if recognised."""
+    from idmrag_plugin.engine.align import align_face
+
+    scene, faces = _astronaut_beside_cameraman(astronaut, astronaut_face, camera)
     config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
                               negative_search=False, max_attempts=2, cache_size=0)
     hers = align_face(scene, faces[0].landmarks, config.crop_size).crop
@@ -270,19 +305,10 @@ def test_a_face_recognised_beside_an_obfuscated_neighbour_is_redrawn_with_the_at
     """Planted: the first verification on an image where the neighbour is obfuscated says the
     drawn face is recognised. With an attempt left it is redrawn on that image and kept when
     verified there (its report: the returned image's verdicts); with none it fails closed."""
-    import cv2
-
     from idmrag_plugin.engine.align import align_face
     from idmrag_plugin.engine.oracles import OracleVerdict
 
-    (cam,) = MTCNNDetector().detect(camera)
-    x1, y1, x2, y2 = (round(v) for v in astronaut_face.box)
-    cx1, cy1, cx2, cy2 = (round(v) for v in cam.box)
-    width, grow = x2 - x1, (x2 - x1) // 4
-    patch = cv2.resize(camera[cy1 - grow : cy2 + grow, cx1 - grow : cx2 + grow], (width + 2 * grow, y2 - y1 + 2 * grow))
-    scene = astronaut.copy()
-    scene[y1 - grow : y2 + grow, x2 - grow : x2 + grow + width] = patch
-    faces = sorted(MTCNNDetector().detect(scene), key=lambda d: d.box[0])
+    scene, faces = _astronaut_beside_cameraman(astronaut, astronaut_face, camera)
     config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
                               negative_search=False, max_attempts=max_attempts, cache_size=0)
     hers = align_face(scene, faces[0].landmarks, config.crop_size).crop

@@ -9,6 +9,7 @@ from conftest import FixedFaceGenerator, IdentityGenerator, RaisingGenerator
 from PIL import Image
 
 from idmrag_plugin import AnonymizationFailedError, AnonymizerConfig, ConfigError, InvalidImageError
+from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.oracles import cosine
 from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD
@@ -204,6 +205,47 @@ def test_two_overlapping_faces(make_engine, astronaut, camera_face):
         assert face_report.method in (GENERATED, OBFUSCATED)
         if face_report.method == GENERATED:
             assert face_report.verified
+
+
+class SwappingGenerator(FaceGenerator):
+    """Draws the astronaut into the cameraman's face and the cameraman into hers; records
+    whose face each first attempt was asked for."""
+
+    name = "swapping"
+
+    def __init__(self, astronaut_face: np.ndarray, camera_face: np.ndarray) -> None:
+        self.astronaut_face, self.camera_face = astronaut_face, camera_face
+        self.first_asked: list[str] = []
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        grey = int(np.ptp(request.face.astype(int), axis=2).max()) < 8
+        if request.attempt == 0:
+            self.first_asked.append("cameraman" if grey else "astronaut")
+        return (self.astronaut_face if grey else self.camera_face).copy()
+
+
+def test_overlapping_faces_are_drawn_smallest_first(make_engine, engine, astronaut, camera, camera_face):
+    """Faces whose crops overlap are drawn one after another, the smallest in the frame first,
+    so that the largest (most often the photo's subject) keeps its drawing whole: drawn after
+    it, a false face found on its side or by its chin was pasted into it, and the subject
+    failed closed. Here the large face is detected first."""
+    import cv2
+
+    (own,) = engine.detector.detect(astronaut)
+    astronaut_face = align_face(astronaut, own.landmarks, engine.config.crop_size).crop
+    scene = np.full((300, 320, 3), 190, np.uint8)
+    scene[10:200, 0:160] = astronaut[20:210, 140:300]
+    scene[150:252, 130:220] = cv2.resize(camera[30:200, 150:300], (90, 102), interpolation=cv2.INTER_AREA)
+    detections = engine.detector.detect(scene)
+    assert len(detections) == 2 and _area(detections[0].box) > _area(detections[1].box)
+    generator = SwappingGenerator(astronaut_face, camera_face)
+    result = make_engine(generator).anonymize(scene)
+    assert generator.first_asked == ["cameraman", "astronaut"]
+    assert [f.method for f in result.faces] == [GENERATED, GENERATED] and all(f.verified for f in result.faces)
+
+
+def _area(box: tuple[float, ...]) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 def test_anonymize_many_keeps_going_past_bad_inputs(engine, astronaut, no_face_image):

@@ -39,7 +39,12 @@ from idmrag_plugin.engine.exposure import (
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative, NegativeSearch
-from idmrag_plugin.engine.obfuscate import WIDENINGS, obfuscate_region, obfuscation_mask
+from idmrag_plugin.engine.obfuscate import (
+    WIDENINGS,
+    drawn_faces_mask,
+    obfuscate_region,
+    obfuscation_mask,
+)
 from idmrag_plugin.engine.oracles import FaceOracle, build_oracle
 from idmrag_plugin.engine.plausibility import check_landmarks
 from idmrag_plugin.engine.views import OriginalViews, Verifier, box_view_name
@@ -72,15 +77,29 @@ def _view_footprint(face: FaceReport, pasted: tuple[int, int, int, int]) -> tupl
     return (min(pasted[0], cx - half), min(pasted[1], cy - half), max(pasted[2], cx + half), max(pasted[3], cy + half))
 
 
+def _whole_in_frame(box: tuple[float, ...], width: int, height: int) -> bool:
+    return box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
+
+
+def _area_inside(box: tuple[float, ...], width: int, height: int) -> float:
+    """The area of the part of ``box`` inside a ``width`` x ``height`` image."""
+    x1, y1, x2, y2 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(width)), min(box[3], float(height))
+    return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+
+
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _obfuscate(job: _Job, face: FaceReport, widen: float = 1.0) -> tuple[int, int, int, int] | None:
-    """Obfuscate ``face`` in the job's output (its region scaled by ``widen``); the box around
-    the region refilled."""
+    """Obfuscate ``face`` in the job's output (its region scaled by ``widen``, around the face
+    ellipses of the job's generated faces); the box around the region refilled."""
     face.method = OBFUSCATED
-    mask = obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index], widen)
+    # a paste over at least the face ellipse leaves nothing of the photo there
+    drawn = [job.aligned[g.index] for g in job.faces
+             if g is not face and g.method == GENERATED and job.pasted_grow.get(g.index, 0.0) >= 1.0]
+    spared = drawn_faces_mask(job.output.shape[:2], [crop for crop in drawn if crop is not None]) if drawn else None
+    mask = obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index], widen, spared)
     obfuscate_region(job.output, mask)
     return _mask_box(mask)
 
@@ -123,6 +142,8 @@ class _Job:
     #: per obfuscated face, how many of obfuscate.WIDENINGS its region has been widened by (one
     #: more: still matched at the widest, said in its report)
     widened: dict[int, int] = field(default_factory=dict)
+    #: per face whose drawing was verified, the growth of the face ellipse it was pasted over
+    pasted_grow: dict[int, float] = field(default_factory=dict)
     #: a dark or washed-out photo, one with a face in deep shadow, or a film negative is worked
     #: on levelled or inverted (``pixels`` and ``output`` are that copy): its tone map and the
     #: photo, to bring the redrawn pixels back at the end
@@ -139,6 +160,7 @@ class _Paste:
     region: tuple[int, int, int, int]
     backup: np.ndarray
     request: GenerationRequest
+    grow: float
 
 
 def resolve_device(device: str) -> str:
@@ -571,7 +593,17 @@ class FaceAnonymizer:
             alone = [f for f in job.replaceable
                      if not any(g is not f and _overlaps(job.regions[f.index], job.regions[g.index])
                                 for g in job.replaceable)]
-            groups = ([alone] if alone else []) + [[f] for f in job.replaceable if f not in alone]
+            # Overlapping faces one at a time, those the frame cuts first, then the smallest first:
+            # a later paste covers part of an earlier one, and the face drawn last keeps its
+            # drawing whole. The whole, larger face is the photo's subject far more often than a
+            # cut or smaller one, which is often a false face found on it or by its chin (a turned
+            # or border pass's); drawn after the subject, such a face was pasted into its drawing,
+            # and the subject failed closed.
+            height, width = job.output.shape[:2]
+            overlapping = sorted((f for f in job.replaceable if f not in alone),
+                                 key=lambda f: (_whole_in_frame(f.detection.box, width, height),
+                                                _area_inside(f.detection.box, width, height), f.index))
+            groups = ([alone] if alone else []) + [[f] for f in overlapping]
             for wave, group in enumerate(groups):
                 if wave == len(waves):
                     waves.append([])
@@ -740,10 +772,10 @@ class FaceAnonymizer:
                     continue
                 new, request = drawn
                 x1, y1, x2, y2 = region = region_of(crop, job.output.shape[:2])
-                pasted.append(_Paste(job, face, region, job.output[y1:y2, x1:x2].copy(), request))
+                grow = self.generator.paste_grow_of(request)
+                pasted.append(_Paste(job, face, region, job.output[y1:y2, x1:x2].copy(), request, grow))
                 with _timed(job.timings, "blend"):
-                    paste_face(job.output, new, crop, grow=self.generator.paste_grow_of(request),
-                               colour_match=self.generator.colour_match)
+                    paste_face(job.output, new, crop, grow=grow, colour_match=self.generator.colour_match)
             if not pasted:
                 pending = retry
                 continue
@@ -759,6 +791,7 @@ class FaceAnonymizer:
                     face.verdicts = face_verdicts
                     if face.verified:
                         face.reason = ""
+                        paste.job.pasted_grow[face.index] = paste.grow
                         self._tell_accepted(paste.request)
                         continue
                     x1, y1, x2, y2 = paste.region

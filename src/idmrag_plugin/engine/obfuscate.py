@@ -8,6 +8,8 @@ result carries no information about the face beyond its outline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -27,9 +29,25 @@ FILL_RESOLUTION = 24  # the fill is computed with the region about this many pix
 WIDENINGS = (1.35, 1.7)
 
 
+def drawn_faces_mask(shape: tuple[int, int], faces: Sequence[AlignedFace]) -> np.ndarray:
+    """Boolean image-space mask of the face ellipses (``blend.face_mask``, not grown) of
+    ``faces``' crops: where a generator's paste (grown by at least 1) is the drawing alone."""
+    h, w = shape
+    mask = np.zeros((h, w), bool)
+    for face in faces:
+        mask |= warp_into_region(face_mask(face.size), face, (0, 0, w, h)) > 0.5
+    return mask
+
+
 def obfuscation_mask(shape: tuple[int, int], detection: Detection, face: AlignedFace | None,
-                     widen: float = 1.0) -> np.ndarray:
-    """Boolean image-space mask of the region to destroy; ``widen`` scales both ellipses."""
+                     widen: float = 1.0, spared: np.ndarray | None = None) -> np.ndarray:
+    """Boolean image-space mask of the region to destroy; ``widen`` scales both ellipses.
+
+    The region leaves out ``spared`` (the ellipses of the drawn faces beside it, see
+    :func:`drawn_faces_mask`): their pixels are a generator's, verified as no one's, so no
+    original pixel of this face stays, and a false face beside a drawn one (a border pass's,
+    found by a subject's chin, whose box runs past the frame) no longer fills the subject's
+    drawing with its own obfuscation."""
     h, w = shape
     mask = np.zeros((h, w), np.uint8)
     x1, y1, x2, y2 = detection.box
@@ -41,6 +59,8 @@ def obfuscation_mask(shape: tuple[int, int], detection: Detection, face: Aligned
         crop_mask = face_mask(face.size, grow=MASK_GROW * widen)
         full = (0, 0, w, h)
         mask |= (warp_into_region(crop_mask, face, full) > 0).astype(np.uint8)
+    if spared is not None:
+        return mask.astype(bool) & ~spared
     return mask.astype(bool)
 
 
