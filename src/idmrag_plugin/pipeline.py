@@ -28,6 +28,8 @@ from idmrag_plugin.engine.detect import (
     MTCNNDetector,
     RotatingDetector,
     UnionDetector,
+    box_intersection,
+    cut_by_frame,
 )
 from idmrag_plugin.engine.exposure import (
     LEVELLED_TAG,
@@ -56,10 +58,9 @@ logger = logging.getLogger(__name__)
 
 #: Rounds in which faces recognised again on the final image (a neighbour's paste changed
 #: what their views see) are redrawn with the attempts they have left; what is still
-#: recognised after them fails closed.
-# Four, not two: over the bench's 300 probe photos one subject more keeps its drawing (a redraw
-# of the false face by its chin in the last of two rounds had it obfuscated); each redraw spends
-# one of the face's attempts, so the rounds end either way.
+#: recognised after them fails closed. Four, not two: over the bench's 300 probe photos one
+#: subject more kept its drawing (a redraw of the false face by its chin in the last of two
+#: rounds had it obfuscated); each redraw spends one of the face's attempts, so the rounds end.
 FINAL_CHECK_ROUNDS = 4
 
 
@@ -78,16 +79,6 @@ def _view_footprint(face: FaceReport, pasted: tuple[int, int, int, int]) -> tupl
     x1, y1, x2, y2 = face.detection.box
     cx, cy, half = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
     return (min(pasted[0], cx - half), min(pasted[1], cy - half), max(pasted[2], cx + half), max(pasted[3], cy + half))
-
-
-def _whole_in_frame(box: tuple[float, ...], width: int, height: int) -> bool:
-    return box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
-
-
-def _area_inside(box: tuple[float, ...], width: int, height: int) -> float:
-    """The area of the part of ``box`` inside a ``width`` x ``height`` image."""
-    x1, y1, x2, y2 = max(box[0], 0.0), max(box[1], 0.0), min(box[2], float(width)), min(box[3], float(height))
-    return max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
 
 
 def _overlaps(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -224,11 +215,11 @@ class FaceAnonymizer:
             if missing:
                 raise ConfigError(f"thresholds given for some oracles but not for {', '.join(missing)}")
         self.verifier = Verifier(self.oracles, self.thresholds, redetector=self._upright)
-        self.cache: ResultCache | None = None
+        self._cache: ResultCache | None = None
         self._cache_secret = getattr(self.generator, "secret", None)  # the secret the cache is scoped by
         self._cache_scope_lock = threading.Lock()
         if self.config.cache_size > 0 or self.config.result_cache_dir is not None:
-            self.cache = ResultCache(
+            self._cache = ResultCache(
                 scope_key(self.config, self.thresholds, self.generator),
                 max_entries=self.config.cache_size,
                 folder=self.config.result_cache_dir,
@@ -389,48 +380,53 @@ class FaceAnonymizer:
         """(a cached result or None, the decoded pixels, the cache keys of the pixels and of
         the encoded bytes). Exact bytes seen before are answered without decoding."""
         encoded_key = None
-        self._follow_secret()
+        cache = self.cache
         if (
-            self.cache is not None
+            cache is not None
             and isinstance(image, (bytes, bytearray, memoryview))
             and len(image) <= self.config.max_bytes  # larger input is refused below, unhashed
         ):
-            encoded_key = self.cache.bytes_key(bytes(image))
-            hit = self.cache.get_encoded(encoded_key)
+            encoded_key = cache.bytes_key(bytes(image))
+            hit = cache.get_encoded(encoded_key)
             if hit is not None:
                 hit.timings_ms = timings
                 return hit, np.zeros((0, 0, 3), np.uint8), (None, encoded_key)
         with _timed(timings, "decode"):
             pixels = load_rgb(image, self.config.max_pixels, self.config.max_bytes)
-        key = self.cache.key(pixels) if self.cache is not None else None
-        cached = self.cache.get(key) if self.cache is not None and key is not None else None
+        if cache is None:
+            return None, pixels, (None, encoded_key)
+        key = cache.key(pixels)
+        cached = cache.get(key)
         if cached is not None:
             cached.timings_ms = timings
-            if encoded_key is not None and key is not None:  # these bytes decode to known pixels
-                self.cache.alias(encoded_key, key)  # type: ignore[union-attr]
+            if encoded_key is not None:  # these bytes decode to known pixels
+                cache.alias(encoded_key, key)
         return cached, pixels, (key, encoded_key)
 
-    def _follow_secret(self) -> None:
-        """Scope the cache anew when the generator's pseudonym secret changed since it was
-        scoped: a result drawn under the old secret is never answered under the new one."""
-        if self.cache is None:
-            return
+    @property
+    def cache(self) -> ResultCache | None:
+        """The anonymization cache (None when off), scoped by the generator's pseudonym secret
+        as it is now: when the secret changed since, the cache is scoped anew first, so that a
+        result drawn under the old secret is never answered under the new one (to the
+        integrations' batch prefetch either)."""
+        cache = self._cache
         secret = getattr(self.generator, "secret", None)
-        if secret == self._cache_secret:
-            return
-        with self._cache_scope_lock:
-            if secret != self._cache_secret:
-                self.cache.rescope(scope_key(self.config, self.thresholds, self.generator))
-                self._cache_secret = secret
+        if cache is not None and secret != self._cache_secret:
+            with self._cache_scope_lock:
+                if secret != self._cache_secret:
+                    cache.rescope(scope_key(self.config, self.thresholds, self.generator))
+                    self._cache_secret = secret
+        return cache
 
     def _store(self, keys: tuple[str | None, str | None], result: AnonymizationResult) -> None:
         """Keep a new ``result`` under the pixels' key and point the encoded bytes' key at it."""
         key, encoded_key = keys
-        if self.cache is None or key is None:
+        cache = self.cache
+        if cache is None or key is None:
             return
-        self.cache.put(key, result)
+        cache.put(key, result)
         if encoded_key is not None:
-            self.cache.alias(encoded_key, key)
+            cache.alias(encoded_key, key)
 
     def _anonymize_chunk(self, chunk: list[ImageInput]) -> list[AnonymizationResult | Exception]:
         """Each image's result, or the exception it raised, in order; the images that are not
@@ -602,10 +598,11 @@ class FaceAnonymizer:
             # cut or smaller one, which is often a false face found on it or by its chin (a turned
             # or border pass's); drawn after the subject, such a face was pasted into its drawing,
             # and the subject failed closed.
-            height, width = job.output.shape[:2]
+            shape = job.output.shape
+            frame = (0.0, 0.0, float(shape[1]), float(shape[0]))
             overlapping = sorted((f for f in job.replaceable if f not in alone),
-                                 key=lambda f: (_whole_in_frame(f.detection.box, width, height),
-                                                _area_inside(f.detection.box, width, height), f.index))
+                                 key=lambda f: (not cut_by_frame(f.detection.box, shape),
+                                                box_intersection(f.detection.box, frame), f.index))
             groups = ([alone] if alone else []) + [[f] for f in overlapping]
             for wave, group in enumerate(groups):
                 if wave == len(waves):

@@ -22,7 +22,7 @@ from idmrag_plugin.bench.methods import DEFAULT_METHODS, BenchMethod, build_meth
 from idmrag_plugin.calibration import thresholds_for
 from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.engine.align import align_face
-from idmrag_plugin.engine.detect import Detection, box_iou
+from idmrag_plugin.engine.detect import Detection, box_iou, cut_by_frame
 from idmrag_plugin.errors import IdmragError
 from idmrag_plugin.image_io import load_rgb as _load_rgb
 from idmrag_plugin.report import GENERATED, OBFUSCATED
@@ -268,12 +268,6 @@ def _summarise(run: _MethodRun, refs: list[_Reference], gallery: dict[str, np.nd
             "fail_closed_cut_by_frame": _rate(cut) if run.generates else None,
         },
     }
-
-
-def cut_by_frame(box: tuple[float, float, float, float], shape: tuple[int, ...]) -> bool:
-    """Whether a face's box crosses the border of an image of ``shape`` (by a pixel or more)."""
-    x1, y1, x2, y2 = box
-    return x1 < -1 or y1 < -1 or x2 > shape[1] + 1 or y2 > shape[0] + 1
 
 
 def _rate(methods: list[str]) -> float:

@@ -295,12 +295,21 @@ class DlibHOGDetector(FaceDetector):
         return detections
 
 
+def box_intersection(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """The area two (x1, y1, x2, y2) boxes share."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    inter = box_intersection(a, b)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def cut_by_frame(box: tuple[float, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a face's box crosses the border of an image of ``shape`` (by a pixel or more)."""
+    x1, y1, x2, y2 = box[:4]
+    return x1 < -1 or y1 < -1 or x2 > shape[1] + 1 or y2 > shape[0] + 1
 
 
 class UnionDetector(FaceDetector):
@@ -567,10 +576,7 @@ def _share_inside(box: tuple[float, ...], footprint: np.ndarray) -> float:
 
 def _share_on(box: tuple[float, ...], other: tuple[float, ...]) -> float:
     """Share of ``box``'s area that lies on ``other`` (both x1, y1, x2, y2)."""
-    width = min(box[2], other[2]) - max(box[0], other[0])
-    height = min(box[3], other[3]) - max(box[1], other[1])
-    area = max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6)
-    return max(width, 0.0) * max(height, 0.0) / area
+    return box_intersection(box, other) / (max(box[2] - box[0], 1e-6) * max(box[3] - box[1], 1e-6))
 
 
 def _found_already(diagonal: Detection, found: Detection, iou: float) -> bool:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.align import AlignedFace
-from idmrag_plugin.engine.blend import face_mask, warp_into_region
+from idmrag_plugin.engine.blend import face_mask, region_of, warp_into_region
 from idmrag_plugin.engine.detect import Detection
 
 # The obfuscated region is generous: the aligned face ellipse grown by this factor, united
@@ -32,10 +32,11 @@ WIDENINGS = (1.35, 1.7)
 def drawn_faces_mask(shape: tuple[int, int], faces: Sequence[AlignedFace]) -> np.ndarray:
     """Boolean image-space mask of the face ellipses (``blend.face_mask``, not grown) of
     ``faces``' crops: where a generator's paste (grown by at least 1) is the drawing alone."""
-    h, w = shape
-    mask = np.zeros((h, w), bool)
+    mask = np.zeros(shape, bool)
     for face in faces:
-        mask |= warp_into_region(face_mask(face.size), face, (0, 0, w, h)) > 0.5
+        x1, y1, x2, y2 = region = region_of(face, shape)
+        if x2 > x1 and y2 > y1:
+            mask[y1:y2, x1:x2] |= warp_into_region(face_mask(face.size), face, region) > 0.5
     return mask
 
 
