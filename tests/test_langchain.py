@@ -421,3 +421,36 @@ def test_a_document_whose_content_is_an_image_path_or_url_hands_on_the_anonymize
     assert out.page_content.startswith("data:image/jpeg;base64,") and str(photo) not in repr(out)
     assert _face_changed(_decoded(out.page_content), astronaut)
     assert compressor.compress_documents([Document(page_content="ftp://host/alice.jpg")], "q") == []
+
+
+def test_ids_and_links_that_spell_the_original_never_travel_on(compressor, photo):
+    """A document id that is the image's path or URL is replaced by a stable stand-in, and
+    links to images inside text (which the engine never saw) are removed."""
+    location = str(photo.parent / "Jane_Doe_0001.png")
+    doc = Document(page_content="caption", metadata={"image_path": str(photo), "file_name": "Jane_Doe_0001.png"},
+                   id=location)
+    linked = Document(page_content="Read this: ![Jane](https://example.com/Jane_Doe.jpg)", id="doc-2")
+    named = Document(page_content="no image here", id="https://example.com/people/Jane_Doe_0003.jpg")
+    out = compressor.compress_documents([doc, linked, named], "q")
+    again = compressor.compress_documents([doc], "q")
+    assert [o.id for o in again] == [out[0].id]
+    assert out[1].id == "doc-2"
+    for item in out:
+        assert "Jane_Doe" not in item.model_dump_json()
+    assert "id" in out[0].metadata["idmrag_report"]["removed_locations"]
+    assert out[1].page_content == "Read this: [image link removed by idmrag-plugin: Jane]"
+    assert out[2].page_content == "no image here" and out[2].id.startswith("idmrag-")
+
+
+def test_guard_notes_to_the_model_name_no_url(engine):
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    guard = FaceAnonymizingGuard(anonymizer=FaceAnonymizerCompressor(engine=engine, fetch_urls=False))
+    message = HumanMessage(content=[
+        {"type": "image_url", "image_url": {"url": "https://example.com/people/Jane_Doe_0001.jpg"}},
+        {"type": "text", "text": "and ![her](https://example.com/people/Jane_Doe_0002.jpg)"},
+    ])
+    (out,) = guard.invoke([message])
+    assert "Jane_Doe" not in str(out.content) and "Jane_Doe" not in str(out.response_metadata)
+    assert "withheld by idmrag-plugin" in out.content[0]["text"]
+    assert out.content[1]["text"] == "and [image link removed by idmrag-plugin: her]"

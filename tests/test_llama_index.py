@@ -611,3 +611,53 @@ def test_a_text_node_whose_text_is_an_image_path_or_url_hands_on_the_anonymized_
     assert text.startswith("data:image/jpeg;base64,") and str(photo) not in out[0].node.model_dump_json()
     assert _face_changed(_decoded(text.split(",", 1)[1]), astronaut)
 
+
+
+def test_ids_that_spell_the_original_file_never_travel_on(post, engine, photo, tmp_path):
+    """SimpleDirectoryReader(filename_as_id=True) makes the file's path the document's id and
+    its nodes' ref_doc_id: the path (here, the person's name) must not travel with the copies,
+    nor reach instrumentation; the stand-ins are stable, so relationships still hold."""
+    from llama_index.core import SimpleDirectoryReader
+
+    folder = tmp_path / "Jane_Doe"
+    folder.mkdir()
+    (folder / "Jane_Doe_0001.png").write_bytes(photo.read_bytes())
+    documents = SimpleDirectoryReader(str(tmp_path), recursive=True, filename_as_id=True).load_data()
+    assert "Jane_Doe" in documents[0].id_
+    chunk = ImageNode(image_path=documents[0].metadata["file_path"], id_=documents[0].id_ + "_part_0")
+    chunk.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=documents[0].id_)
+    url_node = ImageNode(image_url="https://example.com/people/Jane_Doe_0002.jpg", id_="https://example.com/people/Jane_Doe_0002.jpg")
+    seen = []
+
+    class Collect(BaseEventHandler):
+        def handle(self, event, **kwargs):
+            if isinstance(event, FaceAnonymizationEvent):
+                seen.append(event)
+
+    handler = Collect()
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    strict = FaceAnonymizerPostprocessor(engine=engine, fetch_urls=False)
+    try:
+        first = post.postprocess_nodes([NodeWithScore(node=n, score=1.0) for n in (*documents, chunk)])
+        again = post.postprocess_nodes([NodeWithScore(node=chunk, score=1.0)])
+        assert strict.postprocess_nodes([NodeWithScore(node=url_node, score=1.0)]) == []
+    finally:
+        root.event_handlers.remove(handler)
+    assert len(first) == 2
+    for out in first:
+        assert "Jane_Doe" not in out.node.model_dump_json()
+        assert "id_" in out.node.metadata["idmrag_report"]["removed_locations"]
+    assert first[1].node.ref_doc_id == first[0].node.node_id
+    assert again[0].node.node_id == first[1].node.node_id
+    assert len(seen) == 4 and seen[-1].status == "withheld"
+    assert not any("Jane_Doe" in event.model_dump_json() for event in seen)
+
+
+def test_image_links_in_node_text_are_removed(post):
+    node = TextNode(text='Jane at the gala: ![Jane](https://example.com/Jane_Doe.jpg) <img src="/srv/Jane_Doe.png">', id_="t1")
+    out = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])[0].node
+    text = out.get_content(metadata_mode=MetadataMode.LLM)
+    assert "Jane_Doe" not in text and text.startswith("Jane at the gala: [image link removed by idmrag-plugin: Jane]")
+    assert out.node_id == "t1"
+    assert [r["status"] for r in out.metadata["idmrag_report"]["embedded_images"]] == ["withheld", "withheld"]

@@ -21,6 +21,14 @@ from PIL import Image
 from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.errors import ConfigError, IdmragError, ImageWithheldError, InvalidImageError
 from idmrag_plugin.fetch import FetchPolicy
+from idmrag_plugin.integrations._locations import (
+    IMAGE_SUFFIXES,
+    links_images,
+    pseudonymous_id,
+    reveals_location,
+    shareable_reason,
+    unlink_images,
+)
 from idmrag_plugin.pipeline import FaceAnonymizer
 
 logger = logging.getLogger(__name__)
@@ -90,13 +98,6 @@ def drop_locations(value: Any, location_keys: Sequence[str], removed: list[str],
 
 #: Metadata keys describing the image's encoding; set to the output's after anonymization.
 MIME_KEYS = ("image_mimetype", "image_mime_type", "mimetype", "mime_type", "content_type", "file_type")
-#: Suffixes that make a path or URL an image reference.
-IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif",
-    ".ico", ".jp2", ".j2k", ".pgm", ".ppm", ".pbm", ".pnm", ".psd", ".tga", ".qoi",
-)
-
-
 def sniff_image(raw: bytes) -> bool:
     """True when ``raw`` starts like an image file of any common format (Pillow or not)."""
     if raw.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"8BPS", b"qoif",
@@ -275,12 +276,23 @@ def anonymize_embedded_images(
         except IdmragError as exc:
             if on_error is None:
                 raise
-            reports.append({"status": "withheld", "error": str(exc)})
+            reports.append({"status": "withheld", "error": shareable_reason(str(exc))})
             return on_error(exc)
         reports.append(image.report)
         return image.data_uri
 
-    return DATA_URI_IN_TEXT.sub(replaced, text)
+    text, unlinked = unlink_images(DATA_URI_IN_TEXT.sub(replaced, text))
+    reports.extend({"status": "withheld", "error": LINK_REMOVED} for _ in range(unlinked))
+    return text
+
+
+#: The report of an image link removed from text: the image behind it was never anonymized.
+LINK_REMOVED = "image link removed: the image behind it was not anonymized"
+
+
+def embeds_images(text: str) -> bool:
+    """True when ``text`` holds an image data URI or links to an image (Markdown, HTML, URL)."""
+    return DATA_URI_IN_TEXT.search(text) is not None or links_images(text)
 
 
 def anonymize_text_images(text: str, anonymize: Callable[..., AnonymizedImage], reports: list[dict[str, Any]]) -> str:
@@ -302,7 +314,7 @@ def carries_images(value: Any) -> bool:
         return any(carries_images(v) for v in value.values())
     if isinstance(value, (list, tuple)):
         return any(carries_images(v) for v in value)
-    if isinstance(value, str) and DATA_URI_IN_TEXT.search(value):
+    if isinstance(value, str) and embeds_images(value):
         return True
     return is_inline_image(value) or is_image_location(value)
 
@@ -419,6 +431,20 @@ class AnonymizerBridge:
     @property
     def engine(self) -> FaceAnonymizer:
         return self._holder.engine
+
+    def shareable_id(self, identifier: str | None, known: Sequence[str] = ()) -> str | None:
+        """``identifier`` (a node's or document's id) as it may be handed on: unchanged unless
+        it spells where the image came from (a path, a URL, a file name, one of ``known``),
+        then a stand-in keyed by the engine's pseudonym secret (see :func:`pseudonymous_id`)."""
+        if not identifier or not reveals_location(identifier, known):
+            return identifier
+        secret = getattr(self.engine.generator, "secret", None)
+        return pseudonymous_id(identifier, bytes(secret) if isinstance(secret, (bytes, bytearray)) else None)
+
+    @staticmethod
+    def reason(exc: BaseException, known: Sequence[str] = ()) -> str:
+        """Why an image was withheld, as it may travel with the data: without paths or URLs."""
+        return shareable_reason(str(exc), known)
 
     def withhold(self, exc: IdmragError, what: str) -> None:
         """Apply the failure policy to an image that cannot be handed on: re-raise under

@@ -43,7 +43,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
-    DATA_URI_IN_TEXT,
     LOCATION_KEYS,
     MIME_KEYS,
     MIMETYPES,
@@ -56,6 +55,7 @@ from idmrag_plugin.integrations._common import (
     drop_entries,
     drop_locations,
     drop_photo_metadata,
+    embeds_images,
     image_bytes_of,
     image_reference,
     in_kind,
@@ -64,6 +64,7 @@ from idmrag_plugin.integrations._common import (
     known_output_format,
     looks_like_base64_image,
 )
+from idmrag_plugin.integrations._locations import names_image_location
 from idmrag_plugin.pipeline import FaceAnonymizer
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
             image = bridge.anonymize(**image_reference(content.strip()))  # the content is an image's path or URL
             content = image.data_uri
             reports.append(image.report)
-        elif isinstance(content, str) and DATA_URI_IN_TEXT.search(content):  # Markdown or HTML inline images
+        elif isinstance(content, str) and embeds_images(content):  # Markdown or HTML images, inline or linked
             content = anonymize_embedded_images(content, bridge.anonymize, reports)
         metadata: dict[str, Any] = {}
         pending: list[tuple[str, dict[str, Any]]] = []
@@ -192,9 +193,13 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
             reports.append(image.report)
         pointers: list[str] = []  # paths or URLs of image files the document refers to
         drop_entries(metadata, lambda _, value: is_image_location(value), pointers)
-        if not reports and not pointers:
+        if not reports and not pointers and not (doc.id and names_image_location(doc.id)):
             return doc
         removed: list[str] = []  # where the original came from, at any depth
+        known = self._known_locations(doc)
+        new_id = bridge.shareable_id(doc.id, known)
+        if new_id != doc.id:
+            removed.append("id")
         metadata = drop_locations(metadata, self.location_keys, removed)
         dropped: list[str] = []  # the original file's EXIF, GPS and the like, copied out by a loader
         metadata = drop_photo_metadata(metadata, dropped)
@@ -205,11 +210,22 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         report: Any = reports[0] if len(reports) == 1 else reports
         if removed and not reports:
             report = {"status": "no_image", "removed_locations": removed}
+        elif removed:
+            report = ({**report, "removed_locations": removed} if isinstance(report, dict)
+                      else [*report, {"removed_locations": removed}])
         if dropped:
             report = ({**report, "removed_metadata": dropped} if isinstance(report, dict)
                       else [*report, {"removed_metadata": dropped}])
         metadata[self.report_key] = report
-        return Document(page_content=content, metadata=metadata, id=doc.id)
+        return Document(page_content=content, metadata=metadata, id=new_id)
+
+    def _known_locations(self, doc: Document) -> list[str]:
+        """Where the document's images came from, as strings: paths, URLs, file names."""
+        values = [doc.metadata.get(key) for key in (*self.location_keys, *self.image_keys)]
+        if isinstance(doc.page_content, str) and is_image_location(doc.page_content.strip()):
+            values.append(doc.page_content.strip())
+        known = [str(v) for v in values if isinstance(v, (str, Path)) and 0 < len(str(v)) <= 4096]
+        return known + [Path(v).name for v in known if Path(v).name]
 
     def _anonymize_all(self, items: Sequence[RetrievedItem]) -> list[Any]:
         self._prefetch(items)

@@ -36,11 +36,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
-    DATA_URI_IN_TEXT,
     AnonymizedImage,
     AnonymizerBridge,
     anonymize_embedded_images,
     decode_base64_image,
+    embeds_images,
     image_bytes_of,
     is_image_location,
 )
@@ -124,19 +124,19 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         try:
             data = image_bytes_of(text)
             if data is None:
-                if not DATA_URI_IN_TEXT.search(text):
+                if not embeds_images(text):
                     return None
 
                 def withheld(exc: IdmragError) -> str:
                     bridge.withhold(exc, "image sent to the model")
-                    return _note("image", str(exc))["text"]
+                    return _note("image", bridge.reason(exc))["text"]
 
                 return anonymize_embedded_images(text, bridge.anonymize, reports, on_error=withheld)
             image = bridge.anonymize(data=data)
         except IdmragError as exc:
             bridge.withhold(exc, "image sent to the model")
-            reports.append({"status": "withheld", "error": str(exc)})
-            return _note("image", str(exc))["text"]
+            reports.append({"status": "withheld", "error": bridge.reason(exc)})
+            return _note("image", bridge.reason(exc))["text"]
         reports.append(image.report)
         return image.data_uri if text[:5].lower() == "data:" else image.base64
 
@@ -162,8 +162,8 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             image = self._image_of(block, kind, bridge)
         except IdmragError as exc:
             bridge.withhold(exc, "image sent to the model")
-            reports.append({"status": "withheld", "error": str(exc)})
-            return _note("image", str(exc))
+            reports.append({"status": "withheld", "error": bridge.reason(exc)})
+            return _note("image", bridge.reason(exc))
         reports.append(image.report)
         return self._rebuilt(block, kind, image)
 

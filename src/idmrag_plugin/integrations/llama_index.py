@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ try:
         NodeWithScore,
         QueryBundle,
         QueryType,
+        RelatedNodeInfo,
         TransformComponent,
     )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -56,7 +57,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
-    DATA_URI_IN_TEXT,
     LOCATION_KEYS,
     MIME_KEYS,
     REPORT_KEY,
@@ -70,12 +70,14 @@ from idmrag_plugin.integrations._common import (
     drop_entries,
     drop_locations,
     drop_photo_metadata,
+    embeds_images,
     image_reference,
     is_image_location,
     is_inline_image,
     known_output_format,
     looks_like_base64_image,
 )
+from idmrag_plugin.integrations._locations import names_image_location
 from idmrag_plugin.pipeline import FaceAnonymizer
 
 logger = logging.getLogger(__name__)
@@ -138,6 +140,48 @@ def _withheld_media(node: BaseNode) -> list[str]:
     return [name.removesuffix("_resource") for name in WITHHELD_MEDIA if getattr(node, name, None) is not None]
 
 
+def _related_infos(node: BaseNode) -> list[RelatedNodeInfo]:
+    infos: list[RelatedNodeInfo] = []
+    for related in node.relationships.values():
+        infos.extend(related if isinstance(related, list) else [related])
+    return infos
+
+
+def _ids_name_image_locations(node: BaseNode) -> bool:
+    """True when the node's id or a related node's id spells an image's path or URL
+    (``SimpleDirectoryReader(filename_as_id=True)`` makes the file's path the document's id,
+    and its nodes' ``ref_doc_id``)."""
+    return any(names_image_location(i) for i in [node.node_id, *(info.node_id for info in _related_infos(node))])
+
+
+def _known_locations(node: BaseNode, location_keys: Sequence[str]) -> list[str]:
+    """The places the node's image came from, as strings: its path, URL, file name."""
+    values = [getattr(node, "image_path", None), getattr(node, "image_url", None)]
+    for name in ("image_resource", "text_resource"):
+        resource = getattr(node, name, None)
+        if resource is not None:
+            values += [resource.path, resource.url]
+    values += [node.metadata.get(key) for key in location_keys]
+    known = [str(v) for v in values if isinstance(v, (str, Path)) or (v is not None and hasattr(v, "host"))]
+    return known + [Path(v).name for v in known if Path(v).name]
+
+
+def _rename_ids(node: BaseNode, rename: Callable[[str], str | None], removed: list[str]) -> None:
+    """Replace the node's id and its relationships' ids by ``rename``'s stand-ins where it
+    gives one; the name of each field changed is appended to ``removed``."""
+    new = rename(node.node_id)
+    if new and new != node.node_id:
+        node.node_id = new
+        removed.append("id_")
+    for relation, related in node.relationships.items():
+        name = getattr(relation, "name", str(relation)).lower()
+        for info in related if isinstance(related, list) else [related]:
+            new = rename(info.node_id)
+            if new and new != info.node_id:
+                info.node_id = new
+                removed.append(f"relationships.{name}.node_id")
+
+
 def _safe_copy(
     node: BaseNode,
     image: AnonymizedImage | None,
@@ -147,10 +191,13 @@ def _safe_copy(
     metadata: dict[str, Any],
     inline: list[dict[str, Any]],
     text: str | None = None,
+    rename: Callable[[str], str | None] | None = None,
 ) -> BaseNode:
-    """A deep copy of ``node`` (same id) carrying only the anonymized image, no original media.
+    """A deep copy of ``node`` carrying only the anonymized image, no original media.
     ``metadata``: the node's metadata with its inline images anonymized; ``text``: its text
-    with the images embedded in it anonymized, when it has any (their reports: ``inline``)."""
+    with the images embedded in it anonymized, when it has any (their reports: ``inline``);
+    ``rename``: the id it may be handed on under, for its own id and its relationships'
+    (the same id unless that spells where the image came from)."""
     copy = node.model_copy(deep=True)
     copy.metadata = deepcopy(metadata)  # nothing shared with the caller's node
     copy.embedding = None  # computed from the original (an image embedding describes its face)
@@ -180,6 +227,8 @@ def _safe_copy(
     copy.metadata.clear()
     copy.metadata.update(kept)
     _scrub_relationships(copy, location_keys, removed)
+    if rename is not None:
+        _rename_ids(copy, rename, located)
     report: dict[str, Any] = dict(image.report) if image is not None else {"status": "no_image"}
     if inline:
         report["embedded_images"] = inline
@@ -261,10 +310,11 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
                     withheld.append("file")
             content = "" if "text" in withheld else node.get_content(metadata_mode=MetadataMode.NONE)
             stripped = content.strip()
-            # Markdown or HTML inline images, or a whole text that is an image in base64
-            embeds = DATA_URI_IN_TEXT.search(content) is not None or looks_like_base64_image(stripped)
+            # Markdown or HTML images (inline or linked), or a whole text that is an image in base64
+            embeds = embeds_images(content) or looks_like_base64_image(stripped)
             pointer = is_image_location(stripped)  # the text is an image's path or URL
-            if reference is None and not withheld and not embeds and not pointer and not carries_images(node.metadata):
+            media = reference is not None or withheld or embeds or pointer or carries_images(node.metadata)
+            if not media and not _ids_name_image_locations(node):
                 return node
             image = bridge.anonymize(**reference) if reference is not None else None
             inline: list[dict[str, Any]] = []  # thumbnails and the like a loader put in metadata
@@ -275,19 +325,36 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
                 inline.append(pointed.report)
                 text = pointed.data_uri
         except IdmragError as exc:
-            dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
+            self._withheld_event(node, exc)
             bridge.withhold(exc, f"node {node.node_id}")
             return None
         except (ValueError, TypeError) as exc:  # malformed node fields: never pass them on
-            dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status="withheld", error=str(exc)))
+            self._withheld_event(node, exc)
             bridge.withhold(InvalidImageError(f"unreadable image fields: {exc}"), f"node {node.node_id}")
             return None
         if withheld:
             logger.info("node %s: %s withheld (cannot be anonymized)", node.node_id, ", ".join(withheld))
         report = image.report if image is not None else None
         status = str(report["status"]) if report is not None else "media_withheld" if withheld else "no_image"
-        dispatcher.event(FaceAnonymizationEvent(node_id=node.node_id, status=status, report=report))
-        return _safe_copy(node, image, withheld, self.report_key, self.location_keys, metadata, inline, text)
+        known = _known_locations(node, self.location_keys)
+        dispatcher.event(FaceAnonymizationEvent(node_id=self._shareable_id(node, known), status=status, report=report))
+        return _safe_copy(
+            node, image, withheld, self.report_key, self.location_keys, metadata, inline, text,
+            rename=lambda identifier: bridge.shareable_id(identifier, known),
+        )
+
+    def _shareable_id(self, node: BaseNode, known: Sequence[str]) -> str:
+        return self._bridge.shareable_id(node.node_id, known) or ""
+
+    def _withheld_event(self, node: BaseNode, exc: Exception) -> None:
+        """Tell instrumentation a node was withheld, in words that name no path or URL (its
+        handlers may export events to a tracing service)."""
+        try:
+            known = _known_locations(node, self.location_keys)
+        except (ValueError, TypeError):
+            known = []
+        error = self._bridge.reason(exc, known)
+        dispatcher.event(FaceAnonymizationEvent(node_id=self._shareable_id(node, known), status="withheld", error=error))
 
     def _anonymize_nodes(self, nodes: Sequence[BaseNode]) -> list[BaseNode]:
         references = self._prefetch(nodes)

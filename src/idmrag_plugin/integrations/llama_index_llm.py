@@ -53,13 +53,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, InvalidImageError
 from idmrag_plugin.integrations._common import (
-    DATA_URI_IN_TEXT,
     AnonymizedImage,
     anonymize_embedded_images,
     anonymize_inline_images,
     carries_images,
     decode_base64_image,
     drop_locations,
+    embeds_images,
     is_image_location,
 )
 from idmrag_plugin.integrations.llama_index import (
@@ -108,7 +108,7 @@ class FaceAnonymizingLLM(LLM):
             return _withheld("video", "video cannot be anonymized")
         if isinstance(block, AudioBlock) and self.withhold_audio:
             return _withheld("audio", "audio cannot be anonymized")
-        if isinstance(block, TextBlock) and DATA_URI_IN_TEXT.search(block.text):  # Markdown or HTML inline images
+        if isinstance(block, TextBlock) and embeds_images(block.text):  # Markdown or HTML images, inline or linked
             return TextBlock(text=self._anonymize_embedded(block.text))
         is_image_document = isinstance(block, DocumentBlock) and str(block.document_mimetype or "").startswith("image/")
         if isinstance(block, (TextBlock, AudioBlock, VideoBlock, DocumentBlock)) and not is_image_document:
@@ -118,9 +118,9 @@ class FaceAnonymizingLLM(LLM):
         try:
             image = self._anonymize_image(block)
         except IdmragError as exc:
-            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=str(exc)))
+            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=bridge.reason(exc)))
             bridge.withhold(exc, "image sent to the model")
-            return _withheld("image", str(exc))
+            return _withheld("image", bridge.reason(exc))
         dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status=str(image.report["status"]), report=image.report))
         return ImageBlock(image=image.data, image_mimetype=image.mimetype, detail=getattr(block, "detail", None))
 
@@ -154,16 +154,16 @@ class FaceAnonymizingLLM(LLM):
             return drop_locations(anonymize_inline_images(value, bridge.anonymize, reports), (), [])
         except IdmragError as exc:
             bridge.withhold(exc, "image sent to the model")
-            return None if not isinstance(value, str) else _withheld("image", str(exc)).text
+            return None if not isinstance(value, str) else _withheld("image", bridge.reason(exc)).text
 
     def _anonymize_embedded(self, text: str) -> str:
         bridge = self.anonymizer._bridge
         reports: list[dict[str, Any]] = []
 
         def withheld(exc: IdmragError) -> str:
-            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=str(exc)))
+            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=bridge.reason(exc)))
             bridge.withhold(exc, "image sent to the model")
-            return _withheld("image", str(exc)).text
+            return _withheld("image", bridge.reason(exc)).text
 
         text = anonymize_embedded_images(text, bridge.anonymize, reports, on_error=withheld)
         for report in reports:
