@@ -10,8 +10,9 @@ drawing of another person's identity code into the face's context. Losses:
   at 128 px, hinge loss, differentiable augmentation, lazy R1;
 * on the real rows: masked L1 to the real face, the log-spectrum term and discriminator
   feature matching (the detail a 128 px face has);
-* on the drawn rows: consistency, the refined face averaged back down to 64 px stays the
-  drawing (detail is added to the pseudonym, no other face is drawn).
+* on the drawn rows: consistency, the refined face averaged back down to 64 px (or
+  ``--consistency-size``) stays the drawing (detail is added to the pseudonym, no other face
+  is drawn).
 
 ``--init`` starts the refiner from trained weights (fine-tuning; a fresh discriminator); its
 sizes and channels are the starting refiner's.
@@ -214,9 +215,10 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         terms["rec"] = (refined[real] - x[real]).abs().mean() / inside
         terms["spectrum"] = spectrum_loss(refined[real], x[real])
         terms["fm"] = feature_matching([f[real] for f in fake_features], [f[real] for f in real_features])
-        mask_small = downsample(mask[drawn], small)
-        terms["consistency"] = ((downsample(refined[drawn], small) - drawn_rows).abs() * mask_small).mean() / (
-            mask_small.mean().clamp(min=1e-3))
+        held = args.consistency_size or small
+        mask_small = downsample(mask[drawn], held)
+        terms["consistency"] = ((downsample(refined[drawn], held) - downsample(drawn_rows, held)).abs()
+                                * mask_small).mean() / mask_small.mean().clamp(min=1e-3)
         loss_g = sum(weights[k] * v for k, v in terms.items() if k not in ("d", "r1"))
         generator_step(opt_g, loss_g, ema, refiner, args.ema, state["step"])
         record_step(state, log, terms, n, seconds_before + time.time() - start)
@@ -249,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grey-fraction", type=float, default=0.1, help="share of faces turned black and white")
     parser.add_argument("--max-blur", type=float, default=1.0, help="largest blur (sigma, px at 64) of a real row")
     parser.add_argument("--max-noise", type=float, default=0.03, help="largest noise (std, [-1,1] scale) of a real row")
+    parser.add_argument("--consistency-size", type=int, default=0,
+                        help="resolution at which a refined drawing must stay the drawing (default: the "
+                             "renderer's, 64 px); lower leaves the refiner free to restore a soft drawing's "
+                             "detail above it")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--lr-disc", type=float, default=3e-4, help="discriminator learning rate")
     parser.add_argument("--r1", type=float, default=0.01,
