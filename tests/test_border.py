@@ -83,3 +83,58 @@ def test_a_face_cropped_tighter_than_the_face_is_found(obfuscating, without_bord
     assert without_border_search.detector.detect(tight) == []
     result = obfuscating.anonymize(tight)
     assert len(result.faces) == 1 and np.abs(np.asarray(result.image).astype(int) - tight.astype(int)).mean() > 20
+
+
+def test_a_cut_face_lying_on_a_whole_face_must_pass_an_upright_second_look():
+    """The reflection of a subject's chin and collar past the bottom edge makes a "face" that
+    hangs from the subject's; a cut face with CUT_ON_FACE_SHARE of its box on a whole face
+    stays only when a second, upright look finds it again. A cut face apart from the others
+    stays without one."""
+    from idmrag_plugin.engine.detect import Detection, FaceDetector
+
+    image = np.zeros((200, 200, 3), np.uint8)
+    subject = Detection((60.0, 20.0, 140.0, 120.0), 0.999,
+                        np.array([[85.0, 60.0], [115.0, 60.0], [100.0, 80.0], [88.0, 100.0], [112.0, 100.0]]), "mtcnn")
+    points = np.array([[-18.0, -18.0], [18.0, -18.0], [0.0, 0.0], [-14.4, 18.0], [14.4, 18.0]])
+
+    class Whole(FaceDetector):
+        name = "mtcnn"
+
+        def _load(self) -> None:
+            pass
+
+        def _detect(self, picture: np.ndarray) -> list[Detection]:
+            return [subject]
+
+    class Padded(FaceDetector):
+        """Finds, on the padded image, a face hanging under the subject across the bottom edge
+        and one cut by the left edge; on a second look's crop, the face again if it confirms."""
+
+        name = "mtcnn"
+
+        def __init__(self, confirms: bool) -> None:
+            super().__init__()
+            self.confirms, self.second_looks = confirms, 0
+
+        def _load(self) -> None:
+            pass
+
+        def _detect(self, picture: np.ndarray) -> list[Detection]:
+            if picture.shape[:2] != (300, 300):  # a second look's crop
+                self.second_looks += 1
+                centre = picture.shape[1] / 2.0
+                return [Detection((centre - 30, centre - 30, centre + 30, centre + 30), 0.99, points + centre,
+                                  "mtcnn")] if self.confirms else []
+            pad = 50.0
+            hanging = np.array([[90.0, 150.0], [120.0, 150.0], [105.0, 170.0], [93.0, 190.0], [117.0, 190.0]])
+            at_left = np.array([[-10.0, 60.0], [15.0, 60.0], [2.0, 75.0], [-8.0, 90.0], [12.0, 90.0]])
+            return [Detection((70 + pad, 105 + pad, 150 + pad, 230 + pad), 0.76, hanging + pad, "mtcnn"),
+                    Detection((-30 + pad, 30 + pad, 35 + pad, 110 + pad), 0.76, at_left + pad, "mtcnn")]
+
+    for confirms in (False, True):
+        padded = Padded(confirms)
+        found = BorderDetector(Whole(), padded).detect(image)
+        hanging_kept = any(d.box[1] == 105.0 for d in found)
+        assert hanging_kept == confirms
+        assert any(d.box[0] == -30.0 for d in found)  # the face apart from the others: no second look
+        assert padded.second_looks == 1

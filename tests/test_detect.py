@@ -236,3 +236,40 @@ def test_a_doubtful_face_only_a_turned_pass_found_must_pass_an_upright_second_lo
         found = RotatingDetector(planted, (0, 90)).detect(image)
         assert sorted(d.detector for d in found) == (["mtcnn", "mtcnn@90"] if confirms else ["mtcnn"])
         assert planted.second_looks == 1
+
+
+def test_an_upright_face_hanging_from_another_must_pass_an_upright_second_look():
+    """A subject's chin, neck and collar read as a face hang from the subject's face (its centre
+    below that box, a tenth of it on it): such a face stays only when the upright second look
+    finds it again; a face beside the subject's is not second-guessed."""
+    from idmrag_plugin.engine.detect import Detection, FaceDetector
+
+    image = np.zeros((240, 320, 3), np.uint8)
+    points = np.array([[-18.0, -18.0], [18.0, -18.0], [0.0, 0.0], [-14.4, 18.0], [14.4, 18.0]])
+    subject = Detection((100.0, 20.0, 180.0, 120.0), 0.999, points + (140.0, 70.0), "mtcnn")
+    hanging = Detection((110.0, 105.0, 170.0, 185.0), 0.92, points * 0.7 + (140.0, 145.0), "mtcnn")
+    beside = Detection((200.0, 60.0, 250.0, 120.0), 0.92, points * 0.6 + (225.0, 90.0), "mtcnn")
+
+    class Planted(FaceDetector):
+        name = "mtcnn"
+
+        def __init__(self, confirms: bool) -> None:
+            super().__init__()
+            self.confirms, self.second_looks = confirms, 0
+
+        def _load(self) -> None:
+            pass
+
+        def _detect(self, picture: np.ndarray) -> list[Detection]:
+            if picture.shape[:2] == image.shape[:2]:
+                return [subject, hanging, beside]
+            self.second_looks += 1
+            centre = picture.shape[1] / 2.0
+            return [Detection((centre - 30, centre - 30, centre + 30, centre + 30), 0.99, points + centre, "mtcnn")] \
+                if self.confirms else []
+
+    for confirms in (False, True):
+        planted = Planted(confirms)
+        found = RotatingDetector(planted, (0,)).detect(image)
+        assert [d.box for d in found] == ([subject.box, hanging.box, beside.box] if confirms else [subject.box, beside.box])
+        assert planted.second_looks == 1

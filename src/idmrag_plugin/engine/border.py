@@ -15,7 +15,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from idmrag_plugin.engine.detect import Detection, FaceDetector, suppress_overlaps
+from idmrag_plugin.engine.detect import (
+    CONFIRM_FACE_SIZE,
+    CONFIRM_SIDE,
+    Detection,
+    FaceDetector,
+    hangs_from,
+    suppress_overlaps,
+    upright_look,
+)
 
 #: Reflection added on every side, as a share of the image's shorter side.
 BORDER_PAD = 0.25
@@ -57,7 +65,20 @@ class BorderDetector(FaceDetector):
         self.border_detector.load()
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        return suppress_overlaps(self.detector.detect(image) + self.cut_faces(image), self.iou)
+        whole = self.detector.detect(image)
+        cut = [det for det in self.cut_faces(image) if self._cut_face_holds(image, det, whole)]
+        return suppress_overlaps(whole + cut, self.iou)
+
+    def _cut_face_holds(self, image: np.ndarray, det: Detection, whole: list[Detection]) -> bool:
+        """Whether a cut face stays: always, unless it hangs from a whole face (see
+        :data:`~idmrag_plugin.engine.detect.HANGING_SHARE`: the reflection of a subject's chin
+        and collar past the bottom edge); then only when a second look at it, turned upright and
+        mirrored past the border as the padded search saw it, finds it again. Real cut faces
+        beside or behind a whole one are not second-guessed: a cut face's second look loses real
+        ones (an eye and a nose at the edge)."""
+        if not any(hangs_from(det.box, other.box) for other in whole):
+            return True
+        return upright_look(self.border_detector, image, det.landmarks, CONFIRM_FACE_SIZE, CONFIRM_SIDE) is not None
 
     def cut_faces(self, image: np.ndarray) -> list[Detection]:
         """Faces crossing the image border, in the image's coordinates (boxes and landmarks
@@ -83,3 +104,4 @@ class BorderDetector(FaceDetector):
                 continue  # a mirror image in the padding, or a sliver of a face
             found.append(Detection((x1, y1, x2, y2), det.score, (det.landmarks - pad) / scale, f"{det.detector}@border"))
         return found
+
