@@ -71,3 +71,19 @@ def test_masks_at_the_border_covering_everything_and_bad_shapes():
         poisson_blend(drawn[:32], photo, corner)
     grey = poisson_blend(drawn[..., :1], photo[..., :1], corner)  # any channel count
     assert grey.shape == (64, 64, 1)
+
+
+@pytest.mark.parametrize("grow", [1.0, 1.1, 1.25])
+def test_a_pasted_face_leaves_no_line_or_edge_where_its_crop_ends(grow):
+    """The face ellipse, grown and feathered, reaches the bottom of its crop below the chin:
+    pasting a crop of the photo's own colour must change nothing, at any angle (cut off at the
+    crop's edge and interpolated with the black past it, it drew a dark line across the neck)."""
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.engine.blend import paste_face
+
+    image = np.full((300, 300, 3), 150, np.uint8)
+    landmarks = np.array([[130.0, 120.0], [170.0, 126.0], [150.0, 145.0], [133.0, 165.0], [165.0, 170.0]])
+    face = align_face(image, landmarks, 128)
+    out = image.copy()
+    paste_face(out, np.full((128, 128, 3), 150, np.uint8), face, grow=grow, colour_match=False)
+    assert np.abs(out.astype(int) - 150).max() <= 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -206,15 +207,33 @@ def region_of(face: AlignedFace, shape: tuple[int, int], pad: int = 2) -> tuple[
     return max(0, x1), max(0, y1), min(w, x2), min(h, y2)
 
 
-def warp_into_region(crop: np.ndarray, face: AlignedFace, region: tuple[int, int, int, int]) -> np.ndarray:
-    """Warp a crop-space array into the image region ``region`` only (cheap on big images)."""
+def warp_into_region(
+    crop: np.ndarray, face: AlignedFace, region: tuple[int, int, int, int], border: int = cv2.BORDER_CONSTANT
+) -> np.ndarray:
+    """Warp a crop-space array into the image region ``region`` only (cheap on big images);
+    outside the crop: 0, or with ``border=cv2.BORDER_REPLICATE`` the crop's edge pixels."""
     x1, y1, x2, y2 = region
     inverse = face.inverse.copy()
     inverse[:, 2] -= (x1, y1)
-    return cv2.warpAffine(
-        crop, inverse, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-    )
+    return cv2.warpAffine(crop, inverse, (x2 - x1, y2 - y1), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+
+
+#: Width (share of the crop's side) over which a pasted face's weight falls to nothing at the
+#: edge of its crop. The face ellipse, grown and feathered, reaches the crop's bottom edge
+#: below the chin; cut off there, it left a hard edge, and the new face's pixels, interpolated
+#: with the black past the crop, a dark line across the neck in most pasted faces.
+CROP_EDGE_TAPER = 0.03
+
+
+@lru_cache(maxsize=8)
+def crop_edge_taper(size: int) -> np.ndarray:
+    """Float weights (size, size): 1 inside, falling linearly to 0 at the crop's edge."""
+    width = max(1.0, CROP_EDGE_TAPER * size)
+    steps = np.minimum(np.arange(size), np.arange(size)[::-1]).astype(np.float32) + 0.5
+    ramp = np.clip(steps / width, 0.0, 1.0)
+    taper = np.minimum(ramp[:, None], ramp[None, :])
+    taper.setflags(write=False)
+    return taper
 
 
 def paste_face(
@@ -235,7 +254,7 @@ def paste_face(
         return
     mask = face_mask(face.size, grow=grow, feather=feather)
     matched = match_colour(new_crop, face.crop, mask) if colour_match else new_crop
-    alpha = warp_into_region(mask, face, region)[..., None]
-    layer = warp_into_region(matched, face, region).astype(np.float32)
+    alpha = warp_into_region(mask * crop_edge_taper(face.size), face, region)[..., None]
+    layer = warp_into_region(matched, face, region, cv2.BORDER_REPLICATE).astype(np.float32)
     patch = image[y1:y2, x1:x2].astype(np.float32)
     image[y1:y2, x1:x2] = np.clip(alpha * layer + (1.0 - alpha) * patch + 0.5, 0, 255).astype(np.uint8)
