@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 
 import numpy as np
@@ -153,8 +154,10 @@ def test_ingestion_transform(engine, photo, astronaut):
     assert FaceAnonymizerTransform.class_name() == "FaceAnonymizerTransform"
 
 
-def test_events_carry_the_report(post, photo):
-    seen = []
+@contextlib.contextmanager
+def _anonymization_events():
+    """The FaceAnonymizationEvents dispatched inside the block, as a list."""
+    seen: list[FaceAnonymizationEvent] = []
 
     class Collect(BaseEventHandler):
         def handle(self, event, **kwargs):
@@ -165,9 +168,14 @@ def test_events_carry_the_report(post, photo):
     root = get_dispatcher()
     root.add_event_handler(handler)
     try:
-        post.postprocess_nodes([NodeWithScore(node=ImageNode(image_path=str(photo), id_="ev"), score=1.0)])
+        yield seen
     finally:
         root.event_handlers.remove(handler)
+
+
+def test_events_carry_the_report(post, photo):
+    with _anonymization_events() as seen:
+        post.postprocess_nodes([NodeWithScore(node=ImageNode(image_path=str(photo), id_="ev"), score=1.0)])
     assert seen and seen[0].node_id == "ev" and seen[0].report["faces"]
 
 
@@ -627,23 +635,11 @@ def test_ids_that_spell_the_original_file_never_travel_on(post, engine, photo, t
     chunk = ImageNode(image_path=documents[0].metadata["file_path"], id_=documents[0].id_ + "_part_0")
     chunk.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=documents[0].id_)
     url_node = ImageNode(image_url="https://example.com/people/Jane_Doe_0002.jpg", id_="https://example.com/people/Jane_Doe_0002.jpg")
-    seen = []
-
-    class Collect(BaseEventHandler):
-        def handle(self, event, **kwargs):
-            if isinstance(event, FaceAnonymizationEvent):
-                seen.append(event)
-
-    handler = Collect()
-    root = get_dispatcher()
-    root.add_event_handler(handler)
     strict = FaceAnonymizerPostprocessor(engine=engine, fetch_urls=False)
-    try:
+    with _anonymization_events() as seen:
         first = post.postprocess_nodes([NodeWithScore(node=n, score=1.0) for n in (*documents, chunk)])
         again = post.postprocess_nodes([NodeWithScore(node=chunk, score=1.0)])
         assert strict.postprocess_nodes([NodeWithScore(node=url_node, score=1.0)]) == []
-    finally:
-        root.event_handlers.remove(handler)
     assert len(first) == 2
     for out in first:
         assert "Jane_Doe" not in out.node.model_dump_json()

@@ -104,4 +104,3 @@ class BorderDetector(FaceDetector):
                 continue  # a mirror image in the padding, or a sliver of a face
             found.append(Detection((x1, y1, x2, y2), det.score, (det.landmarks - pad) / scale, f"{det.detector}@border"))
         return found
-

@@ -98,6 +98,8 @@ def drop_locations(value: Any, location_keys: Sequence[str], removed: list[str],
 
 #: Metadata keys describing the image's encoding; set to the output's after anonymization.
 MIME_KEYS = ("image_mimetype", "image_mime_type", "mimetype", "mime_type", "content_type", "file_type")
+
+
 def sniff_image(raw: bytes) -> bool:
     """True when ``raw`` starts like an image file of any common format (Pillow or not)."""
     if raw.startswith((b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"8BPS", b"qoif",
@@ -255,6 +257,8 @@ def anonymize_inline_images(
     return in_kind(value, image)
 
 
+#: The report of an image link removed from text: the image behind it was never anonymized.
+LINK_REMOVED = "image link removed: the image behind it was not anonymized"
 #: An image data URI inside text (Markdown ``![](data:image/...)``, HTML ``<img src=...>``).
 DATA_URI_IN_TEXT = re.compile(r"data:image/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*;base64,[A-Za-z0-9+/]+={0,2}", re.IGNORECASE)
 
@@ -284,10 +288,6 @@ def anonymize_embedded_images(
     text, unlinked = unlink_images(DATA_URI_IN_TEXT.sub(replaced, text))
     reports.extend({"status": "withheld", "error": LINK_REMOVED} for _ in range(unlinked))
     return text
-
-
-#: The report of an image link removed from text: the image behind it was never anonymized.
-LINK_REMOVED = "image link removed: the image behind it was not anonymized"
 
 
 def embeds_images(text: str) -> bool:

@@ -9,6 +9,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable
+from pathlib import Path
 
 #: Suffixes that make a path or URL an image reference.
 IMAGE_SUFFIXES = (
@@ -44,6 +45,14 @@ def reveals_location(identifier: str, known: Iterable[str] = ()) -> bool:
     if names_image_location(identifier) or "/" in identifier or "\\" in identifier:
         return True
     return any(isinstance(value, str) and len(value) >= 4 and value in identifier for value in known)
+
+
+def known_locations(values: Iterable[object]) -> list[str]:
+    """The places an image came from, as strings (paths, URLs: ``str``, ``Path`` or URL
+    objects; not data, which runs longer), each followed by its file name."""
+    known = [str(v) for v in values if isinstance(v, (str, Path)) or (v is not None and hasattr(v, "host"))]
+    known = [v for v in known if 0 < len(v) <= 4096]
+    return known + [Path(v).name for v in known if Path(v).name]
 
 
 def pseudonymous_id(identifier: str, secret: bytes | None) -> str:

@@ -64,7 +64,7 @@ from idmrag_plugin.integrations._common import (
     known_output_format,
     looks_like_base64_image,
 )
-from idmrag_plugin.integrations._locations import names_image_location
+from idmrag_plugin.integrations._locations import known_locations, names_image_location
 from idmrag_plugin.pipeline import FaceAnonymizer
 
 logger = logging.getLogger(__name__)
@@ -224,8 +224,7 @@ class FaceAnonymizerCompressor(EngineSettingsMixin, BaseDocumentCompressor, Base
         values = [doc.metadata.get(key) for key in (*self.location_keys, *self.image_keys)]
         if isinstance(doc.page_content, str) and is_image_location(doc.page_content.strip()):
             values.append(doc.page_content.strip())
-        known = [str(v) for v in values if isinstance(v, (str, Path)) and 0 < len(str(v)) <= 4096]
-        return known + [Path(v).name for v in known if Path(v).name]
+        return known_locations(values)
 
     def _anonymize_all(self, items: Sequence[RetrievedItem]) -> list[Any]:
         self._prefetch(items)

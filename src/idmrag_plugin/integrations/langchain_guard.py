@@ -135,8 +135,9 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             image = bridge.anonymize(data=data)
         except IdmragError as exc:
             bridge.withhold(exc, "image sent to the model")
-            reports.append({"status": "withheld", "error": bridge.reason(exc)})
-            return _note("image", bridge.reason(exc))["text"]
+            reason = bridge.reason(exc)
+            reports.append({"status": "withheld", "error": reason})
+            return _note("image", reason)["text"]
         reports.append(image.report)
         return image.data_uri if text[:5].lower() == "data:" else image.base64
 
@@ -162,8 +163,9 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             image = self._image_of(block, kind, bridge)
         except IdmragError as exc:
             bridge.withhold(exc, "image sent to the model")
-            reports.append({"status": "withheld", "error": bridge.reason(exc)})
-            return _note("image", bridge.reason(exc))
+            reason = bridge.reason(exc)
+            reports.append({"status": "withheld", "error": reason})
+            return _note("image", reason)
         reports.append(image.report)
         return self._rebuilt(block, kind, image)
 

@@ -77,7 +77,7 @@ from idmrag_plugin.integrations._common import (
     known_output_format,
     looks_like_base64_image,
 )
-from idmrag_plugin.integrations._locations import names_image_location
+from idmrag_plugin.integrations._locations import known_locations, names_image_location
 from idmrag_plugin.pipeline import FaceAnonymizer
 
 logger = logging.getLogger(__name__)
@@ -140,18 +140,20 @@ def _withheld_media(node: BaseNode) -> list[str]:
     return [name.removesuffix("_resource") for name in WITHHELD_MEDIA if getattr(node, name, None) is not None]
 
 
-def _related_infos(node: BaseNode) -> list[RelatedNodeInfo]:
-    infos: list[RelatedNodeInfo] = []
-    for related in node.relationships.values():
-        infos.extend(related if isinstance(related, list) else [related])
-    return infos
+def _relations(node: BaseNode) -> list[tuple[str, RelatedNodeInfo]]:
+    """The node's related nodes, each with its relationship's name (``source``, ``parent``, ...)."""
+    pairs: list[tuple[str, RelatedNodeInfo]] = []
+    for relation, related in node.relationships.items():
+        name = getattr(relation, "name", str(relation)).lower()
+        pairs.extend((name, info) for info in (related if isinstance(related, list) else [related]))
+    return pairs
 
 
 def _ids_name_image_locations(node: BaseNode) -> bool:
     """True when the node's id or a related node's id spells an image's path or URL
     (``SimpleDirectoryReader(filename_as_id=True)`` makes the file's path the document's id,
     and its nodes' ``ref_doc_id``)."""
-    return any(names_image_location(i) for i in [node.node_id, *(info.node_id for info in _related_infos(node))])
+    return any(names_image_location(i) for i in [node.node_id, *(info.node_id for _, info in _relations(node))])
 
 
 def _known_locations(node: BaseNode, location_keys: Sequence[str]) -> list[str]:
@@ -162,8 +164,7 @@ def _known_locations(node: BaseNode, location_keys: Sequence[str]) -> list[str]:
         if resource is not None:
             values += [resource.path, resource.url]
     values += [node.metadata.get(key) for key in location_keys]
-    known = [str(v) for v in values if isinstance(v, (str, Path)) or (v is not None and hasattr(v, "host"))]
-    return known + [Path(v).name for v in known if Path(v).name]
+    return known_locations(values)
 
 
 def _rename_ids(node: BaseNode, rename: Callable[[str], str | None], removed: list[str]) -> None:
@@ -173,13 +174,11 @@ def _rename_ids(node: BaseNode, rename: Callable[[str], str | None], removed: li
     if new and new != node.node_id:
         node.node_id = new
         removed.append("id_")
-    for relation, related in node.relationships.items():
-        name = getattr(relation, "name", str(relation)).lower()
-        for info in related if isinstance(related, list) else [related]:
-            new = rename(info.node_id)
-            if new and new != info.node_id:
-                info.node_id = new
-                removed.append(f"relationships.{name}.node_id")
+    for name, info in _relations(node):
+        new = rename(info.node_id)
+        if new and new != info.node_id:
+            info.node_id = new
+            removed.append(f"relationships.{name}.node_id")
 
 
 def _safe_copy(
@@ -249,12 +248,10 @@ def _scrub_relationships(node: BaseNode, location_keys: Sequence[str], removed: 
     """Scrub the metadata the node's relationships carry: node parsers copy the source
     document's whole metadata (its file path, URL, EXIF, GPS, thumbnails) into the SOURCE
     relationship, and it travels with the node into responses and stores."""
-    for relation, related in node.relationships.items():
-        name = getattr(relation, "name", str(relation)).lower()
-        for info in related if isinstance(related, list) else [related]:
-            where = f"relationships.{name}"
-            kept = drop_photo_metadata(drop_locations(info.metadata, location_keys, []), removed, where)
-            info.metadata = drop_entries(kept, lambda _, value: is_inline_image(value), removed, where)
+    for name, info in _relations(node):
+        where = f"relationships.{name}"
+        kept = drop_photo_metadata(drop_locations(info.metadata, location_keys, []), removed, where)
+        info.metadata = drop_entries(kept, lambda _, value: is_inline_image(value), removed, where)
 
 
 _FIELDS_DOC = {
@@ -349,10 +346,7 @@ class _AnonymizerSettings(EngineSettingsMixin, BaseModel):
     def _withheld_event(self, node: BaseNode, exc: Exception) -> None:
         """Tell instrumentation a node was withheld, in words that name no path or URL (its
         handlers may export events to a tracing service)."""
-        try:
-            known = _known_locations(node, self.location_keys)
-        except (ValueError, TypeError):
-            known = []
+        known = _known_locations(node, self.location_keys)
         error = self._bridge.reason(exc, known)
         dispatcher.event(FaceAnonymizationEvent(node_id=self._shareable_id(node, known), status="withheld", error=error))
 

@@ -118,9 +118,10 @@ class FaceAnonymizingLLM(LLM):
         try:
             image = self._anonymize_image(block)
         except IdmragError as exc:
-            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=bridge.reason(exc)))
+            reason = bridge.reason(exc)
+            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=reason))
             bridge.withhold(exc, "image sent to the model")
-            return _withheld("image", bridge.reason(exc))
+            return _withheld("image", reason)
         dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status=str(image.report["status"]), report=image.report))
         return ImageBlock(image=image.data, image_mimetype=image.mimetype, detail=getattr(block, "detail", None))
 
@@ -161,9 +162,10 @@ class FaceAnonymizingLLM(LLM):
         reports: list[dict[str, Any]] = []
 
         def withheld(exc: IdmragError) -> str:
-            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=bridge.reason(exc)))
+            reason = bridge.reason(exc)
+            dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=reason))
             bridge.withhold(exc, "image sent to the model")
-            return _withheld("image", bridge.reason(exc)).text
+            return _withheld("image", reason).text
 
         text = anonymize_embedded_images(text, bridge.anonymize, reports, on_error=withheld)
         for report in reports:
