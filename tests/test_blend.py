@@ -87,3 +87,72 @@ def test_a_pasted_face_leaves_no_line_or_edge_where_its_crop_ends(grow):
     out = image.copy()
     paste_face(out, np.full((128, 128, 3), 150, np.uint8), face, grow=grow, colour_match=False)
     assert np.abs(out.astype(int) - 150).max() <= 1
+
+
+def test_a_turned_face_s_far_side_is_pulled_in_by_the_nose_s_offset():
+    from idmrag_plugin.engine.align import template
+    from idmrag_plugin.engine.blend import FAR_SIDE_MAX, FAR_SIDE_PULL, face_mask, far_side_cut
+
+    frontal = template(128)
+    assert far_side_cut(frontal, 128) == pytest.approx(FAR_SIDE_PULL * (frontal[2, 0] - frontal[:2, 0].mean()) / 128)
+    assert abs(far_side_cut(frontal, 128)) < 0.01
+    turned = frontal.copy()
+    turned[2, 0] -= 0.03 * 128  # nose tip towards the crop's left: the left cheek is the far one
+    assert far_side_cut(turned, 128) == pytest.approx(far_side_cut(frontal, 128) - FAR_SIDE_PULL * 0.03)
+    turned[2, 0] += 0.06 * 128
+    assert far_side_cut(turned, 128) > 0
+    turned[2, 0] += 0.5 * 128
+    assert far_side_cut(turned, 128) == FAR_SIDE_MAX
+    turned[2] = np.nan
+    assert far_side_cut(turned, 128) == 0.0
+    whole, cut = face_mask(128, 1.1), face_mask(128, 1.1, far_cut=-0.1)
+    assert np.all(cut <= whole)  # pulled in, never grown
+    columns = np.flatnonzero(whole.max(axis=0)), np.flatnonzero(cut.max(axis=0))
+    assert columns[1][0] - columns[0][0] == pytest.approx(0.1 * 128, abs=1.5)  # the left side moved in
+    assert abs(columns[1][-1] - columns[0][-1]) <= 1  # the near side stayed
+    assert np.array_equal(whole.max(axis=1) > 0, cut.max(axis=1) > 0)  # brow to chin as before
+
+
+def test_a_turned_face_is_pasted_without_the_background_beside_its_far_cheek(make_engine, camera_face, monkeypatch):
+    """A turned face's drawing covers the frontal ellipse, background beside the far cheek
+    included; the engine pastes it with that side pulled in, so the photo's background stays."""
+    from conftest import FixedFaceGenerator
+
+    from idmrag_plugin import pipeline
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.engine.blend import far_side_cut, paste_face
+    from idmrag_plugin.engine.detect import Detection, FaceDetector
+
+    # eyes level, the nose tip well left of their midpoint: a face turned to the photo's left
+    landmarks = np.array([[130.0, 120.0], [170.0, 120.0], [140.0, 142.0], [135.0, 162.0], [165.0, 162.0]])
+
+    class Planted(FaceDetector):
+        name = "planted"
+
+        def _load(self) -> None:
+            pass
+
+        def _detect(self, image: np.ndarray) -> list[Detection]:
+            return [Detection((105.0, 85.0, 195.0, 190.0), 0.99, landmarks, "planted")]
+
+    pasted = []
+
+    def recording(image, new_crop, face, *args, **kwargs):
+        pasted.append(kwargs.get("far_cut", 0.0))
+        return paste_face(image, new_crop, face, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "paste_face", recording)
+    photo = np.full((300, 300, 3), 90, np.uint8)
+    engine = make_engine(FixedFaceGenerator(camera_face), rotations=(0,))
+    engine.detector = Planted()
+    engine.anonymize(photo)
+    crop = align_face(photo, landmarks, engine.config.crop_size)
+    expected = far_side_cut(np.c_[landmarks, np.ones(5)] @ crop.matrix.T, crop.size)
+    assert expected < -0.05 and pasted and all(cut == pytest.approx(expected) for cut in pasted)
+    # pasted so, a white face leaves the photo's own pixels beside the far cheek
+    out_cut, out_whole = photo.copy(), photo.copy()
+    paste_face(out_cut, np.full_like(crop.crop, 255), crop, grow=1.1, colour_match=False, far_cut=expected)
+    paste_face(out_whole, np.full_like(crop.crop, 255), crop, grow=1.1, colour_match=False)
+    kept = (out_cut == 90).all(axis=2) & (out_whole == 255).all(axis=2)
+    assert kept.sum() > 200
+    assert np.median(np.argwhere(kept)[:, 1]) < landmarks[:2, 0].mean()  # on the photo's left, the far side

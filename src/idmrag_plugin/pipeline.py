@@ -18,7 +18,7 @@ from idmrag_plugin.cache import ResultCache, scope_key
 from idmrag_plugin.calibration import thresholds_for
 from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.engine.align import AlignedFace, align_face
-from idmrag_plugin.engine.blend import paste_face, region_of
+from idmrag_plugin.engine.blend import far_side_cut, paste_face, region_of
 from idmrag_plugin.engine.border import BORDER_MIN_FACE, BorderDetector
 from idmrag_plugin.engine.detect import (
     DIAGONAL_MIN_FACE,
@@ -96,6 +96,12 @@ def _obfuscate(job: _Job, face: FaceReport, widen: float = 1.0) -> tuple[int, in
     mask = obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index], widen, spared)
     obfuscate_region(job.output, mask)
     return _mask_box(mask)
+
+
+def _in_crop(landmarks: np.ndarray, crop: AlignedFace) -> np.ndarray:
+    """Image landmarks (N, 2) in ``crop``'s coordinates."""
+    points = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    return np.c_[points, np.ones(len(points))] @ crop.matrix.T
 
 
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -775,7 +781,8 @@ class FaceAnonymizer:
                 grow = self.generator.paste_grow_of(request)
                 pasted.append(_Paste(job, face, region, job.output[y1:y2, x1:x2].copy(), request, grow))
                 with _timed(job.timings, "blend"):
-                    paste_face(job.output, new, crop, grow=grow, colour_match=self.generator.colour_match)
+                    paste_face(job.output, new, crop, grow=grow, colour_match=self.generator.colour_match,
+                               far_cut=far_side_cut(_in_crop(face.detection.landmarks, crop), crop.size))
             if not pasted:
                 pending = retry
                 continue

@@ -16,8 +16,32 @@ FACE_CENTER = (0.5, 0.55)
 FACE_AXES = (0.30, 0.40)
 
 
-def face_mask(size: int, grow: float = 1.0, feather: float = 0.0) -> np.ndarray:
-    """Float mask (size, size) in [0, 1]: the face ellipse, optionally grown and feathered.
+#: A turned face's far side: the face ellipse is pulled in there by this many times the nose
+#: tip's offset from the eyes' midpoint (both in shares of the crop's side), at most ``FAR_SIDE_MAX``.
+FAR_SIDE_PULL = 3.0
+FAR_SIDE_MAX = 0.12
+
+
+def far_side_cut(landmarks: np.ndarray, size: int) -> float:
+    """How far the face ellipse's far side should be pulled in for a face turned away from the
+    camera, signed (negative: the left side, positive: the right), in shares of the crop's side,
+    from its five landmarks in the crop (eyes, nose tip, mouth corners).
+
+    Aligned by its eyes and mouth, a turned face's far cheek ends well inside the frontal
+    ellipse, which then covers the background beside it; a face drawn over the whole ellipse
+    paints skin there (a pale patch against grass or a backdrop). The nose tip moves towards the
+    far side as the face turns, so its offset says how far.
+    """
+    points = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    if points.shape[0] < 3 or not np.all(np.isfinite(points[:3])) or size <= 0:
+        return 0.0
+    offset = (points[2, 0] - (points[0, 0] + points[1, 0]) / 2.0) / size
+    return float(np.clip(FAR_SIDE_PULL * offset, -FAR_SIDE_MAX, FAR_SIDE_MAX))
+
+
+def face_mask(size: int, grow: float = 1.0, feather: float = 0.0, far_cut: float = 0.0) -> np.ndarray:
+    """Float mask (size, size) in [0, 1]: the face ellipse, optionally grown and feathered, and
+    with ``far_cut`` (:func:`far_side_cut`) its far side pulled in by that share of the side.
 
     Feathering only adds soft weight outside the ellipse; inside it the mask is exactly 1.
     """
@@ -25,6 +49,12 @@ def face_mask(size: int, grow: float = 1.0, feather: float = 0.0) -> np.ndarray:
     center = (round(FACE_CENTER[0] * size), round(FACE_CENTER[1] * size))
     axes = (round(FACE_AXES[0] * size * grow), round(FACE_AXES[1] * size * grow))
     cv2.ellipse(mask, center, axes, 0, 0, 360, 1.0, thickness=-1)
+    if far_cut:
+        pulled = np.zeros_like(mask)
+        center = (round((FACE_CENTER[0] - far_cut / 2.0) * size), center[1])
+        cv2.ellipse(pulled, center, (max(1, round((FACE_AXES[0] * grow - abs(far_cut) / 2.0) * size)), axes[1]),
+                    0, 0, 360, 1.0, thickness=-1)
+        mask = np.minimum(mask, pulled)  # pixel rounding must not grow it on the near side
     if feather > 0:
         radius = max(1, round(feather * size))
         soft = cv2.GaussianBlur(mask, (0, 0), sigmaX=radius / 2.0)
@@ -238,13 +268,14 @@ def crop_edge_taper(size: int) -> np.ndarray:
 
 def paste_face(
     image: np.ndarray, new_crop: np.ndarray, face: AlignedFace, feather: float = 0.06,
-    grow: float = 1.0, colour_match: bool = True,
+    grow: float = 1.0, colour_match: bool = True, far_cut: float = 0.0,
 ) -> None:
     """Blend ``new_crop`` (canonical crop space) into ``image`` in place.
 
     The new face is colour-matched to the crop it replaces (unless ``colour_match`` is off:
     an inpainter already fits its context), then composited through the feathered face
-    ellipse grown by ``grow``; the inside of the ellipse is entirely the new face.
+    ellipse grown by ``grow`` (its far side pulled in by ``far_cut``, see :func:`far_side_cut`);
+    the inside of the ellipse is entirely the new face.
     """
     if new_crop.shape != face.crop.shape:
         raise ValueError(f"generated face has shape {new_crop.shape}, expected {face.crop.shape}")
@@ -252,7 +283,7 @@ def paste_face(
     x1, y1, x2, y2 = region
     if x2 <= x1 or y2 <= y1:
         return
-    mask = face_mask(face.size, grow=grow, feather=feather)
+    mask = face_mask(face.size, grow=grow, feather=feather, far_cut=far_cut)
     matched = match_colour(new_crop, face.crop, mask) if colour_match else new_crop
     alpha = warp_into_region(mask * crop_edge_taper(face.size), face, region)[..., None]
     layer = warp_into_region(matched, face, region, cv2.BORDER_REPLICATE).astype(np.float32)
