@@ -19,12 +19,14 @@ from idmrag_plugin import (
     ModelLoadError,
 )
 from idmrag_plugin.generation.attributes import (
+    GROUP_LABELS,
     READING_DECIMALS,
     AttributeProbes,
     Reading,
     face_lightness,
 )
 from idmrag_plugin.generation.code_diffusion import (
+    GROUP_SCALE,
     CodeDiffusion,
     CodeDiffusionConfig,
     condition_of,
@@ -115,7 +117,7 @@ def tiny(tmp_path_factory):
     sampler.save(root / "sampler.safetensors")
     argv = ["--data", str(root / "data.npz"), "--output", str(root / "run"), "--codes", str(root / "codes"),
             "--probes", str(root / "probes.safetensors"), "--sampler", str(root / "sampler.safetensors"), "--hidden", "64", "--blocks", "2", "--batch", "64",
-            "--lr", "2e-3", "--teacher-steps", "400", "--threads", "1"]
+            "--lr", "2e-3", "--teacher-steps", "400", "--threads", "1", "--conditions", "gender,age,tone"]
     first = train(build_parser().parse_args(argv + ["--distill-steps", "2"]))
     second = train(build_parser().parse_args(argv + ["--distill-steps", "30"]))
     return root, argv, first, second
@@ -186,6 +188,130 @@ def test_samples_follow_the_face_s_lightness(tiny):
         assert nearest_tone(model, steps, dark) < nearest_tone(model, steps, light) - 0.3 * (light - dark), folder
     with pytest.raises(ConfigError, match="conditioned on"):
         model(torch.zeros(1, ID_DIM), torch.zeros(1), condition_of([Reading(True, THIRTY)]))
+
+
+def test_the_perceived_group_conditions_as_centred_probabilities():
+    readings = [Reading(True, THIRTY), Reading(False, 4.0)]
+    groups = np.array([[0.0, 1.0, 0.0, 0.0, 0.0], [0.6, 0.1, 0.1, 0.1, 0.1]])
+    cond = condition_of(readings, [100.0, 200.0], groups=groups)
+    assert cond.shape == (2, 3 + len(GROUP_LABELS))
+    assert np.allclose(cond[:, 3:].numpy(), (groups - 1 / len(GROUP_LABELS)) / GROUP_SCALE, atol=1e-6)
+    assert np.array_equal(cond[:, :3].numpy(), condition_of(readings, [100.0, 200.0]).numpy())
+    with pytest.raises(ConfigError, match="need tones"):
+        condition_of(readings, groups=groups)
+    with pytest.raises(ConfigError, match="one row per reading"):
+        condition_of(readings, [100.0, 200.0], groups=groups[:1])
+    with pytest.raises(ConfigError, match="sum to 1"):
+        condition_of(readings, [100.0, 200.0], groups=groups * 2)
+    config = CodeDiffusionConfig(conditions=["gender", "age", "tone", "group"])
+    assert config.on_group and config.condition_width == 3 + len(GROUP_LABELS)
+    with pytest.raises(ConfigError, match="conditioned on"):
+        CodeDiffusionConfig(conditions=["gender", "age", "group"])
+
+
+def _group_probes(renderer_sha: str) -> AttributeProbes:
+    """The tiny fixture's code probes; photos read by dlib's descriptor (128 values): label 1 of
+    ``GROUP_LABELS`` where the descriptor's first value is positive, label 0 otherwise."""
+    planted = _planted_probes(renderer_sha)
+    weight = np.zeros((len(GROUP_LABELS), 128))
+    weight[1, 0], weight[0, 0] = 8.0, -8.0
+    return replace(planted, image_gender=(np.zeros(128), 1.0), image_age=(np.zeros(128), THIRTY),
+                   image_reader="dlib", image_group=(weight, np.zeros(len(GROUP_LABELS))))
+
+
+@pytest.fixture(scope="module")
+def grouped(tiny, tmp_path_factory):
+    """A code model conditioned on the perceived group as well (the default conditions), trained
+    on the tiny fixture's codes model and sampler: half the faces are tinted red and read as
+    label 1 of GROUP_LABELS from their (planted) dlib descriptors, independently of their lightness."""
+    from idmrag_plugin.training.train_code_lcm import build_parser, train
+
+    root, *_ = tiny
+    out = tmp_path_factory.mktemp("grouped")
+    rng = np.random.default_rng(1)
+    n = 256
+    red = rng.random(n) < 0.5
+    crops = (rng.integers(0, 256, (n, 32, 32, 3)) * rng.uniform(0.15, 1.0, (n, 1, 1, 1))).astype(np.float64)
+    crops[red, ..., 0] = np.minimum(crops[red, ..., 0] * 1.6 + 60, 255)
+    crops[red, ..., 2] *= 0.5
+    descriptors = rng.standard_normal((n, 128))
+    descriptors[:, 0] = np.where(red, 1.0, -1.0) * np.abs(descriptors[:, 0]) + np.where(red, 0.5, -0.5)
+    np.savez(out / "data.npz", crops=crops.astype(np.uint8), identity=np.arange(n).astype(np.int32),
+             split=np.array(["train"] * (n - HELD_OUT) + ["val"] * HELD_OUT),
+             emb_dlib=descriptors.astype(np.float32))
+    import json
+
+    sha = json.loads((root / "renderer" / "config.json").read_text())["sha256"]
+    _group_probes(sha).save(out / "probes.safetensors")
+    argv = ["--data", str(out / "data.npz"), "--output", str(out / "run"), "--codes", str(root / "codes"),
+            "--probes", str(out / "probes.safetensors"), "--sampler", str(root / "sampler.safetensors"),
+            "--hidden", "64", "--blocks", "2", "--batch", "64", "--lr", "2e-3", "--teacher-steps", "600",
+            "--distill-steps", "30", "--threads", "1"]
+    train(build_parser().parse_args(argv))
+    return root, out, red
+
+
+def test_samples_follow_the_perceived_group(grouped):
+    """Codes drawn for a person read as label 1 lie among the codes of the training faces read so,
+    codes drawn for label 0 among the others', at the same gender, age and lightness: with the
+    lightness alone, Black people got white-featured pseudonyms."""
+    from idmrag_plugin.training.train_code_lcm import training_codes, training_groups
+
+    root, out, red = grouped
+    probes = AttributeProbes.load(out / "probes.safetensors")
+    codes = training_codes(out / "data.npz", root / "codes", torch.device("cpu")).numpy()
+    read = training_groups(out / "data.npz", probes)
+    assert read.shape == (len(codes), len(GROUP_LABELS)) and np.allclose(read.sum(axis=1), 1.0)
+    assert np.array_equal(read.argmax(axis=1) == 1, red[: len(codes)])
+
+    def share_of_label_1(model: CodeDiffusion, steps: int, label: int) -> float:
+        group = np.eye(len(GROUP_LABELS))[[label] * 200]
+        drawn = sample_codes(model, condition_of([Reading(True, THIRTY)] * 200, [120.0] * 200, groups=group),
+                             steps, generator_for(b"s"))
+        distance = (((drawn[:, None] - codes[None]) / np.asarray(model.config.code_std)) ** 2).sum(-1)
+        return float(np.mean(red[distance.argmin(1)]))
+
+    for folder, steps in (("teacher", 20), ("lcm", 4)):
+        model = CodeDiffusion.from_pretrained(out / "run" / folder)
+        assert model.config.conditions == ["gender", "age", "tone", "group"]
+        assert model.config.group_probe_sha256 == probes.group_fingerprint() != ""
+        assert share_of_label_1(model, steps, 1) > share_of_label_1(model, steps, 0) + 0.2, folder
+
+
+def test_the_group_condition_needs_dlib_descriptors_and_a_group_probe(tiny, grouped):
+    from idmrag_plugin.training.train_code_lcm import training_groups
+
+    root, out = tiny[0], grouped[1]
+    with pytest.raises(ConfigError, match="emb_dlib"):
+        training_groups(root / "data.npz", AttributeProbes.load(out / "probes.safetensors"))
+    with pytest.raises(ConfigError, match="group probe"):
+        training_groups(out / "data.npz", AttributeProbes.load(root / "probes.safetensors"))
+
+
+def test_generator_writes_pseudonyms_for_the_person_s_perceived_group(grouped, tmp_path):
+    root, out, _ = grouped
+    generator = RendererLCMGenerator(out / "run" / "lcm", root / "renderer", root / "codes", root / "sampler.safetensors",
+                                     out / "probes.safetensors", root / "student.safetensors", steps=2, secret=b"s")
+    probes = AttributeProbes.load(out / "probes.safetensors")
+    descriptor = np.zeros(128)
+    descriptor[0] = 1.0
+    wanted = replace(probes.read_image(descriptor[None])[0], tone=120.0)
+    assert wanted.group is not None and int(np.argmax(wanted.group)) == 1
+    cond = generator.condition(wanted, np.zeros(ID_DIM, np.float32), 3)
+    assert cond.shape == (3, 3 + len(GROUP_LABELS))
+    assert np.allclose(cond[:, 3:].numpy(), (np.asarray(wanted.group) - 1 / len(GROUP_LABELS)) / GROUP_SCALE, atol=1e-6)
+    with pytest.raises(ModelLoadError, match="perceived group"):
+        generator.condition(replace(wanted, group=None), np.zeros(ID_DIM, np.float32), 1)
+    # probes without the group probe, or with another one, are refused when the model loads
+    for probes_file, other in (("none.safetensors", replace(probes, image_group=None)),
+                               ("other.safetensors", replace(probes, image_group=(-probes.image_group[0],
+                                                                                  probes.image_group[1])))):
+        other.save(tmp_path / probes_file)
+        refusing = RendererLCMGenerator(out / "run" / "lcm", root / "renderer", root / "codes",
+                                        root / "sampler.safetensors", tmp_path / probes_file,
+                                        root / "student.safetensors", steps=2, secret=b"s")
+        with pytest.raises(ModelLoadError, match="perceived group"):
+            refusing._load_code_model()
 
 
 def _generator(root, **kwargs) -> RendererLCMGenerator:

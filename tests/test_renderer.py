@@ -666,6 +666,9 @@ def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(t
     data["emb_dlib"] = rng.standard_normal((n, 128)).astype(np.float32)
     data["gender"] = (data["emb_dlib"][:, 0] > 0).astype(np.int8)
     data["age"] = np.clip(np.expm1(3.4 + 0.3 * data["emb_dlib"][:, 1]), 1, 100).astype(np.int16)
+    # UTKFace's five perceived-group labels, by the third value's quintile
+    data["race"] = np.searchsorted(np.quantile(data["emb_dlib"][:, 2], [0.2, 0.4, 0.6, 0.8]),
+                                   data["emb_dlib"][:, 2]).astype(np.int8)
     np.savez(tmp_path / "labelled.npz", **data)
     sha = json.loads((root / "run" / "renderer" / "config.json").read_text())["sha256"]
     kept = AttributeProbes((np.zeros(128), 0.0), (np.zeros(128), 3.0), (rng.standard_normal(16), 0.3),
@@ -679,6 +682,12 @@ def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(t
     probes = AttributeProbes.load(tmp_path / "probes.safetensors")
     assert probes.code_fingerprint() == kept.code_fingerprint()
     assert kept.code_tone is None and probes.code_tone is not None and probes.code_tone[0].shape == (16,)
+    # the group probe reads the labels from the descriptors, as probabilities
+    assert kept.image_group is None and probes.image_group is not None
+    groups = probes.read_group(data["emb_dlib"])
+    assert groups.shape == (n, 5) and np.allclose(groups.sum(axis=1), 1.0)
+    assert np.mean(groups.argmax(axis=1) == data["race"]) > 0.8
+    assert all(r.group is not None and len(r.group) == 5 for r in probes.read_image(data["emb_dlib"][:3]))
     # --image-probes as well: only the tone probe is fitted, everything else kept bit for bit
     fit(build_parser().parse_args(args + ["--image-probes", str(tmp_path / "probes.safetensors"),
                                           "--output", str(tmp_path / "toned.safetensors")]))
@@ -688,6 +697,7 @@ def test_fit_attribute_probes_can_keep_the_code_probes_and_bounds_age_readings(t
         assert np.array_equal(getattr(toned, name)[0], getattr(probes, name)[0])
     assert np.array_equal(toned.image_age_net.w1, probes.image_age_net.w1) and toned.age_range == probes.age_range
     assert np.allclose(toned.code_tone[0], probes.code_tone[0])  # the same faces, the same fit
+    assert np.allclose(toned.image_group[0], probes.image_group[0], atol=1e-4)
     assert not np.allclose(probes.image_age[0], kept.image_age[0])  # refitted: reads the labels
     train = data["split"] == "train"
     low, high = np.percentile(np.log1p(data["age"][train].astype(np.float64)), [1, 99])
@@ -861,6 +871,40 @@ def test_the_age_network_reads_what_a_linear_probe_cannot_and_round_trips(tmp_pa
     np.testing.assert_allclose(loaded.image_age_net(x[test]), net(x[test]), atol=1e-4)
     read = [r.log_age for r in loaded.read_image(x[test])]
     np.testing.assert_allclose(read, net(x[test]), atol=0.0051)  # rounded to 2 decimals
+
+
+def test_a_group_probe_round_trips_whatever_the_memory_order_of_its_weights(tmp_path):
+    """sklearn's multinomial coefficients can come Fortran-ordered; safetensors writes an array's
+    memory as it lies, so the probe must be saved C-ordered or it loads scrambled."""
+    from dataclasses import replace
+
+    from idmrag_plugin.generation.attributes import GROUP_LABELS, AttributeProbes
+
+    rng = np.random.default_rng(5)
+    weight = np.asfortranarray(rng.standard_normal((len(GROUP_LABELS), 128)))
+    assert not weight.flags.c_contiguous
+    probes = AttributeProbes((np.zeros(128), 0.0), (np.zeros(128), 3.0), (np.zeros(16), 0.0), (np.zeros(16), 3.0),
+                             "0" * 64, image_reader="dlib", image_group=(weight, rng.standard_normal(len(GROUP_LABELS))))
+    probes.save(tmp_path / "probes.safetensors")
+    loaded = AttributeProbes.load(tmp_path / "probes.safetensors")
+    faces = rng.standard_normal((50, 128))
+    assert np.allclose(loaded.read_group(faces), probes.read_group(faces), atol=1e-5)
+    assert loaded.group_fingerprint() == probes.group_fingerprint() != ""
+    assert replace(loaded, image_group=None).group_fingerprint() == ""
+    assert replace(loaded, image_group=None).read_image(faces[:1])[0].group is None
+
+
+def test_utkface_labels_give_the_perceived_group(tmp_path):
+    from idmrag_plugin.training.data import utkface_samples
+
+    (tmp_path / "images").mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / "images" / name).write_bytes(b"")
+    (tmp_path / "labels.csv").write_text('file,age,"gender(0=male,1=female)","race(0=White,1=Black,2=Asian,3=Indian,4=Other)"\n'
+                                         "a.jpg,30,1,1\nb.jpg,40,0,3\nc.jpg,50,0,\n")
+    samples = {s.path.name: s for s in utkface_samples(tmp_path)}
+    assert (samples["a.jpg"].race, samples["b.jpg"].race, samples["c.jpg"].race) == (1, 3, -1)
+    assert (samples["a.jpg"].age, samples["a.jpg"].gender) == (30, 1)
 
 
 def test_face_lightness_reads_the_cheeks_and_nose_and_orders_complexions():

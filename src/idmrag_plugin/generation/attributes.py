@@ -17,6 +17,13 @@ pseudonyms that suit the person's gender and age, those within ``TONE_TOLERANCE`
 the person's own code's lightness, or, for a code model conditioned on it, of the lightness
 of the person's face in their photo (``Reading.tone``) that the candidates were written for.
 
+A fourth image probe, ``image_group``, reads the perceived ancestry group of a face photo
+(UTKFace's five labels, :data:`GROUP_LABELS`; a multinomial logistic regression on dlib's
+descriptor) as probabilities: a code model conditioned on it writes pseudonyms that look like
+the person's group, as it writes them for their gender and age. Without it the model wrote
+white-featured faces for nearly every Black person (lightness alone does not carry it, and the
+identity codes carry it too weakly to choose by).
+
 A person's gender and age are read from their photo (the first one of the session, kept with
 their pseudonym), and a pseudonym code suits them when the code probes give the same gender
 and an age within ``AGE_TOLERANCE``. Probes of gender on the codes themselves, fitted on
@@ -50,16 +57,22 @@ READING_DECIMALS = 2
 #: code's (CIELAB L* as OpenCV scales it, 0-255; training faces spread by about 25): beyond it the
 #: blend must tone the drawing so far that its features ghost.
 TONE_TOLERANCE = 8.0
+#: UTKFace's perceived-group labels, in the order of its ``race`` column (0-4). They are the
+#: dataset's labels of how a face looks, read as probabilities; a probe conditions a pseudonym
+#: on them and never reports them.
+GROUP_LABELS = ("White", "Black", "Asian", "Indian", "Other")
 
 
 @dataclass(frozen=True)
 class Reading:
     """A perceived gender (True: the data's label 1, UTKFace's female) and log(1 + years), and
-    where it was read from a photo's crop, the face's lightness there (:func:`face_lightness`)."""
+    where it was read from a photo's crop, the face's lightness there (:func:`face_lightness`);
+    with a group probe, the probabilities of :data:`GROUP_LABELS` read from the photo."""
 
     gender: bool
     log_age: float
     tone: float | None = None
+    group: tuple[float, ...] | None = None
 
     @property
     def years(self) -> float:
@@ -136,6 +149,10 @@ class AttributeProbes:
     #: The lightness (:func:`face_lightness`) of the face an identity code belongs to; None:
     #: not fitted (older probes), pseudonyms are not chosen by it.
     code_tone: tuple[np.ndarray, float] | None = None
+    #: Perceived group of a face photo from the image reader's embedding: weights (K, D) and
+    #: biases (K,) of a multinomial logistic regression over :data:`GROUP_LABELS`; None: not
+    #: fitted (older probes), readings carry no group.
+    image_group: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.image_reader not in IMAGE_READERS:
@@ -148,8 +165,20 @@ class AttributeProbes:
         low, high = self.age_range if self.age_range is not None else (-np.inf, np.inf)
         readings = _read(embeddings, self.image_gender, self.image_age)
         ages = self.image_age_net(embeddings) if self.image_age_net is not None else [r.log_age for r in readings]
-        return [Reading(r.gender, round(float(np.clip(age, low, high)), READING_DECIMALS))
-                for r, age in zip(readings, ages, strict=True)]
+        groups = self.read_group(embeddings)
+        return [Reading(r.gender, round(float(np.clip(age, low, high)), READING_DECIMALS),
+                        group=None if groups is None else tuple(round(float(p), READING_DECIMALS) for p in groups[i]))
+                for i, (r, age) in enumerate(zip(readings, ages, strict=True))]
+
+    def read_group(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """Probabilities (N, len(GROUP_LABELS)) of each perceived group for faces' embeddings
+        (N, D) by ``image_reader``; None without the group probe."""
+        if self.image_group is None:
+            return None
+        logits = np.atleast_2d(np.asarray(embeddings, np.float64)) @ self.image_group[0].T + self.image_group[1]
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        return probabilities / probabilities.sum(axis=1, keepdims=True)
 
     def read_code(self, codes: np.ndarray) -> list[Reading]:
         """The gender and age the renderer draws for identity codes (N, id_dim)."""
@@ -179,6 +208,18 @@ class AttributeProbes:
             digest.update(np.array([bias], np.float32).tobytes())
         return digest.hexdigest()
 
+    def group_fingerprint(self) -> str:
+        """sha256 of the group probe alone (float32, as saved): what labelled the training codes
+        of a code model conditioned on the perceived group; empty without the probe."""
+        import hashlib
+
+        if self.image_group is None:
+            return ""
+        digest = hashlib.sha256()
+        for part in self.image_group:
+            digest.update(np.ascontiguousarray(part, np.float32).tobytes())
+        return digest.hexdigest()
+
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file
 
@@ -187,11 +228,16 @@ class AttributeProbes:
             if getattr(self, name) is None:
                 continue
             weight, bias = getattr(self, name)
-            tensors[f"{name}.weight"] = np.asarray(weight, np.float32)
+            tensors[f"{name}.weight"] = np.ascontiguousarray(weight, np.float32)
             tensors[f"{name}.bias"] = np.array([bias], np.float32)
+        if self.image_group is not None:
+            # C order: sklearn's coefficients may be a Fortran-ordered array, whose memory
+            # safetensors would write as if it were C-ordered (a scrambled probe)
+            tensors["image_group.weight"] = np.ascontiguousarray(self.image_group[0], np.float32)
+            tensors["image_group.bias"] = np.ascontiguousarray(self.image_group[1], np.float32)
         if self.image_age_net is not None:
             for name in AgeNet.TENSORS:
-                tensors[f"image_age_net.{name}"] = np.asarray(getattr(self.image_age_net, name), np.float32)
+                tensors[f"image_age_net.{name}"] = np.ascontiguousarray(getattr(self.image_age_net, name), np.float32)
         metadata = {"renderer_sha256": self.renderer_sha256, "image_reader": self.image_reader}
         if self.age_range is not None:
             metadata["age_range"] = json.dumps([float(v) for v in self.age_range])
@@ -210,6 +256,10 @@ class AttributeProbes:
             age_range = json.loads(metadata["age_range"]) if "age_range" in metadata else None
             tone = ((tensors["code_tone.weight"].astype(np.float64), float(tensors["code_tone.bias"][0]))
                     if "code_tone.weight" in tensors else None)
+            group = ((tensors["image_group.weight"].astype(np.float64), tensors["image_group.bias"].astype(np.float64))
+                     if "image_group.weight" in tensors else None)
+            if group is not None and group[0].shape[0] != len(GROUP_LABELS):
+                raise ValueError(f"the group probe reads {group[0].shape[0]} groups, not {len(GROUP_LABELS)}")
             net = None
             if "image_age_net.w1" in tensors:
                 net = AgeNet(**{name: tensors[f"image_age_net.{name}"].astype(np.float64) for name in AgeNet.TENSORS})
@@ -219,4 +269,4 @@ class AttributeProbes:
         return cls(**probes, renderer_sha256=metadata.get("renderer_sha256", ""),
                    image_reader=metadata.get("image_reader", "student"),
                    age_range=None if age_range is None else (float(age_range[0]), float(age_range[1])),
-                   image_age_net=net, code_tone=tone)
+                   image_age_net=net, code_tone=tone, image_group=group)

@@ -6,7 +6,10 @@ on the perceived gender and age the renderer should draw (the readings of
 :mod:`idmrag_plugin.generation.attributes`) and, in models trained with it, the lightness of the
 person's face in their photo (:func:`~idmrag_plugin.generation.attributes.face_lightness`: without
 it the model wrote pseudonyms of light complexions for nearly everyone, since most training faces
-are light, and dark-skinned people were drawn with light-skinned features), trained on the codes
+are light, and dark-skinned people were drawn with light-skinned features) and the person's
+perceived group (:data:`~idmrag_plugin.generation.attributes.GROUP_LABELS`, probabilities read from
+dlib's descriptor of their photo: with lightness alone, Black people still got white-featured
+faces), trained on the codes
 of real training faces
 (so its samples lie on the identity manifold) with classifier-free guidance, then
 consistency-distilled so that diffusers' ``LCMScheduler`` samples it in 1-4 steps with the
@@ -31,15 +34,22 @@ import torch
 from torch import nn
 
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.generation.attributes import Reading
+from idmrag_plugin.generation.attributes import GROUP_LABELS, Reading
 from idmrag_plugin.generation.latent_diffusion import _diffusers, make_scheduler
 
 KINDS = ("teacher", "lcm")
 #: What a model can be conditioned on, in this order: gender (+1 for the data's label 1, -1
-#: otherwise), standardised log-age and standardised face lightness ("tone").
-CONDITIONS = ("gender", "age", "tone")
+#: otherwise), standardised log-age, standardised face lightness ("tone") and the probabilities
+#: of the perceived groups ("group", one value per label of ``GROUP_LABELS``, centred).
+CONDITIONS = ("gender", "age", "tone", "group")
 #: The conditions of models trained before the tone was one.
 GENDER_AGE = ("gender", "age")
+#: The conditions of models trained before the perceived group was one.
+GENDER_AGE_TONE = ("gender", "age", "tone")
+#: The condition sets a model may have (older models load as theirs).
+CONDITION_SETS = (GENDER_AGE, GENDER_AGE_TONE, CONDITIONS)
+#: A perceived group's probability p conditions as (p - 1/K) / GROUP_SCALE.
+GROUP_SCALE = 0.4
 #: log(1 + years) is centred and scaled by these before it conditions the model.
 LOG_AGE_CENTER, LOG_AGE_SCALE = 3.4, 0.7
 #: A face's lightness (CIELAB L*, OpenCV's 0-255) is centred and scaled by these.
@@ -72,6 +82,9 @@ class CodeDiffusionConfig:
     # in models trained before it, the whole probes file's sha256.
     code_probes_sha256: str = ""
     probes_sha256: str = ""
+    # For a model conditioned on the perceived group: the group probe that labelled its training
+    # codes (AttributeProbes.group_fingerprint); the engine reads people with the same probe.
+    group_probe_sha256: str = ""
     # Its samples may be no closer to a training identity's mean code than this: the 99th
     # percentile of held-out people's nearest training identity (0: the sampler's distinct_cos).
     novelty_cos: float = 0.0
@@ -81,26 +94,47 @@ class CodeDiffusionConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if tuple(self.conditions) not in (GENDER_AGE, CONDITIONS):
-            raise ConfigError(f"a code model is conditioned on {GENDER_AGE} or {CONDITIONS}, got {self.conditions}")
+        if tuple(self.conditions) not in CONDITION_SETS:
+            raise ConfigError(f"a code model is conditioned on one of {CONDITION_SETS}, got {self.conditions}")
 
     @property
     def on_tone(self) -> bool:
         return "tone" in self.conditions
 
+    @property
+    def on_group(self) -> bool:
+        return "group" in self.conditions
+
+    @property
+    def condition_width(self) -> int:
+        """Values per condition vector (the perceived group takes one per label)."""
+        return len(self.conditions) - 1 + len(GROUP_LABELS) if self.on_group else len(self.conditions)
+
 
 def condition_of(readings: Sequence[Reading], tones: Sequence[float] | np.ndarray | None = None,
-                 tone_ceiling: float = TONE_CEILING) -> torch.Tensor:
-    """(N, 2) conditioning vectors of perceived gender and age readings, or (N, 3) with the
+                 tone_ceiling: float = TONE_CEILING, groups: np.ndarray | None = None) -> torch.Tensor:
+    """(N, 2) conditioning vectors of perceived gender and age readings, (N, 3) with the
     faces' lightness ``tones`` (:func:`~idmrag_plugin.generation.attributes.face_lightness`),
-    held to at most ``tone_ceiling`` (the model's ``config.tone_ceiling``)."""
+    held to at most ``tone_ceiling`` (the model's ``config.tone_ceiling``), and (N, 3 + K) with
+    the perceived groups' probabilities ``groups`` (N, K = len(GROUP_LABELS)) as well."""
     rows = [[1.0 if r.gender else -1.0, (r.log_age - LOG_AGE_CENTER) / LOG_AGE_SCALE] for r in readings]
     if tones is not None:
         if len(tones) != len(rows):
             raise ConfigError(f"{len(tones)} tones for {len(rows)} readings")
         rows = [[*row, (min(float(tone), tone_ceiling) - TONE_CENTER) / TONE_SCALE]
                 for row, tone in zip(rows, tones, strict=True)]
-    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(GENDER_AGE) + (tones is not None))
+    width = len(GENDER_AGE) + (tones is not None)
+    if groups is not None:
+        groups = np.asarray(groups, np.float64).reshape(-1, len(GROUP_LABELS)) if np.size(groups) else \
+            np.zeros((0, len(GROUP_LABELS)))
+        if tones is None or len(groups) != len(rows):
+            raise ConfigError(f"group probabilities need tones too, one row per reading ({len(groups)} for {len(rows)})")
+        if not np.all(np.isfinite(groups)) or groups.min(initial=0.0) < 0 or not np.allclose(groups.sum(axis=1), 1.0, atol=0.05):
+            raise ConfigError("group probabilities must be non-negative and sum to 1 per row")
+        centred = (groups - 1.0 / len(GROUP_LABELS)) / GROUP_SCALE
+        rows = [[*row, *map(float, group)] for row, group in zip(rows, centred, strict=True)]
+        width += len(GROUP_LABELS)
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), width)
 
 
 class _Block(nn.Module):
@@ -128,7 +162,7 @@ class CodeDiffusion(nn.Module):
         embeddings = _diffusers().models.embeddings
         self.time_proj = embeddings.Timesteps(128, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = embeddings.TimestepEmbedding(128, config.hidden)
-        self.cond_embed = nn.Sequential(nn.Linear(len(config.conditions), config.hidden), nn.SiLU(),
+        self.cond_embed = nn.Sequential(nn.Linear(config.condition_width, config.hidden), nn.SiLU(),
                                         nn.Linear(config.hidden, config.hidden))
         self.null_cond = nn.Parameter(torch.zeros(config.hidden))  # "no condition", for guidance
         self.inp = nn.Linear(config.id_dim, config.hidden)
@@ -143,10 +177,10 @@ class CodeDiffusion(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 keep_cond: torch.Tensor | None = None) -> torch.Tensor:
-        """x (N, id_dim) standardised noisy codes, t (N,), cond (N, len(config.conditions));
+        """x (N, id_dim) standardised noisy codes, t (N,), cond (N, config.condition_width);
         ``keep_cond`` (N,) bool, False where the condition is dropped (guidance's unconditional
         branch)."""
-        if cond.shape[-1] != len(self.config.conditions):
+        if cond.shape[-1] != self.config.condition_width:
             raise ConfigError(f"this code model is conditioned on {self.config.conditions}, "
                               f"got conditions of {cond.shape[-1]} values")
         emb = self.time_embed(self.time_proj(t.reshape(-1).expand(x.shape[0])).to(x.dtype))
@@ -197,7 +231,7 @@ def generator_for(key: bytes) -> torch.Generator:
 @torch.inference_mode()
 def sample_codes(model: CodeDiffusion, cond: torch.Tensor, steps: int,
                  generator: torch.Generator | None = None) -> np.ndarray:
-    """Codes (N, id_dim) for conditions (N, len(model.config.conditions)), denoised from Gaussian noise in ``steps``."""
+    """Codes (N, id_dim) for conditions (N, model.config.condition_width), denoised from Gaussian noise in ``steps``."""
     if steps < 1:
         raise ConfigError(f"sampling steps must be at least 1, got {steps}")
     c = model.config

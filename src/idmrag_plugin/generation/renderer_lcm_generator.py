@@ -3,8 +3,9 @@
 The one-pass renderer draws pseudonym codes from the identity sampler's Gaussian mixture and
 redraws them until the renderer would draw the person's perceived gender and age. Here the
 consistency-distilled diffusion model of :mod:`idmrag_plugin.generation.code_diffusion`
-writes the candidates directly for that gender and age, and the lightness of the person's face
-in their first photo (1-4 steps, a batch of candidates at once); the sampler's rules still
+writes the candidates directly for that gender and age, the lightness of the person's face
+in their first photo and, for a model conditioned on it, their perceived group (1-4 steps, a
+batch of candidates at once); the sampler's rules still
 decide which are acceptable (distinct from the original, realistic, and nobody real: no closer
 to a training identity than 99% of unseen people are, the model's recorded ``novelty_cos``);
 among the candidates the renderer draws closest to the person's attributes (and, with a tone
@@ -110,9 +111,15 @@ class RendererLCMGenerator(RendererGenerator):
                         raise ModelLoadError(f"{self.code_model_dir} models the codes of {c.codes_sha256[:12]}, not "
                                              f"{self.model_dir}; retrain it with `idmrag train-code-lcm`")
                     assert self.attribute_probes_path is not None
+                    probes = AttributeProbes.load(self.attribute_probes_path)
+                    if c.on_group and (probes.image_group is None or probes.image_reader != "dlib"
+                                       or c.group_probe_sha256 not in ("", probes.group_fingerprint())):
+                        raise ModelLoadError(
+                            f"{self.code_model_dir} is conditioned on the perceived group read by another group "
+                            f"probe than {self.attribute_probes_path} has; use the probes it was trained with, or "
+                            f"retrain it with `idmrag train-code-lcm --probes {self.attribute_probes_path}`")
                     if c.code_probes_sha256:
-                        trained_for = (c.code_probes_sha256
-                                       == AttributeProbes.load(self.attribute_probes_path).code_fingerprint())
+                        trained_for = c.code_probes_sha256 == probes.code_fingerprint()
                     else:
                         trained_for = not c.probes_sha256 or c.probes_sha256 == sha256_of(self.attribute_probes_path)
                     if not trained_for:
@@ -157,7 +164,14 @@ class RendererLCMGenerator(RendererGenerator):
         if tone is None:
             raise ModelLoadError(f"{self.code_model_dir} is conditioned on the face's lightness, which this "
                                  "reading lacks and the attribute probes cannot read from a code")
-        return condition_of([wanted] * count, [float(np.round(tone))] * count, config.tone_ceiling)
+        if not config.on_group:
+            return condition_of([wanted] * count, [float(np.round(tone))] * count, config.tone_ceiling)
+        if wanted.group is None:
+            raise ModelLoadError(f"{self.code_model_dir} is conditioned on the perceived group, which "
+                                 f"{self.attribute_probes_path} cannot read (no group probe); refit them with "
+                                 "`idmrag fit-attribute-probes` on data with UTKFace's race labels")
+        return condition_of([wanted] * count, [float(np.round(tone))] * count, config.tone_ceiling,
+                            np.tile(np.asarray(wanted.group, np.float64), (count, 1)))
 
     def _wanted_tone(self, wanted: Reading, seed: np.ndarray) -> float | None:
         """The lightness a pseudonym should have: for a code model conditioned on it, the

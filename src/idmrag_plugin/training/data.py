@@ -3,7 +3,8 @@
 Output (a single ``.npz``): ``crops`` (N, S, S, 3) uint8 canonical crops, ``identity``
 (int, -1 when unknown), ``names`` (identity names), ``split`` ("train"/"val": LFW
 identities are split by a hash of their name, so validation identities are never seen in
-training), ``age`` and ``gender`` (-1 when unknown), ``source`` (relative path) and each
+training), ``age``, ``gender`` and ``race`` (UTKFace's labels; -1 when unknown), ``source``
+(relative path) and each
 oracle's embedding of the face (``emb_<oracle>``), computed from the original photo.
 """
 
@@ -35,6 +36,7 @@ class Sample:
     identity: str | None = None
     age: int = -1
     gender: int = -1
+    race: int = -1  # UTKFace's perceived-group label (see attributes.GROUP_LABELS)
 
 
 def validation_identity(name: str, fraction: float = 0.1) -> bool:
@@ -56,10 +58,10 @@ def utkface_samples(root: Path) -> list[Sample]:
     with open(root / "labels.csv", newline="") as handle:
         for row in csv.reader(handle):
             if row and row[0] != "file":
-                labels[row[0]] = (int(row[1]), int(row[2]))
+                labels[row[0]] = (int(row[1]), int(row[2]), int(row[3]) if len(row) > 3 and row[3] else -1)
     return [
-        Sample(root / "images" / name, age=age, gender=gender)
-        for name, (age, gender) in sorted(labels.items())
+        Sample(root / "images" / name, age=age, gender=gender, race=race)
+        for name, (age, gender, race) in sorted(labels.items())
         if (root / "images" / name).is_file()
     ]
 
@@ -96,7 +98,7 @@ def prepare_dataset(
         raise IdmragError(f"no images found under {', '.join(map(str, sources))}")
     names = sorted({s.identity for s in samples if s.identity})
     index = {n: i for i, n in enumerate(names)}
-    crops, ids, ages, genders, splits, paths = [], [], [], [], [], []
+    crops, ids, ages, genders, races, splits, paths = [], [], [], [], [], [], []
     embeddings: dict[str, list[np.ndarray]] = {o.name: [] for o in oracles}
     skipped = 0
     for sample in tqdm(samples, desc="aligning faces", disable=not progress):
@@ -120,6 +122,7 @@ def prepare_dataset(
         ids.append(index[sample.identity] if sample.identity else -1)
         ages.append(sample.age)
         genders.append(sample.gender)
+        races.append(sample.race)
         splits.append("val" if sample.identity and validation_identity(sample.identity) else "train")
         paths.append(str(sample.path))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,7 @@ def prepare_dataset(
         names=np.array(names),
         age=np.array(ages, np.int16),
         gender=np.array(genders, np.int8),
+        race=np.array(races, np.int8),
         split=np.array(splits),
         source=np.array(paths),
         **{f"emb_{k}": np.stack(v).astype(np.float32) for k, v in embeddings.items()},

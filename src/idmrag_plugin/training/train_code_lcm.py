@@ -1,9 +1,12 @@
 """``idmrag train-code-lcm``: the pseudonym diffusion teacher, distilled into a latent consistency model.
 
 Data: the identity codes (codes model's ``z_id``) of every training face, each labelled with
-the gender and age the renderer draws for it (the attribute probes' code read-outs) and, with
-``--conditions gender,age,tone`` (the default), the lightness of the face in its crop (the
-median L* of cheeks and nose, as the engine reads it from the person's photo). The
+the gender and age the renderer draws for it (the attribute probes' code read-outs), with
+``tone`` the lightness of the face in its crop (the median L* of cheeks and nose, as the engine
+reads it from the person's photo) and with ``group`` (``--conditions gender,age,tone,group``, the
+default) the perceived group's probabilities that the probes' group probe reads from the face's
+dlib descriptor (``emb_dlib`` in the data, see ``training.data.add_embeddings``), as the engine
+reads them from the person's photo. The
 held-out faces (``split == "val"``) calibrate the novelty level the generator holds samples to
 (see :func:`novelty_level`).
 
@@ -35,6 +38,7 @@ from torch.nn import functional as F
 from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.attributes import AttributeProbes, face_lightness
 from idmrag_plugin.generation.code_diffusion import (
+    CONDITION_SETS,
     CONDITIONS,
     TONE_CEILING,
     CodeDiffusion,
@@ -84,6 +88,22 @@ def training_tones(data_path: Path, split: str = "train", batch: int = 1024) -> 
                           or [np.zeros(0)])
 
 
+def training_groups(data_path: Path, probes: AttributeProbes, split: str = "train") -> np.ndarray:
+    """The perceived groups' probabilities (N, K) of every face of the dataset's ``split``, read
+    by the probes' group probe from the faces' dlib descriptors, in the order :class:`FaceData`
+    holds them."""
+    if probes.image_group is None or probes.image_reader != "dlib":
+        raise ConfigError("the group condition needs attribute probes with a group probe on dlib's descriptor; "
+                          "fit them with `idmrag fit-attribute-probes` on data with UTKFace's race labels")
+    with np.load(data_path) as data:
+        if "emb_dlib" not in data.files:
+            raise ConfigError(f"{data_path} has no dlib descriptors (emb_dlib), which the group condition is "
+                              "read from; add them with training.data.add_embeddings")
+        groups = probes.read_group(data["emb_dlib"][data["split"] == split])
+    assert groups is not None
+    return groups
+
+
 #: Held-out faces needed to calibrate the novelty level (else the sampler's strict level holds).
 MIN_HELD_OUT = 20
 
@@ -108,6 +128,9 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     if len(shares) != 2 or min(shares) < 0 or sum(shares) <= 0:
         raise ConfigError(f"--shares needs two non-negative numbers (teacher,distill), got {args.shares!r}")
 
+    conditions = [c for c in args.conditions.split(",") if c]
+    if tuple(conditions) not in CONDITION_SETS:
+        raise ConfigError(f"--conditions must be one of {[','.join(c) for c in CONDITION_SETS]}, got {args.conditions!r}")
     codes_dir = Path(args.codes) if args.codes else packaged(CODES_VAE_DIR)
     probes_path = Path(args.probes) if args.probes else packaged(ATTRIBUTE_PROBES_FILE)
     sampler = IdentitySampler.load(Path(args.sampler) if args.sampler else packaged(SAMPLER_FILE))
@@ -124,9 +147,15 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         logger.warning("fewer than %d held-out faces: samples must pass the sampler's strict nobody-real "
                        "level (%.3f), which real-looking codes rarely do", MIN_HELD_OUT, sampler.distinct_cos)
     probes = AttributeProbes.load(probes_path)
-    conditions = [c for c in args.conditions.split(",") if c]
     tones = training_tones(Path(args.data), "train") if "tone" in conditions else None
-    cond = condition_of(probes.read_code(codes.cpu().numpy()), tones, args.tone_ceiling).to(device)
+    groups = training_groups(Path(args.data), probes, "train") if "group" in conditions else None
+    cond = condition_of(probes.read_code(codes.cpu().numpy()), tones, args.tone_ceiling, groups).to(device)
+    if groups is not None:
+        from idmrag_plugin.generation.attributes import GROUP_LABELS
+
+        logger.info("perceived groups of the training faces (most probable): %s", ", ".join(
+            f"{name} {count}" for name, count in zip(GROUP_LABELS, np.bincount(groups.argmax(1), minlength=len(GROUP_LABELS)),
+                                                     strict=True)))
     if tones is not None:
         logger.info("face lightness of the training faces: median %.0f, 5th-95th percentile %.0f-%.0f",
                     *np.percentile(tones, [50, 5, 95]))
@@ -139,6 +168,7 @@ def train(args: argparse.Namespace) -> dict[str, float]:
         code_mean=codes.mean(0).tolist(), code_std=codes.std(0).clamp(min=1e-4).tolist(),
         codes_sha256=codes_fingerprint(codes_dir), code_probes_sha256=probes.code_fingerprint(), novelty_cos=novelty,
         conditions=conditions, tone_ceiling=args.tone_ceiling,
+        group_probe_sha256=probes.group_fingerprint() if groups is not None else "",
     )
     teacher = CodeDiffusion(config).to(device)
     x0_all = teacher.standardise(codes)
@@ -271,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", default=None,
                         help="identity sampler whose training identities the samples must not copy (default: packaged)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
-                        help="what the codes are conditioned on: gender,age,tone (default) or gender,age")
+                        help="what the codes are conditioned on: gender,age,tone,group (default), gender,age,tone "
+                             "or gender,age")
     parser.add_argument("--tone-ceiling", type=float, default=TONE_CEILING,
                         help="lightness above this conditions as this (L*, 0-255; see code_diffusion.TONE_CEILING)")
     parser.add_argument("--minutes", type=float, default=20.0)
