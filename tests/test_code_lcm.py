@@ -221,7 +221,7 @@ def _group_probes(renderer_sha: str) -> AttributeProbes:
 
 @pytest.fixture(scope="module")
 def grouped(tiny, tmp_path_factory):
-    """A code model conditioned on the perceived group as well (the default conditions), trained
+    """A code model conditioned on the perceived group as well, trained
     on the tiny fixture's codes model and sampler: half the faces are tinted red and read as
     label 1 of GROUP_LABELS from their (planted) dlib descriptors, independently of their lightness."""
     from idmrag_plugin.training.train_code_lcm import build_parser, train
@@ -246,7 +246,7 @@ def grouped(tiny, tmp_path_factory):
     argv = ["--data", str(out / "data.npz"), "--output", str(out / "run"), "--codes", str(root / "codes"),
             "--probes", str(out / "probes.safetensors"), "--sampler", str(root / "sampler.safetensors"),
             "--hidden", "64", "--blocks", "2", "--batch", "64", "--lr", "2e-3", "--teacher-steps", "600",
-            "--distill-steps", "30", "--threads", "1"]
+            "--distill-steps", "30", "--threads", "1", "--conditions", "gender,age,tone,group"]
     train(build_parser().parse_args(argv))
     return root, out, red
 

@@ -3,10 +3,10 @@
 Data: the identity codes (codes model's ``z_id``) of every training face, each labelled with
 the gender and age the renderer draws for it (the attribute probes' code read-outs), with
 ``tone`` the lightness of the face in its crop (the median L* of cheeks and nose, as the engine
-reads it from the person's photo) and with ``group`` (``--conditions gender,age,tone,group``, the
-default) the perceived group's probabilities that the probes' group probe reads from the face's
-dlib descriptor (``emb_dlib`` in the data, see ``training.data.add_embeddings``), as the engine
-reads them from the person's photo. The
+reads it from the person's photo; ``--conditions gender,age,tone``, the default) and with
+``group`` (``--conditions gender,age,tone,group``) the perceived group's probabilities that the
+probes' group probe reads from the face's dlib descriptor (``emb_dlib`` in the data, see
+``training.data.add_embeddings``), as the engine reads them from the person's photo. The
 held-out faces (``split == "val"``) calibrate the novelty level the generator holds samples to
 (see :func:`novelty_level`).
 
@@ -39,7 +39,7 @@ from idmrag_plugin.errors import ConfigError
 from idmrag_plugin.generation.attributes import AttributeProbes, face_lightness
 from idmrag_plugin.generation.code_diffusion import (
     CONDITION_SETS,
-    CONDITIONS,
+    GENDER_AGE_TONE,
     TONE_CEILING,
     CodeDiffusion,
     CodeDiffusionConfig,
@@ -300,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attribute probes of the renderer the codes are for (default: the packaged ones)")
     parser.add_argument("--sampler", default=None,
                         help="identity sampler whose training identities the samples must not copy (default: packaged)")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS),
-                        help="what the codes are conditioned on: gender,age,tone,group (default), gender,age,tone "
+    parser.add_argument("--conditions", default=",".join(GENDER_AGE_TONE),
+                        help="what the codes are conditioned on: gender,age,tone (default, the packaged model's), "
+                             "gender,age,tone,group (needs emb_dlib in the data and probes with a group probe) "
                              "or gender,age")
     parser.add_argument("--tone-ceiling", type=float, default=TONE_CEILING,
                         help="lightness above this conditions as this (L*, 0-255; see code_diffusion.TONE_CEILING)")
