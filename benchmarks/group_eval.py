@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.special import softmax
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import MTCNNDetector, central_face
@@ -65,9 +66,8 @@ def fit_judge(utkface: Path, faces: int, seed: int, detector: MTCNNDetector, ora
 
 
 def read(weights: np.ndarray, biases: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-    logits = np.atleast_2d(embeddings) @ weights.T + biases
-    logits -= logits.max(axis=1, keepdims=True)
-    return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    """The judge's probabilities (N, K) of each group for embeddings (N, D)."""
+    return softmax(np.atleast_2d(embeddings) @ weights.T + biases, axis=1)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from idmrag_plugin.engine.detect import (
     MTCNNDetector,
     RotatingDetector,
     UnionDetector,
+    apply_affine,
     box_intersection,
     cut_by_frame,
 )
@@ -96,12 +97,6 @@ def _obfuscate(job: _Job, face: FaceReport, widen: float = 1.0) -> tuple[int, in
     mask = obfuscation_mask(job.output.shape[:2], face.detection, job.aligned[face.index], widen, spared)
     obfuscate_region(job.output, mask)
     return _mask_box(mask)
-
-
-def _in_crop(landmarks: np.ndarray, crop: AlignedFace) -> np.ndarray:
-    """Image landmarks (N, 2) in ``crop``'s coordinates."""
-    points = np.asarray(landmarks, np.float64).reshape(-1, 2)
-    return np.c_[points, np.ones(len(points))] @ crop.matrix.T
 
 
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -782,7 +777,7 @@ class FaceAnonymizer:
                 pasted.append(_Paste(job, face, region, job.output[y1:y2, x1:x2].copy(), request, grow))
                 with _timed(job.timings, "blend"):
                     paste_face(job.output, new, crop, grow=grow, colour_match=self.generator.colour_match,
-                               far_cut=far_side_cut(_in_crop(face.detection.landmarks, crop), crop.size))
+                               far_cut=far_side_cut(apply_affine(face.detection.landmarks, crop.matrix), crop.size))
             if not pasted:
                 pending = retry
                 continue

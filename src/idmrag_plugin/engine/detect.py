@@ -449,7 +449,7 @@ class RotatingDetector(FaceDetector):
             footprint = np.rot90(inside, k) if k else inside
 
             def to_image(points: np.ndarray, k: int = k) -> np.ndarray:
-                return _affine(unrotate_points(points, k, canvas.shape[:2]), back)
+                return apply_affine(unrotate_points(points, k, canvas.shape[:2]), back)
 
             for det in detections:
                 if _share_inside(det.box, footprint) < DIAGONAL_MIN_INSIDE:
@@ -532,7 +532,7 @@ def upright_look(
     to_crop[:, 2] += (side / 2.0 - centre[0], side / 2.0 - centre[1])
     interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
     crop = cv2.warpAffine(image, to_crop, (side, side), flags=interpolation, borderMode=cv2.BORDER_REFLECT_101)
-    expected = _affine(landmarks, to_crop)
+    expected = apply_affine(landmarks, to_crop)
     best: tuple[float, np.ndarray] | None = None
     for det in detector.detect(crop):
         error = float(np.linalg.norm(det.landmarks - expected, axis=1).mean())
@@ -540,7 +540,7 @@ def upright_look(
             best is None or error < best[0]
         ):
             best = (error, det.landmarks)
-    return None if best is None else _affine(best[1], cv2.invertAffineTransform(to_crop))
+    return None if best is None else apply_affine(best[1], cv2.invertAffineTransform(to_crop))
 
 
 def _run_batched(detector: FaceDetector, images: list[np.ndarray]) -> list[list[Detection]]:
@@ -614,8 +614,9 @@ def _found_already(diagonal: Detection, found: Detection, iou: float) -> bool:
     return box_iou(diagonal.box, found.box) >= iou or bool(x1 <= nose_x <= x2 and y1 <= nose_y <= y2)
 
 
-def _affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    return points @ matrix[:, :2].T + matrix[:, 2]
+def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Points (N, 2) mapped by a 2x3 affine ``matrix``."""
+    return np.asarray(points, np.float64).reshape(-1, 2) @ matrix[:, :2].T + matrix[:, 2]
 
 
 def suppress_overlaps(detections: list[Detection], iou: float) -> list[Detection]:

@@ -175,10 +175,10 @@ class AttributeProbes:
         (N, D) by ``image_reader``; None without the group probe."""
         if self.image_group is None:
             return None
+        from scipy.special import softmax
+
         logits = np.atleast_2d(np.asarray(embeddings, np.float64)) @ self.image_group[0].T + self.image_group[1]
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        return probabilities / probabilities.sum(axis=1, keepdims=True)
+        return softmax(logits, axis=1)
 
     def read_code(self, codes: np.ndarray) -> list[Reading]:
         """The gender and age the renderer draws for identity codes (N, id_dim)."""

@@ -125,8 +125,7 @@ def condition_of(readings: Sequence[Reading], tones: Sequence[float] | np.ndarra
                 for row, tone in zip(rows, tones, strict=True)]
     width = len(GENDER_AGE) + (tones is not None)
     if groups is not None:
-        groups = np.asarray(groups, np.float64).reshape(-1, len(GROUP_LABELS)) if np.size(groups) else \
-            np.zeros((0, len(GROUP_LABELS)))
+        groups = np.asarray(groups, np.float64).reshape(-1, len(GROUP_LABELS))
         if tones is None or len(groups) != len(rows):
             raise ConfigError(f"group probabilities need tones too, one row per reading ({len(groups)} for {len(rows)})")
         if not np.all(np.isfinite(groups)) or groups.min(initial=0.0) < 0 or not np.allclose(groups.sum(axis=1), 1.0, atol=0.05):

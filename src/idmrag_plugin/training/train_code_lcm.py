@@ -36,7 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from idmrag_plugin.errors import ConfigError
-from idmrag_plugin.generation.attributes import AttributeProbes, face_lightness
+from idmrag_plugin.generation.attributes import GROUP_LABELS, AttributeProbes, face_lightness
 from idmrag_plugin.generation.code_diffusion import (
     CONDITION_SETS,
     GENDER_AGE_TONE,
@@ -151,8 +151,6 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     groups = training_groups(Path(args.data), probes, "train") if "group" in conditions else None
     cond = condition_of(probes.read_code(codes.cpu().numpy()), tones, args.tone_ceiling, groups).to(device)
     if groups is not None:
-        from idmrag_plugin.generation.attributes import GROUP_LABELS
-
         logger.info("perceived groups of the training faces (most probable): %s", ", ".join(
             f"{name} {count}" for name, count in zip(GROUP_LABELS, np.bincount(groups.argmax(1), minlength=len(GROUP_LABELS)),
                                                      strict=True)))
