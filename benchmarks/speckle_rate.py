@@ -93,8 +93,8 @@ def main() -> None:
             scores[k].append(generator.speckle(drawn))
             unfitness[k].append(generator.unfitness(drawn, crop))
             if args.sheet and len(rows) < 10 * len(renderers):
-                rows.append(np.hstack(list(((drawn.clamp(-1, 1) + 1) * 127.5).round().byte()
-                                           .permute(0, 2, 3, 1).numpy())))
+                pictures = ((drawn.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+                rows.append(np.hstack([cv2.resize(p, (128, 128), interpolation=cv2.INTER_CUBIC) for p in pictures]))
     result = {"probes": len(scores[0]), "codes_per_probe": args.codes, "limit": SPECKLE_LIMIT, "renderers": {}}
     first_round, every_round = 1 + SPECKLE_ALTERNATES, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES
     for folder, rows_of, unfit_rows in zip(folders, scores, unfitness, strict=True):

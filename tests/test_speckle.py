@@ -93,3 +93,19 @@ def test_a_washed_out_drawing_has_a_small_luma_spread_beside_the_photo_s_face(as
     framed = crop.copy()
     framed[:12], framed[-12:] = 0, 255
     assert luma_spread(framed, 64) == luma_spread(crop, 64)
+
+
+def test_a_128_px_drawing_is_scored_as_at_64_px():
+    """The limit is calibrated at 64 px: the same blotches drawn at twice the size score alike,
+    although one pixel of blur at 128 px finds far less detail in them."""
+    from idmrag_plugin.generation.speckle import LUMA_SHARE, speckle_score
+
+    g = torch.Generator().manual_seed(1)
+    mask = torch.from_numpy(inpaint_mask(64))[None, None]
+    blotchy = _smooth(1) + (torch.rand(1, 3, 64, 64, generator=g) - 0.5) * 0.4 * mask
+    twice = torch.nn.functional.interpolate(blotchy, scale_factor=2, mode="nearest")
+    twice_mask = torch.from_numpy(inpaint_mask(128))[None, None]
+    at_64 = float(speckle_score(blotchy, mask)[0])
+    luma, chroma = speckle_levels(twice, twice_mask)
+    assert float(chroma[0] + LUMA_SHARE * luma[0]) < 0.8 * at_64  # what 128 px alone would read
+    assert abs(float(speckle_score(twice, twice_mask)[0]) - at_64) < 0.25 * at_64

@@ -43,7 +43,7 @@ ENCODINGS_KEPT = 64
 #: Keeps the refiner's texture noise apart from the renderer's, both seeded by the pseudonym.
 REFINER_NOISE_SALT = 0x5EED_F1E5
 #: A drawing is *speckled*, a mottled mask of colour blotches rather than a face, when its fine
-#: detail inside the mask at the renderer's resolution (``speckle_score`` of
+#: detail inside the mask, judged at 64 px whatever the renderer draws at (``speckle_score`` of
 #: :mod:`idmrag_plugin.generation.speckle`, 8-bit levels) is above ``SPECKLE_LIMIT``. Set by eye
 #: on 480 drawings (60 LFW contexts, 8 pseudonym codes each): the packaged renderer's clean
 #: drawings score 1.3-1.7, the mottled ones 1.8-4.

@@ -24,6 +24,9 @@ _YCBCR = torch.tensor([[0.299, 0.587, 0.114],
 #: Blur of the reference the detail is measured against (pixels at the renderer's 64 px).
 SIGMA = 1.0
 KERNEL = 7
+#: The resolution the statistic is calibrated at (the 64 px renderer's): a drawing made larger
+#: is brought down to it first, since one pixel of blur at 128 px judges finer detail.
+SCORED_SIDE = 64
 #: Luma's share in :func:`speckle_score` (chroma + share x luma): luma adds the dark-blotched
 #: drawings, but real skin has luma texture where it has hardly any chroma detail.
 LUMA_SHARE = 0.1
@@ -43,6 +46,10 @@ def speckle_levels(images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
 
 
 def speckle_score(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """One number per image (N,): chroma + ``LUMA_SHARE`` x luma of :func:`speckle_levels`."""
+    """One number per image (N,): chroma + ``LUMA_SHARE`` x luma of :func:`speckle_levels`,
+    at ``SCORED_SIDE`` px (larger images and their mask are brought down to it)."""
+    if images.shape[-1] > SCORED_SIDE:
+        images = F.interpolate(images, size=(SCORED_SIDE, SCORED_SIDE), mode="area")
+        mask = F.interpolate(mask.to(images), size=(SCORED_SIDE, SCORED_SIDE), mode="area")
     luma, chroma = speckle_levels(images, mask)
     return chroma + LUMA_SHARE * luma
