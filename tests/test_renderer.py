@@ -311,6 +311,28 @@ def test_generator_draws_a_pseudonym_face_into_the_crop(tiny_run):
     assert np.array_equal(drawn[..., 0], drawn[..., 1]) and np.array_equal(drawn[..., 1], drawn[..., 2])
 
 
+def test_a_128_px_renderer_s_drawing_never_reads_the_inner_face(tiny_run, tmp_path):
+    """A renderer that draws at the crop's own 128 px gets the crop without resizing: its
+    context still holds no pixel of the inner face."""
+    from idmrag_plugin.generation.latent_diffusion import codes_fingerprint
+
+    root, *_ = tiny_run
+    torch.manual_seed(0)
+    FaceRenderer(RendererConfig(image_size=128, base_channels=8, max_channels=16, id_dim=16, attr_channels=2,
+                                style_dim=16, codes_sha256=codes_fingerprint(root / "codes"))).save_pretrained(
+        tmp_path / "r128", dtype=torch.float32)
+    generator = RendererGenerator(tmp_path / "r128", root / "codes", root / "sampler.safetensors")
+    face = np.random.default_rng(4).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    tampered = face.copy()
+    inside = generator.mask(128) > 0.5
+    tampered[inside] = 255 - tampered[inside]
+    codes = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
+    _, attr = generator._encoded(face)
+    drawn = generator._draw(codes, face, attr)
+    assert drawn.shape == (2, 3, 128, 128)
+    assert torch.equal(drawn, generator._draw(codes, tampered, attr))
+
+
 def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: str = "speckled") -> list[np.ndarray]:
     """Record the codes ``generator`` draws (one array per drawing call, returned list) and make
     each drawing as unfit as ``scores`` says for its code (1 = at the limit; unlisted codes 0.3,

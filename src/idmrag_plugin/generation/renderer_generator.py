@@ -579,8 +579,9 @@ class RendererGenerator(VAEDecodeGenerator):
         renderer = self._load_renderer()
         side = renderer.config.image_size
         count = len(codes)
-        small = cv2.resize(self._kept_only(face, grow), (side, side), interpolation=cv2.INTER_AREA) \
-            if face.shape[0] != side else face
+        small = self._kept_only(face, grow)  # at any resolution, no pixel of the inner face goes in
+        if small.shape[0] != side:
+            small = cv2.resize(small, (side, side), interpolation=cv2.INTER_AREA)
         context = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         mask = torch.as_tensor(self.mask(side, grow), device=self.device)[None, None]
         # Noise follows the pseudonym: one person is drawn alike in every photo of the session.
