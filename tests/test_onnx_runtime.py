@@ -143,7 +143,9 @@ def test_the_generator_s_networks_on_onnxruntime_draw_what_torch_draws(generator
     assert np.abs(id_slow - id_fast).max() < 1e-4 and np.abs(attr_slow - attr_fast).max() < 1e-4
     code = slow.replacement_code(id_slow[0], 0)
     drawn_slow, drawn_fast = slow._render(code[None], camera_face, attr_slow), fast._render(code[None], camera_face, attr_slow)
-    assert fast._renderer_onnx is not None and fast._refiner_onnx is not None and slow._renderer_onnx is None
+    assert fast._renderer_onnx is not None and slow._renderer_onnx is None
+    # the refiner runs on ONNX Runtime too, where there is one to run (a 128 px renderer needs none)
+    assert fast.refiner_dir is None or fast._refiner_onnx is not None
     difference = np.abs(drawn_slow.astype(int) - drawn_fast.astype(int))
     assert difference.max() <= 2 and difference.mean() < 0.05  # float rounding, a level here and there
 

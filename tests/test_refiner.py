@@ -219,10 +219,12 @@ def test_generator_with_a_refiner_draws_at_its_resolution_and_keeps_the_context(
     assert np.array_equal(other.generate(request), base)
 
 
-def test_packaged_refiner_loads_with_its_sha256_adds_detail_and_replaces_a_face(make_engine, astronaut, oracles):
-    """The shipped refiner was trained on the shipped renderer's drawings; through the engine
-    a face is generated and verified or fails closed; its drawings have more fine detail
-    (Laplacian energy inside the mask) than the same drawing resized up."""
+def test_packaged_refiner_loads_with_its_sha256_and_stands_aside_for_the_128_px_renderer(make_engine, astronaut,
+                                                                                         oracles):
+    """The shipped refiner (trained behind session 9-27's 64 px renderer) loads with its sha256;
+    the shipped renderer draws at the crop's 128 px, so a generator given the refiner uses its
+    drawings as drawn (same pixels as without it), and through the engine a face is generated
+    and verified or fails closed."""
     from idmrag_plugin.weights import (
         CODES_VAE_DIR,
         REFINER_DIR,
@@ -232,10 +234,9 @@ def test_packaged_refiner_loads_with_its_sha256_adds_detail_and_replaces_a_face(
     )
 
     refiner = FaceRefiner.from_pretrained(packaged(REFINER_DIR))  # checks the recorded sha256
+    assert refiner.config.image_size == 128 and refiner.config.input_size == 64
     renderer = json.loads((packaged(RENDERER_DIR) / "config.json").read_text())
-    # trained behind the shipped renderer, or behind one it was fine-tuned from (--init)
-    lineage = {renderer["sha256"], renderer.get("init_sha256", ""), *renderer.get("lineage", [])} - {""}
-    assert refiner.config.renderer_sha256 in lineage and refiner.config.image_size == 128
+    assert renderer["image_size"] == refiner.config.image_size
     anonymize_with_packaged_generator(make_engine, astronaut, oracles, cache_size=0)
 
     (det,) = make_engine().detector.detect(astronaut)
@@ -246,13 +247,8 @@ def test_packaged_refiner_loads_with_its_sha256_adds_detail_and_replaces_a_face(
     plain = RendererGenerator(*args, secret=b"one session")
     refined = RendererGenerator(*args, secret=b"one session", refiner_dir=packaged(REFINER_DIR))
     request = GenerationRequest(face, attempt=0, seed=0)
-    inside = cv2.erode((inpaint_mask(128) > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-
-    def detail(image: np.ndarray) -> float:
-        return float(np.abs(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32), -1))[inside].mean())
-
-    # (a plain bilinear resize, what an untrained refiner draws, has less than the cubic resize)
-    assert detail(refined.generate(request)) > 1.05 * detail(plain.generate(request))
+    assert np.array_equal(refined.generate(request), plain.generate(request))
+    assert refined.refiner_dir is None  # set aside once it was seen to draw at the renderer's size
 
 
 @pytest.mark.parametrize("size", [64, 128])
