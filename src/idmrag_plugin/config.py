@@ -70,9 +70,10 @@ class AnonymizerConfig:
             ``"renderer-lcm"``, ``idmrag train-code-lcm`` (``OUTPUT/lcm`` or ``OUTPUT/teacher``); required
             for ``"lcm"``/``"ldm-teacher"`` unless weights ship with the package; the packaged
             renderer is the default for ``"renderer"``.
-        refine_faces: for ``"renderer-lcm"`` and ``"renderer"``: the packaged refiner redraws
-            the renderer's 64 px face at the crop's 128 px with the detail a face has there
-            (about 20 ms per face on a CPU); ``False`` resizes the 64 px drawing up instead.
+        refine_faces: for ``"renderer-lcm"`` and ``"renderer"`` with a renderer that draws at
+            64 px: the packaged refiner redraws its face at the crop's 128 px with the detail a
+            face has there (about 20 ms per face on a CPU); ``False`` resizes the 64 px drawing
+            up instead. The packaged renderer draws at 128 px, and the refiner stands aside.
         face_blend: for ``"renderer-lcm"`` and ``"renderer"``: how the drawn face meets the
             photo. ``"poisson-tone"`` (default): seamless (Poisson) blending, the drawing's own
             gradients meeting the photo's colours at the edge of the drawn region, so no seam
