@@ -228,8 +228,8 @@ class RendererGenerator(VAEDecodeGenerator):
                     c = refiner.config
                     if drawn_at >= c.image_size:
                         # a renderer that draws at the refiner's resolution (128 px) already
-                        logger.info("the refiner in %s draws at %d px and the renderer already at %d px: its "
-                                    "drawings are used as drawn", self.refiner_dir, c.image_size, drawn_at)
+                        logger.debug("the refiner in %s draws at %d px and the renderer already at %d px: its "
+                                     "drawings are used as drawn", self.refiner_dir, c.image_size, drawn_at)
                         self.refiner_dir = None
                         return None
                     self._refiner_onnx = self._on_onnxruntime(
