@@ -717,3 +717,19 @@ def test_pseudonyms_of_the_person_s_complexion_come_first(tiny):
     light_pool = generator._ranked_candidates(code, 0, 0)
     generator._probes = (replace(probes, code_tone=(weight * slope, ceiling - slope * seed @ weight)), student)
     ranked_within(ceiling + 40.0, light_pool)
+
+
+def test_group_balance_weighs_each_perceived_group_alike():
+    """``--balance-groups 1``: every perceived group is drawn equally often however few faces it
+    has; 0 leaves the data's own shares; the weights are a distribution."""
+    from idmrag_plugin.training.train_code_lcm import group_balance
+
+    most = np.array([0] * 90 + [1] * 8 + [2] * 2)
+    groups = np.eye(len(GROUP_LABELS))[most] * 0.8 + 0.2 / len(GROUP_LABELS)
+    even = group_balance(groups, 1.0).numpy()
+    assert even.shape == (100,) and np.isclose(even.sum(), 1.0)
+    shares = np.bincount(most, weights=even, minlength=len(GROUP_LABELS))[:3]
+    assert np.allclose(shares, 1 / 3)
+    assert np.allclose(group_balance(groups, 0.0).numpy(), 0.01)
+    half = np.bincount(most, weights=group_balance(groups, 0.5).numpy())
+    assert half[0] > half[1] > half[2] and half[2] > 0.02  # between the data's shares and even ones

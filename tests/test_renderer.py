@@ -944,3 +944,30 @@ def test_face_lightness_reads_the_cheeks_and_nose_and_orders_complexions():
                       (value, value, value), thickness=-1)
     expected = [float(cv2.cvtColor(np.full((1, 1, 3), v, np.uint8), cv2.COLOR_RGB2LAB)[0, 0, 0]) for v in (60, 140, 220)]
     assert face_lightness(crops).tolist() == expected
+
+
+def test_face_codes_for_the_code_probes_are_drawn_group_balanced():
+    """``fit-attribute-probes --face-codes``: training faces' own codes, each perceived group (the
+    group probe's reading of their dlib descriptors) about as common as any other, so that the
+    code probes learn what the renderer draws for codes the sampler rarely gives."""
+    from idmrag_plugin.training.fit_attribute_probes import _face_codes
+
+    class Encoder:
+        def encode(self, faces):
+            return faces.reshape(len(faces), -1)[:, :4].astype(np.float32), None
+
+    n = 1000
+    crops = np.repeat(np.arange(n)[:, None, None, None], 2, axis=1).repeat(2, axis=2).repeat(3, axis=3)
+    crops = crops.astype(np.float64)
+    most = np.where(np.arange(n) < 950, 0, 1)  # 950 faces of group 0, 50 of group 1
+    embeddings = np.zeros((n, 128))
+    embeddings[:, 0] = np.where(most == 1, 1.0, -1.0)
+    weight = np.zeros((5, 128))
+    weight[1, 0], weight[0, 0] = 8.0, -8.0
+    rows = np.arange(n)
+    codes = _face_codes(Encoder(), crops, rows, 400, (weight, np.zeros(5)), embeddings, np.random.default_rng(0))
+    assert codes.shape == (400, 4) and codes.dtype == np.float32
+    picked = codes[:, 0].astype(int)
+    assert 0.4 < np.mean(picked >= 950) < 0.6  # half from the 5% of group 1
+    plain = _face_codes(Encoder(), crops, rows, 400, None, None, np.random.default_rng(0))
+    assert np.mean(plain[:, 0] >= 950) < 0.12

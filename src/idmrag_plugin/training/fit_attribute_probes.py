@@ -7,8 +7,9 @@ and age (see :mod:`idmrag_plugin.generation.attributes`).
    identity student's embedding of the crop at the codes model's resolution. A photo's age is
    read by a small network ensemble on the same embedding (``--age-model network``, default;
    :class:`~idmrag_plugin.generation.attributes.AgeNet`): the linear probe stays beside it.
-2. ``code``: ``--draws`` codes drawn by the sampler are rendered into the contexts (and with
-   the attribute codes) of random training faces; the image probes judge each drawing (pasted
+2. ``code``: ``--draws`` codes drawn by the sampler (and ``--face-codes`` training faces' own
+   codes, group-balanced) are rendered into the contexts (and with the attribute codes) of random
+   training faces; the image probes judge each drawing (pasted
    into its 128 px context, as the engine shows it), and regressions of those verdicts on the
    code give the gender and age the renderer draws.
 3. ``image group``: a multinomial logistic regression of the labelled faces' perceived group
@@ -195,6 +196,29 @@ def _group_probe(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
 
 
+def _face_codes(generator, crops: np.ndarray, rows: np.ndarray, count: int, image_group,
+                embeddings: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Identity codes (count, D) of ``count`` training faces, drawn so that every perceived group
+    (the group probe's most probable reading of the face's dlib descriptor) is as common as
+    any other where the data allows (uniformly without a group probe).
+
+    The sampler's codes are nearly all of white-featured faces; the code probes fitted on
+    their drawings alone misread the gender the renderer draws for a code of another group,
+    which is what a code model conditioned on the group writes (session 27)."""
+    weights = np.ones(len(rows))
+    if image_group is not None and embeddings is not None:
+        weight, bias = image_group
+        groups = (embeddings[rows].astype(np.float64) @ weight.T + bias).argmax(1)  # the softmax's argmax
+        counts = np.bincount(groups, minlength=len(GROUP_LABELS)).astype(np.float64)
+        weights = 1.0 / counts[groups]
+        logger.info("face codes drawn group-balanced from %s", ", ".join(
+            f"{name} {int(n)}" for name, n in zip(GROUP_LABELS, counts, strict=True)))
+    # with replacement: a rare group's faces come back, each drawn into other contexts
+    chosen = rng.choice(rows, size=count, replace=True, p=weights / weights.sum())
+    return np.concatenate([generator.encode(crops[chosen[start : start + 256]])[0]
+                           for start in range(0, count, 256)]).astype(np.float32)
+
+
 def _kept(path: str | None, which: str, renderer_sha256: str, reader: str) -> AttributeProbes | None:
     """The earlier fit whose ``which`` probes ``--code-probes`` / ``--image-probes`` keep, checked
     to describe this renderer and to judge with this reader; None without one."""
@@ -308,8 +332,14 @@ def fit(args: argparse.Namespace) -> AttributeProbes:
     assert sampler is not None
     codes = np.stack([sampler.sample(rng.standard_normal(sampler.means.shape[1]), rng.bytes(16))[0]
                       for _ in range(args.draws)]).astype(np.float32)
+    if args.face_codes:
+        own = _face_codes(generator, crops, np.where(train)[0], args.face_codes, image_group,
+                          data["emb_dlib"] if "emb_dlib" in data.files else None,
+                          np.random.default_rng([args.seed, 3]))
+        codes = np.concatenate([codes, own])
+        contexts = np.concatenate([contexts, np.random.default_rng([args.seed, 4]).choice(np.where(train)[0], len(own))])
     drawings = []
-    for start in range(0, args.draws, 64):
+    for start in range(0, len(codes), 64):
         faces = crops[contexts[start : start + 64]]
         _, attr = generator.encode(faces)
         # drawn, refined and blended into the face's context as the engine shows it
@@ -343,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refiner folder whose redrawing the code probes judge (as in use; default: none, the drawing resized)")
     parser.add_argument("--student", default=None, help="identity student (default: the packaged one)")
     parser.add_argument("--draws", type=int, default=4000, help="codes rendered to fit the code probe")
+    parser.add_argument("--face-codes", type=int, default=0,
+                        help="training faces' own identity codes rendered besides the sampler's --draws, drawn "
+                             "group-balanced (with a group probe), so that the code probes also read codes of "
+                             "people the sampler rarely draws")
     parser.add_argument("--reader", choices=IMAGE_READERS, default="dlib",
                         help="what the image probes read: dlib's descriptor of the face, or the identity student's embedding")
     parser.add_argument("--code-probes", default=None,

@@ -108,6 +108,17 @@ def training_groups(data_path: Path, probes: AttributeProbes, split: str = "trai
 MIN_HELD_OUT = 20
 
 
+def group_balance(groups: np.ndarray, power: float) -> torch.Tensor:
+    """Sampling weights (N,) of training faces: each face weighs count(its perceived group) ^
+    -``power`` (the group probe's most probable reading; 0: every face alike, 1: every group
+    alike). A face of a group the data holds few of (824 Black faces of 16,499) is seen more
+    often, so that the model learns that group's codes under every gender and age condition."""
+    most = groups.argmax(1)
+    counts = np.bincount(most, minlength=groups.shape[1]).astype(np.float64)
+    weights = counts[most] ** -float(power)
+    return torch.as_tensor(weights / weights.sum(), dtype=torch.float64)
+
+
 def novelty_level(held_out: np.ndarray, sampler: IdentitySampler) -> float:
     """The 99th percentile, over held-out people's codes, of the cosine to their nearest training
     identity: a sample closer than that to a training identity resembles it more than 99% of
@@ -191,8 +202,13 @@ def train(args: argparse.Namespace) -> dict[str, float]:
     generator = torch.Generator(device="cpu").manual_seed(args.seed + state["teacher"] + state["distill"])
     log: dict[str, float] = {}
 
+    row_weights = group_balance(groups, args.balance_groups) if groups is not None and args.balance_groups else None
+
     def rows(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(x0_all), (n,), generator=generator).to(device)
+        if row_weights is None:
+            idx = torch.randint(0, len(x0_all), (n,), generator=generator).to(device)
+        else:
+            idx = torch.multinomial(row_weights, n, replacement=True, generator=generator).to(device)
         return x0_all[idx], cond[idx]
 
     def report(phase: str, value: float) -> None:
@@ -298,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attribute probes of the renderer the codes are for (default: the packaged ones)")
     parser.add_argument("--sampler", default=None,
                         help="identity sampler whose training identities the samples must not copy (default: packaged)")
+    parser.add_argument("--balance-groups", type=float, default=0.0,
+                        help="with the group condition: sample training faces with weight count(group)^-POWER "
+                             "(0: as the data holds them, 1: every perceived group equally often)")
     parser.add_argument("--conditions", default=",".join(GENDER_AGE_TONE),
                         help="what the codes are conditioned on: gender,age,tone (default, the packaged model's), "
                              "gender,age,tone,group (needs emb_dlib in the data and probes with a group probe) "
