@@ -733,3 +733,56 @@ def test_group_balance_weighs_each_perceived_group_alike():
     assert np.allclose(group_balance(groups, 0.0).numpy(), 0.01)
     half = np.bincount(most, weights=group_balance(groups, 0.5).numpy())
     assert half[0] > half[1] > half[2] and half[2] > 0.02  # between the data's shares and even ones
+
+
+def test_a_drawing_read_as_another_gender_or_age_is_unfit(tiny):
+    """The drawing itself, as the engine shows it, is read by the image probes: the age
+    difference in units of DRAWN_AGE_TOLERANCE (fit, at most 1, within it), and for the other
+    gender 1 plus how sure the reading is."""
+    from idmrag_plugin.generation.renderer_generator import DRAWN_AGE_TOLERANCE
+
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    probes, student = generator._attribute_keeping()
+    shown = np.random.default_rng(9).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    assert generator.misdrawn(shown, Reading(True, THIRTY)) < 0.05  # planted: every face reads label 1, aged 30
+    sure = 1.0 / (1.0 + np.exp(-1.0))
+    assert np.isclose(generator.misdrawn(shown, Reading(False, THIRTY)), 1.0 + 2.0 * (sure - 0.5))
+    older = THIRTY + 2 * DRAWN_AGE_TOLERANCE
+    assert np.isclose(generator.misdrawn(shown, Reading(True, older)), 2.0, atol=0.05)
+    assert generator.misdrawn(shown, Reading(True, older), age=False) == 0.0  # the person's own pseudonym: gender only
+    assert np.isclose(generator.misdrawn(shown, Reading(True, THIRTY + 0.5 * DRAWN_AGE_TOLERANCE)), 0.5, atol=0.05)
+    generator._probes = (replace(probes, image_gender=(np.zeros(512), -3.0)), student)
+    assert generator.misdrawn(shown, Reading(True, THIRTY)) > 1.9 and generator.misdrawn(shown, Reading(False, THIRTY)) < 0.05
+
+
+def test_a_pseudonym_drawn_as_another_gender_gives_way_to_an_alternate(tiny, monkeypatch):
+    """A person's pseudonym whose drawing in this photo reads as another gender (or age) is
+    unfit as a speckled one is: the next code in order that draws fit is used."""
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    generator._load_code_model().config.novelty_cos = 0.9999
+    face = np.random.default_rng(5).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    _, attr = (a[0] for a in generator.encode(face[None]))
+    monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: np.zeros(len(drawn)))
+    monkeypatch.setattr(generator, "speckled_in_reference", lambda c: False)  # drawings in this photo only
+    drawn_codes: list[np.ndarray] = []
+    draw = generator._draw
+
+    def recording(some_codes, *args, **kwargs):
+        drawn_codes.append(np.array(some_codes))
+        return draw(some_codes, *args, **kwargs)
+
+    monkeypatch.setattr(generator, "_draw", recording)
+    misdrawn = generator.misdrawn
+    first_code: list[bytes] = []
+
+    def wrong_for_the_first(shown, wanted, age=True):
+        assert misdrawn(shown, wanted, age) < 0.05  # the planted probes read every drawing as the person
+        first_code.append(drawn_codes[-1][0].tobytes()) if not first_code else None
+        return 2.0 if drawn_codes[-1][0].tobytes() == first_code[0] else 0.0
+
+    monkeypatch.setattr(generator, "misdrawn", wrong_for_the_first)
+    out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert len(drawn_codes) >= 2 and drawn_codes[0][0].tobytes() != drawn_codes[1][0].tobytes()
+    assert np.array_equal(out, generator._composite(generator._render(drawn_codes[1], face, attr[None])[0], face))

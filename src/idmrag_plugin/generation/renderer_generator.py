@@ -73,6 +73,11 @@ KEPT_UNFITNESS = 1.2
 #: preference, that the renderer draws clean in the speckle reference context (see
 #: :mod:`idmrag_plugin.generation.speckle_reference`); the first one when none is.
 REFERENCE_LOOKAHEAD = 8
+#: How far (log(1 + years)) the age a drawing reads as may be from the person's before the
+#: drawing counts as unfit (see :meth:`RendererGenerator.misdrawn`): 0.4 is 30 drawn as 45 or
+#: 20, 60 drawn as 90 or 40; the code probes' own tolerance (``AGE_TOLERANCE``, 0.25) is
+#: tighter, but a reading of one drawing is noisier than a probe fitted on thousands.
+DRAWN_AGE_TOLERANCE = 0.4
 #: Codes whose verdict in the reference context is remembered (one renderer pass each).
 REFERENCE_VERDICTS_KEPT = 4096
 
@@ -466,6 +471,33 @@ class RendererGenerator(VAEDecodeGenerator):
         washed_out = GHOST_LIMIT / np.maximum(ghost_ratio(drawn, face), 1e-3)
         return np.maximum(speckled, washed_out)
 
+    def misdrawn(self, shown: np.ndarray, wanted: Reading, age: bool = True) -> float:
+        """How far a drawing, as the engine shows it (the crop, composited), is from the person's
+        perceived gender and age ``wanted``, read from the drawing itself by the image probes
+        (dlib's descriptor), in the scale of :meth:`unfitness`: the age difference in units of
+        ``DRAWN_AGE_TOLERANCE`` (at most 1, fit, within it; not judged unless ``age``), and
+        for the other gender at least 1 plus how sure that reading is.
+
+        The code probes that rank candidates read the gender the renderer draws from the code
+        alone, over random contexts (86-92% held out); this photo's context decides the rest
+        (the hair around the face, the jaw's outline), and the drawing shows it."""
+        keeping = self._attribute_keeping()
+        if keeping is None:
+            return 0.0
+        probes = keeping[0]
+        if probes.image_reader == "dlib":
+            embedding = np.asarray(self._dlib_embedding(shown), np.float64)[None]
+        else:
+            self._load()  # the student reads at the codes model's resolution
+            embedding = np.asarray(self._student_embedding(shown, keeping[1]), np.float64)
+        weight, bias = probes.image_gender
+        label_1 = float(1.0 / (1.0 + np.exp(-(embedding[0] @ weight + bias))))
+        gender_off = 0.0 if (label_1 > 0.5) == wanted.gender else 1.0 + 2.0 * abs(label_1 - 0.5)
+        if not age:
+            return gender_off
+        age_off = abs(probes.read_image(embedding)[0].log_age - wanted.log_age) / DRAWN_AGE_TOLERANCE
+        return max(gender_off, age_off)
+
     def speckled_in_reference(self, code: np.ndarray) -> bool:
         """Whether the renderer draws ``code`` speckled in the speckle reference context, a
         fixed photo where codes drawn clean tend to be drawn clean in other photos too (see
@@ -507,7 +539,8 @@ class RendererGenerator(VAEDecodeGenerator):
     def _draw_unspeckled(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
                          grow: float | None) -> np.ndarray:
         """The person's pseudonym for ``attempt`` drawn into ``face``, unless the renderer draws
-        it speckled or washed out in this context (:meth:`unfitness`): then the first of
+        it speckled or washed out in this context (:meth:`unfitness`) or, with attribute probes,
+        as another gender or age than the person's (:meth:`misdrawn`): then the first of
         ``SPECKLE_ALTERNATES`` further codes that it draws fit, else of ``FURTHER_ALTERNATES``
         more (else the least unfit of all). The code
         drawn fit is tried first at the person's next photo, and kept there unless drawn
@@ -519,12 +552,21 @@ class RendererGenerator(VAEDecodeGenerator):
             kept = self._unspeckled.get(person, {}).get(attempt)
         drawings: dict[bytes, tuple[object, float]] = {}  # code -> (drawing, unfitness), each drawn once
 
+        wanted = self._readings.get(person)
+
         def drawn(c: np.ndarray) -> tuple[object, float]:
             key = c.tobytes()
             if key not in drawings:
                 # one code at a time: a drawing must not depend on what else was in its batch
                 drawing = self._draw(c[None], face, attr_mu, grow)
-                drawings[key] = (drawing, float(self.unfitness(drawing, face, grow)[0]))
+                unfit = float(self.unfitness(drawing, face, grow)[0])
+                if wanted is not None:
+                    shown = self._composite(self._finish(drawing, face, c[None], grow)[0], face, grow)
+                    # the person's own pseudonym answers for its gender only: one drawing's age
+                    # reading is too noisy to show the person as two for
+                    own_code = kept is not None and np.array_equal(c, kept)
+                    unfit = max(unfit, self.misdrawn(shown, wanted, age=not own_code))
+                drawings[key] = (drawing, unfit)
             return drawings[key]
 
         codes = self.pseudonym_codes(code, attempt, 1 if kept is None else 1 + SPECKLE_ALTERNATES)
