@@ -156,6 +156,21 @@ def test_cli_reports_a_bad_method_before_loading_anything(tmp_path, capsys):
     assert cli_main(["bench", "--data", str(tmp_path), "--methods", "original,gan"]) == 2
 
 
+def test_bench_threads_are_set_for_the_whole_run_and_checked(tmp_path, caplog):
+    """``idmrag bench --threads N`` sets torch's thread count before any engine is built (two
+    benches sharing the CPU with torch's default threads thrash); 0 is refused clearly."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert cli_main(["bench", "--data", str(tmp_path), "--methods", "original,gan", "--threads", "1"]) == 2
+        assert torch.get_num_threads() == 1
+        assert cli_main(["bench", "--data", str(tmp_path), "--threads", "0"]) == 2
+        assert "--threads must be at least 1" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS, GENERATORS, AnonymizerConfig
-from idmrag_plugin.errors import IdmragError
+from idmrag_plugin.errors import ConfigError, IdmragError
 
 logger = logging.getLogger("idmrag_plugin.cli")
 
@@ -174,6 +174,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from idmrag_plugin.bench.reporting import write_results
     from idmrag_plugin.pipeline import resolve_device
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        # process-wide, before any engine is built: two benches sharing a 2-core CPU with
+        # torch's default threads took 36 CPU minutes each and did not finish
+        torch.set_num_threads(args.threads)
     config = BenchConfig(
         data=Path(args.data),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()),
@@ -296,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "`idmrag train-renderer` (renderer method); default: the packaged weights")
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch threads for the whole run (default: torch's; 1 each when two runs share the CPU)")
     bench.add_argument("-o", "--output", default="benchmarks/results")
     bench.add_argument("--stem", default="bench", help="output file names: STEM.json, STEM.md, ...")
     bench.add_argument("--readme", default=None,
