@@ -292,6 +292,7 @@ class RendererGenerator(VAEDecodeGenerator):
     def _student_embedding(self, face: np.ndarray, student) -> np.ndarray:
         import torch
 
+        self._load()  # the student reads at the codes model's resolution
         side = self._model.config.image_size  # type: ignore[union-attr]
         small = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA)
         x = torch.as_tensor(small, device=self.device).permute(2, 0, 1)[None].float() / 127.5 - 1.0
@@ -488,7 +489,6 @@ class RendererGenerator(VAEDecodeGenerator):
         if probes.image_reader == "dlib":
             embedding = np.asarray(self._dlib_embedding(shown), np.float64)[None]
         else:
-            self._load()  # the student reads at the codes model's resolution
             embedding = np.asarray(self._student_embedding(shown, keeping[1]), np.float64)
         weight, bias = probes.image_gender
         label_1 = float(1.0 / (1.0 + np.exp(-(embedding[0] @ weight + bias))))
@@ -551,22 +551,27 @@ class RendererGenerator(VAEDecodeGenerator):
         with self._lock:
             kept = self._unspeckled.get(person, {}).get(attempt)
         drawings: dict[bytes, tuple[object, float]] = {}  # code -> (drawing, unfitness), each drawn once
-
+        composites: dict[bytes, np.ndarray] = {}  # code -> its drawing as the engine shows it, made once
         wanted = self._readings.get(person)
+
+        def composited(c: np.ndarray) -> np.ndarray:
+            key = c.tobytes()
+            if key not in composites:
+                composites[key] = self._composite(self._finish(drawn(c)[0], face, c[None], grow)[0], face, grow)
+            return composites[key]
 
         def drawn(c: np.ndarray) -> tuple[object, float]:
             key = c.tobytes()
             if key not in drawings:
                 # one code at a time: a drawing must not depend on what else was in its batch
                 drawing = self._draw(c[None], face, attr_mu, grow)
-                unfit = float(self.unfitness(drawing, face, grow)[0])
+                drawings[key] = (drawing, float(self.unfitness(drawing, face, grow)[0]))
                 if wanted is not None:
-                    shown = self._composite(self._finish(drawing, face, c[None], grow)[0], face, grow)
                     # the person's own pseudonym answers for its gender only: one drawing's age
                     # reading is too noisy to show the person as two for
                     own_code = kept is not None and np.array_equal(c, kept)
-                    unfit = max(unfit, self.misdrawn(shown, wanted, age=not own_code))
-                drawings[key] = (drawing, unfit)
+                    misdrawn = self.misdrawn(composited(c), wanted, age=not own_code)
+                    drawings[key] = (drawing, max(drawings[key][1], misdrawn))
             return drawings[key]
 
         codes = self.pseudonym_codes(code, attempt, 1 if kept is None else 1 + SPECKLE_ALTERNATES)
@@ -605,7 +610,7 @@ class RendererGenerator(VAEDecodeGenerator):
                 chosen = tried[int(np.argmin(scores))]
         with self._lock:
             self._unspeckled.setdefault(person, {})[attempt] = np.array(chosen, copy=True)
-        return self._composite(self._finish(drawn(chosen)[0], face, chosen[None], grow)[0], face, grow)
+        return composited(chosen)
 
     def _render(self, codes: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, grow: float | None = None) -> np.ndarray:
         """The drawings (K, R, R, 3) of identity codes (K, D) into ``face``'s context, at the
