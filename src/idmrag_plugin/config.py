@@ -82,6 +82,12 @@ class AnonymizerConfig:
             picture); ``"poisson"``: the blend alone (the face's tone then follows its edge);
             ``"tone"``: hard edge with the mean tone moved (the composite of earlier
             releases). Only pixels outside the drawn region are read from the photo.
+        keep_outside_face: for ``"renderer-lcm"`` and ``"renderer"``: inside the drawn ellipse,
+            keep the photo's own pixels where neither the original face nor the drawn one is
+            (hair above the forehead, background beside the cheeks, the neck under the chin),
+            by both faces' outlines (dlib's 68 landmarks); the inner face is always drawn, and
+            a face refused twice is drawn whole over the wider ellipse of later attempts.
+            ``False`` keeps the drawing over the whole ellipse (earlier releases).
         max_attempts: generator attempts per face before the failure policy applies. 8: on 80
             LFW photos, whole and cut by one border (45% of the face's box outside), attempts 6-8
             verified 1 of 80 whole and 4 of 70 cut faces that 5 attempts left to the policy;
@@ -142,6 +148,7 @@ class AnonymizerConfig:
     generator_weights: Path | None = None
     refine_faces: bool = True
     face_blend: str = DEFAULT_FACE_BLEND
+    keep_outside_face: bool = True
     max_attempts: int = 8
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000

@@ -259,7 +259,8 @@ class FaceAnonymizer:
             return RendererGenerator(weights, packaged(CODES_VAE_DIR), packaged(SAMPLER_FILE), device=self.device,
                                      attribute_probes_path=probes,
                                      student_path=packaged(STUDENT_FILE) if probes is not None else None,
-                                     refiner_dir=refiner(), blend=self.config.face_blend, **runtime)
+                                     refiner_dir=refiner(), blend=self.config.face_blend,
+                                     keep_outside_face=self.config.keep_outside_face, **runtime)
         if self.config.generator == "renderer-lcm":
             from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
 
@@ -267,7 +268,7 @@ class FaceAnonymizer:
                 self.config.generator_weights or packaged(CODE_LCM_DIR), packaged(RENDERER_DIR), packaged(CODES_VAE_DIR),
                 packaged(SAMPLER_FILE), packaged(ATTRIBUTE_PROBES_FILE), packaged(STUDENT_FILE),
                 steps=self.config.generator_steps, device=self.device, refiner_dir=refiner(),
-                blend=self.config.face_blend, **runtime)
+                blend=self.config.face_blend, keep_outside_face=self.config.keep_outside_face, **runtime)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

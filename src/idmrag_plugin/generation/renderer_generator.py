@@ -24,6 +24,7 @@ import numpy as np
 
 from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS
 from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
+from idmrag_plugin.engine.face_outline import FaceOutliner, drawn_region
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
@@ -103,6 +104,9 @@ def _is_grey(face: np.ndarray, tolerance: float = 3.0) -> bool:
 #: pseudonym refused in one of their photos is drawn again over it at once: see
 #: ``kept_pseudonym_retries``.)
 WIDER_MASK_FROM_ATTEMPT = 2
+#: Width (share of the crop's side) of the soft seam, outside both faces, where the drawing gives
+#: way to the photo (``keep_outside_face``).
+OUTLINE_FEATHER = 0.04
 
 
 class RendererGenerator(VAEDecodeGenerator):
@@ -124,6 +128,10 @@ class RendererGenerator(VAEDecodeGenerator):
             edge, so a rim the renderer drew lighter leaves no seam; then the face's mean tone
             moved to the original's inside the face), ``"poisson"`` (the blend alone) or
             ``"tone"`` (hard edge, mean tone moved to the original's).
+        keep_outside_face: keep the photo's own pixels inside the drawn ellipse where neither
+            face is (hair above the forehead, background beside the cheeks, neck and collar
+            under the chin; see :mod:`idmrag_plugin.engine.face_outline`);
+            ``AnonymizerConfig.keep_outside_face``.
         runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
             renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
             see :mod:`idmrag_plugin.generation.onnx_networks`); ``"torch"`` (default) does not.
@@ -149,6 +157,7 @@ class RendererGenerator(VAEDecodeGenerator):
         candidates: int = PSEUDONYM_CANDIDATES,
         refiner_dir: str | Path | None = None,
         blend: str = DEFAULT_FACE_BLEND,
+        keep_outside_face: bool = True,
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
@@ -158,6 +167,8 @@ class RendererGenerator(VAEDecodeGenerator):
         if blend not in FACE_BLENDS:
             raise ModelLoadError(f"blend must be one of {', '.join(FACE_BLENDS)}, got {blend!r}")
         self.blend = blend
+        self.keep_outside_face = keep_outside_face
+        self._outliner = FaceOutliner()
         if candidates < 1:
             raise ModelLoadError(f"candidates must be at least 1, got {candidates}")
         self.renderer_dir = Path(renderer_dir)
@@ -690,4 +701,24 @@ class RendererGenerator(VAEDecodeGenerator):
             image = shift_tone(image, face, face_mask(size), inside)
         if _is_grey(face):
             image = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
-        return np.where(inside[..., None] > 0.5, image, face)
+        image = np.where(inside[..., None] > 0.5, image, face)
+        # Over the wider ellipse of late attempts the drawing is kept whole: those faces were
+        # refused, mostly for what surrounds the inner face (see WIDER_MASK_FROM_ATTEMPT).
+        wider = grow is not None and grow > float(self._load_renderer().config.mask_grow)
+        return self._photo_outside_faces(image, face, inside) if self.keep_outside_face and not wider else image
+
+    def _photo_outside_faces(self, drawn: np.ndarray, face: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        """``drawn`` (a composite over the ellipse ``inside``) with the photo's pixels back where
+        neither the original face nor the drawn one is (see :mod:`~idmrag_plugin.engine.face_outline`);
+        unchanged when either outline cannot be believed. The seam is feathered outside both
+        faces, so every pixel of either face is the drawing's."""
+        outlines = [self._outliner.outline(face), self._outliner.outline(drawn)]
+        if any(outline is None for outline in outlines):
+            return drawn
+        side = face.shape[0]
+        region = drawn_region(side, outlines)  # type: ignore[arg-type]
+        # a smooth step from the faces' edge (1) to OUTLINE_FEATHER of the side beyond it (0)
+        beyond = cv2.distanceTransform((region < 0.5).astype(np.uint8), cv2.DIST_L2, 5)
+        ramp = np.clip(1.0 - beyond / max(OUTLINE_FEATHER * side, 1.0), 0.0, 1.0)
+        alpha = (ramp * ramp * (3.0 - 2.0 * ramp) * (inside > 0.5))[..., None]
+        return np.clip(alpha * drawn + (1.0 - alpha) * face + 0.5, 0, 255).astype(np.uint8)

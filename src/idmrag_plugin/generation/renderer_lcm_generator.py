@@ -68,13 +68,15 @@ class RendererLCMGenerator(RendererGenerator):
         secret: bytes | None = None,
         refiner_dir: str | Path | None = None,
         blend: str = DEFAULT_FACE_BLEND,
+        keep_outside_face: bool = True,
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
     ) -> None:
         super().__init__(renderer_dir, model_dir, sampler_path, device=device, secret=secret,
                          attribute_probes_path=attribute_probes_path, student_path=student_path,
-                         refiner_dir=refiner_dir, blend=blend, runtime=runtime, cache_dir=cache_dir, threads=threads)
+                         refiner_dir=refiner_dir, blend=blend, keep_outside_face=keep_outside_face,
+                         runtime=runtime, cache_dir=cache_dir, threads=threads)
         self.code_model_dir = Path(code_model_dir)
         self.kind = self._kind_of(self.code_model_dir)
         self.steps = steps if steps is not None else (DEFAULT_LCM_STEPS if self.kind == "lcm" else 50)
