@@ -156,3 +156,39 @@ def test_a_turned_face_is_pasted_without_the_background_beside_its_far_cheek(mak
     kept = (out_cut == 90).all(axis=2) & (out_whole == 255).all(axis=2)
     assert kept.sum() > 200
     assert np.median(np.argwhere(kept)[:, 1]) < landmarks[:2, 0].mean()  # on the photo's left, the far side
+
+
+def test_what_a_generator_returns_unchanged_stays_the_photo_s_own_pixels(astronaut):
+    """A drawing that changes only part of the ellipse (the renderer keeps hair and background):
+    the rest is pasted from the photo itself, not from the crop-sized copy (which, scaled back
+    up over a large face, blurred the hair); every changed pixel, and an island of pixels the
+    drawing happens to share with the crop, is pasted whole."""
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.engine.blend import face_mask, kept_as_is, paste_face
+
+    landmarks = np.array([[205.0, 101.7], [246.8, 103.7], [224.7, 129.0], [201.7, 139.2], [245.3, 141.9]])
+    face = align_face(astronaut, landmarks, 128)
+    new = face.crop.copy()
+    cv2.circle(new, (64, 72), 30, (128, 128, 128), thickness=-1)
+    new[70:73, 62:65] = face.crop[70:73, 62:65]  # equal by chance, inside the drawn face
+    weights = face_mask(128, grow=1.1, feather=0.06)
+    kept = kept_as_is(new, face.crop, weights)
+    yy, xx = np.mgrid[:128, :128]
+    from_centre = np.hypot(xx - 64, yy - 72)
+    assert np.all(kept[from_centre <= 29] == 0)  # the drawn disk and its island
+    ring = (from_centre >= 38) & (weights >= 1)
+    assert ring.sum() > 2000 and np.all(kept[ring] > 0.999)
+
+    out = astronaut.copy()
+    paste_face(out, new, face, grow=1.1, colour_match=False)
+    # image pixels that map into the ring are the photo's own, exactly
+    h, w = astronaut.shape[:2]
+    iy, ix = np.mgrid[:h, :w]
+    cx, cy = (face.matrix @ np.stack([ix.ravel(), iy.ravel(), np.ones(h * w)])).reshape(2, h, w)
+    in_ring = (np.hypot(cx - 64, cy - 72) >= 35) & (face_mask(128, grow=1.1)[np.clip(cy, 0, 127).astype(int),
+                                                                          np.clip(cx, 0, 127).astype(int)] > 0)
+    in_ring &= (cx >= 2) & (cx < 126) & (cy >= 2) & (cy < 126)
+    assert in_ring.sum() > 3000
+    assert np.array_equal(out[in_ring], astronaut[in_ring])
+    in_disk = np.hypot(cx - 64, cy - 72) <= 28
+    assert (np.abs(out[in_disk].astype(int) - 128) <= 1).mean() > 0.95

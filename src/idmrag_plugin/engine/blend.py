@@ -266,6 +266,22 @@ def crop_edge_taper(size: int) -> np.ndarray:
     return taper
 
 
+def kept_as_is(new_crop: np.ndarray, crop: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Float (S, S) in [0, 1]: 1 where the generator returned the crop's own pixels (exactly,
+    in a connected region that reaches where the paste ``weights`` are 0, past the pasted
+    ellipse), falling to 0 within a pixel or two inside that region; 0 everywhere else. Every
+    pixel the generator changed gets 0, and so does an island of pixels a drawing happens to
+    share with the original inside the face."""
+    same = np.all(new_crop == crop, axis=-1)
+    if not same.any():
+        return np.zeros(same.shape, np.float32)
+    _, labels = cv2.connectedComponents(same.astype(np.uint8), connectivity=4)
+    reaching = np.unique(labels[same & (weights <= 0)])
+    kept = np.isin(labels, reaching[reaching > 0]).astype(np.float32)
+    inner = cv2.erode(kept, np.ones((3, 3), np.uint8))
+    return np.minimum(cv2.GaussianBlur(inner, (0, 0), 1.0), kept)
+
+
 def paste_face(
     image: np.ndarray, new_crop: np.ndarray, face: AlignedFace, feather: float = 0.06,
     grow: float = 1.0, colour_match: bool = True, far_cut: float = 0.0,
@@ -275,7 +291,8 @@ def paste_face(
     The new face is colour-matched to the crop it replaces (unless ``colour_match`` is off:
     an inpainter already fits its context), then composited through the feathered face
     ellipse grown by ``grow`` (its far side pulled in by ``far_cut``, see :func:`far_side_cut`);
-    the inside of the ellipse is entirely the new face.
+    the inside of the ellipse is entirely the new face, except what the generator returned
+    unchanged (see :func:`kept_as_is`), which stays the photo's own pixels.
     """
     if new_crop.shape != face.crop.shape:
         raise ValueError(f"generated face has shape {new_crop.shape}, expected {face.crop.shape}")
@@ -285,7 +302,11 @@ def paste_face(
         return
     mask = face_mask(face.size, grow=grow, feather=feather, far_cut=far_cut)
     matched = match_colour(new_crop, face.crop, mask) if colour_match else new_crop
-    alpha = warp_into_region(mask * crop_edge_taper(face.size), face, region)[..., None]
+    weights = mask * crop_edge_taper(face.size)
+    # What the generator returned as the crop had it comes from the photo itself, at the
+    # photo's resolution: a crop-sized copy pasted back over a large face blurs its hair.
+    weights = weights * (1.0 - kept_as_is(new_crop, face.crop, weights))
+    alpha = warp_into_region(weights, face, region)[..., None]
     layer = warp_into_region(matched, face, region, cv2.BORDER_REPLICATE).astype(np.float32)
     patch = image[y1:y2, x1:x2].astype(np.float32)
     image[y1:y2, x1:x2] = np.clip(alpha * layer + (1.0 - alpha) * patch + 0.5, 0, 255).astype(np.uint8)
