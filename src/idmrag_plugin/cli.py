@@ -69,6 +69,7 @@ def _engine_config(args: argparse.Namespace):
         generator_weights=Path(args.generator_weights) if args.generator_weights else None,
         refine_faces=not args.no_refine,
         face_blend=args.face_blend,
+        keep_outside_face=not args.redraw_whole_ellipse,
         output_format=args.format,
         device=args.device,
         threads=args.threads,
@@ -241,6 +242,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-blend", default=DEFAULT_FACE_BLEND, choices=list(FACE_BLENDS),
                         help="renderer generators: poisson-tone (seamless, the original's mean tone), poisson "
                              "(seamless only), tone (hard edge, mean tone)")
+    parser.add_argument("--redraw-whole-ellipse", action="store_true",
+                        help="renderer generators: keep the drawing over the whole ellipse, not the photo's own "
+                             "hair, background and neck around the faces")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,
