@@ -11,12 +11,11 @@ the drawing's (so that its jaw and cheeks are not cut), and the photo everywhere
 
 from __future__ import annotations
 
-import threading
-
 import cv2
 import numpy as np
 
 from idmrag_plugin.engine.align import template
+from idmrag_plugin.engine.oracles import DlibShapePredictor
 
 #: Where MTCNN boxes a face aligned in the canonical crop (x1, y1, x2, y2, shares of the side;
 #: the mean over 60 LFW crops, spread 0.02-0.05): the box dlib's predictor starts from, as the
@@ -36,30 +35,18 @@ MIN_MARGIN = 0.04
 
 
 class FaceOutliner:
-    """Outlines of faces in canonical crops; dlib's predictor is loaded once, on first use."""
+    """Outlines of faces in canonical crops (dlib's 68-point predictor, loaded on first use)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._predictor = None
-
-    def _load(self):
-        with self._lock:
-            if self._predictor is None:
-                import dlib
-
-                from idmrag_plugin.engine.oracles import face_model_file
-
-                self._predictor = dlib.shape_predictor(str(face_model_file("shape_predictor_68_face_landmarks.dat")))
-            return self._predictor
+        self._predictor = DlibShapePredictor("shape_predictor_68_face_landmarks.dat")
 
     def points(self, crop: np.ndarray) -> np.ndarray:
         """dlib's 68 landmarks (68, 2) of the face in a canonical RGB uint8 crop."""
         import dlib
 
-        predictor = self._load()
         side = crop.shape[0]
         x1, y1, x2, y2 = (round(v * side) for v in OUTLINE_BOX)
-        shape = predictor(np.ascontiguousarray(crop), dlib.rectangle(x1, y1, x2, y2))
+        shape = self._predictor(np.ascontiguousarray(crop), dlib.rectangle(x1, y1, x2, y2))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
     def outline(self, crop: np.ndarray) -> np.ndarray | None:

@@ -127,6 +127,25 @@ def face_model_file(name: str) -> Path:
     return package_file("face_recognition_models", "models", name, install_hint="pip install face-recognition-models")
 
 
+class DlibShapePredictor:
+    """One of dlib's shape predictors shipped in face-recognition-models (``name``: its file),
+    loaded on first use; predictions are serialised."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._predictor = None
+
+    def __call__(self, image: np.ndarray, rect):
+        """dlib's shape (``full_object_detection``) of the face in ``rect`` of an RGB uint8 image."""
+        with self._lock:
+            if self._predictor is None:
+                import dlib
+
+                self._predictor = dlib.shape_predictor(str(face_model_file(self.name)))
+            return self._predictor(image, rect)
+
+
 def _onnx_for(module, input_shape: tuple[int, ...], name: str, oracle):
     """The oracle's network on ONNX Runtime when its ``runtime`` asks for it, else None."""
     from idmrag_plugin.engine.onnx_runtime import onnx_network, wants_onnxruntime

@@ -30,7 +30,6 @@ and on the output, and the exact similarity is the verdict's.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +37,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.detect import Detection, FaceDetector, box_iou, landmarks_from_dlib_shape
-from idmrag_plugin.engine.oracles import FaceOracle, OracleVerdict, cosine, face_model_file
+from idmrag_plugin.engine.oracles import DlibShapePredictor, FaceOracle, OracleVerdict, cosine
 from idmrag_plugin.engine.plausibility import upright_turns
 from idmrag_plugin.engine.screening import SCREEN_MARGIN
 from idmrag_plugin.engine.upright import upright_patch
@@ -133,29 +132,16 @@ class LandmarkRefitter:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._predictor = None
-
-    def _load(self):
-        with self._lock:
-            if self._predictor is None:
-                import dlib
-
-                path = face_model_file("shape_predictor_5_face_landmarks.dat")
-                self._predictor = dlib.shape_predictor(str(path))
-        return self._predictor
+        self._predictor = DlibShapePredictor("shape_predictor_5_face_landmarks.dat")
 
     def refit(self, image: np.ndarray, detection: Detection) -> np.ndarray:
         import dlib
 
-        predictor = self._load()
         patch = upright_patch(image, detection.box, upright_turns(detection.landmarks), margin=0.3)
         corners = patch.to_patch(np.array([detection.box[:2], detection.box[2:]], dtype=np.float64))
         (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
         rect = dlib.rectangle(round(x1), round(y1), round(x2), round(y2))
-        with self._lock:
-            shape = predictor(patch.pixels, rect)
-        return patch.to_image(landmarks_from_dlib_shape(shape))
+        return patch.to_image(landmarks_from_dlib_shape(self._predictor(patch.pixels, rect)))
 
 
 def eye_deviation(a: np.ndarray, b: np.ndarray) -> float:
