@@ -24,9 +24,9 @@ OUTLINE_BOX = (0.24, 0.21, 0.76, 0.905)
 #: The brows are raised by this share of the nose bridge's distance to the chin (points 27 and
 #: 8), to reach the forehead's top without reaching far into the hair.
 FOREHEAD_LIFT = 0.35
-#: The inner face (eyes, brows, nose, mouth: every template landmark, the brows 0.07 of the side
-#: above the eyes) is always drawn, whatever the predictor says: an ellipse of these half-axes
-#: (shares of the side) around the face ellipse's centre.
+#: The inner face is always drawn, whatever the predictor says: an ellipse of these half-axes
+#: (shares of the side) around the face ellipse's centre, which holds every template landmark
+#: and, on 40 LFW crops, every eye, nose and mouth point of dlib's 68 (and 83% of the brows').
 CORE_AXES = (0.22, 0.30)
 #: An outline is believed only when every template landmark lies at least this share of the
 #: side inside it; otherwise (a predictor lost on a blurred or strange drawing) the whole
