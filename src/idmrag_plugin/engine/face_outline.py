@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from idmrag_plugin.engine.align import template
+from idmrag_plugin.engine.blend import FACE_CENTER
 from idmrag_plugin.engine.oracles import DlibShapePredictor
 
 #: Where MTCNN boxes a face aligned in the canonical crop (x1, y1, x2, y2, shares of the side;
@@ -71,8 +72,6 @@ def outline_of(points: np.ndarray, side: int) -> np.ndarray | None:
 
 def drawn_region(side: int, outlines: list[np.ndarray]) -> np.ndarray:
     """Binary float mask (side, side): the union of the ``outlines`` and the inner-face core."""
-    from idmrag_plugin.engine.blend import FACE_CENTER
-
     region = np.zeros((side, side), np.uint8)
     centre = (round(FACE_CENTER[0] * side), round(FACE_CENTER[1] * side))
     cv2.ellipse(region, centre, (round(CORE_AXES[0] * side), round(CORE_AXES[1] * side)), 0, 0, 360, 1, thickness=-1)

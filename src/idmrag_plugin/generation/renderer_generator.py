@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 #: drawing least like the person is kept). One by default: each further candidate costs a
 #: sampler draw with its redraws and a rendering (about 3x the generate stage at 4).
 PSEUDONYM_CANDIDATES = 1
-#: Crops whose codes are remembered: a face that fails verification is drawn again from the
-#: same crop, whose encoding (about 15 ms on a CPU) need not be computed again.
+#: Crops whose codes (and the original face's outline) are remembered: a face that fails
+#: verification is drawn again from the same crop, whose encoding (about 15 ms on a CPU) need not
+#: be computed again, and every drawing of it is composited against the same outline.
 ENCODINGS_KEPT = 64
 #: Keeps the refiner's texture noise apart from the renderer's, both seeded by the pseudonym.
 REFINER_NOISE_SALT = 0x5EED_F1E5
@@ -184,6 +185,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self._refiner = None
         self._refiner_onnx = None
         self._encodings: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._outlines: OrderedDict[bytes, np.ndarray | None] = OrderedDict()
         self._renderer_lock = threading.Lock()
         self._masks: dict[tuple[int, float], np.ndarray] = {}
         self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
@@ -364,18 +366,26 @@ class RendererGenerator(VAEDecodeGenerator):
 
     def _encoded(self, face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`encode` of one crop, remembered for its later attempts (same crop, same codes)."""
+        return self._per_crop(self._encodings, face, lambda f: self.encode(f[None]))
+
+    def _original_outline(self, face: np.ndarray) -> np.ndarray | None:
+        """The original face's outline in its crop, remembered for every drawing composited there."""
+        return self._per_crop(self._outlines, face, self._outliner.outline)
+
+    def _per_crop(self, store: OrderedDict, face: np.ndarray, compute):
+        """``compute(face)``, remembered in ``store`` (the last ``ENCODINGS_KEPT`` crops) by the
+        crop's content."""
         key = hashlib.blake2b(np.asarray(face.shape, np.int64).tobytes() + face.tobytes(), digest_size=16).digest()
         with self._lock:
-            known = self._encodings.get(key)
-            if known is not None:
-                self._encodings.move_to_end(key)
-                return known
-        codes = self.encode(face[None])
+            if key in store:
+                store.move_to_end(key)
+                return store[key]
+        value = compute(face)
         with self._lock:
-            self._encodings[key] = codes
-            while len(self._encodings) > ENCODINGS_KEPT:
-                self._encodings.popitem(last=False)
-        return codes
+            store[key] = value
+            while len(store) > ENCODINGS_KEPT:
+                store.popitem(last=False)
+        return value
 
     def _kept_only(self, face: np.ndarray, grow: float | None = None) -> np.ndarray:
         """``face`` with every pixel under the inpainting mask replaced by its nearest pixel
@@ -712,7 +722,7 @@ class RendererGenerator(VAEDecodeGenerator):
         neither the original face nor the drawn one is (see :mod:`~idmrag_plugin.engine.face_outline`);
         unchanged when either outline cannot be believed. The seam is feathered outside both
         faces, so every pixel of either face is the drawing's."""
-        outlines = [self._outliner.outline(face), self._outliner.outline(drawn)]
+        outlines = [self._original_outline(face), self._outliner.outline(drawn)]
         if any(outline is None for outline in outlines):
             return drawn
         side = face.shape[0]
