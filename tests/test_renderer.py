@@ -336,7 +336,7 @@ def test_a_128_px_renderer_s_drawing_never_reads_the_inner_face(tiny_run, tmp_pa
 def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: str = "speckled") -> list[np.ndarray]:
     """Record the codes ``generator`` draws (one array per drawing call, returned list) and make
     each drawing as unfit as ``scores`` says for its code (1 = at the limit; unlisted codes 0.3,
-    fit), speckled or washed out."""
+    fit), speckled, washed out or with a smudged forehead."""
     from idmrag_plugin.generation import ghost
     from idmrag_plugin.generation.renderer_generator import GHOST_LIMIT, SPECKLE_LIMIT
 
@@ -351,16 +351,19 @@ def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: 
         return np.array([scores.get(c.tobytes(), 0.3) for c in drawn_codes[-1]])
 
     monkeypatch.setattr(generator, "_draw", recording)
+    monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: np.zeros(len(drawn)))
+    monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: np.ones(len(drawn)))
+    monkeypatch.setattr(generator, "smudged", lambda shown, face: 0.0)
     if unfit == "speckled":
         monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: unfitness_of_last_drawn() * SPECKLE_LIMIT)
-        monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: np.ones(len(drawn)))
-    else:
-        monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: np.zeros(len(drawn)))
+    elif unfit == "washed out":
         monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: GHOST_LIMIT / unfitness_of_last_drawn())
+    else:  # a smudged forehead, judged on the drawing as shown (drawn last)
+        monkeypatch.setattr(generator, "smudged", lambda shown, face: float(unfitness_of_last_drawn()[0]))
     return drawn_codes
 
 
-@pytest.mark.parametrize("unfit", ["speckled", "washed out"])
+@pytest.mark.parametrize("unfit", ["speckled", "washed out", "smudged forehead"])
 def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch, unfit):
     from idmrag_plugin.generation.renderer_generator import FURTHER_ALTERNATES, SPECKLE_ALTERNATES
 

@@ -28,6 +28,7 @@ from idmrag_plugin.engine.face_outline import FaceOutliner, drawn_region
 from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
+from idmrag_plugin.generation.forehead import forehead_smudge
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import RESOLVED_MEMORY, VAEDecodeGenerator
@@ -55,6 +56,13 @@ SPECKLE_LIMIT = 1.8
 #: :mod:`idmrag_plugin.generation.ghost`). On 240 held-out LFW faces the packaged stack's first
 #: drawings had a median ratio of 0.84; the 5% under 0.5 were all pale, flat faces.
 GHOST_LIMIT = 0.5
+#: A drawing *smudges the forehead*, dark strands or blotches where the photo's forehead is
+#: bare, when ``forehead_smudge`` (:mod:`idmrag_plugin.generation.forehead`: the share of the
+#: forehead band darker than the cheeks, beyond the photo's share) is over ``SMUDGE_LIMIT``.
+#: Set by eye on 186 LFW faces through the default engine: of the 24 over 0.3, 20 were a dark
+#: band, blotch or hair across a bare forehead (or in a headscarf), 4 were bangs drawn where the
+#: person has hair over the forehead; under 0.25 none was smudged.
+SMUDGE_LIMIT = 0.3
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
 #: first is speckled or washed out in this photo's context; of them the first fit one is used
 #: (else the least unfit of all, see :meth:`RendererGenerator.unfitness`).
@@ -446,7 +454,8 @@ class RendererGenerator(VAEDecodeGenerator):
         drawings = self._finish(raw, face, codes, grow)
         likeness = self._likeness(drawings, face, keeping[1])
         # a speckled or washed-out drawing is no face to keep, however unlike the person
-        likeness[self.unfitness(raw, face, grow) > 1.0] += 2.0
+        smudged = np.array([self.smudged(self._composite(d, face, grow), face) for d in drawings])
+        likeness[np.maximum(self.unfitness(raw, face, grow), smudged) > 1.0] += 2.0
         best = int(np.argmin(likeness))
         if chosen is None:
             with self._lock:
@@ -492,6 +501,13 @@ class RendererGenerator(VAEDecodeGenerator):
         speckled = self.speckle(drawn, grow) / SPECKLE_LIMIT
         washed_out = GHOST_LIMIT / np.maximum(ghost_ratio(drawn, face), 1e-3)
         return np.maximum(speckled, washed_out)
+
+    def smudged(self, shown: np.ndarray, face: np.ndarray) -> float:
+        """How far a drawing, as the engine shows it (the crop, composited), smudges the
+        forehead of ``face``'s photo (see :mod:`~idmrag_plugin.generation.forehead`), in the
+        scale of :meth:`unfitness`: above 1, dark strands or blotches where the photo's forehead
+        is bare."""
+        return max(forehead_smudge(shown, face), 0.0) / SMUDGE_LIMIT
 
     def misdrawn(self, shown: np.ndarray, wanted: Reading, age: bool = True) -> float:
         """How far a drawing, as the engine shows it (the crop, composited), is from the person's
@@ -560,7 +576,8 @@ class RendererGenerator(VAEDecodeGenerator):
     def _draw_unspeckled(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
                          grow: float | None) -> np.ndarray:
         """The person's pseudonym for ``attempt`` drawn into ``face``, unless the renderer draws
-        it speckled or washed out in this context (:meth:`unfitness`) or, with attribute probes,
+        it speckled or washed out in this context (:meth:`unfitness`), smudges the forehead
+        (:meth:`smudged`) or, with attribute probes,
         as another gender or age than the person's (:meth:`misdrawn`): then the first of
         ``SPECKLE_ALTERNATES`` further codes that it draws fit, else of ``FURTHER_ALTERNATES``
         more (else the least unfit of all). The code
@@ -587,6 +604,7 @@ class RendererGenerator(VAEDecodeGenerator):
                 # one code at a time: a drawing must not depend on what else was in its batch
                 drawing = self._draw(c[None], face, attr_mu, grow)
                 drawings[key] = (drawing, float(self.unfitness(drawing, face, grow)[0]))
+                drawings[key] = (drawing, max(drawings[key][1], self.smudged(composited(c), face)))
                 if wanted is not None:
                     # the person's own pseudonym answers for its gender only: one drawing's age
                     # reading is too noisy to show the person as two for
