@@ -3,7 +3,7 @@
 The renderer continues the hair around the inpainting ellipse into it, and some pseudonym codes
 carry hair of their own: drawn into a photo whose forehead is bare, they leave a band of dark
 strands across it, a dark blotch between the brows and the hairline, or black hair inside a
-white headscarf (looked at on 186 LFW faces: about one in ten). The statistic is the share of the
+white headscarf (looked at on 186 LFW faces: about one in fifteen). The statistic is the share of the
 forehead band, between the ellipse's top and the brows, whose luma (ITU-R BT.601, 8-bit levels)
 is ``DARKER_BY`` or more below the median of the face's own cheeks, in the drawing as the engine
 shows it minus the same share in the photo's face: bangs the person has may be drawn again,
