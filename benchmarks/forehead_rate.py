@@ -70,7 +70,7 @@ def main() -> None:
     if not people:
         parser.error(f"no people under {args.lfw / 'images'}")
     chosen = np.random.default_rng(args.seed).choice(len(people), min(args.photos, len(people)), replace=False)
-    paths = [sorted(people[i].glob("*.jpg"))[0] for i in chosen]
+    paths = [min(people[i].glob("*.jpg")) for i in chosen]
     report: dict[str, object] = {"photos": len(paths), "limit": SMUDGE_LIMIT}
     sheets = {}
     for screen in ([True, False] if args.compare else [True]):

@@ -831,6 +831,17 @@ def test_of_several_candidates_the_drawing_least_like_the_person_is_kept_for_the
     out_near = generator.generate(GenerationRequest(again, attempt=0, seed=8))
     assert not np.array_equal(out_near, generator._composite(generator._render(own[None], again, own_attr[None])[0], again))
     assert np.array_equal(generator._chosen[person][0], own)  # chosen anew for this photo only
+    # a drawing that smudges the forehead is passed over, however unlike the person it is
+    fresh = RendererGenerator(tmp_path / "renderer", root / "codes", root / "sampler.safetensors",
+                              secret=b"s", attribute_probes_path=tmp_path / "probes.safetensors",
+                              student_path=root / "student.safetensors", candidates=4)
+    order = np.argsort(likeness)
+    smudged_shown = generator._composite(drawings[order[0]], face)
+    fresh.smudged = lambda shown, _face: 2.0 if np.array_equal(shown, smudged_shown) else 0.0
+    fresh.unfitness = lambda drawn, _face, grow=None: np.zeros(len(drawn))  # (a tiny renderer draws speckled)
+    passed_over = fresh.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert not np.array_equal(passed_over, smudged_shown)
+    assert any(np.array_equal(passed_over, generator._composite(drawings[k], face)) for k in order[1:])
     with pytest.raises(ModelLoadError, match="candidates"):
         RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", candidates=0)
 
