@@ -354,13 +354,59 @@ def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: 
     monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: np.zeros(len(drawn)))
     monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: np.ones(len(drawn)))
     monkeypatch.setattr(generator, "smudged", lambda shown, face: 0.0)
+    monkeypatch.setattr(generator, "misexpressed", lambda shown, face: 0.0)
     if unfit == "speckled":
         monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: unfitness_of_last_drawn() * SPECKLE_LIMIT)
     elif unfit == "washed out":
         monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: GHOST_LIMIT / unfitness_of_last_drawn())
-    else:  # a smudged forehead, judged on the drawing as shown (drawn last)
+    elif unfit == "smudged forehead":  # judged on the drawing as shown (drawn last)
         monkeypatch.setattr(generator, "smudged", lambda shown, face: float(unfitness_of_last_drawn()[0]))
+    else:  # the mouth opened or closed otherwise than the photo's, judged on the drawing as shown
+        monkeypatch.setattr(generator, "misexpressed", lambda shown, face: float(unfitness_of_last_drawn()[0]))
     return drawn_codes
+
+
+def test_a_new_pseudonym_must_keep_the_mouth_the_person_s_own_need_not(tiny_run, monkeypatch):
+    """A drawing that opens or closes the mouth otherwise than the photo gives way to the next
+    code; the person's own pseudonym, kept from an earlier photo, is not judged on it (their
+    expression changes from photo to photo, their pseudonym should not)."""
+    from idmrag_plugin.generation.renderer_generator import SPECKLE_ALTERNATES
+
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
+    face = np.random.default_rng(2).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    code, attr = (a[0] for a in generator.encode(face[None]))
+    codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES)
+    scores = {codes[0].tobytes(): 3.0}
+    drawn_codes = _scored_drawings(generator, monkeypatch, scores, "mouth")
+    out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert np.array_equal(out, generator._composite(generator._render(codes[1][None], face, attr[None])[0], face))
+    # the person's next photo: their own code draws the mouth otherwise there, and stays
+    scores[codes[1].tobytes()] = 3.0
+    again = np.clip(face.astype(np.int16) + 3, 0, 255).astype(np.uint8)
+    drawn_codes.clear()
+    generator.generate(GenerationRequest(again, attempt=0, seed=8))
+    assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], codes[1][None])
+    # a retry (the face refused once) is free of it: its first code stays however it draws the mouth
+    other = np.random.default_rng(9).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    first_retry = generator.pseudonym_codes(generator.encode(other[None])[0][0], 1, 1)[0]
+    scores[first_retry.tobytes()] = 3.0
+    drawn_codes.clear()
+    generator.generate(GenerationRequest(other, attempt=1, seed=9))
+    assert len(drawn_codes) == 1 and np.array_equal(drawn_codes[0], first_retry[None])
+
+
+def test_the_mouth_s_opening_is_read_from_the_inner_lips():
+    from idmrag_plugin.generation.expression import mouth_opening
+
+    points = np.zeros((68, 2))
+    points[27], points[8] = (64, 50), (64, 110)  # bridge to chin: 60 px
+    for upper, lower in ((61, 67), (62, 66), (63, 65)):
+        points[upper] = points[lower] = (60 + upper - 61, 95)
+    assert mouth_opening(points) == 0.0
+    for lower in (67, 66, 65):
+        points[lower, 1] += 6.0
+    assert mouth_opening(points) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("unfit", ["speckled", "washed out", "smudged forehead"])

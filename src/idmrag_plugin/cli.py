@@ -70,6 +70,7 @@ def _engine_config(args: argparse.Namespace):
         refine_faces=not args.no_refine,
         face_blend=args.face_blend,
         keep_outside_face=not args.redraw_whole_ellipse,
+        keep_expression=not args.any_expression,
         output_format=args.format,
         device=args.device,
         threads=args.threads,
@@ -245,6 +246,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redraw-whole-ellipse", action="store_true",
                         help="renderer generators: keep the drawing over the whole ellipse, not the photo's own "
                              "hair, background and neck around the faces")
+    parser.add_argument("--any-expression", action="store_true",
+                        help="renderer generators: do not replace a new pseudonym drawn with the mouth open where "
+                             "the photo's is closed or the other way round (faster on new people)")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,

@@ -260,7 +260,8 @@ class FaceAnonymizer:
                                      attribute_probes_path=probes,
                                      student_path=packaged(STUDENT_FILE) if probes is not None else None,
                                      refiner_dir=refiner(), blend=self.config.face_blend,
-                                     keep_outside_face=self.config.keep_outside_face, **runtime)
+                                     keep_outside_face=self.config.keep_outside_face,
+                                     keep_expression=self.config.keep_expression, **runtime)
         if self.config.generator == "renderer-lcm":
             from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
 
@@ -268,7 +269,8 @@ class FaceAnonymizer:
                 self.config.generator_weights or packaged(CODE_LCM_DIR), packaged(RENDERER_DIR), packaged(CODES_VAE_DIR),
                 packaged(SAMPLER_FILE), packaged(ATTRIBUTE_PROBES_FILE), packaged(STUDENT_FILE),
                 steps=self.config.generator_steps, device=self.device, refiner_dir=refiner(),
-                blend=self.config.face_blend, keep_outside_face=self.config.keep_outside_face, **runtime)
+                blend=self.config.face_blend, keep_outside_face=self.config.keep_outside_face,
+                keep_expression=self.config.keep_expression, **runtime)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

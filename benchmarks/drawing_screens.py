@@ -1,0 +1,115 @@
+"""What the generator's drawing screens change in the default engine's faces, as a user sees them.
+
+LFW photos (the first photo of randomly drawn people) go through the default engine (fixed
+secret); each generated face is aligned, in the photo and in the output, with the detection's
+landmarks into the 128 px canonical crop, and read there after the paste:
+
+* the forehead: ``forehead_smudge`` (the share of the forehead band darker than the cheeks,
+  beyond the photo's share: :mod:`idmrag_plugin.generation.forehead`); how many faces are over
+  ``SMUDGE_LIMIT``;
+* the mouth: ``mouth_opening`` of photo and output (:mod:`idmrag_plugin.generation.expression`);
+  their correlation, how many differ by more than ``MOUTH_TOLERANCE``, and how many open mouths
+  (over 0.08) came out closed (under 0.03).
+
+With the screens as shipped and, with ``--off forehead`` / ``--off mouth`` (or both,
+comma-separated), again with those screens turned off; ``--sheet`` writes the faces with the
+worst forehead smudges (photo, output) side by side.
+
+    python benchmarks/drawing_screens.py --lfw ../shared/data/lfw --photos 150 --off mouth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from idmrag_plugin import FaceAnonymizer
+from idmrag_plugin.engine.align import align_face
+from idmrag_plugin.engine.face_outline import FaceOutliner
+from idmrag_plugin.generation.expression import mouth_opening
+from idmrag_plugin.generation.forehead import forehead_smudge
+from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE, SMUDGE_LIMIT
+
+logger = logging.getLogger("drawing_screens")
+SCREENS = {"forehead": "smudged", "mouth": "misexpressed"}
+
+
+def read_faces(paths: list[Path], off: list[str], secret: bytes) -> list[tuple[float, str, np.ndarray, np.ndarray]]:
+    """(smudge, photo name, photo crop, output crop) of every generated face of ``paths``,
+    with the screens named in ``off`` turned off."""
+    engine = FaceAnonymizer()
+    engine.generator.secret = secret
+    for screen in off:
+        setattr(engine.generator, SCREENS[screen], lambda shown, face: 0.0)
+    found = []
+    for path in paths:
+        photo = np.asarray(Image.open(path).convert("RGB"))
+        result = engine.anonymize(photo)
+        output = np.asarray(result.image)
+        for face in result.faces:
+            if face.method != "generated":
+                continue
+            before = align_face(photo, face.detection.landmarks, 128).crop
+            after = align_face(output, face.detection.landmarks, 128).crop
+            found.append((forehead_smudge(after, before), f"{path.parent.name}#{face.index}", before, after))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lfw", type=Path, required=True, help="LFW folder (images/<person>/*.jpg)")
+    parser.add_argument("--photos", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=11, help="which people are drawn")
+    parser.add_argument("--secret", default="forehead-rate")
+    parser.add_argument("--off", help="screens to also run without (forehead, mouth; comma-separated)")
+    parser.add_argument("--sheet", type=Path, help="PNG of the worst faces, photo beside output")
+    parser.add_argument("--worst", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/drawing_screens.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    people = sorted((args.lfw / "images").iterdir())
+    if not people:
+        parser.error(f"no people under {args.lfw / 'images'}")
+    chosen = np.random.default_rng(args.seed).choice(len(people), min(args.photos, len(people)), replace=False)
+    paths = [min(people[i].glob("*.jpg")) for i in chosen]
+    off = [name.strip() for name in args.off.split(",")] if args.off else []
+    if any(name not in SCREENS for name in off):
+        parser.error(f"--off takes {', '.join(SCREENS)}, got {args.off}")
+    report: dict[str, object] = {"photos": len(paths), "smudge limit": SMUDGE_LIMIT, "mouth tolerance": MOUTH_TOLERANCE}
+    sheets = {}
+    outliner = FaceOutliner()
+    for turned_off in ([[], off] if off else [[]]):
+        found = read_faces(paths, turned_off, args.secret.encode())
+        scores = np.array([s for s, *_ in found])
+        mouths = np.array([[mouth_opening(outliner.points(crop)) for crop in (before, after)]
+                           for _, _, before, after in found])
+        key = "as shipped" if not turned_off else "without " + " and ".join(turned_off)
+        report[key] = {
+            "faces": len(found), "forehead over limit": int((scores > SMUDGE_LIMIT).sum()),
+            "mouth correlation": round(float(np.corrcoef(mouths.T)[0, 1]), 3),
+            "mouth off by more than the tolerance": int((np.abs(mouths[:, 0] - mouths[:, 1]) > MOUTH_TOLERANCE).sum()),
+            "open mouths": int((mouths[:, 0] > 0.08).sum()),
+            "open mouths drawn closed": int(((mouths[:, 0] > 0.08) & (mouths[:, 1] < 0.03)).sum()),
+            "worst foreheads": [(round(s, 3), name) for s, name, *_ in sorted(found, key=lambda f: -f[0])[:args.worst]]}
+        print(key, {k: v for k, v in report[key].items() if k != "worst foreheads"})
+        sheets[key] = sorted(found, key=lambda f: -f[0])[:args.worst]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    if args.sheet:
+        tiles = [np.concatenate([cv2.resize(before, (160, 160)), cv2.resize(after, (160, 160))], 1)
+                 for key in sheets for _, _, before, after in sheets[key]]
+        rows = [np.concatenate(tiles[i:i + 4], 1) for i in range(0, len(tiles) - len(tiles) % 4, 4)]
+        Image.fromarray(np.concatenate(rows, 0)).save(args.sheet)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The mouth screen: a new pseudonym's drawing keeps the mouth as open or closed as the photo's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.engine.align import align_face
+
+
+@pytest.fixture(scope="module")
+def generator(engine):
+    """The default generator (its drawings are not needed: the screen reads landmarks)."""
+    return FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0),
+                          detector=engine.detector, oracles=engine.oracles).generator
+
+
+def _crop(engine, image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return align_face(image, engine.detector.detect(image)[0].landmarks, 128).crop
+
+
+def test_a_smile_showing_teeth_is_open_and_a_closed_mouth_drawn_for_it_is_unfit(engine, generator, astronaut, camera):
+    from idmrag_plugin.generation.expression import mouth_opening
+    from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE
+
+    smiling, closed = _crop(engine, astronaut), _crop(engine, camera)
+    outliner = generator._outliner
+    assert mouth_opening(outliner.points(smiling)) > 0.05  # her smile shows her teeth
+    assert mouth_opening(outliner.points(closed)) < 0.02
+    assert generator.misexpressed(smiling, smiling) == 0.0
+    # the cameraman's closed mouth shown in her photo's place, and the other way round
+    assert generator.misexpressed(closed, smiling) > 1.0
+    assert generator.misexpressed(smiling, closed) > 1.0
+    assert MOUTH_TOLERANCE < 0.07
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_config_turns_the_mouth_screen_on_and_off(engine, astronaut, keep, monkeypatch):
+    anonymizer = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", keep_expression=keep, cache_size=0),
+                                detector=engine.detector, oracles=engine.oracles)
+    generator = anonymizer.generator
+    generator.secret = b"test-expression"
+    assert generator.keep_expression is keep
+    judged = []
+    screen = generator.misexpressed
+    monkeypatch.setattr(generator, "misexpressed", lambda shown, face: judged.append(1) or screen(shown, face))
+    result = anonymizer.anonymize(astronaut)
+    assert result.counts() == {"generated": 1}
+    assert bool(judged) is keep
