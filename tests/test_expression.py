@@ -50,3 +50,20 @@ def test_the_config_turns_the_mouth_screen_on_and_off(engine, astronaut, keep, m
     result = anonymizer.anonymize(astronaut)
     assert result.counts() == {"generated": 1}
     assert bool(judged) is keep
+
+
+def test_a_mouth_further_off_is_more_unfit_but_never_beyond_the_cap(generator, engine, astronaut, monkeypatch):
+    from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE, MOUTH_UNFITNESS_CAP
+
+    crop = _crop(engine, astronaut)
+    points = generator._outliner.points(crop)
+    generator._original_points(crop)  # the photo's reading, remembered before the predictor is replaced
+    bridge_to_chin = float(np.linalg.norm(points[8] - points[27]))
+    scores = []
+    for off in (0.5, 1.5, 3.0, 30.0):
+        opened = points.copy()
+        opened[[65, 66, 67], 1] += off * MOUTH_TOLERANCE * bridge_to_chin  # the lower lip dropped
+        monkeypatch.setattr(generator._outliner, "points", lambda shown, opened=opened: opened)
+        scores.append(generator.misexpressed(crop, crop))
+    assert scores[0] == pytest.approx(0.5, abs=0.02)
+    assert 1.0 < scores[1] < scores[2] < scores[3] <= MOUTH_UNFITNESS_CAP

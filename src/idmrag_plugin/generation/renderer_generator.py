@@ -74,9 +74,9 @@ SMUDGE_LIMIT = 0.3
 #: pseudonym the loop can try (judged at every attempt, 3.2% of the bench's faces failed closed
 #: instead of 2.4%).
 MOUTH_TOLERANCE = 0.06
-#: A drawing off only in its mouth counts as barely unfit: when every code drawn is unfit, the
-#: least unfit is kept, and a face of the wrong gender, speckled or smudged is worse than one
-#: with another expression.
+#: A drawing off only in its mouth counts as barely unfit (at most this, the further off the
+#: mouth the nearer): when every code drawn is unfit, the least unfit is kept, and a face of the
+#: wrong gender, speckled or smudged is worse than one with another expression.
 MOUTH_UNFITNESS_CAP = 1.05
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
 #: first is speckled or washed out in this photo's context; of them the first fit one is used
@@ -541,7 +541,9 @@ class RendererGenerator(VAEDecodeGenerator):
         in the scale of :meth:`unfitness`: the difference in units of ``MOUTH_TOLERANCE``, at
         most ``MOUTH_UNFITNESS_CAP``."""
         drawn = mouth_opening(self._outliner.points(shown))
-        return min(abs(drawn - mouth_opening(self._original_points(face))) / MOUTH_TOLERANCE, MOUTH_UNFITNESS_CAP)
+        off = abs(drawn - mouth_opening(self._original_points(face))) / MOUTH_TOLERANCE
+        # beyond the tolerance, squeezed into (1, MOUTH_UNFITNESS_CAP], in the same order
+        return off if off <= 1.0 else 1.0 + (MOUTH_UNFITNESS_CAP - 1.0) * float(np.tanh(off - 1.0))
 
     def misdrawn(self, shown: np.ndarray, wanted: Reading, age: bool = True) -> float:
         """How far a drawing, as the engine shows it (the crop, composited), is from the person's
