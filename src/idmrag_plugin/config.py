@@ -91,7 +91,7 @@ class AnonymizerConfig:
         keep_expression: for ``"renderer-lcm"`` and ``"renderer"``: at the first try at a face,
             a new pseudonym drawn with the mouth open where the photo's is closed, or closed
             where it is open (dlib's 68 landmarks), gives way to the person's next code that
-            draws it as the photo has it. ``False``: about a fifth faster on photos of new
+            draws it as the photo has it. ``False``: about a sixth faster on photos of new
             people, the mouth as the pseudonym draws it.
         max_attempts: generator attempts per face before the failure policy applies. 8: on 80
             LFW photos, whole and cut by one border (45% of the face's box outside), attempts 6-8
