@@ -40,9 +40,9 @@ logger = logging.getLogger(__name__)
 #: drawing least like the person is kept). One by default: each further candidate costs a
 #: sampler draw with its redraws and a rendering (about 3x the generate stage at 4).
 PSEUDONYM_CANDIDATES = 1
-#: Crops whose codes (and the original face's outline) are remembered: a face that fails
+#: Crops whose codes (and the original face's landmarks) are remembered: a face that fails
 #: verification is drawn again from the same crop, whose encoding (about 15 ms on a CPU) need not
-#: be computed again, and every drawing of it is composited against the same outline.
+#: be computed again, and every drawing of it is composited and judged against the same landmarks.
 ENCODINGS_KEPT = 64
 #: Keeps the refiner's texture noise apart from the renderer's, both seeded by the pseudonym.
 REFINER_NOISE_SALT = 0x5EED_F1E5
@@ -451,7 +451,8 @@ class RendererGenerator(VAEDecodeGenerator):
             self._grows[request.seed] = grow  # the ellipse it is pasted over (paste_grow_of)
             if len(self._grows) > RESOLVED_MEMORY:
                 self._grows.popitem(last=False)
-        return self._draw_pseudonym(id_mu[0], face, attr_mu, attempt, grow, keep_mouth=self.keep_expression and request.attempt == 0)
+        keep_mouth = self.keep_expression and request.attempt == 0
+        return self._draw_pseudonym(id_mu[0], face, attr_mu, attempt, grow, keep_mouth)
 
     def _draw_pseudonym(self, code: np.ndarray, face: np.ndarray, attr_mu: np.ndarray, attempt: int,
                         grow: float | None = None, keep_mouth: bool = True) -> np.ndarray:
@@ -489,7 +490,7 @@ class RendererGenerator(VAEDecodeGenerator):
             if not np.array_equal(registered, codes[best]) and self._sampler.judge(code, registered[None])[0][0]:
                 # another thread chose first for this person
                 return self._composite(self._render(registered[None], face, attr_mu, grow)[0], face, grow)
-        return self._composite(drawings[best], face, grow)
+        return shown[best]
 
     def _likeness(self, drawings: np.ndarray, face: np.ndarray, student) -> np.ndarray:
         """Cosine similarity of each drawing to ``face`` in the identity student's eyes."""
@@ -641,16 +642,17 @@ class RendererGenerator(VAEDecodeGenerator):
             if key not in drawings:
                 # one code at a time: a drawing must not depend on what else was in its batch
                 drawing = self._draw(c[None], face, attr_mu, grow)
-                drawings[key] = (drawing, float(self.unfitness(drawing, face, grow)[0]))
-                drawings[key] = (drawing, max(drawings[key][1], self.smudged(composited(c), face)))
+                drawings[key] = (drawing, 0.0)  # scored below, on the drawing as composited
+                shown = composited(c)
                 own_code = kept is not None and np.array_equal(c, kept)
+                scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face)]
                 if keep_mouth and not own_code:
-                    drawings[key] = (drawing, max(drawings[key][1], self.misexpressed(composited(c), face)))
+                    scores.append(self.misexpressed(shown, face))
                 if wanted is not None:
                     # the person's own pseudonym answers for its gender only: one drawing's age
                     # reading is too noisy to show the person as two for
-                    misdrawn = self.misdrawn(composited(c), wanted, age=not own_code)
-                    drawings[key] = (drawing, max(drawings[key][1], misdrawn))
+                    scores.append(self.misdrawn(shown, wanted, age=not own_code))
+                drawings[key] = (drawing, max(scores))
             return drawings[key]
 
         codes = self.pseudonym_codes(code, attempt, 1 if kept is None else 1 + SPECKLE_ALTERNATES)
