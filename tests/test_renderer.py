@@ -336,7 +336,7 @@ def test_a_128_px_renderer_s_drawing_never_reads_the_inner_face(tiny_run, tmp_pa
 def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: str = "speckled") -> list[np.ndarray]:
     """Record the codes ``generator`` draws (one array per drawing call, returned list) and make
     each drawing as unfit as ``scores`` says for its code (1 = at the limit; unlisted codes 0.3,
-    fit), speckled, washed out or with a smudged forehead."""
+    fit), speckled, washed out, with a smudged forehead or with glasses added."""
     from idmrag_plugin.generation import ghost
     from idmrag_plugin.generation.renderer_generator import GHOST_LIMIT, SPECKLE_LIMIT
 
@@ -355,12 +355,16 @@ def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: 
     monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: np.ones(len(drawn)))
     monkeypatch.setattr(generator, "smudged", lambda shown, face: 0.0)
     monkeypatch.setattr(generator, "misexpressed", lambda shown, face: 0.0)
+    monkeypatch.setattr(generator, "spectacled", lambda shown, face, descriptor=None: 0.0)
     if unfit == "speckled":
         monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: unfitness_of_last_drawn() * SPECKLE_LIMIT)
     elif unfit == "washed out":
         monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: GHOST_LIMIT / unfitness_of_last_drawn())
     elif unfit == "smudged forehead":  # judged on the drawing as shown (drawn last)
         monkeypatch.setattr(generator, "smudged", lambda shown, face: float(unfitness_of_last_drawn()[0]))
+    elif unfit == "added glasses":
+        monkeypatch.setattr(generator, "spectacled",
+                            lambda shown, face, descriptor=None: float(unfitness_of_last_drawn()[0]))
     else:  # the mouth opened or closed otherwise than the photo's, judged on the drawing as shown
         monkeypatch.setattr(generator, "misexpressed", lambda shown, face: float(unfitness_of_last_drawn()[0]))
     return drawn_codes
@@ -409,7 +413,7 @@ def test_the_mouth_s_opening_is_read_from_the_inner_lips():
     assert mouth_opening(points) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("unfit", ["speckled", "washed out", "smudged forehead"])
+@pytest.mark.parametrize("unfit", ["speckled", "washed out", "smudged forehead", "added glasses"])
 def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(tiny_run, monkeypatch, unfit):
     from idmrag_plugin.generation.renderer_generator import FURTHER_ALTERNATES, SPECKLE_ALTERNATES
 

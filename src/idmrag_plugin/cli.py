@@ -71,6 +71,7 @@ def _engine_config(args: argparse.Namespace):
         face_blend=args.face_blend,
         keep_outside_face=not args.redraw_whole_ellipse,
         keep_expression=not args.any_expression,
+        keep_bare_eyes=not args.allow_added_glasses,
         output_format=args.format,
         device=args.device,
         threads=args.threads,
@@ -249,6 +250,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--any-expression", action="store_true",
                         help="renderer generators: do not replace a new pseudonym drawn with the mouth open where "
                              "the photo's is closed or the other way round (faster on new people)")
+    parser.add_argument("--allow-added-glasses", action="store_true",
+                        help="renderer generators: do not replace a pseudonym drawn with glasses on a face that "
+                             "wears none in the photo")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,
@@ -339,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train-refiner", help="train the refiner that redraws the renderer's faces at 128 px (see --help)")
     sub.add_parser("fit-attribute-probes", help="fit the probes with which the renderer keeps gender and age (see --help)")
     sub.add_parser("train-code-lcm", help="train the pseudonym-code diffusion model and distil it into an LCM (see --help)")
+    sub.add_parser("fit-glasses-probe", help="fit the probe that keeps drawings from adding glasses (see --help)")
     sub.add_parser("fit-int8-ranges", help="calibrate the int8 FaceNet that screens verdicts, on LFW (see --help)")
     return parser
 
@@ -354,6 +359,7 @@ DELEGATED = {
     "fit-attribute-probes": "idmrag_plugin.training.fit_attribute_probes",
     "train-code-lcm": "idmrag_plugin.training.train_code_lcm",
     "fit-int8-ranges": "idmrag_plugin.training.fit_int8_ranges",
+    "fit-glasses-probe": "idmrag_plugin.training.fit_glasses_probe",
 }
 
 

@@ -231,6 +231,7 @@ class FaceAnonymizer:
             ATTRIBUTE_PROBES_FILE,
             CODE_LCM_DIR,
             CODES_VAE_DIR,
+            GLASSES_PROBE_FILE,
             REFINER_DIR,
             RENDERER_DIR,
             SAMPLER_FILE,
@@ -240,6 +241,9 @@ class FaceAnonymizer:
 
         def refiner() -> Path | None:
             return packaged(REFINER_DIR) if self.config.refine_faces else None
+
+        def glasses_probe() -> Path | None:
+            return packaged(GLASSES_PROBE_FILE) if self.config.keep_bare_eyes else None
 
         runtime = {"runtime": self.config.generator_runtime, "cache_dir": self.config.cache_dir,
                    "threads": self.config.threads}
@@ -261,7 +265,8 @@ class FaceAnonymizer:
                                      student_path=packaged(STUDENT_FILE) if probes is not None else None,
                                      refiner_dir=refiner(), blend=self.config.face_blend,
                                      keep_outside_face=self.config.keep_outside_face,
-                                     keep_expression=self.config.keep_expression, **runtime)
+                                     keep_expression=self.config.keep_expression,
+                                     glasses_probe_path=glasses_probe(), **runtime)
         if self.config.generator == "renderer-lcm":
             from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
 
@@ -270,7 +275,7 @@ class FaceAnonymizer:
                 packaged(SAMPLER_FILE), packaged(ATTRIBUTE_PROBES_FILE), packaged(STUDENT_FILE),
                 steps=self.config.generator_steps, device=self.device, refiner_dir=refiner(),
                 blend=self.config.face_blend, keep_outside_face=self.config.keep_outside_face,
-                keep_expression=self.config.keep_expression, **runtime)
+                keep_expression=self.config.keep_expression, glasses_probe_path=glasses_probe(), **runtime)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

@@ -121,6 +121,7 @@ CODE_LCM_DIR = "code_lcm"  # idmrag train-code-lcm OUTPUT/lcm, for the packaged 
 SAMPLER_FILE = "identity_sampler.safetensors"
 ATTRIBUTE_PROBES_FILE = "attribute_probes.safetensors"  # the packaged renderer's (idmrag fit-attribute-probes)
 STUDENT_FILE = "identity_student.safetensors"
+GLASSES_PROBE_FILE = "glasses_probe.safetensors"  # idmrag fit-glasses-probe (generation.glasses)
 FACENET_INT8_RANGES_FILE = "facenet_int8_ranges.json"  # idmrag fit-int8-ranges (engine.screening)
 
 

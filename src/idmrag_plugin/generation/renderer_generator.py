@@ -10,12 +10,13 @@ resolution, so everything outside the mask is the crop's own pixels, exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
 from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.forehead import forehead_smudge
+from idmrag_plugin.generation.glasses import PHOTO_GLASSES_LIMIT, GlassesProbe, added_glasses
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import RESOLVED_MEMORY, VAEDecodeGenerator
@@ -78,6 +80,8 @@ MOUTH_TOLERANCE = 0.06
 #: mouth the nearer): when every code drawn is unfit, the least unfit is kept, and a face of the
 #: wrong gender, speckled or smudged is worse than one with another expression.
 MOUTH_UNFITNESS_CAP = 1.05
+#: Likewise for a drawing off only in adding glasses (see :meth:`RendererGenerator.spectacled`).
+GLASSES_UNFITNESS_CAP = 1.05
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
 #: first is speckled or washed out in this photo's context; of them the first fit one is used
 #: (else the least unfit of all, see :meth:`RendererGenerator.unfitness`).
@@ -158,6 +162,9 @@ class RendererGenerator(VAEDecodeGenerator):
             ``AnonymizerConfig.keep_outside_face``.
         keep_expression: judge a new pseudonym's drawing at the first try at a face by its
             mouth too (:meth:`misexpressed`); ``AnonymizerConfig.keep_expression``.
+        glasses_probe_path: a :class:`~idmrag_plugin.generation.glasses.GlassesProbe`; with it
+            a drawing that adds glasses to a face without them counts as unfit
+            (:meth:`spectacled`); ``AnonymizerConfig.keep_bare_eyes``.
         runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
             renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
             see :mod:`idmrag_plugin.generation.onnx_networks`); ``"torch"`` (default) does not.
@@ -185,6 +192,7 @@ class RendererGenerator(VAEDecodeGenerator):
         blend: str = DEFAULT_FACE_BLEND,
         keep_outside_face: bool = True,
         keep_expression: bool = True,
+        glasses_probe_path: str | Path | None = None,
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
@@ -196,6 +204,8 @@ class RendererGenerator(VAEDecodeGenerator):
         self.blend = blend
         self.keep_outside_face = keep_outside_face
         self.keep_expression = keep_expression
+        self.glasses_probe_path = Path(glasses_probe_path) if glasses_probe_path is not None else None
+        self._glasses: GlassesProbe | None = None
         self._outliner = FaceOutliner()
         if candidates < 1:
             raise ModelLoadError(f"candidates must be at least 1, got {candidates}")
@@ -213,6 +223,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self._refiner_onnx = None
         self._encodings: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._points: OrderedDict[bytes, np.ndarray] = OrderedDict()  # the original face's 68 landmarks
+        self._photo_glasses: OrderedDict[bytes, float] = OrderedDict()  # P(glasses) of the original face
         self._renderer_lock = threading.Lock()
         self._masks: dict[tuple[int, float], np.ndarray] = {}
         self._nearest_kept: dict[bytes, np.ndarray] = {}  # a mask's bytes -> each masked pixel's nearest kept one
@@ -480,8 +491,8 @@ class RendererGenerator(VAEDecodeGenerator):
         likeness = self._likeness(drawings, face, keeping[1])
         # a speckled or washed-out drawing is no face to keep, however unlike the person
         shown = [self._composite(d, face, grow) for d in drawings]
-        off = np.array([max(self.smudged(one, face), self.misexpressed(one, face) if keep_mouth else 0.0)
-                        for one in shown])
+        off = np.array([max(self.smudged(one, face), self.misexpressed(one, face) if keep_mouth else 0.0,
+                            self.spectacled(one, face)) for one in shown])
         likeness[np.maximum(self.unfitness(raw, face, grow), off) > 1.0] += 2.0
         best = int(np.argmin(likeness))
         if chosen is None:
@@ -542,11 +553,35 @@ class RendererGenerator(VAEDecodeGenerator):
         in the scale of :meth:`unfitness`: the difference in units of ``MOUTH_TOLERANCE``, at
         most ``MOUTH_UNFITNESS_CAP``."""
         drawn = mouth_opening(self._outliner.points(shown))
-        off = abs(drawn - mouth_opening(self._original_points(face))) / MOUTH_TOLERANCE
-        # beyond the tolerance, squeezed into (1, MOUTH_UNFITNESS_CAP], in the same order
-        return off if off <= 1.0 else 1.0 + (MOUTH_UNFITNESS_CAP - 1.0) * float(np.tanh(off - 1.0))
+        return _squeezed(abs(drawn - mouth_opening(self._original_points(face))) / MOUTH_TOLERANCE,
+                         MOUTH_UNFITNESS_CAP)
 
-    def misdrawn(self, shown: np.ndarray, wanted: Reading, age: bool = True) -> float:
+    def spectacled(self, shown: np.ndarray, face: np.ndarray,
+                   descriptor: Callable[[], np.ndarray] | None = None) -> float:
+        """How far a drawing, as the engine shows it (the crop, composited), adds glasses to
+        ``face``, whose photo shows none (see :mod:`~idmrag_plugin.generation.glasses`), in the
+        scale of :meth:`unfitness`, at most ``GLASSES_UNFITNESS_CAP``; 0 without a glasses
+        probe or where the photo's face wears glasses. ``descriptor``: dlib's descriptor of
+        ``shown``, when the caller has it."""
+        probe = self._glasses_probe()
+        if probe is None:
+            return 0.0
+        photo = self._per_crop(self._photo_glasses, face,
+                               lambda f: float(probe.probability(self._dlib_embedding(f))[0]))
+        if photo >= PHOTO_GLASSES_LIMIT:
+            return 0.0
+        drawn = float(probe.probability(descriptor() if descriptor is not None else self._dlib_embedding(shown))[0])
+        return _squeezed(added_glasses(photo, drawn), GLASSES_UNFITNESS_CAP)
+
+    def _glasses_probe(self) -> GlassesProbe | None:
+        if self._glasses is None and self.glasses_probe_path is not None:
+            with self._renderer_lock:
+                if self._glasses is None:
+                    self._glasses = GlassesProbe.load(self.glasses_probe_path)
+        return self._glasses
+
+    def misdrawn(self, shown: np.ndarray, wanted: Reading, age: bool = True,
+                 descriptor: Callable[[], np.ndarray] | None = None) -> float:
         """How far a drawing, as the engine shows it (the crop, composited), is from the person's
         perceived gender and age ``wanted``, read from the drawing itself by the image probes
         (dlib's descriptor), in the scale of :meth:`unfitness`: the age difference in units of
@@ -555,13 +590,15 @@ class RendererGenerator(VAEDecodeGenerator):
 
         The code probes that rank candidates read the gender the renderer draws from the code
         alone, over random contexts (86-92% held out); this photo's context decides the rest
-        (the hair around the face, the jaw's outline), and the drawing shows it."""
+        (the hair around the face, the jaw's outline), and the drawing shows it. ``descriptor``:
+        dlib's descriptor of ``shown``, when the caller has it."""
         keeping = self._attribute_keeping()
         if keeping is None:
             return 0.0
         probes = keeping[0]
         if probes.image_reader == "dlib":
-            embedding = np.asarray(self._dlib_embedding(shown), np.float64)[None]
+            embedding = np.asarray(descriptor() if descriptor is not None else self._dlib_embedding(shown),
+                                   np.float64)[None]
         else:
             embedding = np.asarray(self._student_embedding(shown, keeping[1]), np.float64)
         weight, bias = probes.image_gender
@@ -616,7 +653,7 @@ class RendererGenerator(VAEDecodeGenerator):
         it speckled or washed out in this context (:meth:`unfitness`), smudges the forehead
         (:meth:`smudged`), opens or closes the mouth otherwise than the photo's face
         (:meth:`misexpressed`; judged at the engine's first try at a face only, and not for the
-        person's own pseudonym) or, with attribute probes,
+        person's own pseudonym), adds glasses (:meth:`spectacled`) or, with attribute probes,
         as another gender or age than the person's (:meth:`misdrawn`): then the first of
         ``SPECKLE_ALTERNATES`` further codes that it draws fit, else of ``FURTHER_ALTERNATES``
         more (else the least unfit of all). The code
@@ -645,13 +682,15 @@ class RendererGenerator(VAEDecodeGenerator):
                 drawings[key] = (drawing, 0.0)  # scored below, on the drawing as composited
                 shown = composited(c)
                 own_code = kept is not None and np.array_equal(c, kept)
-                scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face)]
+                descriptor = functools.cache(lambda: self._dlib_embedding(shown))  # for both screens, once
+                scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face),
+                          self.spectacled(shown, face, descriptor)]
                 if keep_mouth and not own_code:
                     scores.append(self.misexpressed(shown, face))
                 if wanted is not None:
                     # the person's own pseudonym answers for its gender only: one drawing's age
                     # reading is too noisy to show the person as two for
-                    scores.append(self.misdrawn(shown, wanted, age=not own_code))
+                    scores.append(self.misdrawn(shown, wanted, age=not own_code, descriptor=descriptor))
                 drawings[key] = (drawing, max(scores))
             return drawings[key]
 
@@ -792,3 +831,10 @@ class RendererGenerator(VAEDecodeGenerator):
         ramp = np.clip(1.0 - beyond / max(OUTLINE_FEATHER * side, 1.0), 0.0, 1.0)
         alpha = (ramp * ramp * (3.0 - 2.0 * ramp) * (inside > 0.5))[..., None]
         return np.clip(alpha * drawn + (1.0 - alpha) * face + 0.5, 0, 255).astype(np.uint8)
+
+
+def _squeezed(off: float, cap: float) -> float:
+    """A screen's distance ``off`` (fit up to 1) with what lies beyond 1 squeezed into
+    (1, ``cap``], in the same order: unfit, but less so than any drawing that is speckled,
+    smudged or of the wrong gender."""
+    return off if off <= 1.0 else 1.0 + (cap - 1.0) * float(np.tanh(off - 1.0))

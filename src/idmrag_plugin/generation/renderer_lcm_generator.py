@@ -70,6 +70,7 @@ class RendererLCMGenerator(RendererGenerator):
         blend: str = DEFAULT_FACE_BLEND,
         keep_outside_face: bool = True,
         keep_expression: bool = True,
+        glasses_probe_path: str | Path | None = None,
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
@@ -77,7 +78,7 @@ class RendererLCMGenerator(RendererGenerator):
         super().__init__(renderer_dir, model_dir, sampler_path, device=device, secret=secret,
                          attribute_probes_path=attribute_probes_path, student_path=student_path,
                          refiner_dir=refiner_dir, blend=blend, keep_outside_face=keep_outside_face,
-                         keep_expression=keep_expression,
+                         keep_expression=keep_expression, glasses_probe_path=glasses_probe_path,
                          runtime=runtime, cache_dir=cache_dir, threads=threads)
         self.code_model_dir = Path(code_model_dir)
         self.kind = self._kind_of(self.code_model_dir)
