@@ -9,9 +9,12 @@ landmarks into the 128 px canonical crop, and read there after the paste:
   ``SMUDGE_LIMIT``;
 * the mouth: ``mouth_opening`` of photo and output (:mod:`idmrag_plugin.generation.expression`);
   their correlation, how many differ by more than ``MOUTH_TOLERANCE``, and how many open mouths
-  (over 0.08) came out closed (under 0.03).
+  (over 0.08) came out closed (under 0.03);
+* glasses: how many faces whose photo reads bare (under ``PHOTO_GLASSES_LIMIT``) read as
+  wearing glasses after (``GLASSES_LIMIT`` or more), by the packaged glasses probe
+  (:mod:`idmrag_plugin.generation.glasses`), the screen's own judge: look at the faces too.
 
-With the screens as shipped and, with ``--off forehead`` / ``--off mouth`` (or both,
+With the screens as shipped and, with ``--off forehead`` / ``--off mouth`` / ``--off glasses`` (or several,
 comma-separated), again with those screens turned off; ``--sheet`` writes the faces with the
 worst forehead smudges (photo, output) side by side.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -35,10 +39,12 @@ from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.face_outline import FaceOutliner
 from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.forehead import forehead_smudge
+from idmrag_plugin.generation.glasses import GLASSES_LIMIT, PHOTO_GLASSES_LIMIT, GlassesProbe
 from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE, SMUDGE_LIMIT
+from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
 
 logger = logging.getLogger("drawing_screens")
-SCREENS = {"forehead": "smudged", "mouth": "misexpressed"}
+SCREENS = {"forehead": "smudged", "mouth": "misexpressed", "glasses": "spectacled"}
 
 
 def read_faces(paths: list[Path], off: list[str], secret: bytes) -> list[tuple[float, str, np.ndarray, np.ndarray]]:
@@ -47,7 +53,7 @@ def read_faces(paths: list[Path], off: list[str], secret: bytes) -> list[tuple[f
     engine = FaceAnonymizer()
     engine.generator.secret = secret
     for screen in off:
-        setattr(engine.generator, SCREENS[screen], lambda shown, face: 0.0)
+        setattr(engine.generator, SCREENS[screen], lambda shown, face, descriptor=None: 0.0)
     found = []
     for path in paths:
         photo = np.asarray(Image.open(path).convert("RGB"))
@@ -84,21 +90,31 @@ def main() -> None:
     off = [name.strip() for name in args.off.split(",")] if args.off else []
     if any(name not in SCREENS for name in off):
         parser.error(f"--off takes {', '.join(SCREENS)}, got {args.off}")
-    report: dict[str, object] = {"photos": len(paths), "smudge limit": SMUDGE_LIMIT, "mouth tolerance": MOUTH_TOLERANCE}
+    report: dict[str, object] = {"photos": len(paths), "smudge limit": SMUDGE_LIMIT, "mouth tolerance": MOUTH_TOLERANCE,
+                                 "glasses limits (photo, drawing)": [PHOTO_GLASSES_LIMIT, GLASSES_LIMIT]}
+    probe = GlassesProbe.load(packaged(GLASSES_PROBE_FILE))
+    reader = FaceAnonymizer().generator
     sheets = {}
     outliner = FaceOutliner()
     for turned_off in ([[], off] if off else [[]]):
+        started = time.perf_counter()
         found = read_faces(paths, turned_off, args.secret.encode())
+        seconds = time.perf_counter() - started
         scores = np.array([s for s, *_ in found])
         mouths = np.array([[mouth_opening(outliner.points(crop)) for crop in (before, after)]
                            for _, _, before, after in found])
+        glasses = np.array([probe.probability(np.stack([reader._dlib_embedding(before), reader._dlib_embedding(after)]))
+                            for _, _, before, after in found])
         key = "as shipped" if not turned_off else "without " + " and ".join(turned_off)
         report[key] = {
-            "faces": len(found), "forehead over limit": int((scores > SMUDGE_LIMIT).sum()),
+            "faces": len(found), "seconds": round(seconds, 1), "forehead over limit": int((scores > SMUDGE_LIMIT).sum()),
             "mouth correlation": round(float(np.corrcoef(mouths.T)[0, 1]), 3),
             "mouth off by more than the tolerance": int((np.abs(mouths[:, 0] - mouths[:, 1]) > MOUTH_TOLERANCE).sum()),
             "open mouths": int((mouths[:, 0] > 0.08).sum()),
             "open mouths drawn closed": int(((mouths[:, 0] > 0.08) & (mouths[:, 1] < 0.03)).sum()),
+            "bare faces": int((glasses[:, 0] < PHOTO_GLASSES_LIMIT).sum()),
+            "bare faces drawn with glasses": int(((glasses[:, 0] < PHOTO_GLASSES_LIMIT)
+                                                  & (glasses[:, 1] >= GLASSES_LIMIT)).sum()),
             "worst foreheads": [(round(s, 3), name) for s, name, *_ in sorted(found, key=lambda f: -f[0])[:args.worst]]}
         print(key, {k: v for k, v in report[key].items() if k != "worst foreheads"})
         sheets[key] = sorted(found, key=lambda f: -f[0])[:args.worst]
