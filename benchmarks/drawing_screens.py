@@ -11,7 +11,8 @@ landmarks into the 128 px canonical crop, and read there after the paste:
   their correlation, how many differ by more than ``MOUTH_TOLERANCE``, and how many open mouths
   (over 0.08) came out closed (under 0.03);
 * glasses: how many faces whose photo reads bare (under ``PHOTO_GLASSES_LIMIT``) read as
-  wearing glasses after (``GLASSES_LIMIT`` or more), by the packaged glasses probe
+  wearing glasses after (``GLASSES_LIMIT`` or more), and how many that read as wearing them
+  read clearly bare after (under ``DROPPED_GLASSES_LIMIT``), by the packaged glasses probe
   (:mod:`idmrag_plugin.generation.glasses`), the screen's own judge: look at the faces too.
 
 With the screens as shipped and, with ``--off forehead`` / ``--off mouth`` / ``--off glasses`` (or several,
@@ -39,12 +40,17 @@ from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.face_outline import FaceOutliner
 from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.forehead import forehead_smudge
-from idmrag_plugin.generation.glasses import GLASSES_LIMIT, PHOTO_GLASSES_LIMIT, GlassesProbe
+from idmrag_plugin.generation.glasses import (
+    DROPPED_GLASSES_LIMIT,
+    GLASSES_LIMIT,
+    PHOTO_GLASSES_LIMIT,
+    GlassesProbe,
+)
 from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE, SMUDGE_LIMIT
 from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
 
 logger = logging.getLogger("drawing_screens")
-SCREENS = {"forehead": "smudged", "mouth": "misexpressed", "glasses": "spectacled"}
+SCREENS = {"forehead": "smudged", "mouth": "misexpressed", "glasses": "glasses_off"}
 
 
 def read_faces(paths: list[Path], off: list[str], secret: bytes) -> list[tuple[float, str, np.ndarray, np.ndarray]]:
@@ -115,6 +121,9 @@ def main() -> None:
             "bare faces": int((glasses[:, 0] < PHOTO_GLASSES_LIMIT).sum()),
             "bare faces drawn with glasses": int(((glasses[:, 0] < PHOTO_GLASSES_LIMIT)
                                                   & (glasses[:, 1] >= GLASSES_LIMIT)).sum()),
+            "faces with glasses": int((glasses[:, 0] >= PHOTO_GLASSES_LIMIT).sum()),
+            "faces with glasses drawn bare": int(((glasses[:, 0] >= PHOTO_GLASSES_LIMIT)
+                                                  & (glasses[:, 1] < DROPPED_GLASSES_LIMIT)).sum()),
             "worst foreheads": [(round(s, 3), name) for s, name, *_ in sorted(found, key=lambda f: -f[0])[:args.worst]]}
         print(key, {k: v for k, v in report[key].items() if k != "worst foreheads"})
         sheets[key] = sorted(found, key=lambda f: -f[0])[:args.worst]

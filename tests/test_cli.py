@@ -109,5 +109,5 @@ def test_engine_options_reach_the_config():
     assert _engine_config(parser.parse_args(["--redraw-whole-ellipse"])).keep_outside_face is False
     assert _engine_config(parser.parse_args([])).keep_expression is True
     assert _engine_config(parser.parse_args(["--any-expression"])).keep_expression is False
-    assert _engine_config(parser.parse_args([])).keep_bare_eyes is True
-    assert _engine_config(parser.parse_args(["--allow-added-glasses"])).keep_bare_eyes is False
+    assert _engine_config(parser.parse_args([])).keep_glasses is True
+    assert _engine_config(parser.parse_args(["--any-glasses"])).keep_glasses is False

@@ -10,10 +10,11 @@ import pytest
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.generation.glasses import (
+    DROPPED_GLASSES_LIMIT,
     GLASSES_LIMIT,
     PHOTO_GLASSES_LIMIT,
     GlassesProbe,
-    added_glasses,
+    glasses_difference,
 )
 from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
 
@@ -37,22 +38,25 @@ def test_bare_eyes_read_bare_and_a_bare_drawing_is_fit(engine, generator, astron
     readings = probe.probability(np.stack([generator._dlib_embedding(c) for c in crops]))
     assert (readings < min(GLASSES_LIMIT, PHOTO_GLASSES_LIMIT)).all(), readings
     # either bare face shown in the other's place adds no glasses
-    assert generator.spectacled(crops[1], crops[0]) < 1.0
-    assert generator.spectacled(crops[0], crops[1]) < 1.0
+    assert generator.glasses_off(crops[1], crops[0]) < 1.0
+    assert generator.glasses_off(crops[0], crops[1]) < 1.0
 
 
-def test_glasses_count_as_added_only_where_the_photo_reads_bare():
-    assert added_glasses(PHOTO_GLASSES_LIMIT, 0.99) == 0.0  # the person's own may be drawn
-    assert added_glasses(0.1, GLASSES_LIMIT) == pytest.approx(1.0)
-    assert added_glasses(0.1, 0.9) > 1.0 > added_glasses(0.1, 0.3)
+def test_glasses_count_as_added_on_a_bare_face_and_dropped_from_one_wearing_them():
+    assert glasses_difference(0.1, GLASSES_LIMIT) == pytest.approx(1.0)
+    assert glasses_difference(0.1, 0.9) > 1.0 > glasses_difference(0.1, 0.3)  # added / bare kept bare
+    # a face wearing glasses: drawn with them is fit, clearly without them unfit
+    assert glasses_difference(PHOTO_GLASSES_LIMIT, 0.99) < 0.1
+    assert glasses_difference(0.9, DROPPED_GLASSES_LIMIT) == pytest.approx(1.0)
+    assert glasses_difference(0.9, 0.1) > 1.0 > glasses_difference(0.9, 0.5)
     with pytest.raises(Exception, match="128-d"):
         GlassesProbe(np.zeros(128), 0.0).probability(np.zeros((1, 64)))
 
 
-def test_a_drawing_with_glasses_is_unfit_only_for_a_bare_photo(generator, monkeypatch, astronaut, engine):
+def test_a_drawing_must_show_glasses_as_the_photo_does(generator, monkeypatch, astronaut, engine):
     """The screen reads the photo's face once per crop and every drawing; with planted
     descriptors, a drawing reading glasses is unfit (capped) in a bare face's place and fit in
-    the place of a face that wears them."""
+    the place of a face that wears them, where a bare drawing is unfit."""
     from idmrag_plugin.generation.renderer_generator import GLASSES_UNFITNESS_CAP
 
     probe = GlassesProbe.load(packaged(GLASSES_PROBE_FILE))
@@ -71,20 +75,21 @@ def test_a_drawing_with_glasses_is_unfit_only_for_a_bare_photo(generator, monkey
 
     monkeypatch.setattr(generator, "_dlib_embedding", planted)
     generator._photo_glasses.clear()
-    assert 1.0 < generator.spectacled(with_glasses, photo) <= GLASSES_UNFITNESS_CAP
-    assert generator.spectacled(bare_drawing, photo) < 1.0
+    assert 1.0 < generator.glasses_off(with_glasses, photo) <= GLASSES_UNFITNESS_CAP
+    assert generator.glasses_off(bare_drawing, photo) < 1.0
     assert calls.count("bare") == 2  # the photo read once, the bare drawing once
-    assert generator.spectacled(bare_drawing, with_glasses) == 0.0  # a person with glasses: not judged
-    assert generator.spectacled(with_glasses, photo, descriptor=lambda: reads["bare"]) < 1.0  # the caller's descriptor
+    assert generator.glasses_off(with_glasses, with_glasses) < 0.1  # a person with glasses keeps them
+    assert 1.0 < generator.glasses_off(bare_drawing, with_glasses) <= GLASSES_UNFITNESS_CAP  # or loses them
+    assert generator.glasses_off(with_glasses, photo, descriptor=lambda: reads["bare"]) < 1.0  # the caller's descriptor
 
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_the_config_switches_the_screen(engine, keep):
-    generator = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", keep_bare_eyes=keep, cache_size=0),
+    generator = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", keep_glasses=keep, cache_size=0),
                                detector=engine.detector, oracles=engine.oracles).generator
     assert (generator.glasses_probe_path is not None) is keep
     if not keep:
-        assert generator.spectacled(np.zeros((128, 128, 3), np.uint8), np.zeros((128, 128, 3), np.uint8)) == 0.0
+        assert generator.glasses_off(np.zeros((128, 128, 3), np.uint8), np.zeros((128, 128, 3), np.uint8)) == 0.0
 
 
 @pytest.mark.lfw
@@ -111,4 +116,4 @@ def test_the_probe_reads_the_glasses_of_the_labelled_lfw_photos(engine, generato
     assert roc_auc_score(truth, readings) > 0.9
     surest = crops[int(np.argmax(readings))]
     bare = crops[30 + int(np.argmin(readings[30:]))]
-    assert generator.spectacled(surest, bare) > 1.0
+    assert generator.glasses_off(surest, bare) > 1.0

@@ -355,7 +355,7 @@ def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: 
     monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: np.ones(len(drawn)))
     monkeypatch.setattr(generator, "smudged", lambda shown, face: 0.0)
     monkeypatch.setattr(generator, "misexpressed", lambda shown, face: 0.0)
-    monkeypatch.setattr(generator, "spectacled", lambda shown, face, descriptor=None: 0.0)
+    monkeypatch.setattr(generator, "glasses_off", lambda shown, face, descriptor=None: 0.0)
     if unfit == "speckled":
         monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: unfitness_of_last_drawn() * SPECKLE_LIMIT)
     elif unfit == "washed out":
@@ -363,7 +363,7 @@ def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: 
     elif unfit == "smudged forehead":  # judged on the drawing as shown (drawn last)
         monkeypatch.setattr(generator, "smudged", lambda shown, face: float(unfitness_of_last_drawn()[0]))
     elif unfit == "added glasses":
-        monkeypatch.setattr(generator, "spectacled",
+        monkeypatch.setattr(generator, "glasses_off",
                             lambda shown, face, descriptor=None: float(unfitness_of_last_drawn()[0]))
     else:  # the mouth opened or closed otherwise than the photo's, judged on the drawing as shown
         monkeypatch.setattr(generator, "misexpressed", lambda shown, face: float(unfitness_of_last_drawn()[0]))

@@ -71,7 +71,7 @@ def _engine_config(args: argparse.Namespace):
         face_blend=args.face_blend,
         keep_outside_face=not args.redraw_whole_ellipse,
         keep_expression=not args.any_expression,
-        keep_bare_eyes=not args.allow_added_glasses,
+        keep_glasses=not args.any_glasses,
         output_format=args.format,
         device=args.device,
         threads=args.threads,
@@ -250,9 +250,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--any-expression", action="store_true",
                         help="renderer generators: do not replace a new pseudonym drawn with the mouth open where "
                              "the photo's is closed or the other way round (faster on new people)")
-    parser.add_argument("--allow-added-glasses", action="store_true",
+    parser.add_argument("--any-glasses", action="store_true",
                         help="renderer generators: do not replace a pseudonym drawn with glasses on a face that "
-                             "wears none in the photo")
+                             "wears none in the photo, or without them on a face that wears them")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,

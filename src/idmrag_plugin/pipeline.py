@@ -243,7 +243,7 @@ class FaceAnonymizer:
             return packaged(REFINER_DIR) if self.config.refine_faces else None
 
         def glasses_probe() -> Path | None:
-            return packaged(GLASSES_PROBE_FILE) if self.config.keep_bare_eyes else None
+            return packaged(GLASSES_PROBE_FILE) if self.config.keep_glasses else None
 
         runtime = {"runtime": self.config.generator_runtime, "cache_dir": self.config.cache_dir,
                    "threads": self.config.threads}

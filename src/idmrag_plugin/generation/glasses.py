@@ -1,17 +1,19 @@
 """Whether a face wears glasses, read from dlib's descriptor of its aligned crop.
 
-The renderer draws glasses from the pseudonym code, whatever the photo shows: of 284 of the
-default engine's drawings on LFW faces, labelled by eye, 97 wore glasses (often faint, rimless
-ghosts of frames), against 89 of 480 photos; about a quarter of the people without glasses
-were given some. Glasses are what a multimodal model is asked about ("is he wearing
-glasses?"), so a drawing must not add them. A linear probe on dlib's 128-d descriptor of the
-aligned crop (which the engine computes for the gender screen anyway) reads them: fitted by
-``idmrag fit-glasses-probe`` on hand-labelled LFW photos and drawings
-(``training/glasses_labels.json``), 0.91 area under the ROC curve on drawings held out by
-person (0.95 on photos). A drawing that reads as glasses (``GLASSES_LIMIT``) where the photo's
-face does not read as wearing them (``PHOTO_GLASSES_LIMIT``) gives way to the person's next code, as a smudged or
-misgendered one does; the person's own glasses are not drawn back (the renderer cannot be asked
-for them), which removes a cue but never adds a false one.
+The renderer draws glasses from the pseudonym code and the context, whatever the photo shows:
+of 284 of the default engine's drawings on LFW faces, labelled by eye, 97 wore glasses (often
+faint, rimless ghosts of frames), against 89 of 480 photos; 67 of the 234 people without
+glasses were given some. Glasses are what a multimodal model is asked about ("is he wearing
+glasses?"), so a drawing should show them as the photo does. A linear probe on dlib's 128-d
+descriptor of the aligned crop (which the engine computes for the gender screen anyway) reads
+them: fitted by ``idmrag fit-glasses-probe`` on hand-labelled LFW photos and drawings
+(``training/glasses_labels.json``), 0.90 area under the ROC curve on drawings held out by
+person. A drawing that reads as glasses (``GLASSES_LIMIT``) where the photo's face does not
+read as wearing them (``PHOTO_GLASSES_LIMIT``), or that clearly reads bare
+(``DROPPED_GLASSES_LIMIT``) where the photo's face does, gives way to the person's next code,
+as a smudged or misgendered one does. The renderer cannot be asked for glasses: a face whose
+every code draws them (older faces, often) keeps them, and the glasses a drawing keeps are the
+renderer's, never the person's (their pixels are not in its input).
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ import numpy as np
 from idmrag_plugin.errors import ModelLoadError
 
 #: A drawing reading glasses with at least this probability wears them: on held-out drawings
-#: 74% of those with glasses and 13% of those without (0.5: 87% and 19%; 0.7: 57% and 5%).
+#: 72% of those with glasses and 12% of those without (0.5: 88% and 19%; 0.7: 57% and 6%).
 GLASSES_LIMIT = 0.6
-#: A photo's face reading glasses with at least this probability may be drawn with them. High,
-#: since a bare face read as wearing glasses lets glasses be added, while a face with glasses
-#: read as bare only loses them: on photos held out (5 folds), 38% of those with glasses and
+#: A photo's face reading glasses with at least this probability wears them (its drawings must
+#: not clearly drop them); under it, its drawings must not add them. High, since a bare face
+#: read as wearing glasses lets glasses be added, while a face with glasses read bare may lose
+#: them: on photos held out (5 folds), 38% of those with glasses and
 #: 2.3% of those without read 0.7 or more (0.5: 78% and 13%).
 PHOTO_GLASSES_LIMIT = 0.7
+#: A drawing of such a face reading glasses under this probability has dropped them: 2% of the
+#: held-out drawings with glasses and 58% of those without read under 0.35.
+DROPPED_GLASSES_LIMIT = 0.35
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,12 @@ class GlassesProbe:
         return cls(weight.astype(np.float64), float(bias[0]), metadata.get("reader", "dlib"))
 
 
-def added_glasses(photo: float, drawn: float) -> float:
-    """How far a drawing that reads glasses with probability ``drawn`` adds them to a face
-    whose photo reads ``photo``: 0 where the photo's face wears glasses, else ``drawn`` in
-    units of ``GLASSES_LIMIT`` (above 1: glasses added)."""
+def glasses_difference(photo: float, drawn: float) -> float:
+    """How far a drawing that reads glasses with probability ``drawn`` is from the glasses of
+    a face whose photo reads ``photo``, in units of the limits (above 1: unfit): for a bare
+    face, ``drawn`` over ``GLASSES_LIMIT`` (glasses added); for a face reading as wearing
+    glasses, how far ``drawn`` is below 1 over how far ``DROPPED_GLASSES_LIMIT`` is (glasses
+    clearly dropped)."""
     if photo >= PHOTO_GLASSES_LIMIT:
-        return 0.0
+        return (1.0 - drawn) / (1.0 - DROPPED_GLASSES_LIMIT)
     return drawn / GLASSES_LIMIT

@@ -31,7 +31,7 @@ from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
 from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.forehead import forehead_smudge
-from idmrag_plugin.generation.glasses import PHOTO_GLASSES_LIMIT, GlassesProbe, added_glasses
+from idmrag_plugin.generation.glasses import GlassesProbe, glasses_difference
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import RESOLVED_MEMORY, VAEDecodeGenerator
@@ -80,7 +80,7 @@ MOUTH_TOLERANCE = 0.06
 #: mouth the nearer): when every code drawn is unfit, the least unfit is kept, and a face of the
 #: wrong gender, speckled or smudged is worse than one with another expression.
 MOUTH_UNFITNESS_CAP = 1.05
-#: Likewise for a drawing off only in adding glasses (see :meth:`RendererGenerator.spectacled`).
+#: Likewise for a drawing off only in its glasses (see :meth:`RendererGenerator.glasses_off`).
 GLASSES_UNFITNESS_CAP = 1.05
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
 #: first is speckled or washed out in this photo's context; of them the first fit one is used
@@ -163,8 +163,8 @@ class RendererGenerator(VAEDecodeGenerator):
         keep_expression: judge a new pseudonym's drawing at the first try at a face by its
             mouth too (:meth:`misexpressed`); ``AnonymizerConfig.keep_expression``.
         glasses_probe_path: a :class:`~idmrag_plugin.generation.glasses.GlassesProbe`; with it
-            a drawing that adds glasses to a face without them counts as unfit
-            (:meth:`spectacled`); ``AnonymizerConfig.keep_bare_eyes``.
+            a drawing that adds glasses to a face without them, or drops them from a face
+            wearing them, counts as unfit (:meth:`glasses_off`); ``AnonymizerConfig.keep_glasses``.
         runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
             renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
             see :mod:`idmrag_plugin.generation.onnx_networks`); ``"torch"`` (default) does not.
@@ -492,7 +492,7 @@ class RendererGenerator(VAEDecodeGenerator):
         # a speckled or washed-out drawing is no face to keep, however unlike the person
         shown = [self._composite(d, face, grow) for d in drawings]
         off = np.array([max(self.smudged(one, face), self.misexpressed(one, face) if keep_mouth else 0.0,
-                            self.spectacled(one, face)) for one in shown])
+                            self.glasses_off(one, face)) for one in shown])
         likeness[np.maximum(self.unfitness(raw, face, grow), off) > 1.0] += 2.0
         best = int(np.argmin(likeness))
         if chosen is None:
@@ -556,22 +556,20 @@ class RendererGenerator(VAEDecodeGenerator):
         return _squeezed(abs(drawn - mouth_opening(self._original_points(face))) / MOUTH_TOLERANCE,
                          MOUTH_UNFITNESS_CAP)
 
-    def spectacled(self, shown: np.ndarray, face: np.ndarray,
-                   descriptor: Callable[[], np.ndarray] | None = None) -> float:
-        """How far a drawing, as the engine shows it (the crop, composited), adds glasses to
-        ``face``, whose photo shows none (see :mod:`~idmrag_plugin.generation.glasses`), in the
-        scale of :meth:`unfitness`, at most ``GLASSES_UNFITNESS_CAP``; 0 without a glasses
-        probe or where the photo's face wears glasses. ``descriptor``: dlib's descriptor of
-        ``shown``, when the caller has it."""
+    def glasses_off(self, shown: np.ndarray, face: np.ndarray,
+                    descriptor: Callable[[], np.ndarray] | None = None) -> float:
+        """How far a drawing, as the engine shows it (the crop, composited), shows glasses
+        otherwise than ``face``'s photo (added to a bare face, or clearly dropped from a face
+        wearing them; see :mod:`~idmrag_plugin.generation.glasses`), in the scale of
+        :meth:`unfitness`, at most ``GLASSES_UNFITNESS_CAP``; 0 without a glasses probe.
+        ``descriptor``: dlib's descriptor of ``shown``, when the caller has it."""
         probe = self._glasses_probe()
         if probe is None:
             return 0.0
         photo = self._per_crop(self._photo_glasses, face,
                                lambda f: float(probe.probability(self._dlib_embedding(f))[0]))
-        if photo >= PHOTO_GLASSES_LIMIT:
-            return 0.0
         drawn = float(probe.probability(descriptor() if descriptor is not None else self._dlib_embedding(shown))[0])
-        return _squeezed(added_glasses(photo, drawn), GLASSES_UNFITNESS_CAP)
+        return _squeezed(glasses_difference(photo, drawn), GLASSES_UNFITNESS_CAP)
 
     def _glasses_probe(self) -> GlassesProbe | None:
         if self._glasses is None and self.glasses_probe_path is not None:
@@ -653,8 +651,8 @@ class RendererGenerator(VAEDecodeGenerator):
         it speckled or washed out in this context (:meth:`unfitness`), smudges the forehead
         (:meth:`smudged`), opens or closes the mouth otherwise than the photo's face
         (:meth:`misexpressed`; judged at the engine's first try at a face only, and not for the
-        person's own pseudonym), adds glasses (:meth:`spectacled`) or, with attribute probes,
-        as another gender or age than the person's (:meth:`misdrawn`): then the first of
+        person's own pseudonym), adds or drops glasses (:meth:`glasses_off`) or, with attribute
+        probes, as another gender or age than the person's (:meth:`misdrawn`): then the first of
         ``SPECKLE_ALTERNATES`` further codes that it draws fit, else of ``FURTHER_ALTERNATES``
         more (else the least unfit of all). The code
         drawn fit is tried first at the person's next photo, and kept there unless drawn
@@ -684,7 +682,7 @@ class RendererGenerator(VAEDecodeGenerator):
                 own_code = kept is not None and np.array_equal(c, kept)
                 descriptor = functools.cache(lambda: self._dlib_embedding(shown))  # for both screens, once
                 scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face),
-                          self.spectacled(shown, face, descriptor)]
+                          self.glasses_off(shown, face, descriptor)]
                 if keep_mouth and not own_code:
                     scores.append(self.misexpressed(shown, face))
                 if wanted is not None:

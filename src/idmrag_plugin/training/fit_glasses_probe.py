@@ -38,7 +38,7 @@ def described_crops(lfw: Path, labels: dict, threads: int | None) -> tuple[np.nd
     from idmrag_plugin.engine.detect import central_face
     from idmrag_plugin.engine.oracles import build_oracle
 
-    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=threads, keep_bare_eyes=False))
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=threads, keep_glasses=False))
     engine.generator.secret = labels["drawings_secret"].encode()
     reader = build_oracle("dlib", device="cpu")
     photos, drawings, drawn_names = [], [], []
