@@ -777,8 +777,9 @@ def test_a_pseudonym_drawn_as_another_gender_gives_way_to_an_alternate(tiny, mon
     misdrawn = generator.misdrawn
     first_code: list[bytes] = []
 
-    def wrong_for_the_first(shown, wanted, age=True):
-        assert misdrawn(shown, wanted, age) < 0.05  # the planted probes read every drawing as the person
+    def wrong_for_the_first(shown, wanted, age=True, descriptor=None):
+        # the planted probes read every drawing as the person
+        assert misdrawn(shown, wanted, age, descriptor=descriptor) < 0.05
         first_code.append(drawn_codes[-1][0].tobytes()) if not first_code else None
         return 2.0 if drawn_codes[-1][0].tobytes() == first_code[0] else 0.0
 
