@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from idmrag_plugin.errors import InvalidImageError
+from idmrag_plugin.generation.glasses import GlassesProbe
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,29 @@ def described_crops(lfw: Path, labels: dict, threads: int | None) -> tuple[np.nd
     return describe(photos), describe(drawings), drawn_names
 
 
+def fit_probe(photo_e: np.ndarray, photo_y: np.ndarray, photo_names: list[str], drawn_e: np.ndarray,
+              drawn_y: np.ndarray, drawn_names: list[str], C: float = 1.0,
+              drawing_weight: float = 3.0) -> tuple[GlassesProbe, np.ndarray]:
+    """The probe fitted on every photo and drawing, and each drawing's reading by a probe
+    fitted without it, its fold's other drawings, and its person's photo (5 folds)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    def fit(photo_rows: np.ndarray, drawn_rows: np.ndarray) -> LogisticRegression:
+        x = np.concatenate([photo_e[photo_rows], drawn_e[drawn_rows]])
+        y = np.concatenate([photo_y[photo_rows], drawn_y[drawn_rows]])
+        weight = np.concatenate([np.ones(len(photo_rows)), np.full(len(drawn_rows), drawing_weight)])
+        return LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit(x, y, sample_weight=weight)
+
+    held_out = np.zeros(len(drawn_y))
+    for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(drawn_e, drawn_y):
+        people = {drawn_names[i] for i in test}  # a person's photo leaves with their drawing
+        photo_rows = np.array([i for i, name in enumerate(photo_names) if name not in people])
+        held_out[test] = fit(photo_rows, train).predict_proba(drawn_e[test])[:, 1]
+    model = fit(np.arange(len(photo_y)), np.arange(len(drawn_y)))
+    return GlassesProbe(model.coef_[0].astype(np.float64), float(model.intercept_[0]), "dlib"), held_out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="idmrag fit-glasses-probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,36 +98,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
-
-    from idmrag_plugin.generation.glasses import GlassesProbe
 
     labels = json.loads(args.labels.read_text())
     photo_e, drawn_e, drawn_names = described_crops(args.lfw, labels, args.threads)
     photo_y = np.array(list(labels["photos"].values()), bool)
     drawn_y = np.array([labels["drawings"][name] for name in drawn_names], bool)
-    names = list(labels["photos"])
-
-    def fit(photo_rows: np.ndarray, drawn_rows: np.ndarray) -> LogisticRegression:
-        x = np.concatenate([photo_e[photo_rows], drawn_e[drawn_rows]])
-        y = np.concatenate([photo_y[photo_rows], drawn_y[drawn_rows]])
-        weight = np.concatenate([np.ones(len(photo_rows)), np.full(len(drawn_rows), args.drawing_weight)])
-        return LogisticRegression(C=args.C, max_iter=5000, class_weight="balanced").fit(x, y, sample_weight=weight)
-
-    held_out = np.zeros(len(drawn_y))
-    for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(drawn_e, drawn_y):
-        people = {drawn_names[i] for i in test}  # a person's photo leaves with their drawing
-        photo_rows = np.array([i for i, name in enumerate(names) if name not in people])
-        held_out[test] = fit(photo_rows, train).predict_proba(drawn_e[test])[:, 1]
+    probe, held_out = fit_probe(photo_e, photo_y, list(labels["photos"]), drawn_e, drawn_y, drawn_names,
+                                args.C, args.drawing_weight)
     auc = roc_auc_score(drawn_y, held_out)
     logger.info("drawings held out by person: AUC %.3f; at 0.5 / 0.6 / 0.7 glasses read on %s of those with "
                 "them and %s of those without", auc,
                 " / ".join(f"{np.mean(held_out[drawn_y] >= t):.0%}" for t in (0.5, 0.6, 0.7)),
                 " / ".join(f"{np.mean(held_out[~drawn_y] >= t):.0%}" for t in (0.5, 0.6, 0.7)))
-    model = fit(np.arange(len(photo_y)), np.arange(len(drawn_y)))
-    probe = GlassesProbe(model.coef_[0].astype(np.float64), float(model.intercept_[0]), "dlib")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     probe.save(args.output, provenance=json.dumps({
         "photos": len(photo_y), "drawings": len(drawn_y), "C": args.C, "drawing_weight": args.drawing_weight,
