@@ -88,4 +88,3 @@ def replace_max_pools(module: nn.Module) -> int:
         else:
             count += replace_max_pools(child)
     return count
-
