@@ -38,6 +38,7 @@ from PIL import Image
 from idmrag_plugin import FaceAnonymizer
 from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.face_outline import FaceOutliner
+from idmrag_plugin.engine.oracles import build_oracle
 from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.forehead import forehead_smudge
 from idmrag_plugin.generation.glasses import (
@@ -99,7 +100,7 @@ def main() -> None:
     report: dict[str, object] = {"photos": len(paths), "smudge limit": SMUDGE_LIMIT, "mouth tolerance": MOUTH_TOLERANCE,
                                  "glasses limits (photo, drawing)": [PHOTO_GLASSES_LIMIT, GLASSES_LIMIT]}
     probe = GlassesProbe.load(packaged(GLASSES_PROBE_FILE))
-    reader = FaceAnonymizer().generator
+    dlib = build_oracle("dlib")
     sheets = {}
     outliner = FaceOutliner()
     for turned_off in ([[], off] if off else [[]]):
@@ -109,7 +110,7 @@ def main() -> None:
         scores = np.array([s for s, *_ in found])
         mouths = np.array([[mouth_opening(outliner.points(crop)) for crop in (before, after)]
                            for _, _, before, after in found])
-        glasses = np.array([probe.probability(np.stack([reader._dlib_embedding(before), reader._dlib_embedding(after)]))
+        glasses = np.array([probe.probability(dlib.embed_aligned(np.stack([before, after])))
                             for _, _, before, after in found])
         key = "as shipped" if not turned_off else "without " + " and ".join(turned_off)
         report[key] = {

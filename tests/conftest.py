@@ -62,6 +62,21 @@ def camera_face(engine: FaceAnonymizer, camera: np.ndarray) -> np.ndarray:
     return align_face(camera, det.landmarks, engine.config.crop_size).crop
 
 
+@pytest.fixture(scope="session")
+def astronaut_crop(engine: FaceAnonymizer, astronaut: np.ndarray) -> np.ndarray:
+    """The astronaut's face in the canonical crop (smiling, teeth showing, no glasses)."""
+    (det,) = engine.detector.detect(astronaut)
+    return align_face(astronaut, det.landmarks, engine.config.crop_size).crop
+
+
+@pytest.fixture(scope="module")
+def default_generator(engine: FaceAnonymizer):
+    """The default generator (packaged renderer, code LCM and probes), sharing the session's
+    detector and oracles; one per test module, since it remembers people and crops."""
+    return FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0),
+                          detector=engine.detector, oracles=engine.oracles).generator
+
+
 class IdentityGenerator(FaceGenerator):
     """Planted leak: returns the original face."""
 

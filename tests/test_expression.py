@@ -6,27 +6,15 @@ import numpy as np
 import pytest
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
-from idmrag_plugin.engine.align import align_face
 
 
-@pytest.fixture(scope="module")
-def generator(engine):
-    """The default generator (its drawings are not needed: the screen reads landmarks)."""
-    return FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0),
-                          detector=engine.detector, oracles=engine.oracles).generator
-
-
-def _crop(engine, image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return align_face(image, engine.detector.detect(image)[0].landmarks, 128).crop
-
-
-def test_a_smile_showing_teeth_is_open_and_a_closed_mouth_drawn_for_it_is_unfit(engine, generator, astronaut, camera):
+def test_a_smile_showing_teeth_is_open_and_a_closed_mouth_drawn_for_it_is_unfit(default_generator, astronaut_crop,
+                                                                               camera_face):
     from idmrag_plugin.generation.expression import mouth_opening
     from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE
 
-    smiling, closed = _crop(engine, astronaut), _crop(engine, camera)
+    generator = default_generator
+    smiling, closed = astronaut_crop, camera_face
     outliner = generator._outliner
     assert mouth_opening(outliner.points(smiling)) > 0.05  # her smile shows her teeth
     assert mouth_opening(outliner.points(closed)) < 0.02
@@ -52,10 +40,10 @@ def test_the_config_turns_the_mouth_screen_on_and_off(engine, astronaut, keep, m
     assert bool(judged) is keep
 
 
-def test_a_mouth_further_off_is_more_unfit_but_never_beyond_the_cap(generator, engine, astronaut, monkeypatch):
+def test_a_mouth_further_off_is_more_unfit_but_never_beyond_the_cap(default_generator, astronaut_crop, monkeypatch):
     from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE, MOUTH_UNFITNESS_CAP
 
-    crop = _crop(engine, astronaut)
+    generator, crop = default_generator, astronaut_crop
     points = generator._outliner.points(crop)
     generator._original_points(crop)  # the photo's reading, remembered before the predictor is replaced
     bridge_to_chin = float(np.linalg.norm(points[8] - points[27]))

@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, GenerationRequest
-from idmrag_plugin.engine.align import align_face, template
+from idmrag_plugin.engine.align import template
 from idmrag_plugin.engine.face_outline import MIN_MARGIN, FaceOutliner, drawn_region, outline_of
 from idmrag_plugin.generation.renderer_generator import OUTLINE_FEATHER
 
 SIDE = 128
-
-
-@pytest.fixture(scope="module")
-def astronaut_crop(engine, astronaut) -> np.ndarray:
-    (det,) = engine.detector.detect(astronaut)
-    return align_face(astronaut, det.landmarks, SIDE).crop
 
 
 @pytest.fixture(scope="module")

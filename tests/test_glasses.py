@@ -19,22 +19,11 @@ from idmrag_plugin.generation.glasses import (
 from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
 
 
-@pytest.fixture(scope="module")
-def generator(engine):
-    return FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0),
-                          detector=engine.detector, oracles=engine.oracles).generator
-
-
-def _crop(engine, image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    return align_face(image, engine.detector.detect(image)[0].landmarks, 128).crop
-
-
-def test_bare_eyes_read_bare_and_a_bare_drawing_is_fit(engine, generator, astronaut, camera):
+def test_bare_eyes_read_bare_and_a_bare_drawing_is_fit(default_generator, astronaut_crop, camera_face):
+    generator = default_generator
     probe = GlassesProbe.load(packaged(GLASSES_PROBE_FILE))  # the manifest's sha256 checked
     assert probe.reader == "dlib" and probe.weight.shape == (128,)
-    crops = [_crop(engine, astronaut), _crop(engine, camera)]
+    crops = [astronaut_crop, camera_face]
     readings = probe.probability(np.stack([generator._dlib_embedding(c) for c in crops]))
     assert (readings < min(GLASSES_LIMIT, PHOTO_GLASSES_LIMIT)).all(), readings
     # either bare face shown in the other's place adds no glasses
@@ -53,7 +42,7 @@ def test_glasses_count_as_added_on_a_bare_face_and_dropped_from_one_wearing_them
         GlassesProbe(np.zeros(128), 0.0).probability(np.zeros((1, 64)))
 
 
-def test_a_drawing_must_show_glasses_as_the_photo_does(generator, monkeypatch, astronaut, engine):
+def test_a_drawing_must_show_glasses_as_the_photo_does(default_generator, monkeypatch, astronaut_crop):
     """The screen reads the photo's face once per crop and every drawing; with planted
     descriptors, a drawing reading glasses is unfit (capped) in a bare face's place and fit in
     the place of a face that wears them, where a bare drawing is unfit."""
@@ -62,7 +51,7 @@ def test_a_drawing_must_show_glasses_as_the_photo_does(generator, monkeypatch, a
     probe = GlassesProbe.load(packaged(GLASSES_PROBE_FILE))
     direction = probe.weight / np.linalg.norm(probe.weight)
     reads = {"bare": -direction, "glasses": direction}  # far on either side of the probe's plane
-    photo = _crop(engine, astronaut)
+    generator, photo = default_generator, astronaut_crop
     with_glasses, bare_drawing = photo.copy(), photo.copy()
     with_glasses[0, 0] += 1  # two crops told apart by their bytes
     bare_drawing[0, 1] += 1
@@ -93,7 +82,7 @@ def test_the_config_switches_the_screen(engine, keep):
 
 
 @pytest.mark.lfw
-def test_the_probe_reads_the_glasses_of_the_labelled_lfw_photos(engine, generator, lfw):
+def test_the_probe_reads_the_glasses_of_the_labelled_lfw_photos(engine, default_generator, lfw):
     """On the hand-labelled LFW photos it was fitted on (with drawings), the probe ranks faces
     with glasses above faces without, and the surest glasses shown in a bare face's place
     are unfit."""
@@ -112,11 +101,11 @@ def test_the_probe_reads_the_glasses_of_the_labelled_lfw_photos(engine, generato
         crops.append(align_face(image, face.landmarks, 128).crop)
         truth.append(labels[name])
     probe = GlassesProbe.load(packaged(GLASSES_PROBE_FILE))
-    readings = probe.probability(np.stack([generator._dlib_embedding(c) for c in crops]))
+    readings = probe.probability(np.stack([default_generator._dlib_embedding(c) for c in crops]))
     assert roc_auc_score(truth, readings) > 0.9
     surest = crops[int(np.argmax(readings))]
     bare = crops[30 + int(np.argmin(readings[30:]))]
-    assert generator.glasses_off(surest, bare) > 1.0
+    assert default_generator.glasses_off(surest, bare) > 1.0
 
 
 def test_the_fit_separates_glasses_and_holds_drawings_out_with_their_person(tmp_path):
