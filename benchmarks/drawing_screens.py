@@ -10,14 +10,17 @@ landmarks into the 128 px canonical crop, and read there after the paste:
 * the mouth: ``mouth_opening`` of photo and output (:mod:`idmrag_plugin.generation.expression`);
   their correlation, how many differ by more than ``MOUTH_TOLERANCE``, and how many open mouths
   (over 0.08) came out closed (under 0.03);
-* glasses: how many faces whose photo reads bare (under ``PHOTO_GLASSES_LIMIT``) read as
-  wearing glasses after (``GLASSES_LIMIT`` or more), and how many that read as wearing them
-  read clearly bare after (under ``DROPPED_GLASSES_LIMIT``), by the packaged glasses probe
-  (:mod:`idmrag_plugin.generation.glasses`), the screen's own judge: look at the faces too.
+* glasses: how many faces whose photo reads bare (under ``PHOTO_BARE_LIMIT``, by the photo's
+  probe) read as wearing glasses after (``GLASSES_LIMIT`` or more, by the drawing's probe), and
+  how many whose photo reads as wearing them (``PHOTO_GLASSES_LIMIT``) read clearly bare after
+  (under ``DROPPED_GLASSES_LIMIT``): the packaged probes
+  (:mod:`idmrag_plugin.generation.glasses`), the screen's own judges: look at the faces too
+  (``--glasses-sheet``).
 
 With the screens as shipped and, with ``--off forehead`` / ``--off mouth`` / ``--off glasses`` (or several,
 comma-separated), again with those screens turned off; ``--sheet`` writes the faces with the
-worst forehead smudges (photo, output) side by side.
+worst forehead smudges (photo, output) side by side, ``--glasses-sheet`` the faces whose photo
+reads as wearing glasses.
 
     python benchmarks/drawing_screens.py --lfw ../shared/data/lfw --photos 150 --off mouth
 """
@@ -44,8 +47,9 @@ from idmrag_plugin.generation.forehead import forehead_smudge
 from idmrag_plugin.generation.glasses import (
     DROPPED_GLASSES_LIMIT,
     GLASSES_LIMIT,
+    PHOTO_BARE_LIMIT,
     PHOTO_GLASSES_LIMIT,
-    GlassesProbe,
+    GlassesProbes,
 )
 from idmrag_plugin.generation.renderer_generator import MOUTH_TOLERANCE, SMUDGE_LIMIT
 from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
@@ -83,6 +87,7 @@ def main() -> None:
     parser.add_argument("--secret", default="forehead-rate")
     parser.add_argument("--off", help="screens to also run without (forehead, mouth; comma-separated)")
     parser.add_argument("--sheet", type=Path, help="PNG of the worst faces, photo beside output")
+    parser.add_argument("--glasses-sheet", type=Path, help="PNG of the faces read as wearing glasses, photo beside output")
     parser.add_argument("--worst", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/drawing_screens.json"))
@@ -98,10 +103,11 @@ def main() -> None:
     if any(name not in SCREENS for name in off):
         parser.error(f"--off takes {', '.join(SCREENS)}, got {args.off}")
     report: dict[str, object] = {"photos": len(paths), "smudge limit": SMUDGE_LIMIT, "mouth tolerance": MOUTH_TOLERANCE,
-                                 "glasses limits (photo, drawing)": [PHOTO_GLASSES_LIMIT, GLASSES_LIMIT]}
-    probe = GlassesProbe.load(packaged(GLASSES_PROBE_FILE))
+                                 "glasses limits (photo bare, photo wearing, drawing)": [PHOTO_BARE_LIMIT, PHOTO_GLASSES_LIMIT,
+                                                                         GLASSES_LIMIT]}
+    probes = GlassesProbes.load(packaged(GLASSES_PROBE_FILE))
     dlib = build_oracle("dlib")
-    sheets = {}
+    sheets, glasses_sheets = {}, {}
     outliner = FaceOutliner()
     for turned_off in ([[], off] if off else [[]]):
         started = time.perf_counter()
@@ -110,7 +116,8 @@ def main() -> None:
         scores = np.array([s for s, *_ in found])
         mouths = np.array([[mouth_opening(outliner.points(crop)) for crop in (before, after)]
                            for _, _, before, after in found])
-        glasses = np.array([probe.probability(dlib.embed_aligned(np.stack([before, after])))
+        glasses = np.array([[probes.photo.read(before[None], dlib.embed_aligned(before[None]))[0],
+                             probes.drawing.read(after[None], dlib.embed_aligned(after[None]))[0]]
                             for _, _, before, after in found])
         key = "as shipped" if not turned_off else "without " + " and ".join(turned_off)
         report[key] = {
@@ -119,8 +126,8 @@ def main() -> None:
             "mouth off by more than the tolerance": int((np.abs(mouths[:, 0] - mouths[:, 1]) > MOUTH_TOLERANCE).sum()),
             "open mouths": int((mouths[:, 0] > 0.08).sum()),
             "open mouths drawn closed": int(((mouths[:, 0] > 0.08) & (mouths[:, 1] < 0.03)).sum()),
-            "bare faces": int((glasses[:, 0] < PHOTO_GLASSES_LIMIT).sum()),
-            "bare faces drawn with glasses": int(((glasses[:, 0] < PHOTO_GLASSES_LIMIT)
+            "bare faces": int((glasses[:, 0] < PHOTO_BARE_LIMIT).sum()),
+            "bare faces drawn with glasses": int(((glasses[:, 0] < PHOTO_BARE_LIMIT)
                                                   & (glasses[:, 1] >= GLASSES_LIMIT)).sum()),
             "faces with glasses": int((glasses[:, 0] >= PHOTO_GLASSES_LIMIT).sum()),
             "faces with glasses drawn bare": int(((glasses[:, 0] >= PHOTO_GLASSES_LIMIT)
@@ -128,13 +135,22 @@ def main() -> None:
             "worst foreheads": [(round(s, 3), name) for s, name, *_ in sorted(found, key=lambda f: -f[0])[:args.worst]]}
         print(key, {k: v for k, v in report[key].items() if k != "worst foreheads"})
         sheets[key] = sorted(found, key=lambda f: -f[0])[:args.worst]
+        glasses_sheets[key] = [face for face, read in zip(found, glasses[:, 0], strict=True)
+                               if read >= PHOTO_GLASSES_LIMIT]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    if args.sheet:
-        tiles = [np.concatenate([cv2.resize(before, (160, 160)), cv2.resize(after, (160, 160))], 1)
-                 for key in sheets for _, _, before, after in sheets[key]]
-        rows = [np.concatenate(tiles[i:i + 4], 1) for i in range(0, len(tiles) - len(tiles) % 4, 4)]
-        Image.fromarray(np.concatenate(rows, 0)).save(args.sheet)
+    for path, chosen_faces in ((args.sheet, sheets), (args.glasses_sheet, glasses_sheets)):
+        if path:
+            write_sheet(path, [face for key in chosen_faces for face in chosen_faces[key]])
+
+
+def write_sheet(path: Path, faces: list[tuple[float, str, np.ndarray, np.ndarray]]) -> None:
+    """Photo beside output, four pairs a row (a last short row padded with black)."""
+    tiles = [np.concatenate([cv2.resize(before, (160, 160)), cv2.resize(after, (160, 160))], 1)
+             for _, _, before, after in faces]
+    tiles += [np.zeros((160, 320, 3), np.uint8)] * (-len(tiles) % 4)
+    if tiles:
+        Image.fromarray(np.concatenate([np.concatenate(tiles[i:i + 4], 1) for i in range(0, len(tiles), 4)], 0)).save(path)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from idmrag_plugin.errors import ModelLoadError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
 from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.forehead import forehead_smudge
-from idmrag_plugin.generation.glasses import GlassesProbe, glasses_difference
+from idmrag_plugin.generation.glasses import GlassesProbes, glasses_difference
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.vae_generator import RESOLVED_MEMORY, VAEDecodeGenerator
@@ -162,9 +162,9 @@ class RendererGenerator(VAEDecodeGenerator):
             ``AnonymizerConfig.keep_outside_face``.
         keep_expression: judge a new pseudonym's drawing at the first try at a face by its
             mouth too (:meth:`misexpressed`); ``AnonymizerConfig.keep_expression``.
-        glasses_probe_path: a :class:`~idmrag_plugin.generation.glasses.GlassesProbe`; with it
-            a drawing that adds glasses to a face without them, or drops them from a face
-            wearing them, counts as unfit (:meth:`glasses_off`); ``AnonymizerConfig.keep_glasses``.
+        glasses_probe_path: :class:`~idmrag_plugin.generation.glasses.GlassesProbes` (the
+            photo's and the drawing's); with them a drawing that adds glasses to a face without
+            them, or drops them from a face wearing them, counts as unfit (:meth:`glasses_off`); ``AnonymizerConfig.keep_glasses``.
         runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
             renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
             see :mod:`idmrag_plugin.generation.onnx_networks`); ``"torch"`` (default) does not.
@@ -205,7 +205,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self.keep_outside_face = keep_outside_face
         self.keep_expression = keep_expression
         self.glasses_probe_path = Path(glasses_probe_path) if glasses_probe_path is not None else None
-        self._glasses: GlassesProbe | None = None
+        self._glasses: GlassesProbes | None = None
         self._outliner = FaceOutliner()
         if candidates < 1:
             raise ModelLoadError(f"candidates must be at least 1, got {candidates}")
@@ -563,19 +563,20 @@ class RendererGenerator(VAEDecodeGenerator):
         wearing them; see :mod:`~idmrag_plugin.generation.glasses`), in the scale of
         :meth:`unfitness`, at most ``GLASSES_UNFITNESS_CAP``; 0 without a glasses probe.
         ``descriptor``: dlib's descriptor of ``shown``, when the caller has it."""
-        probe = self._glasses_probe()
-        if probe is None:
+        probes = self._glasses_probes()
+        if probes is None:
             return 0.0
         photo = self._per_crop(self._photo_glasses, face,
-                               lambda f: float(probe.probability(self._dlib_embedding(f))[0]))
-        drawn = float(probe.probability(descriptor() if descriptor is not None else self._dlib_embedding(shown))[0])
+                               lambda f: float(probes.photo.read(f[None], self._dlib_embedding(f))[0]))
+        drawn = float(probes.drawing.read(shown[None], descriptor() if descriptor is not None
+                                          else self._dlib_embedding(shown))[0])
         return _squeezed(glasses_difference(photo, drawn), GLASSES_UNFITNESS_CAP)
 
-    def _glasses_probe(self) -> GlassesProbe | None:
+    def _glasses_probes(self) -> GlassesProbes | None:
         if self._glasses is None and self.glasses_probe_path is not None:
             with self._renderer_lock:
                 if self._glasses is None:
-                    self._glasses = GlassesProbe.load(self.glasses_probe_path)
+                    self._glasses = GlassesProbes.load(self.glasses_probe_path)
         return self._glasses
 
     def misdrawn(self, shown: np.ndarray, wanted: Reading, age: bool = True,
