@@ -369,6 +369,43 @@ def test_generator_draws_acceptable_suited_pseudonyms(tiny):
     assert not np.array_equal(other.replacement_code(code, 0), generator.replacement_code(code, 0))
 
 
+def test_a_ranking_is_computed_once_per_code_attempt_and_secret(tiny, monkeypatch):
+    """A face asks for its codes up to three times; the batch is sampled and ranked once, the
+    same codes come back (copies: a caller's change does not reach the next), and another
+    attempt, another photo's code or a new secret ranks afresh."""
+    root, *_ = tiny
+    generator = _generator(root, steps=2, secret=b"s")
+    generator._load_code_model().config.novelty_cos = 0.9999
+    face = np.random.default_rng(3).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    generator.generate(GenerationRequest(face, attempt=0, seed=7))  # the person met, their reading kept
+    code = generator.encode(face[None])[0][0]
+    ranked_before = generator._rank_candidates(code, generator._seed_code(code),
+                                               generator._readings[generator._seed_code(code).tobytes()],
+                                               generator._attribute_keeping()[0], 0, 0)
+    calls: list[tuple[int, int]] = []
+    rank = generator._rank_candidates
+
+    def counted(*args):
+        calls.append(args[-2:])
+        return rank(*args)
+
+    monkeypatch.setattr(generator, "_rank_candidates", counted)
+    generator._rankings.clear()
+    first = generator.pseudonym_codes(code, 0, 1)
+    first[:] = 0.0
+    again = generator.pseudonym_codes(code, 0, 4)
+    assert calls == [(0, 0)]
+    np.testing.assert_array_equal(again, ranked_before[:4])
+    generator.pseudonym_codes(code, 1, 4)
+    other = code + np.float32(1e-3)
+    generator.pseudonym_codes(other, 0, 4)
+    assert calls == [(0, 0), (1, 0), (0, 0)]
+    generator.secret = b"t"
+    assert not generator._rankings
+    generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert calls[-1] == (0, 0) and len(calls) > 3
+
+
 def test_every_photo_of_a_person_gets_the_same_pseudonym(tiny):
     """A second photo of a registered person has its own identity code; the pseudonym must not
     depend on it (chosen by this photo's code, two photos of one person got two pseudonyms)."""

@@ -17,9 +17,11 @@ verify the drawing as for every generator.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 #: Codes the LCM writes per attempt (one batch); the sampler's rules filter them.
 CANDIDATES = 64
+#: Rankings of candidates remembered (see ``RendererLCMGenerator._ranked_candidates``): a face
+#: asks for its codes up to three times (its first, then its alternates, then further ones), and
+#: each ranking samples a batch, judges it and draws codes in the speckle reference context.
+RANKINGS_KEPT = 64
 #: Measured (`idmrag bench --limit 300`, docs/generators.md): 1 step kept gender as well as 4
 #: (79.7% vs 79.3%) at the same privacy, and is the fastest.
 DEFAULT_LCM_STEPS = 1
@@ -87,6 +93,10 @@ class RendererLCMGenerator(RendererGenerator):
             raise ModelLoadError(f"sampling steps must be at least 1, got {self.steps}")
         self._code_model = None
         self._code_lock = threading.Lock()
+
+    def _start_scope(self) -> None:
+        super()._start_scope()
+        self._rankings: OrderedDict[bytes, np.ndarray | None] = OrderedDict()  # see _ranked_candidates
 
     @staticmethod
     def _kind_of(folder: Path) -> str:
@@ -190,7 +200,9 @@ class RendererLCMGenerator(RendererGenerator):
 
     def _ranked_candidates(self, code: np.ndarray, attempt: int, variant: int) -> np.ndarray | None:
         """The candidate codes (M, D) of one LCM batch that pass the sampler's rules, best
-        first; None where the sampler's own draws are used instead."""
+        first; None where the sampler's own draws are used instead. Remembered (the last
+        ``RANKINGS_KEPT``) by everything they follow from: this photo's code, the person's
+        registered code and reading, the attempt, the variant and the pseudonym secret."""
         self._load()
         assert self._sampler is not None
         seed = self._seed_code(code)
@@ -200,9 +212,28 @@ class RendererLCMGenerator(RendererGenerator):
             # After a few unverified drawings a pseudonym of other attributes beats failing
             # closed: the sampler's unconstrained draws, as for the one-pass renderer.
             return None
+        key = hashlib.blake2b(b"|".join([
+            np.asarray(code, np.float64).tobytes(), np.asarray(seed, np.float64).tobytes(),
+            repr((wanted, attempt, variant)).encode(), self.secret]), digest_size=16).digest()
+        with self._lock:
+            if key in self._rankings:
+                self._rankings.move_to_end(key)
+                known = self._rankings[key]
+                return None if known is None else known.copy()
+        ranked = self._rank_candidates(code, seed, wanted, keeping[0], attempt, variant)
+        with self._lock:
+            self._rankings[key] = None if ranked is None else ranked.copy()
+            while len(self._rankings) > RANKINGS_KEPT:
+                self._rankings.popitem(last=False)
+        return ranked
+
+    def _rank_candidates(self, code: np.ndarray, seed: np.ndarray, wanted: Reading, probes,
+                         attempt: int, variant: int) -> np.ndarray | None:
+        """:meth:`_ranked_candidates`, computed: one LCM batch sampled for ``wanted``, judged by
+        the sampler's rules against ``code``, ranked by ``probes`` and by closeness to ``seed``."""
         from idmrag_plugin.generation.code_diffusion import generator_for, sample_codes
 
-        probes, model = keeping[0], self._load_code_model()
+        model = self._load_code_model()
         wanted_tone = self._wanted_tone(wanted, seed)
         candidates = sample_codes(model, self._condition(wanted, wanted_tone, CANDIDATES), self.steps,
                                   generator_for(pseudonym_key(self.secret, seed, attempt, variant)))
