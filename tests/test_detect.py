@@ -273,3 +273,85 @@ def test_an_upright_face_hanging_from_another_must_pass_an_upright_second_look()
         found = RotatingDetector(planted, (0,)).detect(image)
         assert [d.box for d in found] == ([subject.box, hanging.box, beside.box] if confirms else [subject.box, beside.box])
         assert planted.second_looks == 1
+
+
+def test_an_upright_face_perched_on_another_that_a_second_look_misses_is_tagged_doubtful():
+    """Hair above a subject's forehead read as a face perches on the subject's face (its centre
+    above that box, a tenth of it on it); so does a real face peering over the subject's head,
+    its lower half hidden. Neither is dropped: one the upright second look does not find again is
+    tagged DOUBTFUL_TAG (obfuscated by the engine, not drawn over), one it finds stays as found;
+    a face beside the subject's is not second-guessed."""
+    from idmrag_plugin.engine.detect import DOUBTFUL_TAG, Detection, FaceDetector
+
+    image = np.zeros((240, 320, 3), np.uint8)
+    points = np.array([[-18.0, -18.0], [18.0, -18.0], [0.0, 0.0], [-14.4, 18.0], [14.4, 18.0]])
+    subject = Detection((100.0, 90.0, 180.0, 210.0), 0.999, points + (140.0, 140.0), "mtcnn")
+    perched = Detection((120.0, 40.0, 160.0, 100.0), 0.82, points * 0.5 + (140.0, 70.0), "mtcnn")
+    beside = Detection((200.0, 60.0, 250.0, 120.0), 0.92, points * 0.6 + (225.0, 90.0), "mtcnn")
+
+    class Planted(FaceDetector):
+        name = "mtcnn"
+
+        def __init__(self, confirms: bool) -> None:
+            super().__init__()
+            self.confirms, self.second_looks = confirms, 0
+
+        def _load(self) -> None:
+            pass
+
+        def _detect(self, picture: np.ndarray) -> list[Detection]:
+            if picture.shape[:2] == image.shape[:2]:
+                return [subject, perched, beside]
+            self.second_looks += 1
+            centre = picture.shape[1] / 2.0
+            return [Detection((centre - 30, centre - 30, centre + 30, centre + 30), 0.99, points + centre, "mtcnn")] \
+                if self.confirms else []
+
+    for confirms in (False, True):
+        planted = Planted(confirms)
+        found = RotatingDetector(planted, (0,)).detect(image)
+        tags = {d.box: d.detector for d in found}
+        assert tags == {subject.box: "mtcnn", perched.box: "mtcnn" if confirms else "mtcnn" + DOUBTFUL_TAG,
+                        beside.box: "mtcnn"}
+        assert planted.second_looks == 1
+
+
+def test_a_doubtful_face_is_obfuscated_and_never_drawn_over(astronaut, oracles):
+    """The engine obfuscates a face tagged DOUBTFUL_TAG, with the reason, and asks the generator
+    for none; the other faces of the image are generated as usual."""
+    from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator
+    from idmrag_plugin.engine.detect import DOUBTFUL_TAG, Detection, FaceDetector
+
+    engine = FaceAnonymizer(AnonymizerConfig(generator="none"))
+    (face,) = engine.detector.detect(astronaut)
+    hair = Detection((face.box[0] + 20, face.box[1] - 40, face.box[2] - 20, face.box[1] + 20), 0.82,
+                     face.landmarks * 0.4 + (face.landmarks.mean(axis=0) * 0.6 - (0.0, 90.0)), "mtcnn" + DOUBTFUL_TAG)
+
+    class Planted(FaceDetector):
+        name = "mtcnn"
+
+        def _load(self) -> None:
+            pass
+
+        def _detect(self, picture: np.ndarray) -> list[Detection]:
+            return [face, hair]
+
+    class Counting(FaceGenerator):
+        name = "counting"
+
+        def __init__(self) -> None:
+            self.drawn: list[np.ndarray] = []
+
+        def generate(self, request) -> np.ndarray:
+            self.drawn.append(request.face)
+            return np.full_like(request.face, 128)
+
+    generator = Counting()
+    plain = AnonymizerConfig(cache_size=0, rotations=(0,), border_search=False, exposure_search=False,
+                             negative_search=False)
+    result = FaceAnonymizer(plain, generator=generator, detector=Planted(), oracles=oracles).anonymize(astronaut)
+    doubtful = result.faces[1]
+    assert doubtful.method == "obfuscated" and "doubtful detection" in doubtful.reason
+    assert doubtful.attempts == 0
+    assert result.faces[0].attempts >= 1
+    assert len(generator.drawn) == result.faces[0].attempts  # every drawing asked for was the astronaut's

@@ -23,6 +23,7 @@ from idmrag_plugin.engine.border import BORDER_MIN_FACE, BorderDetector
 from idmrag_plugin.engine.detect import (
     DIAGONAL_MIN_FACE,
     DIAGONAL_SCALE,
+    DOUBTFUL_TAG,
     DlibHOGDetector,
     FaceDetector,
     MTCNNDetector,
@@ -567,6 +568,12 @@ class FaceAnonymizer:
         return result
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
+        if DOUBTFUL_TAG in face.detection.detector:
+            # hair or a collar read as a face, or a face mostly hidden: a face drawn there would
+            # sit on the subject's head, so it is obfuscated whatever it is
+            face.errors.append("doubtful detection (perched on another face, not found again upright): "
+                               "obfuscated, not redrawn")
+            return None
         check = check_landmarks(face.detection.landmarks, face.detection.box)
         if not check.plausible:
             # Aligning on such points would crop a fraction of the face for the generator
@@ -749,7 +756,8 @@ class FaceAnonymizer:
         failed = []
         for face, crop in zip(job.faces, job.aligned, strict=True):
             if crop is None:
-                face.reason = "landmarks unusable for alignment: " + "; ".join(face.errors)
+                doubtful = DOUBTFUL_TAG in face.detection.detector
+                face.reason = ("" if doubtful else "landmarks unusable for alignment: ") + "; ".join(face.errors)
                 failed.append(face)
             elif face.verdicts and face.verified:
                 face.method = GENERATED
