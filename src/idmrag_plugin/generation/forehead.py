@@ -44,12 +44,18 @@ def _regions(side: int) -> tuple[np.ndarray, np.ndarray]:
     return forehead, cheeks
 
 
+def darker_than_cheeks(crop: np.ndarray, region: np.ndarray) -> float:
+    """The share of ``region`` (bool, side x side) of a canonical uint8 RGB crop darker than the
+    crop's cheeks by ``DARKER_BY`` luma levels."""
+    _, cheeks = _regions(crop.shape[0])
+    luma = crop.astype(np.float32) @ _LUMA
+    return float(np.mean(luma[region] < np.median(luma[cheeks]) - DARKER_BY))
+
+
 def dark_forehead_share(crop: np.ndarray) -> float:
     """The share of a canonical uint8 RGB crop's forehead band darker than its cheeks by
     ``DARKER_BY`` luma levels."""
-    forehead, cheeks = _regions(crop.shape[0])
-    luma = crop.astype(np.float32) @ _LUMA
-    return float(np.mean(luma[forehead] < np.median(luma[cheeks]) - DARKER_BY))
+    return darker_than_cheeks(crop, _regions(crop.shape[0])[0])
 
 
 def forehead_smudge(shown: np.ndarray, face: np.ndarray) -> float:

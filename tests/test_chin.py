@@ -1,0 +1,75 @@
+"""The chin screen: stubble or a dark smear a drawing puts where the photo's chin is bare."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from idmrag_plugin.generation.chin import chin_band, chin_smudge, dark_chin_share
+from idmrag_plugin.generation.renderer_generator import CHIN_SMUDGE_LIMIT, SMUDGE_LIMIT
+
+
+def _stubble(crop: np.ndarray, level: int = 45) -> np.ndarray:
+    """``crop`` with dark stubble over its chin-and-jaw band (a fine dark grain, as a beard's
+    shadow draws)."""
+    band = chin_band(crop.shape[0])
+    grain = np.random.default_rng(1).random(band.shape) < 0.8
+    out = crop.copy()
+    out[band & grain] = (level, level - 8, level - 12)
+    return out
+
+
+def _open_mouth(crop: np.ndarray) -> np.ndarray:
+    """``crop`` with its mouth wide open: a dark ellipse between the template's mouth corners."""
+    side = crop.shape[0]
+    out = crop.copy()
+    cv2.ellipse(out, (side // 2, round(0.75 * side)), (round(0.09 * side), round(0.05 * side)), 0, 0, 360,
+                (25, 10, 10), -1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bare_chin(astronaut_crop) -> np.ndarray:
+    """The astronaut's crop with the chin-and-jaw band in her cheeks' colour, with the grain of
+    skin (her own jaw is shaded well below her brightly lit cheeks)."""
+    side = astronaut_crop.shape[0]
+    cheeks = astronaut_crop[round(0.52 * side):round(0.68 * side), round(0.31 * side):round(0.41 * side)]
+    out = astronaut_crop.astype(np.float32)
+    band = chin_band(side)
+    grain = np.random.default_rng(0).normal(0.0, 4.0, (int(band.sum()), 1))
+    out[band] = np.median(cheeks, axis=(0, 1)) + grain
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def test_a_bare_chin_is_no_smudge_and_an_open_mouth_or_shading_is_not_either(bare_chin, astronaut_crop):
+    assert dark_chin_share(bare_chin) < 0.02
+    assert chin_smudge(bare_chin, bare_chin) == 0.0
+    assert chin_smudge(astronaut_crop, astronaut_crop) == 0.0  # the photo's own shading
+    assert chin_smudge(_open_mouth(bare_chin), bare_chin) < 0.05
+    shaded = np.clip(bare_chin.astype(np.int16) - 12, 0, 255).astype(np.uint8)  # a darker photo, all of it
+    assert abs(chin_smudge(shaded, bare_chin)) < 0.05
+
+
+def test_stubble_on_a_bare_chin_is_a_smudge_and_a_beard_the_person_has_is_not(bare_chin):
+    stubbled = _stubble(bare_chin)
+    assert chin_smudge(stubbled, bare_chin) > CHIN_SMUDGE_LIMIT
+    assert abs(chin_smudge(stubbled, stubbled)) < 1e-9  # drawn again where the person has one
+    assert chin_smudge(bare_chin, stubbled) < 0.0  # a beard left out is not a smudge
+    big = cv2.resize(bare_chin, (256, 256), interpolation=cv2.INTER_CUBIC)
+    assert abs(chin_smudge(_stubble(big), big) - chin_smudge(stubbled, bare_chin)) < 0.1
+
+
+def test_the_smudge_screen_judges_forehead_and_chin(default_generator, astronaut_crop, bare_chin, monkeypatch):
+    """A drawing smudged on the chin only, or on the forehead only, is unfit; either limit
+    scales its own statistic."""
+    from idmrag_plugin.generation import renderer_generator
+
+    generator = default_generator
+    assert generator.smudged(astronaut_crop, astronaut_crop) == 0.0
+    assert generator.smudged(_stubble(bare_chin), bare_chin) > 1.0
+    monkeypatch.setattr(renderer_generator, "chin_smudge", lambda shown, face: 0.5 * CHIN_SMUDGE_LIMIT)
+    monkeypatch.setattr(renderer_generator, "forehead_smudge", lambda shown, face: 2.0 * SMUDGE_LIMIT)
+    assert generator.smudged(astronaut_crop, astronaut_crop) == pytest.approx(2.0)
+    monkeypatch.setattr(renderer_generator, "forehead_smudge", lambda shown, face: -1.0)
+    assert generator.smudged(astronaut_crop, astronaut_crop) == pytest.approx(0.5)
