@@ -19,7 +19,7 @@ landmarks into the 128 px canonical crop, and read there after the paste:
   (:mod:`idmrag_plugin.generation.glasses`), the screen's own judges: look at the faces too
   (``--glasses-sheet``).
 
-With the screens as shipped and, with ``--off forehead`` (forehead and chin) / ``--off chin`` / ``--off mouth`` /
+With the screens as shipped and, with ``--off forehead`` / ``--off chin`` / ``--off mouth`` /
 ``--off glasses`` (or several,
 comma-separated), again with those screens turned off; ``--sheet`` writes the faces with the
 worst forehead smudges (photo, output) side by side, ``--glasses-sheet`` the faces whose photo
@@ -45,7 +45,6 @@ from idmrag_plugin import FaceAnonymizer
 from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.face_outline import FaceOutliner
 from idmrag_plugin.engine.oracles import build_oracle
-from idmrag_plugin.generation import renderer_generator
 from idmrag_plugin.generation.chin import chin_smudge
 from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.forehead import forehead_smudge
@@ -64,7 +63,7 @@ from idmrag_plugin.generation.renderer_generator import (
 from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
 
 logger = logging.getLogger("drawing_screens")
-SCREENS = {"forehead": "smudged", "mouth": "misexpressed", "glasses": "glasses_off", "chin": "chin_smudge"}
+SCREENS = {"forehead": "smudged", "chin": "smudged_chin", "mouth": "misexpressed", "glasses": "glasses_off"}
 
 
 def read_faces(paths: list[Path], off: list[str], secret: bytes) -> list[tuple[float, str, np.ndarray, np.ndarray]]:
@@ -73,20 +72,7 @@ def read_faces(paths: list[Path], off: list[str], secret: bytes) -> list[tuple[f
     engine = FaceAnonymizer()
     engine.generator.secret = secret
     for screen in off:
-        if screen == "chin":  # inside the smudge screen: the chin's term alone is turned off
-            continue
         setattr(engine.generator, SCREENS[screen], lambda shown, face, descriptor=None: 0.0)
-    # the smudge screen reads the chin through the generator module's name for it
-    original_chin = renderer_generator.chin_smudge
-    if "chin" in off:
-        renderer_generator.chin_smudge = lambda shown, face: 0.0
-    try:
-        return _anonymized_faces(engine, paths)
-    finally:
-        renderer_generator.chin_smudge = original_chin
-
-
-def _anonymized_faces(engine: FaceAnonymizer, paths: list[Path]) -> list[tuple[float, str, np.ndarray, np.ndarray]]:
     found = []
     for path in paths:
         photo = np.asarray(Image.open(path).convert("RGB"))

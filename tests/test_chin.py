@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from idmrag_plugin.generation.chin import chin_band, chin_smudge, dark_chin_share
-from idmrag_plugin.generation.renderer_generator import CHIN_SMUDGE_LIMIT, SMUDGE_LIMIT
+from idmrag_plugin.generation.renderer_generator import CHIN_SMUDGE_LIMIT
 
 
 def _stubble(crop: np.ndarray, level: int = 45) -> np.ndarray:
@@ -60,16 +60,31 @@ def test_stubble_on_a_bare_chin_is_a_smudge_and_a_beard_the_person_has_is_not(ba
     assert abs(chin_smudge(_stubble(big), big) - chin_smudge(stubbled, bare_chin)) < 0.1
 
 
-def test_the_smudge_screen_judges_forehead_and_chin(default_generator, astronaut_crop, bare_chin, monkeypatch):
-    """A drawing smudged on the chin only, or on the forehead only, is unfit; either limit
-    scales its own statistic."""
-    from idmrag_plugin.generation import renderer_generator
+def test_the_chin_screen_judges_new_pseudonyms_not_a_person_s_kept_one(default_generator, astronaut_crop, bare_chin,
+                                                                      monkeypatch):
+    """A drawing with stubble on a bare chin is unfit, on the limit's scale, and the forehead's
+    screen does not read the chin. A person's kept pseudonym is not judged by its chin in their
+    later photos (as by its mouth), so that one person keeps one face: with every drawing planted
+    as stubbled, the first photo judges every code it draws, the next photo none."""
+    from idmrag_plugin.engine.generator import GenerationRequest
 
     generator = default_generator
-    assert generator.smudged(astronaut_crop, astronaut_crop) == 0.0
-    assert generator.smudged(_stubble(bare_chin), bare_chin) > 1.0
-    monkeypatch.setattr(renderer_generator, "chin_smudge", lambda shown, face: 0.5 * CHIN_SMUDGE_LIMIT)
-    monkeypatch.setattr(renderer_generator, "forehead_smudge", lambda shown, face: 2.0 * SMUDGE_LIMIT)
-    assert generator.smudged(astronaut_crop, astronaut_crop) == pytest.approx(2.0)
-    monkeypatch.setattr(renderer_generator, "forehead_smudge", lambda shown, face: -1.0)
-    assert generator.smudged(astronaut_crop, astronaut_crop) == pytest.approx(0.5)
+    assert generator.smudged_chin(bare_chin, bare_chin) == 0.0
+    assert generator.smudged_chin(_stubble(bare_chin), bare_chin) > 1.0
+    assert generator.smudged(_stubble(bare_chin), bare_chin) < 1.0
+    assert generator.smudged_chin(bare_chin, _stubble(bare_chin)) == 0.0  # a beard left out
+
+    judged: list[int] = []
+    monkeypatch.setattr(generator, "smudged_chin", lambda shown, face: judged.append(1) or 5.0)
+    for screen in ("smudged", "misexpressed"):
+        monkeypatch.setattr(generator, screen, lambda shown, face: 0.0)
+    monkeypatch.setattr(generator, "glasses_off", lambda shown, face, descriptor=None: 0.0)
+    monkeypatch.setattr(generator, "misdrawn", lambda shown, wanted, age=True, descriptor=None: 0.0)
+    monkeypatch.setattr(generator, "unfitness", lambda drawn, face, grow=None: np.zeros(len(drawn)))
+    generator.secret = b"test-chin"  # a new scope: nobody met yet
+    generator.generate(GenerationRequest(astronaut_crop, attempt=0, seed=7))
+    first_photo = len(judged)
+    assert first_photo > 1  # the first code and its alternates, all judged
+    again = np.clip(astronaut_crop.astype(np.int16) + 3, 0, 255).astype(np.uint8)  # her next photo
+    generator.generate(GenerationRequest(again, attempt=0, seed=8))
+    assert len(judged) == first_photo

@@ -497,7 +497,8 @@ class RendererGenerator(VAEDecodeGenerator):
         likeness = self._likeness(drawings, face, keeping[1])
         # a speckled or washed-out drawing is no face to keep, however unlike the person
         shown = [self._composite(d, face, grow) for d in drawings]
-        off = np.array([max(self.smudged(one, face), self.misexpressed(one, face) if keep_mouth else 0.0,
+        off = np.array([max(self.smudged(one, face), self.smudged_chin(one, face),
+                            self.misexpressed(one, face) if keep_mouth else 0.0,
                             self.glasses_off(one, face)) for one in shown])
         likeness[np.maximum(self.unfitness(raw, face, grow), off) > 1.0] += 2.0
         best = int(np.argmin(likeness))
@@ -548,11 +549,18 @@ class RendererGenerator(VAEDecodeGenerator):
 
     def smudged(self, shown: np.ndarray, face: np.ndarray) -> float:
         """How far a drawing, as the engine shows it (the crop, composited), smudges the
-        forehead or the chin of ``face``'s photo (see :mod:`~idmrag_plugin.generation.forehead`
-        and :mod:`~idmrag_plugin.generation.chin`), in the scale of :meth:`unfitness`: above 1,
-        dark strands or blotches where the photo's forehead is bare, or stubble or a dark smear
-        where its chin is."""
-        return max(forehead_smudge(shown, face) / SMUDGE_LIMIT, chin_smudge(shown, face) / CHIN_SMUDGE_LIMIT, 0.0)
+        forehead of ``face``'s photo (see :mod:`~idmrag_plugin.generation.forehead`), in the
+        scale of :meth:`unfitness`: above 1, dark strands or blotches where the photo's forehead
+        is bare."""
+        return max(forehead_smudge(shown, face), 0.0) / SMUDGE_LIMIT
+
+    def smudged_chin(self, shown: np.ndarray, face: np.ndarray) -> float:
+        """How far a drawing, as the engine shows it (the crop, composited), darkens the chin of
+        ``face``'s photo (see :mod:`~idmrag_plugin.generation.chin`), in the scale of
+        :meth:`unfitness`: above 1, stubble or a dark smear where the photo's chin is bare. Not
+        judged for the person's own pseudonym in their later photos (as the mouth is not): a
+        kept pseudonym refused for its chin would show one person as two."""
+        return max(chin_smudge(shown, face), 0.0) / CHIN_SMUDGE_LIMIT
 
     def misexpressed(self, shown: np.ndarray, face: np.ndarray) -> float:
         """How far a drawing, as the engine shows it (the crop, composited), opens the mouth
@@ -691,6 +699,8 @@ class RendererGenerator(VAEDecodeGenerator):
                 descriptor = functools.cache(lambda: self._dlib_embedding(shown))  # for both screens, once
                 scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face),
                           self.glasses_off(shown, face, descriptor)]
+                if not own_code:
+                    scores.append(self.smudged_chin(shown, face))
                 if keep_mouth and not own_code:
                     scores.append(self.misexpressed(shown, face))
                 if wanted is not None:
