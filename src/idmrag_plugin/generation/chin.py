@@ -2,8 +2,8 @@
 
 Some pseudonym codes carry a beard's shadow, and some drawings a dark smear along the jaw: drawn
 into a clean-shaven or a woman's face they show stubble or a bruise the person does not have
-(looked at on 183 LFW faces through the default engine: of the 12 drawings over 0.3, about ten
-were stubble on a bare chin, a woman's included, or a dark smear across the chin). As for the
+(looked at on 183 LFW faces through the default engine: of the 12 drawings that scored highest,
+about ten were stubble on a bare chin, a woman's included, or a dark smear across the chin). As for the
 forehead (:mod:`idmrag_plugin.generation.forehead`), the statistic is the share of the chin-and-
 jaw band darker than the face's own cheeks by ``DARKER_BY`` luma levels, in the drawing as the
 engine shows it minus the same share in the photo's face: a beard the person has may be drawn

@@ -69,9 +69,10 @@ GHOST_LIMIT = 0.5
 #: 183 faces is over 0.3.
 SMUDGE_LIMIT = 0.3
 #: Likewise the chin and jaw (``chin_smudge`` of :mod:`idmrag_plugin.generation.chin`: stubble or
-#: a dark smear where the photo's chin is bare). Set by eye on 183 LFW faces through the default
-#: engine of session 32: of the 12 drawings over 0.3, about ten were stubble or a smear on a bare
-#: chin (a woman's among them); under it they grow rarer among shading and darker complexions.
+#: a dark smear where the photo's chin is bare), for a new pseudonym's drawings. Set by eye on
+#: 183 LFW faces through the default engine of session 32 (mostly stubble or a smear on a bare
+#: chin over it, a woman's among them; shading and darker complexions below); on 150 other LFW
+#: photos, 16 of 182 faces were over it without the screen, 4 with it.
 CHIN_SMUDGE_LIMIT = 0.25
 #: How far a drawing's mouth opening (:func:`~idmrag_plugin.generation.expression.mouth_opening`,
 #: shares of the bridge-to-chin distance) may be from the photo's before a new pseudonym code's
