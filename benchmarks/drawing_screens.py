@@ -125,9 +125,9 @@ def main() -> None:
         scores = np.array([s for s, *_ in found])
         mouths = np.array([[mouth_opening(outliner.points(crop)) for crop in (before, after)]
                            for _, _, before, after in found])
-        glasses = np.array([[probes.photo.read(before[None], dlib.embed_aligned(before[None]))[0],
-                             probes.drawing.read(after[None], dlib.embed_aligned(after[None]))[0]]
-                            for _, _, before, after in found])
+        described = [(before, after, dlib.embed_aligned(np.stack([before, after]))) for _, _, before, after in found]
+        glasses = np.array([[probes.photo.read(before[None], e[:1])[0], probes.drawing.read(after[None], e[1:])[0]]
+                            for before, after, e in described])
         key = "as shipped" if not turned_off else "without " + " and ".join(turned_off)
         report[key] = {
             "faces": len(found), "seconds": round(seconds, 1), "forehead over limit": int((scores > SMUDGE_LIMIT).sum()),

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from idmrag_plugin.engine.detect import (
+    Detection,
     DlibHOGDetector,
+    FaceDetector,
     MTCNNDetector,
     RotatingDetector,
     UnionDetector,
@@ -186,7 +188,7 @@ def test_a_doubtful_face_only_a_turned_pass_found_must_pass_an_upright_second_lo
     """A face found only by the 90/180/270-degree passes with a score below TURNED_SURE_SCORE
     stays only when an upright second look finds it again (on upright LFW photos such faces
     were nearly all false: an ear and collar, a hand); a sure one, or an upright pass's, stays."""
-    from idmrag_plugin.engine.detect import TURNED_SURE_SCORE, Detection, FaceDetector
+    from idmrag_plugin.engine.detect import TURNED_SURE_SCORE
 
     image = np.zeros((120, 200, 3), np.uint8)
     landmarks = np.array([[40.0, 50.0], [60.0, 50.0], [50.0, 60.0], [42.0, 70.0], [58.0, 70.0]])
@@ -238,38 +240,42 @@ def test_a_doubtful_face_only_a_turned_pass_found_must_pass_an_upright_second_lo
         assert planted.second_looks == 1
 
 
+#: Five landmarks about a face's centre, for planted detections.
+_POINTS = np.array([[-18.0, -18.0], [18.0, -18.0], [0.0, 0.0], [-14.4, 18.0], [14.4, 18.0]])
+
+
+class _PlantedUpright(FaceDetector):
+    """Finds ``faces`` on the image (of ``image_shape``); on a second look's crop, a face at
+    its centre when ``confirms``, else none; counts the second looks."""
+
+    name = "mtcnn"
+
+    def __init__(self, faces: list[Detection], image_shape: tuple[int, ...], confirms: bool) -> None:
+        super().__init__()
+        self.faces, self.image_shape, self.confirms, self.second_looks = faces, image_shape, confirms, 0
+
+    def _load(self) -> None:
+        pass
+
+    def _detect(self, picture: np.ndarray) -> list[Detection]:
+        if picture.shape[:2] == self.image_shape[:2]:
+            return list(self.faces)
+        self.second_looks += 1
+        centre = picture.shape[1] / 2.0
+        return [Detection((centre - 30, centre - 30, centre + 30, centre + 30), 0.99, _POINTS + centre, "mtcnn")] \
+            if self.confirms else []
+
+
 def test_an_upright_face_hanging_from_another_must_pass_an_upright_second_look():
     """A subject's chin, neck and collar read as a face hang from the subject's face (its centre
     below that box, a tenth of it on it): such a face stays only when the upright second look
     finds it again; a face beside the subject's is not second-guessed."""
-    from idmrag_plugin.engine.detect import Detection, FaceDetector
-
     image = np.zeros((240, 320, 3), np.uint8)
-    points = np.array([[-18.0, -18.0], [18.0, -18.0], [0.0, 0.0], [-14.4, 18.0], [14.4, 18.0]])
-    subject = Detection((100.0, 20.0, 180.0, 120.0), 0.999, points + (140.0, 70.0), "mtcnn")
-    hanging = Detection((110.0, 105.0, 170.0, 185.0), 0.92, points * 0.7 + (140.0, 145.0), "mtcnn")
-    beside = Detection((200.0, 60.0, 250.0, 120.0), 0.92, points * 0.6 + (225.0, 90.0), "mtcnn")
-
-    class Planted(FaceDetector):
-        name = "mtcnn"
-
-        def __init__(self, confirms: bool) -> None:
-            super().__init__()
-            self.confirms, self.second_looks = confirms, 0
-
-        def _load(self) -> None:
-            pass
-
-        def _detect(self, picture: np.ndarray) -> list[Detection]:
-            if picture.shape[:2] == image.shape[:2]:
-                return [subject, hanging, beside]
-            self.second_looks += 1
-            centre = picture.shape[1] / 2.0
-            return [Detection((centre - 30, centre - 30, centre + 30, centre + 30), 0.99, points + centre, "mtcnn")] \
-                if self.confirms else []
-
+    subject = Detection((100.0, 20.0, 180.0, 120.0), 0.999, _POINTS + (140.0, 70.0), "mtcnn")
+    hanging = Detection((110.0, 105.0, 170.0, 185.0), 0.92, _POINTS * 0.7 + (140.0, 145.0), "mtcnn")
+    beside = Detection((200.0, 60.0, 250.0, 120.0), 0.92, _POINTS * 0.6 + (225.0, 90.0), "mtcnn")
     for confirms in (False, True):
-        planted = Planted(confirms)
+        planted = _PlantedUpright([subject, hanging, beside], image.shape, confirms)
         found = RotatingDetector(planted, (0,)).detect(image)
         assert [d.box for d in found] == ([subject.box, hanging.box, beside.box] if confirms else [subject.box, beside.box])
         assert planted.second_looks == 1
@@ -281,34 +287,14 @@ def test_an_upright_face_perched_on_another_that_a_second_look_misses_is_tagged_
     its lower half hidden. Neither is dropped: one the upright second look does not find again is
     tagged DOUBTFUL_TAG (obfuscated by the engine, not drawn over), one it finds stays as found;
     a face beside the subject's is not second-guessed."""
-    from idmrag_plugin.engine.detect import DOUBTFUL_TAG, Detection, FaceDetector
+    from idmrag_plugin.engine.detect import DOUBTFUL_TAG
 
     image = np.zeros((240, 320, 3), np.uint8)
-    points = np.array([[-18.0, -18.0], [18.0, -18.0], [0.0, 0.0], [-14.4, 18.0], [14.4, 18.0]])
-    subject = Detection((100.0, 90.0, 180.0, 210.0), 0.999, points + (140.0, 140.0), "mtcnn")
-    perched = Detection((120.0, 40.0, 160.0, 100.0), 0.82, points * 0.5 + (140.0, 70.0), "mtcnn")
-    beside = Detection((200.0, 60.0, 250.0, 120.0), 0.92, points * 0.6 + (225.0, 90.0), "mtcnn")
-
-    class Planted(FaceDetector):
-        name = "mtcnn"
-
-        def __init__(self, confirms: bool) -> None:
-            super().__init__()
-            self.confirms, self.second_looks = confirms, 0
-
-        def _load(self) -> None:
-            pass
-
-        def _detect(self, picture: np.ndarray) -> list[Detection]:
-            if picture.shape[:2] == image.shape[:2]:
-                return [subject, perched, beside]
-            self.second_looks += 1
-            centre = picture.shape[1] / 2.0
-            return [Detection((centre - 30, centre - 30, centre + 30, centre + 30), 0.99, points + centre, "mtcnn")] \
-                if self.confirms else []
-
+    subject = Detection((100.0, 90.0, 180.0, 210.0), 0.999, _POINTS + (140.0, 140.0), "mtcnn")
+    perched = Detection((120.0, 40.0, 160.0, 100.0), 0.82, _POINTS * 0.5 + (140.0, 70.0), "mtcnn")
+    beside = Detection((200.0, 60.0, 250.0, 120.0), 0.92, _POINTS * 0.6 + (225.0, 90.0), "mtcnn")
     for confirms in (False, True):
-        planted = Planted(confirms)
+        planted = _PlantedUpright([subject, perched, beside], image.shape, confirms)
         found = RotatingDetector(planted, (0,)).detect(image)
         tags = {d.box: d.detector for d in found}
         assert tags == {subject.box: "mtcnn", perched.box: "mtcnn" if confirms else "mtcnn" + DOUBTFUL_TAG,
@@ -320,7 +306,7 @@ def test_a_doubtful_face_is_obfuscated_and_never_drawn_over(astronaut, oracles):
     """The engine obfuscates a face tagged DOUBTFUL_TAG, with the reason, and asks the generator
     for none; the other faces of the image are generated as usual."""
     from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator
-    from idmrag_plugin.engine.detect import DOUBTFUL_TAG, Detection, FaceDetector
+    from idmrag_plugin.engine.detect import DOUBTFUL_TAG
 
     engine = FaceAnonymizer(AnonymizerConfig(generator="none"))
     (face,) = engine.detector.detect(astronaut)

@@ -95,8 +95,8 @@ class AnonymizerConfig:
             people, the mouth as the pseudonym draws it.
         keep_glasses: for ``"renderer-lcm"`` and ``"renderer"``: a pseudonym drawn with
             glasses on a face that wears none in the photo, or clearly without them on a face
-            that wears them (a probe on dlib's descriptor, see
-            :mod:`idmrag_plugin.generation.glasses`), gives way to the person's next code that
+            that wears them (the photo read by its eye band's edges and dlib's descriptor, the
+            drawing by the descriptor; see :mod:`idmrag_plugin.generation.glasses`), gives way to the person's next code that
             draws them as the photo has them. ``False``: glasses as the pseudonym draws them
             (67 of 234 LFW people without glasses were given some).
         max_attempts: generator attempts per face before the failure policy applies. 8: on 80
