@@ -9,6 +9,8 @@ landmarks into the 128 px canonical crop, and read there after the paste:
   ``SMUDGE_LIMIT``;
 * the chin: ``chin_smudge`` (the same for the chin-and-jaw band:
   :mod:`idmrag_plugin.generation.chin`); how many faces are over ``CHIN_SMUDGE_LIMIT``;
+* the eyes: ``eye_darkening`` (the same for two boxes around the eyes:
+  :mod:`idmrag_plugin.generation.eyes`); how many faces are over ``EYE_DARKENING_LIMIT``;
 * the mouth: ``mouth_opening`` of photo and output (:mod:`idmrag_plugin.generation.expression`);
   their correlation, how many differ by more than ``MOUTH_TOLERANCE``, and how many open mouths
   (over 0.08) came out closed (under 0.03);
@@ -19,11 +21,11 @@ landmarks into the 128 px canonical crop, and read there after the paste:
   (:mod:`idmrag_plugin.generation.glasses`), the screen's own judges: look at the faces too
   (``--glasses-sheet``).
 
-With the screens as shipped and, with ``--off forehead`` / ``--off chin`` / ``--off mouth`` /
-``--off glasses`` (or several,
+With the screens as shipped and, with ``--off forehead`` / ``--off chin`` / ``--off eyes`` /
+``--off mouth`` / ``--off glasses`` (or several,
 comma-separated), again with those screens turned off; ``--sheet`` writes the faces with the
 worst forehead smudges (photo, output) side by side, ``--glasses-sheet`` the faces whose photo
-reads as wearing glasses, ``--chin-sheet`` those over the chin's limit.
+reads as wearing glasses, ``--chin-sheet`` / ``--eyes-sheet`` those over the chin's / the eyes' limit.
 
     python benchmarks/drawing_screens.py --lfw ../shared/data/lfw --photos 150 --off mouth
 """
@@ -47,6 +49,7 @@ from idmrag_plugin.engine.face_outline import FaceOutliner
 from idmrag_plugin.engine.oracles import build_oracle
 from idmrag_plugin.generation.chin import chin_smudge
 from idmrag_plugin.generation.expression import mouth_opening
+from idmrag_plugin.generation.eyes import eye_darkening
 from idmrag_plugin.generation.forehead import forehead_smudge
 from idmrag_plugin.generation.glasses import (
     DROPPED_GLASSES_LIMIT,
@@ -57,13 +60,15 @@ from idmrag_plugin.generation.glasses import (
 )
 from idmrag_plugin.generation.renderer_generator import (
     CHIN_SMUDGE_LIMIT,
+    EYE_DARKENING_LIMIT,
     MOUTH_TOLERANCE,
     SMUDGE_LIMIT,
 )
 from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
 
 logger = logging.getLogger("drawing_screens")
-SCREENS = {"forehead": "smudged", "chin": "smudged_chin", "mouth": "misexpressed", "glasses": "glasses_off"}
+SCREENS = {"forehead": "smudged", "chin": "smudged_chin", "eyes": "darkened_eyes", "mouth": "misexpressed",
+           "glasses": "glasses_off"}
 
 
 def read_faces(paths: list[Path], off: list[str], secret: bytes) -> list[tuple[float, str, np.ndarray, np.ndarray]]:
@@ -96,6 +101,7 @@ def main() -> None:
     parser.add_argument("--off", help="screens to also run without (forehead, mouth; comma-separated)")
     parser.add_argument("--sheet", type=Path, help="PNG of the worst faces, photo beside output")
     parser.add_argument("--chin-sheet", type=Path, help="PNG of the faces over the chin's limit, photo beside output")
+    parser.add_argument("--eyes-sheet", type=Path, help="PNG of the faces over the eyes' limit, photo beside output")
     parser.add_argument("--glasses-sheet", type=Path, help="PNG of the faces read as wearing glasses, photo beside output")
     parser.add_argument("--worst", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
@@ -116,7 +122,7 @@ def main() -> None:
                                                                          GLASSES_LIMIT]}
     probes = GlassesProbes.load(packaged(GLASSES_PROBE_FILE))
     dlib = build_oracle("dlib")
-    sheets, glasses_sheets, chin_sheets = {}, {}, {}
+    sheets, glasses_sheets, chin_sheets, eyes_sheets = {}, {}, {}, {}
     outliner = FaceOutliner()
     for turned_off in ([[], off] if off else [[]]):
         started = time.perf_counter()
@@ -132,6 +138,7 @@ def main() -> None:
         report[key] = {
             "faces": len(found), "seconds": round(seconds, 1), "forehead over limit": int((scores > SMUDGE_LIMIT).sum()),
             "chin over limit": int(sum(chin_smudge(after, before) > CHIN_SMUDGE_LIMIT for _, _, before, after in found)),
+            "eyes over limit": int(sum(eye_darkening(after, before) > EYE_DARKENING_LIMIT for _, _, before, after in found)),
             "mouth correlation": round(float(np.corrcoef(mouths.T)[0, 1]), 3),
             "mouth off by more than the tolerance": int((np.abs(mouths[:, 0] - mouths[:, 1]) > MOUTH_TOLERANCE).sum()),
             "open mouths": int((mouths[:, 0] > 0.08).sum()),
@@ -146,11 +153,13 @@ def main() -> None:
         print(key, {k: v for k, v in report[key].items() if k != "worst foreheads"})
         sheets[key] = sorted(found, key=lambda f: -f[0])[:args.worst]
         chin_sheets[key] = [face for face in found if chin_smudge(face[3], face[2]) > CHIN_SMUDGE_LIMIT]
+        eyes_sheets[key] = [face for face in found if eye_darkening(face[3], face[2]) > EYE_DARKENING_LIMIT]
         glasses_sheets[key] = [face for face, read in zip(found, glasses[:, 0], strict=True)
                                if read >= PHOTO_GLASSES_LIMIT]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    for path, chosen_faces in ((args.sheet, sheets), (args.glasses_sheet, glasses_sheets), (args.chin_sheet, chin_sheets)):
+    for path, chosen_faces in ((args.sheet, sheets), (args.glasses_sheet, glasses_sheets), (args.chin_sheet, chin_sheets),
+                               (args.eyes_sheet, eyes_sheets)):
         if path:
             write_sheet(path, [face for key in chosen_faces for face in chosen_faces[key]])
 
