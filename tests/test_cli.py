@@ -111,3 +111,5 @@ def test_engine_options_reach_the_config():
     assert _engine_config(parser.parse_args(["--any-expression"])).keep_expression is False
     assert _engine_config(parser.parse_args([])).keep_glasses is True
     assert _engine_config(parser.parse_args(["--any-glasses"])).keep_glasses is False
+    assert _engine_config(parser.parse_args([])).match_sharpness is True
+    assert _engine_config(parser.parse_args(["--any-sharpness"])).match_sharpness is False

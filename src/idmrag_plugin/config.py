@@ -99,6 +99,12 @@ class AnonymizerConfig:
             drawing by the descriptor; see :mod:`idmrag_plugin.generation.glasses`), gives way to the person's next code that
             draws them as the photo has them. ``False``: glasses as the pseudonym draws them
             (67 of 234 LFW people without glasses were given some).
+        match_sharpness: for ``"renderer-lcm"`` and ``"renderer"``: a drawing with more fine
+            detail than the photo's face (a face out of focus, blurred by motion or in a soft
+            photo) is blurred inside the drawn region down to the photo's detail, so that a
+            crisp face is not pasted into a blurred head (see
+            :mod:`idmrag_plugin.generation.sharpness`); a face refused twice is drawn as sharp as
+            drawn from then on. ``False``: faces as sharp as drawn.
         max_attempts: generator attempts per face before the failure policy applies. 8: on 80
             LFW photos, whole and cut by one border (45% of the face's box outside), attempts 6-8
             verified 1 of 80 whole and 4 of 70 cut faces that 5 attempts left to the policy;
@@ -162,6 +168,7 @@ class AnonymizerConfig:
     keep_outside_face: bool = True
     keep_expression: bool = True
     keep_glasses: bool = True
+    match_sharpness: bool = True
     max_attempts: int = 8
     on_failure: str = "obfuscate"
     max_pixels: int = 40_000_000

@@ -267,7 +267,8 @@ class FaceAnonymizer:
                                      refiner_dir=refiner(), blend=self.config.face_blend,
                                      keep_outside_face=self.config.keep_outside_face,
                                      keep_expression=self.config.keep_expression,
-                                     glasses_probe_path=glasses_probe(), **runtime)
+                                     glasses_probe_path=glasses_probe(),
+                                     match_sharpness=self.config.match_sharpness, **runtime)
         if self.config.generator == "renderer-lcm":
             from idmrag_plugin.generation.renderer_lcm_generator import RendererLCMGenerator
 
@@ -276,7 +277,8 @@ class FaceAnonymizer:
                 packaged(SAMPLER_FILE), packaged(ATTRIBUTE_PROBES_FILE), packaged(STUDENT_FILE),
                 steps=self.config.generator_steps, device=self.device, refiner_dir=refiner(),
                 blend=self.config.face_blend, keep_outside_face=self.config.keep_outside_face,
-                keep_expression=self.config.keep_expression, glasses_probe_path=glasses_probe(), **runtime)
+                keep_expression=self.config.keep_expression, glasses_probe_path=glasses_probe(),
+                match_sharpness=self.config.match_sharpness, **runtime)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

@@ -36,6 +36,7 @@ from idmrag_plugin.generation.forehead import forehead_smudge
 from idmrag_plugin.generation.glasses import GlassesProbes, glasses_difference
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
+from idmrag_plugin.generation.sharpness import as_sharp_as
 from idmrag_plugin.generation.vae_generator import RESOLVED_MEMORY, VAEDecodeGenerator
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,9 @@ class RendererGenerator(VAEDecodeGenerator):
         glasses_probe_path: :class:`~idmrag_plugin.generation.glasses.GlassesProbes` (the
             photo's and the drawing's); with them a drawing that adds glasses to a face without
             them, or drops them from a face wearing them, counts as unfit (:meth:`glasses_off`); ``AnonymizerConfig.keep_glasses``.
+        match_sharpness: blur a drawing sharper than the photo's face down to its fine detail
+            (:mod:`~idmrag_plugin.generation.sharpness`), at the attempts before
+            ``WIDER_MASK_FROM_ATTEMPT``; ``AnonymizerConfig.match_sharpness``.
         runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
             renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
             see :mod:`idmrag_plugin.generation.onnx_networks`); ``"torch"`` (default) does not.
@@ -206,6 +210,7 @@ class RendererGenerator(VAEDecodeGenerator):
         keep_outside_face: bool = True,
         keep_expression: bool = True,
         glasses_probe_path: str | Path | None = None,
+        match_sharpness: bool = True,
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
@@ -217,6 +222,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self.blend = blend
         self.keep_outside_face = keep_outside_face
         self.keep_expression = keep_expression
+        self.match_sharpness = match_sharpness
         self.glasses_probe_path = Path(glasses_probe_path) if glasses_probe_path is not None else None
         self._glasses: GlassesProbes | None = None
         self._outliner = FaceOutliner()
@@ -845,7 +851,11 @@ class RendererGenerator(VAEDecodeGenerator):
         # Over the wider ellipse of late attempts the drawing is kept whole: those faces were
         # refused, mostly for what surrounds the inner face (see WIDER_MASK_FROM_ATTEMPT).
         wider = grow is not None and grow > float(self._load_renderer().config.mask_grow)
-        return self._photo_outside_faces(image, face, inside) if self.keep_outside_face and not wider else image
+        if self.keep_outside_face and not wider:
+            image = self._photo_outside_faces(image, face, inside)
+        # Blurred to the photo's focus, a drawing is harder for the oracles to tell from a blurred
+        # original: the late attempts keep it as drawn, so that no face fails closed for its blur.
+        return as_sharp_as(image, face, inside) if self.match_sharpness and not wider else image
 
     def _photo_outside_faces(self, drawn: np.ndarray, face: np.ndarray, inside: np.ndarray) -> np.ndarray:
         """``drawn`` (a composite over the ellipse ``inside``) with the photo's pixels back where

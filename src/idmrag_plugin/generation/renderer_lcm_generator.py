@@ -77,6 +77,7 @@ class RendererLCMGenerator(RendererGenerator):
         keep_outside_face: bool = True,
         keep_expression: bool = True,
         glasses_probe_path: str | Path | None = None,
+        match_sharpness: bool = True,
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
@@ -85,7 +86,7 @@ class RendererLCMGenerator(RendererGenerator):
                          attribute_probes_path=attribute_probes_path, student_path=student_path,
                          refiner_dir=refiner_dir, blend=blend, keep_outside_face=keep_outside_face,
                          keep_expression=keep_expression, glasses_probe_path=glasses_probe_path,
-                         runtime=runtime, cache_dir=cache_dir, threads=threads)
+                         match_sharpness=match_sharpness, runtime=runtime, cache_dir=cache_dir, threads=threads)
         self.code_model_dir = Path(code_model_dir)
         self.kind = self._kind_of(self.code_model_dir)
         self.steps = steps if steps is not None else (DEFAULT_LCM_STEPS if self.kind == "lcm" else 50)

@@ -1,0 +1,47 @@
+"""A drawn face no sharper than the photo's: the drawing blurred down to a soft photo's detail."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from idmrag_plugin.engine.blend import face_mask
+from idmrag_plugin.generation.sharpness import as_sharp_as, luma_detail, sharper_by
+
+
+def _region(side: int = 128) -> np.ndarray:
+    return face_mask(side) > 0.5
+
+
+def _ellipse(side: int = 128) -> np.ndarray:
+    """A drawn region (float, 1 inside) a little wider than the face's ellipse."""
+    inside = np.zeros((side, side), np.float32)
+    cv2.ellipse(inside, (side // 2, round(0.55 * side)), (round(0.36 * side), round(0.44 * side)), 0, 0, 360, 1.0, -1)
+    return inside
+
+
+def test_a_blurred_face_has_less_detail_and_the_reading_does_not_depend_on_the_crop_s_size(astronaut_crop):
+    region = _region()
+    soft = cv2.GaussianBlur(astronaut_crop, (0, 0), 2.0)
+    assert luma_detail(soft, region) < 0.5 * luma_detail(astronaut_crop, region)
+    assert sharper_by(astronaut_crop, soft) > 2.0 and sharper_by(soft, astronaut_crop) < 0.5
+    big = cv2.resize(astronaut_crop, (256, 256), interpolation=cv2.INTER_CUBIC)
+    big_soft = cv2.resize(soft, (256, 256), interpolation=cv2.INTER_CUBIC)
+    assert sharper_by(big, big_soft) == pytest.approx(sharper_by(astronaut_crop, soft), rel=0.35)
+
+
+def test_a_drawing_sharper_than_its_photo_is_blurred_to_its_detail_inside_the_drawn_region(astronaut_crop):
+    photo = cv2.GaussianBlur(astronaut_crop, (0, 0), 1.5)  # a face out of focus
+    inside = _ellipse()
+    softened = as_sharp_as(astronaut_crop, photo, inside)
+    region = _region()
+    assert luma_detail(softened, region) <= luma_detail(photo, region)
+    assert luma_detail(softened, region) > 0.6 * luma_detail(photo, region)  # the smallest blur that does it
+    outside = inside < 0.5
+    assert np.array_equal(softened[outside], astronaut_crop[outside])
+
+
+def test_a_drawing_softer_than_its_photo_is_left_as_drawn(astronaut_crop):
+    drawn = cv2.GaussianBlur(astronaut_crop, (0, 0), 1.5)
+    assert as_sharp_as(drawn, astronaut_crop, _ellipse()) is drawn
