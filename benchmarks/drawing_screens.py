@@ -8,7 +8,8 @@ landmarks into the 128 px canonical crop, and read there after the paste:
   beyond the photo's share: :mod:`idmrag_plugin.generation.forehead`); how many faces are over
   ``SMUDGE_LIMIT``;
 * the chin: ``chin_smudge`` (the same for the chin-and-jaw band:
-  :mod:`idmrag_plugin.generation.chin`); how many faces are over ``CHIN_SMUDGE_LIMIT``;
+  :mod:`idmrag_plugin.generation.chin`); how many faces are over ``CHIN_SMUDGE_LIMIT``, and how
+  many bearded chins were drawn bare (the same statistic under ``-BEARD_DROP_LIMIT``);
 * the eyes: ``eye_darkening`` (the same for two boxes around the eyes:
   :mod:`idmrag_plugin.generation.eyes`); how many faces are over ``EYE_DARKENING_LIMIT``;
 * the mouth: ``mouth_opening`` of photo and output (:mod:`idmrag_plugin.generation.expression`);
@@ -21,7 +22,7 @@ landmarks into the 128 px canonical crop, and read there after the paste:
   (:mod:`idmrag_plugin.generation.glasses`), the screen's own judges: look at the faces too
   (``--glasses-sheet``).
 
-With the screens as shipped and, with ``--off forehead`` / ``--off chin`` / ``--off eyes`` /
+With the screens as shipped and, with ``--off forehead`` / ``--off chin`` / ``--off beard`` / ``--off eyes`` /
 ``--off mouth`` / ``--off glasses`` (or several,
 comma-separated), again with those screens turned off; ``--sheet`` writes the faces with the
 worst forehead smudges (photo, output) side by side, ``--glasses-sheet`` the faces whose photo
@@ -59,6 +60,7 @@ from idmrag_plugin.generation.glasses import (
     GlassesProbes,
 )
 from idmrag_plugin.generation.renderer_generator import (
+    BEARD_DROP_LIMIT,
     CHIN_SMUDGE_LIMIT,
     EYE_DARKENING_LIMIT,
     MOUTH_TOLERANCE,
@@ -67,7 +69,7 @@ from idmrag_plugin.generation.renderer_generator import (
 from idmrag_plugin.weights import GLASSES_PROBE_FILE, packaged
 
 logger = logging.getLogger("drawing_screens")
-SCREENS = {"forehead": "smudged", "chin": "smudged_chin", "eyes": "darkened_eyes", "mouth": "misexpressed",
+SCREENS = {"forehead": "smudged", "chin": "smudged_chin", "eyes": "darkened_eyes", "beard": "dropped_beard", "mouth": "misexpressed",
            "glasses": "glasses_off"}
 
 
@@ -138,6 +140,7 @@ def main() -> None:
         report[key] = {
             "faces": len(found), "seconds": round(seconds, 1), "forehead over limit": int((scores > SMUDGE_LIMIT).sum()),
             "chin over limit": int(sum(chin_smudge(after, before) > CHIN_SMUDGE_LIMIT for _, _, before, after in found)),
+            "beards dropped": int(sum(-chin_smudge(after, before) > BEARD_DROP_LIMIT for _, _, before, after in found)),
             "eyes over limit": int(sum(eye_darkening(after, before) > EYE_DARKENING_LIMIT for _, _, before, after in found)),
             "mouth correlation": round(float(np.corrcoef(mouths.T)[0, 1]), 3),
             "mouth off by more than the tolerance": int((np.abs(mouths[:, 0] - mouths[:, 1]) > MOUTH_TOLERANCE).sum()),

@@ -60,29 +60,33 @@ def test_stubble_on_a_bare_chin_is_a_smudge_and_a_beard_the_person_has_is_not(ba
     assert abs(chin_smudge(_stubble(big), big) - chin_smudge(stubbled, bare_chin)) < 0.1
 
 
-def test_the_chin_screen_reads_stubble_on_the_scale_of_unfitness(default_generator, bare_chin):
-    """A drawing with stubble on a bare chin is unfit, on the limit's scale, and the forehead's
-    and the eyes' screens do not read the chin."""
+def test_the_chin_screens_read_stubble_added_or_dropped_on_the_scale_of_unfitness(default_generator, bare_chin):
+    """A drawing with stubble on a bare chin is unfit, on the limit's scale, and so is a bare
+    chin drawn for a stubbled one; the forehead's and the eyes' screens do not read the chin."""
     generator = default_generator
     assert generator.smudged_chin(bare_chin, bare_chin) == 0.0
     assert generator.smudged_chin(_stubble(bare_chin), bare_chin) > 1.0
     assert generator.smudged(_stubble(bare_chin), bare_chin) < 1.0
     assert generator.darkened_eyes(_stubble(bare_chin), bare_chin) < 1.0
-    assert generator.smudged_chin(bare_chin, _stubble(bare_chin)) == 0.0  # a beard left out
+    assert generator.smudged_chin(bare_chin, _stubble(bare_chin)) == 0.0  # a beard left out: not a smudge,
+    assert generator.dropped_beard(bare_chin, _stubble(bare_chin)) > 1.0  # but a beard dropped
+    assert generator.dropped_beard(_stubble(bare_chin), _stubble(bare_chin)) == 0.0
+    assert generator.dropped_beard(_stubble(bare_chin), bare_chin) == 0.0
 
 
-@pytest.mark.parametrize("judging", ["smudged_chin", "darkened_eyes"])
+@pytest.mark.parametrize("judging", ["smudged_chin", "dropped_beard", "darkened_eyes"])
 def test_the_chin_and_eyes_screens_judge_new_pseudonyms_not_a_person_s_kept_one(default_generator, astronaut_crop,
                                                                                 judging, monkeypatch):
-    """A person's kept pseudonym is not judged by its chin or its eyes in their later photos (as
-    by its mouth), so that one person keeps one face: with every drawing planted as smudged
-    there, the first photo judges every code it draws, the next photo none."""
+    """A person's kept pseudonym is not judged by its chin (stubble added or a beard dropped) or
+    its eyes in their later photos (as by its mouth), so that one person keeps one face: with
+    every drawing planted as unfit there, the first photo judges every code it draws, the next
+    photo none."""
     from idmrag_plugin.engine.generator import GenerationRequest
 
     generator = default_generator
     judged: list[int] = []
     monkeypatch.setattr(generator, judging, lambda shown, face: judged.append(1) or 5.0)
-    for screen in {"smudged", "misexpressed", "smudged_chin", "darkened_eyes"} - {judging}:
+    for screen in {"smudged", "misexpressed", "smudged_chin", "dropped_beard", "darkened_eyes"} - {judging}:
         monkeypatch.setattr(generator, screen, lambda shown, face: 0.0)
     monkeypatch.setattr(generator, "glasses_off", lambda shown, face, descriptor=None: 0.0)
     monkeypatch.setattr(generator, "misdrawn", lambda shown, wanted, age=True, descriptor=None: 0.0)

@@ -353,7 +353,7 @@ def _scored_drawings(generator, monkeypatch, scores: dict[bytes, float], unfit: 
     monkeypatch.setattr(generator, "_draw", recording)
     monkeypatch.setattr(generator, "speckle", lambda drawn, grow=None: np.zeros(len(drawn)))
     monkeypatch.setattr(ghost, "ghost_ratio", lambda drawn, face: np.ones(len(drawn)))
-    for screen in ("smudged", "smudged_chin", "darkened_eyes", "misexpressed"):
+    for screen in ("smudged", "smudged_chin", "dropped_beard", "darkened_eyes", "misexpressed"):
         monkeypatch.setattr(generator, screen, lambda shown, face: 0.0)
     monkeypatch.setattr(generator, "glasses_off", lambda shown, face, descriptor=None: 0.0)
     if unfit == "speckled":
@@ -569,7 +569,7 @@ def test_generator_s_poisson_blends_leave_no_seam(tiny_run, astronaut, monkeypat
         # the edge measured is the ellipse's: the photo is not kept inside it around the faces
         generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", blend=blend,
                                       keep_outside_face=False)
-        for screen in ("smudged", "smudged_chin", "darkened_eyes", "misexpressed"):
+        for screen in ("smudged", "smudged_chin", "dropped_beard", "darkened_eyes", "misexpressed"):
             monkeypatch.setattr(generator, screen, lambda shown, face: 0.0)
         out = generator.generate(GenerationRequest(face, attempt=0, seed=7)).astype(np.float64)
         inside = generator.mask(128) > 0.5

@@ -81,6 +81,9 @@ CHIN_SMUDGE_LIMIT = 0.25
 #: by eye on 182 LFW faces through the default engine of session 33: over 0.25 nearly every
 #: drawing had dark pits or a dark band across the eyes; under it, eyes drawn a little darker.
 EYE_DARKENING_LIMIT = 0.25
+#: And the other way round: a new pseudonym's drawing that leaves out the beard, moustache or
+#: stubble the photo's chin has (``-chin_smudge`` over ``BEARD_DROP_LIMIT``) is unfit.
+BEARD_DROP_LIMIT = 0.35
 #: How far a drawing's mouth opening (:func:`~idmrag_plugin.generation.expression.mouth_opening`,
 #: shares of the bridge-to-chin distance) may be from the photo's before a new pseudonym code's
 #: drawing counts as unfit: 0.06 is a smile showing teeth drawn closed, or a closed mouth drawn
@@ -510,7 +513,7 @@ class RendererGenerator(VAEDecodeGenerator):
         likeness = self._likeness(drawings, face, keeping[1])
         # a speckled or washed-out drawing is no face to keep, however unlike the person
         shown = [self._composite(d, face, grow) for d in drawings]
-        off = np.array([max(self.smudged(one, face), self.smudged_chin(one, face),
+        off = np.array([max(self.smudged(one, face), self.smudged_chin(one, face), self.dropped_beard(one, face),
                             self.darkened_eyes(one, face), self.misexpressed(one, face) if keep_mouth else 0.0,
                             self.glasses_off(one, face)) for one in shown])
         likeness[np.maximum(self.unfitness(raw, face, grow), off) > 1.0] += 2.0
@@ -574,6 +577,14 @@ class RendererGenerator(VAEDecodeGenerator):
         judged for the person's own pseudonym in their later photos (as the mouth is not): a
         kept pseudonym refused for its chin would show one person as two."""
         return max(chin_smudge(shown, face), 0.0) / CHIN_SMUDGE_LIMIT
+
+    def dropped_beard(self, shown: np.ndarray, face: np.ndarray) -> float:
+        """How far a drawing, as the engine shows it (the crop, composited), leaves out the
+        beard, moustache or stubble of ``face``'s photo (the chin-and-jaw band's dark share, see
+        :mod:`~idmrag_plugin.generation.chin`, less than the photo's), in the scale of
+        :meth:`unfitness`: above 1, a bearded face drawn clean-shaven. Not applied to a person's
+        kept pseudonym, for the reason :meth:`smudged_chin` gives."""
+        return max(-chin_smudge(shown, face), 0.0) / BEARD_DROP_LIMIT
 
     def darkened_eyes(self, shown: np.ndarray, face: np.ndarray) -> float:
         """How far a drawing, as the engine shows it (the crop, composited), darkens the eyes of
@@ -721,7 +732,8 @@ class RendererGenerator(VAEDecodeGenerator):
                 scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face),
                           self.glasses_off(shown, face, descriptor)]
                 if not own_code:
-                    scores += [self.smudged_chin(shown, face), self.darkened_eyes(shown, face)]
+                    scores += [self.smudged_chin(shown, face), self.dropped_beard(shown, face),
+                               self.darkened_eyes(shown, face)]
                 if keep_mouth and not own_code:
                     scores.append(self.misexpressed(shown, face))
                 if wanted is not None:
