@@ -1069,3 +1069,61 @@ def test_the_generator_matches_a_soft_photo_at_its_first_attempts_only(tiny_run,
         1.2 * luma_detail(photo, region)
     late = matched.generate(GenerationRequest(photo, attempt=WIDER_MASK_FROM_ATTEMPT, seed=3))
     assert luma_detail(late, region) > 1.2 * luma_detail(photo, region)
+
+
+def test_the_screens_that_need_dlib_skip_a_drawing_the_others_already_refuse(tiny_run, monkeypatch):
+    """A drawing the cheap screens (speckle, forehead, chin, eyes) already refuse is not read by
+    dlib's descriptor or landmarks (glasses, gender and age, mouth); where every code is refused,
+    the least unfit is still chosen with every screen read."""
+    from idmrag_plugin.generation.renderer_generator import FURTHER_ALTERNATES, SPECKLE_ALTERNATES
+
+    root, *_ = tiny_run
+    face = np.random.default_rng(3).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+
+    def planted(speckled: dict[bytes, float], glasses: dict[bytes, float]) -> tuple[RendererGenerator, list[bytes]]:
+        """A fresh generator (nobody met yet) whose drawings are speckled and show glasses as
+        planted per code; the codes whose glasses were read, in order."""
+        generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors",
+                                      secret=b"s")
+        _scored_drawings(generator, monkeypatch, speckled, "speckled")
+        shows: dict[bytes, bytes] = {}  # composite -> the code it shows
+        finish, composite = generator._finish, generator._composite
+        last: list[bytes] = []
+
+        def finishing(drawn, f, c, grow=None):
+            last.append(c[0].tobytes())
+            return finish(drawn, f, c, grow)
+
+        def compositing(image, f, grow=None):
+            out = composite(image, f, grow)
+            shows[out.tobytes()] = last[-1]
+            return out
+
+        read: list[bytes] = []
+
+        def glasses_off(shown, f, descriptor=None):
+            read.append(shows[shown.tobytes()])
+            return glasses.get(read[-1], 0.0)
+
+        monkeypatch.setattr(generator, "_finish", finishing)
+        monkeypatch.setattr(generator, "_composite", compositing)
+        monkeypatch.setattr(generator, "glasses_off", glasses_off)
+        return generator, read
+
+    generator, _ = planted({}, {})
+    code = generator.encode(face[None])[0][0]
+    codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
+    person = generator._seed_code(code).tobytes()
+
+    generator, read = planted({codes[0].tobytes(): 3.0}, {})
+    generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert read == [codes[1].tobytes()]  # the speckled first code went unread, the next (fit) was read
+    assert np.array_equal(generator._unspeckled[person][0], codes[1])
+
+    # every code speckled, the second least so; glasses put it furthest off, so the third is kept
+    speckled = {c.tobytes(): 3.0 for c in codes}
+    speckled[codes[1].tobytes()], speckled[codes[2].tobytes()] = 1.5, 2.0
+    generator, read = planted(speckled, {codes[1].tobytes(): 5.0})
+    generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert sorted(read) == sorted(c.tobytes() for c in codes)  # every one read, once
+    assert np.array_equal(generator._unspeckled[person][0], codes[2])

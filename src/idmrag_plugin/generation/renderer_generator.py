@@ -710,38 +710,50 @@ class RendererGenerator(VAEDecodeGenerator):
         person = self._seed_code(code).tobytes()
         with self._lock:
             kept = self._unspeckled.get(person, {}).get(attempt)
-        drawings: dict[bytes, tuple[object, float]] = {}  # code -> (drawing, unfitness), each drawn once
+        # code -> (drawing, unfitness, complete), each drawn once; an incomplete unfitness is the
+        # cheap screens' alone, already over what was asked: unfit either way
+        drawings: dict[bytes, tuple[object, float, bool]] = {}
         composites: dict[bytes, np.ndarray] = {}  # code -> its drawing as the engine shows it, made once
         wanted = self._readings.get(person)
 
         def composited(c: np.ndarray) -> np.ndarray:
             key = c.tobytes()
             if key not in composites:
-                composites[key] = self._composite(self._finish(drawn(c)[0], face, c[None], grow)[0], face, grow)
+                composites[key] = self._composite(self._finish(drawings[key][0], face, c[None], grow)[0], face, grow)
             return composites[key]
 
-        def drawn(c: np.ndarray) -> tuple[object, float]:
+        def drawn(c: np.ndarray, enough: float = 1.0) -> tuple[object, float]:
+            """The drawing of code ``c`` and its unfitness, on the drawing as composited. The
+            screens that need dlib (its descriptor, the mouth's landmarks) are left out of a
+            drawing the others already put over ``enough``; asked again with more (the least
+            unfit of all), they are added."""
             key = c.tobytes()
             if key not in drawings:
                 # one code at a time: a drawing must not depend on what else was in its batch
                 drawing = self._draw(c[None], face, attr_mu, grow)
-                drawings[key] = (drawing, 0.0)  # scored below, on the drawing as composited
-                shown = composited(c)
+                drawings[key] = (drawing, 0.0, False)
                 own_code = kept is not None and np.array_equal(c, kept)
-                descriptor = functools.cache(lambda: self._dlib_embedding(shown))  # for both screens, once
-                scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face),
-                          self.glasses_off(shown, face, descriptor)]
+                shown = composited(c)
+                scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face)]
                 if not own_code:
                     scores += [self.smudged_chin(shown, face), self.dropped_beard(shown, face),
                                self.darkened_eyes(shown, face)]
-                if keep_mouth and not own_code:
-                    scores.append(self.misexpressed(shown, face))
-                if wanted is not None:
-                    # the person's own pseudonym answers for its gender only: one drawing's age
-                    # reading is too noisy to show the person as two for
-                    scores.append(self.misdrawn(shown, wanted, age=not own_code, descriptor=descriptor))
-                drawings[key] = (drawing, max(scores))
-            return drawings[key]
+                drawings[key] = (drawing, max(scores), False)
+            drawing, score, complete = drawings[key]
+            if complete or score > enough:
+                return drawing, score
+            own_code = kept is not None and np.array_equal(c, kept)
+            shown = composited(c)
+            descriptor = functools.cache(lambda: self._dlib_embedding(shown))  # for both screens, once
+            scores = [score, self.glasses_off(shown, face, descriptor)]
+            if keep_mouth and not own_code:
+                scores.append(self.misexpressed(shown, face))
+            if wanted is not None:
+                # the person's own pseudonym answers for its gender only: one drawing's age
+                # reading is too noisy to show the person as two for
+                scores.append(self.misdrawn(shown, wanted, age=not own_code, descriptor=descriptor))
+            drawings[key] = (drawing, max(scores), True)
+            return drawings[key][:2]
 
         codes = self.pseudonym_codes(code, attempt, 1 if kept is None else 1 + SPECKLE_ALTERNATES)
         own = kept is not None and any(np.array_equal(c, kept) for c in codes)
@@ -751,7 +763,7 @@ class RendererGenerator(VAEDecodeGenerator):
         first = kept if own else codes[0]
         # the person's own pseudonym counts less unfit: kept unless clearly unfit
         leniency = KEPT_UNFITNESS if own else 1.0
-        chosen = first if drawn(first)[1] / leniency <= 1.0 else None
+        chosen = first if drawn(first, leniency)[1] / leniency <= 1.0 else None
         if chosen is None:
             tried = [first]
 
@@ -772,11 +784,12 @@ class RendererGenerator(VAEDecodeGenerator):
                     codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
                 chosen = first_fit([c for c in codes if not any(np.array_equal(c, t) for t in tried)]
                                    [:FURTHER_ALTERNATES])
-            scores = [drawn(first)[1] / leniency] + [drawn(c)[1] for c in tried[1:]]
-            logger.debug("pseudonym drawn unfit (%.2f); %d alternates scored %s", scores[0], len(tried) - 1,
-                         np.round(scores[1:], 2).tolist())
-            if chosen is None:
+            if chosen is None:  # the least unfit of all, every screen read
+                scores = [drawn(first, np.inf)[1] / leniency] + [drawn(c, np.inf)[1] for c in tried[1:]]
                 chosen = tried[int(np.argmin(scores))]
+            logger.debug("pseudonym drawn unfit (at least %.2f); %d alternates scored at least %s",
+                         drawings[first.tobytes()][1] / leniency, len(tried) - 1,
+                         [round(drawings[c.tobytes()][1], 2) for c in tried[1:]])
         with self._lock:
             self._unspeckled.setdefault(person, {})[attempt] = np.array(chosen, copy=True)
         return composited(chosen)
