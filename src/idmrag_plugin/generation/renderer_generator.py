@@ -100,9 +100,8 @@ MOUTH_UNFITNESS_CAP = 1.05
 #: Likewise for a drawing off only in its glasses (see :meth:`RendererGenerator.glasses_off`).
 GLASSES_UNFITNESS_CAP = 1.05
 #: Likewise for a drawing off only in its eyes' shade or its beard (see
-#: :meth:`RendererGenerator.darkened_eyes`, :meth:`RendererGenerator.dropped_beard`): judged
-#: as fully as the forehead, they cost the README's bench three faces' gender (97.3 -> 96.3%),
-#: the least unfit drawing then being one of the wrong gender more often.
+#: :meth:`RendererGenerator.darkened_eyes`, :meth:`RendererGenerator.dropped_beard`): where
+#: every code drawn is unfit, one of the wrong gender, speckled or smudged is not kept over it.
 LOOK_UNFITNESS_CAP = 1.05
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
 #: first is speckled or washed out in this photo's context; of them the first fit one is used
