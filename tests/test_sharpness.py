@@ -45,3 +45,27 @@ def test_a_drawing_sharper_than_its_photo_is_blurred_to_its_detail_inside_the_dr
 def test_a_drawing_softer_than_its_photo_is_left_as_drawn(astronaut_crop):
     drawn = cv2.GaussianBlur(astronaut_crop, (0, 0), 1.5)
     assert as_sharp_as(drawn, astronaut_crop, _ellipse()) is drawn
+
+
+def test_the_config_reaches_both_renderer_generators(engine):
+    from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+
+    for generator in ("renderer-lcm", "renderer"):
+        for match in (True, False):
+            anonymizer = FaceAnonymizer(AnonymizerConfig(generator=generator, match_sharpness=match, cache_size=0),
+                                        detector=engine.detector, oracles=engine.oracles)
+            assert anonymizer.generator.match_sharpness is match
+
+
+def test_a_photo_face_with_no_detail_at_all_gets_the_largest_blur_and_no_error(astronaut_crop):
+    """An overexposed photo's face (flat) has no detail to match: the drawing gets the largest
+    blur tried, and the pixels outside the drawn region stay."""
+    from idmrag_plugin.generation.sharpness import SIGMAS
+
+    flat = np.full_like(astronaut_crop, 250)
+    inside = _ellipse()
+    softened = as_sharp_as(astronaut_crop, flat, inside)
+    largest = cv2.GaussianBlur(astronaut_crop, (0, 0), SIGMAS[-1])
+    region = inside > 0.5
+    assert np.abs(softened[region].astype(int) - largest[region].astype(int)).max() <= 1
+    assert np.array_equal(softened[~region], astronaut_crop[~region])
