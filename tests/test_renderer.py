@@ -1049,26 +1049,26 @@ def test_face_codes_for_the_code_probes_are_drawn_group_balanced():
 
 
 def test_the_generator_matches_a_soft_photo_at_its_first_attempts_only(tiny_run, astronaut):
-    """An untrained renderer draws noise, far sharper than a face out of focus: composited at the
-    first attempts it has no more detail than the photo's face; at the late attempts (the wider
+    """An untrained renderer draws noise, far sharper than a face far out of focus: composited at
+    the first attempts it has little more detail than the photo's face; at the late attempts (the wider
     ellipse) it is kept as drawn, and so it is with ``match_sharpness=False``."""
     from idmrag_plugin.engine.blend import face_mask
     from idmrag_plugin.generation.renderer_generator import WIDER_MASK_FROM_ATTEMPT
-    from idmrag_plugin.generation.sharpness import luma_detail
+    from idmrag_plugin.generation.sharpness import ALLOWANCE, luma_detail
 
     root, *_ = tiny_run
     face = cv2.resize(astronaut[20:260, 120:360], (128, 128), interpolation=cv2.INTER_AREA)
-    photo = cv2.GaussianBlur(face, (0, 0), 6.0)  # the tiny renderer draws at 32 px, softly: far out of focus
+    photo = cv2.GaussianBlur(face, (0, 0), 8.0)  # the tiny renderer draws at 32 px, softly: far out of focus
     region = face_mask(128) > 0.5
     paths = (root / "run" / "renderer", root / "codes", root / "sampler.safetensors")
     matched = RendererGenerator(*paths, secret=b"sharp")
     as_drawn = RendererGenerator(*paths, secret=b"sharp", match_sharpness=False)
     first = matched.generate(GenerationRequest(photo, attempt=0, seed=3))
-    assert luma_detail(first, region) <= luma_detail(photo, region) + 1e-6
+    assert luma_detail(first, region) <= ALLOWANCE * luma_detail(photo, region) + 1e-6
     assert luma_detail(as_drawn.generate(GenerationRequest(photo, attempt=0, seed=3)), region) > \
-        1.2 * luma_detail(photo, region)
+        1.5 * luma_detail(photo, region)
     late = matched.generate(GenerationRequest(photo, attempt=WIDER_MASK_FROM_ATTEMPT, seed=3))
-    assert luma_detail(late, region) > 1.2 * luma_detail(photo, region)
+    assert luma_detail(late, region) > 1.5 * luma_detail(photo, region)
 
 
 def test_the_screens_that_need_dlib_skip_a_drawing_the_others_already_refuse(tiny_run, monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from idmrag_plugin.engine.blend import face_mask
-from idmrag_plugin.generation.sharpness import as_sharp_as, luma_detail, sharper_by
+from idmrag_plugin.generation.sharpness import ALLOWANCE, as_sharp_as, luma_detail, sharper_by
 
 
 def _region(side: int = 128) -> np.ndarray:
@@ -36,15 +36,19 @@ def test_a_drawing_sharper_than_its_photo_is_blurred_to_its_detail_inside_the_dr
     inside = _ellipse()
     softened = as_sharp_as(astronaut_crop, photo, inside)
     region = _region()
-    assert luma_detail(softened, region) <= luma_detail(photo, region)
-    assert luma_detail(softened, region) > 0.6 * luma_detail(photo, region)  # the smallest blur that does it
+    assert luma_detail(softened, region) <= ALLOWANCE * luma_detail(photo, region)
+    # the smallest blur that does it
+    assert luma_detail(softened, region) > 0.6 * ALLOWANCE * luma_detail(photo, region)
     outside = inside < 0.5
     assert np.array_equal(softened[outside], astronaut_crop[outside])
 
 
-def test_a_drawing_softer_than_its_photo_is_left_as_drawn(astronaut_crop):
+def test_a_drawing_softer_than_its_photo_or_a_little_sharper_is_left_as_drawn(astronaut_crop):
     drawn = cv2.GaussianBlur(astronaut_crop, (0, 0), 1.5)
     assert as_sharp_as(drawn, astronaut_crop, _ellipse()) is drawn
+    photo = cv2.GaussianBlur(astronaut_crop, (0, 0), 0.42)  # the drawing sharper, but within the allowance
+    assert 1.0 < sharper_by(astronaut_crop, photo) < ALLOWANCE
+    assert as_sharp_as(astronaut_crop, photo, _ellipse()) is astronaut_crop
 
 
 def test_the_config_reaches_both_renderer_generators(engine):
