@@ -255,8 +255,8 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="renderer generators: do not replace a pseudonym drawn with glasses on a face that "
                              "wears none in the photo, or without them on a face that wears them")
     parser.add_argument("--any-sharpness", action="store_true",
-                        help="renderer generators: do not blur a drawn face that is sharper than the photo's face "
-                             "(a face out of focus or blurred) down to the photo's detail")
+                        help="renderer generators: do not blur a drawn face that is clearly sharper than the photo's "
+                             "face (a face out of focus or blurred) down to about the photo's detail")
     parser.add_argument("--format", default="PNG", choices=["PNG", "JPEG", "WEBP"], help="output encoding")
     parser.add_argument("--device", default="auto", help="auto, cpu or a torch device such as cuda:0")
     parser.add_argument("--threads", type=int, default=None,

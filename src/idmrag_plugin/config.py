@@ -99,9 +99,9 @@ class AnonymizerConfig:
             drawing by the descriptor; see :mod:`idmrag_plugin.generation.glasses`), gives way to the person's next code that
             draws them as the photo has them. ``False``: glasses as the pseudonym draws them
             (67 of 234 LFW people without glasses were given some).
-        match_sharpness: for ``"renderer-lcm"`` and ``"renderer"``: a drawing with more fine
-            detail than the photo's face (a face out of focus, blurred by motion or in a soft
-            photo) is blurred inside the drawn region down to the photo's detail, so that a
+        match_sharpness: for ``"renderer-lcm"`` and ``"renderer"``: a drawing with clearly more
+            fine detail than the photo's face (a face out of focus, blurred by motion or in a soft
+            photo) is blurred inside the drawn region down to about the photo's detail, so that a
             crisp face is not pasted into a blurred head (see
             :mod:`idmrag_plugin.generation.sharpness`); a face refused twice is drawn as sharp as
             drawn from then on. ``False``: faces as sharp as drawn.

@@ -186,8 +186,8 @@ class RendererGenerator(VAEDecodeGenerator):
         glasses_probe_path: :class:`~idmrag_plugin.generation.glasses.GlassesProbes` (the
             photo's and the drawing's); with them a drawing that adds glasses to a face without
             them, or drops them from a face wearing them, counts as unfit (:meth:`glasses_off`); ``AnonymizerConfig.keep_glasses``.
-        match_sharpness: blur a drawing sharper than the photo's face down to its fine detail
-            (:mod:`~idmrag_plugin.generation.sharpness`), at the attempts before
+        match_sharpness: blur a drawing clearly sharper than the photo's face down to about its
+            fine detail (:mod:`~idmrag_plugin.generation.sharpness`), at the attempts before
             ``WIDER_MASK_FROM_ATTEMPT``; ``AnonymizerConfig.match_sharpness``.
         runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
             renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
