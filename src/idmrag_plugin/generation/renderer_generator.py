@@ -735,11 +735,11 @@ class RendererGenerator(VAEDecodeGenerator):
             drawing the others already put over ``enough``; asked again with more (the least
             unfit of all), they are added."""
             key = c.tobytes()
+            own_code = kept is not None and np.array_equal(c, kept)
             if key not in drawings:
                 # one code at a time: a drawing must not depend on what else was in its batch
                 drawing = self._draw(c[None], face, attr_mu, grow)
                 drawings[key] = (drawing, 0.0, False)
-                own_code = kept is not None and np.array_equal(c, kept)
                 shown = composited(c)
                 scores = [float(self.unfitness(drawing, face, grow)[0]), self.smudged(shown, face)]
                 if not own_code:
@@ -749,7 +749,6 @@ class RendererGenerator(VAEDecodeGenerator):
             drawing, score, complete = drawings[key]
             if complete or score > enough:
                 return drawing, score
-            own_code = kept is not None and np.array_equal(c, kept)
             shown = composited(c)
             descriptor = functools.cache(lambda: self._dlib_embedding(shown))  # for both screens, once
             scores = [score, self.glasses_off(shown, face, descriptor)]
