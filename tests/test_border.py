@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
-from idmrag_plugin.engine.border import BorderDetector
+from idmrag_plugin.engine.border import CLOSE_UP_GREY, BorderDetector
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,55 @@ def test_a_face_cropped_tighter_than_the_face_is_found(obfuscating, without_bord
     assert len(result.faces) == 1 and np.abs(np.asarray(result.image).astype(int) - tight.astype(int)).mean() > 20
 
 
+@pytest.mark.parametrize("scale", [1, 4])
+def test_a_close_up_filling_the_frame_is_found_and_never_returned_intact(obfuscating, astronaut, scale):
+    """Eyes, nose and mouth filling the frame, the jaw and forehead past it on every side: the
+    whole search and the reflection pass find no face there, yet dlib still recognises one
+    (0.36 from her whole face's descriptor); framed in grey, the close-up look finds it."""
+    import cv2
+
+    close_up = cv2.resize(np.ascontiguousarray(astronaut[90:150, 190:260]), None, fx=scale, fy=scale,
+                          interpolation=cv2.INTER_CUBIC)
+    height, width = close_up.shape[:2]
+    border = obfuscating.detector.detector.detector
+    assert isinstance(border, BorderDetector)
+    assert border.detector.detect(close_up) == []  # every rotation, upright and turned
+    assert border._padded_look(close_up, reflected=True) == []
+    result = obfuscating.anonymize(close_up)
+    (face,) = result.faces
+    assert face.detection.detector.endswith("@close-up")
+    x1, y1, x2, y2 = face.detection.box
+    assert sum([x1 < 0, y1 < 0, x2 > width, y2 > height]) >= 2  # larger than the frame
+    changed = np.abs(np.asarray(result.image).astype(int) - close_up.astype(int)).mean(axis=2)
+    assert (changed > 10).mean() > 0.6  # most of the frame, the face, no longer as it was
+
+
+def test_the_close_up_look_adds_no_face_where_there_is_none(obfuscating, no_face_image, astronaut):
+    """A photo without a face, a flat one, and the astronaut cut below her eyes: framed in grey,
+    her torso made a "face" of the whole frame, which the second look refuses (the face the
+    reflection completes is still found)."""
+    border = obfuscating.detector.detector.detector
+    assert border._padded_look(no_face_image, reflected=False) == []
+    assert border._padded_look(np.full((120, 90, 3), 200, np.uint8), reflected=False) == []
+    below_the_eyes = np.ascontiguousarray(astronaut[120:, :])
+    assert border._padded_look(below_the_eyes, reflected=False) == []
+    (face,) = obfuscating.anonymize(below_the_eyes).faces
+    assert face.detection.detector.endswith("@border")
+
+
+def test_faces_cut_by_the_frame_that_only_the_close_up_look_finds(obfuscating, lfw):
+    """LFW photos whose bystanders the frame cuts so that their reflection is no face (a boxer at
+    the left edge, a man behind at the top right): the close-up look finds them."""
+    for name, centre in (("Tocker_Pudwill", (30.0, 130.0)), ("Larry_Brown", (216.0, 33.0))):
+        from PIL import Image
+
+        photo = np.asarray(Image.open(lfw / "images" / name / f"{name}_0001.jpg").convert("RGB"))
+        found = obfuscating.detector.detect(photo)
+        near = [d for d in found if abs((d.box[0] + d.box[2]) / 2 - centre[0]) < 40
+                and abs((d.box[1] + d.box[3]) / 2 - centre[1]) < 50]
+        assert near and any(d.detector.endswith("@close-up") for d in near), (name, [(d.box, d.detector) for d in found])
+
+
 def test_a_cut_face_lying_on_a_whole_face_must_pass_an_upright_second_look():
     """The reflection of a subject's chin and collar past the bottom edge makes a "face" that
     hangs from the subject's; a cut face with CUT_ON_FACE_SHARE of its box on a whole face
@@ -120,6 +169,8 @@ def test_a_cut_face_lying_on_a_whole_face_must_pass_an_upright_second_look():
             pass
 
         def _detect(self, picture: np.ndarray) -> list[Detection]:
+            if (picture[0, 0] == CLOSE_UP_GREY).all():  # the close-up look's grey frame: nothing there
+                return []
             if picture.shape[:2] != (300, 300):  # a second look's crop
                 self.second_looks += 1
                 centre = picture.shape[1] / 2.0

@@ -8,6 +8,16 @@ and its mirror image make a whole, symmetric one), so one more upright pass over
 padded by reflection finds it. Only detections that cross the border are taken from that
 pass (the full search finds the others), and only when a fair share of the box lies inside
 the image.
+
+A close-up cut on every side (eyes, nose and mouth filling the frame, the jaw and forehead
+past it: a tight crop, a face too near the camera) is missed by both: MTCNN finds no face in
+it, and its reflection is no face either. Framed in grey it is a face again (the astronaut's
+eyes-to-mouth crop, found at 0.98-1.00 with a grey frame of a quarter to a whole of its
+side), and one still recognisable: dlib's descriptor of that crop, found so, lies 0.36 from
+her whole face's (its same-person threshold is 0.6). So a second, cheap look searches the
+image framed in grey for such faces too, with the same rules, and each face it finds must
+be found again by a second, upright look framed in grey (a subject's torso cut below the eyes,
+framed so, made a "face" of the whole frame).
 """
 
 from __future__ import annotations
@@ -38,6 +48,15 @@ BORDER_MIN_FACE = 32
 #: The padded image is searched at most this long (bounded cost on big photos; faces cut by
 #: their border are searched down to min_face_size * side / BORDER_MAX_SIDE pixels there).
 BORDER_MAX_SIDE = 1024
+#: The close-up look's grey frame on every side, as a share of the image's longer side.
+CLOSE_UP_PAD = 0.5
+#: ... its grey (8-bit, every channel).
+CLOSE_UP_GREY = 128
+#: The faces the close-up look is for are larger than the image: it searches a copy whose
+#: shorter side is this long (enlarged or shrunk), where they are 40 px and more...
+CLOSE_UP_SHORT_SIDE = 80
+#: ... and whose framed copy is at most this long (an elongated image is shrunk further).
+CLOSE_UP_MAX_SIDE = 384
 
 
 class BorderDetector(FaceDetector):
@@ -82,16 +101,32 @@ class BorderDetector(FaceDetector):
 
     def cut_faces(self, image: np.ndarray) -> list[Detection]:
         """Faces crossing the image border, in the image's coordinates (boxes and landmarks
-        may lie partly outside it)."""
+        may lie partly outside it): those the image padded by reflection shows, and the
+        close-ups that the image framed in grey shows."""
+        return self._padded_look(image, reflected=True) + self._padded_look(image, reflected=False)
+
+    def _padded_look(self, image: np.ndarray, reflected: bool) -> list[Detection]:
+        """The faces crossing the border of ``image`` that one upright pass finds on it padded
+        by reflection (``pad`` of its shorter side) or framed in grey (``CLOSE_UP_PAD`` of its
+        longer side)."""
+        original = image
         height, width = image.shape[:2]
-        scale = min(1.0, self.max_side / ((1 + 2 * self.pad) * max(height, width)))
-        if scale < 1.0:
+        share, max_side = (self.pad, self.max_side) if reflected else (CLOSE_UP_PAD, CLOSE_UP_MAX_SIDE)
+        scale = min(1.0 if reflected else CLOSE_UP_SHORT_SIDE / min(height, width),
+                    max_side / ((1 + 2 * share) * max(height, width)))
+        if scale != 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        pad = min(round(self.pad * min(image.shape[:2])), min(image.shape[:2]) - 1)
-        if pad < 1:
-            return []
-        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC)
+        if reflected:
+            pad = min(round(share * min(image.shape[:2])), min(image.shape[:2]) - 1)
+            if pad < 1:
+                return []
+            padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+        else:
+            pad = max(1, round(share * max(image.shape[:2])))
+            padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
+                                        value=(CLOSE_UP_GREY,) * image.shape[2])
+        tag = "@border" if reflected else "@close-up"
         found = []
         for det in self.border_detector.detect(padded):
             x1, y1, x2, y2 = ((v - pad) / scale for v in det.box)
@@ -102,5 +137,9 @@ class BorderDetector(FaceDetector):
             seen_y = max(0.0, min(y2, height) - max(y1, 0.0))
             if seen_x * seen_y / area < MIN_VISIBLE or min(seen_x, seen_y) < MIN_VISIBLE_SIDE:
                 continue  # a mirror image in the padding, or a sliver of a face
-            found.append(Detection((x1, y1, x2, y2), det.score, (det.landmarks - pad) / scale, f"{det.detector}@border"))
+            landmarks = (det.landmarks - pad) / scale
+            if not reflected and upright_look(self.border_detector, original, landmarks, CONFIRM_FACE_SIZE,
+                                              CONFIRM_SIDE, fill=CLOSE_UP_GREY) is None:
+                continue  # framed in grey, the frame's own outline can make a "face" of the whole image
+            found.append(Detection((x1, y1, x2, y2), det.score, landmarks, det.detector + tag))
         return found

@@ -538,13 +538,15 @@ class RotatingDetector(FaceDetector):
 
 
 def upright_look(
-    detector: FaceDetector, image: np.ndarray, landmarks: np.ndarray, face_size: float, side: int
+    detector: FaceDetector, image: np.ndarray, landmarks: np.ndarray, face_size: float, side: int,
+    fill: int | None = None,
 ) -> np.ndarray | None:
     """A second look at a face: turned exactly upright (by its eyes) in a ``side`` px crop of
     its own, scaled to ``face_size`` px (eye distance, or for a face turned aside the drop from
     the eyes to the mouth), ``detector`` must find it again with a score of at least
     CONFIRM_SCORE and landmarks on average within CONFIRM_LANDMARK_ERROR face sizes; its
-    landmarks found there, in the image's coordinates, or None."""
+    landmarks found there, in the image's coordinates, or None. Past the image's border the
+    crop holds the image's reflection, or with ``fill`` that grey."""
     left_eye, right_eye = landmarks[0], landmarks[1]
     size = max(float(np.hypot(*(right_eye - left_eye))),
                float(np.hypot(*((landmarks[3] + landmarks[4]) / 2.0 - (left_eye + right_eye) / 2.0))))
@@ -555,7 +557,9 @@ def upright_look(
     to_crop = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), face_roll(landmarks), scale)
     to_crop[:, 2] += (side / 2.0 - centre[0], side / 2.0 - centre[1])
     interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    crop = cv2.warpAffine(image, to_crop, (side, side), flags=interpolation, borderMode=cv2.BORDER_REFLECT_101)
+    border = cv2.BORDER_REFLECT_101 if fill is None else cv2.BORDER_CONSTANT
+    crop = cv2.warpAffine(image, to_crop, (side, side), flags=interpolation, borderMode=border,
+                          borderValue=(fill or 0,) * 3)
     expected = apply_affine(landmarks, to_crop)
     best: tuple[float, np.ndarray] | None = None
     for det in detector.detect(crop):
