@@ -15,8 +15,9 @@ it, and its reflection is no face either. Framed in grey it is a face again (the
 eyes-to-mouth crop, found at 0.98-1.00 with a grey frame of a quarter to a whole of its
 side), and one still recognisable: dlib's descriptor of that crop, found so, lies 0.36 from
 her whole face's (its same-person threshold is 0.6). So a second, cheap look searches the
-image framed in grey for such faces too, with the same rules, and each face it finds must
-be found again by a second, upright look framed in grey (a subject's torso cut below the eyes,
+image framed in grey for such faces too, at every quarter turn (a close-up photographed
+sideways), with the same rules, and each face it finds must be found again by a second,
+upright look framed in grey (a subject's torso cut below the eyes,
 framed so, made a "face" of the whole frame).
 """
 
@@ -30,10 +31,12 @@ from idmrag_plugin.engine.detect import (
     CONFIRM_SIDE,
     Detection,
     FaceDetector,
+    _run_batched,
     hangs_from,
     suppress_overlaps,
     upright_look,
 )
+from idmrag_plugin.engine.upright import unrotate_points
 
 #: Reflection added on every side, as a share of the image's shorter side.
 BORDER_PAD = 0.25
@@ -106,9 +109,10 @@ class BorderDetector(FaceDetector):
         return self._padded_look(image, reflected=True) + self._padded_look(image, reflected=False)
 
     def _padded_look(self, image: np.ndarray, reflected: bool) -> list[Detection]:
-        """The faces crossing the border of ``image`` that one upright pass finds on it padded
-        by reflection (``pad`` of its shorter side) or framed in grey (``CLOSE_UP_PAD`` of its
-        longer side)."""
+        """The faces crossing the border of ``image`` that one pass finds on it padded by
+        reflection (``pad`` of its shorter side; upright) or framed in grey (``CLOSE_UP_PAD`` of
+        its longer side; at every quarter turn, in one batch: a close-up photographed sideways
+        is as much a face)."""
         original = image
         height, width = image.shape[:2]
         share, max_side = (self.pad, self.max_side) if reflected else (CLOSE_UP_PAD, CLOSE_UP_MAX_SIDE)
@@ -122,24 +126,30 @@ class BorderDetector(FaceDetector):
             if pad < 1:
                 return []
             padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+            turns = [0]
         else:
             pad = max(1, round(share * max(image.shape[:2])))
             padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
                                         value=(CLOSE_UP_GREY,) * image.shape[2])
+            turns = [0, 1, 2, 3]
         tag = "@border" if reflected else "@close-up"
+        turned = [np.ascontiguousarray(np.rot90(padded, k)) if k else padded for k in turns]
         found = []
-        for det in self.border_detector.detect(padded):
-            x1, y1, x2, y2 = ((v - pad) / scale for v in det.box)
-            if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
-                continue  # a whole face: the full search's
-            area = max(x2 - x1, 1e-6) * max(y2 - y1, 1e-6)
-            seen_x = max(0.0, min(x2, width) - max(x1, 0.0))
-            seen_y = max(0.0, min(y2, height) - max(y1, 0.0))
-            if seen_x * seen_y / area < MIN_VISIBLE or min(seen_x, seen_y) < MIN_VISIBLE_SIDE:
-                continue  # a mirror image in the padding, or a sliver of a face
-            landmarks = (det.landmarks - pad) / scale
-            if not reflected and upright_look(self.border_detector, original, landmarks, CONFIRM_FACE_SIZE,
-                                              CONFIRM_SIDE, fill=CLOSE_UP_GREY) is None:
-                continue  # framed in grey, the frame's own outline can make a "face" of the whole image
-            found.append(Detection((x1, y1, x2, y2), det.score, landmarks, det.detector + tag))
+        for k, detections in zip(turns, _run_batched(self.border_detector, turned), strict=True):
+            for det in detections:
+                corners = unrotate_points(np.array([det.box[:2], det.box[2:4]], np.float64), k, padded.shape[:2])
+                (x1, y1), (x2, y2) = (corners.min(axis=0) - pad) / scale, (corners.max(axis=0) - pad) / scale
+                if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
+                    continue  # a whole face: the full search's
+                area = max(x2 - x1, 1e-6) * max(y2 - y1, 1e-6)
+                seen_x = max(0.0, min(x2, width) - max(x1, 0.0))
+                seen_y = max(0.0, min(y2, height) - max(y1, 0.0))
+                if seen_x * seen_y / area < MIN_VISIBLE or min(seen_x, seen_y) < MIN_VISIBLE_SIDE:
+                    continue  # a mirror image in the padding, or a sliver of a face
+                landmarks = (unrotate_points(det.landmarks, k, padded.shape[:2]) - pad) / scale
+                if not reflected and upright_look(self.border_detector, original, landmarks, CONFIRM_FACE_SIZE,
+                                                  CONFIRM_SIDE, fill=CLOSE_UP_GREY) is None:
+                    continue  # framed in grey, the frame's own outline can make a "face" of the whole image
+                name = det.detector + tag + (f"@{90 * k}" if k else "")
+                found.append(Detection((float(x1), float(y1), float(x2), float(y2)), det.score, landmarks, name))
         return found
