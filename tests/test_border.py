@@ -100,7 +100,7 @@ def test_a_close_up_filling_the_frame_is_found_and_never_returned_intact(obfusca
     border = obfuscating.detector.detector.detector
     assert isinstance(border, BorderDetector)
     assert border.detector.detect(close_up) == []  # every rotation, upright and turned
-    assert border._padded_look(close_up, reflected=True) == []
+    assert border.reflected_cut_faces(close_up) == []
     result = obfuscating.anonymize(close_up)
     (face,) = result.faces
     assert "@close-up" in face.detection.detector
@@ -115,10 +115,10 @@ def test_the_close_up_look_adds_no_face_where_there_is_none(obfuscating, no_face
     her torso made a "face" of the whole frame, which the second look refuses (the face the
     reflection completes is still found)."""
     border = obfuscating.detector.detector.detector
-    assert border._padded_look(no_face_image, reflected=False) == []
-    assert border._padded_look(np.full((120, 90, 3), 200, np.uint8), reflected=False) == []
+    assert border.close_ups(no_face_image) == []
+    assert border.close_ups(np.full((120, 90, 3), 200, np.uint8)) == []
     below_the_eyes = np.ascontiguousarray(astronaut[120:, :])
-    assert border._padded_look(below_the_eyes, reflected=False) == []
+    assert border.close_ups(below_the_eyes) == []
     (face,) = obfuscating.anonymize(below_the_eyes).faces
     assert face.detection.detector.endswith("@border")
 

@@ -31,12 +31,12 @@ from idmrag_plugin.engine.detect import (
     CONFIRM_SIDE,
     Detection,
     FaceDetector,
-    _run_batched,
     hangs_from,
+    run_batched,
     suppress_overlaps,
+    unrotated,
     upright_look,
 )
-from idmrag_plugin.engine.upright import unrotate_points
 
 #: Reflection added on every side, as a share of the image's shorter side.
 BORDER_PAD = 0.25
@@ -106,39 +106,47 @@ class BorderDetector(FaceDetector):
         """Faces crossing the image border, in the image's coordinates (boxes and landmarks
         may lie partly outside it): those the image padded by reflection shows, and the
         close-ups that the image framed in grey shows."""
-        return self._padded_look(image, reflected=True) + self._padded_look(image, reflected=False)
+        return self.reflected_cut_faces(image) + self.close_ups(image)
 
-    def _padded_look(self, image: np.ndarray, reflected: bool) -> list[Detection]:
-        """The faces crossing the border of ``image`` that one pass finds on it padded by
-        reflection (``pad`` of its shorter side; upright) or framed in grey (``CLOSE_UP_PAD`` of
-        its longer side; at every quarter turn, in one batch: a close-up photographed sideways
-        is as much a face)."""
-        original = image
+    def reflected_cut_faces(self, image: np.ndarray) -> list[Detection]:
+        """The faces crossing the border that one upright pass finds on the image padded by
+        reflection (``pad`` of its shorter side)."""
+        scale = min(1.0, self.max_side / ((1 + 2 * self.pad) * max(image.shape[:2])))
+        small = _resized(image, scale)
+        pad = min(round(self.pad * min(small.shape[:2])), min(small.shape[:2]) - 1)
+        if pad < 1:
+            return []
+        padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+        return self._crossing(padded, [0], pad, scale, image.shape, "@border")
+
+    def close_ups(self, image: np.ndarray) -> list[Detection]:
+        """The faces crossing the border that a pass at every quarter turn (one batch: a
+        close-up photographed sideways is as much a face) finds on the image framed in grey
+        (``CLOSE_UP_PAD`` of its longer side), each found again by an upright second look framed
+        so: the frame's own outline can make a "face" of the whole image."""
         height, width = image.shape[:2]
-        share, max_side = (self.pad, self.max_side) if reflected else (CLOSE_UP_PAD, CLOSE_UP_MAX_SIDE)
-        scale = min(1.0 if reflected else CLOSE_UP_SHORT_SIDE / min(height, width),
-                    max_side / ((1 + 2 * share) * max(height, width)))
-        if scale != 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC)
-        if reflected:
-            pad = min(round(share * min(image.shape[:2])), min(image.shape[:2]) - 1)
-            if pad < 1:
-                return []
-            padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-            turns = [0]
-        else:
-            pad = max(1, round(share * max(image.shape[:2])))
-            padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
-                                        value=(CLOSE_UP_GREY,) * image.shape[2])
-            turns = [0, 1, 2, 3]
-        tag = "@border" if reflected else "@close-up"
+        scale = min(CLOSE_UP_SHORT_SIDE / min(height, width),
+                    CLOSE_UP_MAX_SIDE / ((1 + 2 * CLOSE_UP_PAD) * max(height, width)))
+        small = _resized(image, scale)
+        pad = max(1, round(CLOSE_UP_PAD * max(small.shape[:2])))
+        padded = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
+                                    value=(CLOSE_UP_GREY,) * small.shape[2])
+        return [det for det in self._crossing(padded, [0, 1, 2, 3], pad, scale, image.shape, "@close-up")
+                if upright_look(self.border_detector, image, det.landmarks, CONFIRM_FACE_SIZE, CONFIRM_SIDE,
+                                fill=CLOSE_UP_GREY) is not None]
+
+    def _crossing(self, padded: np.ndarray, turns: list[int], pad: int, scale: float, shape: tuple[int, ...],
+                  tag: str) -> list[Detection]:
+        """The faces ``border_detector`` finds on ``padded`` (the image scaled by ``scale``,
+        ``pad`` px added on every side) turned by each of ``turns``, in the coordinates of the
+        image of ``shape``, that cross its border with a fair share of their box inside it."""
+        height, width = shape[:2]
         turned = [np.ascontiguousarray(np.rot90(padded, k)) if k else padded for k in turns]
         found = []
-        for k, detections in zip(turns, _run_batched(self.border_detector, turned), strict=True):
+        for k, detections in zip(turns, run_batched(self.border_detector, turned), strict=True):
             for det in detections:
-                corners = unrotate_points(np.array([det.box[:2], det.box[2:4]], np.float64), k, padded.shape[:2])
-                (x1, y1), (x2, y2) = (corners.min(axis=0) - pad) / scale, (corners.max(axis=0) - pad) / scale
+                det = unrotated(Detection(det.box, det.score, det.landmarks, det.detector + tag), k, padded.shape)
+                x1, y1, x2, y2 = ((v - pad) / scale for v in det.box)
                 if x1 >= 0 and y1 >= 0 and x2 <= width and y2 <= height:
                     continue  # a whole face: the full search's
                 area = max(x2 - x1, 1e-6) * max(y2 - y1, 1e-6)
@@ -146,10 +154,13 @@ class BorderDetector(FaceDetector):
                 seen_y = max(0.0, min(y2, height) - max(y1, 0.0))
                 if seen_x * seen_y / area < MIN_VISIBLE or min(seen_x, seen_y) < MIN_VISIBLE_SIDE:
                     continue  # a mirror image in the padding, or a sliver of a face
-                landmarks = (unrotate_points(det.landmarks, k, padded.shape[:2]) - pad) / scale
-                if not reflected and upright_look(self.border_detector, original, landmarks, CONFIRM_FACE_SIZE,
-                                                  CONFIRM_SIDE, fill=CLOSE_UP_GREY) is None:
-                    continue  # framed in grey, the frame's own outline can make a "face" of the whole image
-                name = det.detector + tag + (f"@{90 * k}" if k else "")
-                found.append(Detection((float(x1), float(y1), float(x2), float(y2)), det.score, landmarks, name))
+                found.append(Detection((x1, y1, x2, y2), det.score, (det.landmarks - pad) / scale, det.detector))
         return found
+
+
+def _resized(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` scaled by ``scale`` (area-averaged down, cubic up)."""
+    if scale == 1.0:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC)

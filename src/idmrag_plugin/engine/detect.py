@@ -423,20 +423,13 @@ class RotatingDetector(FaceDetector):
                 size = (max(1, round(shape[1] * scale)), max(1, round(shape[0] * scale)))
                 source = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             passes.append((k, scale, np.ascontiguousarray(np.rot90(source, k)) if k else source))
-        results = _run_batched(self.detector, [turned for _, _, turned in passes])
+        results = run_batched(self.detector, [turned for _, _, turned in passes])
         for (k, scale, _), detections in zip(passes, results, strict=True):
             for det in detections:
                 det = Detection(
                     tuple(v / scale for v in det.box), det.score, det.landmarks / scale, det.detector  # type: ignore[arg-type]
                 ) if scale != 1.0 else det
-                corners = unrotate_points(np.array([det.box[:2], det.box[2:]], dtype=np.float64), k, shape)
-                (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
-                found.append(Detection(
-                    (float(x1), float(y1), float(x2), float(y2)),
-                    det.score,
-                    unrotate_points(det.landmarks, k, shape),
-                    det.detector if k == 0 else f"{det.detector}@{90 * k}",
-                ))
+                found.append(unrotated(det, k, shape))
         return found
 
     def _diagonals(self, image: np.ndarray, found: list[Detection]) -> list[Detection]:
@@ -455,7 +448,7 @@ class RotatingDetector(FaceDetector):
         canvas, inside, back = diagonal_canvas(image, self.diagonal_max_side, self.diagonal_scale)
         turned = [np.ascontiguousarray(np.rot90(canvas, k)) if k else canvas for k in self.diagonal_turns]
         added: list[Detection] = []
-        for k, detections in zip(self.diagonal_turns, _run_batched(self.diagonal_detector, turned), strict=True):
+        for k, detections in zip(self.diagonal_turns, run_batched(self.diagonal_detector, turned), strict=True):
             footprint = np.rot90(inside, k) if k else inside
 
             def to_image(points: np.ndarray, k: int = k) -> np.ndarray:
@@ -571,7 +564,17 @@ def upright_look(
     return None if best is None else apply_affine(best[1], cv2.invertAffineTransform(to_crop))
 
 
-def _run_batched(detector: FaceDetector, images: list[np.ndarray]) -> list[list[Detection]]:
+def unrotated(det: Detection, k: int, shape: tuple[int, ...]) -> Detection:
+    """A detection found in ``np.rot90(image, k)`` in the coordinates of ``image`` of ``shape``
+    (its box the upright box around the turned one), its detector tagged with the turn."""
+    corners = unrotate_points(np.array([det.box[:2], det.box[2:4]], dtype=np.float64), k, shape[:2])
+    (x1, y1), (x2, y2) = corners.min(axis=0), corners.max(axis=0)
+    return Detection((float(x1), float(y1), float(x2), float(y2)), det.score,
+                     unrotate_points(det.landmarks, k, shape[:2]),
+                     det.detector if k % 4 == 0 else f"{det.detector}@{90 * (k % 4)}")
+
+
+def run_batched(detector: FaceDetector, images: list[np.ndarray]) -> list[list[Detection]]:
     """Each image's detections; images of one size share a batch when the detector batches."""
     if not isinstance(detector, MTCNNDetector):
         return [detector.detect(image) for image in images]
