@@ -105,6 +105,8 @@ def test_engine_options_reach_the_config():
     assert config.border_search is False and config.rotations == (0, 180)
     assert _engine_config(parser.parse_args([])).negative_search is True
     assert _engine_config(parser.parse_args(["--no-negative-search"])).negative_search is False
+    assert _engine_config(parser.parse_args([])).stretch_search is True
+    assert _engine_config(parser.parse_args(["--no-stretch-search"])).stretch_search is False
     assert _engine_config(parser.parse_args([])).keep_outside_face is True
     assert _engine_config(parser.parse_args(["--redraw-whole-ellipse"])).keep_outside_face is False
     assert _engine_config(parser.parse_args([])).keep_expression is True

@@ -61,6 +61,7 @@ def _engine_config(args: argparse.Namespace):
         border_search=not args.no_border_search,
         exposure_search=not args.no_exposure_search,
         negative_search=not args.no_negative_search,
+        stretch_search=not args.no_stretch_search,
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
@@ -228,6 +229,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-negative-search", action="store_true",
                         help="skip the extra pass over the photo's negative (misses the faces of scanned film "
                              "negatives)")
+    parser.add_argument("--no-stretch-search", action="store_true",
+                        help="skip the extra passes over the photo squeezed along each axis (misses the faces of "
+                             "photos stretched out of proportion)")
     parser.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"],
                         help="a replaced face must be less like the original than all but this fraction of "
                              "different-person pairs (far1e-3 is stricter)")

@@ -51,6 +51,7 @@ from idmrag_plugin.engine.obfuscate import (
 )
 from idmrag_plugin.engine.oracles import FaceOracle, build_oracle
 from idmrag_plugin.engine.plausibility import check_landmarks
+from idmrag_plugin.engine.stretch import STRETCH_MIN_FACE, Squeeze, StretchSearch
 from idmrag_plugin.engine.views import OriginalViews, Verifier, box_view_name
 from idmrag_plugin.errors import AnonymizationFailedError, ConfigError, IdmragError, ModelLoadError
 from idmrag_plugin.image_io import ImageInput, load_rgb
@@ -141,9 +142,10 @@ class _Job:
     #: per face whose drawing was verified, the growth of the face ellipse it was pasted over
     pasted_grow: dict[int, float] = field(default_factory=dict)
     #: a dark or washed-out photo, one with a face in deep shadow, or a film negative is worked
-    #: on levelled or inverted (``pixels`` and ``output`` are that copy): its tone map and the
-    #: photo, to bring the redrawn pixels back at the end
-    levelled_from: tuple[ToneMap | Negative, np.ndarray] | None = None
+    #: on levelled or inverted, a photo stretched out of proportion squeezed back (``pixels``
+    #: and ``output`` are that copy): its map and the photo, to bring the redrawn pixels back
+    #: at the end
+    levelled_from: tuple[ToneMap | Negative | Squeeze, np.ndarray] | None = None
 
 
 @dataclass
@@ -303,10 +305,10 @@ class FaceAnonymizer:
         the border pass, on the photo and, when its tones call for it, on a levelled copy.
         Another engine's search is taken as it is."""
         self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
-        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch)):
+        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, StretchSearch)):
             return detector
         if detector is not None:
-            upright = border = diagonal = detector
+            upright = border = diagonal = squeezed = detector
             diagonal_scale = 1.0
         else:
             mtcnn = MTCNNDetector(self.config.min_face_size, self.config.detection_thresholds, device=self.device,
@@ -316,6 +318,7 @@ class FaceAnonymizer:
             border = mtcnn.sharing_networks(max(self.config.min_face_size, BORDER_MIN_FACE))
             diagonal_scale = DIAGONAL_SCALE
             diagonal = mtcnn.sharing_networks(round(max(self.config.min_face_size, DIAGONAL_MIN_FACE) * diagonal_scale))
+            squeezed = mtcnn.sharing_networks(max(self.config.min_face_size, STRETCH_MIN_FACE))
         self._upright = upright
         search = upright
         if set(self.config.rotations) != {0} and not isinstance(search, RotatingDetector):
@@ -328,6 +331,8 @@ class FaceAnonymizer:
             search = LevellingDetector(search, min_face_size=self.config.min_face_size, shadow_detector=upright)
         if self.config.negative_search:
             search = NegativeSearch(search, negative_detector=upright)
+        if self.config.stretch_search:
+            search = StretchSearch(search, stretch_detector=squeezed)
         return search
 
     def warmup(self) -> None:
@@ -516,8 +521,19 @@ class FaceAnonymizer:
             detections = self.detector.detect(pixels)
         # a face only a levelled copy or shadow shows: faces are redrawn and judged where they
         # can be seen (engine.exposure)
-        tones: ToneMap | Negative | None = None
-        if any(NEGATIVE_TAG in d.detector for d in detections):
+        tones: ToneMap | Negative | Squeeze | None = None
+        # the most certain stretched face's squeeze; of two as certain, the one keeping more pixels
+        squeeze = max(((round(d.score, 2), -s.factor, s) for d in detections if (s := Squeeze.of(d)) is not None),
+                      default=(0.0, 0, None), key=lambda t: t[:2])[2]
+        elsewhere: list[bool] = []
+        if squeeze is not None:
+            # a face found only in a copy squeezed back to its proportions is redrawn and judged
+            # there (engine.stretch); a face the photo shows at other proportions is not redrawn
+            # in that copy, where the oracles would judge it squeezed out of its shape
+            elsewhere = [Squeeze.of(d) != squeeze for d in detections]
+            detections = [squeeze.to_view(d, pixels.shape) for d in detections]
+            tones = squeeze
+        elif any(NEGATIVE_TAG in d.detector for d in detections):
             tones = Negative()
         elif any(LEVELLED_TAG in d.detector for d in detections):
             levels = levels_of(pixels)
@@ -538,12 +554,18 @@ class FaceAnonymizer:
             job.faces = result.faces = [FaceReport(i, d) for i, d in enumerate(detections)]
             with _timed(timings, "align"):
                 job.aligned = [self._align(pixels, face) for face in job.faces]
+            for face, other_proportions in zip(job.faces, elsewhere, strict=False):
+                if other_proportions:
+                    job.aligned[face.index] = None
+                    face.reason = ("in a photo whose other faces are stretched out of proportion, worked on "
+                                   "squeezed back: obfuscated, not redrawn")
         return job
 
     def _finish(self, job: _Job) -> AnonymizationResult:
         """Apply the failure policy to the faces that could not be replaced."""
         result, failed = job.result, job.failed
         if failed and self.generator is not None and self.config.on_failure != "obfuscate":
+            self._report_in_photo_coordinates(job)
             result.pixels = None
             for face in failed:
                 face.method = WITHHELD
@@ -567,7 +589,16 @@ class FaceAnonymizer:
         if job.levelled_from is not None:
             tones, photo = job.levelled_from
             result.pixels = tones.restore(photo, job.pixels, job.output)
+        self._report_in_photo_coordinates(job)
         return result
+
+    @staticmethod
+    def _report_in_photo_coordinates(job: _Job) -> None:
+        """Faces worked on in a squeezed copy of the photo reported in the photo's coordinates."""
+        if job.levelled_from is not None and isinstance(job.levelled_from[0], Squeeze):
+            squeeze, photo = job.levelled_from
+            for face in job.faces:
+                face.detection = squeeze.from_view(face.detection, photo.shape)
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
         if DOUBTFUL_TAG in face.detection.detector:
@@ -759,7 +790,8 @@ class FaceAnonymizer:
         for face, crop in zip(job.faces, job.aligned, strict=True):
             if crop is None:
                 doubtful = DOUBTFUL_TAG in face.detection.detector
-                face.reason = ("" if doubtful else "landmarks unusable for alignment: ") + "; ".join(face.errors)
+                face.reason = face.reason or (
+                    ("" if doubtful else "landmarks unusable for alignment: ") + "; ".join(face.errors))
                 failed.append(face)
             elif face.verdicts and face.verified:
                 face.method = GENERATED

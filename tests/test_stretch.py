@@ -1,0 +1,127 @@
+"""Faces in photos stretched out of proportion: found in a squeezed copy, replaced there."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.engine.detect import MTCNNDetector
+from idmrag_plugin.engine.oracles import cosine
+from idmrag_plugin.engine.stretch import STRETCH_TAG, Squeeze
+from idmrag_plugin.report import GENERATED, OBFUSCATED
+
+from conftest import FixedFaceGenerator
+
+
+def _stretched(image: np.ndarray, axis: str, factor: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    size = (round(w * factor), h) if axis == "x" else (w, round(h * factor))
+    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+
+
+def _resized_back(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def _judged_another_person(original: np.ndarray, output: np.ndarray, oracles, thresholds) -> None:
+    """Every oracle, aligned by the original's own landmarks, judges ``output`` another person."""
+    (upright,) = MTCNNDetector().detect(original)
+    for oracle in oracles:
+        similarity = float(cosine(oracle.embed_faces(original, [upright.landmarks]),
+                                  oracle.embed_faces(output, [upright.landmarks]))[0])
+        assert similarity < thresholds[oracle.name], oracle.name
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_a_face_stretched_three_times_is_found_and_never_returned_intact(engine, astronaut, oracles, axis):
+    stretched = _stretched(astronaut, axis, 3.0)
+    (upright,) = MTCNNDetector().detect(astronaut)
+    scale = np.array([3.0, 1.0]) if axis == "x" else np.array([1.0, 3.0])
+    expected = np.array([(upright.box[0] + upright.box[2]) / 2, (upright.box[1] + upright.box[3]) / 2]) * scale
+    tolerance = 0.15 * (upright.box[2] - upright.box[0]) * scale.max()
+
+    def at_her_face(box: tuple[float, ...]) -> bool:
+        return np.abs(np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]) - expected).max() < tolerance
+
+    without = FaceAnonymizer(AnonymizerConfig(generator="none", stretch_search=False), oracles=oracles)
+    assert not [f for f in without.anonymize(stretched).faces if at_her_face(f.detection.box)]  # a leak
+    result = engine.anonymize(stretched)
+    (face,) = [f for f in result.faces if at_her_face(f.detection.box)]  # reported where it is in the photo
+    assert STRETCH_TAG in face.detection.detector and face.method == OBFUSCATED
+    assert result.pixels.shape == stretched.shape
+    # resized back to its proportions, the output shows no oracle the astronaut
+    _judged_another_person(astronaut, _resized_back(result.pixels, astronaut.shape), oracles, engine.thresholds)
+    # and the photo away from the faces is its own
+    changed = (result.pixels != stretched).any(axis=2)
+    outside = np.ones_like(changed)
+    for found in result.faces:
+        x1, y1, x2, y2 = (int(v) for v in found.detection.box)
+        margin = max(x2 - x1, y2 - y1)
+        outside[max(0, y1 - margin): y2 + margin, max(0, x1 - margin): x2 + margin] = False
+    assert changed.any() and not changed[outside].any()
+
+
+def test_a_stretched_face_gets_a_verified_drawing_of_someone_else(engine, astronaut, oracles):
+    stretched = _stretched(astronaut, "x", 3.0)
+    engine = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0), detector=engine.detector,
+                            oracles=oracles)
+    result = engine.anonymize(stretched)
+    (face,) = [f for f in result.faces if STRETCH_TAG in f.detection.detector]
+    assert face.method == GENERATED and face.verified
+    _judged_another_person(astronaut, _resized_back(result.pixels, astronaut.shape), oracles, engine.thresholds)
+
+
+def test_faces_at_both_proportions_in_one_photo(make_engine, astronaut, camera_face, oracles):
+    """The stretched face is redrawn in the squeezed copy; the one at the photo's proportions
+    would be judged squeezed there, so it is obfuscated instead, and neither is recognisable."""
+    stretched = _stretched(astronaut, "x", 3.0)
+    both = np.concatenate([astronaut, stretched], axis=1)
+    engine = make_engine(generator=FixedFaceGenerator(camera_face), cache_size=0)
+    result = engine.anonymize(both)
+    (drawn,) = [f for f in result.faces if STRETCH_TAG in f.detection.detector]
+    assert drawn.method == GENERATED and drawn.verified
+    (kept,) = [f for f in result.faces if f.detection.box[2] <= astronaut.shape[1] + 5]  # in the photo's coordinates
+    assert kept.method == OBFUSCATED and "stretched" in kept.reason
+    out = result.pixels
+    _judged_another_person(astronaut, np.ascontiguousarray(out[:, : astronaut.shape[1]]), oracles, engine.thresholds)
+    _judged_another_person(astronaut, _resized_back(out[:, astronaut.shape[1]:], astronaut.shape), oracles,
+                           engine.thresholds)
+
+
+def test_photos_at_their_proportions_get_no_stretched_face(engine, astronaut, camera, no_face_image):
+    for image in (astronaut, camera, no_face_image, _stretched(astronaut, "y", 1.5)):
+        assert not [d for d in engine.detector.detect(image) if STRETCH_TAG in d.detector]
+
+
+def test_squeeze_restore_stretches_back_only_the_redrawn_region():
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (90, 240, 3), dtype=np.uint8)
+    squeeze = Squeeze("x", 4)
+    squeezed = squeeze.apply(original)
+    assert squeezed.shape == (90, 60, 3)
+    processed = squeezed.copy()
+    processed[30:50, 20:40] = 17
+    processed[40, 30] = squeezed[40, 30]  # a drawn pixel that happens to equal the photo's
+    restored = squeeze.restore(original, squeezed, processed)
+    assert restored.shape == original.shape
+    # the redrawn region, holes included, is the stretched drawing's, not the photo's ...
+    stretched_back = cv2.resize(processed, (240, 90), interpolation=cv2.INTER_CUBIC)
+    assert (restored[30:50, 80:160] == stretched_back[30:50, 80:160]).all()
+    assert (restored[32:48, 88:152] == 17).sum() > 0.95 * 16 * 64 * 3
+    # ... and the photo is its own away from it
+    outside = np.ones(original.shape[:2], bool)
+    outside[24:56, 68:172] = False
+    assert (restored[outside] == original[outside]).all()
+    assert squeeze.restore(original, squeezed, squeezed.copy()) is original
+
+
+def test_detections_map_into_the_squeezed_copy_and_back(astronaut):
+    (det,) = MTCNNDetector().detect(astronaut)
+    squeeze = Squeeze.of(type(det)(det.box, det.score, det.landmarks, det.detector + "@stretched-y2"))
+    assert squeeze == Squeeze("y", 2)
+    view = squeeze.to_view(det, astronaut.shape)
+    assert view.box[1] == pytest.approx(det.box[1] / 2) and view.box[0] == pytest.approx(det.box[0])
+    back = squeeze.from_view(view, astronaut.shape)
+    assert np.allclose(back.box, det.box) and np.allclose(back.landmarks, det.landmarks)
