@@ -5,14 +5,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import FixedFaceGenerator
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import MTCNNDetector
 from idmrag_plugin.engine.oracles import cosine
 from idmrag_plugin.engine.stretch import STRETCH_TAG, Squeeze
 from idmrag_plugin.report import GENERATED, OBFUSCATED
-
-from conftest import FixedFaceGenerator
 
 
 def _stretched(image: np.ndarray, axis: str, factor: float) -> np.ndarray:

@@ -24,8 +24,8 @@ import numpy as np
 from idmrag_plugin.engine.detect import (
     CONFIRM_FACE_SIZE,
     CONFIRM_SIDE,
-    Detection,
     MIN_SEARCHED_SIDE,
+    Detection,
     FaceDetector,
     box_iou,
     upright_look,
