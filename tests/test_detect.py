@@ -334,7 +334,7 @@ def test_a_doubtful_face_is_obfuscated_and_never_drawn_over(astronaut, oracles):
 
     generator = Counting()
     plain = AnonymizerConfig(cache_size=0, rotations=(0,), border_search=False, exposure_search=False,
-                             negative_search=False)
+                             negative_search=False, grey_search=False)
     result = FaceAnonymizer(plain, generator=generator, detector=Planted(), oracles=oracles).anonymize(astronaut)
     doubtful = result.faces[1]
     assert doubtful.method == "obfuscated" and "doubtful detection" in doubtful.reason

@@ -93,7 +93,7 @@ def test_landmarks_clustered_on_the_nose_are_refused_and_the_whole_box_obfuscate
     assert not check_landmarks(planted.landmarks, planted.box).plausible
     anonymizer = FaceAnonymizer(  # the planted detector finds its box in any image: no border pass, shadows, negative
         AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
-                         negative_search=False), generator=NoseOnlyGenerator(),
+                         negative_search=False, grey_search=False), generator=NoseOnlyGenerator(),
         detector=PlantedDetector([planted]), oracles=oracles,
     )
     result = anonymizer.anonymize(astronaut)
@@ -255,7 +255,7 @@ def test_a_face_failing_closed_leaves_its_generated_neighbour_s_drawing_whole(
 
     scene, faces = _astronaut_beside_cameraman(astronaut, astronaut_face, camera)
     config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
-                              negative_search=False, max_attempts=2, cache_size=0)
+                              negative_search=False, grey_search=False, max_attempts=2, cache_size=0)
     hers = align_face(scene, faces[0].landmarks, config.crop_size).crop
     fills: list[np.ndarray] = []
     fill = pipeline.obfuscate_region
@@ -280,7 +280,7 @@ def test_generated_faces_are_judged_on_the_image_after_their_neighbours_are_obfu
 
     scene, faces = _astronaut_beside_cameraman(astronaut, astronaut_face, camera)
     config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
-                              negative_search=False, max_attempts=2, cache_size=0)
+                              negative_search=False, grey_search=False, max_attempts=2, cache_size=0)
     hers = align_face(scene, faces[0].landmarks, config.crop_size).crop
     anonymizer = FaceAnonymizer(config, generator=OnlyOthersGenerator(hers, hers),
                                 detector=PlantedDetector(faces), oracles=oracles)
@@ -310,7 +310,7 @@ def test_a_face_recognised_beside_an_obfuscated_neighbour_is_redrawn_with_the_at
 
     scene, faces = _astronaut_beside_cameraman(astronaut, astronaut_face, camera)
     config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
-                              negative_search=False, max_attempts=max_attempts, cache_size=0)
+                              negative_search=False, grey_search=False, max_attempts=max_attempts, cache_size=0)
     hers = align_face(scene, faces[0].landmarks, config.crop_size).crop
     generator = OnlyOthersGenerator(hers, hers)
     attempts_seen: list[int] = []
@@ -351,7 +351,7 @@ def test_an_obfuscation_still_matched_to_the_original_is_widened(astronaut, astr
     from idmrag_plugin.engine.oracles import OracleVerdict
 
     config = AnonymizerConfig(rotations=(0,), border_search=False, exposure_search=False,
-                              negative_search=False, max_attempts=1, cache_size=0)
+                              negative_search=False, grey_search=False, max_attempts=1, cache_size=0)
 
     def run(plant: bool | str):
         anonymizer = FaceAnonymizer(config, generator=OnlyOthersGenerator(None, None),

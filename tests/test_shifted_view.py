@@ -117,7 +117,7 @@ def test_a_face_cut_by_the_frame_is_also_judged_through_the_plain_detector_s_own
 
     _, y1, _, y2 = astronaut_face.box
     cuts = [astronaut[round(y1 + 0.3 * (y2 - y1)):], astronaut[: round(y2 - 0.3 * (y2 - y1))]]  # 30% off
-    engine = FaceAnonymizer(AnonymizerConfig(rotations=(0,), exposure_search=False, negative_search=False,
+    engine = FaceAnonymizer(AnonymizerConfig(rotations=(0,), exposure_search=False, negative_search=False, grey_search=False,
                                              cache_size=0, threads=2))
     engine.generator.secret = b"a cut face"
     attacker = MTCNNDetector()

@@ -48,6 +48,10 @@ class AnonymizerConfig:
         negative_search: also search the photo's negative (upright, half size, faces from 40
             px; see :mod:`idmrag_plugin.engine.negative`): a scanned film negative hides its
             faces from a detector, and one subtraction shows them again. 4-31 ms a photo.
+        grey_search: also search a colour photo's grey levels (luma stretched to the full range;
+            upright, half size, faces from 40 px; see :mod:`idmrag_plugin.engine.grey`): a photo
+            cast in green or cyan hides its faces from the detector, and dropping the colour shows
+            them again. A face found only so is redrawn in grey and coloured back.
         stretch_search: also search copies of the photo squeezed along its width and along its
             height by 2 and by 4 (upright, at most 640 px long, faces from 32 px; see
             :mod:`idmrag_plugin.engine.stretch`): a photo resized out of proportion stretches its
@@ -163,6 +167,7 @@ class AnonymizerConfig:
     border_search: bool = True
     exposure_search: bool = True
     negative_search: bool = True
+    grey_search: bool = True
     stretch_search: bool = True
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES

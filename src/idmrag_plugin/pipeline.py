@@ -24,6 +24,7 @@ from idmrag_plugin.engine.detect import (
     DIAGONAL_MIN_FACE,
     DIAGONAL_SCALE,
     DOUBTFUL_TAG,
+    Detection,
     DlibHOGDetector,
     FaceDetector,
     MTCNNDetector,
@@ -42,6 +43,7 @@ from idmrag_plugin.engine.exposure import (
     shadow_tone_map,
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
+from idmrag_plugin.engine.grey import GREY_TAG, GreySearch, GreyView
 from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative, NegativeSearch
 from idmrag_plugin.engine.obfuscate import (
     WIDENINGS,
@@ -145,7 +147,7 @@ class _Job:
     #: on levelled or inverted, a photo stretched out of proportion squeezed back (``pixels``
     #: and ``output`` are that copy): its map and the photo, to bring the redrawn pixels back
     #: at the end
-    levelled_from: tuple[ToneMap | Negative | Squeeze, np.ndarray] | None = None
+    levelled_from: tuple[ToneMap | Negative | GreyView | Squeeze, np.ndarray] | None = None
 
 
 @dataclass
@@ -305,7 +307,7 @@ class FaceAnonymizer:
         the border pass, on the photo and, when its tones call for it, on a levelled copy.
         Another engine's search is taken as it is."""
         self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
-        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, StretchSearch)):
+        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, GreySearch, StretchSearch)):
             return detector
         if detector is not None:
             upright = border = diagonal = squeezed = detector
@@ -331,6 +333,8 @@ class FaceAnonymizer:
             search = LevellingDetector(search, min_face_size=self.config.min_face_size, shadow_detector=upright)
         if self.config.negative_search:
             search = NegativeSearch(search, negative_detector=upright)
+        if self.config.grey_search:
+            search = GreySearch(search, grey_detector=upright)
         if self.config.stretch_search:
             search = StretchSearch(search, stretch_detector=squeezed)
         return search
@@ -519,28 +523,7 @@ class FaceAnonymizer:
         height, width = pixels.shape[:2]
         with _timed(timings, "detect"):
             detections = self.detector.detect(pixels)
-        # a face only a levelled copy or shadow shows: faces are redrawn and judged where they
-        # can be seen (engine.exposure)
-        tones: ToneMap | Negative | Squeeze | None = None
-        # the most certain stretched face's squeeze; of two as certain, the one keeping more pixels
-        squeeze = max(((round(d.score, 2), -s.factor, s) for d in detections if (s := Squeeze.of(d)) is not None),
-                      default=(0.0, 0, None), key=lambda t: t[:2])[2]
-        elsewhere: list[bool] = []
-        if squeeze is not None:
-            # a face found only in a copy squeezed back to its proportions is redrawn and judged
-            # there (engine.stretch); a face the photo shows at other proportions is not redrawn
-            # in that copy, where the oracles would judge it squeezed out of its shape
-            elsewhere = [Squeeze.of(d) != squeeze for d in detections]
-            detections = [squeeze.to_view(d, pixels.shape) for d in detections]
-            tones = squeeze
-        elif any(NEGATIVE_TAG in d.detector for d in detections):
-            tones = Negative()
-        elif any(LEVELLED_TAG in d.detector for d in detections):
-            levels = levels_of(pixels)
-            tones = ToneMap((levels,)) if levels is not None else None
-        elif shadowed := [d.box for d in detections if SHADOW_TAG in d.detector]:
-            others = [d.box for d in detections if SHADOW_TAG not in d.detector]
-            tones = shadow_tone_map(pixels, shadowed, others)
+        tones, elsewhere, detections = self._working_copy(pixels, detections)
         levelled_from = None
         if tones is not None:
             levelled_from, pixels = (tones, pixels), tones.apply(pixels)
@@ -554,12 +537,46 @@ class FaceAnonymizer:
             job.faces = result.faces = [FaceReport(i, d) for i, d in enumerate(detections)]
             with _timed(timings, "align"):
                 job.aligned = [self._align(pixels, face) for face in job.faces]
-            for face, other_proportions in zip(job.faces, elsewhere, strict=False):
-                if other_proportions:
+            for face, reason in zip(job.faces, elsewhere, strict=True):
+                if reason:
                     job.aligned[face.index] = None
-                    face.reason = ("in a photo whose other faces are stretched out of proportion, worked on "
-                                   "squeezed back: obfuscated, not redrawn")
+                    face.reason = reason
         return job
+
+    @staticmethod
+    def _working_copy(
+        pixels: np.ndarray, detections: list[Detection]
+    ) -> tuple[ToneMap | Negative | GreyView | Squeeze | None, list[str], list[Detection]]:
+        """The copy of the photo its faces are redrawn and judged in, when a face is found only
+        in one (squeezed back to its proportions, the negative, the grey levels, levelled: where
+        it can be seen); per face, why it is obfuscated instead (a face found only in another
+        such copy, which this one may not show as it is), or ""; the detections in the copy."""
+        def only_in(tags: tuple[str, ...]) -> list[str]:
+            return [f"found only in the photo's {d.detector.rsplit('@', 1)[-1]} copy, in a photo worked on in "
+                    f"another: obfuscated, not redrawn" if any(t in d.detector for t in tags) else ""
+                    for d in detections]
+
+        # the most certain stretched face's squeeze; of two as certain, the one keeping more pixels
+        squeeze = max(((round(d.score, 2), -s.factor, s) for d in detections if (s := Squeeze.of(d)) is not None),
+                      default=(0.0, 0, None), key=lambda t: t[:2])[2]
+        if squeeze is not None:
+            # a face the photo shows at other proportions is not redrawn in the squeezed copy,
+            # where the oracles would judge it squeezed out of its shape
+            elsewhere = ["in a photo whose other faces are stretched out of proportion, worked on squeezed "
+                         "back: obfuscated, not redrawn" if Squeeze.of(d) != squeeze else "" for d in detections]
+            return squeeze, elsewhere, [squeeze.to_view(d, pixels.shape) for d in detections]
+        if any(NEGATIVE_TAG in d.detector for d in detections):
+            return Negative(), only_in((GREY_TAG,)), detections
+        if any(GREY_TAG in d.detector for d in detections):
+            return GreyView.of(pixels), only_in(()), detections
+        none = only_in(())
+        if any(LEVELLED_TAG in d.detector for d in detections):
+            levels = levels_of(pixels)
+            return (ToneMap((levels,)) if levels is not None else None), none, detections
+        if shadowed := [d.box for d in detections if SHADOW_TAG in d.detector]:
+            others = [d.box for d in detections if SHADOW_TAG not in d.detector]
+            return shadow_tone_map(pixels, shadowed, others), none, detections
+        return None, none, detections
 
     def _finish(self, job: _Job) -> AnonymizationResult:
         """Apply the failure policy to the faces that could not be replaced."""
@@ -828,6 +845,9 @@ class FaceAnonymizer:
                 with _timed(job.timings, "blend"):
                     paste_face(job.output, new, crop, grow=grow, colour_match=self.generator.colour_match,
                                far_cut=far_side_cut(apply_affine(face.detection.landmarks, crop.matrix), crop.size))
+                    if job.levelled_from is not None and isinstance(job.levelled_from[0], GreyView):
+                        # judged in exactly the grey levels the output will have
+                        job.output[y1:y2, x1:x2] = GreyView.project(job.output[y1:y2, x1:x2])
             if not pasted:
                 pending = retry
                 continue

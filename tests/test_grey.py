@@ -1,0 +1,117 @@
+"""Faces in photos cast in one colour: found in the photo's grey levels, redrawn there."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.engine.detect import Detection, MTCNNDetector
+from idmrag_plugin.engine.grey import GREY_TAG, GreySearch, GreyView, is_grey, luma
+from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative
+from idmrag_plugin.engine.oracles import cosine
+from idmrag_plugin.engine.stretch import Squeeze
+from idmrag_plugin.report import GENERATED, OBFUSCATED
+
+
+def _green(image: np.ndarray, others: float) -> np.ndarray:
+    return (image * np.array([others, 1.0, others])).astype(np.uint8)
+
+
+def _grey_of(image: np.ndarray) -> np.ndarray:
+    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
+def _her_face(detections, astronaut_box) -> list:
+    centre = np.array([(astronaut_box[0] + astronaut_box[2]) / 2, (astronaut_box[1] + astronaut_box[3]) / 2])
+    return [d for d in detections
+            if np.abs(np.array([(d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2]) - centre).max() < 20]
+
+
+def _judged_another_person(original: np.ndarray, views: list[np.ndarray], oracles, thresholds) -> None:
+    (upright,) = MTCNNDetector().detect(original)
+    for view in views:
+        for oracle in oracles:
+            similarity = float(cosine(oracle.embed_faces(original, [upright.landmarks]),
+                                      oracle.embed_faces(view, [upright.landmarks]))[0])
+            assert similarity < thresholds[oracle.name], oracle.name
+
+
+def test_a_face_in_a_green_cast_photo_is_found_and_never_returned_intact(engine, astronaut, oracles):
+    green = _green(astronaut, 0.3)
+    (upright,) = MTCNNDetector().detect(astronaut)
+    without = FaceAnonymizer(AnonymizerConfig(generator="none", grey_search=False), oracles=oracles)
+    assert not _her_face([f.detection for f in without.anonymize(green).faces], upright.box)  # a leak
+    result = engine.anonymize(green)
+    (face,) = _her_face([f.detection for f in result.faces], upright.box)
+    assert GREY_TAG in face.detector
+    assert all(f.method == OBFUSCATED for f in result.faces)
+    out = result.pixels
+    green_channel = np.repeat(out[..., 1:2], 3, axis=2)
+    _judged_another_person(astronaut, [out, _grey_of(out), green_channel], oracles, engine.thresholds)
+    changed = (out != green).any(axis=2)
+    outside = np.ones_like(changed)
+    for f in result.faces:
+        x1, y1, x2, y2 = (int(v) for v in f.detection.box)
+        margin = max(x2 - x1, y2 - y1)
+        outside[max(0, y1 - margin): y2 + margin, max(0, x1 - margin): x2 + margin] = False
+    assert changed.any() and not changed[outside].any()
+
+
+def test_a_grey_photo_printed_in_green_gets_a_verified_drawing_in_its_green(engine, astronaut, oracles):
+    printed = (_grey_of(astronaut) * np.array([0.15, 1.0, 0.15])).astype(np.uint8)
+    anonymizer = FaceAnonymizer(AnonymizerConfig(generator="renderer-lcm", cache_size=0), detector=engine.detector,
+                                oracles=oracles)
+    result = anonymizer.anonymize(printed)
+    (upright,) = MTCNNDetector().detect(astronaut)
+    (face,) = [f for f in result.faces if _her_face([f.detection], upright.box)]
+    assert GREY_TAG in face.detection.detector and face.method == GENERATED and face.verified
+    out = result.pixels
+    _judged_another_person(astronaut, [_grey_of(out), np.repeat(out[..., 1:2], 3, axis=2)], oracles,
+                           anonymizer.thresholds)
+    drawn = out[(out != printed).any(axis=2)].astype(float)
+    assert drawn[:, 0].mean() < 0.25 * drawn[:, 1].mean() and drawn[:, 2].mean() < 0.25 * drawn[:, 1].mean()
+
+
+def test_restore_colours_the_drawn_grey_levels_with_the_region_s_own_cast():
+    rng = np.random.default_rng(1)
+    levels = rng.integers(20, 200, (80, 120)).astype(np.float64)
+    photo = np.clip(np.stack([0.2 * levels, levels, 0.4 * levels], axis=2), 0, 255).astype(np.uint8)
+    view = GreyView.of(photo)
+    grey = view.apply(photo)
+    assert is_grey(grey) and not is_grey(photo)
+    processed = grey.copy()
+    processed[20:50, 30:70] = GreyView.project(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    restored = view.restore(photo, grey, processed)
+    changed = (processed != grey).any(axis=2)
+    assert (restored[~changed] == photo[~changed]).all()  # the photo's own pixels
+    # the drawn levels, unlevelled, are the output's luma ...
+    expected = view.low + processed[..., 0].astype(float) * (view.high - view.low) / 255.0
+    inside = changed & (expected > 5) & (expected < 250)
+    assert np.abs(luma(restored)[inside] - expected[inside]).max() <= 1.0
+    # ... in the photo's green cast, not grey
+    ratio = restored[inside].astype(float)
+    assert np.abs(ratio[:, 0] / np.maximum(ratio[:, 1], 1) - 0.2).mean() < 0.05
+    assert view.restore(photo, grey, grey.copy()) is photo
+
+
+def test_grey_photos_and_photos_without_a_cast_add_no_face(engine, astronaut, camera, no_face_image):
+    grey_search = engine.detector.detector  # inside the stretch search
+    assert isinstance(grey_search, GreySearch)
+    assert grey_search.retoned(camera) is None  # grey already: the exposure search levels it
+    for image in (astronaut, camera, no_face_image):
+        assert not [d for d in engine.detector.detect(image) if GREY_TAG in d.detector]
+
+
+@pytest.mark.parametrize("tags, view, obfuscated", [
+    (["", GREY_TAG, NEGATIVE_TAG], Negative, [False, True, False]),
+    (["", GREY_TAG], GreyView, [False, False]),
+    (["@stretched-x2", GREY_TAG, ""], Squeeze, [False, True, True]),
+])
+def test_faces_found_only_in_another_working_copy_are_obfuscated(astronaut, tags, view, obfuscated):
+    detections = [Detection((10.0 + 60 * i, 10.0, 60.0 + 60 * i, 60.0), 0.99, np.full((5, 2), 30.0), f"mtcnn{tag}")
+                  for i, tag in enumerate(tags)]
+    chosen, reasons, in_copy = FaceAnonymizer._working_copy(astronaut, detections)
+    assert isinstance(chosen, view)
+    assert [bool(r) for r in reasons] == obfuscated and len(in_copy) == len(detections)
