@@ -107,7 +107,7 @@ def test_grey_photos_and_photos_without_a_cast_add_no_face(engine, astronaut, ca
 @pytest.mark.parametrize("tags, view, obfuscated", [
     (["", GREY_TAG, NEGATIVE_TAG], Negative, [False, True, False]),
     (["", GREY_TAG], GreyView, [False, False]),
-    (["@stretched-x2", GREY_TAG, ""], Squeeze, [False, True, True]),
+    (["@stretched-x2.00", GREY_TAG, ""], Squeeze, [False, True, True]),
 ])
 def test_faces_found_only_in_another_working_copy_are_obfuscated(astronaut, tags, view, obfuscated):
     detections = [Detection((10.0 + 60 * i, 10.0, 60.0 + 60 * i, 60.0), 0.99, np.full((5, 2), 30.0), f"mtcnn{tag}")

@@ -10,7 +10,7 @@ from conftest import FixedFaceGenerator
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import MTCNNDetector
 from idmrag_plugin.engine.oracles import cosine
-from idmrag_plugin.engine.stretch import STRETCH_TAG, Squeeze
+from idmrag_plugin.engine.stretch import OTHER_PROPORTIONS, STRETCH_TAG, Squeeze
 from idmrag_plugin.report import GENERATED, OBFUSCATED
 
 
@@ -118,9 +118,25 @@ def test_squeeze_restore_stretches_back_only_the_redrawn_region():
 
 def test_detections_map_into_the_squeezed_copy_and_back(astronaut):
     (det,) = MTCNNDetector().detect(astronaut)
-    squeeze = Squeeze.of(type(det)(det.box, det.score, det.landmarks, det.detector + "@stretched-y2"))
-    assert squeeze == Squeeze("y", 2)
+    squeeze = Squeeze.of(type(det)(det.box, det.score, det.landmarks, det.detector + "@stretched-y2.00"))
+    assert squeeze == Squeeze("y", 2.0)
     view = squeeze.to_view(det, astronaut.shape)
     assert view.box[1] == pytest.approx(det.box[1] / 2) and view.box[0] == pytest.approx(det.box[0])
     back = squeeze.from_view(view, astronaut.shape)
     assert np.allclose(back.box, det.box) and np.allclose(back.landmarks, det.landmarks)
+
+
+def test_a_drawing_recognised_at_other_proportions_is_caught(engine, astronaut):
+    """The points estimate a stretched face's proportions roughly, so each drawing is judged again
+    at other plausible ones: the original left in place is caught at every one of them."""
+    job = engine._detect_and_align(_stretched(astronaut, "x", 3.0), {})
+    squeeze = job.levelled_from[0]
+    assert isinstance(squeeze, Squeeze) and 2.0 < squeeze.factor < 4.5
+    (face,) = [f for f in job.faces if STRETCH_TAG in f.detection.detector]
+    face.method = GENERATED
+    for multiple in OTHER_PROPORTIONS:
+        assert squeeze.resqueezed(job.pixels, multiple).shape[1] == round(job.pixels.shape[1] / multiple)
+    assert engine._recognised_at_other_proportions(job, squeeze) == [face]  # the original itself
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    job.output[max(0, y1 - 20): y2 + 20, max(0, x1 - 20): x2 + 20] = 128
+    assert engine._recognised_at_other_proportions(job, squeeze) == []

@@ -51,9 +51,15 @@ from idmrag_plugin.engine.obfuscate import (
     obfuscate_region,
     obfuscation_mask,
 )
-from idmrag_plugin.engine.oracles import FaceOracle, build_oracle
+from idmrag_plugin.engine.oracles import FaceOracle, build_oracle, cosine
 from idmrag_plugin.engine.plausibility import check_landmarks
-from idmrag_plugin.engine.stretch import STRETCH_MIN_FACE, Squeeze, StretchSearch
+from idmrag_plugin.engine.stretch import (
+    OTHER_PROPORTIONS,
+    STRETCH_MIN_FACE,
+    Squeeze,
+    StretchSearch,
+    working_squeeze,
+)
 from idmrag_plugin.engine.views import OriginalViews, Verifier, box_view_name
 from idmrag_plugin.errors import AnonymizationFailedError, ConfigError, IdmragError, ModelLoadError
 from idmrag_plugin.image_io import ImageInput, load_rgb
@@ -508,6 +514,8 @@ class FaceAnonymizer:
                     face.reason = "no generator configured: obfuscated by design"
         elif with_faces:
             self._replace_all(with_faces)
+            for job in with_faces:
+                self._judge_other_proportions(job)
         outcomes: list[AnonymizationResult | Exception] = []
         for job in started:
             if isinstance(job, Exception):
@@ -556,14 +564,12 @@ class FaceAnonymizer:
                     f"another: obfuscated, not redrawn" if any(t in d.detector for t in tags) else ""
                     for d in detections]
 
-        # the most certain stretched face's squeeze; of two as certain, the one keeping more pixels
-        squeeze = max(((round(d.score, 2), -s.factor, s) for d in detections if (s := Squeeze.of(d)) is not None),
-                      default=(0.0, 0, None), key=lambda t: t[:2])[2]
+        squeeze = working_squeeze(detections)
         if squeeze is not None:
             # a face the photo shows at other proportions is not redrawn in the squeezed copy,
             # where the oracles would judge it squeezed out of its shape
             elsewhere = ["in a photo whose other faces are stretched out of proportion, worked on squeezed "
-                         "back: obfuscated, not redrawn" if Squeeze.of(d) != squeeze else "" for d in detections]
+                         "back: obfuscated, not redrawn" if not squeeze.fits(Squeeze.of(d)) else "" for d in detections]
             return squeeze, elsewhere, [squeeze.to_view(d, pixels.shape) for d in detections]
         if any(NEGATIVE_TAG in d.detector for d in detections):
             return Negative(), only_in((GREY_TAG,)), detections
@@ -577,6 +583,44 @@ class FaceAnonymizer:
             others = [d.box for d in detections if SHADOW_TAG not in d.detector]
             return shadow_tone_map(pixels, shadowed, others), none, detections
         return None, none, detections
+
+    def _judge_other_proportions(self, job: _Job) -> None:
+        """A photo worked on squeezed back to its faces' proportions, as their points estimate
+        them: every oracle judges each drawing again at other proportions an attacker may
+        restore (stretch.OTHER_PROPORTIONS); a face one of them recognises is redrawn with the
+        attempts it has left, and fails closed when none is left."""
+        if job.levelled_from is None or not isinstance(job.levelled_from[0], Squeeze):
+            return
+        while recognised := self._recognised_at_other_proportions(job, job.levelled_from[0]):
+            for face in recognised:
+                if face.attempts < self.config.max_attempts:
+                    self._replace_together([(job, face)], first_attempt=face.attempts)
+                    if face.verified:
+                        continue
+                face.method = OBFUSCATED
+                face.reason = "recognisable once the photo is resized to other plausible proportions"
+                job.failed.append(face)
+
+    def _recognised_at_other_proportions(self, job: _Job, squeeze: Squeeze) -> list[FaceReport]:
+        """The generated faces of ``job`` that an oracle matches to the original with the photo
+        squeezed by another of OTHER_PROPORTIONS times ``squeeze``'s factor."""
+        drawn = [f for f in job.faces if f.method == GENERATED and f not in job.failed]
+        recognised: list[FaceReport] = []
+        with _timed(job.timings, "verify"):
+            for multiple in OTHER_PROPORTIONS:
+                if not drawn:
+                    break
+                original = squeeze.resqueezed(job.pixels, multiple)
+                output = squeeze.resqueezed(job.output, multiple)
+                scale = np.array([original.shape[1] / job.pixels.shape[1], original.shape[0] / job.pixels.shape[0]])
+                landmarks = [f.detection.landmarks * scale for f in drawn]
+                for oracle in self.oracles:
+                    similarity = cosine(oracle.embed_faces(original, landmarks), oracle.embed_faces(output, landmarks))
+                    limit = self.thresholds[oracle.name] - oracle.alignment_margin
+                    recognised += [f for f, sim in zip(drawn, similarity, strict=True)
+                                   if sim >= limit and f not in recognised]
+                drawn = [f for f in drawn if f not in recognised]
+        return recognised
 
     def _finish(self, job: _Job) -> AnonymizationResult:
         """Apply the failure policy to the faces that could not be replaced."""
