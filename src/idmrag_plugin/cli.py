@@ -63,6 +63,7 @@ def _engine_config(args: argparse.Namespace):
         negative_search=not args.no_negative_search,
         stretch_search=not args.no_stretch_search,
         grey_search=not args.no_grey_search,
+        denoise_search=not args.no_denoise_search,
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
@@ -230,6 +231,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-negative-search", action="store_true",
                         help="skip the extra pass over the photo's negative (misses the faces of scanned film "
                              "negatives)")
+    parser.add_argument("--no-denoise-search", action="store_true",
+                        help="skip the extra pass over a median-filtered copy of photos full of salt-and-pepper "
+                             "noise (misses the faces such noise hides)")
     parser.add_argument("--no-grey-search", action="store_true",
                         help="skip the extra pass over a colour photo's grey levels (misses the faces of photos "
                              "cast in green or cyan)")

@@ -48,6 +48,10 @@ class AnonymizerConfig:
         negative_search: also search the photo's negative (upright, half size, faces from 40
             px; see :mod:`idmrag_plugin.engine.negative`): a scanned film negative hides its
             faces from a detector, and one subtraction shows them again. 4-31 ms a photo.
+        denoise_search: also search a photo full of salt-and-pepper noise (over 2% of isolated
+            extreme values; other photos cost well under a millisecond) median-filtered (see
+            :mod:`idmrag_plugin.engine.denoise`): noise over about 30% of the pixels hides faces
+            from the detector, and a median filter shows them again.
         grey_search: also search a colour photo's grey levels (luma stretched to the full range;
             upright, half size, faces from 40 px; see :mod:`idmrag_plugin.engine.grey`): a photo
             cast in green or cyan hides its faces from the detector, and dropping the colour shows
@@ -167,6 +171,7 @@ class AnonymizerConfig:
     border_search: bool = True
     exposure_search: bool = True
     negative_search: bool = True
+    denoise_search: bool = True
     grey_search: bool = True
     stretch_search: bool = True
     crop_size: int = 128

@@ -20,6 +20,7 @@ from idmrag_plugin.config import AnonymizerConfig
 from idmrag_plugin.engine.align import AlignedFace, align_face
 from idmrag_plugin.engine.blend import far_side_cut, paste_face, region_of
 from idmrag_plugin.engine.border import BORDER_MIN_FACE, BorderDetector
+from idmrag_plugin.engine.denoise import DENOISED_TAG, Denoised, DenoisedSearch
 from idmrag_plugin.engine.detect import (
     DIAGONAL_MIN_FACE,
     DIAGONAL_SCALE,
@@ -153,7 +154,7 @@ class _Job:
     #: on levelled or inverted, a photo stretched out of proportion squeezed back (``pixels``
     #: and ``output`` are that copy): its map and the photo, to bring the redrawn pixels back
     #: at the end
-    levelled_from: tuple[ToneMap | Negative | GreyView | Squeeze, np.ndarray] | None = None
+    levelled_from: tuple[ToneMap | Negative | GreyView | Denoised | Squeeze, np.ndarray] | None = None
 
 
 @dataclass
@@ -313,7 +314,8 @@ class FaceAnonymizer:
         the border pass, on the photo and, when its tones call for it, on a levelled copy.
         Another engine's search is taken as it is."""
         self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
-        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, GreySearch, StretchSearch)):
+        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, DenoisedSearch, GreySearch,
+                                 StretchSearch)):
             return detector
         if detector is not None:
             upright = border = diagonal = squeezed = detector
@@ -339,6 +341,8 @@ class FaceAnonymizer:
             search = LevellingDetector(search, min_face_size=self.config.min_face_size, shadow_detector=upright)
         if self.config.negative_search:
             search = NegativeSearch(search, negative_detector=upright)
+        if self.config.denoise_search:
+            search = DenoisedSearch(search, denoised_detector=upright)
         if self.config.grey_search:
             search = GreySearch(search, grey_detector=upright)
         if self.config.stretch_search:
@@ -554,10 +558,10 @@ class FaceAnonymizer:
     @staticmethod
     def _working_copy(
         pixels: np.ndarray, detections: list[Detection]
-    ) -> tuple[ToneMap | Negative | GreyView | Squeeze | None, list[str], list[Detection]]:
+    ) -> tuple[ToneMap | Negative | GreyView | Denoised | Squeeze | None, list[str], list[Detection]]:
         """The copy of the photo its faces are redrawn and judged in, when a face is found only
-        in one (squeezed back to its proportions, the negative, the grey levels, levelled: where
-        it can be seen); per face, why it is obfuscated instead (a face found only in another
+        in one (squeezed back to its proportions, the negative, the grey levels, median-filtered,
+        levelled: where it can be seen); per face, why it is obfuscated instead (a face found only in another
         such copy, which this one may not show as it is), or ""; the detections in the copy."""
         def only_in(tags: tuple[str, ...]) -> list[str]:
             return [f"found only in the photo's {d.detector.rsplit('@', 1)[-1]} copy, in a photo worked on in "
@@ -572,9 +576,11 @@ class FaceAnonymizer:
                          "back: obfuscated, not redrawn" if not squeeze.fits(Squeeze.of(d)) else "" for d in detections]
             return squeeze, elsewhere, [squeeze.to_view(d, pixels.shape) for d in detections]
         if any(NEGATIVE_TAG in d.detector for d in detections):
-            return Negative(), only_in((GREY_TAG,)), detections
+            return Negative(), only_in((GREY_TAG, DENOISED_TAG)), detections
         if any(GREY_TAG in d.detector for d in detections):
-            return GreyView.of(pixels), only_in(()), detections
+            return GreyView.of(pixels), only_in((DENOISED_TAG,)), detections
+        if any(DENOISED_TAG in d.detector for d in detections):
+            return Denoised(), only_in(()), detections
         none = only_in(())
         if any(LEVELLED_TAG in d.detector for d in detections):
             levels = levels_of(pixels)
