@@ -191,3 +191,29 @@ def anonymize_with_packaged_generator(make_engine, image: np.ndarray, oracles, *
                            oracle.embed_faces(result.pixels, [face.detection.landmarks]))[0])
         assert sim < engine.thresholds[oracle.name]
     return result
+
+
+def assert_judged_another_person(original: np.ndarray, views: list[np.ndarray], oracles, thresholds) -> None:
+    """Every oracle, aligned by the landmarks of the original's one face, judges each of ``views``
+    (what an attacker makes of an output) another person."""
+    from idmrag_plugin.engine.detect import MTCNNDetector
+    from idmrag_plugin.engine.oracles import cosine
+
+    (upright,) = MTCNNDetector().detect(original)
+    for view in views:
+        for oracle in oracles:
+            similarity = float(cosine(oracle.embed_faces(original, [upright.landmarks]),
+                                      oracle.embed_faces(np.ascontiguousarray(view), [upright.landmarks]))[0])
+            assert similarity < thresholds[oracle.name], oracle.name
+
+
+def assert_changed_only_near_faces(result, image: np.ndarray) -> None:
+    """``result`` differs from ``image``, and only within a face's size of a face it reports."""
+    changed = (result.pixels != image).any(axis=2)
+    outside = np.ones_like(changed)
+    for face in result.faces:
+        x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+        margin = max(x2 - x1, y2 - y1)
+        outside[max(0, y1 - margin): y2 + margin, max(0, x1 - margin): x2 + margin] = False
+    assert changed.any() and not changed[outside].any()
+
