@@ -150,10 +150,10 @@ class _Job:
     widened: dict[int, int] = field(default_factory=dict)
     #: per face whose drawing was verified, the growth of the face ellipse it was pasted over
     pasted_grow: dict[int, float] = field(default_factory=dict)
-    #: a dark or washed-out photo, one with a face in deep shadow, or a film negative is worked
-    #: on levelled or inverted, a photo stretched out of proportion squeezed back (``pixels``
-    #: and ``output`` are that copy): its map and the photo, to bring the redrawn pixels back
-    #: at the end
+    #: a dark or washed-out photo, one with a face in deep shadow, a film negative, a photo cast
+    #: in one colour or full of impulse noise is worked on levelled, inverted, in grey or
+    #: median-filtered, a photo stretched out of proportion squeezed back (``pixels`` and
+    #: ``output`` are that copy): its map and the photo, to bring the redrawn pixels back at the end
     levelled_from: tuple[ToneMap | Negative | GreyView | Denoised | Squeeze, np.ndarray] | None = None
 
 
@@ -311,8 +311,9 @@ class FaceAnonymizer:
 
     def _search(self, detector: FaceDetector | None) -> FaceDetector:
         """The whole face search: ``detector`` (or the configured one) at every rotation, plus
-        the border pass, on the photo and, when its tones call for it, on a levelled copy.
-        Another engine's search is taken as it is."""
+        the border pass, on the photo and, when its tones call for it, on a levelled copy; then
+        upright on its negative, a median-filtered copy of a noisy photo, a colour photo's grey
+        levels and copies squeezed along each axis. Another engine's search is taken as it is."""
         self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
         if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, DenoisedSearch, GreySearch,
                                  StretchSearch)):
