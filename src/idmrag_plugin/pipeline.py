@@ -343,9 +343,9 @@ class FaceAnonymizer:
         if self.config.negative_search:
             search = NegativeSearch(search, negative_detector=upright)
         if self.config.denoise_search:
-            search = DenoisedSearch(search, denoised_detector=upright)
+            search = DenoisedSearch(search, retoned_detector=upright)
         if self.config.grey_search:
-            search = GreySearch(search, grey_detector=upright)
+            search = GreySearch(search, retoned_detector=upright)
         if self.config.stretch_search:
             search = StretchSearch(search, stretch_detector=squeezed)
         return search
@@ -598,7 +598,12 @@ class FaceAnonymizer:
         attempts it has left, and fails closed when none is left."""
         if job.levelled_from is None or not isinstance(job.levelled_from[0], Squeeze):
             return
-        while recognised := self._recognised_at_other_proportions(job, job.levelled_from[0]):
+        squeeze = job.levelled_from[0]
+        drawn = [f for f in job.faces if f.method == GENERATED]
+        if not drawn:
+            return
+        originals = self._originals_at_other_proportions(job, squeeze, drawn)  # once for every round
+        while recognised := self._recognised_at_other_proportions(job, squeeze, originals):
             for face in recognised:
                 if face.attempts < self.config.max_attempts:
                     self._replace_together([(job, face)], first_attempt=face.attempts)
@@ -608,24 +613,43 @@ class FaceAnonymizer:
                 face.reason = "recognisable once the photo is resized to other plausible proportions"
                 job.failed.append(face)
 
-    def _recognised_at_other_proportions(self, job: _Job, squeeze: Squeeze) -> list[FaceReport]:
-        """The generated faces of ``job`` that an oracle matches to the original with the photo
-        squeezed by another of OTHER_PROPORTIONS times ``squeeze``'s factor."""
+    def _embedded_at(self, image: np.ndarray, shape: tuple[int, ...],
+                     faces: list[FaceReport]) -> dict[str, dict[int, np.ndarray]]:
+        """Each oracle's embedding of each of ``faces`` (found in an image of ``shape``) in
+        ``image``, that image resized: per oracle, per face index."""
+        scale = np.array([image.shape[1] / shape[1], image.shape[0] / shape[0]])
+        landmarks = [f.detection.landmarks * scale for f in faces]
+        return {oracle.name: dict(zip((f.index for f in faces), oracle.embed_faces(image, landmarks), strict=True))
+                for oracle in self.oracles}
+
+    def _originals_at_other_proportions(
+        self, job: _Job, squeeze: Squeeze, faces: list[FaceReport]
+    ) -> dict[float, dict[str, dict[int, np.ndarray]]]:
+        """Per multiple of OTHER_PROPORTIONS, the oracles' embeddings of ``faces`` in the
+        original squeezed by that multiple of ``squeeze``'s factor."""
+        with _timed(job.timings, "verify"):
+            return {multiple: self._embedded_at(squeeze.resqueezed(job.pixels, multiple), job.pixels.shape, faces)
+                    for multiple in OTHER_PROPORTIONS}
+
+    def _recognised_at_other_proportions(
+        self, job: _Job, squeeze: Squeeze, originals: dict[float, dict[str, dict[int, np.ndarray]]] | None = None
+    ) -> list[FaceReport]:
+        """The generated faces of ``job`` that an oracle matches to the original (``originals``:
+        its embeddings per multiple, computed when not given) with the photo squeezed by another
+        of OTHER_PROPORTIONS times ``squeeze``'s factor."""
         drawn = [f for f in job.faces if f.method == GENERATED and f not in job.failed]
+        if originals is None:
+            originals = self._originals_at_other_proportions(job, squeeze, drawn)
         recognised: list[FaceReport] = []
         with _timed(job.timings, "verify"):
-            for multiple in OTHER_PROPORTIONS:
+            for multiple, original in originals.items():
                 if not drawn:
                     break
-                original = squeeze.resqueezed(job.pixels, multiple)
-                output = squeeze.resqueezed(job.output, multiple)
-                scale = np.array([original.shape[1] / job.pixels.shape[1], original.shape[0] / job.pixels.shape[0]])
-                landmarks = [f.detection.landmarks * scale for f in drawn]
+                output = self._embedded_at(squeeze.resqueezed(job.output, multiple), job.output.shape, drawn)
                 for oracle in self.oracles:
-                    similarity = cosine(oracle.embed_faces(original, landmarks), oracle.embed_faces(output, landmarks))
                     limit = self.thresholds[oracle.name] - oracle.alignment_margin
-                    recognised += [f for f, sim in zip(drawn, similarity, strict=True)
-                                   if sim >= limit and f not in recognised]
+                    recognised += [f for f in drawn if f not in recognised and float(
+                        cosine(original[oracle.name][f.index][None], output[oracle.name][f.index][None])[0]) >= limit]
                 drawn = [f for f in drawn if f not in recognised]
         return recognised
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from idmrag_plugin.engine.detect import FaceDetector
 from idmrag_plugin.engine.retoned import RetonedSearch
 
 DENOISED_TAG = "@denoised"
@@ -56,13 +55,10 @@ class Denoised:
 
 
 class DenoisedSearch(RetonedSearch):
-    """``detector``'s faces, plus the faces ``denoised_detector`` finds upright in a noisy
+    """``detector``'s faces, plus the faces ``retoned_detector`` finds upright in a noisy
     photo median-filtered where ``detector`` found none (tagged DENOISED_TAG)."""
 
     tag = DENOISED_TAG
-
-    def __init__(self, detector: FaceDetector, denoised_detector: FaceDetector | None = None, iou: float = 0.3) -> None:
-        super().__init__(detector, denoised_detector, iou)
 
     def retoned(self, image: np.ndarray) -> np.ndarray | None:
         if impulse_share(image) < IMPULSE_SHARE:

@@ -71,7 +71,8 @@ SHADOW_PROBE_SIDE = 512
 #: side (the crop, paste and blend all lie inside it).
 SHADOW_REGION_GROWTH = 1.0
 
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+#: Luma weights (ITU-R BT.601, as OpenCV's RGB2GRAY).
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, ends excluded
@@ -97,7 +98,7 @@ class Levels:
         if self.below is None:
             where = np.ones((y2 - y1, x2 - x1, 1), bool)
         else:
-            where = (_luma(original[inside]) < self.below)[..., None]
+            where = (luma(original[inside]) < self.below)[..., None]
         for ex1, ey1, ex2, ey2 in self.exclude:
             where[max(0, ey1 - y1) : max(0, ey2 - y1), max(0, ex1 - x1) : max(0, ex2 - x1)] = False
         return inside, where
@@ -173,8 +174,9 @@ def _curve(luma: np.ndarray) -> np.ndarray:
     return np.round(curve * 255.0).astype(np.uint8)
 
 
-def _luma(image: np.ndarray) -> np.ndarray:
-    return (image.reshape(-1, 3).astype(np.float32) @ _LUMA).reshape(image.shape[:2])
+def luma(pixels: np.ndarray) -> np.ndarray:
+    """The luma of RGB ``pixels`` (any shape ending in 3), float32."""
+    return pixels.astype(np.float32) @ LUMA
 
 
 def _probe(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
@@ -212,8 +214,8 @@ def shadows(image: np.ndarray, min_side: int) -> list[tuple[Box, Levels]]:
     spanning at least SHADOW_MIN_SPAN) at least ``min_side`` pixels both ways: the largest
     MAX_SHADOWS, overlapping ones joined, each with the curve that levels its dark tones."""
     probe, scale = _probe(image, SHADOW_PROBE_SIDE)
-    luma = _luma(probe)
-    dark = (luma <= SHADOW_LEVEL).astype(np.uint8)
+    grey = luma(probe)
+    dark = (grey <= SHADOW_LEVEL).astype(np.uint8)
     if dark.sum() * scale**-2 < min_side * min_side:
         return []
     dark = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
@@ -223,7 +225,7 @@ def shadows(image: np.ndarray, min_side: int) -> list[tuple[Box, Levels]]:
         x, y, w, h = (int(v) for v in stats[index, :4])
         if min(w, h) / scale < min_side:
             continue
-        lo, hi = np.percentile(luma[labels == index], [0.5, 99.5])
+        lo, hi = np.percentile(grey[labels == index], [0.5, 99.5])
         if hi - lo < SHADOW_MIN_SPAN:
             continue
         pad_x, pad_y = max(2, w // 8), max(2, h // 8)
@@ -233,7 +235,7 @@ def shadows(image: np.ndarray, min_side: int) -> list[tuple[Box, Levels]]:
     height, width = image.shape[:2]
     found: list[tuple[Box, Levels]] = []
     for x1, y1, x2, y2 in _join_overlapping(boxes):
-        region = luma[y1:y2, x1:x2]
+        region = grey[y1:y2, x1:x2]
         box = (
             int(x1 / scale),
             int(y1 / scale),
@@ -253,7 +255,7 @@ def _is_dark(image: np.ndarray, box: tuple[float, float, float, float]) -> bool:
         min(width, int(box[2])),
         min(height, int(box[3])),
     )
-    return x2 > x1 and y2 > y1 and float(np.median(_luma(image[y1:y2, x1:x2]))) <= SHADOW_LEVEL
+    return x2 > x1 and y2 > y1 and float(np.median(luma(image[y1:y2, x1:x2]))) <= SHADOW_LEVEL
 
 
 def _clipped(box: tuple[float, float, float, float], shape: tuple[int, ...]) -> Box:
@@ -269,7 +271,7 @@ def shadow_levels(image: np.ndarray, face: tuple[float, float, float, float]) ->
     ix1, iy1, ix2, iy2 = _clipped(face, image.shape)
     grow_x, grow_y = (x2 - x1) * SHADOW_REGION_GROWTH, (y2 - y1) * SHADOW_REGION_GROWTH
     region = _clipped((x1 - grow_x, y1 - grow_y, x2 + grow_x, y2 + grow_y), image.shape)
-    table = _curve(_luma(image[iy1:iy2, ix1:ix2]).ravel())
+    table = _curve(luma(image[iy1:iy2, ix1:ix2]).ravel())
     # levelled: the shadow's tones, and up to twice its brightest (the curve is white from there
     # on); brighter pixels keep their own tones
     saturated = int(np.argmax(table == 255)) if (table == 255).any() else 255
@@ -300,13 +302,13 @@ def levels_of(image: np.ndarray) -> Levels | None:
     """The curve that stretches the RGB uint8 ``image``'s tones to the full range and brings
     its median to mid-grey, or None when its tones need no levelling (they span NARROW_RANGE
     levels or more and the stretched median is not dark)."""
-    luma = _luma(_probe(image, PROBE_SIDE)[0]).ravel()
-    lo, hi = np.percentile(luma, [0.5, 99.5])
+    grey = luma(_probe(image, PROBE_SIDE)[0]).ravel()
+    lo, hi = np.percentile(grey, [0.5, 99.5])
     span = max(float(hi - lo), 4.0)
-    median = (float(np.median(luma)) - lo) / span * 255.0
+    median = (float(np.median(grey)) - lo) / span * 255.0
     if hi - lo >= NARROW_RANGE and median >= DARK_MEDIAN:
         return None
-    return Levels(_curve(luma))
+    return Levels(_curve(grey))
 
 
 def levelled(image: np.ndarray) -> np.ndarray | None:

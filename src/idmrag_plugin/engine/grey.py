@@ -20,12 +20,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from idmrag_plugin.engine.detect import FaceDetector
+from idmrag_plugin.engine.exposure import LUMA, luma
 from idmrag_plugin.engine.retoned import RetonedSearch
 
 GREY_TAG = "@grey"
-#: Luma weights (ITU-R BT.601, as OpenCV's RGB2GRAY).
-LUMA = np.array([0.299, 0.587, 0.114])
 #: The grey levels are stretched from these percentiles to 0 and 255.
 PERCENTILES = (0.5, 99.5)
 #: The levels and colours are read from at most this many of the photo's pixels.
@@ -34,8 +32,10 @@ SAMPLES = 65_536
 GREY_TOLERANCE = 2
 
 
-def luma(pixels: np.ndarray) -> np.ndarray:
-    return pixels.astype(np.float32) @ LUMA.astype(np.float32)
+def _sample(image: np.ndarray) -> np.ndarray:
+    """At most about SAMPLES of ``image``'s pixels, evenly spread, as rows of 3."""
+    flat = image.reshape(-1, 3)
+    return flat[:: max(1, flat.shape[0] // SAMPLES)]
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,7 @@ class GreyView:
 
     @classmethod
     def of(cls, image: np.ndarray) -> GreyView:
-        flat = image.reshape(-1, 3)
-        sample = flat[:: max(1, flat.shape[0] // SAMPLES)].astype(np.float64)
+        sample = _sample(image).astype(np.float64)
         levels = sample @ LUMA
         low, high = (float(v) for v in np.percentile(levels, PERCENTILES))
         high = max(high, low + 4.0)
@@ -107,19 +106,15 @@ def _colour_fit(pixels: np.ndarray, gains: tuple[float, ...], offsets: tuple[flo
 
 def is_grey(image: np.ndarray) -> bool:
     """Whether every channel of ``image`` is the same, to within GREY_TOLERANCE (sampled)."""
-    flat = image.reshape(-1, 3)
-    sample = flat[:: max(1, flat.shape[0] // SAMPLES)].astype(np.int16)
+    sample = _sample(image).astype(np.int16)
     return int(np.abs(sample - sample[:, :1]).max()) <= GREY_TOLERANCE
 
 
 class GreySearch(RetonedSearch):
-    """``detector``'s faces, plus the faces ``grey_detector`` finds upright in a colour photo's
+    """``detector``'s faces, plus the faces ``retoned_detector`` finds upright in a colour photo's
     grey levels where ``detector`` found none (tagged GREY_TAG)."""
 
     tag = GREY_TAG
-
-    def __init__(self, detector: FaceDetector, grey_detector: FaceDetector | None = None, iou: float = 0.3) -> None:
-        super().__init__(detector, grey_detector, iou)
 
     def retoned(self, image: np.ndarray) -> np.ndarray | None:
         if is_grey(image):
