@@ -2,11 +2,12 @@
 how many stay recognisable.
 
 Each LFW photo (the second of identities with two or more) is distorted (stretched along its
-width or height, cubic resampling; or cast in green or cyan, or a grey photo printed in green)
-and anonymized by the default engine, with and without the search that looks for such faces
-(``stretch_search``, ``grey_search``). What an attacker sees is then compared, by each oracle,
-with the original's central face: the output resized back to the photo's proportions, or its
-grey levels (recognisable = any oracle at or above its threshold). Recall counts photos in
+width or height, cubic resampling; cast in green or cyan, or a grey photo printed in green; its
+green channel inverted; a black bar over the subject's eyes) and anonymized by the default
+engine, with and without the search that looks for such faces (``stretch_search``,
+``grey_search``, ``hog_search``). What an attacker sees is then compared, by each oracle, with
+the original's central face: the output resized back to the photo's proportions, its grey
+levels, its green channel inverted back (recognisable = any oracle at or above its threshold). Recall counts photos in
 which a face was found over the subject's nose.
 
     python benchmarks/distortion_eval.py --limit 40
@@ -19,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -31,9 +33,23 @@ from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import MTCNNDetector, central_face
 from idmrag_plugin.engine.oracles import cosine
 
+Distort = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (photo, the subject's five points) -> photo
 
-def stretched(axis: str, factor: float) -> Callable[[np.ndarray], np.ndarray]:
-    def distort(image: np.ndarray) -> np.ndarray:
+
+@dataclass(frozen=True)
+class Distortion:
+    """How a photo is distorted, the search meant for it, and how an attacker undoes it."""
+
+    distort: Distort
+    switch: str
+    #: the subject's nose moves by this much along x and y
+    scale: tuple[float, float] = (1.0, 1.0)
+    #: the attacker's views of an output already resized back to the photo's proportions
+    undo: Callable[[np.ndarray], list[np.ndarray]] = lambda seen: [seen, grey_of(seen)]
+
+
+def stretched(axis: str, factor: float) -> Distort:
+    def distort(image: np.ndarray, points: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         size = (round(w * factor), h) if axis == "x" else (w, round(h * factor))
         return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
@@ -44,26 +60,47 @@ def grey_of(image: np.ndarray) -> np.ndarray:
     return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
 
 
-def cast(weights: tuple[float, float, float], grey_first: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    def distort(image: np.ndarray) -> np.ndarray:
+def cast(weights: tuple[float, float, float], grey_first: bool = False) -> Distort:
+    def distort(image: np.ndarray, points: np.ndarray) -> np.ndarray:
         return ((grey_of(image) if grey_first else image) * np.array(weights)).astype(np.uint8)
     return distort
 
 
-#: name: (distortion, the switch of the search for it, scale of the subject's nose)
-DISTORTIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str, tuple[float, float]]] = {
-    "stretched 3x wide": (stretched("x", 3.0), "stretch_search", (3.0, 1.0)),
-    "stretched 3x tall": (stretched("y", 3.0), "stretch_search", (1.0, 3.0)),
-    "stretched 5x wide": (stretched("x", 5.0), "stretch_search", (5.0, 1.0)),
-    "stretched 5x tall": (stretched("y", 5.0), "stretch_search", (1.0, 5.0)),
-    "green cast (red, blue x0.3)": (cast((0.3, 1.0, 0.3)), "grey_search", (1.0, 1.0)),
-    "cyan cast (red x0.1)": (cast((0.1, 1.0, 1.0)), "grey_search", (1.0, 1.0)),
-    "grey printed in green": (cast((0.15, 1.0, 0.15), grey_first=True), "grey_search", (1.0, 1.0)),
+def inverted(channel: int) -> Callable[[np.ndarray], np.ndarray]:
+    def invert(image: np.ndarray) -> np.ndarray:
+        out = image.copy()
+        out[..., channel] = 255 - out[..., channel]
+        return out
+    return invert
+
+
+def censor_bar(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A black bar over the eyes: 2.1 eye distances wide, 0.55 high, centred on them."""
+    eyes = points[:2]
+    distance = float(np.linalg.norm(eyes[1] - eyes[0]))
+    cx, cy = eyes.mean(axis=0)
+    out = image.copy()
+    cv2.rectangle(out, (int(cx - 1.05 * distance), int(cy - 0.275 * distance)),
+                  (int(cx + 1.05 * distance), int(cy + 0.275 * distance)), (0, 0, 0), -1)
+    return out
+
+
+DISTORTIONS: dict[str, Distortion] = {
+    "stretched 3x wide": Distortion(stretched("x", 3.0), "stretch_search", (3.0, 1.0), lambda seen: [seen]),
+    "stretched 3x tall": Distortion(stretched("y", 3.0), "stretch_search", (1.0, 3.0), lambda seen: [seen]),
+    "stretched 5x wide": Distortion(stretched("x", 5.0), "stretch_search", (5.0, 1.0), lambda seen: [seen]),
+    "stretched 5x tall": Distortion(stretched("y", 5.0), "stretch_search", (1.0, 5.0), lambda seen: [seen]),
+    "green cast (red, blue x0.3)": Distortion(cast((0.3, 1.0, 0.3)), "grey_search"),
+    "cyan cast (red x0.1)": Distortion(cast((0.1, 1.0, 1.0)), "grey_search"),
+    "grey printed in green": Distortion(cast((0.15, 1.0, 0.15), grey_first=True), "grey_search"),
+    "green channel inverted": Distortion(lambda image, points: inverted(1)(image), "grey_search",
+                                         undo=lambda seen: [inverted(1)(seen), grey_of(inverted(1)(seen))]),
+    "black bar over the eyes": Distortion(censor_bar, "hog_search"),
 }
 
 
 def evaluate(engine: FaceAnonymizer, paths: list[Path], detector: MTCNNDetector, name: str) -> dict:
-    distort, _, scale = DISTORTIONS[name]
+    distortion = DISTORTIONS[name]
     found = recognisable = total = 0
     seconds = 0.0
     for path in paths:
@@ -72,18 +109,18 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], detector: MTCNNDetector,
         if subject is None:
             continue
         total += 1
+        distorted = distortion.distort(original, subject.landmarks)
         start = time.perf_counter()
-        result = engine.anonymize(distort(original))
+        result = engine.anonymize(distorted)
         seconds += time.perf_counter() - start
-        nose = subject.landmarks[2] * np.array(scale)
+        nose = subject.landmarks[2] * np.array(distortion.scale)
         found += any(f.detection.box[0] <= nose[0] <= f.detection.box[2]
                      and f.detection.box[1] <= nose[1] <= f.detection.box[3] for f in result.faces)
         seen = cv2.resize(result.pixels, (original.shape[1], original.shape[0]), interpolation=cv2.INTER_AREA)
-        views = [seen, grey_of(seen)] if scale == (1.0, 1.0) else [seen]
         recognisable += any(
             float(cosine(o.embed_faces(original, [subject.landmarks]), o.embed_faces(view, [subject.landmarks]))[0])
             >= engine.thresholds[o.name]
-            for o in engine.oracles for view in views
+            for o in engine.oracles for view in distortion.undo(seen)
         )
     return {
         "photos": total,
@@ -99,7 +136,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="benchmarks/results/distortion_eval.json")
+    parser.add_argument("--only", nargs="*", default=[], help="distortions whose names hold any of these words")
     args = parser.parse_args()
+    only = args.only
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     paths = photos(Path(args.lfw), args.limit)
@@ -108,14 +147,20 @@ def main() -> None:
     shared = None
     for searching in (False, True):
         engines: dict[str, FaceAnonymizer] = {}
-        for name, (_, switch, _) in DISTORTIONS.items():
+        for name, distortion in DISTORTIONS.items():
+            switch = distortion.switch
+            if only and not any(word in name for word in only):
+                continue
             if switch not in engines:
                 engines[switch] = FaceAnonymizer(AnonymizerConfig(cache_size=0, **{switch: searching}), oracles=shared)
                 shared = engines[switch].oracles
             key = f"{switch}={searching}: {name}"
             rows[key] = evaluate(engines[switch], paths, detector, name)
             print(key, json.dumps(rows[key]), flush=True)
-    Path(args.output).write_text(json.dumps({"photos": len(paths), "results": rows}, indent=2) + "\n")
+    output = Path(args.output)
+    if only and output.is_file():  # a partial run updates its rows of the last full one
+        rows = {**json.loads(output.read_text())["results"], **rows}
+    output.write_text(json.dumps({"photos": len(paths), "results": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -217,3 +217,11 @@ def assert_changed_only_near_faces(result, image: np.ndarray) -> None:
         outside[max(0, y1 - margin): y2 + margin, max(0, x1 - margin): x2 + margin] = False
     assert changed.any() and not changed[outside].any()
 
+
+
+def search_layer(detector, kind):
+    """The layer of type ``kind`` inside an engine's search (each search wraps the last)."""
+    layer = detector
+    while not isinstance(layer, kind):
+        layer = layer.detector
+    return layer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import search_layer
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.border import CLOSE_UP_GREY, BorderDetector
@@ -16,7 +17,7 @@ def obfuscating() -> FaceAnonymizer:
 
 @pytest.fixture(scope="module")
 def without_border_search() -> FaceAnonymizer:
-    return FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0, border_search=False))
+    return FaceAnonymizer(AnonymizerConfig(generator="none", cache_size=0, border_search=False, hog_search=False))
 
 
 def _cut(astronaut: np.ndarray, side: str) -> np.ndarray:
@@ -47,9 +48,7 @@ def test_whole_faces_are_not_doubled_by_their_mirror_image(obfuscating, astronau
 @pytest.mark.parametrize("shape", [(1, 1, 3), (2, 9, 3), (30, 30, 3), (40, 700, 3)])
 def test_tiny_and_thin_images_are_searched_without_error(obfuscating, shape):
     image = np.full(shape, 128, np.uint8)
-    detector = obfuscating.detector.detector.detector.detector.detector.detector  # inside the stretch, grey,
-    # denoise, negative and exposure searches
-    assert isinstance(detector, BorderDetector)
+    detector = search_layer(obfuscating.detector, BorderDetector)
     assert detector.cut_faces(image) == []
     assert obfuscating.anonymize(image).status == "no_faces"
 
@@ -98,8 +97,7 @@ def test_a_close_up_filling_the_frame_is_found_and_never_returned_intact(obfusca
                           interpolation=cv2.INTER_CUBIC)
     close_up = np.ascontiguousarray(np.rot90(close_up, turns))
     height, width = close_up.shape[:2]
-    border = obfuscating.detector.detector.detector.detector.detector.detector
-    assert isinstance(border, BorderDetector)
+    border = search_layer(obfuscating.detector, BorderDetector)
     assert border.detector.detect(close_up) == []  # every rotation, upright and turned
     assert border.reflected_cut_faces(close_up) == []
     result = obfuscating.anonymize(close_up)
@@ -115,7 +113,7 @@ def test_the_close_up_look_adds_no_face_where_there_is_none(obfuscating, no_face
     """A photo without a face, a flat one, and the astronaut cut below her eyes: framed in grey,
     her torso made a "face" of the whole frame, which the second look refuses (the face the
     reflection completes is still found)."""
-    border = obfuscating.detector.detector.detector.detector.detector.detector
+    border = search_layer(obfuscating.detector, BorderDetector)
     assert border.close_ups(no_face_image) == []
     assert border.close_ups(np.full((120, 90, 3), 200, np.uint8)) == []
     below_the_eyes = np.ascontiguousarray(astronaut[120:, :])

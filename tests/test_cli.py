@@ -111,6 +111,8 @@ def test_engine_options_reach_the_config():
     assert _engine_config(parser.parse_args([])).denoise_search is True
     assert _engine_config(parser.parse_args(["--no-denoise-search"])).denoise_search is False
     assert _engine_config(parser.parse_args(["--no-stretch-search"])).stretch_search is False
+    assert _engine_config(parser.parse_args([])).hog_search is True
+    assert _engine_config(parser.parse_args(["--no-hog-search"])).hog_search is False
     assert _engine_config(parser.parse_args([])).keep_outside_face is True
     assert _engine_config(parser.parse_args(["--redraw-whole-ellipse"])).keep_outside_face is False
     assert _engine_config(parser.parse_args([])).keep_expression is True

@@ -5,11 +5,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import assert_changed_only_near_faces, assert_judged_another_person
+from conftest import assert_changed_only_near_faces, assert_judged_another_person, search_layer
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import Detection, MTCNNDetector
-from idmrag_plugin.engine.grey import GREY_TAG, GreySearch, GreyView, is_grey, luma
+from idmrag_plugin.engine.grey import (
+    GREY_TAG,
+    GreySearch,
+    GreyView,
+    flipped_channels,
+    is_grey,
+    luma,
+)
 from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative
 from idmrag_plugin.engine.stretch import Squeeze
 from idmrag_plugin.report import GENERATED, OBFUSCATED
@@ -32,7 +39,7 @@ def _her_face(detections, astronaut_box) -> list:
 def test_a_face_in_a_green_cast_photo_is_found_and_never_returned_intact(engine, astronaut, oracles):
     green = _green(astronaut, 0.3)
     (upright,) = MTCNNDetector().detect(astronaut)
-    without = FaceAnonymizer(AnonymizerConfig(generator="none", grey_search=False), oracles=oracles)
+    without = FaceAnonymizer(AnonymizerConfig(generator="none", grey_search=False, hog_search=False), oracles=oracles)
     assert not _her_face([f.detection for f in without.anonymize(green).faces], upright.box)  # a leak
     result = engine.anonymize(green)
     (face,) = _her_face([f.detection for f in result.faces], upright.box)
@@ -83,8 +90,7 @@ def test_restore_colours_the_drawn_grey_levels_with_the_region_s_own_cast():
 
 
 def test_grey_photos_and_photos_without_a_cast_add_no_face(engine, astronaut, camera, no_face_image):
-    grey_search = engine.detector.detector  # inside the stretch search
-    assert isinstance(grey_search, GreySearch)
+    grey_search = search_layer(engine.detector, GreySearch)
     assert grey_search.retoned(camera) is None  # grey already: the exposure search levels it
     for image in (astronaut, camera, no_face_image):
         assert not [d for d in engine.detector.detect(image) if GREY_TAG in d.detector]
@@ -101,3 +107,57 @@ def test_faces_found_only_in_another_working_copy_are_obfuscated(astronaut, tags
     chosen, reasons, in_copy = FaceAnonymizer._working_copy(astronaut, detections)
     assert isinstance(chosen, view)
     assert [bool(r) for r in reasons] == obfuscated and len(in_copy) == len(detections)
+
+
+def _inverted(image: np.ndarray, channel: int) -> np.ndarray:
+    out = image.copy()
+    out[..., channel] = 255 - out[..., channel]
+    return out
+
+
+def test_a_channel_falling_as_the_others_rise_is_read_inverted(astronaut, camera):
+    from skimage import data
+
+    for image in (astronaut, _grey_of(camera), data.coffee(), data.chelsea(), _green(astronaut, 0.3)):
+        assert flipped_channels(image.reshape(-1, 3)) == (1.0, 1.0, 1.0)
+    for channel in range(3):
+        view = GreyView.of(_inverted(astronaut, channel))
+        assert view.signs[channel] == -1.0 and sum(view.signs) == 1.0
+        # its grey levels are the photo's own, as an attacker who inverts the channel back sees them
+        own = GreyView.of(astronaut)
+        difference = np.abs(view.apply(_inverted(astronaut, channel)).astype(int) - own.apply(astronaut).astype(int))
+        assert np.percentile(difference, 99) <= 2
+
+
+def test_restore_gives_an_inverted_channel_its_inverted_colours():
+    rng = np.random.default_rng(2)
+    levels = rng.integers(20, 200, (80, 120)).astype(np.float64)
+    natural = np.clip(np.stack([0.9 * levels, levels, 0.7 * levels], axis=2), 0, 255).astype(np.uint8)
+    photo = _inverted(natural, 1)
+    view = GreyView.of(photo)
+    grey = view.apply(photo)
+    processed = grey.copy()
+    processed[20:50, 30:70] = GreyView.project(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    restored = view.restore(photo, grey, processed)
+    changed = (processed != grey).any(axis=2)
+    assert (restored[~changed] == photo[~changed]).all()
+    back = _inverted(restored, 1)[changed].astype(float)  # what an attacker sees: natural colours
+    inside = (back[:, 1] > 10) & (back[:, 1] < 245)
+    assert np.abs(back[inside, 0] / back[inside, 1] - 0.9).mean() < 0.05
+
+
+def test_a_face_hidden_by_an_inverted_channel_is_found_and_never_returned_intact(engine, lfw, oracles):
+    """MTCNN found 6 of 12 LFW faces with green inverted; the grey levels read with it inverted
+    back show every face."""
+    from idmrag_plugin.image_io import load_rgb
+
+    without = FaceAnonymizer(AnonymizerConfig(generator="none", grey_search=False, hog_search=False), oracles=oracles)
+    photos = [load_rgb(min(p.glob("*.jpg")), 50_000_000) for p in sorted((lfw / "images").iterdir())[:40]]
+    hidden = [image for image in photos
+              if len(MTCNNDetector().detect(image)) == 1 and not without.detector.detect(_inverted(image, 1))]
+    assert hidden, "no LFW face hidden by an inverted green channel among these photos"
+    for image in hidden[:2]:
+        result = engine.anonymize(_inverted(image, 1))
+        assert any(GREY_TAG in f.detection.detector for f in result.faces)
+        back = _inverted(result.pixels, 1)
+        assert_judged_another_person(image, [back, _grey_of(back)], oracles, engine.thresholds)

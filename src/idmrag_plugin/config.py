@@ -62,6 +62,12 @@ class AnonymizerConfig:
             faces past what a detector finds (about twice their width or height), while resizing
             it back shows them again. A face found only so is redrawn in the squeezed copy and
             stretched back. About 20 ms on a 250x250 photo, 90 ms on a 2000x1428 one.
+        hog_search: also look once with dlib's HOG detector (upright; faces from 40 px on photos
+            up to 200,000 pixels, from 80 px on larger ones, searched at most 800,000 pixels
+            large; see :mod:`idmrag_plugin.engine.hog_look`) and replace the faces it finds that
+            the MTCNN searches missed: a black bar over the eyes hides a face from MTCNN, not
+            from HOG or from dlib's descriptor. 4 ms on a 250x250 photo, about 50 ms on the
+            largest. Off when ``detector="mtcnn+hog"`` (HOG is then in every pass).
         crop_size: side of the canonical aligned face crop handed to the generator.
         oracles: face-recognition models that must all judge each replaced face a
             different person.
@@ -174,6 +180,7 @@ class AnonymizerConfig:
     denoise_search: bool = True
     grey_search: bool = True
     stretch_search: bool = True
+    hog_search: bool = True
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES
     privacy_level: str = "far1e-2"

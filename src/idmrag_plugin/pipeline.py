@@ -45,6 +45,7 @@ from idmrag_plugin.engine.exposure import (
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.grey import GREY_TAG, GreySearch, GreyView
+from idmrag_plugin.engine.hog_look import HOGLook
 from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative, NegativeSearch
 from idmrag_plugin.engine.obfuscate import (
     WIDENINGS,
@@ -313,10 +314,11 @@ class FaceAnonymizer:
         """The whole face search: ``detector`` (or the configured one) at every rotation, plus
         the border pass, on the photo and, when its tones call for it, on a levelled copy; then
         upright on its negative, a median-filtered copy of a noisy photo, a colour photo's grey
-        levels and copies squeezed along each axis. Another engine's search is taken as it is."""
+        levels and copies squeezed along each axis; last, dlib's HOG detector's look. Another
+        engine's search is taken as it is."""
         self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
         if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, DenoisedSearch, GreySearch,
-                                 StretchSearch)):
+                                 StretchSearch, HOGLook)):
             return detector
         if detector is not None:
             upright = border = diagonal = squeezed = detector
@@ -348,6 +350,8 @@ class FaceAnonymizer:
             search = GreySearch(search, retoned_detector=upright)
         if self.config.stretch_search:
             search = StretchSearch(search, stretch_detector=squeezed)
+        if self.config.hog_search and self.config.detector != "mtcnn+hog":
+            search = HOGLook(search)
         return search
 
     def warmup(self) -> None:

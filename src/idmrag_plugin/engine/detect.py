@@ -300,8 +300,18 @@ class DlibHOGDetector(FaceDetector):
         self._dlib_lock = threading.Lock()
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
+        return self._detect_upsampled(image, self.upsample)
+
+    def detect_upsampled(self, image: np.ndarray, upsample: int) -> list[Detection]:
+        """The faces found in ``image`` enlarged ``upsample`` times by two (faces from about 80
+        px without, 40 px with one)."""
+        self.load()
+        return self._detect_upsampled(image, upsample)
+
+    def _detect_upsampled(self, image: np.ndarray, upsample: int) -> list[Detection]:
+        image = np.ascontiguousarray(image)
         with self._dlib_lock:
-            rects, scores, _ = self._detector.run(image, self.upsample, 0.0)
+            rects, scores, _ = self._detector.run(image, upsample, 0.0)
             shapes = [self._predictor(image, r) for r in rects]
         detections = []
         for rect, score, shape in zip(rects, scores, shapes, strict=True):

@@ -11,6 +11,12 @@ grey copy (the generator's drawings are turned grey as they are pasted, so the o
 exactly the grey levels the output will have), and the redrawn pixels are coloured back with
 the photo's own relation between its grey levels and its colours: their grey levels are the
 verified ones, every other pixel stays the photo's own.
+
+One colour channel inverted (a hostile edit, or a channel mix gone wrong) hides faces too: MTCNN
+found 6 of 12 LFW faces with green inverted, while inverting it back shows them all. Natural
+photos' channels rise and fall together; a channel whose correlation with both others is
+below FLIPPED_CORRELATION is taken as inverted, and the grey levels are read with it inverted
+back.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ PERCENTILES = (0.5, 99.5)
 SAMPLES = 65_536
 #: A photo whose channels differ by at most this much (8-bit levels) is grey already.
 GREY_TOLERANCE = 2
+#: A channel whose correlation with each other channel is below this is read inverted.
+FLIPPED_CORRELATION = -0.3
 
 
 def _sample(image: np.ndarray) -> np.ndarray:
@@ -38,27 +46,51 @@ def _sample(image: np.ndarray) -> np.ndarray:
     return flat[:: max(1, flat.shape[0] // SAMPLES)]
 
 
+def flipped_channels(sample: np.ndarray) -> tuple[float, float, float]:
+    """Per channel, -1 where it falls as the other two rise (see FLIPPED_CORRELATION), else 1."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        correlation = np.nan_to_num(np.corrcoef(sample.T.astype(np.float64)), nan=1.0)
+    signs = [1.0, 1.0, 1.0]
+    for channel in range(3):
+        others = [c for c in range(3) if c != channel]
+        if all(correlation[channel, c] < FLIPPED_CORRELATION for c in others) and \
+                correlation[others[0], others[1]] > FLIPPED_CORRELATION:
+            signs[channel] = -1.0
+    return tuple(signs)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class GreyView:
-    """A photo's grey levels stretched to the full range, and the way back to its colours."""
+    """A photo's grey levels stretched to the full range, and the way back to its colours.
+
+    The grey level of a colour is its luma, read with each channel whose sign is -1 inverted
+    (255 minus it)."""
 
     low: float
     high: float
-    #: per channel, the photo's colour as gain x luma + offset (least squares over its pixels)
+    #: per channel, the photo's colour as gain x grey level + offset (least squares over its pixels)
     gains: tuple[float, float, float]
     offsets: tuple[float, float, float]
+    signs: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     @classmethod
     def of(cls, image: np.ndarray) -> GreyView:
         sample = _sample(image).astype(np.float64)
-        levels = sample @ LUMA
+        signs = flipped_channels(sample)
+        levels = _levels(sample, signs)
         low, high = (float(v) for v in np.percentile(levels, PERCENTILES))
         high = max(high, low + 4.0)
-        gains, offsets = _colour_fit(sample, (0.0, 0.0, 0.0), tuple(sample.mean(axis=0)))
-        return cls(low, high, tuple(float(g) for g in gains), tuple(float(o) for o in offsets))  # type: ignore[arg-type]
+        gains, offsets = _colour_fit(sample, signs, (0.0, 0.0, 0.0), tuple(sample.mean(axis=0)))
+        return cls(low, high, tuple(float(g) for g in gains), tuple(float(o) for o in offsets), signs)  # type: ignore[arg-type]
+
+    def levels(self, image: np.ndarray) -> np.ndarray:
+        """``image``'s grey levels (float), before stretching."""
+        if self.signs == (1.0, 1.0, 1.0):
+            return luma(image)
+        return _levels(image.astype(np.float32), self.signs)
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        levelled = (luma(image) - self.low) * (255.0 / (self.high - self.low))
+        levelled = (self.levels(image) - self.low) * (255.0 / (self.high - self.low))
         grey = np.clip(np.rint(levelled), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
 
@@ -78,25 +110,34 @@ class GreyView:
         if not changed.any():
             return original
         out = original.copy()
+        signs = np.array(self.signs)
         count, labels = cv2.connectedComponents(changed.astype(np.uint8), connectivity=8)
         for label in range(1, count):
             region = labels == label
-            gains, offsets = _colour_fit(original[region].astype(np.float64), self.gains, self.offsets)
+            gains, offsets = _colour_fit(original[region].astype(np.float64), self.signs, self.gains, self.offsets)
             level = self.low + luma(processed[region]).astype(np.float64) * ((self.high - self.low) / 255.0)
             colour = level[:, None] * gains + offsets
-            colour += (level - colour @ LUMA)[:, None]  # its luma is exactly the drawn level
+            # its grey level is exactly the drawn one (the signed luma weights' magnitudes sum to 1)
+            colour += (level - _levels(colour, self.signs))[:, None] * signs
             out[region] = np.clip(np.rint(colour), 0, 255).astype(np.uint8)
         return out
+
+
+def _levels(pixels: np.ndarray, signs: tuple[float, float, float]) -> np.ndarray:
+    """Luma of ``pixels`` (..., 3) with each channel of sign -1 read as 255 minus it."""
+    weights = LUMA * np.array(signs)
+    return pixels @ weights.astype(pixels.dtype) + 255.0 * float(LUMA[np.array(signs) < 0].sum())
 
 
 #: A region's own colours are read from at least this many of its pixels, else the photo's.
 MIN_REGION_PIXELS = 64
 
 
-def _colour_fit(pixels: np.ndarray, gains: tuple[float, ...], offsets: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per channel, gain and offset of ``pixels``' colour against their luma (least squares),
-    or the given photo-wide ones when the pixels are too few or of one grey level."""
-    levels = pixels @ LUMA
+def _colour_fit(pixels: np.ndarray, signs: tuple[float, float, float], gains: tuple[float, ...],
+                offsets: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, gain and offset of ``pixels``' colour against their grey level (least
+    squares), or the given photo-wide ones when the pixels are too few or of one grey level."""
+    levels = _levels(pixels, signs)
     if len(pixels) < MIN_REGION_PIXELS or np.ptp(levels) < 4.0:
         return np.array(gains), np.array(offsets)
     design = np.stack([levels, np.ones_like(levels)], axis=1)

@@ -1,0 +1,150 @@
+"""dlib's HOG detector's look after the MTCNN searches: the faces they miss are replaced too."""
+
+from __future__ import annotations
+
+import random
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import pytest
+from conftest import assert_judged_another_person
+
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.engine.detect import (
+    Detection,
+    DlibHOGDetector,
+    FaceDetector,
+    MTCNNDetector,
+    box_iou,
+)
+from idmrag_plugin.engine.hog_look import HOG_PIXELS, MIN_MARGIN, HOGLook, hog_scales
+from idmrag_plugin.report import GENERATED, OBFUSCATED
+
+
+class _Blind(FaceDetector):
+    """A detector that misses every face (what MTCNN does to a face behind a censor bar)."""
+
+    name = "blind"
+
+    def _load(self) -> None:
+        pass
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        return []
+
+
+@pytest.mark.parametrize("shape", [(250, 250), (375, 500), (512, 512), (1428, 2000), (6000, 4000), (9, 9)])
+def test_hog_looks_within_its_pixel_budget(shape):
+    scales = hog_scales(shape)
+    assert max(scales) <= 2.0
+    assert max(scales) ** 2 * shape[0] * shape[1] <= HOG_PIXELS * 1.0001
+    # small photos are looked at enlarged (faces from 40 px) and at their own size
+    assert (scales == [2.0, 1.0]) == (4 * shape[0] * shape[1] <= HOG_PIXELS)
+
+
+def test_a_face_the_mtcnn_searches_miss_is_found_by_hog(astronaut):
+    (upright,) = MTCNNDetector().detect(astronaut)
+    (face,) = HOGLook(_Blind()).detect(astronaut)
+    assert face.detector == "hog" and box_iou(face.box, upright.box) > 0.3
+    # its points are where MTCNN puts the eyes
+    assert np.abs(face.landmarks[:2] - upright.landmarks[:2]).max() < 0.15 * (upright.box[2] - upright.box[0])
+
+
+def test_faces_the_searches_found_are_not_added_again(astronaut, camera):
+    for image in (astronaut, camera):
+        found = [d.box for d in MTCNNDetector().detect(image)]
+        assert found and [d.box for d in HOGLook(MTCNNDetector()).detect(image)] == found
+
+
+def test_hog_looks_at_a_large_photo_shrunk_and_maps_faces_back(astronaut):
+    large = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    (upright,) = MTCNNDetector().detect(astronaut)
+    (face,) = HOGLook(_Blind()).detect(large)
+    assert box_iou(tuple(v / 4 for v in face.box), upright.box) > 0.3
+
+
+def test_the_engine_replaces_a_face_only_hog_finds(astronaut, oracles):
+    blind = FaceAnonymizer(AnonymizerConfig(generator="none", hog_search=False), detector=_Blind(), oracles=oracles)
+    assert blind.anonymize(astronaut).faces == []  # the leak the look closes
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0), detector=_Blind(), oracles=oracles)
+    engine.generator.secret = b"s0"  # one pseudonym secret: the drawings are the same each run
+    result = engine.anonymize(astronaut)
+    (face,) = result.faces
+    assert face.detection.detector == "hog"
+    assert face.method == GENERATED and face.verified or face.method == OBFUSCATED
+    assert_judged_another_person(astronaut, [result.pixels], oracles, engine.thresholds)
+
+
+def test_no_hog_look_when_hog_is_in_every_pass():
+    engine = FaceAnonymizer(AnonymizerConfig(generator="none", detector="mtcnn+hog"))
+    assert not isinstance(engine.detector, HOGLook)
+    assert isinstance(FaceAnonymizer(AnonymizerConfig(generator="none")).detector, HOGLook)
+
+
+def _censor_bar(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A black bar over the eyes of dlib's 68 points."""
+    eyes = points[36:48]
+    width = eyes[:, 0].max() - eyes[:, 0].min()
+    y = eyes[:, 1].mean()
+    barred = image.copy()
+    cv2.rectangle(barred, (int(eyes[:, 0].min() - 0.2 * width), int(y - 0.18 * width)),
+                  (int(eyes[:, 0].max() + 0.2 * width), int(y + 0.18 * width)), (0, 0, 0), -1)
+    return barred
+
+
+@pytest.mark.lfw
+def test_every_barred_face_an_attackers_hog_finds_is_searched(lfw, engine):
+    """A censor bar over the eyes hid several of these faces from MTCNN; dlib's HOG detector
+    still finds them (those it scores MIN_MARGIN or more are searched) and dlib's descriptor
+    still matches them to the person."""
+    import dlib
+
+    from idmrag_plugin.engine.oracles import face_model_file
+    from idmrag_plugin.image_io import load_rgb
+
+    attacker = dlib.get_frontal_face_detector()
+    points68 = dlib.shape_predictor(str(face_model_file("shape_predictor_68_face_landmarks.dat")))
+    without = FaceAnonymizer(AnonymizerConfig(generator="none", hog_search=False), oracles=engine.oracles)
+    people = sorted(p for p in (lfw / "images").iterdir() if p.is_dir())
+    missed_without = barred_faces = 0
+    for person in random.Random(4).sample(people, 20):
+        image = load_rgb(min(person.glob("*.jpg")), 50_000_000)
+        rects = attacker(image, 1)
+        if not rects:
+            continue
+        shape = points68(image, rects[0])
+        barred = _censor_bar(image, np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64))
+        found = engine.detector.detect(barred)
+        for upsample in (0, 1):
+            rects, _, _ = attacker.run(barred, upsample, MIN_MARGIN)
+            for rect in rects:
+                box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+                barred_faces += 1
+                assert any(box_iou(box, f.box) > 0.3 for f in found), (person.name, box)
+                missed_without += not any(box_iou(box, f.box) > 0.3 for f in without.detector.detect(barred))
+    assert barred_faces >= 20 and missed_without >= 1
+
+
+@pytest.mark.lfw
+def test_the_default_search_finds_every_hand_marked_scene_face(scenes, engine):
+    from idmrag_plugin.image_io import load_rgb
+
+    total = 0
+    for node in ET.parse(scenes / "training.xml").getroot().iter("image"):
+        found = engine.detector.detect(load_rgb(scenes / node.get("file"), 50_000_000))
+        for box in node.iter("box"):
+            if box.get("ignore") == "1":
+                continue
+            x, y, w, h = (float(box.get(k)) for k in ("left", "top", "width", "height"))
+            total += 1
+            assert any(box_iou(d.box, (x, y, x + w, y + h)) > 0.3 for d in found), (node.get("file"), x, y)
+    assert total >= 18
+
+
+def test_hog_finds_faces_at_a_given_enlargement(astronaut):
+    (upright,) = MTCNNDetector().detect(astronaut)
+    small = np.ascontiguousarray(astronaut[::3, ::3])  # her face about 30 px: found only enlarged
+    hog = DlibHOGDetector()
+    assert not [d for d in hog.detect_upsampled(small, 0) if box_iou(d.box, tuple(v / 3 for v in upright.box)) > 0.3]
+    assert [d for d in hog.detect_upsampled(small, 1) if box_iou(d.box, tuple(v / 3 for v in upright.box)) > 0.3]
