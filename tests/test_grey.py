@@ -11,8 +11,10 @@ from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import Detection, MTCNNDetector
 from idmrag_plugin.engine.grey import (
     GREY_TAG,
+    ChannelFlip,
     GreySearch,
     GreyView,
+    attacker_would_drop_colour,
     flipped_channels,
     is_grey,
     luma,
@@ -161,3 +163,56 @@ def test_a_face_hidden_by_an_inverted_channel_is_found_and_never_returned_intact
         assert any(GREY_TAG in f.detection.detector for f in result.faces)
         back = _inverted(result.pixels, 1)
         assert_judged_another_person(image, [back, _grey_of(back)], oracles, engine.thresholds)
+
+
+def test_a_cold_cast_or_an_inverted_channel_makes_the_grey_levels_an_attacker_s_view(astronaut, camera):
+    from skimage import data
+
+    for image in (astronaut, camera, data.coffee(), data.chelsea(), _green(astronaut, 0.8)):
+        assert not attacker_would_drop_colour(image)
+    for image in (_green(astronaut, 0.3), (astronaut * np.array([0.1, 1.0, 1.0])).astype(np.uint8),
+                  (astronaut * np.array([0.3, 0.3, 1.0])).astype(np.uint8), _inverted(astronaut, 0)):
+        assert attacker_would_drop_colour(image)
+
+
+def test_a_drawing_recognised_in_the_grey_levels_of_a_cast_photo_is_caught(astronaut):
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0, generator="renderer-lcm"))
+    blue = (astronaut * np.array([0.3, 0.3, 1.0])).astype(np.uint8)  # her face found in colour
+    job = engine._detect_and_align(blue, {})
+    assert job.levelled_from is None and "grey" in engine._attacker_views(job)
+    (face,) = job.faces
+    face.method = GENERATED  # the original left in place
+    views = engine._attacker_views(job)
+    assert engine._recognised_in_views(job, views) == [face]
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    job.output[max(0, y1 - 20): y2 + 20, max(0, x1 - 20): x2 + 20] = 128
+    assert engine._recognised_in_views(job, views) == []
+    assert engine._attacker_views(engine._detect_and_align(astronaut, {})) == {}
+
+
+def test_channel_flip_restores_only_the_redrawn_pixels(astronaut):
+    photo = _inverted(astronaut, 1)
+    flip = ChannelFlip.of(photo)
+    assert flip == ChannelFlip((1.0, -1.0, 1.0)) and ChannelFlip.of(astronaut) is None
+    flipped = flip.apply(photo)
+    assert np.array_equal(flipped, astronaut)
+    processed = flipped.copy()
+    processed[100:150, 200:260] = 77
+    restored = flip.restore(photo, flipped, processed)
+    assert np.array_equal(restored[100:150, 200:260], np.broadcast_to(np.array([77, 178, 77], np.uint8), (50, 60, 3)))
+    outside = np.ones(photo.shape[:2], bool)
+    outside[100:150, 200:260] = False
+    assert np.array_equal(restored[outside], photo[outside])
+
+
+def test_a_photo_with_a_channel_inverted_is_redrawn_as_an_attacker_sees_it(astronaut, oracles):
+    photo = _inverted(astronaut, 1)
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0), oracles=oracles)
+    engine.generator.secret = b"s0"  # one pseudonym secret: the drawings are the same each run
+    job = engine._detect_and_align(photo, {})
+    assert isinstance(job.levelled_from[0], ChannelFlip) and np.array_equal(job.pixels, astronaut)
+    result = engine.anonymize(photo)
+    assert result.faces and all(f.method in (GENERATED, OBFUSCATED) for f in result.faces)
+    back = _inverted(result.pixels, 1)
+    assert_judged_another_person(astronaut, [back, _grey_of(back)], oracles, engine.thresholds)
+    assert_changed_only_near_faces(result, photo)

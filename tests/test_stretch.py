@@ -125,7 +125,7 @@ def test_a_drawing_recognised_at_other_proportions_is_caught(engine, astronaut):
     face.method = GENERATED
     for multiple in OTHER_PROPORTIONS:
         assert squeeze.resqueezed(job.pixels, multiple).shape[1] == round(job.pixels.shape[1] / multiple)
-    assert engine._recognised_at_other_proportions(job, squeeze) == [face]  # the original itself
+    assert engine._recognised_in_views(job, engine._attacker_views(job)) == [face]  # the original itself
     x1, y1, x2, y2 = (int(v) for v in face.detection.box)
     job.output[max(0, y1 - 20): y2 + 20, max(0, x1 - 20): x2 + 20] = 128
-    assert engine._recognised_at_other_proportions(job, squeeze) == []
+    assert engine._recognised_in_views(job, engine._attacker_views(job)) == []

@@ -7,9 +7,10 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,13 @@ from idmrag_plugin.engine.exposure import (
     shadow_tone_map,
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
-from idmrag_plugin.engine.grey import GREY_TAG, GreySearch, GreyView
+from idmrag_plugin.engine.grey import (
+    GREY_TAG,
+    ChannelFlip,
+    GreySearch,
+    GreyView,
+    attacker_would_drop_colour,
+)
 from idmrag_plugin.engine.hog_look import HOGLook
 from idmrag_plugin.engine.negative import NEGATIVE_TAG, Negative, NegativeSearch
 from idmrag_plugin.engine.obfuscate import (
@@ -155,7 +162,7 @@ class _Job:
     #: in one colour or full of impulse noise is worked on levelled, inverted, in grey or
     #: median-filtered, a photo stretched out of proportion squeezed back (``pixels`` and
     #: ``output`` are that copy): its map and the photo, to bring the redrawn pixels back at the end
-    levelled_from: tuple[ToneMap | Negative | GreyView | Denoised | Squeeze, np.ndarray] | None = None
+    levelled_from: tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze, np.ndarray] | None = None
 
 
 @dataclass
@@ -524,7 +531,7 @@ class FaceAnonymizer:
         elif with_faces:
             self._replace_all(with_faces)
             for job in with_faces:
-                self._judge_other_proportions(job)
+                self._judge_attacker_views(job)
         outcomes: list[AnonymizationResult | Exception] = []
         for job in started:
             if isinstance(job, Exception):
@@ -563,10 +570,11 @@ class FaceAnonymizer:
     @staticmethod
     def _working_copy(
         pixels: np.ndarray, detections: list[Detection]
-    ) -> tuple[ToneMap | Negative | GreyView | Denoised | Squeeze | None, list[str], list[Detection]]:
+    ) -> tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze | None, list[str], list[Detection]]:
         """The copy of the photo its faces are redrawn and judged in, when a face is found only
         in one (squeezed back to its proportions, the negative, the grey levels, median-filtered,
-        levelled: where it can be seen); per face, why it is obfuscated instead (a face found only in another
+        levelled: where it can be seen), and for any face in a photo with a channel inverted,
+        the photo with it inverted back; per face, why it is obfuscated instead (a face found only in another
         such copy, which this one may not show as it is), or ""; the detections in the copy."""
         def only_in(tags: tuple[str, ...]) -> list[str]:
             return [f"found only in the photo's {d.detector.rsplit('@', 1)[-1]} copy, in a photo worked on in "
@@ -582,6 +590,8 @@ class FaceAnonymizer:
             return squeeze, elsewhere, [squeeze.to_view(d, pixels.shape) for d in detections]
         if any(NEGATIVE_TAG in d.detector for d in detections):
             return Negative(), only_in((GREY_TAG, DENOISED_TAG)), detections
+        if detections and (flip := ChannelFlip.of(pixels)) is not None:
+            return flip, only_in((DENOISED_TAG,)), detections
         if any(GREY_TAG in d.detector for d in detections):
             return GreyView.of(pixels), only_in((DENOISED_TAG,)), detections
         if any(DENOISED_TAG in d.detector for d in detections):
@@ -595,26 +605,39 @@ class FaceAnonymizer:
             return shadow_tone_map(pixels, shadowed, others), none, detections
         return None, none, detections
 
-    def _judge_other_proportions(self, job: _Job) -> None:
-        """A photo worked on squeezed back to its faces' proportions, as their points estimate
-        them: every oracle judges each drawing again at other proportions an attacker may
-        restore (stretch.OTHER_PROPORTIONS); a face one of them recognises is redrawn with the
-        attempts it has left, and fails closed when none is left."""
-        if job.levelled_from is None or not isinstance(job.levelled_from[0], Squeeze):
-            return
-        squeeze = job.levelled_from[0]
+    def _attacker_views(self, job: _Job) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """What an attacker may make of the photo beyond what the oracles judged, per reason a
+        drawing recognised there fails: a photo worked on squeezed back to its faces' proportions,
+        as their points estimate them, resized to other plausible ones (stretch.OTHER_PROPORTIONS);
+        a photo in a cold cast, or with a channel inverted, worked on in colour, its grey levels
+        (what dropping the colour shows; grey.attacker_would_drop_colour)."""
+        tones = job.levelled_from[0] if job.levelled_from is not None else None
+        if isinstance(tones, Squeeze):
+            return {f"{multiple:g}": partial(tones.resqueezed, multiple=multiple) for multiple in OTHER_PROPORTIONS}
+        photo = job.levelled_from[1] if job.levelled_from is not None else job.pixels
+        if not isinstance(tones, GreyView) and attacker_would_drop_colour(photo):
+            return {"grey": GreyView.of(job.pixels).apply}
+        return {}
+
+    def _judge_attacker_views(self, job: _Job) -> None:
+        """Every oracle judges each drawing again in each of the attacker's views of the photo
+        (:meth:`_attacker_views`); a face one of them recognises is redrawn with the attempts it
+        has left, and fails closed when none is left."""
+        views = self._attacker_views(job)
         drawn = [f for f in job.faces if f.method == GENERATED]
-        if not drawn:
+        if not views or not drawn:
             return
-        originals = self._originals_at_other_proportions(job, squeeze, drawn)  # once for every round
-        while recognised := self._recognised_at_other_proportions(job, squeeze, originals):
+        originals = self._originals_in_views(job, views, drawn)  # once for every round
+        while recognised := self._recognised_in_views(job, views, originals):
             for face in recognised:
                 if face.attempts < self.config.max_attempts:
                     self._replace_together([(job, face)], first_attempt=face.attempts)
                     if face.verified:
                         continue
                 face.method = OBFUSCATED
-                face.reason = "recognisable once the photo is resized to other plausible proportions"
+                face.reason = ("recognisable once the photo is resized to other plausible proportions"
+                               if job.levelled_from is not None and isinstance(job.levelled_from[0], Squeeze)
+                               else "recognisable in the photo's grey levels (its colour dropped)")
                 job.failed.append(face)
 
     def _embedded_at(self, image: np.ndarray, shape: tuple[int, ...],
@@ -626,30 +649,30 @@ class FaceAnonymizer:
         return {oracle.name: dict(zip((f.index for f in faces), oracle.embed_faces(image, landmarks), strict=True))
                 for oracle in self.oracles}
 
-    def _originals_at_other_proportions(
-        self, job: _Job, squeeze: Squeeze, faces: list[FaceReport]
-    ) -> dict[float, dict[str, dict[int, np.ndarray]]]:
-        """Per multiple of OTHER_PROPORTIONS, the oracles' embeddings of ``faces`` in the
-        original squeezed by that multiple of ``squeeze``'s factor."""
+    def _originals_in_views(
+        self, job: _Job, views: dict[str, Callable[[np.ndarray], np.ndarray]], faces: list[FaceReport]
+    ) -> dict[str, dict[str, dict[int, np.ndarray]]]:
+        """Per view, the oracles' embeddings of ``faces`` in that view of the original."""
         with _timed(job.timings, "verify"):
-            return {multiple: self._embedded_at(squeeze.resqueezed(job.pixels, multiple), job.pixels.shape, faces)
-                    for multiple in OTHER_PROPORTIONS}
+            return {name: self._embedded_at(view(job.pixels), job.pixels.shape, faces) for name, view in views.items()}
 
-    def _recognised_at_other_proportions(
-        self, job: _Job, squeeze: Squeeze, originals: dict[float, dict[str, dict[int, np.ndarray]]] | None = None
+    def _recognised_in_views(
+        self, job: _Job, views: dict[str, Callable[[np.ndarray], np.ndarray]],
+        originals: dict[str, dict[str, dict[int, np.ndarray]]] | None = None,
+        faces: list[FaceReport] | None = None,
     ) -> list[FaceReport]:
-        """The generated faces of ``job`` that an oracle matches to the original (``originals``:
-        its embeddings per multiple, computed when not given) with the photo squeezed by another
-        of OTHER_PROPORTIONS times ``squeeze``'s factor."""
-        drawn = [f for f in job.faces if f.method == GENERATED and f not in job.failed]
+        """Of ``faces`` (default: the generated ones), those an oracle matches to the original
+        (``originals``: its embeddings per view, computed when not given) in one of ``views``."""
+        drawn = faces if faces is not None else [f for f in job.faces if f.method == GENERATED and f not in job.failed]
         if originals is None:
-            originals = self._originals_at_other_proportions(job, squeeze, drawn)
+            originals = self._originals_in_views(job, views, drawn)
         recognised: list[FaceReport] = []
         with _timed(job.timings, "verify"):
-            for multiple, original in originals.items():
+            for name, view in views.items():
                 if not drawn:
                     break
-                output = self._embedded_at(squeeze.resqueezed(job.output, multiple), job.output.shape, drawn)
+                original = originals[name]
+                output = self._embedded_at(view(job.output), job.output.shape, drawn)
                 for oracle in self.oracles:
                     limit = self.thresholds[oracle.name] - oracle.alignment_margin
                     recognised += [f for f in drawn if f not in recognised and float(
@@ -818,6 +841,8 @@ class FaceAnonymizer:
         if job.originals is None:
             return []
         replaceable = {f.index for f in job.replaceable}
+        # the grey levels; a squeezed photo's other proportions judge its drawings only
+        attacker_views = {k: v for k, v in self._attacker_views(job).items() if k == "grey"}
         pending = [f for f in job.faces if f.method == OBFUSCATED and f.index in replaceable
                    and job.widened.get(f.index, 0) <= len(WIDENINGS)]
         regions: list[tuple[int, int, int, int] | None] = []
@@ -826,6 +851,10 @@ class FaceAnonymizer:
                 (judged,) = self.verifier.verdicts_many([(job.originals, job.output, [f.index for f in pending])])
             matched = [(face, views) for face, verdicts in zip(pending, judged, strict=True)
                        if (views := [v.oracle for v in verdicts if not v.anonymous])]
+            if attacker_views:
+                unmatched = [f for f in pending if all(f is not m for m, _ in matched)]
+                matched += [(face, ["the photo's grey levels"])
+                            for face in self._recognised_in_views(job, attacker_views, faces=unmatched)]
             with _timed(job.timings, "obfuscate"):
                 for face, views in matched:
                     level = job.widened.get(face.index, 0)
