@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import (
     DlibHOGDetector,
     MTCNNDetector,
@@ -61,9 +62,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     data = Path(args.data)
     results = {}
-    for label, min_size, use_hog in [("mtcnn (min 20 px)", 20, False), ("mtcnn (min 12 px) + hog", 12, True)]:
-        mtcnn = MTCNNDetector(min_face_size=min_size)
-        detector = UnionDetector([mtcnn, DlibHOGDetector()]) if use_hog else mtcnn
+    detectors = {
+        "mtcnn (min 20 px)": MTCNNDetector(min_face_size=20),
+        "mtcnn (min 12 px) + hog": UnionDetector([MTCNNDetector(min_face_size=12), DlibHOGDetector()]),
+        "the default engine's whole search": FaceAnonymizer(AnonymizerConfig(generator="none")).detector,
+    }
+    for label, detector in detectors.items():
         results[label] = {
             "scenes": scene_recall(detector, data / "scenes"),
             "lfw_central": lfw_recall(detector, data / "lfw", args.lfw_images, args.seed),

@@ -45,10 +45,14 @@ FLIPPED_CORRELATION = -0.3
 COLD_CAST = 0.5
 
 
-def _sample(image: np.ndarray) -> np.ndarray:
-    """At most about SAMPLES of ``image``'s pixels, evenly spread, as rows of 3."""
+#: Whether a photo is in a cast or has a channel inverted is read from at most this many.
+DECISION_SAMPLES = 16_384
+
+
+def _sample(image: np.ndarray, count: int = SAMPLES) -> np.ndarray:
+    """At most about ``count`` of ``image``'s pixels, evenly spread, as rows of 3."""
     flat = image.reshape(-1, 3)
-    return flat[:: max(1, flat.shape[0] // SAMPLES)]
+    return flat[:: max(1, flat.shape[0] // count)]
 
 
 def flipped_channels(sample: np.ndarray) -> tuple[float, float, float]:
@@ -75,7 +79,7 @@ class ChannelFlip:
     @classmethod
     def of(cls, image: np.ndarray) -> ChannelFlip | None:
         """The flip that restores ``image``'s inverted channels, or None when none is."""
-        signs = flipped_channels(_sample(image))
+        signs = flipped_channels(_sample(image, DECISION_SAMPLES))
         return cls(signs) if signs != (1.0, 1.0, 1.0) else None
 
     def apply(self, image: np.ndarray) -> np.ndarray:
@@ -96,7 +100,7 @@ def attacker_would_drop_colour(image: np.ndarray) -> bool:
     """Whether ``image``'s grey levels may show a face its colours hide: a photo in a cold cast
     (see COLD_CAST) or with a channel inverted (see :func:`flipped_channels`). A drawing in such
     a photo is judged there too, not only as it looks in colour."""
-    sample = _sample(image).astype(np.float64)
+    sample = _sample(image, DECISION_SAMPLES).astype(np.float64)
     means = sample.mean(axis=0)
     return bool(means[0] < COLD_CAST * max(means[1], means[2])) or flipped_channels(sample) != (1.0, 1.0, 1.0)
 
