@@ -18,7 +18,7 @@ from idmrag_plugin.engine.detect import (
     MTCNNDetector,
     box_iou,
 )
-from idmrag_plugin.engine.hog_look import HOG_PIXELS, MIN_MARGIN, HOGLook, hog_scales
+from idmrag_plugin.engine.hog_look import HOG_PIXELS, MIN_MARGIN, HOGLook, covers, hog_scales
 from idmrag_plugin.report import GENERATED, OBFUSCATED
 
 
@@ -148,3 +148,15 @@ def test_hog_finds_faces_at_a_given_enlargement(astronaut):
     hog = DlibHOGDetector()
     assert not [d for d in hog.detect_upsampled(small, 0) if box_iou(d.box, tuple(v / 3 for v in upright.box)) > 0.3]
     assert [d for d in hog.detect_upsampled(small, 1) if box_iou(d.box, tuple(v / 3 for v in upright.box)) > 0.3]
+
+
+def test_a_found_face_covers_hog_s_only_when_it_holds_its_centre_at_a_like_size():
+    points = np.zeros((5, 2))
+    hog = Detection((100.0, 100.0, 200.0, 200.0), 0.7, points, "hog")
+    head = Detection((80.0, 70.0, 240.0, 250.0), 0.9, points, "mtcnn@border")  # a cut face's whole head
+    lower_half = Detection((100.0, 151.0, 190.0, 206.0), 0.98, points, "mtcnn@90")  # below its centre
+    huge = Detection((0.0, 0.0, 400.0, 400.0), 0.9, points, "mtcnn@135")
+    nose = Detection((140.0, 140.0, 160.0, 160.0), 0.9, points, "mtcnn")
+    assert covers(head, hog)
+    assert box_iou(lower_half.box, hog.box) > 0.3 and not covers(lower_half, hog)
+    assert not covers(huge, hog) and not covers(nose, hog)

@@ -49,15 +49,24 @@ def hog_scales(shape: tuple[int, ...]) -> list[float]:
     return [scale, 1.0] if scale > 1.0 else [scale]
 
 
+#: A found face covers HOG's when its box holds the centre of HOG's and their areas are within
+#: this factor of each other (a cut face's border search box, the whole head, is about 3x HOG's).
+COVER_AREA_RATIO = 4.0
+
+
 def covers(found: Detection, face: Detection) -> bool:
-    """Whether ``found`` is ``face``: each box holds the middle of the other face (its box's
-    centre, the centroid of its eyes and nose). Overlap alone is not enough: a turned pass may
-    read the lower half of a face whose eyes are hidden as a face on its side, and a cut face's
-    border search box is the whole head, larger than HOG's."""
+    """Whether ``found`` is ``face``: its box holds the centre of ``face``'s, and neither box is
+    over COVER_AREA_RATIO times the other. Overlap alone is not enough: a turned pass may read
+    the lower half of a face whose eyes are hidden as a face on its side, 35% of HOG's box."""
     cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
-    mx, my = found.landmarks[:3].mean(axis=0)
-    return (found.box[0] <= cx <= found.box[2] and found.box[1] <= cy <= found.box[3]
-            and face.box[0] <= mx <= face.box[2] and face.box[1] <= my <= face.box[3])
+    if not (found.box[0] <= cx <= found.box[2] and found.box[1] <= cy <= found.box[3]):
+        return False
+    ratio = _area(found.box) / max(_area(face.box), 1e-6)
+    return 1 / COVER_AREA_RATIO <= ratio <= COVER_AREA_RATIO
+
+
+def _area(box: tuple[float, ...]) -> float:
+    return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
 
 
 class HOGLook(FaceDetector):
