@@ -160,3 +160,27 @@ def test_a_found_face_covers_hog_s_only_when_it_holds_its_centre_at_a_like_size(
     assert covers(head, hog)
     assert box_iou(lower_half.box, hog.box) > 0.3 and not covers(lower_half, hog)
     assert not covers(huge, hog) and not covers(nose, hog)
+
+
+class _Planted(FaceDetector):
+    name = "planted"
+
+    def __init__(self, detections: list[Detection]) -> None:
+        super().__init__()
+        self.detections = detections
+
+    def _load(self) -> None:
+        pass
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        return list(self.detections)
+
+
+def test_a_turned_reading_of_part_of_a_face_hog_finds_upright_gives_way_to_it(astronaut):
+    (upright,) = MTCNNDetector().detect(astronaut)
+    x1, y1, x2, y2 = upright.box
+    points = np.zeros((5, 2))
+    lower_half = Detection((x1, (y1 + y2) / 2 + 15, x2, y2 + 10), 0.98, points, "mtcnn@90")  # below its centre
+    elsewhere = Detection((20.0, 300.0, 80.0, 360.0), 0.98, points, "mtcnn@270")
+    found = HOGLook(_Planted([lower_half, elsewhere])).detect(astronaut)
+    assert [d.detector for d in found] == ["mtcnn@270", "hog"]

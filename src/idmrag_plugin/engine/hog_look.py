@@ -22,9 +22,12 @@ import numpy as np
 
 from idmrag_plugin.engine.detect import (
     MIN_SEARCHED_SIDE,
+    TURNED_ON_UPRIGHT_SHARE,
+    TURNED_PASSES,
     Detection,
     DlibHOGDetector,
     FaceDetector,
+    share_on,
     suppress_overlaps,
 )
 
@@ -65,13 +68,22 @@ def covers(found: Detection, face: Detection) -> bool:
     return 1 / COVER_AREA_RATIO <= ratio <= COVER_AREA_RATIO
 
 
+def _on_upright(face: Detection, upright: list[Detection]) -> bool:
+    """Whether ``face`` was found by a turned pass with TURNED_ON_UPRIGHT_SHARE of its box on
+    one of ``upright``."""
+    if face.detector.rpartition("@")[2] not in TURNED_PASSES:
+        return False
+    return any(share_on(face.box, other.box) >= TURNED_ON_UPRIGHT_SHARE for other in upright)
+
+
 def _area(box: tuple[float, ...]) -> float:
     return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
 
 
 class HOGLook(FaceDetector):
     """``detector``'s faces, plus the faces dlib's HOG detector finds upright in the photo
-    (see :func:`hog_scales`) with MIN_MARGIN that none of them covers (tagged ``hog``)."""
+    (see :func:`hog_scales`) with MIN_MARGIN that none of them covers (tagged ``hog``), in place
+    of the turned passes' faces that lie on them."""
 
     def __init__(self, detector: FaceDetector, hog: DlibHOGDetector | None = None, iou: float = 0.3) -> None:
         super().__init__()
@@ -90,7 +102,10 @@ class HOGLook(FaceDetector):
             return found
         extra = [face for face in self.hog_faces(image)
                  if face.score >= MIN_SCORE and not any(covers(f, face) for f in found)]
-        return found + extra
+        # a turned pass's face with a third of its box on an upright face HOG finds is a part
+        # of that face read on its side (the lower half of a face whose eyes a bar hides): a
+        # real face does not share a third of its box with another
+        return [f for f in found if not _on_upright(f, extra)] + extra
 
     def hog_faces(self, image: np.ndarray) -> list[Detection]:
         """HOG's faces in ``image``, in its coordinates (of two looks' overlapping faces, the
