@@ -11,6 +11,7 @@ import skimage.data
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.align import align_face
+from idmrag_plugin.engine.detect import Detection, FaceDetector
 
 SHARED_DATA = Path(os.environ.get("IDMRAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -225,3 +226,19 @@ def search_layer(detector, kind):
     while not isinstance(layer, kind):
         layer = layer.detector
     return layer
+
+
+class PlantedDetector(FaceDetector):
+    """Returns fixed detections whatever the image."""
+
+    name = "planted"
+
+    def __init__(self, detections: list[Detection]) -> None:
+        super().__init__()
+        self.detections = detections
+
+    def _load(self) -> None:
+        pass
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        return list(self.detections)

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import FixedFaceGenerator
+from conftest import FixedFaceGenerator, PlantedDetector
 from PIL import Image
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, GenerationRequest
@@ -30,22 +30,6 @@ class NoseOnlyGenerator(FaceGenerator):
         r = size // 10
         face[int(ny) - r : int(ny) + r, int(nx) - r : int(nx) + r] = 128
         return face
-
-
-class PlantedDetector(FaceDetector):
-    """Returns fixed detections whatever the image."""
-
-    name = "planted"
-
-    def __init__(self, detections: list[Detection]) -> None:
-        super().__init__()
-        self.detections = detections
-
-    def _load(self) -> None:
-        pass
-
-    def _detect(self, image: np.ndarray) -> list[Detection]:
-        return list(self.detections)
 
 
 class RaisingDetector(FaceDetector):

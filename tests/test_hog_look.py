@@ -8,30 +8,17 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 import pytest
-from conftest import assert_judged_another_person
+from conftest import PlantedDetector, assert_judged_another_person
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 from idmrag_plugin.engine.detect import (
     Detection,
     DlibHOGDetector,
-    FaceDetector,
     MTCNNDetector,
     box_iou,
 )
 from idmrag_plugin.engine.hog_look import HOG_PIXELS, MIN_MARGIN, HOGLook, covers, hog_scales
 from idmrag_plugin.report import GENERATED, OBFUSCATED
-
-
-class _Blind(FaceDetector):
-    """A detector that misses every face (what MTCNN does to a face behind a censor bar)."""
-
-    name = "blind"
-
-    def _load(self) -> None:
-        pass
-
-    def _detect(self, image: np.ndarray) -> list[Detection]:
-        return []
 
 
 @pytest.mark.parametrize("shape", [(250, 250), (375, 500), (512, 512), (1428, 2000), (6000, 4000), (9, 9)])
@@ -45,7 +32,7 @@ def test_hog_looks_within_its_pixel_budget(shape):
 
 def test_a_face_the_mtcnn_searches_miss_is_found_by_hog(astronaut):
     (upright,) = MTCNNDetector().detect(astronaut)
-    (face,) = HOGLook(_Blind()).detect(astronaut)
+    (face,) = HOGLook(PlantedDetector([])).detect(astronaut)
     assert face.detector == "hog" and box_iou(face.box, upright.box) > 0.3
     # its points are where MTCNN puts the eyes
     assert np.abs(face.landmarks[:2] - upright.landmarks[:2]).max() < 0.15 * (upright.box[2] - upright.box[0])
@@ -60,14 +47,14 @@ def test_faces_the_searches_found_are_not_added_again(astronaut, camera):
 def test_hog_looks_at_a_large_photo_shrunk_and_maps_faces_back(astronaut):
     large = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
     (upright,) = MTCNNDetector().detect(astronaut)
-    (face,) = HOGLook(_Blind()).detect(large)
+    (face,) = HOGLook(PlantedDetector([])).detect(large)
     assert box_iou(tuple(v / 4 for v in face.box), upright.box) > 0.3
 
 
 def test_the_engine_replaces_a_face_only_hog_finds(astronaut, oracles):
-    blind = FaceAnonymizer(AnonymizerConfig(generator="none", hog_search=False), detector=_Blind(), oracles=oracles)
+    blind = FaceAnonymizer(AnonymizerConfig(generator="none", hog_search=False), detector=PlantedDetector([]), oracles=oracles)
     assert blind.anonymize(astronaut).faces == []  # the leak the look closes
-    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0), detector=_Blind(), oracles=oracles)
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0), detector=PlantedDetector([]), oracles=oracles)
     engine.generator.secret = b"s0"  # one pseudonym secret: the drawings are the same each run
     result = engine.anonymize(astronaut)
     (face,) = result.faces
@@ -162,25 +149,11 @@ def test_a_found_face_covers_hog_s_only_when_it_holds_its_centre_at_a_like_size(
     assert not covers(huge, hog) and not covers(nose, hog)
 
 
-class _Planted(FaceDetector):
-    name = "planted"
-
-    def __init__(self, detections: list[Detection]) -> None:
-        super().__init__()
-        self.detections = detections
-
-    def _load(self) -> None:
-        pass
-
-    def _detect(self, image: np.ndarray) -> list[Detection]:
-        return list(self.detections)
-
-
 def test_a_turned_reading_of_part_of_a_face_hog_finds_upright_gives_way_to_it(astronaut):
     (upright,) = MTCNNDetector().detect(astronaut)
     x1, y1, x2, y2 = upright.box
     points = np.zeros((5, 2))
     lower_half = Detection((x1, (y1 + y2) / 2 + 15, x2, y2 + 10), 0.98, points, "mtcnn@90")  # below its centre
     elsewhere = Detection((20.0, 300.0, 80.0, 360.0), 0.98, points, "mtcnn@270")
-    found = HOGLook(_Planted([lower_half, elsewhere])).detect(astronaut)
+    found = HOGLook(PlantedDetector([lower_half, elsewhere])).detect(astronaut)
     assert [d.detector for d in found] == ["mtcnn@270", "hog"]
