@@ -163,6 +163,8 @@ class _Job:
     #: median-filtered, a photo stretched out of proportion squeezed back (``pixels`` and
     #: ``output`` are that copy): its map and the photo, to bring the redrawn pixels back at the end
     levelled_from: tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze, np.ndarray] | None = None
+    #: FaceAnonymizer._attacker_views of this job, decided once (the photo does not change)
+    attacker_views: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None
 
 
 @dataclass
@@ -610,7 +612,13 @@ class FaceAnonymizer:
         drawing recognised there fails: a photo worked on squeezed back to its faces' proportions,
         as their points estimate them, resized to other plausible ones (stretch.OTHER_PROPORTIONS);
         a photo in a cold cast, or with a channel inverted, worked on in colour, its grey levels
-        (what dropping the colour shows; grey.attacker_would_drop_colour)."""
+        (what dropping the colour shows; grey.attacker_would_drop_colour). Decided once a job."""
+        if job.attacker_views is None:
+            job.attacker_views = self._decide_attacker_views(job)
+        return job.attacker_views
+
+    @staticmethod
+    def _decide_attacker_views(job: _Job) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         tones = job.levelled_from[0] if job.levelled_from is not None else None
         if isinstance(tones, Squeeze):
             return {f"{multiple:g}": partial(tones.resqueezed, multiple=multiple) for multiple in OTHER_PROPORTIONS}
