@@ -3,11 +3,13 @@ how many stay recognisable.
 
 Each LFW photo (the second of identities with two or more) is distorted (stretched along its
 width or height, cubic resampling; cast in green or cyan, or a grey photo printed in green; its
-green channel inverted; a black bar over the subject's eyes) and anonymized by the default
-engine, with and without the search that looks for such faces (``stretch_search``,
-``grey_search``, ``hog_search``). What an attacker sees is then compared, by each oracle, with
-the original's central face: the output resized back to the photo's proportions, its grey
-levels, its green channel inverted back (recognisable = any oracle at or above its threshold). Recall counts photos in
+green channel inverted; a black bar over the subject's eyes; a translucent white, grey or blue
+overlay over the subject's head) and anonymized by the default engine, with and without the
+search that looks for such faces (``stretch_search``, ``grey_search``, ``hog_search``,
+``exposure_search``). What an attacker sees is then compared, by each oracle, with the
+original's central face: the output resized back to the photo's proportions, its grey levels,
+its green channel inverted back, its levels around the face stretched (recognisable = any
+oracle at or above its threshold). Recall counts photos in
 which a face was found over the subject's nose.
 
     python benchmarks/distortion_eval.py --limit 40
@@ -45,7 +47,8 @@ class Distortion:
     #: the subject's nose moves by this much along x and y
     scale: tuple[float, float] = (1.0, 1.0)
     #: the attacker's views of an output already resized back to the photo's proportions
-    undo: Callable[[np.ndarray], list[np.ndarray]] = lambda seen: [seen, grey_of(seen)]
+    #: (given the subject's five points there)
+    undo: Callable[[np.ndarray, np.ndarray], list[np.ndarray]] = lambda seen, points: [seen, grey_of(seen)]
 
 
 def stretched(axis: str, factor: float) -> Distort:
@@ -85,17 +88,47 @@ def censor_bar(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
+def overlay(colour: tuple[int, int, int], opacity: float) -> Distort:
+    """A translucent overlay (a caption box, glare) of ``colour`` at ``opacity`` over the
+    subject's head: an ellipse 4.4 x 5.6 eye distances, its edge feathered."""
+    def distort(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        eyes = points[:2]
+        distance = float(np.linalg.norm(eyes[1] - eyes[0]))
+        cx, cy = points.mean(axis=0)
+        mask = np.zeros(image.shape[:2], np.float32)
+        cv2.ellipse(mask, (int(cx), int(cy)), (int(2.2 * distance), int(2.8 * distance)), 0, 0, 360, 1.0, -1)
+        mask = cv2.GaussianBlur(mask, (0, 0), distance * 0.3)[..., None] * opacity
+        return (image * (1.0 - mask) + np.array(colour, np.float32) * mask + 0.5).astype(np.uint8)
+    return distort
+
+
+def relevelled(seen: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
+    """The output as it is, and with each channel's levels around the subject's face stretched
+    to the full range (what an attacker does to see through an overlay)."""
+    eyes = points[:2]
+    distance = float(np.linalg.norm(eyes[1] - eyes[0]))
+    cx, cy = points.mean(axis=0)
+    x1, y1 = int(max(0, cx - 1.2 * distance)), int(max(0, cy - 1.5 * distance))
+    patch = seen[y1 : int(cy + 1.5 * distance), x1 : int(cx + 1.2 * distance)].reshape(-1, 3).astype(np.float32)
+    lo, hi = np.percentile(patch, 0.5, axis=0), np.percentile(patch, 99.5, axis=0)
+    stretched = (seen.astype(np.float32) - lo) * 255.0 / np.maximum(hi - lo, 1.0)
+    return [seen, np.clip(stretched + 0.5, 0, 255).astype(np.uint8)]
+
+
 DISTORTIONS: dict[str, Distortion] = {
-    "stretched 3x wide": Distortion(stretched("x", 3.0), "stretch_search", (3.0, 1.0), lambda seen: [seen]),
-    "stretched 3x tall": Distortion(stretched("y", 3.0), "stretch_search", (1.0, 3.0), lambda seen: [seen]),
-    "stretched 5x wide": Distortion(stretched("x", 5.0), "stretch_search", (5.0, 1.0), lambda seen: [seen]),
-    "stretched 5x tall": Distortion(stretched("y", 5.0), "stretch_search", (1.0, 5.0), lambda seen: [seen]),
+    "stretched 3x wide": Distortion(stretched("x", 3.0), "stretch_search", (3.0, 1.0), lambda seen, points: [seen]),
+    "stretched 3x tall": Distortion(stretched("y", 3.0), "stretch_search", (1.0, 3.0), lambda seen, points: [seen]),
+    "stretched 5x wide": Distortion(stretched("x", 5.0), "stretch_search", (5.0, 1.0), lambda seen, points: [seen]),
+    "stretched 5x tall": Distortion(stretched("y", 5.0), "stretch_search", (1.0, 5.0), lambda seen, points: [seen]),
     "green cast (red, blue x0.3)": Distortion(cast((0.3, 1.0, 0.3)), "grey_search"),
     "cyan cast (red x0.1)": Distortion(cast((0.1, 1.0, 1.0)), "grey_search"),
     "grey printed in green": Distortion(cast((0.15, 1.0, 0.15), grey_first=True), "grey_search"),
     "green channel inverted": Distortion(lambda image, points: inverted(1)(image), "grey_search",
-                                         undo=lambda seen: [inverted(1)(seen), grey_of(inverted(1)(seen))]),
+                                         undo=lambda seen, points: [inverted(1)(seen), grey_of(inverted(1)(seen))]),
     "black bar over the eyes": Distortion(censor_bar, "hog_search"),
+    "92% white overlay": Distortion(overlay((255, 255, 255), 0.92), "exposure_search", undo=relevelled),
+    "92% grey overlay": Distortion(overlay((128, 128, 128), 0.92), "exposure_search", undo=relevelled),
+    "90% pale blue overlay": Distortion(overlay((200, 220, 255), 0.90), "exposure_search", undo=relevelled),
 }
 
 
@@ -120,7 +153,7 @@ def evaluate(engine: FaceAnonymizer, paths: list[Path], detector: MTCNNDetector,
         recognisable += any(
             float(cosine(o.embed_faces(original, [subject.landmarks]), o.embed_faces(view, [subject.landmarks]))[0])
             >= engine.thresholds[o.name]
-            for o in engine.oracles for view in distortion.undo(seen)
+            for o in engine.oracles for view in distortion.undo(seen, subject.landmarks)
         )
     return {
         "photos": total,

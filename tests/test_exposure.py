@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin.engine.detect import Detection
 from idmrag_plugin.engine.exposure import (
+    FADED_TAG,
     SHADOW_MAX_PIXELS,
     SHADOW_TAG,
+    faded_levels,
+    faded_regions,
+    hidden_faces_tone_map,
     levelled,
     levels_of,
+    luma,
+    regional_tone_map,
     shadow_levels,
     shadow_tone_map,
     shadows,
@@ -244,3 +251,114 @@ def test_a_bright_face_beside_a_shadowed_one_keeps_its_own_tones(obfuscating, as
     # redrawn in its own tones, not brought "back" through the shadow's curve: that turned the
     # part of it inside her region near black (14% of its box then; 0.8% now)
     assert (after < before.mean() - 80).mean() < 0.05
+
+
+def _overlaid(image: np.ndarray, colour: tuple[int, int, int], opacity: float,
+              box: tuple[int, int, int, int] = (120, 0, 320, 240)) -> np.ndarray:
+    """``image`` under a soft-edged translucent overlay of ``colour`` over ``box`` (the
+    astronaut's head): a caption box, or glare."""
+    mask = np.zeros(image.shape[:2], np.float32)
+    x1, y1, x2, y2 = box
+    mask[y1:y2, x1:x2] = 1.0
+    mask = cv2.GaussianBlur(mask, (31, 31), 10)[..., None] * opacity
+    return (image * (1.0 - mask) + np.array(colour, np.float32) * mask + 0.5).astype(np.uint8)
+
+
+OVERLAYS = {"white": ((255, 255, 255), 0.92), "grey": ((128, 128, 128), 0.92), "pale blue": ((200, 220, 255), 0.9)}
+
+
+@pytest.mark.parametrize("colour", list(OVERLAYS))
+def test_a_face_under_a_translucent_overlay_is_found_and_replaced(
+    obfuscating, without_exposure_search, astronaut, colour
+):
+    image = _overlaid(astronaut, *OVERLAYS[colour])
+    assert levels_of(image) is None  # the photo as a whole is well exposed
+    assert without_exposure_search.detector.detect(image) == []  # the faded face is flat to MTCNN
+    result = obfuscating.anonymize(image)
+    assert result.status == "anonymized"
+    (face,) = result.faces
+    assert face.detection.detector == "mtcnn" + FADED_TAG
+    out = np.asarray(result.image)
+    # levelled the way an attacker would, the output's face is not the original's
+    levels = faded_levels(image, face.detection.box)
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    inner = (slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))
+    assert np.abs(levels.apply(out)[inner].astype(int) - levels.apply(image)[inner].astype(int)).mean() > 10
+    # and the photo is its own outside the face's region, the face as faded as the overlay
+    rx1, ry1, rx2, ry2 = levels.region
+    outside = np.ones(image.shape[:2], bool)
+    outside[ry1:ry2, rx1:rx2] = False
+    assert np.array_equal(out[outside], image[outside])
+    before, after = luma(image[inner]), luma(out[inner])
+    assert np.percentile(after, 99.5) - np.percentile(after, 0.5) <= np.percentile(before, 99.5) - np.percentile(before, 0.5) + 4
+
+
+def test_a_face_under_an_overlay_is_generated_in_the_overlay_s_tones(astronaut):
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0))
+    image = _overlaid(astronaut, *OVERLAYS["white"])
+    result = engine.anonymize(image)
+    (face,) = result.faces
+    assert face.method == "generated", face.to_dict()
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    drawn, before = np.asarray(result.image)[y1:y2, x1:x2], image[y1:y2, x1:x2]
+    assert int(drawn.min()) >= int(before.min()) - 2  # no dark, full-contrast face pasted into the fade
+    assert abs(float(drawn.mean()) - float(before.mean())) < 3.0
+
+
+def test_ordinary_photos_have_no_faded_faces(obfuscating, astronaut, camera, no_face_image):
+    for image in (astronaut, camera, no_face_image):
+        assert not any(FADED_TAG in d.detector for d in obfuscating.detector.detect(image))
+        assert hidden_faces_tone_map(image, obfuscating.detector.detect(image)) is None
+
+
+def test_faded_regions_are_textured_and_of_any_brightness():
+    rng = np.random.default_rng(0)
+    image = np.zeros((200, 400, 3), np.uint8)
+    image[:, :100] = 200  # flat: nothing to level
+    image[:, 100:200] = rng.integers(220, 245, (200, 100, 3))  # faded bright
+    image[:, 200:300] = rng.integers(0, 256, (200, 100, 3))  # full contrast
+    image[:, 300:] = rng.integers(110, 135, (200, 100, 3))  # faded grey
+    centres = sorted((x1 + x2) / 2 for (x1, _, x2, _), _ in faded_regions(image, 20))
+    assert len(centres) == 2 and 100 < centres[0] < 200 and 300 < centres[1] < 400, centres
+    # a region inside a face the photo shows is part of that face
+    assert len(faded_regions(image, 20, known=[(280.0, 0.0, 400.0, 200.0)])) == 1
+
+
+def test_per_channel_levels_come_back_exactly_where_nothing_was_redrawn(astronaut):
+    image = _overlaid(astronaut, *OVERLAYS["pale blue"])
+    levels = faded_levels(image, (175.0, 60.0, 265.0, 180.0))
+    assert levels.table.shape == (256, 3)
+    flat = levels.apply(image)
+    redrawn = flat.copy()
+    redrawn[100:140, 200:240] = (10, 128, 250)
+    back = levels.restore(image, flat, redrawn)
+    changed = (redrawn != flat).any(axis=2)
+    assert np.array_equal(back[~changed], image[~changed])
+    # brought back through each channel's own curve: into the overlay's range, channel by channel
+    for channel in range(3):
+        lo, hi = np.percentile(image[60:180, 175:265, channel], [0.5, 99.5])
+        assert lo - 2 <= back[100:140, 200:240, channel].min() <= back[100:140, 200:240, channel].max() <= hi + 2
+
+
+def test_a_face_another_detector_finds_in_a_fade_is_worked_on_levelled(astronaut, camera):
+    image = _overlaid(astronaut, *OVERLAYS["grey"])
+    hog_face = Detection((175.0, 60.0, 265.0, 180.0), 0.6, np.zeros((5, 2)), "hog")
+    tones = hidden_faces_tone_map(image, [hog_face])
+    assert tones is not None
+    x1, y1, x2, y2 = 195, 85, 245, 150
+    span = np.ptp(luma(tones.apply(image)[y1:y2, x1:x2]))
+    assert span > 3 * np.ptp(luma(image[y1:y2, x1:x2]))
+    # a face of ordinary contrast is left in its own tones
+    assert hidden_faces_tone_map(astronaut, [hog_face]) is None
+
+
+def test_a_hidden_face_is_levelled_whole_beside_another_face(astronaut):
+    image = _overlaid(astronaut, *OVERLAYS["white"])
+    hidden = (175.0, 60.0, 265.0, 180.0)
+    neighbour = (270.0, 40.0, 360.0, 160.0)  # its grown box reaches over the hidden face
+    tones = regional_tone_map([faded_levels(image, hidden)], others=[neighbour], hidden=[hidden])
+    flat = tones.apply(image)
+    # every pixel of the hidden face within its curve's band is levelled, none left as a block
+    # in the photo's tones where the neighbour's region reaches over it
+    assert np.ptp(luma(flat[70:170, 240:260])) > 3 * np.ptp(luma(image[70:170, 240:260]))
+    assert np.array_equal(flat[40:160, 340:360], image[40:160, 340:360])  # the neighbour's own pixels stay

@@ -38,11 +38,10 @@ from idmrag_plugin.engine.detect import (
 )
 from idmrag_plugin.engine.exposure import (
     LEVELLED_TAG,
-    SHADOW_TAG,
     LevellingDetector,
     ToneMap,
+    hidden_faces_tone_map,
     levels_of,
-    shadow_tone_map,
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.grey import (
@@ -602,10 +601,7 @@ class FaceAnonymizer:
         if any(LEVELLED_TAG in d.detector for d in detections):
             levels = levels_of(pixels)
             return (ToneMap((levels,)) if levels is not None else None), none, detections
-        if shadowed := [d.box for d in detections if SHADOW_TAG in d.detector]:
-            others = [d.box for d in detections if SHADOW_TAG not in d.detector]
-            return shadow_tone_map(pixels, shadowed, others), none, detections
-        return None, none, detections
+        return hidden_faces_tone_map(pixels, detections), none, detections
 
     def _attacker_views(self, job: _Job) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         """What an attacker may make of the photo beyond what the oracles judged, per reason a
