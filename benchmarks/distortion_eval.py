@@ -3,7 +3,7 @@ how many stay recognisable.
 
 Each LFW photo (the second of identities with two or more) is distorted (stretched along its
 width or height, cubic resampling; cast in green or cyan, or a grey photo printed in green; its
-green channel inverted; a black bar over the subject's eyes; a translucent white, grey or blue
+green channel inverted; a black bar over the subject's eyes; a surgical mask; a translucent white, grey or blue
 overlay over the subject's head) and anonymized by the default engine, with and without the
 search that looks for such faces (``stretch_search``, ``grey_search``, ``hog_search``,
 ``exposure_search``). What an attacker sees is then compared, by each oracle, with the
@@ -88,6 +88,23 @@ def censor_bar(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
+def face_mask(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A pale blue surgical mask from the bridge of the nose to below the chin, following the
+    face's roll."""
+    eyes, nose, mouth = points[:2], points[2], points[3:5].mean(axis=0)
+    across = eyes[1] - eyes[0]
+    distance = float(np.linalg.norm(across))
+    across = across / max(distance, 1e-6)
+    down = np.array([-across[1], across[0]])
+    top = nose - 0.45 * distance * down
+    bottom = mouth + 0.95 * distance * down
+    corners = [top - 1.1 * distance * across, top + 1.1 * distance * across,
+               bottom + 0.75 * distance * across, bottom - 0.75 * distance * across]
+    out = image.copy()
+    cv2.fillPoly(out, [np.round(corners).astype(np.int32)], (170, 205, 225), lineType=cv2.LINE_AA)
+    return out
+
+
 def overlay(colour: tuple[int, int, int], opacity: float) -> Distort:
     """A translucent overlay (a caption box, glare) of ``colour`` at ``opacity`` over the
     subject's head: an ellipse 4.4 x 5.6 eye distances, its edge feathered."""
@@ -126,6 +143,7 @@ DISTORTIONS: dict[str, Distortion] = {
     "green channel inverted": Distortion(lambda image, points: inverted(1)(image), "grey_search",
                                          undo=lambda seen, points: [inverted(1)(seen), grey_of(inverted(1)(seen))]),
     "black bar over the eyes": Distortion(censor_bar, "hog_search"),
+    "surgical mask": Distortion(face_mask, "hog_search"),
     "92% white overlay": Distortion(overlay((255, 255, 255), 0.92), "exposure_search", undo=relevelled),
     "92% grey overlay": Distortion(overlay((128, 128, 128), 0.92), "exposure_search", undo=relevelled),
     "90% pale blue overlay": Distortion(overlay((200, 220, 255), 0.90), "exposure_search", undo=relevelled),

@@ -34,6 +34,7 @@ from idmrag_plugin.generation.expression import mouth_opening
 from idmrag_plugin.generation.eyes import eye_darkening
 from idmrag_plugin.generation.forehead import forehead_smudge
 from idmrag_plugin.generation.glasses import GlassesProbes, glasses_difference
+from idmrag_plugin.generation.occluder import mask_over_face
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
 from idmrag_plugin.generation.sharpness import as_sharp_as
@@ -249,6 +250,7 @@ class RendererGenerator(VAEDecodeGenerator):
         self._refiner_onnx = None
         self._encodings: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._points: OrderedDict[bytes, np.ndarray] = OrderedDict()  # the original face's 68 landmarks
+        self._face_masks: OrderedDict[bytes, np.ndarray | None] = OrderedDict()  # a mask it wears
         self._photo_glasses: OrderedDict[bytes, float] = OrderedDict()  # P(glasses) of the original face
         self._renderer_lock = threading.Lock()
         self._masks: dict[tuple[int, float], np.ndarray] = {}
@@ -872,10 +874,13 @@ class RendererGenerator(VAEDecodeGenerator):
         image = np.where(inside[..., None] > 0.5, image, face)
         if self.blend != "tone":
             image = poisson_blend(image, face, inside)
+        worn = self._per_crop(self._face_masks, face, mask_over_face)
         if self.blend != "poisson":
             # The pseudonym's complexion is its own; the photo's lighting and the person's skin
-            # tone (their neck and ears stay in the picture) are not identity: keep their mean.
-            image = shift_tone(image, face, face_mask(size), inside)
+            # tone (their neck and ears stay in the picture) are not identity: keep their mean
+            # (the skin's: a mask's colour is no complexion).
+            skin = face_mask(size) if worn is None else face_mask(size) * (worn < 0.5)
+            image = shift_tone(image, face, skin, inside)
         if _is_grey(face):
             image = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
         image = np.where(inside[..., None] > 0.5, image, face)
@@ -886,7 +891,15 @@ class RendererGenerator(VAEDecodeGenerator):
             image = self._photo_outside_faces(image, face, inside)
         # Blurred to the photo's focus, a drawing is harder for the oracles to tell from a blurred
         # original: the late attempts keep it as drawn, so that no face fails closed for its blur.
-        return as_sharp_as(image, face, inside) if self.match_sharpness and not wider else image
+        if self.match_sharpness and not wider:
+            image = as_sharp_as(image, face, inside)
+        if worn is not None and not wider:
+            # the mask the person wears stays over the drawing (see occluder.py); but dlib's
+            # chip of a masked face is mostly mask, and where the first attempts' drawings around
+            # it cannot move dlib under its threshold, the later ones draw the whole face over it
+            kept = worn[..., None]
+            image = np.clip(kept * face + (1.0 - kept) * image + 0.5, 0, 255).astype(np.uint8)
+        return image
 
     def _photo_outside_faces(self, drawn: np.ndarray, face: np.ndarray, inside: np.ndarray) -> np.ndarray:
         """``drawn`` (a composite over the ellipse ``inside``) with the photo's pixels back where
