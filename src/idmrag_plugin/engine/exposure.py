@@ -92,14 +92,15 @@ SHADOW_REGION_GROWTH = 1.0
 #: levels in such a window; the same face in the photo 60-200.
 FADED_SPAN = 48
 FADED_MIN_SPAN = 6
-#: A face found only in a levelled faded region must have its box's tones (0.5th to 99.5th
-#: percentile of luminance) span at most this many levels: a face the overlay hides. Faces the
-#: photo shows as they are span 92 levels or more (1,344 faces MTCNN finds on 1,209 LFW,
-#: UTKFace and scene photos).
+#: A face found only in a levelled faded region must have the tones of its box's middle (0.5th
+#: to 99.5th percentile of luminance, FADED_INNER off each side) span at most this many levels:
+#: a face the overlay hides. Faces the photo shows as they are span 61 levels or more there
+#: (1,344 faces MTCNN finds on 1,209 LFW, UTKFace and scene photos; over the whole box, 92 or
+#: more, but a box's corners reach past a fade's feathered edge).
 FADED_FACE_SPAN = 48
 #: The middle of a face's box whose tones are read: this share of its size off each side.
 FADED_INNER = 0.15
-#: ... and score at least this: levelled wallpaper and JPEG blocks read as faces at up to
+#: A face found only in a levelled faded region must score at least this: levelled wallpaper and JPEG blocks read as faces at up to
 #: 0.975 (2 of 610 dataset photos); faces under 80-92% white, grey or blue score 0.99-1.0.
 FADED_MIN_SCORE = 0.98
 #: At most this many faded regions (the largest) are searched in one photo.
