@@ -127,7 +127,7 @@ def test_concurrent_calls_are_safe(engine, camera_face, astronaut, camera):
 
     def work(offset: int) -> None:
         try:
-            for i in range(4):
+            for i in range(2):  # each image is asked for by two threads at once, hits and misses mixed
                 index = (i + offset) % len(images)
                 assert anonymizer.anonymize(images[index]).to_bytes("PNG") == expected[index]
         except BaseException as exc:  # noqa: BLE001 - collected for the main thread
