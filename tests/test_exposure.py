@@ -43,6 +43,20 @@ def _with_lamp(image: np.ndarray) -> np.ndarray:
 TONES = {"dark": _dark, "washed out": _washed_out, "dark beside a lamp": _with_lamp}
 
 
+def _middle(box: tuple[float, float, float, float]) -> tuple[slice, slice]:
+    """The middle half of a face's box, each way."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4)
+
+
+def _outside(region: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """Bool: the pixels of an image of ``shape`` outside ``region``."""
+    x1, y1, x2, y2 = region
+    outside = np.ones(shape[:2], bool)
+    outside[y1:y2, x1:x2] = False
+    return outside
+
+
 @pytest.fixture(scope="module")
 def without_exposure_search() -> FaceAnonymizer:
     # the grey search levels a colour photo's grey levels too; HOG finds some of these faces
@@ -164,18 +178,13 @@ def test_a_face_in_deep_shadow_in_a_bright_photo_is_found_and_replaced(
     # lifted out of the shadow, the output's face is not the original's
     levels = shadow_levels(image, face.detection.box)
     x1, y1, x2, y2 = (int(v) for v in face.detection.box)
-    inner = (
-        slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4),
-        slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4),
-    )
+    inner = _middle(face.detection.box)
     assert (
         np.abs(levels.apply(out)[inner].astype(int) - levels.apply(image)[inner].astype(int)).mean()
         > 10
     )
     # and the photo is its own outside the face's region, and as dark inside the shadow
-    rx1, ry1, rx2, ry2 = levels.region
-    outside = np.ones(image.shape[:2], bool)
-    outside[ry1:ry2, rx1:rx2] = False
+    outside = _outside(levels.region, image.shape)
     assert np.array_equal(out[outside], image[outside])
     assert int(out[y1:y2, x1:x2].max()) <= int(image[y1:y2, x1:x2].max()) + 2
 
@@ -281,13 +290,10 @@ def test_a_face_under_a_translucent_overlay_is_found_and_replaced(
     out = np.asarray(result.image)
     # levelled the way an attacker would, the output's face is not the original's
     levels = faded_levels(image, face.detection.box)
-    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
-    inner = (slice(y1 + (y2 - y1) // 4, y2 - (y2 - y1) // 4), slice(x1 + (x2 - x1) // 4, x2 - (x2 - x1) // 4))
+    inner = _middle(face.detection.box)
     assert np.abs(levels.apply(out)[inner].astype(int) - levels.apply(image)[inner].astype(int)).mean() > 10
     # and the photo is its own outside the face's region, the face as faded as the overlay
-    rx1, ry1, rx2, ry2 = levels.region
-    outside = np.ones(image.shape[:2], bool)
-    outside[ry1:ry2, rx1:rx2] = False
+    outside = _outside(levels.region, image.shape)
     assert np.array_equal(out[outside], image[outside])
     before, after = luma(image[inner]), luma(out[inner])
     assert np.percentile(after, 99.5) - np.percentile(after, 0.5) <= np.percentile(before, 99.5) - np.percentile(before, 0.5) + 4
