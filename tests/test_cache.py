@@ -26,7 +26,13 @@ class CountingDetector(FaceDetector):
 
     def _detect(self, image):
         self.calls += 1
-        return self.inner.detect(image)
+        key = image.tobytes()
+        if key not in _SEARCHED:  # the same search of the same pixels: asked once for the whole module
+            _SEARCHED[key] = self.inner.detect(image)
+        return list(_SEARCHED[key])
+
+
+_SEARCHED: dict[bytes, list] = {}
 
 
 class CountingGenerator(FixedFaceGenerator):
@@ -43,9 +49,11 @@ class CountingGenerator(FixedFaceGenerator):
 def _engine(engine, camera_face, tmp_path=None, secret=b"s" * 32, **config):
     detector = CountingDetector(engine.detector)
     generator = CountingGenerator(camera_face, secret)
-    # the wrapped detector is the engine's whole search (turns and border pass included)
-    settings = replace(engine.config, generator="vae-decode", rotations=(0,), border_search=False,
-                       result_cache_dir=tmp_path, **config)
+    # the wrapped detector is the engine's whole search: no search of the engine's own around it
+    searches = dict.fromkeys(("border_search", "exposure_search", "negative_search", "denoise_search",
+                              "grey_search", "stretch_search", "hog_search"), False)
+    settings = replace(engine.config, generator="vae-decode", rotations=(0,), result_cache_dir=tmp_path,
+                       **searches, **config)
     return FaceAnonymizer(settings, generator=generator, detector=detector, oracles=engine.oracles), detector, generator
 
 
