@@ -13,6 +13,9 @@ from idmrag_plugin.engine.exposure import (
     FADED_TAG,
     SHADOW_MAX_PIXELS,
     SHADOW_TAG,
+    STRETCH_CONTEXT,
+    STRETCH_REACH,
+    ToneMap,
     faded_levels,
     faded_regions,
     hidden_faces_tone_map,
@@ -23,7 +26,10 @@ from idmrag_plugin.engine.exposure import (
     shadow_levels,
     shadow_tone_map,
     shadows,
+    stretched_linearly,
 )
+from idmrag_plugin.engine.oracles import cosine
+from idmrag_plugin.pipeline import GENERATED, PHOTO_TONES_VIEW, STRETCHED_VIEW
 
 
 def _dark(image: np.ndarray) -> np.ndarray:
@@ -309,6 +315,51 @@ def test_a_face_under_an_overlay_is_generated_in_the_overlay_s_tones(astronaut):
     drawn, before = np.asarray(result.image)[y1:y2, x1:x2], image[y1:y2, x1:x2]
     assert int(drawn.min()) >= int(before.min()) - 2  # no dark, full-contrast face pasted into the fade
     assert abs(float(drawn.mean()) - float(before.mean())) < 3.0
+    # an attacker stretching the returned photo's levels their own way does not get her back
+    landmarks = [face.detection.landmarks]
+    attacked = stretched_linearly(np.asarray(result.image), ((x1, y1, x2, y2),))
+    for oracle in engine.oracles:
+        similarity = float(cosine(oracle.embed_faces(astronaut, landmarks), oracle.embed_faces(attacked, landmarks))[0])
+        assert similarity < engine.thresholds[oracle.name], oracle.name
+
+
+def test_a_linear_stretch_levels_only_around_each_face():
+    rng = np.random.default_rng(0)
+    image = rng.integers(100, 140, (200, 300, 3), dtype=np.uint8)  # a faded photo
+    box = (100, 50, 160, 120)
+    out = stretched_linearly(image, (box,))
+    cx1, cy1 = int(100 - 60 * STRETCH_CONTEXT), int(50 - 70 * STRETCH_CONTEXT)
+    context = out[cy1: int(np.ceil(120 + 70 * STRETCH_CONTEXT)), cx1: int(np.ceil(160 + 60 * STRETCH_CONTEXT))]
+    assert np.percentile(context, 0.5) <= 1 and np.percentile(context, 99.5) >= 254
+    reach = (int(100 - 60 * STRETCH_REACH), 0, int(np.ceil(160 + 60 * STRETCH_REACH)),
+             int(np.ceil(120 + 70 * STRETCH_REACH)))
+    assert np.array_equal(out[_outside(reach, image.shape)], image[_outside(reach, image.shape)])
+    inside = image[60:110, 110:150].astype(int).ravel()
+    order = np.argsort(inside, kind="stable")
+    assert np.all(np.diff(out[60:110, 110:150].astype(int).ravel()[order]) >= 0)  # tones keep their order
+    whole = stretched_linearly(image)  # no faces: the whole photo by its own percentiles
+    assert np.percentile(whole, 0.5) <= 1 and np.percentile(whole, 99.5) >= 254
+
+
+def test_a_drawing_of_a_hidden_face_is_judged_again_as_returned_and_stretched(astronaut):
+    engine = FaceAnonymizer(AnonymizerConfig(cache_size=0, generator="renderer-lcm"))
+    job = engine._detect_and_align(_overlaid(astronaut, *OVERLAYS["grey"]), {})
+    assert isinstance(job.levelled_from[0], ToneMap)
+    views = engine._attacker_views(job)
+    assert {PHOTO_TONES_VIEW, STRETCHED_VIEW} <= set(views)
+    (face,) = job.faces
+    # judged against the original in the engine's levels (the nearest it has to a clear photo),
+    # not against the original seen the same way, whose banding a drawing shares
+    originals = engine._originals_in_views(job, views, [face])
+    levelled = engine._embedded_at(job.pixels, job.pixels.shape, [face])
+    for oracle in engine.oracles:
+        assert np.allclose(originals[STRETCHED_VIEW][oracle.name][face.index], levelled[oracle.name][face.index])
+    face.method = GENERATED  # the original left in place
+    assert engine._recognised_where(job, views) == [(face, PHOTO_TONES_VIEW)]
+    x1, y1, x2, y2 = (int(v) for v in face.detection.box)
+    job.output[max(0, y1 - 20): y2 + 20, max(0, x1 - 20): x2 + 20] = 128
+    assert engine._recognised_in_views(job, views) == []
+    assert not {PHOTO_TONES_VIEW, STRETCHED_VIEW} & set(engine._attacker_views(engine._detect_and_align(astronaut, {})))
 
 
 def test_ordinary_photos_have_no_faded_faces(obfuscating, astronaut, camera, no_face_image):

@@ -42,6 +42,7 @@ from idmrag_plugin.engine.exposure import (
     ToneMap,
     hidden_faces_tone_map,
     levels_of,
+    stretched_linearly,
 )
 from idmrag_plugin.engine.generator import FaceGenerator, GenerationRequest
 from idmrag_plugin.engine.grey import (
@@ -81,6 +82,22 @@ logger = logging.getLogger(__name__)
 #: subject more kept its drawing (a redraw of the false face by its chin in the last of two
 #: rounds had it obfuscated); each redraw spends one of the face's attempts, so the rounds end.
 FINAL_CHECK_ROUNDS = 4
+#: The attacker's views of a photo (FaceAnonymizer._attacker_views) a drawing and an
+#: obfuscation are judged in again, by name, and as a report says them; a squeezed photo's
+#: other proportions are named by their multiple.
+GREY_VIEW, PHOTO_TONES_VIEW, STRETCHED_VIEW = "grey", "photo tones", "stretched levels"
+_ATTACKER_VIEW_NAMES = {
+    GREY_VIEW: "the photo's grey levels (its colour dropped)",
+    PHOTO_TONES_VIEW: "the photo's own tones (as returned)",
+    STRETCHED_VIEW: "the photo's levels stretched linearly around the face",
+}
+#: Views of a levelled photo's drawing judged against the original in the engine's levels, not
+#: in the same view: an attacker compares what they make of the output with a clear photo of the
+#: person, and the original in the engine's levels is the nearest to one the engine has. Both
+#: stretched from the same few levels, the original and a drawing share banding and context
+#: that FaceNet matched (similarities over its threshold on faces it put 0.3 under it against
+#: the clear photo, under a 88% grey overlay).
+_AGAINST_LEVELLED = frozenset({PHOTO_TONES_VIEW, STRETCHED_VIEW})
 
 
 @contextmanager
@@ -608,7 +625,10 @@ class FaceAnonymizer:
         drawing recognised there fails: a photo worked on squeezed back to its faces' proportions,
         as their points estimate them, resized to other plausible ones (stretch.OTHER_PROPORTIONS);
         a photo in a cold cast, or with a channel inverted, worked on in colour, its grey levels
-        (what dropping the colour shows; grey.attacker_would_drop_colour). Decided once a job."""
+        (what dropping the colour shows; grey.attacker_would_drop_colour); a photo whose faces
+        were worked on levelled (dark, in shadow, faded), the photo as returned and its levels
+        stretched linearly around each hidden face (exposure.stretched_linearly), for the
+        similarity to the original moves with the curve. Decided once a job."""
         if job.attacker_views is None:
             job.attacker_views = self._decide_attacker_views(job)
         return job.attacker_views
@@ -619,9 +639,15 @@ class FaceAnonymizer:
         if isinstance(tones, Squeeze):
             return {f"{multiple:g}": partial(tones.resqueezed, multiple=multiple) for multiple in OTHER_PROPORTIONS}
         photo = job.levelled_from[1] if job.levelled_from is not None else job.pixels
+        views: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+        if isinstance(tones, ToneMap):
+            # the drawings were judged in the engine's levels; an attacker sees the photo as
+            # returned, or levels it their own way
+            views[PHOTO_TONES_VIEW] = partial(tones.restore, photo, job.pixels)
+            views[STRETCHED_VIEW] = lambda image: stretched_linearly(tones.restore(photo, job.pixels, image), tones.hidden)
         if not isinstance(tones, GreyView) and attacker_would_drop_colour(photo):
-            return {"grey": GreyView.of(job.pixels).apply}
-        return {}
+            views[GREY_VIEW] = GreyView.of(job.pixels).apply
+        return views
 
     def _judge_attacker_views(self, job: _Job) -> None:
         """Every oracle judges each drawing again in each of the attacker's views of the photo
@@ -632,16 +658,15 @@ class FaceAnonymizer:
         if not views or not drawn:
             return
         originals = self._originals_in_views(job, views, drawn)  # once for every round
-        while recognised := self._recognised_in_views(job, views, originals):
-            for face in recognised:
+        while recognised := self._recognised_where(job, views, originals):
+            for face, view in recognised:
                 if face.attempts < self.config.max_attempts:
                     self._replace_together([(job, face)], first_attempt=face.attempts)
                     if face.verified:
                         continue
                 face.method = OBFUSCATED
-                face.reason = ("recognisable once the photo is resized to other plausible proportions"
-                               if job.levelled_from is not None and isinstance(job.levelled_from[0], Squeeze)
-                               else "recognisable in the photo's grey levels (its colour dropped)")
+                face.reason = "recognisable in " + _ATTACKER_VIEW_NAMES.get(
+                    view, "the photo resized to other plausible proportions")
                 job.failed.append(face)
 
     def _embedded_at(self, image: np.ndarray, shape: tuple[int, ...],
@@ -656,9 +681,11 @@ class FaceAnonymizer:
     def _originals_in_views(
         self, job: _Job, views: dict[str, Callable[[np.ndarray], np.ndarray]], faces: list[FaceReport]
     ) -> dict[str, dict[str, dict[int, np.ndarray]]]:
-        """Per view, the oracles' embeddings of ``faces`` in that view of the original."""
+        """Per view, the oracles' embeddings of ``faces`` in that view of the original (for the
+        views of a levelled photo, in the engine's levels: see _AGAINST_LEVELLED)."""
         with _timed(job.timings, "verify"):
-            return {name: self._embedded_at(view(job.pixels), job.pixels.shape, faces) for name, view in views.items()}
+            return {name: self._embedded_at(job.pixels if name in _AGAINST_LEVELLED else view(job.pixels),
+                                             job.pixels.shape, faces) for name, view in views.items()}
 
     def _recognised_in_views(
         self, job: _Job, views: dict[str, Callable[[np.ndarray], np.ndarray]],
@@ -667,21 +694,31 @@ class FaceAnonymizer:
     ) -> list[FaceReport]:
         """Of ``faces`` (default: the generated ones), those an oracle matches to the original
         (``originals``: its embeddings per view, computed when not given) in one of ``views``."""
+        return [face for face, _ in self._recognised_where(job, views, originals, faces)]
+
+    def _recognised_where(
+        self, job: _Job, views: dict[str, Callable[[np.ndarray], np.ndarray]],
+        originals: dict[str, dict[str, dict[int, np.ndarray]]] | None = None,
+        faces: list[FaceReport] | None = None,
+    ) -> list[tuple[FaceReport, str]]:
+        """:meth:`_recognised_in_views`, each face with the first view it was recognised in."""
         drawn = faces if faces is not None else [f for f in job.faces if f.method == GENERATED and f not in job.failed]
         if originals is None:
             originals = self._originals_in_views(job, views, drawn)
-        recognised: list[FaceReport] = []
+        recognised: list[tuple[FaceReport, str]] = []
         with _timed(job.timings, "verify"):
             for name, view in views.items():
                 if not drawn:
                     break
                 original = originals[name]
                 output = self._embedded_at(view(job.output), job.output.shape, drawn)
+                seen: list[FaceReport] = []
                 for oracle in self.oracles:
                     limit = self.thresholds[oracle.name] - oracle.alignment_margin
-                    recognised += [f for f in drawn if f not in recognised and float(
+                    seen += [f for f in drawn if f not in seen and float(
                         cosine(original[oracle.name][f.index][None], output[oracle.name][f.index][None])[0]) >= limit]
-                drawn = [f for f in drawn if f not in recognised]
+                recognised += [(f, name) for f in seen]
+                drawn = [f for f in drawn if f not in seen]
         return recognised
 
     def _finish(self, job: _Job) -> AnonymizationResult:
@@ -845,8 +882,9 @@ class FaceAnonymizer:
         if job.originals is None:
             return []
         replaceable = {f.index for f in job.replaceable}
-        # the grey levels; a squeezed photo's other proportions judge its drawings only
-        attacker_views = {k: v for k, v in self._attacker_views(job).items() if k == "grey"}
+        # the grey levels and a levelled photo's tones; a squeezed photo's other proportions
+        # judge its drawings only
+        attacker_views = {k: v for k, v in self._attacker_views(job).items() if k in _ATTACKER_VIEW_NAMES}
         pending = [f for f in job.faces if f.method == OBFUSCATED and f.index in replaceable
                    and job.widened.get(f.index, 0) <= len(WIDENINGS)]
         regions: list[tuple[int, int, int, int] | None] = []
@@ -857,8 +895,8 @@ class FaceAnonymizer:
                        if (views := [v.oracle for v in verdicts if not v.anonymous])]
             if attacker_views:
                 unmatched = [f for f in pending if all(f is not m for m, _ in matched)]
-                matched += [(face, ["the photo's grey levels"])
-                            for face in self._recognised_in_views(job, attacker_views, faces=unmatched)]
+                matched += [(face, [_ATTACKER_VIEW_NAMES[view]])
+                            for face, view in self._recognised_where(job, attacker_views, faces=unmatched)]
             with _timed(job.timings, "obfuscate"):
                 for face, views in matched:
                     level = job.widened.get(face.index, 0)

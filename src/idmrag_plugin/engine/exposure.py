@@ -122,6 +122,11 @@ FADED_MAX_PIXELS = 150_000
 FADED_PROBE_SIDE = SHADOW_PROBE_SIDE
 #: The end of the detector name of a face found in a levelled faded region.
 FADED_TAG = "@faded"
+#: An attacker's linear stretch of a hidden face (:func:`stretched_linearly`): its percentiles
+#: come from the face's box grown by this share of its size each way ...
+STRETCH_CONTEXT = 0.25
+#: ... and it is applied over the box grown by this much, beyond every oracle's crop of the face.
+STRETCH_REACH = 0.75
 
 #: Luma weights (ITU-R BT.601, as OpenCV's RGB2GRAY).
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -219,6 +224,8 @@ class ToneMap:
     """Levels applied one after the other (regions do not overlap), and undone in reverse."""
 
     steps: tuple[Levels, ...]
+    #: the boxes of the faces the regional levels show (none: the whole photo is levelled)
+    hidden: tuple[Box, ...] = ()
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         for levels in self.steps:
@@ -237,6 +244,32 @@ class ToneMap:
         ):
             processed = levels.restore(before, after, processed)
         return processed
+
+
+def stretched_linearly(image: np.ndarray, faces: tuple[Box, ...] = ()) -> np.ndarray:
+    """``image`` as an attacker levels a hidden face their own way: around each of ``faces``
+    (the box grown by STRETCH_REACH each way) every channel stretched by one straight line, the
+    0.5th and 99.5th percentiles of the box grown by STRETCH_CONTEXT going to 0 and 255; the
+    whole image from its own percentiles when there are no ``faces``.
+
+    The engine judges a hidden face's drawing in its own levels (per-channel curves that bring
+    the median to mid-grey), but dlib's similarity to the original moves with the curve: on 40
+    LFW faces under a 88% grey overlay, such a stretch of the returned photo moved it by a median
+    +0.022 over the engine's levels (up to +0.08), and 4 drawings verified in the engine's levels
+    were matched to the clear photo."""
+    out = image.copy()
+    height, width = image.shape[:2]
+    boxes = faces or ((0, 0, width, height),)
+    for box in boxes:
+        cx1, cy1, cx2, cy2 = _clipped(_grown(box, STRETCH_CONTEXT if faces else 0.0), image.shape)
+        x1, y1, x2, y2 = _clipped(_grown(box, STRETCH_REACH if faces else 0.0), image.shape)
+        if cx2 <= cx1 or cy2 <= cy1 or x2 <= x1 or y2 <= y1:
+            continue
+        lo, hi = np.percentile(image[cy1:cy2, cx1:cx2], [0.5, 99.5])
+        scale = 255.0 / max(float(hi - lo), 1.0)
+        part = (image[y1:y2, x1:x2].astype(np.float32) - float(lo)) * scale
+        out[y1:y2, x1:x2] = np.clip(np.round(part), 0, 255).astype(np.uint8)
+    return out
 
 
 def _curve(luma: np.ndarray) -> np.ndarray:
@@ -379,7 +412,7 @@ def regional_tone_map(
         replace(next(level for level in levels if _overlap(level.region, region)), region=region, exclude=exclude,
                 keep=keep)
         for region in _join_overlapping(regions)
-    ))
+    ), hidden=tuple(_grown(box, 0.0) for box in hidden))
 
 
 def _grown(box: tuple[float, float, float, float], share: float) -> Box:
