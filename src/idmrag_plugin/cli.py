@@ -62,6 +62,7 @@ def _engine_config(args: argparse.Namespace):
         exposure_search=not args.no_exposure_search,
         negative_search=not args.no_negative_search,
         stretch_search=not args.no_stretch_search,
+        seam_search=not args.no_seam_search,
         hog_search=not args.no_hog_search,
         grey_search=not args.no_grey_search,
         denoise_search=not args.no_denoise_search,
@@ -241,6 +242,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stretch-search", action="store_true",
                         help="skip the extra passes over the photo squeezed along each axis (misses the faces of "
                              "photos stretched out of proportion)")
+    parser.add_argument("--no-seam-search", action="store_true",
+                        help="skip the extra pass over a panorama's seam (misses faces across the edges of "
+                             "360-degree panoramas, which a viewer joins)")
     parser.add_argument("--no-hog-search", action="store_true",
                         help="skip dlib's HOG detector's look after MTCNN's searches (misses the faces MTCNN "
                              "alone misses, such as faces with a black bar over the eyes)")

@@ -62,6 +62,12 @@ class AnonymizerConfig:
             faces past what a detector finds (about twice their width or height), while resizing
             it back shows them again. A face found only so is redrawn in the squeezed copy and
             stretched back. About 20 ms on a 250x250 photo, 90 ms on a 2000x1428 one.
+        seam_search: on a photo with an equirectangular panorama's proportions (twice as wide
+            as high), also search the strip of its right and left edges joined (a quarter of its
+            width from each, upright, at most 1,000,000 pixels; see
+            :mod:`idmrag_plugin.engine.seam`): a 360-degree viewer joins the edges, and a face
+            across them is two pieces in the file. A face found across the join is redrawn in
+            the panorama rolled to show it whole, and rolled back.
         hog_search: also look once with dlib's HOG detector (upright; faces from 40 px on photos
             up to 200,000 pixels, from 80 px on larger ones, searched at most 800,000 pixels
             large; see :mod:`idmrag_plugin.engine.hog_look`) and replace the faces it finds that
@@ -180,6 +186,7 @@ class AnonymizerConfig:
     denoise_search: bool = True
     grey_search: bool = True
     stretch_search: bool = True
+    seam_search: bool = True
     hog_search: bool = True
     crop_size: int = 128
     oracles: tuple[str, ...] = ORACLES

@@ -37,7 +37,9 @@ from idmrag_plugin.engine.detect import (
     cut_by_frame,
 )
 from idmrag_plugin.engine.exposure import (
+    FADED_TAG,
     LEVELLED_TAG,
+    SHADOW_TAG,
     LevellingDetector,
     ToneMap,
     hidden_faces_tone_map,
@@ -62,9 +64,11 @@ from idmrag_plugin.engine.obfuscate import (
 )
 from idmrag_plugin.engine.oracles import FaceOracle, build_oracle, cosine
 from idmrag_plugin.engine.plausibility import check_landmarks
+from idmrag_plugin.engine.seam import SEAM_TAG, Roll, SeamSearch
 from idmrag_plugin.engine.stretch import (
     OTHER_PROPORTIONS,
     STRETCH_MIN_FACE,
+    STRETCH_TAG,
     Squeeze,
     StretchSearch,
     working_squeeze,
@@ -178,7 +182,7 @@ class _Job:
     #: in one colour or full of impulse noise is worked on levelled, inverted, in grey or
     #: median-filtered, a photo stretched out of proportion squeezed back (``pixels`` and
     #: ``output`` are that copy): its map and the photo, to bring the redrawn pixels back at the end
-    levelled_from: tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze, np.ndarray] | None = None
+    levelled_from: tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze | Roll, np.ndarray] | None = None
     #: FaceAnonymizer._attacker_views of this job, decided once (the photo does not change)
     attacker_views: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None
 
@@ -343,7 +347,7 @@ class FaceAnonymizer:
         engine's search is taken as it is."""
         self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
         if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, DenoisedSearch, GreySearch,
-                                 StretchSearch, HOGLook)):
+                                 StretchSearch, SeamSearch, HOGLook)):
             return detector
         if detector is not None:
             upright = border = diagonal = squeezed = detector
@@ -375,6 +379,8 @@ class FaceAnonymizer:
             search = GreySearch(search, retoned_detector=upright)
         if self.config.stretch_search:
             search = StretchSearch(search, stretch_detector=squeezed)
+        if self.config.seam_search:
+            search = SeamSearch(search, seam_detector=upright)
         if self.config.hog_search and self.config.detector != "mtcnn+hog":
             search = HOGLook(search)
         return search
@@ -588,7 +594,8 @@ class FaceAnonymizer:
     @staticmethod
     def _working_copy(
         pixels: np.ndarray, detections: list[Detection]
-    ) -> tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze | None, list[str], list[Detection]]:
+    ) -> tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze | Roll | None, list[str],
+               list[Detection]]:
         """The copy of the photo its faces are redrawn and judged in, when a face is found only
         in one (squeezed back to its proportions, the negative, the grey levels, median-filtered,
         levelled: where it can be seen), and for any face in a photo with a channel inverted,
@@ -599,6 +606,12 @@ class FaceAnonymizer:
                     f"another: obfuscated, not redrawn" if any(t in d.detector for t in tags) else ""
                     for d in detections]
 
+        if any(SEAM_TAG in d.detector for d in detections):
+            # a panorama with a face across its seam is worked on rolled, the face whole; a face
+            # found only in another copy is obfuscated there
+            roll = Roll.around(detections, pixels.shape[1])
+            copies = (STRETCH_TAG, NEGATIVE_TAG, GREY_TAG, DENOISED_TAG, LEVELLED_TAG, SHADOW_TAG, FADED_TAG)
+            return roll, only_in(copies), [roll.to_view(d, pixels.shape) for d in detections]
         squeeze = working_squeeze(detections)
         if squeeze is not None:
             # a face the photo shows at other proportions is not redrawn in the squeezed copy,
@@ -754,11 +767,11 @@ class FaceAnonymizer:
 
     @staticmethod
     def _report_in_photo_coordinates(job: _Job) -> None:
-        """Faces worked on in a squeezed copy of the photo reported in the photo's coordinates."""
-        if job.levelled_from is not None and isinstance(job.levelled_from[0], Squeeze):
-            squeeze, photo = job.levelled_from
+        """Faces worked on in a squeezed or rolled copy of the photo reported in the photo's coordinates."""
+        if job.levelled_from is not None and isinstance(job.levelled_from[0], (Squeeze, Roll)):
+            view, photo = job.levelled_from
             for face in job.faces:
-                face.detection = squeeze.from_view(face.detection, photo.shape)
+                face.detection = view.from_view(face.detection, photo.shape)
 
     def _align(self, pixels: np.ndarray, face: FaceReport) -> AlignedFace | None:
         if DOUBTFUL_TAG in face.detection.detector:
