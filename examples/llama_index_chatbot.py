@@ -72,11 +72,11 @@ class ShowWhatIGotLLM(CustomLLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         return CompletionResponse(text="[mock model] text-only prompt received")
 
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):  # noqa: ANN201
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any):
         yield self.complete(prompt)
 
 
-def build_llm(spec: str, out_dir: str):  # noqa: ANN201
+def build_llm(spec: str, out_dir: str):
     if spec == "mock":
         return ShowWhatIGotLLM(out_dir=out_dir)
     provider, _, model = spec.partition(":")
