@@ -697,8 +697,10 @@ class FaceAnonymizer:
         """Per view, the oracles' embeddings of ``faces`` in that view of the original (for the
         views of a levelled photo, in the engine's levels: see _AGAINST_LEVELLED)."""
         with _timed(job.timings, "verify"):
-            return {name: self._embedded_at(job.pixels if name in _AGAINST_LEVELLED else view(job.pixels),
-                                             job.pixels.shape, faces) for name, view in views.items()}
+            levelled = (self._embedded_at(job.pixels, job.pixels.shape, faces)
+                        if _AGAINST_LEVELLED & views.keys() else None)
+            return {name: levelled if name in _AGAINST_LEVELLED else self._embedded_at(
+                view(job.pixels), job.pixels.shape, faces) for name, view in views.items()}
 
     def _recognised_in_views(
         self, job: _Job, views: dict[str, Callable[[np.ndarray], np.ndarray]],

@@ -333,6 +333,19 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def centre_inside(box: tuple[float, ...], other: tuple[float, ...]) -> bool:
+    """Whether ``box``'s centre lies inside ``other`` (both (x1, y1, x2, y2))."""
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    return other[0] <= cx <= other[2] and other[1] <= cy <= other[3]
+
+
+def scaled_detection(detection: Detection, rx: float, ry: float) -> Detection:
+    """``detection`` with its box and points scaled by ``rx`` along x and ``ry`` along y."""
+    x1, y1, x2, y2 = detection.box
+    return Detection((x1 * rx, y1 * ry, x2 * rx, y2 * ry), detection.score,
+                     np.asarray(detection.landmarks, dtype=np.float64) * np.array([rx, ry]), detection.detector)
+
+
 def cut_by_frame(box: tuple[float, ...], shape: tuple[int, ...]) -> bool:
     """Whether a face's box crosses the border of an image of ``shape`` (by a pixel or more)."""
     x1, y1, x2, y2 = box[:4]

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from idmrag_plugin.engine.detect import Detection, FaceDetector, box_iou
+from idmrag_plugin.engine.detect import (
+    Detection,
+    FaceDetector,
+    box_iou,
+    centre_inside,
+    scaled_detection,
+)
 
 #: A photo this many times as wide as it is high (within PANORAMA_TOLERANCE of it) is taken
 #: for an equirectangular panorama, whose left and right edges meet.
@@ -77,22 +83,15 @@ def seam_faces(detector: FaceDetector, image: np.ndarray) -> list[Detection]:
         share = SEAM_MIN_SHARE * (x2 - x1)
         if d.score < SEAM_MIN_SCORE or not (x1 <= join - share and x2 >= join + share):
             continue
-        scaled = Detection(tuple(v / scale for v in d.box), d.score,  # type: ignore[arg-type]
-                           np.asarray(d.landmarks, dtype=np.float64) / scale, d.detector)
-        found.append(_shifted(scaled, width - side, SEAM_TAG))
+        found.append(_shifted(scaled_detection(d, 1.0 / scale, 1.0 / scale), width - side, SEAM_TAG))
     return found
-
-
-def _centre_inside(box: tuple[float, ...], other: tuple[float, ...]) -> bool:
-    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    return other[0] <= cx <= other[2] and other[1] <= cy <= other[3]
 
 
 def _piece_of(detection: Detection, seam_face: Detection, width: int) -> bool:
     """Whether ``detection`` (the photo's) is a piece of ``seam_face`` at either edge."""
     for dx in (0.0, float(width)):
         box = _shifted(detection, dx).box
-        if box_iou(box, seam_face.box) >= 0.3 or _centre_inside(box, seam_face.box):
+        if box_iou(box, seam_face.box) >= 0.3 or centre_inside(box, seam_face.box):
             return True
     return False
 

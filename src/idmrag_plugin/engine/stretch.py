@@ -28,6 +28,8 @@ from idmrag_plugin.engine.detect import (
     Detection,
     FaceDetector,
     box_iou,
+    centre_inside,
+    scaled_detection,
     upright_look,
 )
 
@@ -147,12 +149,12 @@ class Squeeze:
 
     def to_view(self, detection: Detection, shape: tuple[int, ...]) -> Detection:
         """``detection`` (in the coordinates of the image of ``shape``) in the squeezed copy's."""
-        return _scaled(detection, *self._ratios(shape))
+        return scaled_detection(detection, *self._ratios(shape))
 
     def from_view(self, detection: Detection, shape: tuple[int, ...]) -> Detection:
         """``detection`` in the squeezed copy of the image of ``shape`` back in the image's."""
         rx, ry = self._ratios(shape)
-        return _scaled(detection, 1.0 / rx, 1.0 / ry)
+        return scaled_detection(detection, 1.0 / rx, 1.0 / ry)
 
     def _ratios(self, shape: tuple[int, ...]) -> tuple[float, float]:
         width, height = self.size(shape)
@@ -173,17 +175,6 @@ def working_squeeze(detections: list[Detection]) -> Squeeze | None:
     lead = max(stretched, key=lambda pair: pair[0])[1]
     factors = [s.factor for _, s in stretched if lead.fits(s)]
     return Squeeze(lead.axis, float(np.median(factors)))
-
-
-def _scaled(detection: Detection, rx: float, ry: float) -> Detection:
-    x1, y1, x2, y2 = detection.box
-    return Detection((x1 * rx, y1 * ry, x2 * rx, y2 * ry), detection.score,
-                     np.asarray(detection.landmarks, dtype=np.float64) * np.array([rx, ry]), detection.detector)
-
-
-def _centre_inside(box: tuple[float, ...], other: tuple[float, ...]) -> bool:
-    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    return other[0] <= cx <= other[2] and other[1] <= cy <= other[3]
 
 
 class StretchSearch(FaceDetector):
@@ -211,7 +202,7 @@ class StretchSearch(FaceDetector):
         extra: list[Detection] = []
         for det, (copy, landmarks) in candidates:
             clashing = [f for f in found + extra if box_iou(det.box, f.box) >= self.iou
-                        or _centre_inside(det.box, f.box) or _centre_inside(f.box, det.box)]
+                        or centre_inside(det.box, f.box) or centre_inside(f.box, det.box)]
             # a face the photo shows is the photo's (most faces are found squeezed too), unless
             # its own points say it is stretched along the axis this copy squeezes (its points in
             # the copy do not tell: MTCNN draws them towards a face's usual proportions, and the
@@ -244,6 +235,6 @@ class StretchSearch(FaceDetector):
                 continue
             residual = min(max(stretch_along(d.landmarks, squeeze.axis), 1.0 / RESIDUAL_LIMIT), RESIDUAL_LIMIT)
             own = Squeeze(squeeze.axis, max(1.0, squeeze.factor * residual))
-            found.append((_scaled(Detection(d.box, d.score, d.landmarks, d.detector + own.tag), rx, ry),
+            found.append((scaled_detection(Detection(d.box, d.score, d.landmarks, d.detector + own.tag), rx, ry),
                           (copy, d.landmarks)))
         return found
