@@ -4,11 +4,11 @@ how many stay recognisable.
 Each LFW photo (the second of identities with two or more) is distorted (stretched along its
 width or height, cubic resampling; cast in green or cyan, or a grey photo printed in green; its
 green channel inverted; a black bar over the subject's eyes; a surgical mask; a translucent white, grey or blue
-overlay over the subject's head) and anonymized by the default engine, with and without the
-search that looks for such faces (``stretch_search``, ``grey_search``, ``hog_search``,
-``exposure_search``). What an attacker sees is then compared, by each oracle, with the
+overlay over the subject's head; printed as a halftone or dithered to one bit) and anonymized
+by the default engine, with and without the search that looks for such faces
+(``stretch_search``, ``grey_search``, ``hog_search``, ``exposure_search``, ``descreen_search``). What an attacker sees is then compared, by each oracle, with the
 original's central face: the output resized back to the photo's proportions, its grey levels,
-its green channel inverted back, its levels around the face stretched (recognisable = any
+its green channel inverted back, its levels around the face stretched, blurred (recognisable = any
 oracle at or above its threshold). Recall counts photos in
 which a face was found over the subject's nose.
 
@@ -119,6 +119,28 @@ def overlay(colour: tuple[int, int, int], opacity: float) -> Distort:
     return distort
 
 
+def halftone(cell: int) -> Distort:
+    """The photo's grey levels printed as a screen of round black dots ``cell`` px apart."""
+    def distort(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        grey = cv2.blur(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0, (cell, cell))
+        yy, xx = np.mgrid[0:h, 0:w]
+        reach = np.hypot(xx % cell - cell / 2 + 0.5, yy % cell - cell / 2 + 0.5) / (cell / np.sqrt(2.0))
+        paper = reach > np.sqrt(np.clip(1.0 - grey, 0.0, 1.0))  # a dot's area grows with the darkness
+        return np.repeat((paper * 255).astype(np.uint8)[..., None], 3, axis=2)
+    return distort
+
+
+def one_bit(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The photo dithered to black and white (Floyd-Steinberg)."""
+    return np.asarray(Image.fromarray(image).convert("1").convert("RGB"))
+
+
+def descreened(seen: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
+    """The output as it is and blurred, as anyone looking at a print from a step back sees it."""
+    return [seen] + [cv2.GaussianBlur(seen, (0, 0), sigma) for sigma in (1.0, 2.0, 3.0, 4.0)]
+
+
 def relevelled(seen: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
     """The output as it is, and with each channel's levels around the subject's face stretched
     to the full range (what an attacker does to see through an overlay)."""
@@ -144,6 +166,9 @@ DISTORTIONS: dict[str, Distortion] = {
                                          undo=lambda seen, points: [inverted(1)(seen), grey_of(inverted(1)(seen))]),
     "black bar over the eyes": Distortion(censor_bar, "hog_search"),
     "surgical mask": Distortion(face_mask, "hog_search"),
+    "halftone, 4 px dots": Distortion(halftone(4), "descreen_search", undo=descreened),
+    "halftone, 8 px dots": Distortion(halftone(8), "descreen_search", undo=descreened),
+    "one-bit dither": Distortion(one_bit, "descreen_search", undo=descreened),
     "92% white overlay": Distortion(overlay((255, 255, 255), 0.92), "exposure_search", undo=relevelled),
     "92% grey overlay": Distortion(overlay((128, 128, 128), 0.92), "exposure_search", undo=relevelled),
     "90% pale blue overlay": Distortion(overlay((200, 220, 255), 0.90), "exposure_search", undo=relevelled),

@@ -66,6 +66,7 @@ def _engine_config(args: argparse.Namespace):
         hog_search=not args.no_hog_search,
         grey_search=not args.no_grey_search,
         denoise_search=not args.no_denoise_search,
+        descreen_search=not args.no_descreen_search,
         privacy_level=args.privacy_level,
         on_failure=args.on_failure,
         max_attempts=args.max_attempts,
@@ -236,6 +237,9 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-denoise-search", action="store_true",
                         help="skip the extra pass over a median-filtered copy of photos full of salt-and-pepper "
                              "noise (misses the faces such noise hides)")
+    parser.add_argument("--no-descreen-search", action="store_true",
+                        help="skip the extra pass over a blurred copy of halftone or dithered photos (misses the "
+                             "faces of printed pictures)")
     parser.add_argument("--no-grey-search", action="store_true",
                         help="skip the extra pass over a colour photo's grey levels (misses the faces of photos "
                              "cast in green or cyan)")

@@ -52,6 +52,11 @@ class AnonymizerConfig:
             extreme values; other photos cost well under a millisecond) median-filtered (see
             :mod:`idmrag_plugin.engine.denoise`): noise over about 30% of the pixels hides faces
             from the detector, and a median filter shows them again.
+        descreen_search: also search a halftone or dithered photo (over 12 levels of fine luma
+            detail; other photos cost one blur of a 512 px crop) blurred just enough to hide its
+            screen (see :mod:`idmrag_plugin.engine.descreen`): a printed face's dots hide it from
+            the detector, and a blur shows it again. Its drawings are also judged in the photo
+            as returned, blurred the same way.
         grey_search: also search a colour photo's grey levels (luma stretched to the full range;
             upright, half size, faces from 40 px; see :mod:`idmrag_plugin.engine.grey`): a photo
             cast in green or cyan hides its faces from the detector, and dropping the colour shows
@@ -184,6 +189,7 @@ class AnonymizerConfig:
     exposure_search: bool = True
     negative_search: bool = True
     denoise_search: bool = True
+    descreen_search: bool = True
     grey_search: bool = True
     stretch_search: bool = True
     seam_search: bool = True

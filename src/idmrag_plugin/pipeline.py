@@ -22,6 +22,7 @@ from idmrag_plugin.engine.align import AlignedFace, align_face
 from idmrag_plugin.engine.blend import far_side_cut, paste_face, region_of
 from idmrag_plugin.engine.border import BORDER_MIN_FACE, BorderDetector
 from idmrag_plugin.engine.denoise import DENOISED_TAG, Denoised, DenoisedSearch
+from idmrag_plugin.engine.descreen import DESCREENED_TAG, Descreened, DescreenedSearch
 from idmrag_plugin.engine.detect import (
     DIAGONAL_MIN_FACE,
     DIAGONAL_SCALE,
@@ -90,7 +91,10 @@ FINAL_CHECK_ROUNDS = 4
 #: obfuscation are judged in again, by name, and as a report says them; a squeezed photo's
 #: other proportions are named by their multiple.
 GREY_VIEW, PHOTO_TONES_VIEW, STRETCHED_VIEW = "grey", "photo tones", "stretched levels"
+DESCREENED_VIEWS = ("descreened", "descreened more")
 _ATTACKER_VIEW_NAMES = {
+    DESCREENED_VIEWS[0]: "the photo blurred as far as its halftone screen or dither needs",
+    DESCREENED_VIEWS[1]: "the photo blurred a step beyond what its halftone screen or dither needs",
     GREY_VIEW: "the photo's grey levels (its colour dropped)",
     PHOTO_TONES_VIEW: "the photo's own tones (as returned)",
     STRETCHED_VIEW: "the photo's levels stretched linearly around the face",
@@ -342,11 +346,11 @@ class FaceAnonymizer:
     def _search(self, detector: FaceDetector | None) -> FaceDetector:
         """The whole face search: ``detector`` (or the configured one) at every rotation, plus
         the border pass, on the photo and, when its tones call for it, on a levelled copy; then
-        upright on its negative, a median-filtered copy of a noisy photo, a colour photo's grey
-        levels and copies squeezed along each axis; last, dlib's HOG detector's look. Another
-        engine's search is taken as it is."""
+        upright on its negative, a median-filtered copy of a noisy photo, a printed photo
+        blurred, a colour photo's grey levels and copies squeezed along each axis; last, dlib's
+        HOG detector's look. Another engine's search is taken as it is."""
         self._upright: FaceDetector | None = None  # the plain upright detector: the cut faces' attacker view
-        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, DenoisedSearch, GreySearch,
+        if isinstance(detector, (BorderDetector, LevellingDetector, NegativeSearch, DenoisedSearch, DescreenedSearch, GreySearch,
                                  StretchSearch, SeamSearch, HOGLook)):
             return detector
         if detector is not None:
@@ -375,6 +379,8 @@ class FaceAnonymizer:
             search = NegativeSearch(search, negative_detector=upright)
         if self.config.denoise_search:
             search = DenoisedSearch(search, retoned_detector=upright)
+        if self.config.descreen_search:
+            search = DescreenedSearch(search, retoned_detector=upright)
         if self.config.grey_search:
             search = GreySearch(search, retoned_detector=upright)
         if self.config.stretch_search:
@@ -610,7 +616,8 @@ class FaceAnonymizer:
             # a panorama with a face across its seam is worked on rolled, the face whole; a face
             # found only in another copy is obfuscated there
             roll = Roll.around(detections, pixels.shape[1])
-            copies = (STRETCH_TAG, NEGATIVE_TAG, GREY_TAG, DENOISED_TAG, LEVELLED_TAG, SHADOW_TAG, FADED_TAG)
+            copies = (STRETCH_TAG, NEGATIVE_TAG, GREY_TAG, DENOISED_TAG, DESCREENED_TAG, LEVELLED_TAG, SHADOW_TAG,
+                      FADED_TAG)
             return roll, only_in(copies), [roll.to_view(d, pixels.shape) for d in detections]
         squeeze = working_squeeze(detections)
         if squeeze is not None:
@@ -620,13 +627,20 @@ class FaceAnonymizer:
                          "back: obfuscated, not redrawn" if not squeeze.fits(Squeeze.of(d)) else "" for d in detections]
             return squeeze, elsewhere, [squeeze.to_view(d, pixels.shape) for d in detections]
         if any(NEGATIVE_TAG in d.detector for d in detections):
-            return Negative(), only_in((GREY_TAG, DENOISED_TAG)), detections
+            return Negative(), only_in((GREY_TAG, DENOISED_TAG, DESCREENED_TAG)), detections
         if detections and (flip := ChannelFlip.of(pixels)) is not None:
-            return flip, only_in((DENOISED_TAG,)), detections
+            return flip, only_in((DENOISED_TAG, DESCREENED_TAG)), detections
         if any(GREY_TAG in d.detector for d in detections):
-            return GreyView.of(pixels), only_in((DENOISED_TAG,)), detections
-        if any(DENOISED_TAG in d.detector for d in detections):
-            return Denoised(), only_in(()), detections
+            return GreyView.of(pixels), only_in((DENOISED_TAG, DESCREENED_TAG)), detections
+        blurs = Descreened.all_of(pixels) if detections else []
+        denoised = any(DENOISED_TAG in d.detector for d in detections)
+        if blurs and (blurs[0].two_level or not denoised):
+            # a printed photo's faces are drawn into it seen from a step back, where a drawing
+            # meets what is around it, and printed back like the rest of it (a noisy photo's
+            # median filter, below, keeps more of a face than a blur)
+            return blurs[0], only_in(()), detections
+        if denoised:
+            return Denoised(), only_in((DESCREENED_TAG,)), detections
         none = only_in(())
         if any(LEVELLED_TAG in d.detector for d in detections):
             levels = levels_of(pixels)
@@ -641,7 +655,8 @@ class FaceAnonymizer:
         (what dropping the colour shows; grey.attacker_would_drop_colour); a photo whose faces
         were worked on levelled (dark, in shadow, faded), the photo as returned and its levels
         stretched linearly around each hidden face (exposure.stretched_linearly), for the
-        similarity to the original moves with the curve. Decided once a job."""
+        similarity to the original moves with the curve; a halftone or dithered photo, the photo
+        as returned blurred as far as its screen needs (descreen.screen_sigma). Decided once a job."""
         if job.attacker_views is None:
             job.attacker_views = self._decide_attacker_views(job)
         return job.attacker_views
@@ -660,6 +675,11 @@ class FaceAnonymizer:
             views[STRETCHED_VIEW] = lambda image: stretched_linearly(tones.restore(photo, job.pixels, image), tones.hidden)
         if not isinstance(tones, GreyView) and attacker_would_drop_colour(photo):
             views[GREY_VIEW] = GreyView.of(job.pixels).apply
+        if tones is None or isinstance(tones, Denoised):
+            # a printed photo's drawings as anyone looking from a step back sees them
+            for step, blur in enumerate(Descreened.all_of(photo)):
+                returned = (lambda image: image) if tones is None else partial(tones.restore, photo, job.pixels)
+                views[DESCREENED_VIEWS[step]] = lambda image, blur=blur, returned=returned: blur.apply(returned(image))
         return views
 
     def _judge_attacker_views(self, job: _Job) -> None:
@@ -699,8 +719,13 @@ class FaceAnonymizer:
         with _timed(job.timings, "verify"):
             levelled = (self._embedded_at(job.pixels, job.pixels.shape, faces)
                         if _AGAINST_LEVELLED & views.keys() else None)
-            return {name: levelled if name in _AGAINST_LEVELLED else self._embedded_at(
-                view(job.pixels), job.pixels.shape, faces) for name, view in views.items()}
+            originals = {name: levelled if name in _AGAINST_LEVELLED else self._embedded_at(
+                view(job.pixels), job.pixels.shape, faces) for name, view in views.items()
+                if name != DESCREENED_VIEWS[1]}
+            if DESCREENED_VIEWS[1] in views:
+                # an attacker compares with a clear photo: the least blurred original is nearest
+                originals[DESCREENED_VIEWS[1]] = originals[DESCREENED_VIEWS[0]]
+            return originals
 
     def _recognised_in_views(
         self, job: _Job, views: dict[str, Callable[[np.ndarray], np.ndarray]],

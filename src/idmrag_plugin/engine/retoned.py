@@ -31,6 +31,8 @@ class RetonedSearch(FaceDetector):
     ``detector`` found none (tagged ``tag``, their landmarks taken again at full resolution)."""
 
     tag: str
+    #: what a face found only in a copy must score (MTCNN's last stage)
+    min_score: float = MIN_SCORE
 
     def __init__(self, detector: FaceDetector, retoned_detector: FaceDetector | None = None, iou: float = 0.3) -> None:
         super().__init__()
@@ -43,29 +45,32 @@ class RetonedSearch(FaceDetector):
     def retoned(self, image: np.ndarray) -> np.ndarray | None:
         """The copy searched (same size as ``image``), or None when there is none worth searching."""
 
+    def retoned_copies(self, image: np.ndarray) -> list[np.ndarray]:
+        """The copies searched, in order (by default the one of :meth:`retoned`, if any)."""
+        copy = self.retoned(image)
+        return [] if copy is None else [copy]
+
     def _load(self) -> None:
         self.detector.load()
         self.retoned_detector.load()
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         found = self.detector.detect(image)
-        retoned = self.retoned(image)
-        if retoned is None:
-            return found
-        h, w = retoned.shape[:2]
-        scale = min(SEARCH_SCALE, SEARCH_MAX_SIDE / max(h, w))
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = cv2.resize(retoned, size, interpolation=cv2.INTER_AREA)
-        factor = np.array([w / size[0], h / size[1]])
         extra: list[Detection] = []
-        for d in self.retoned_detector.detect(small):
-            box = (d.box[0] * factor[0], d.box[1] * factor[1], d.box[2] * factor[0], d.box[3] * factor[1])
-            # a face the photo itself shows is the photo's (the false faces a detector finds in
-            # the photo are no reason to skip this pass)
-            if d.score < MIN_SCORE or any(box_iou(box, f.box) >= self.iou for f in found + extra):
-                continue
-            face = self._at_full_resolution(retoned, Detection(box, d.score, d.landmarks * factor, d.detector))
-            extra.append(Detection(face.box, face.score, face.landmarks, f"{face.detector}{self.tag}"))
+        for retoned in self.retoned_copies(image):
+            h, w = retoned.shape[:2]
+            scale = min(SEARCH_SCALE, SEARCH_MAX_SIDE / max(h, w))
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = cv2.resize(retoned, size, interpolation=cv2.INTER_AREA)
+            factor = np.array([w / size[0], h / size[1]])
+            for d in self.retoned_detector.detect(small):
+                box = (d.box[0] * factor[0], d.box[1] * factor[1], d.box[2] * factor[0], d.box[3] * factor[1])
+                # a face the photo itself shows is the photo's (the false faces a detector finds in
+                # the photo are no reason to skip this pass)
+                if d.score < self.min_score or any(box_iou(box, f.box) >= self.iou for f in found + extra):
+                    continue
+                face = self._at_full_resolution(retoned, Detection(box, d.score, d.landmarks * factor, d.detector))
+                extra.append(Detection(face.box, face.score, face.landmarks, f"{face.detector}{self.tag}"))
         return found + extra
 
     def _at_full_resolution(self, retoned: np.ndarray, face: Detection) -> Detection:
