@@ -4,7 +4,8 @@ how many stay recognisable.
 Each LFW photo (the second of identities with two or more) is distorted (stretched along its
 width or height, cubic resampling; cast in green or cyan, or a grey photo printed in green; its
 green channel inverted; a black bar over the subject's eyes; a surgical mask; a translucent white, grey or blue
-overlay over the subject's head; printed as a halftone or dithered to one bit) and anonymized
+overlay over the subject's head; printed as a halftone or dithered to one bit; through an
+editor's emboss, contour or edge filter) and anonymized
 by the default engine, with and without the search that looks for such faces
 (``stretch_search``, ``grey_search``, ``hog_search``, ``exposure_search``, ``descreen_search``). What an attacker sees is then compared, by each oracle, with the
 original's central face: the output resized back to the photo's proportions, its grey levels,
@@ -28,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from rotation_eval import photos
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
@@ -141,6 +142,16 @@ def descreened(seen: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
     return [seen] + [cv2.GaussianBlur(seen, (0, 0), sigma) for sigma in (1.0, 2.0, 3.0, 4.0)]
 
 
+def filtered(kind: ImageFilter.Filter) -> Distort:
+    """The photo through one of an editor's line filters (PIL's EMBOSS, CONTOUR, FIND_EDGES)."""
+    return lambda image, points: np.asarray(Image.fromarray(image).filter(kind))
+
+
+def lines_seen(seen: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
+    """A line drawing as it is, blurred, and its negative."""
+    return [seen, cv2.GaussianBlur(seen, (0, 0), 1.5), 255 - seen]
+
+
 def relevelled(seen: np.ndarray, points: np.ndarray) -> list[np.ndarray]:
     """The output as it is, and with each channel's levels around the subject's face stretched
     to the full range (what an attacker does to see through an overlay)."""
@@ -169,6 +180,9 @@ DISTORTIONS: dict[str, Distortion] = {
     "halftone, 4 px dots": Distortion(halftone(4), "descreen_search", undo=descreened),
     "halftone, 8 px dots": Distortion(halftone(8), "descreen_search", undo=descreened),
     "one-bit dither": Distortion(one_bit, "descreen_search", undo=descreened),
+    "embossed": Distortion(filtered(ImageFilter.EMBOSS), "hog_search", undo=lines_seen),
+    "contour filter": Distortion(filtered(ImageFilter.CONTOUR), "hog_search", undo=lines_seen),
+    "edge filter": Distortion(filtered(ImageFilter.FIND_EDGES), "hog_search", undo=lines_seen),
     "92% white overlay": Distortion(overlay((255, 255, 255), 0.92), "exposure_search", undo=relevelled),
     "92% grey overlay": Distortion(overlay((128, 128, 128), 0.92), "exposure_search", undo=relevelled),
     "90% pale blue overlay": Distortion(overlay((200, 220, 255), 0.90), "exposure_search", undo=relevelled),

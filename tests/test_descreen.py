@@ -82,7 +82,9 @@ def test_the_search_finds_a_printed_face_only_in_the_blurred_copy(printed):
 
 
 def test_a_printed_face_is_redrawn_and_printed_back_and_no_blur_shows_the_person(engine, astronaut, printed):
-    without = FaceAnonymizer(AnonymizerConfig(descreen_search=False, cache_size=0), oracles=engine.oracles)
+    # (HOG's look at a sketch of it also finds the face: a print passes for a line drawing)
+    without = FaceAnonymizer(AnonymizerConfig(descreen_search=False, hog_search=False, cache_size=0),
+                             oracles=engine.oracles)
     missed = without.anonymize(printed)
     assert missed.status == "no_faces" and np.array_equal(missed.pixels, printed)
     # the leak that closes: the print returned as it was shows the astronaut to anyone who blurs it
@@ -93,8 +95,8 @@ def test_a_printed_face_is_redrawn_and_printed_back_and_no_blur_shows_the_person
 
     searching = FaceAnonymizer(AnonymizerConfig(cache_size=0), oracles=engine.oracles)
     result = searching.anonymize(printed)
-    (face,) = result.faces
-    assert face.detection.detector.endswith(DESCREENED_TAG) and face.method in ("generated", "obfuscated")
+    (face,) = [f for f in result.faces if DESCREENED_TAG in f.detection.detector]
+    assert DESCREENED_TAG in face.detection.detector and face.method in ("generated", "obfuscated")
     assert np.isin(result.pixels, (0, 255)).all()  # still a one-bit print
     changed = (result.pixels != printed).any(axis=2)
     assert changed[95:145, 205:245].mean() > 0.3 and not changed[:, :100].any()

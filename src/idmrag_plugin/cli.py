@@ -251,7 +251,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
                              "360-degree panoramas, which a viewer joins)")
     parser.add_argument("--no-hog-search", action="store_true",
                         help="skip dlib's HOG detector's look after MTCNN's searches (misses the faces MTCNN "
-                             "alone misses, such as faces with a black bar over the eyes)")
+                             "alone misses, such as faces with a black bar over the eyes or in a line drawing)")
     parser.add_argument("--privacy-level", default="far1e-2", choices=["far1e-2", "far1e-3"],
                         help="a replaced face must be less like the original than all but this fraction of "
                              "different-person pairs (far1e-3 is stricter)")

@@ -78,7 +78,9 @@ class AnonymizerConfig:
             large; see :mod:`idmrag_plugin.engine.hog_look`) and replace the faces it finds that
             the MTCNN searches missed: a black bar over the eyes hides a face from MTCNN, not
             from HOG or from dlib's descriptor. 4 ms on a 250x250 photo, about 50 ms on the
-            largest. Off when ``detector="mtcnn+hog"`` (HOG is then in every pass).
+            largest. Off when ``detector="mtcnn+hog"`` (HOG is then in every pass). In a line
+            drawing (an editor's emboss, contour or edge filter) it also looks at a pencil
+            sketch of it, where MTCNN finds almost none of its faces.
         crop_size: side of the canonical aligned face crop handed to the generator.
         oracles: face-recognition models that must all judge each replaced face a
             different person.
