@@ -13,6 +13,29 @@ from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, FaceGenerator, Gener
 from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.detect import Detection, FaceDetector
 
+#: pyproject's addopts run the suite in one pytest-xdist worker per core; each worker keeps to one
+#: thread, or torch's and OpenCV's pools (a thread per core in each worker) fight over the cores
+ONE_THREAD = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if ONE_THREAD:
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_worker():
+    """A test that builds an engine with ``threads`` set changes torch's thread count for the
+    whole worker: set it back."""
+    yield
+    if ONE_THREAD:
+        import torch
+
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+
+
 SHARED_DATA = Path(os.environ.get("IDMRAG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -49,6 +72,15 @@ def engine() -> FaceAnonymizer:
     The default engine (the packaged VAE-decode generator) is tested through the CLI and in
     test_codes.py."""
     return FaceAnonymizer(AnonymizerConfig(generator="none"))
+
+
+@pytest.fixture(scope="session")
+def plain_detector(engine: FaceAnonymizer) -> FaceDetector:
+    """The engine's plain MTCNN search, without the layers for hidden faces: what tests that
+    only need the central face of many ordinary photos use (the whole search is 3-5x slower)."""
+    from idmrag_plugin.engine.detect import MTCNNDetector
+
+    return search_layer(engine.detector, MTCNNDetector)
 
 
 @pytest.fixture(scope="session")

@@ -50,12 +50,12 @@ def test_list_file_of_paths_and_urls(tmp_path, corpus):
 
 def test_corpus_is_complete_fail_closed_and_resumable(tmp_path, corpus, astronaut):
     dst = tmp_path / "out"
-    first = anonymize_corpus(corpus, dst, limit=3, batch_size=2)
+    first = anonymize_corpus(corpus, dst, limit=3, actors=2, batch_size=2)  # two batches, one per actor
     assert first.total == 7 and first.processed == 3 and first.skipped == 0
     done_first = {p.name: p.stat().st_mtime_ns for p in (dst / "records").glob("*.json")}
     assert len(done_first) == 3
 
-    second = anonymize_corpus(corpus, dst, actors=2, batch_size=2)  # the interrupted run's rest
+    second = anonymize_corpus(corpus, dst, batch_size=2)  # the interrupted run's rest
     assert second.skipped == 3 and second.processed == 4
     for name, mtime in done_first.items():  # nothing done twice
         assert (dst / "records" / name).stat().st_mtime_ns == mtime

@@ -113,7 +113,7 @@ def test_the_config_switches_the_screen(engine, keep):
 
 
 @pytest.mark.lfw
-def test_the_probes_read_the_glasses_of_the_labelled_lfw_photos(engine, default_generator, probes, lfw):
+def test_the_probes_read_the_glasses_of_the_labelled_lfw_photos(plain_detector, default_generator, probes, lfw):
     """On hand-labelled LFW photos (which they were fitted on), the photo probe ranks faces
     with glasses above faces without, as the engine crops them, and reads most of each side
     beyond its limit; the drawing probe ranks them too, and the surest glasses shown in a bare
@@ -129,7 +129,7 @@ def test_the_probes_read_the_glasses_of_the_labelled_lfw_photos(engine, default_
     crops, truth = [], []
     for name in chosen:
         image = np.asarray(Image.open(lfw / "images" / name).convert("RGB"))
-        face = central_face(engine.detector.detect(image), image.shape)
+        face = central_face(plain_detector.detect(image), image.shape)
         crops.append(align_face(image, face.landmarks, 128).crop)
         truth.append(labels[name])
     crops_array, truth_array = np.stack(crops), np.array(truth, bool)

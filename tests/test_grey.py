@@ -106,7 +106,7 @@ def test_grey_photos_and_photos_without_a_cast_add_no_face(engine, astronaut, ca
 def test_faces_found_only_in_another_working_copy_are_obfuscated(astronaut, tags, view, obfuscated):
     detections = [Detection((10.0 + 60 * i, 10.0, 60.0 + 60 * i, 60.0), 0.99, np.full((5, 2), 30.0), f"mtcnn{tag}")
                   for i, tag in enumerate(tags)]
-    chosen, reasons, in_copy = FaceAnonymizer._working_copy(astronaut, detections)
+    chosen, reasons, in_copy = FaceAnonymizer._working_copy(astronaut, detections, [])
     assert isinstance(chosen, view)
     assert [bool(r) for r in reasons] == obfuscated and len(in_copy) == len(detections)
 

@@ -32,10 +32,11 @@ def test_oracle_embeddings_on_onnxruntime_equal_torch_s(name, engine, astronaut,
 
 
 def test_the_engine_gives_the_same_image_and_verdicts_on_either_runtime(astronaut):
-    results = []
+    results, detector = [], None
     for runtime in ("torch", "onnxruntime"):
-        engine = FaceAnonymizer(AnonymizerConfig(oracle_runtime=runtime, rotations=(0,), cache_size=0, threads=2,
-                                                 screening=False))
+        engine = FaceAnonymizer(AnonymizerConfig(oracle_runtime=runtime, rotations=(0,), cache_size=0, threads=1,
+                                                 screening=False), detector=detector)
+        detector = engine.detector
         engine.generator.secret = b"same pseudonym on both runtimes"
         results.append(engine.anonymize(astronaut))
     torch_result, onnx_result = results
@@ -130,7 +131,7 @@ def generators(tmp_path_factory):
     cache = tmp_path_factory.mktemp("generator_cache")
     built = {}
     for runtime in ("torch", "onnxruntime"):
-        generator = FaceAnonymizer(AnonymizerConfig(generator_runtime=runtime, cache_dir=cache, threads=2)).generator
+        generator = FaceAnonymizer(AnonymizerConfig(generator_runtime=runtime, cache_dir=cache, threads=1)).generator
         generator.secret = b"one secret for both runtimes"
         built[runtime] = generator
     return built

@@ -109,7 +109,7 @@ def test_a_face_within_the_alignment_margin_of_the_threshold_is_not_verified(
 
 
 def test_a_face_cut_by_the_frame_is_also_judged_through_the_plain_detector_s_own_alignment(
-    astronaut, astronaut_face
+    astronaut, astronaut_face, oracles
 ):
     from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
     from idmrag_plugin.engine.detect import MTCNNDetector
@@ -118,7 +118,7 @@ def test_a_face_cut_by_the_frame_is_also_judged_through_the_plain_detector_s_own
     _, y1, _, y2 = astronaut_face.box
     cuts = [astronaut[round(y1 + 0.3 * (y2 - y1)):], astronaut[: round(y2 - 0.3 * (y2 - y1))]]  # 30% off
     engine = FaceAnonymizer(AnonymizerConfig(rotations=(0,), exposure_search=False, negative_search=False, grey_search=False,
-                                             cache_size=0, threads=2))
+                                             cache_size=0, threads=1), oracles=oracles)
     engine.generator.secret = b"a cut face"
     attacker = MTCNNDetector()
     judged = 0

@@ -189,6 +189,8 @@ class _Job:
     levelled_from: tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze | Roll, np.ndarray] | None = None
     #: FaceAnonymizer._attacker_views of this job, decided once (the photo does not change)
     attacker_views: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None
+    #: the photo's descreen.Descreened blurs when it is a halftone or dithered print with faces
+    screen_blurs: list[Descreened] = field(default_factory=list)
 
 
 @dataclass
@@ -577,7 +579,9 @@ class FaceAnonymizer:
         height, width = pixels.shape[:2]
         with _timed(timings, "detect"):
             detections = self.detector.detect(pixels)
-        tones, elsewhere, detections = self._working_copy(pixels, detections)
+        # a printed photo's blurs (none for other photos), for its working copy and the attacker
+        blurs = Descreened.all_of(pixels) if detections else []
+        tones, elsewhere, detections = self._working_copy(pixels, detections, blurs)
         levelled_from = None
         if tones is not None:
             levelled_from, pixels = (tones, pixels), tones.apply(pixels)
@@ -586,7 +590,7 @@ class FaceAnonymizer:
             "no_faces" if not detections else "anonymized", width, height, output,
             timings_ms=timings, privacy_level=self.config.privacy_level,
         )
-        job = _Job(pixels, timings, result, output, levelled_from=levelled_from)
+        job = _Job(pixels, timings, result, output, levelled_from=levelled_from, screen_blurs=blurs)
         if detections:
             job.faces = result.faces = [FaceReport(i, d) for i, d in enumerate(detections)]
             with _timed(timings, "align"):
@@ -599,14 +603,15 @@ class FaceAnonymizer:
 
     @staticmethod
     def _working_copy(
-        pixels: np.ndarray, detections: list[Detection]
+        pixels: np.ndarray, detections: list[Detection], blurs: list[Descreened]
     ) -> tuple[ToneMap | Negative | ChannelFlip | GreyView | Denoised | Squeeze | Roll | None, list[str],
                list[Detection]]:
         """The copy of the photo its faces are redrawn and judged in, when a face is found only
         in one (squeezed back to its proportions, the negative, the grey levels, median-filtered,
         levelled: where it can be seen), and for any face in a photo with a channel inverted,
         the photo with it inverted back; per face, why it is obfuscated instead (a face found only in another
-        such copy, which this one may not show as it is), or ""; the detections in the copy."""
+        such copy, which this one may not show as it is), or ""; the detections in the copy.
+        ``blurs``: the photo's Descreened.all_of, a printed photo's faces being drawn in the first."""
         def only_in(tags: tuple[str, ...]) -> list[str]:
             return [f"found only in the photo's {d.detector.rsplit('@', 1)[-1]} copy, in a photo worked on in "
                     f"another: obfuscated, not redrawn" if any(t in d.detector for t in tags) else ""
@@ -632,7 +637,6 @@ class FaceAnonymizer:
             return flip, only_in((DENOISED_TAG, DESCREENED_TAG)), detections
         if any(GREY_TAG in d.detector for d in detections):
             return GreyView.of(pixels), only_in((DENOISED_TAG, DESCREENED_TAG)), detections
-        blurs = Descreened.all_of(pixels) if detections else []
         denoised = any(DENOISED_TAG in d.detector for d in detections)
         if blurs and (blurs[0].two_level or not denoised):
             # a printed photo's faces are drawn into it seen from a step back, where a drawing
@@ -656,7 +660,7 @@ class FaceAnonymizer:
         were worked on levelled (dark, in shadow, faded), the photo as returned and its levels
         stretched linearly around each hidden face (exposure.stretched_linearly), for the
         similarity to the original moves with the curve; a halftone or dithered photo, the photo
-        as returned blurred as far as its screen needs (descreen.screen_sigma). Decided once a job."""
+        as returned blurred as far as its screen needs and a step more (descreen.screen_of). Decided once a job."""
         if job.attacker_views is None:
             job.attacker_views = self._decide_attacker_views(job)
         return job.attacker_views
@@ -677,7 +681,7 @@ class FaceAnonymizer:
             views[GREY_VIEW] = GreyView.of(job.pixels).apply
         if tones is None or isinstance(tones, Denoised):
             # a printed photo's drawings as anyone looking from a step back sees them
-            for step, blur in enumerate(Descreened.all_of(photo)):
+            for step, blur in enumerate(job.screen_blurs):
                 returned = (lambda image: image) if tones is None else partial(tones.restore, photo, job.pixels)
                 views[DESCREENED_VIEWS[step]] = lambda image, blur=blur, returned=returned: blur.apply(returned(image))
         return views

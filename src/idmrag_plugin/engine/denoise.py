@@ -51,7 +51,11 @@ class Denoised:
         """``processed`` (``filtered`` with some regions redrawn): the redrawn pixels, and the
         original's everywhere else."""
         changed = (processed != filtered).any(axis=2, keepdims=True)
-        return np.where(changed, processed, original)
+        return np.where(changed, self.drawn(processed), original)
+
+    def drawn(self, processed: np.ndarray) -> np.ndarray:
+        """The redrawn pixels as they go back into the photo (as they are)."""
+        return processed
 
 
 class DenoisedSearch(RetonedSearch):

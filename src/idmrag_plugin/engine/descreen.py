@@ -112,11 +112,8 @@ class Descreened(Denoised):
     def apply(self, image: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), self.sigma)
 
-    def restore(self, original: np.ndarray, filtered: np.ndarray, processed: np.ndarray) -> np.ndarray:
-        if not self.two_level:
-            return super().restore(original, filtered, processed)
-        changed = (processed != filtered).any(axis=2, keepdims=True)
-        return np.where(changed, dithered(processed), original)
+    def drawn(self, processed: np.ndarray) -> np.ndarray:
+        return dithered(processed) if self.two_level else processed
 
 
 class DescreenedSearch(RetonedSearch):
