@@ -141,7 +141,8 @@ def main() -> None:
             kept.append(float(after[group]))
             faces.append({"photo": f"{path.parent.name}/{path.name}", "drawn_as": GROUP_LABELS[int(after.argmax())],
                           "probability_kept": round(float(after[group]), 3),
-                          "methods": [f.method for f in result.faces]})
+                          "methods": [f.method for f in result.faces],
+                          "attempts": [f.attempts for f in result.faces]})
             if number < args.sheet_rows:
                 x, y = np.asarray(landmarks).reshape(-1, 2).mean(axis=0)
                 side = int(2.2 * np.ptp(np.asarray(landmarks).reshape(-1, 2)[:, 0]) + 40)
@@ -152,10 +153,14 @@ def main() -> None:
             "count": len(agree), "agreement": round(float(np.mean(agree)), 3),
             "mean_probability_kept": round(float(np.mean(kept)), 3),
             "gender_kept": round(float(np.mean(gender_kept)), 3) if gender_kept else None,
-            "age_error_years": round(float(np.mean(age_errors)), 1) if age_errors else None, "faces": faces}
+            "age_error_years": round(float(np.mean(age_errors)), 1) if age_errors else None,
+            # attempts per face drawn (1: the first drawing verified) and faces failing closed
+            "mean_attempts": round(float(np.mean([a for f in faces for a in f["attempts"]] or [0])), 2),
+            "obfuscated": sum(m == "obfuscated" for f in faces for m in f["methods"]), "faces": faces}
         logger.info("%s: %d photos, drawn as the same group %.0f%%, probability kept %.2f, gender kept %s, "
-                    "age error %s", GROUP_LABELS[group], len(agree), 100 * np.mean(agree), np.mean(kept),
-                    results[GROUP_LABELS[group]]["gender_kept"], results[GROUP_LABELS[group]]["age_error_years"])
+                    "age error %s, attempts %.2f", GROUP_LABELS[group], len(agree), 100 * np.mean(agree),
+                    np.mean(kept), results[GROUP_LABELS[group]]["gender_kept"],
+                    results[GROUP_LABELS[group]]["age_error_years"], results[GROUP_LABELS[group]]["mean_attempts"])
     report = {"pool": args.pool, "per_group": args.per_group, "secret": args.secret, "judge": quality,
               "groups": results}
     output = Path(args.output) if args.output else Path(__file__).parent / "results" / "group_eval.json"

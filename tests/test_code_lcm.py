@@ -796,6 +796,35 @@ def test_a_drawing_read_as_another_gender_or_age_is_unfit(tiny):
     assert generator.misdrawn(shown, Reading(True, THIRTY)) > 1.9 and generator.misdrawn(shown, Reading(False, THIRTY)) < 0.05
 
 
+def test_a_drawing_read_as_another_group_than_a_surely_read_person_s_is_unfit(tiny):
+    """With a group probe on dlib's descriptor: a drawing that reads the group the person's
+    photo surely reads as with under DRAWN_GROUP_FLOOR is unfit by 1 plus the shortfall; a
+    person read unsurely, a reading without a group, or another reader judge no group."""
+    from idmrag_plugin.generation.renderer_generator import (
+        DRAWN_GROUP_FLOOR,
+        GROUP_SURE,
+        RendererGenerator,
+    )
+
+    root, *_ = tiny
+    probes, _ = _generator(root, steps=2, secret=b"s")._attribute_keeping()
+    embedding = np.ones((1, 128))
+    bias = np.zeros(len(GROUP_LABELS))
+    bias[0] = 4.0  # every drawing reads the first group, e^4 / (e^4 + 4) = 0.93
+    dlib_probes = replace(probes, image_reader="dlib", image_group=(np.zeros((len(GROUP_LABELS), 128)), bias))
+    first = float(np.exp(4.0) / (np.exp(4.0) + len(GROUP_LABELS) - 1))
+    other = (1.0 - first) / (len(GROUP_LABELS) - 1)
+    sure = (0.05, 0.8, 0.05, 0.05, 0.05)
+    assert max(sure) >= GROUP_SURE and other < DRAWN_GROUP_FLOOR
+    off = RendererGenerator._group_off
+    assert np.isclose(off(dlib_probes, embedding, Reading(True, THIRTY, group=sure)), 1.0 + DRAWN_GROUP_FLOOR - other)
+    assert off(dlib_probes, embedding, Reading(True, THIRTY, group=(0.8, 0.05, 0.05, 0.05, 0.05))) == 0.0
+    assert off(dlib_probes, embedding, Reading(True, THIRTY, group=(0.3, 0.4, 0.1, 0.1, 0.1))) == 0.0  # unsure
+    assert off(dlib_probes, embedding, Reading(True, THIRTY)) == 0.0
+    assert off(replace(dlib_probes, image_group=None), embedding, Reading(True, THIRTY, group=sure)) == 0.0
+    assert off(replace(dlib_probes, image_reader="student"), embedding, Reading(True, THIRTY, group=sure)) == 0.0
+
+
 def test_a_pseudonym_drawn_as_another_gender_gives_way_to_an_alternate(tiny, monkeypatch):
     """A person's pseudonym whose drawing in this photo reads as another gender (or age) is
     unfit as a speckled one is: the next code in order that draws fit is used."""
