@@ -16,6 +16,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from idmrag_plugin.engine.exposure import central_crop
 from idmrag_plugin.engine.retoned import RetonedSearch
 
 DENOISED_TAG = "@denoised"
@@ -31,11 +32,9 @@ MEDIAN_PASSES = 2
 
 def impulse_share(image: np.ndarray) -> float:
     """The share of isolated extreme values in ``image``'s central IMPULSE_CROP px."""
-    h, w = image.shape[:2]
-    if min(h, w) < 3:
+    if min(image.shape[:2]) < 3:
         return 0.0
-    half = IMPULSE_CROP // 2
-    crop = np.ascontiguousarray(image[max(0, h // 2 - half): h // 2 + half, max(0, w // 2 - half): w // 2 + half])
+    crop = np.ascontiguousarray(central_crop(image, IMPULSE_CROP))
     return float((np.abs(crop.astype(np.int16) - cv2.medianBlur(crop, 3)) > IMPULSE_STEP).mean())
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from idmrag_plugin.engine.denoise import Denoised
+from idmrag_plugin.engine.exposure import central_crop, luma
 from idmrag_plugin.engine.retoned import RetonedSearch
 
 DESCREENED_TAG = "@descreened"
@@ -49,11 +50,11 @@ SMOOTH_DETAIL = 1.2
 #: scores lower than a sharp one (0.95, the other copies' limit, found 30 of 40 LFW faces in a
 #: 4 px halftone and 26 in an 8 px one; 0.9 in both blurs 34 and 36, with 3 and 2 other boxes).
 MIN_SCORE = 0.9
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def _fine_detail(luma: np.ndarray) -> float:
-    return float(np.abs(luma - cv2.GaussianBlur(luma, (0, 0), 1.0)).mean())
+def fine_detail(grey: np.ndarray) -> float:
+    """Mean absolute difference (levels) between luma ``grey`` and its one-pixel Gaussian blur."""
+    return float(np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 1.0)).mean())
 
 
 @dataclass(frozen=True)
@@ -69,18 +70,16 @@ class Screen:
 def screen_of(image: np.ndarray) -> Screen | None:
     """``image``'s halftone screen or dither, or None when its central crop has no more fine
     detail than a photo has (see SCREEN_DETAIL and FAINT_DETAIL)."""
-    h, w = image.shape[:2]
-    if min(h, w) < 8:
+    if min(image.shape[:2]) < 8:
         return None
-    half = SCREEN_CROP // 2
-    crop = image[max(0, h // 2 - half): h // 2 + half, max(0, w // 2 - half): w // 2 + half]
-    luma = crop.astype(np.float32) @ _LUMA
-    detail = _fine_detail(luma)
+    crop = central_crop(image, SCREEN_CROP)
+    grey = luma(crop)
+    detail = fine_detail(grey)
     two_level = bool(((crop <= EXTREME_LEVELS) | (crop >= 255 - EXTREME_LEVELS)).mean() >= EXTREME_SHARE)
     if detail < SCREEN_DETAIL and not (detail >= FAINT_DETAIL and two_level):
         return None
     first = next((i for i, sigma in enumerate(SIGMAS)
-                  if _fine_detail(cv2.GaussianBlur(luma, (0, 0), sigma)) <= SMOOTH_DETAIL), len(SIGMAS) - 1)
+                  if fine_detail(cv2.GaussianBlur(grey, (0, 0), sigma)) <= SMOOTH_DETAIL), len(SIGMAS) - 1)
     return Screen(SIGMAS[first: first + 2], two_level)
 
 

@@ -288,6 +288,14 @@ def luma(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) @ LUMA
 
 
+def central_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """The central ``side`` x ``side`` px of ``image`` (all of it along a shorter side): what the
+    cheap gates of the searches for prints, noise and line drawings look at."""
+    h, w = image.shape[:2]
+    half = side // 2
+    return image[max(0, h // 2 - half): h // 2 + half, max(0, w // 2 - half): w // 2 + half]
+
+
 def _probe(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     """A copy at most ``side`` long (area-averaged), and its scale."""
     longest = max(image.shape[:2])

@@ -21,6 +21,7 @@ import math
 import cv2
 import numpy as np
 
+from idmrag_plugin.engine.descreen import fine_detail
 from idmrag_plugin.engine.detect import (
     MIN_SEARCHED_SIDE,
     TURNED_ON_UPRIGHT_SHARE,
@@ -31,6 +32,7 @@ from idmrag_plugin.engine.detect import (
     share_on,
     suppress_overlaps,
 )
+from idmrag_plugin.engine.exposure import central_crop, luma
 
 #: The most pixels HOG looks at (after enlarging): about 50 ms on this CPU.
 HOG_PIXELS = 800_000
@@ -70,31 +72,30 @@ LINE_CROP = 512
 #: of 40 LFW halftones, whose paper is mostly blank, stay over it and are looked at too).
 PRINT_BLUR = 3.0
 LINE_BLURRED_FLAT_SHARE = 0.55
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _flat_share(grey: np.ndarray) -> float:
+    """The share of luma ``grey`` within LINE_FLAT_LEVELS of its median."""
+    return float((np.abs(grey - np.median(grey)) <= LINE_FLAT_LEVELS).mean())
 
 
 def is_line_drawing(image: np.ndarray) -> bool:
     """Whether ``image`` looks like a line drawing (see LINE_FLAT_SHARE)."""
-    h, w = image.shape[:2]
-    half = LINE_CROP // 2
-    crop = image[max(0, h // 2 - half): h // 2 + half, max(0, w // 2 - half): w // 2 + half]
-    luma = crop.astype(np.float32) @ _LUMA
-    if (np.abs(luma - np.median(luma)) <= LINE_FLAT_LEVELS).mean() < LINE_FLAT_SHARE:
+    grey = luma(central_crop(image, LINE_CROP))
+    if _flat_share(grey) < LINE_FLAT_SHARE:
         return False
-    fine = np.abs(luma - cv2.GaussianBlur(luma, (0, 0), 1.0)).mean()
-    middle = np.abs(luma - cv2.GaussianBlur(luma, (0, 0), 8.0)).mean()
-    if fine < LINE_FINE_SHARE * max(middle, 1e-3):
+    middle = np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 8.0)).mean()
+    if fine_detail(grey) < LINE_FINE_SHARE * max(middle, 1e-3):
         return False
-    blurred = cv2.GaussianBlur(luma, (0, 0), PRINT_BLUR)
-    return bool((np.abs(blurred - np.median(blurred)) <= LINE_FLAT_LEVELS).mean() >= LINE_BLURRED_FLAT_SHARE)
+    return _flat_share(cv2.GaussianBlur(grey, (0, 0), PRINT_BLUR)) >= LINE_BLURRED_FLAT_SHARE
 
 
 def pencil_sketch(image: np.ndarray) -> np.ndarray:
     """A line drawing as dark lines on white whatever its filter left: each pixel's luma away
     from the drawing's flat tone, stretched so that its 99th percentile is black (an edge
     filter's faint light lines on black, an emboss's light and dark relief on grey alike)."""
-    luma = image.astype(np.float32) @ _LUMA
-    away = np.abs(luma - np.median(luma))
+    grey = luma(image)
+    away = np.abs(grey - np.median(grey))
     top = max(float(np.percentile(away, 99)), 1.0)
     sketch = (255.0 - np.clip(away * (255.0 / top), 0.0, 255.0) + 0.5).astype(np.uint8)
     return np.repeat(sketch[..., None], 3, axis=2)
