@@ -12,8 +12,14 @@ from conftest import (
 )
 
 from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
-from idmrag_plugin.engine.detect import MTCNNDetector
-from idmrag_plugin.engine.stretch import OTHER_PROPORTIONS, STRETCH_TAG, Squeeze
+from idmrag_plugin.engine.detect import DOUBTFUL_TAG, Detection, MTCNNDetector
+from idmrag_plugin.engine.stretch import (
+    NATURAL_RATIO,
+    OTHER_PROPORTIONS,
+    STRETCH_TAG,
+    Squeeze,
+    working_squeeze,
+)
 from idmrag_plugin.report import GENERATED, OBFUSCATED
 
 
@@ -76,6 +82,49 @@ def test_faces_at_both_proportions_in_one_photo(make_engine, astronaut, camera_f
     assert_judged_another_person(astronaut, [out[:, : astronaut.shape[1]]], oracles, engine.thresholds)
     assert_judged_another_person(astronaut, [_resized_back(out[:, astronaut.shape[1]:], astronaut.shape)], oracles,
                            engine.thresholds)
+
+
+def test_a_small_face_found_only_squeezed_beside_a_natural_subject_is_obfuscated(make_engine, astronaut, camera,
+                                                                                  camera_face, oracles):
+    """A photo whose subject shows natural proportions is worked on as it is: the subject is
+    redrawn, and a small face found only squeezed (a false one in hair, a bystander the frame
+    cuts, here the cameraman's head stretched 2.5 times) is obfuscated, not the other way round."""
+    head = cv2.resize(camera[40:200, 170:330], (100, 250), interpolation=cv2.INTER_AREA)
+    photo = astronaut.copy()
+    photo[-head.shape[0]:, -head.shape[1]:] = head
+    engine = make_engine(generator=FixedFaceGenerator(camera_face), cache_size=0)
+    result = engine.anonymize(photo)
+    (small,) = [f for f in result.faces if STRETCH_TAG in f.detection.detector]
+    assert small.method == OBFUSCATED and "own proportions" in small.reason
+    (subject,) = [f for f in result.faces if f.detection.box[2] < 300]
+    assert subject.method == GENERATED and subject.verified
+    assert_judged_another_person(astronaut, [result.pixels], oracles, engine.thresholds)
+    assert (result.pixels[-head.shape[0]:, -head.shape[1]:] != head).any()
+    assert_changed_only_near_faces(result, photo)
+
+
+def test_which_faces_decide_that_a_photo_is_worked_on_squeezed():
+    def face(box: tuple[float, float, float, float], tag: str = "", stretch: float = 1.0) -> Detection:
+        x1, y1, x2, y2 = box
+        cx, cy, eyes = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * 0.4
+        drop = eyes / NATURAL_RATIO / stretch  # points as a face widened ``stretch`` times shows them
+        points = np.array([[cx - eyes / 2, cy], [cx + eyes / 2, cy], [cx, cy + drop / 2],
+                           [cx - eyes / 3, cy + drop], [cx + eyes / 3, cy + drop]])
+        return Detection(box, 0.99, points, f"mtcnn{tag}")
+
+    subject = face((100.0, 100.0, 200.0, 220.0))
+    small = face((400.0, 10.0, 420.0, 60.0), "@stretched-y2.00")  # 20 x 25 at its own proportions
+    assert working_squeeze([subject, small]) is None
+    # as large as the subject once squeezed back: the photo is taken to be stretched
+    large = face((300.0, 0.0, 400.0, 240.0), "@stretched-y2.00")
+    assert working_squeeze([subject, large]) == Squeeze("y", 2.0)
+    # the subject's own points say the photo is widened: no natural subject outweighs the squeeze
+    assert working_squeeze([face((100.0, 100.0, 200.0, 220.0), stretch=2.0), face((400.0, 10.0, 440.0, 60.0),
+                                                                               "@stretched-x2.00")]) is not None
+    # a doubtful face (obfuscated, never drawn) is no subject
+    assert working_squeeze([face((100.0, 100.0, 200.0, 220.0), DOUBTFUL_TAG), small]) == Squeeze("y", 2.0)
+    reasons = FaceAnonymizer._working_copy(np.zeros((300, 500, 3), np.uint8), [subject, small], [])[1]
+    assert reasons[0] == "" and "own proportions" in reasons[1]
 
 
 def test_photos_at_their_proportions_get_no_stretched_face(engine, astronaut, camera, no_face_image):

@@ -24,6 +24,7 @@ import numpy as np
 from idmrag_plugin.engine.detect import (
     CONFIRM_FACE_SIZE,
     CONFIRM_SIDE,
+    DOUBTFUL_TAG,
     MIN_SEARCHED_SIDE,
     Detection,
     FaceDetector,
@@ -166,14 +167,38 @@ class Squeeze:
 SHARED_STRETCH = 1.3
 
 
+#: A photo is not worked on squeezed when a face it shows at its natural proportions is this
+#: many times the size of its largest face found only squeezed (that face at its own proportions):
+#: such a photo is at its proportions, its subject plain to see, and the small face a false one
+#: in the hair or a bystander the frame cuts (LFW's Kimberly_Stewart_0001 and Alec_Baldwin_0001,
+#: 5 and 3 times smaller, the only such faces in 312 photos). Its subject is then redrawn in the
+#: photo as it is, and the small face obfuscated there, where the squeeze would have obfuscated
+#: the subject instead.
+NATURAL_SUBJECT = 2.0
+
+
+def _size_at_own_proportions(detection: Detection) -> float:
+    """A face's size (square root of its box's area) with its stretch, if any, undone."""
+    x1, y1, x2, y2 = detection.box
+    squeeze = Squeeze.of(detection)
+    return float(np.sqrt(max(x2 - x1, 0.0) * max(y2 - y1, 0.0) / (squeeze.factor if squeeze else 1.0)))
+
+
 def working_squeeze(detections: list[Detection]) -> Squeeze | None:
     """The squeeze the photo is worked on in, when a face was found only squeezed: along the
-    axis of the most certain such face, by the median factor of those agreeing with it."""
+    axis of the most certain such face, by the median factor of those agreeing with it; None
+    also where a face at the photo's own proportions outweighs them (see NATURAL_SUBJECT)."""
     stretched = [(d.score, s) for d in detections if (s := Squeeze.of(d)) is not None]
     if not stretched:
         return None
     lead = max(stretched, key=lambda pair: pair[0])[1]
     factors = [s.factor for _, s in stretched if lead.fits(s)]
+    natural = [_size_at_own_proportions(d) for d in detections
+               if Squeeze.of(d) is None and DOUBTFUL_TAG not in d.detector
+               and not _stretched_face(d.landmarks, lead.axis)]
+    largest_squeezed = max(_size_at_own_proportions(d) for d in detections if Squeeze.of(d) is not None)
+    if natural and max(natural) >= NATURAL_SUBJECT * largest_squeezed:
+        return None
     return Squeeze(lead.axis, float(np.median(factors)))
 
 
