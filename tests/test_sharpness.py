@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from idmrag_plugin.engine.blend import face_mask
-from idmrag_plugin.generation.sharpness import ALLOWANCE, as_sharp_as, luma_detail, sharper_by
+from idmrag_plugin.generation.sharpness import (
+    ALLOWANCE,
+    WIDER_ALLOWANCE,
+    as_sharp_as,
+    luma_detail,
+    sharper_by,
+)
 
 
 def _region(side: int = 128) -> np.ndarray:
@@ -41,6 +47,34 @@ def test_a_drawing_sharper_than_its_photo_is_blurred_to_its_detail_inside_the_dr
     assert luma_detail(softened, region) > 0.6 * ALLOWANCE * luma_detail(photo, region)
     outside = inside < 0.5
     assert np.array_equal(softened[outside], astronaut_crop[outside])
+
+
+def test_a_looser_allowance_blurs_less_but_still_to_within_it(astronaut_crop):
+    photo = cv2.GaussianBlur(astronaut_crop, (0, 0), 2.5)  # a bystander out of focus
+    inside, region = _ellipse(), _region()
+    strict = as_sharp_as(astronaut_crop, photo, inside)
+    loose = as_sharp_as(astronaut_crop, photo, inside, WIDER_ALLOWANCE)
+    assert luma_detail(loose, region) <= WIDER_ALLOWANCE * luma_detail(photo, region)
+    assert luma_detail(strict, region) < luma_detail(loose, region) < luma_detail(astronaut_crop, region)
+
+
+def test_late_attempts_blur_a_drawing_in_a_blurred_photo_too(default_generator, astronaut):
+    """Over the wider ellipse of late attempts a drawing still gets the photo's focus, within
+    the looser allowance: not a crisp face pasted into a defocused head."""
+    from idmrag_plugin.engine.align import align_face
+    from idmrag_plugin.engine.detect import MTCNNDetector
+    from idmrag_plugin.generation.renderer_generator import WIDER_MASK_FROM_ATTEMPT
+
+    (face,) = MTCNNDetector().detect(astronaut)
+    soft = cv2.GaussianBlur(align_face(astronaut, face.landmarks, 128).crop, (0, 0), 3.0)
+    generator = default_generator
+    wider = generator.mask_grow_for(WIDER_MASK_FROM_ATTEMPT)
+    id_mu, attr_mu = generator._encoded(soft)
+    codes = generator.pseudonym_codes(id_mu[0], WIDER_MASK_FROM_ATTEMPT, 1)
+    as_drawn = generator._render(codes, soft, attr_mu, wider)[0]
+    drawn = generator._composite(as_drawn, soft, wider)
+    assert sharper_by(as_drawn, soft) > WIDER_ALLOWANCE  # the renderer draws it in focus
+    assert sharper_by(drawn, soft) <= WIDER_ALLOWANCE * 1.02  # shown within the allowance
 
 
 def test_a_drawing_softer_than_its_photo_or_a_little_sharper_is_left_as_drawn(astronaut_crop):

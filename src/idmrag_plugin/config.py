@@ -136,8 +136,8 @@ class AnonymizerConfig:
             fine detail than the photo's face (a face out of focus, blurred by motion or in a soft
             photo) is blurred inside the drawn region down to about the photo's detail, so that a
             crisp face is not pasted into a blurred head (see
-            :mod:`idmrag_plugin.generation.sharpness`); a face refused twice is drawn as sharp as
-            drawn from then on. ``False``: faces as sharp as drawn.
+            :mod:`idmrag_plugin.generation.sharpness`); a face refused twice is drawn with up to
+            twice the photo's detail from then on. ``False``: faces as sharp as drawn.
         max_attempts: generator attempts per face before the failure policy applies. 8: on 80
             LFW photos, whole and cut by one border (45% of the face's box outside), attempts 6-8
             verified 1 of 80 whole and 4 of 70 cut faces that 5 attempts left to the policy;

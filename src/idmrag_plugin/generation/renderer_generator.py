@@ -37,7 +37,7 @@ from idmrag_plugin.generation.glasses import GlassesProbes, glasses_difference
 from idmrag_plugin.generation.occluder import mask_over_face
 from idmrag_plugin.generation.renderer import MASK_JITTER, inpaint_mask
 from idmrag_plugin.generation.sampler import noise_seed
-from idmrag_plugin.generation.sharpness import as_sharp_as
+from idmrag_plugin.generation.sharpness import ALLOWANCE, WIDER_ALLOWANCE, as_sharp_as
 from idmrag_plugin.generation.vae_generator import RESOLVED_MEMORY, VAEDecodeGenerator
 
 logger = logging.getLogger(__name__)
@@ -195,8 +195,8 @@ class RendererGenerator(VAEDecodeGenerator):
             photo's and the drawing's); with them a drawing that adds glasses to a face without
             them, or drops them from a face wearing them, counts as unfit (:meth:`glasses_off`); ``AnonymizerConfig.keep_glasses``.
         match_sharpness: blur a drawing clearly sharper than the photo's face down to about its
-            fine detail (:mod:`~idmrag_plugin.generation.sharpness`), at the attempts before
-            ``WIDER_MASK_FROM_ATTEMPT``; ``AnonymizerConfig.match_sharpness``.
+            fine detail (:mod:`~idmrag_plugin.generation.sharpness`; from
+            ``WIDER_MASK_FROM_ATTEMPT`` on, to twice its detail); ``AnonymizerConfig.match_sharpness``.
         runtime, cache_dir, threads: ``"auto"`` / ``"onnxruntime"`` run the codes encoder, the
             renderer and the refiner on ONNX Runtime on a CPU (exported once into ``cache_dir``,
             see :mod:`idmrag_plugin.generation.onnx_networks`); ``"torch"`` (default) does not.
@@ -912,9 +912,9 @@ class RendererGenerator(VAEDecodeGenerator):
         if self.keep_outside_face and not wider:
             image = self._photo_outside_faces(image, face, inside)
         # Blurred to the photo's focus, a drawing is harder for the oracles to tell from a blurred
-        # original: the late attempts keep it as drawn, so that no face fails closed for its blur.
-        if self.match_sharpness and not wider:
-            image = as_sharp_as(image, face, inside)
+        # original: the late attempts blur it less (sharpness.WIDER_ALLOWANCE)
+        if self.match_sharpness:
+            image = as_sharp_as(image, face, inside, WIDER_ALLOWANCE if wider else ALLOWANCE)
         if worn is not None and not wider:
             # the mask the person wears stays over the drawing (see occluder.py); but dlib's
             # chip of a masked face is mostly mask, and where the first attempts' drawings around
