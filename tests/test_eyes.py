@@ -60,3 +60,27 @@ def test_the_generator_reads_darkened_eyes_on_the_scale_of_unfitness(default_gen
     # the other screens do not read the eyes
     assert generator.smudged(_sockets(astronaut_crop), astronaut_crop) < 1.0
     assert generator.smudged_chin(_sockets(astronaut_crop), astronaut_crop) < 1.0
+
+
+def test_black_pits_for_eyes_count_in_full_and_milder_shading_stays_barely_unfit(default_generator, astronaut_crop):
+    """Where every code is drawn unfit the least unfit is kept: a drawing with black pits for
+    eyes must not be kept over a clean one that another screen puts a little further off."""
+    from idmrag_plugin.generation.renderer_generator import (
+        DRAWN_GROUP_FLOOR,
+        LOOK_UNFITNESS_CAP,
+        SUNKEN_EYES,
+    )
+
+    generator = default_generator
+    pits = _sockets(astronaut_crop, level=12)
+    assert eye_darkening(pits, astronaut_crop) >= SUNKEN_EYES * EYE_DARKENING_LIMIT
+    assert generator.darkened_eyes(pits, astronaut_crop) > 1.0 + DRAWN_GROUP_FLOOR  # the group screen's worst
+    # sockets a little darker than the limit, not that dark: barely unfit, as the other looks
+    boxes = eye_boxes(astronaut_crop.shape[0])
+    shaded = astronaut_crop.copy()
+    rows = np.flatnonzero(boxes.any(axis=1))
+    for row in rows[: len(rows) // 2 + 1]:  # the upper half of the boxes darkened
+        shaded[row, boxes[row]] = (20, 15, 18)
+    off = eye_darkening(shaded, astronaut_crop) / EYE_DARKENING_LIMIT
+    assert 1.0 < off < SUNKEN_EYES
+    assert 1.0 < generator.darkened_eyes(shaded, astronaut_crop) <= LOOK_UNFITNESS_CAP

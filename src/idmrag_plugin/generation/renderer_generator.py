@@ -104,6 +104,12 @@ GLASSES_UNFITNESS_CAP = 1.05
 #: :meth:`RendererGenerator.darkened_eyes`, :meth:`RendererGenerator.dropped_beard`): where
 #: every code drawn is unfit, one of the wrong gender, speckled or smudged is not kept over it.
 LOOK_UNFITNESS_CAP = 1.05
+#: ... except eyes darkened this many times ``EYE_DARKENING_LIMIT`` or more: black pits for
+#: eyes, which count in full, as a smudged forehead does. Capped, such a drawing was kept over
+#: clean ones that the group screen put further off (LFW's Alfonso_Soriano_0001, darkening 0.41:
+#: of twelve codes drawn, all read another group than his but this one, whose sockets read dark);
+#: of 127 final drawings on 100 LFW photos none was darkened that much, 7 over the limit (0.23-0.32).
+SUNKEN_EYES = 1.5
 #: Further pseudonym codes, in the generator's order of preference, drawn when the person's
 #: first is speckled or washed out in this photo's context; of them the first fit one is used
 #: (else the least unfit of all, see :meth:`RendererGenerator.unfitness`).
@@ -604,9 +610,10 @@ class RendererGenerator(VAEDecodeGenerator):
         """How far a drawing, as the engine shows it (the crop, composited), darkens the eyes of
         ``face``'s photo (see :mod:`~idmrag_plugin.generation.eyes`), in the scale of
         :meth:`unfitness`: above 1, dark sunken sockets where the photo's eyes are clear, at most
-        ``LOOK_UNFITNESS_CAP``. Not applied to a person's kept pseudonym, for the reason
-        :meth:`smudged_chin` gives."""
-        return _squeezed(max(eye_darkening(shown, face), 0.0) / EYE_DARKENING_LIMIT, LOOK_UNFITNESS_CAP)
+        ``LOOK_UNFITNESS_CAP`` unless ``SUNKEN_EYES`` or more. Not applied to a person's kept
+        pseudonym, for the reason :meth:`smudged_chin` gives."""
+        off = max(eye_darkening(shown, face), 0.0) / EYE_DARKENING_LIMIT
+        return off if off >= SUNKEN_EYES else _squeezed(off, LOOK_UNFITNESS_CAP)
 
     def misexpressed(self, shown: np.ndarray, face: np.ndarray) -> float:
         """How far a drawing, as the engine shows it (the crop, composited), opens the mouth
