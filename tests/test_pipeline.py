@@ -85,6 +85,35 @@ def test_raising_generator_fails_closed(make_engine, astronaut):
     assert face.reason == "generator failed on every attempt"
 
 
+class _UnfitFirst(FaceGenerator):
+    """Finds no drawing fit to show at its first ``unfit`` attempts, then draws ``face``."""
+
+    name = "unfit-first"
+
+    def __init__(self, face: np.ndarray, unfit: int) -> None:
+        self.face, self.unfit, self.calls = face, unfit, 0
+
+    def generate(self, request: GenerationRequest) -> np.ndarray:
+        from idmrag_plugin.errors import UnfitDrawingError
+
+        self.calls += 1
+        if request.attempt < self.unfit:
+            raise UnfitDrawingError("every planted drawing unfit")
+        return self.face
+
+
+def test_an_attempt_with_no_drawing_fit_to_show_is_refused_not_failed(make_engine, astronaut, camera_face):
+    generator = _UnfitFirst(camera_face, unfit=1)
+    (face,) = make_engine(generator, max_attempts=3, cache_size=0).anonymize(astronaut).faces
+    assert face.method == GENERATED and face.verified and face.attempts == 2
+    assert face.errors == [] and face.reason == ""
+    # none fit at any attempt: the face fails closed, and says why
+    generator = _UnfitFirst(camera_face, unfit=3)
+    (face,) = make_engine(generator, max_attempts=3, cache_size=0).anonymize(astronaut).faces
+    assert generator.calls == 3 and face.method == OBFUSCATED and face.errors == []
+    assert "no drawing fit to show at attempt 3" in face.reason
+
+
 class _WrongShape(IdentityGenerator):
     def generate(self, request):
         return np.zeros((7, 7, 3), np.uint8)

@@ -464,6 +464,30 @@ def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(t
     assert np.array_equal(worst_case, generator._composite(generator._render(more[7][None], face, attr[None])[0], face))
 
 
+def test_an_attempt_whose_least_unfit_drawing_is_still_grossly_unfit_is_refused(tiny_run, monkeypatch):
+    from idmrag_plugin.errors import UnfitDrawingError
+    from idmrag_plugin.generation.renderer_generator import (
+        FURTHER_ALTERNATES,
+        GROSSLY_UNFIT,
+        SPECKLE_ALTERNATES,
+    )
+
+    root, *_ = tiny_run
+    generator = RendererGenerator(root / "run" / "renderer", root / "codes", root / "sampler.safetensors", secret=b"s")
+    face = np.random.default_rng(3).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    code, attr = (a[0] for a in generator.encode(face[None]))
+    codes = generator.pseudonym_codes(code, 0, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
+    scores = {c.tobytes(): GROSSLY_UNFIT + 1.0 for c in codes}
+    scores[codes[5].tobytes()] = GROSSLY_UNFIT  # the least unfit, still too far off to show
+    drawn_codes = _scored_drawings(generator, monkeypatch, scores)
+    with pytest.raises(UnfitDrawingError, match="least by"):
+        generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert len(drawn_codes) == len(codes)
+    scores[codes[5].tobytes()] = GROSSLY_UNFIT - 0.2  # unfit, but not that far: kept
+    out = generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert np.array_equal(out, generator._composite(generator._render(codes[5][None], face, attr[None])[0], face))
+
+
 def test_a_person_s_pseudonym_drawn_a_little_unfit_in_a_later_photo_stays_theirs(tiny_run, monkeypatch):
     from idmrag_plugin.generation.renderer_generator import KEPT_UNFITNESS, SPECKLE_ALTERNATES
 

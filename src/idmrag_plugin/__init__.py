@@ -17,6 +17,7 @@ from idmrag_plugin.errors import (
     ImageWithheldError,
     InvalidImageError,
     ModelLoadError,
+    UnfitDrawingError,
 )
 from idmrag_plugin.pipeline import FaceAnonymizer
 from idmrag_plugin.report import AnonymizationResult, FaceReport
@@ -42,5 +43,6 @@ __all__ = [
     "InvalidImageError",
     "ModelLoadError",
     "OracleVerdict",
+    "UnfitDrawingError",
     "__version__",
 ]

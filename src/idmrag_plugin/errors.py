@@ -27,6 +27,12 @@ class CalibrationError(IdmragError, RuntimeError):
     """Oracle thresholds are missing for the requested privacy level, or calibration failed."""
 
 
+class UnfitDrawingError(IdmragError, RuntimeError):
+    """A generator found no drawing fit to show for one attempt at a face (every candidate
+    speckled, smudged, of the other gender...): the engine counts the attempt as refused and
+    tries the next, and a face with none left fails closed."""
+
+
 class AnonymizationFailedError(IdmragError, RuntimeError):
     """A face could not be verified anonymous and the failure policy is ``raise``.
 

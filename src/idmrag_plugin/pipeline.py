@@ -75,7 +75,13 @@ from idmrag_plugin.engine.stretch import (
     working_squeeze,
 )
 from idmrag_plugin.engine.views import OriginalViews, Verifier, box_view_name
-from idmrag_plugin.errors import AnonymizationFailedError, ConfigError, IdmragError, ModelLoadError
+from idmrag_plugin.errors import (
+    AnonymizationFailedError,
+    ConfigError,
+    IdmragError,
+    ModelLoadError,
+    UnfitDrawingError,
+)
 from idmrag_plugin.image_io import ImageInput, load_rgb
 from idmrag_plugin.report import GENERATED, OBFUSCATED, WITHHELD, AnonymizationResult, FaceReport
 
@@ -1102,6 +1108,10 @@ class FaceAnonymizer:
                 new = np.asarray(self.generator.generate(request))
             if new.shape != crop.crop.shape or new.dtype != np.uint8:
                 raise ValueError(f"generator returned {new.shape} {new.dtype}, expected {crop.crop.shape} uint8")
+        except UnfitDrawingError as exc:  # a refused attempt, not a failure: the next one draws anew
+            face.reason = f"no drawing fit to show at attempt {attempt + 1}: {exc}"
+            logger.debug("face %d, attempt %d: %s", face.index, attempt + 1, exc)
+            return None
         except Exception as exc:  # noqa: BLE001 - any generator failure must fail closed
             face.errors.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
             logger.warning("generator failed on face %d: %s", face.index, exc)

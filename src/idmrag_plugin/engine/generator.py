@@ -58,7 +58,9 @@ class FaceGenerator(ABC):
 
     @abstractmethod
     def generate(self, request: GenerationRequest) -> np.ndarray:
-        """Return an RGB uint8 array shaped like ``request.face``."""
+        """Return an RGB uint8 array shaped like ``request.face``; raise
+        :class:`~idmrag_plugin.errors.UnfitDrawingError` to refuse this attempt (the engine
+        tries the next one; any other exception fails the attempt and is noted on the face)."""
 
     def accepted(self, request: GenerationRequest) -> None:
         """Told by the engine when the face drawn for ``request`` was verified anonymous (a
