@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
+from idmrag_plugin import AnonymizerConfig, FaceAnonymizer, UnfitDrawingError
 from idmrag_plugin.engine.align import align_face
 from idmrag_plugin.engine.detect import MTCNNDetector, central_face
 from idmrag_plugin.engine.generator import GenerationRequest
@@ -71,6 +71,8 @@ def first_drawings(engine: FaceAnonymizer, image: np.ndarray, detector: MTCNNDet
     generator._composite = keep  # the raw drawing, before the blend tones it to the photo
     try:
         pasted = generator.generate(GenerationRequest(face=crop, attempt=0, seed=0))
+    except UnfitDrawingError:
+        return None  # nothing fit to show at a first attempt: the engine would make another
     finally:
         del generator._composite
     id_mu, attr_mu = generator._encoded(crop)
