@@ -274,3 +274,14 @@ class PlantedDetector(FaceDetector):
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
         return list(self.detections)
+
+
+@pytest.fixture
+def unfit_attempts_kept(request, monkeypatch):
+    """An attempt's least unfit drawing is kept however unfit (``GROSSLY_UNFIT`` off): for the
+    modules whose tiny random renderers draw noise, or whose planted screens score every code
+    far off, to test something else; a test marked ``refuses_unfit`` keeps the refusal on."""
+    if request.node.get_closest_marker("refuses_unfit") is None:
+        from idmrag_plugin.generation import renderer_generator
+
+        monkeypatch.setattr(renderer_generator, "GROSSLY_UNFIT", float("inf"))

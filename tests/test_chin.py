@@ -10,6 +10,11 @@ from idmrag_plugin.generation.chin import chin_band, chin_smudge, dark_chin_shar
 from idmrag_plugin.generation.renderer_generator import CHIN_SMUDGE_LIMIT
 
 
+@pytest.fixture(autouse=True)
+def _unfit_attempts_kept(unfit_attempts_kept):
+    """Every least unfit drawing kept here (see conftest.unfit_attempts_kept)."""
+
+
 def _stubble(crop: np.ndarray, level: int = 45) -> np.ndarray:
     """``crop`` with dark stubble over its chin-and-jaw band (a fine dark grain, as a beard's
     shadow draws)."""

@@ -45,6 +45,11 @@ HELD_OUT = 32  # faces of the tiny dataset's "val" split
 THIRTY = float(np.log1p(30.0))
 
 
+@pytest.fixture(autouse=True)
+def _unfit_attempts_kept(unfit_attempts_kept):
+    """Every least unfit drawing kept here (see conftest.unfit_attempts_kept)."""
+
+
 def test_round_trip_and_deterministic_sampling(tmp_path):
     torch.manual_seed(0)
     model = CodeDiffusion(CodeDiffusionConfig(kind="lcm", id_dim=ID_DIM, hidden=32, blocks=1,

@@ -25,6 +25,11 @@ from idmrag_plugin.generation.renderer_generator import RendererGenerator
 from idmrag_plugin.generation.sampler import IdentitySampler
 
 
+@pytest.fixture(autouse=True)
+def _unfit_attempts_kept(unfit_attempts_kept):
+    """Every least unfit drawing kept here (see conftest.unfit_attempts_kept)."""
+
+
 def _tiny(size: int = 64, trained: bool = True) -> FaceRefiner:
     torch.manual_seed(0)
     refiner = FaceRefiner(RefinerConfig(image_size=size, input_size=size // 2, base_channels=4, mid_channels=8,

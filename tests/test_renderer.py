@@ -22,6 +22,11 @@ from idmrag_plugin.generation.renderer_generator import RendererGenerator
 from idmrag_plugin.generation.sampler import IdentitySampler
 
 
+@pytest.fixture(autouse=True)
+def _unfit_attempts_kept(unfit_attempts_kept):
+    """Every least unfit drawing kept here (see conftest.unfit_attempts_kept)."""
+
+
 def _tiny(size: int) -> FaceRenderer:
     torch.manual_seed(0)
     return FaceRenderer(RendererConfig(image_size=size, base_channels=8, max_channels=16, id_dim=16,
@@ -464,6 +469,7 @@ def test_a_pseudonym_drawn_unfit_gives_way_to_an_alternate_kept_for_the_person(t
     assert np.array_equal(worst_case, generator._composite(generator._render(more[7][None], face, attr[None])[0], face))
 
 
+@pytest.mark.refuses_unfit
 def test_an_attempt_whose_least_unfit_drawing_is_still_grossly_unfit_is_refused(tiny_run, monkeypatch):
     from idmrag_plugin.errors import UnfitDrawingError
     from idmrag_plugin.generation.renderer_generator import (
