@@ -15,6 +15,12 @@ from idmrag_plugin.generation.renderer_generator import OUTLINE_FEATHER
 SIDE = 128
 
 
+@pytest.fixture(autouse=True)
+def _unfit_attempts_kept(unfit_attempts_kept):
+    """Every least unfit drawing kept here: these tests call the generator itself, whose memory
+    of earlier tests may leave every code unfit (see conftest.unfit_attempts_kept)."""
+
+
 @pytest.fixture(scope="module")
 def drawing_generator(engine):
     """The default generator (packaged renderer and code LCM) with a fixed pseudonym secret."""

@@ -13,6 +13,12 @@ from idmrag_plugin.engine.generator import GenerationRequest
 from idmrag_plugin.generation.occluder import lower_face, mask_over_face
 
 
+@pytest.fixture(autouse=True)
+def _unfit_attempts_kept(unfit_attempts_kept):
+    """Every least unfit drawing kept here: these tests call the generator itself, whose memory
+    of earlier tests may leave every code unfit (see conftest.unfit_attempts_kept)."""
+
+
 def _masked(crop: np.ndarray, colour: tuple[int, int, int] = (170, 205, 225)) -> tuple[np.ndarray, np.ndarray]:
     """``crop`` (canonical) with a flat surgical mask from the bridge of the nose to the chin,
     and the mask's own pixels (bool)."""
