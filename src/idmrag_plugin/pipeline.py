@@ -618,14 +618,19 @@ class FaceAnonymizer:
         the photo with it inverted back; per face, why it is obfuscated instead (a face found only in another
         such copy, which this one may not show as it is), or ""; the detections in the copy.
         ``blurs``: the photo's Descreened.all_of, a printed photo's faces being drawn in the first."""
+        def reason(detection: Detection, tags: tuple[str, ...]) -> str:
+            copy = detection.detector.rsplit("@", 1)[-1]
+            if any(t in detection.detector for t in tags):
+                return f"found only in the photo's {copy} copy, in a photo worked on in another: obfuscated, not redrawn"
+            if STRETCH_TAG in detection.detector:
+                # past the squeeze below, a face found only squeezed is one a larger face at the
+                # photo's own proportions outweighs (stretch.NATURAL_SUBJECT)
+                return (f"found only in the photo squeezed ({copy}), beside a larger face at the photo's own "
+                        f"proportions: obfuscated, not redrawn")
+            return ""
+
         def only_in(tags: tuple[str, ...]) -> list[str]:
-            # past the squeeze below, a face found only squeezed is one a larger face at the
-            # photo's own proportions outweighs (stretch.NATURAL_SUBJECT)
-            return [f"found only in the photo's {d.detector.rsplit('@', 1)[-1]} copy, in a photo worked on in "
-                    f"another: obfuscated, not redrawn" if any(t in d.detector for t in tags)
-                    else (f"found only in the photo squeezed ({d.detector.rsplit('@', 1)[-1]}), beside a larger "
-                          f"face at the photo's own proportions: obfuscated, not redrawn")
-                    if STRETCH_TAG in d.detector else "" for d in detections]
+            return [reason(d, tags) for d in detections]
 
         if any(SEAM_TAG in d.detector for d in detections):
             # a panorama with a face across its seam is worked on rolled, the face whole; a face

@@ -177,10 +177,9 @@ SHARED_STRETCH = 1.3
 NATURAL_SUBJECT = 2.0
 
 
-def _size_at_own_proportions(detection: Detection) -> float:
-    """A face's size (square root of its box's area) with its stretch, if any, undone."""
+def _size_at_own_proportions(detection: Detection, squeeze: Squeeze | None) -> float:
+    """A face's size (square root of its box's area) with its ``squeeze`` (its tag's), if any, undone."""
     x1, y1, x2, y2 = detection.box
-    squeeze = Squeeze.of(detection)
     return float(np.sqrt(max(x2 - x1, 0.0) * max(y2 - y1, 0.0) / (squeeze.factor if squeeze else 1.0)))
 
 
@@ -188,15 +187,15 @@ def working_squeeze(detections: list[Detection]) -> Squeeze | None:
     """The squeeze the photo is worked on in, when a face was found only squeezed: along the
     axis of the most certain such face, by the median factor of those agreeing with it; None
     also where a face at the photo's own proportions outweighs them (see NATURAL_SUBJECT)."""
-    stretched = [(d.score, s) for d in detections if (s := Squeeze.of(d)) is not None]
+    tagged = [(d, Squeeze.of(d)) for d in detections]
+    stretched = [(d, s) for d, s in tagged if s is not None]
     if not stretched:
         return None
-    lead = max(stretched, key=lambda pair: pair[0])[1]
+    lead = max(stretched, key=lambda pair: pair[0].score)[1]
     factors = [s.factor for _, s in stretched if lead.fits(s)]
-    natural = [_size_at_own_proportions(d) for d in detections
-               if Squeeze.of(d) is None and DOUBTFUL_TAG not in d.detector
-               and not _stretched_face(d.landmarks, lead.axis)]
-    largest_squeezed = max(_size_at_own_proportions(d) for d in detections if Squeeze.of(d) is not None)
+    natural = [_size_at_own_proportions(d, None) for d, s in tagged
+               if s is None and DOUBTFUL_TAG not in d.detector and not _stretched_face(d.landmarks, lead.axis)]
+    largest_squeezed = max(_size_at_own_proportions(d, s) for d, s in stretched)
     if natural and max(natural) >= NATURAL_SUBJECT * largest_squeezed:
         return None
     return Squeeze(lead.axis, float(np.median(factors)))
