@@ -1106,8 +1106,9 @@ class FaceAnonymizer:
         """One generator attempt and its request; None (the error noted on the face) when the
         generator fails."""
         assert self.generator is not None
+        thresholds = {oracle.name: self.thresholds[oracle.name] for oracle in self.oracles}
         request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt),
-                                    original_embeddings=original_embeddings)
+                                    original_embeddings=original_embeddings, thresholds=thresholds)
         try:
             with _timed(timings, "generate"):
                 new = np.asarray(self.generator.generate(request))

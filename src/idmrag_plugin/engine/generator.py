@@ -28,6 +28,9 @@ class GenerationRequest:
             computed them for verification; a generator may read perceived attributes from them.
             Exact embeddings only: an oracle that screens through an int8 copy (FaceNet on
             ONNX Runtime, see engine.screening) is left out.
+        thresholds: the verifier's similarity thresholds (by oracle name, at the engine's
+            privacy level) for the aligned view of each oracle that judges the face: a
+            generator may screen out a drawing the verifier would recognise before it is pasted.
     """
 
     face: np.ndarray
@@ -35,6 +38,7 @@ class GenerationRequest:
     seed: int
     identity: np.ndarray | None = None
     original_embeddings: Mapping[str, np.ndarray] | None = None
+    thresholds: Mapping[str, float] | None = None
 
 
 class FaceGenerator(ABC):
