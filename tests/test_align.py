@@ -62,3 +62,15 @@ def test_degenerate_landmarks_are_refused():
         similarity_matrix(np.full((5, 2), 3.0), 128)
     with pytest.raises(ValueError):
         similarity_matrix(np.array([[np.nan, 1.0], [2.0, 3.0]]), 128)
+
+
+def test_in_frame_of_marks_the_crop_pixels_inside_the_photo(astronaut):
+    from idmrag_plugin.engine.align import in_frame_of
+
+    points = np.array([[190, 110], [240, 110], [215, 140], [195, 165], [235, 165]], float)
+    assert in_frame_of(align_face(astronaut, points, 128), astronaut.shape) is None
+    cut = align_face(astronaut, points - [180, 0], 128)  # the face's left half beyond the left edge
+    inside = in_frame_of(cut, astronaut.shape)
+    assert inside is not None and inside.shape == (128, 128)
+    assert not inside[:, :5].any() and inside[:, -5:].all()
+    assert 0.5 < inside.mean() < 0.9

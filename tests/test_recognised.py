@@ -9,9 +9,9 @@ import pytest
 from idmrag_plugin import FaceGenerator, GenerationRequest
 from idmrag_plugin.generation.renderer_generator import (
     GROSSLY_UNFIT,
+    RECOGNISED_SPREAD,
     RECOGNISED_UNFITNESS,
     RECOGNISED_WITHIN,
-    near_threshold,
 )
 
 
@@ -19,21 +19,49 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def test_an_embedding_within_the_margin_of_the_threshold_is_near_it_and_a_far_one_is_not():
-    rng = np.random.default_rng(0)
-    original = rng.normal(size=128)
-    other = rng.normal(size=128)
-    other -= (other @ original) / (original @ original) * original  # orthogonal: cosine 0
-    assert near_threshold(original * 3.0, original, 0.9, 0.015)
-    assert not near_threshold(other, original, 0.9, 0.015)
+def _at(similarity: float, original: np.ndarray, seed: int = 1) -> np.ndarray:
+    """An embedding whose cosine with ``original`` is ``similarity``."""
+    other = np.random.default_rng(seed).normal(size=original.shape)
+    other -= (other @ original) / (original @ original) * original
+    unit = original / np.linalg.norm(original)
+    return similarity * unit + np.sqrt(1.0 - similarity**2) * other / np.linalg.norm(other)
 
-    def at(similarity: float) -> np.ndarray:
-        unit = original / np.linalg.norm(original)
-        return similarity * unit + np.sqrt(1.0 - similarity**2) * other / np.linalg.norm(other)
 
-    assert near_threshold(at(0.887), original, 0.9, 0.015)
-    assert not near_threshold(at(0.883), original, 0.9, 0.015)
-    assert 1.0 < RECOGNISED_UNFITNESS < GROSSLY_UNFIT  # unfit, never a refusal by itself
+def test_a_drawing_near_the_threshold_counts_as_recognised_the_further_over_the_further_off(
+        default_generator, astronaut_crop, monkeypatch):
+    generator = default_generator
+    original = np.random.default_rng(0).normal(size=128)
+    request = GenerationRequest(astronaut_crop, attempt=0, seed=1, original_embeddings={"dlib": original},
+                                thresholds={"dlib": 0.9})
+    margin = RECOGNISED_WITHIN["dlib"]
+
+    def score(similarity: float) -> float:
+        return generator.recognised(astronaut_crop, request, lambda: _at(similarity, original))
+
+    assert score(0.9 - margin - 0.002) == 0.0
+    assert score(0.2) == 0.0
+    assert score(0.9 - margin + 0.002) == pytest.approx(RECOGNISED_UNFITNESS + 0.002, abs=1e-6)
+    assert score(0.9 - margin + 0.002) < score(0.91) < score(0.99)
+    assert score(1.0) == pytest.approx(RECOGNISED_UNFITNESS + RECOGNISED_SPREAD)
+    assert 1.0 < RECOGNISED_UNFITNESS + RECOGNISED_SPREAD < GROSSLY_UNFIT  # unfit, never a refusal by itself
+    # without the verifier's thresholds nothing is judged
+    bare = GenerationRequest(astronaut_crop, attempt=0, seed=1, original_embeddings={"dlib": original})
+    assert generator.recognised(astronaut_crop, bare, lambda: original) == 0.0
+
+
+def test_a_face_cut_by_the_frame_is_read_black_beyond_it_as_the_verifier_sees_it(default_generator, astronaut_crop,
+                                                                                 monkeypatch):
+    generator = default_generator
+    read: list[np.ndarray] = []
+    monkeypatch.setattr(generator, "_dlib_embedding", lambda face: read.append(face) or np.ones(128))
+    in_frame = np.ones(astronaut_crop.shape[:2], bool)
+    in_frame[:, :40] = False  # the photo's left edge runs through the face
+    request = GenerationRequest(astronaut_crop, attempt=0, seed=1, original_embeddings={"dlib": np.ones(128)},
+                                thresholds={"dlib": 0.9}, in_frame=in_frame)
+    assert generator.recognised(astronaut_crop, request, lambda: -np.ones(128)) > 1.0  # not the uncut reading
+    (seen,) = read
+    assert (seen[:, :40] == 0).all()
+    assert np.array_equal(seen[:, 40:], astronaut_crop[:, 40:])
 
 
 def _only_recognition_judges(generator, monkeypatch) -> None:
@@ -92,6 +120,14 @@ def test_the_engine_hands_the_generator_the_verifier_s_thresholds(engine, astron
     for request in seen:
         assert request.thresholds == {oracle.name: anonymizer.thresholds[oracle.name] for oracle in engine.oracles}
         assert set(request.thresholds) == {"dlib", "facenet"}
+        assert request.in_frame is None  # her face lies inside the photo
+    seen.clear()
+    anonymizer.anonymize(np.ascontiguousarray(astronaut[:, 205:]))  # the left edge now runs through her face
+    cut = [r for r in seen if r.in_frame is not None]
+    assert cut
+    for request in cut:
+        assert request.in_frame.shape == request.face.shape[:2]
+        assert 0.2 < request.in_frame.mean() < 0.95
 
 
 @pytest.mark.refuses_unfit

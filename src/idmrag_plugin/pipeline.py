@@ -18,7 +18,7 @@ import numpy as np
 from idmrag_plugin.cache import ResultCache, scope_key
 from idmrag_plugin.calibration import thresholds_for
 from idmrag_plugin.config import AnonymizerConfig
-from idmrag_plugin.engine.align import AlignedFace, align_face
+from idmrag_plugin.engine.align import AlignedFace, align_face, in_frame_of
 from idmrag_plugin.engine.blend import far_side_cut, paste_face, region_of
 from idmrag_plugin.engine.border import BORDER_MIN_FACE, BorderDetector
 from idmrag_plugin.engine.denoise import DENOISED_TAG, Denoised, DenoisedSearch
@@ -1043,7 +1043,8 @@ class FaceAnonymizer:
                 crop = job.aligned[face.index]
                 assert crop is not None
                 face.attempts = attempt + 1
-                drawn = self._generate(face, crop, attempt, job.timings, self._original_embeddings(job, face))
+                drawn = self._generate(face, crop, attempt, job.timings, self._original_embeddings(job, face),
+                                       in_frame_of(crop, job.output.shape))
                 if drawn is None:
                     retry.append((job, face))
                     continue
@@ -1102,13 +1103,15 @@ class FaceAnonymizer:
                 if face.index in per_face} or None
 
     def _generate(self, face: FaceReport, crop: AlignedFace, attempt: int, timings: dict[str, float],
-                  original_embeddings: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, GenerationRequest] | None:
+                  original_embeddings: dict[str, np.ndarray] | None = None,
+                  in_frame: np.ndarray | None = None) -> tuple[np.ndarray, GenerationRequest] | None:
         """One generator attempt and its request; None (the error noted on the face) when the
         generator fails."""
         assert self.generator is not None
         thresholds = {oracle.name: self.thresholds[oracle.name] for oracle in self.oracles}
         request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt),
-                                    original_embeddings=original_embeddings, thresholds=thresholds)
+                                    original_embeddings=original_embeddings, thresholds=thresholds,
+                                    in_frame=in_frame)
         try:
             with _timed(timings, "generate"):
                 new = np.asarray(self.generator.generate(request))

@@ -95,3 +95,14 @@ def warp_to_image(crop: np.ndarray, face: AlignedFace, shape: tuple[int, int]) -
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
+
+
+def in_frame_of(face: AlignedFace, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Which of the crop's pixels lie inside an image of ``shape`` (S, S) bool, None when all
+    do (a face the frame does not cut)."""
+    height, width = shape[:2]
+    ys, xs = np.mgrid[0 : face.size, 0 : face.size].astype(np.float64)
+    x = face.inverse[0, 0] * xs + face.inverse[0, 1] * ys + face.inverse[0, 2]
+    y = face.inverse[1, 0] * xs + face.inverse[1, 1] * ys + face.inverse[1, 2]
+    inside = (x > -0.5) & (x < width - 0.5) & (y > -0.5) & (y < height - 0.5)
+    return None if inside.all() else inside

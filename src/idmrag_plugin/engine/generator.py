@@ -31,6 +31,9 @@ class GenerationRequest:
         thresholds: the verifier's similarity thresholds (by oracle name, at the engine's
             privacy level) for the aligned view of each oracle that judges the face: a
             generator may screen out a drawing the verifier would recognise before it is pasted.
+        in_frame: for a face the photo's frame cuts, which of the crop's pixels lie inside the
+            photo (S, S) bool; None when all do. Only those are pasted: the oracles see the
+            rest of their view as black on both the original and the output.
     """
 
     face: np.ndarray
@@ -39,6 +42,7 @@ class GenerationRequest:
     identity: np.ndarray | None = None
     original_embeddings: Mapping[str, np.ndarray] | None = None
     thresholds: Mapping[str, float] | None = None
+    in_frame: np.ndarray | None = None
 
 
 class FaceGenerator(ABC):
