@@ -270,6 +270,8 @@ class FaceAnonymizer:
             if missing:
                 raise ConfigError(f"thresholds given for some oracles but not for {', '.join(missing)}")
         self.verifier = Verifier(self.oracles, self.thresholds, redetector=self._upright)
+        # what each generation request tells the generator: each oracle's aligned-view threshold
+        self._aligned_thresholds = {name: self.thresholds[name] for name in names}
         self._cache: ResultCache | None = None
         self._cache_secret = getattr(self.generator, "secret", None)  # the secret the cache is scoped by
         self._cache_scope_lock = threading.Lock()
@@ -1108,9 +1110,8 @@ class FaceAnonymizer:
         """One generator attempt and its request; None (the error noted on the face) when the
         generator fails."""
         assert self.generator is not None
-        thresholds = {oracle.name: self.thresholds[oracle.name] for oracle in self.oracles}
         request = GenerationRequest(crop.crop.copy(), attempt, self._seed(crop.crop, attempt),
-                                    original_embeddings=original_embeddings, thresholds=thresholds,
+                                    original_embeddings=original_embeddings, thresholds=self._aligned_thresholds,
                                     in_frame=in_frame)
         try:
             with _timed(timings, "generate"):

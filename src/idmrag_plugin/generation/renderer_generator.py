@@ -27,6 +27,7 @@ from idmrag_plugin.config import DEFAULT_FACE_BLEND, FACE_BLENDS
 from idmrag_plugin.engine.blend import face_mask, poisson_blend, shift_tone
 from idmrag_plugin.engine.face_outline import FaceOutliner, drawn_region, outline_of
 from idmrag_plugin.engine.generator import GenerationRequest
+from idmrag_plugin.engine.oracles import build_oracle, cosine
 from idmrag_plugin.errors import ModelLoadError, UnfitDrawingError
 from idmrag_plugin.generation.attributes import AttributeProbes, Reading, face_lightness
 from idmrag_plugin.generation.chin import chin_smudge
@@ -717,7 +718,8 @@ class RendererGenerator(VAEDecodeGenerator):
                 if original is None:
                     original = self._per_crop(self._crop_embeddings.setdefault(name, OrderedDict()), request.face,
                                               lambda f, o=oracle: o.embed_aligned(f[None])[0])
-            over = cosine_similarity(drawn, original) - (thresholds[name] - within)
+            over = float(cosine(np.asarray(drawn, np.float64)[None], np.asarray(original, np.float64)[None])[0]) \
+                - (thresholds[name] - within)
             if over >= 0.0:
                 return RECOGNISED_UNFITNESS + min(over, RECOGNISED_SPREAD)
         return 0.0
@@ -727,8 +729,6 @@ class RendererGenerator(VAEDecodeGenerator):
         if name not in self._oracles:
             with self._renderer_lock:
                 if name not in self._oracles:
-                    from idmrag_plugin.engine.oracles import build_oracle
-
                     self._oracles[name] = build_oracle(name, device=self.device, cache_dir=self.cache_dir,
                                                        threads=self.threads, screening=False)
         return self._oracles[name]
@@ -1045,12 +1045,6 @@ class RendererGenerator(VAEDecodeGenerator):
 def _framed(crop: np.ndarray, in_frame: np.ndarray) -> np.ndarray:
     """``crop`` black beyond the photo's frame (``in_frame`` False), as the oracles' chips are."""
     return np.where(in_frame[..., None], crop, 0).astype(np.uint8)
-
-
-def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """The cosine of two embeddings."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
 def _squeezed(off: float, cap: float) -> float:
