@@ -392,9 +392,97 @@ def test_in_memory_images_in_metadata_are_anonymized_in_kind(compressor, astrona
     grey = astronaut[..., 0].astype(int)
     face = (slice(90, 150), slice(195, 255))
     assert np.abs(meta["grey"].astype(int)[face] - grey[face]).mean() > 20
-    assert (meta["rgba"][..., 3] == 200).all()  # the alpha channel is not the face: kept
+    # what the engine judged (composited onto white), opaque: the original's alpha is not passed on
+    assert (meta["rgba"][..., 3] == 255).all()
     assert meta["embedding"] is embedding and meta["tiny_mask"].shape == (4, 4)  # not images
     assert len(meta["idmrag_report"]) == 4
+
+
+@pytest.mark.parametrize("kind", ["float01", "float255", "uint16", "normalised", "grey_alpha"])
+def test_array_images_of_any_type_are_anonymized_in_kind(compressor, astronaut, kind):
+    """Pipelines keep photos as float arrays (in [0, 1], in [0, 255], or normalised as a vision
+    model's input), 16-bit arrays, grey with alpha: each is a photo, and comes back anonymized
+    in its own shape, type and value range."""
+    pixels = astronaut.astype(np.float32)
+    made = {
+        "float01": pixels / 255.0,
+        "float255": pixels,
+        "uint16": astronaut.astype(np.uint16) * 257,
+        "normalised": (pixels / 255.0 - 0.45) / 0.27,
+        "grey_alpha": np.dstack([astronaut.mean(axis=2).astype(np.uint8), np.full(astronaut.shape[:2], 255, np.uint8)]),
+    }[kind]
+    doc = Document(page_content="caption", metadata={"photo": made})
+    (out,) = compressor.compress_documents([doc], "q")
+    returned = out.metadata["photo"]
+    assert isinstance(returned, np.ndarray) and returned.shape == made.shape and returned.dtype == made.dtype
+    low, high = float(made.min()), float(made.max())
+    assert returned.min() >= low - 1e-6 and returned.max() <= high + 1e-6
+    seen = (returned.astype(np.float64) - low) / (high - low) * 255.0  # back on the 8-bit scale
+    original = (made.astype(np.float64) - low) / (high - low) * 255.0
+    if kind == "grey_alpha":
+        assert (returned[..., 1] == 255).all()
+        seen, original = seen[..., :1].repeat(3, axis=2), original[..., :1].repeat(3, axis=2)
+    assert _face_changed(seen, original)
+    assert out.metadata["idmrag_report"]["status"] == "anonymized"
+
+
+def test_arrays_that_are_not_images_pass_and_unreadable_array_images_are_withheld(compressor, astronaut):
+    embeddings = np.random.default_rng(0).normal(size=(40, 768)).astype(np.float32)
+    tokens = np.arange(4 * 512, dtype=np.int64).reshape(4, 512)
+    doc = Document(page_content="caption", metadata={"embeddings": embeddings, "tokens": tokens})
+    (out,) = compressor.compress_documents([doc], "q")
+    assert out.metadata["embeddings"] is embeddings and out.metadata["tokens"] is tokens
+    broken = astronaut.astype(np.float32) / 255.0
+    broken[0, 0, 0] = np.nan  # a photo still, which cannot be read: withheld, never passed on
+    assert compressor.compress_documents([Document(page_content="x", metadata={"photo": broken})], "q") == []
+
+
+def test_a_face_hidden_in_an_arrays_alpha_channel_is_not_passed_on(compressor, astronaut):
+    """An RGBA array whose colour is black and whose alpha channel is a face: the face is the
+    alpha channel's data; the anonymized array must not carry it back."""
+    grey = astronaut.mean(axis=2).astype(np.uint8)
+    hidden = np.dstack([np.zeros_like(astronaut), grey])
+    doc = Document(page_content="caption", metadata={"image": hidden})
+    (out,) = compressor.compress_documents([doc], "q")
+    returned = out.metadata["image"]
+    assert returned.shape == hidden.shape
+    assert (returned[..., 3] == 255).all()
+    face = (slice(90, 150), slice(195, 255))
+    for channel in range(4):
+        values = returned[..., channel][face].ravel().astype(float)
+        assert values.std() == 0 or abs(np.corrcoef(values, grey[face].ravel().astype(float))[0, 1]) < 0.9
+
+
+def test_model_boundary_guard_judges_file_and_document_blocks_by_what_they_hold(engine, photo, astronaut):
+    """A photo in a file block declared as a PDF is still a photo; a PDF, a provider's file id
+    or a file URL can hold photos the engine cannot reach and is withheld unless the app says
+    otherwise; plain-text documents pass in every provider's format."""
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    raw = photo.read_bytes()
+    b64 = base64.b64encode(raw).decode()
+    pdf = base64.b64encode(b"%PDF-1.4\n1 0 obj << /Subtype /Image >> stream\n" + raw + b"\nendstream").decode()
+    notes = base64.b64encode(b"Meeting notes, no pictures.").decode()
+    blocks = [
+        {"type": "file", "base64": b64, "mime_type": "application/pdf"},  # a photo, mislabelled
+        {"type": "file", "base64": pdf, "mime_type": "application/pdf"},
+        {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}},
+        {"type": "input_file", "file_id": "file-abc"},
+        {"type": "file", "url": "https://example.org/report.pdf"},
+        {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{b64}", "filename": "x.pdf"}},
+        {"type": "file", "base64": notes, "mime_type": "text/plain"},
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plain notes"}},
+    ]
+    message = HumanMessage(content=blocks)
+    sent = FaceAnonymizingGuard(engine=engine).invoke([message])[0].content
+    assert _face_changed(_decoded(sent[0]["base64"]), astronaut)
+    for index in range(1, 7):
+        assert sent[index]["type"] == "text" and "document withheld" in sent[index]["text"], index
+    assert sent[7] == blocks[7] and sent[8] == blocks[8]
+    assert b64[4000:4200] not in str(sent) and pdf[400:600] not in str(sent)
+    opened = FaceAnonymizingGuard(engine=engine, withhold_documents=False).invoke([message])[0].content
+    assert opened[1] == blocks[1]  # the app's choice, said out loud
 
 
 def test_model_boundary_guard_anonymizes_images_nested_in_other_blocks(engine, photo, astronaut):

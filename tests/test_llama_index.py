@@ -384,6 +384,46 @@ def test_llm_guard_anonymizes_every_image_block_and_withholds_media(engine, phot
     assert message.blocks[1].path is not None  # the caller's message is untouched
 
 
+def test_llm_guard_judges_document_blocks_by_their_bytes(engine, photo, astronaut):
+    """A photo sent as a document block declared as something else is still a photo; a PDF
+    (which carries photos the engine cannot reach) is withheld unless the app says otherwise;
+    plain text passes, the images embedded in it anonymized."""
+    from llama_index.core.base.llms.types import ChatMessage, DocumentBlock, TextBlock
+
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    raw = photo.read_bytes()
+    b64 = base64.b64encode(raw).decode()
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /XObject /Subtype /Image /Width 512 /Height 512 >> stream\n" + raw + b"\nendstream"
+    notes = b"Meeting notes: the crew photo is in the archive."
+    markdown = f"The crew: ![crew](data:image/jpeg;base64,{b64}) end".encode()
+    message = ChatMessage(role="user", blocks=[
+        TextBlock(text="summarise"),
+        DocumentBlock(data=raw, document_mimetype="application/octet-stream"),
+        DocumentBlock(data=pdf, document_mimetype="application/pdf"),
+        DocumentBlock(data=notes, document_mimetype="text/plain"),
+        DocumentBlock(data=markdown, document_mimetype="text/markdown"),
+        DocumentBlock(url="https://example.org/report.pdf", document_mimetype="application/pdf"),
+    ])
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    FaceAnonymizingLLM(llm=inner, engine=engine).chat([message])
+    (sent,) = inner.last_chat_messages
+    assert [type(b).__name__ for b in sent.blocks] == ["TextBlock", "ImageBlock", "TextBlock", "DocumentBlock",
+                                                      "DocumentBlock", "TextBlock"]
+    assert _face_changed(_decoded(base64.b64encode(sent.blocks[1].resolve_image().read())), astronaut)
+    assert "document withheld" in sent.blocks[2].text and "document withheld" in sent.blocks[5].text
+    assert sent.blocks[3].resolve_document().read() == notes
+    text = sent.blocks[4].resolve_document().read().decode()
+    assert b64[:500] not in text and text.startswith("The crew: ![crew](data:image/jpeg;base64,") and text.endswith(" end")
+    assert _face_changed(_decoded(text.split("base64,")[1].split(")")[0]), astronaut)
+    assert b64[:500] not in str(sent)
+
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    FaceAnonymizingLLM(llm=inner, engine=engine, withhold_documents=False).chat([message])
+    (sent,) = inner.last_chat_messages
+    assert sent.blocks[2].resolve_document().read() == pdf  # the app's choice, said out loud
+
+
 def test_llm_guard_covers_image_query_and_legacy_image_documents(engine, photo, astronaut):
     from llama_index.core.query_engine import SimpleMultiModalQueryEngine
 
@@ -563,6 +603,19 @@ def test_in_memory_images_in_metadata_are_anonymized(post, astronaut):
     assert isinstance(crop, Image.Image) and pixels.shape == astronaut.shape
     assert _face_changed(np.asarray(crop).astype(int), astronaut) and _face_changed(pixels.astype(int), astronaut)
     assert node.metadata["pixels"] is astronaut  # the retrieved node itself is not modified
+
+
+def test_float_and_alpha_arrays_in_metadata_are_anonymized_in_kind(post, astronaut):
+    """A float array (a vision model's input) is a photo too; an RGBA array's alpha channel,
+    the original's data, comes back opaque."""
+    floats = astronaut.astype(np.float32) / 255.0
+    rgba = np.dstack([astronaut, astronaut[..., 0]])
+    node = TextNode(id_="f", text="caption", metadata={"floats": floats, "rgba": rgba})
+    (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
+    got, alpha = out.node.metadata["floats"], out.node.metadata["rgba"]
+    assert got.dtype == np.float32 and got.shape == floats.shape and 0.0 <= got.min() and got.max() <= 1.0
+    assert _face_changed((got * 255.0).astype(int), astronaut)
+    assert alpha.shape == rgba.shape and (alpha[..., 3] == 255).all()
 
 
 def test_a_text_node_whose_text_is_a_base64_image_is_anonymized(post, astronaut):

@@ -111,6 +111,23 @@ def sniff_image(raw: bytes) -> bool:
     return raw[4:8] == b"ftyp" and raw[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1", b"hevc")
 
 
+#: Marks of documents that carry pictures even when their bytes decode as text: PDF and
+#: PostScript (ASCII-encoded image streams), RTF (``\\pict`` groups), MIME parts of an image.
+_PICTURE_CARRIERS = (b"%pdf", b"%!ps", b"{\\rtf", b"content-type: image/")
+
+
+def document_text(raw: bytes) -> str | None:
+    """The text of a document's bytes when it is plain text (UTF-8, no NUL byte, none of the
+    marks of a format that carries pictures in text form), else None."""
+    lowered = raw.lower()
+    if b"\x00" in raw or any(mark in lowered for mark in _PICTURE_CARRIERS):
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 @dataclass(frozen=True)
 class AnonymizedImage:
     data: bytes
@@ -161,25 +178,62 @@ def looks_like_base64_image(text: str) -> bool:
 
 #: Smallest side of a 2-D 8-bit array taken for a greyscale image (smaller ones: masks, codes).
 MIN_ARRAY_IMAGE_SIDE = 16
+#: Channels (last axis) of an array taken for an image: grey, grey + alpha, RGB, RGBA.
+IMAGE_CHANNELS = (1, 2, 3, 4)
 
 
 def is_image_object(value: Any) -> bool:
-    """True for an image held in memory: a PIL image, or an 8-bit array shaped like one
-    (height x width, or height x width x 1/3/4)."""
+    """True for an image held in memory: a PIL image, an 8-bit array shaped like one (height x
+    width, or height x width x 1/2/3/4), or a numeric array of another type (floats in [0, 1]
+    or [0, 255], 16-bit...) shaped height x width x 1/2/3/4 with both sides at least
+    ``MIN_ARRAY_IMAGE_SIDE``. Two-dimensional arrays of other types are not taken for images:
+    embedding matrices and token ids are."""
     if isinstance(value, Image.Image):
         return True
-    if not isinstance(value, np.ndarray) or value.dtype != np.uint8:
+    if not isinstance(value, np.ndarray) or value.dtype == np.bool_:
         return False
-    if value.ndim == 2:
+    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+        return False
+    if value.dtype == np.uint8 and value.ndim == 2:
         return min(value.shape) >= MIN_ARRAY_IMAGE_SIDE
-    return value.ndim == 3 and value.shape[2] in (1, 3, 4) and min(value.shape[:2]) >= 1
+    if value.ndim != 3 or value.shape[2] not in IMAGE_CHANNELS:
+        return False
+    return min(value.shape[:2]) >= (1 if value.dtype == np.uint8 else MIN_ARRAY_IMAGE_SIDE)
+
+
+def _value_range(array: np.ndarray) -> tuple[float, float]:
+    """The range an array image's values are read in: [0, 1] or [0, 255] for floats within
+    them, the type's own for unsigned integers, else the array's own minimum and maximum (a
+    normalised tensor's, say). Raises :class:`InvalidImageError` for NaN or infinite values."""
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise InvalidImageError("in-memory image holds NaN or infinite values: it cannot be anonymized")
+    low, high = float(array.min(initial=0)), float(array.max(initial=0))
+    if array.dtype == np.uint8:
+        return 0.0, 255.0
+    if low >= 0.0 and high <= 1.0 and np.issubdtype(array.dtype, np.floating):
+        return 0.0, 1.0
+    if low >= 0.0 and high <= 255.0:
+        return 0.0, 255.0
+    if array.dtype == np.uint16:
+        return 0.0, 65535.0
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def _as_8bit(array: np.ndarray) -> np.ndarray:
+    """An array image's values mapped from :func:`_value_range` onto 8 bits."""
+    low, high = _value_range(array)
+    if array.dtype == np.uint8:
+        return array
+    scaled = (array.astype(np.float64) - low) / (high - low) * 255.0
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 def _png_of(value: Any) -> bytes:
     if isinstance(value, Image.Image):
         picture = value
     else:
-        picture = Image.fromarray(value[..., 0] if value.ndim == 3 and value.shape[2] == 1 else value)
+        pixels = _as_8bit(value)
+        picture = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
     buffer = io.BytesIO()
     try:
         picture.save(buffer, "PNG")
@@ -191,19 +245,28 @@ def _png_of(value: Any) -> bytes:
 
 
 def _object_in_kind(original: Any, image: AnonymizedImage) -> Any:
-    """The anonymized image as the same kind of in-memory object as ``original``."""
+    """The anonymized image as the same kind of in-memory object as ``original`` (an array of
+    its shape, type and value range). An alpha channel comes back opaque: the engine judged
+    the pixels composited onto white, and the original's alpha is the original's data (a
+    matte, or a face hidden there), never passed on."""
     with Image.open(io.BytesIO(image.data)) as decoded:
         rgb = decoded.convert("RGB")
     if isinstance(original, Image.Image):
-        return rgb.convert("L") if original.mode in ("L", "1", "I", "I;16", "F") else rgb
-    pixels = np.asarray(rgb)
+        return rgb.convert("L") if original.mode in ("L", "LA", "1", "I", "I;16", "F") else rgb
+    channels = 1 if original.ndim == 2 else original.shape[2]
+    pixels = np.asarray(rgb.convert("L"))[..., None] if channels in (1, 2) else np.asarray(rgb)
+    if channels in (2, 4):
+        pixels = np.concatenate([pixels, np.full((*pixels.shape[:2], 1), 255, np.uint8)], axis=2)
     if original.ndim == 2:
-        return np.asarray(rgb.convert("L"))
-    if original.shape[2] == 1:
-        return np.asarray(rgb.convert("L"))[..., None]
-    if original.shape[2] == 4:  # the alpha channel is not the face: kept
-        return np.concatenate([pixels, original[..., 3:]], axis=2) if original.shape[:2] == pixels.shape[:2] else pixels
-    return pixels
+        pixels = pixels[..., 0]
+    if original.dtype == np.uint8:
+        return pixels
+    low, high = _value_range(original)
+    values = pixels.astype(np.float64) / 255.0 * (high - low) + low
+    if np.issubdtype(original.dtype, np.integer):
+        info = np.iinfo(original.dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    return values.astype(original.dtype)
 
 
 def image_bytes_of(value: Any) -> bytes | None:

@@ -11,7 +11,11 @@ http(s) URL, fetched under the integrations' SSRF policy), LangChain's standard 
 blocks (``base64``/``data``/``url``, ``source_type``), Anthropic-style ``source`` blocks, and
 ``file`` blocks with an image MIME type. Images that cannot be anonymized (provider-hosted
 file ids, undecodable data) and every ``video``/``audio`` block are replaced by a text
-block saying so (``on_failure="raise"`` raises instead). A message whose text content is
+block saying so (``on_failure="raise"`` raises instead). A ``file`` or ``document`` block of
+another type has the images under its fields anonymized (a photo declared as something else is
+still a photo) and passes when what it holds is plain text; any other document (a PDF, an
+office file, a provider file id or URL the guard cannot read) can hold photos the engine
+cannot reach and is withheld by default (``withhold_documents``). A message whose text content is
 itself an image (base64 or data URI) is anonymized too. Reports go to each message
 copy's ``response_metadata["idmrag_report"]``, which providers do not send. The guard opens
 no traced run of its own (its input holds the originals); runs before it in the chain
@@ -34,15 +38,17 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the LangChain integration needs langchain-core: pip install 'idmrag-plugin[langchain]'"
     ) from exc
 
-from idmrag_plugin.errors import IdmragError, InvalidImageError
+from idmrag_plugin.errors import IdmragError, ImageWithheldError, InvalidImageError
 from idmrag_plugin.integrations._common import (
     AnonymizedImage,
     AnonymizerBridge,
     anonymize_embedded_images,
     decode_base64_image,
+    document_text,
     embeds_images,
     image_bytes_of,
     is_image_location,
+    sniff_image,
 )
 from idmrag_plugin.integrations.langchain import FaceAnonymizerCompressor
 from idmrag_plugin.pipeline import FaceAnonymizer
@@ -51,6 +57,53 @@ logger = logging.getLogger(__name__)
 
 REPORT_KEY = "idmrag_report"
 _MEDIA_TYPES = ("video", "video_url", "audio", "audio_url", "input_audio")
+#: Blocks that carry a file: LangChain's and OpenAI's ``file``, Anthropic's ``document``,
+#: OpenAI Responses' ``input_file``.
+_DOCUMENT_TYPES = ("file", "document", "input_file")
+#: Fields naming a file the guard cannot read: a URL, a provider's file id.
+_FILE_REFERENCES = ("url", "file_id", "file_url")
+DOCUMENT_WITHHELD = ("a document other than an image or plain text can hold photos this engine cannot "
+                     "anonymize (withhold_documents=False sends it as it is)")
+
+
+def _decoded_payload(value: Any) -> bytes | None:
+    """The bytes of a document's data field (bytes, base64, or a data URI); None when unreadable."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str):
+        return None
+    try:
+        if value[:5].lower() == "data:":
+            header, _, body = value.partition(",")
+            if ";base64" not in header.lower():
+                return body.encode("utf-8")
+            value = body
+        return decode_base64_image(value)
+    except InvalidImageError:
+        return None
+
+
+def _document_payloads(block: dict[str, Any]) -> list[bytes] | None:
+    """Every payload a file or document block holds, decoded; None when it names one the guard
+    cannot read (a URL, a provider file id) or holds undecodable data."""
+    source = block.get("source")
+    if isinstance(source, dict):  # Anthropic's document block
+        kind = source.get("type")
+        if kind == "text":
+            return [str(source.get("data", "")).encode("utf-8")]
+        if kind == "content":
+            return []  # content blocks, each judged as a block of its own
+        payload = _decoded_payload(source.get("data")) if kind == "base64" else None
+        return None if payload is None else [payload]
+    fields = block.get("file") if isinstance(block.get("file"), dict) else block  # OpenAI chat's file
+    if any(fields.get(key) for key in _FILE_REFERENCES) or block.get("source_type") in ("url", "id"):
+        return None
+    data = [fields[key] for key in ("base64", "data", "file_data") if fields.get(key)]
+    if not data:
+        text = fields.get("text")
+        return [text.encode("utf-8")] if isinstance(text, str) else None
+    payloads = [_decoded_payload(value) for value in data]
+    return None if any(p is None for p in payloads) else payloads  # type: ignore[misc]
 
 
 def _note(kind: str, reason: str) -> dict[str, Any]:
@@ -65,6 +118,9 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         anonymizer: the settings (URL policy, output format) of a
             :class:`FaceAnonymizerCompressor`; default: a new one.
         withhold_media: replace video and audio blocks by a note (default True).
+        withhold_documents: replace file and document blocks that are neither images nor
+            plain text (PDFs, office files, provider file ids) by a note (default True):
+            they can hold photos the engine cannot anonymize.
     """
 
     def __init__(
@@ -72,9 +128,11 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         engine: FaceAnonymizer | None = None,
         anonymizer: FaceAnonymizerCompressor | None = None,
         withhold_media: bool = True,
+        withhold_documents: bool = True,
     ) -> None:
         self.anonymizer = anonymizer or FaceAnonymizerCompressor(engine=engine)
         self.withhold_media = withhold_media
+        self.withhold_documents = withhold_documents
 
     def wrap(self, model: Runnable) -> Runnable:
         """``self | model``: the model, guarded."""
@@ -157,6 +215,8 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             reports.append({"status": "withheld", "error": f"{kind} cannot be anonymized"})
             return _note(kind, "it cannot be anonymized")
         is_image_file = kind == "file" and str(block.get("mime_type", "")).startswith("image/")
+        if kind in _DOCUMENT_TYPES and not is_image_file:
+            return self._document(block, bridge, reports)
         if kind not in ("image_url", "image") and not is_image_file:
             return self._nested(block, bridge, reports)
         try:
@@ -168,6 +228,23 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             return _note("image", reason)
         reports.append(image.report)
         return self._rebuilt(block, kind, image)
+
+    def _document(self, block: dict[str, Any], bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
+        """A file or document block that declares no image: the images under its fields
+        anonymized where they sit; passed on when everything it holds is plain text, else
+        withheld unless ``withhold_documents`` is off."""
+        rebuilt = self._nested(block, bridge, reports)
+        if not self.withhold_documents:
+            return rebuilt
+        before, after = _document_payloads(block), _document_payloads(rebuilt)
+        if after is not None and before is not None and len(before) == len(after) and all(
+            document_text(new) is not None or (sniff_image(new) and new != old)  # an image the engine made
+            for old, new in zip(before, after, strict=True)
+        ):
+            return rebuilt
+        bridge.withhold(ImageWithheldError(DOCUMENT_WITHHELD), "document sent to the model")
+        reports.append({"status": "withheld", "error": DOCUMENT_WITHHELD})
+        return _note("document", DOCUMENT_WITHHELD)
 
     def _nested(self, block: dict[str, Any], bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
         """Any other block with the blocks and images inside it anonymized: a tool result

@@ -11,7 +11,10 @@ it::
   the integrations) becomes an ``ImageBlock`` of the anonymized bytes, or, when it cannot
   be anonymized, a text block saying it was withheld (``on_failure="raise"`` raises);
 * ``VideoBlock`` and ``AudioBlock`` cannot be anonymized and are withheld by default;
-* a ``DocumentBlock`` whose MIME type is an image is treated as an image;
+* a ``DocumentBlock`` whose MIME type is an image, or whose bytes are one whatever type it
+  declares, is treated as an image; a plain-text one passes, the images embedded in it
+  anonymized; any other (a PDF, an office file, one only a URL names) can hold photos the
+  engine cannot reach and is withheld by default;
 * legacy ``image_documents=[ImageNode, ...]`` arguments are anonymized like retrieved nodes.
 
 The per-image reports go to :class:`FaceAnonymizationEvent` handlers and the log, never
@@ -51,16 +54,18 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the LlamaIndex integration needs llama-index-core: pip install 'idmrag-plugin[llama-index]'"
     ) from exc
 
-from idmrag_plugin.errors import IdmragError, InvalidImageError
+from idmrag_plugin.errors import IdmragError, ImageWithheldError, InvalidImageError
 from idmrag_plugin.integrations._common import (
     AnonymizedImage,
     anonymize_embedded_images,
     anonymize_inline_images,
     carries_images,
     decode_base64_image,
+    document_text,
     drop_locations,
     embeds_images,
     is_image_location,
+    sniff_image,
 )
 from idmrag_plugin.integrations.llama_index import (
     FaceAnonymizationEvent,
@@ -86,6 +91,11 @@ class FaceAnonymizingLLM(LLM):
     )
     withhold_video: bool = Field(default=True, description="Replace video blocks by a note (they cannot be anonymized).")
     withhold_audio: bool = Field(default=True, description="Replace audio blocks by a note (voices identify people too).")
+    withhold_documents: bool = Field(
+        default=True,
+        description="Replace document blocks that are neither images nor plain text (PDFs, office files, documents "
+                    "only a URL names) by a note: they can hold photos this engine cannot anonymize.",
+    )
     _engine_override: FaceAnonymizer | None = PrivateAttr(default=None)
 
     def __init__(self, llm: Any, engine: FaceAnonymizer | None = None, **kwargs: Any) -> None:
@@ -103,18 +113,54 @@ class FaceAnonymizingLLM(LLM):
 
     # ------------------------------------------------------------------ rewriting
     def _anonymize_block(self, block: Any) -> Any:
-        bridge = self.anonymizer._bridge
         if isinstance(block, VideoBlock) and self.withhold_video:
             return _withheld("video", "video cannot be anonymized")
         if isinstance(block, AudioBlock) and self.withhold_audio:
             return _withheld("audio", "audio cannot be anonymized")
         if isinstance(block, TextBlock) and embeds_images(block.text):  # Markdown or HTML images, inline or linked
             return TextBlock(text=self._anonymize_embedded(block.text))
-        is_image_document = isinstance(block, DocumentBlock) and str(block.document_mimetype or "").startswith("image/")
-        if isinstance(block, (TextBlock, AudioBlock, VideoBlock, DocumentBlock)) and not is_image_document:
+        if isinstance(block, DocumentBlock):
+            return self._anonymize_document(block)
+        if isinstance(block, (TextBlock, AudioBlock, VideoBlock)):
             return block
-        if not isinstance(block, ImageBlock) and not is_image_document:
+        if not isinstance(block, ImageBlock):
             return self._anonymize_container(block)
+        return self._anonymized_image_block(block)
+
+    def _anonymize_document(self, block: Any) -> Any:
+        """A ``DocumentBlock``: an image (by its declared type or its bytes) anonymized as one;
+        plain text passed on with its embedded images anonymized; any other document withheld
+        unless ``withhold_documents`` is off."""
+        raw: bytes | None = None
+        if block.data is not None or block.path is not None:
+            try:
+                raw = block.resolve_document().read()
+            except (ValueError, OSError) as exc:
+                return self._withheld_document(InvalidImageError(f"unreadable document block: {exc}"))
+        if str(block.document_mimetype or "").startswith("image/") or (raw is not None and sniff_image(raw)):
+            return self._anonymized_image_block(block)
+        text = None if raw is None else document_text(raw)
+        if text is not None:
+            if not embeds_images(text):
+                return block
+            return DocumentBlock(data=self._anonymize_embedded(text).encode("utf-8"),
+                                 document_mimetype=block.document_mimetype, title=block.title)
+        if not self.withhold_documents:
+            return block
+        return self._withheld_document(ImageWithheldError(
+            "a document other than an image or plain text can hold photos this engine cannot anonymize "
+            "(withhold_documents=False sends it as it is)"))
+
+    def _withheld_document(self, exc: IdmragError) -> TextBlock:
+        bridge = self.anonymizer._bridge
+        reason = bridge.reason(exc)
+        dispatcher.event(FaceAnonymizationEvent(node_id="llm-message", status="withheld", error=reason))
+        bridge.withhold(exc, "document sent to the model")
+        return _withheld("document", reason)
+
+    def _anonymized_image_block(self, block: Any) -> Any:
+        """An ``ImageBlock`` of ``block``'s image anonymized, or a note that it was withheld."""
+        bridge = self.anonymizer._bridge
         try:
             image = self._anonymize_image(block)
         except IdmragError as exc:
