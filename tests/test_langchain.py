@@ -485,6 +485,34 @@ def test_model_boundary_guard_judges_file_and_document_blocks_by_what_they_hold(
     assert opened[1] == blocks[1]  # the app's choice, said out loud
 
 
+def test_model_boundary_guard_anonymizes_images_in_tool_call_arguments(engine, photo, astronaut):
+    """An assistant turn's tool calls go back to the model with the conversation (OpenAI's
+    ``tool_calls``, Anthropic's ``tool_use`` input), and so do the provider kwargs they came in."""
+    import json
+
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    uri = f"data:image/jpeg;base64,{b64}"
+    turn = AIMessage(
+        content="",
+        tool_calls=[{"name": "show", "args": {"photo": uri, "caption": "crew"}, "id": "call-1"}],
+        invalid_tool_calls=[{"name": "show", "args": json.dumps({"photo": uri}) + "}", "id": "call-2", "error": "bad json"}],
+        additional_kwargs={"tool_calls": [{"id": "call-1", "type": "function",
+                                           "function": {"name": "show", "arguments": json.dumps({"photo": uri})}}]},
+    )
+    sent = FaceAnonymizingGuard(engine=engine).invoke([HumanMessage(content="show me"), turn,
+                                                       ToolMessage(content="shown", tool_call_id="call-1")])[1]
+    assert b64[4000:4200] not in str(sent.tool_calls) + str(sent.invalid_tool_calls) + str(sent.additional_kwargs)
+    assert sent.tool_calls[0]["args"]["caption"] == "crew" and sent.tool_calls[0]["id"] == "call-1"
+    assert _face_changed(_decoded(sent.tool_calls[0]["args"]["photo"]), astronaut)
+    arguments = json.loads(sent.additional_kwargs["tool_calls"][0]["function"]["arguments"])
+    assert _face_changed(_decoded(arguments["photo"]), astronaut)
+    assert turn.tool_calls[0]["args"]["photo"] == uri  # the caller's message is untouched
+
+
 def test_model_boundary_guard_anonymizes_images_nested_in_other_blocks(engine, photo, astronaut):
     """Anthropic-style tool results carry image blocks inside their content."""
     from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard

@@ -424,6 +424,28 @@ def test_llm_guard_judges_document_blocks_by_their_bytes(engine, photo, astronau
     assert sent.blocks[2].resolve_document().read() == pdf  # the app's choice, said out loud
 
 
+def test_llm_guard_anonymizes_images_in_a_messages_additional_kwargs(engine, photo, astronaut):
+    """LlamaIndex's OpenAI adapter keeps an assistant turn's tool calls in additional_kwargs and
+    sends them back with the conversation."""
+    import json
+
+    from llama_index.core.base.llms.types import ChatMessage, TextBlock
+
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    calls = [{"id": "1", "type": "function",
+              "function": {"name": "show", "arguments": json.dumps({"photo": f"data:image/jpeg;base64,{b64}"})}}]
+    turn = ChatMessage(role="assistant", blocks=[TextBlock(text="showing")], additional_kwargs={"tool_calls": calls})
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    FaceAnonymizingLLM(llm=inner, engine=engine).chat([ChatMessage(role="user", content="show me"), turn])
+    sent = inner.last_chat_messages[1]
+    assert b64[4000:4200] not in str(sent.additional_kwargs)
+    arguments = json.loads(sent.additional_kwargs["tool_calls"][0]["function"]["arguments"])
+    assert arguments["photo"].startswith("data:image/")
+    assert _face_changed(_decoded(arguments["photo"].split("base64,")[1]), astronaut)
+
+
 def test_llm_guard_covers_image_query_and_legacy_image_documents(engine, photo, astronaut):
     from llama_index.core.query_engine import SimpleMultiModalQueryEngine
 

@@ -16,7 +16,9 @@ another type has the images under its fields anonymized (a photo declared as som
 still a photo) and passes when what it holds is plain text; any other document (a PDF, an
 office file, a provider file id or URL the guard cannot read) can hold photos the engine
 cannot reach and is withheld by default (``withhold_documents``). A message whose text content is
-itself an image (base64 or data URI) is anonymized too. Reports go to each message
+itself an image (base64 or data URI) is anonymized too, and so are the images in an assistant
+turn's tool-call arguments and in a message's ``additional_kwargs`` (both go back to the model
+with the conversation). Reports go to each message
 copy's ``response_metadata["idmrag_report"]``, which providers do not send. The guard opens
 no traced run of its own (its input holds the originals); runs before it in the chain
 are traced as they always are.
@@ -30,7 +32,7 @@ import logging
 from typing import Any
 
 try:
-    from langchain_core.messages import BaseMessage
+    from langchain_core.messages import AIMessage, BaseMessage
     from langchain_core.prompt_values import ChatPromptValue, PromptValue
     from langchain_core.runnables import Runnable, RunnableConfig
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -170,11 +172,25 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             new_content: Any = content if new is None else new
         else:
             new_content = [self._block(block, bridge, reports) for block in content]
-        if not reports and new_content == content:
+        updates: dict[str, Any] = {"content": new_content} if new_content != content else {}
+        # Providers send these too: an assistant turn's tool calls (their arguments go back to
+        # the model with the conversation) and the provider-specific kwargs they came in.
+        if message.additional_kwargs:
+            kwargs = self._block(dict(message.additional_kwargs), bridge, reports)
+            if kwargs != message.additional_kwargs:
+                updates["additional_kwargs"] = kwargs
+        if isinstance(message, AIMessage):
+            for field in ("tool_calls", "invalid_tool_calls"):
+                calls = getattr(message, field)
+                guarded = [{**call, "args": self._block(call["args"], bridge, reports)} if call.get("args") else call
+                           for call in calls]
+                if guarded != calls:
+                    updates[field] = guarded
+        if not reports and not updates:
             return message
         metadata = dict(message.response_metadata)
         metadata[REPORT_KEY] = reports
-        return message.model_copy(update={"content": new_content, "response_metadata": metadata})
+        return message.model_copy(update={**updates, "response_metadata": metadata})
 
     def _maybe_image(self, text: str, bridge: AnonymizerBridge, reports: list) -> str | None:
         """``text`` anonymized when it is an image or embeds some (Markdown, HTML data URIs);

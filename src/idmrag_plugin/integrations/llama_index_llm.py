@@ -241,8 +241,11 @@ class FaceAnonymizingLLM(LLM):
     def _safe_messages(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:
         safe = []
         for message in messages:
-            blocks = [self._anonymize_block(b) for b in message.blocks]
-            safe.append(message.model_copy(update={"blocks": blocks}))
+            update: dict[str, Any] = {"blocks": [self._anonymize_block(b) for b in message.blocks]}
+            if message.additional_kwargs and carries_images(message.additional_kwargs):
+                # the adapters send these too (OpenAI's tool calls, their arguments)
+                update["additional_kwargs"] = self._anonymize_value(dict(message.additional_kwargs)) or {}
+            safe.append(message.model_copy(update=update))
         return safe
 
     def _safe_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
