@@ -477,7 +477,8 @@ def test_model_boundary_guard_judges_file_and_document_blocks_by_what_they_hold(
     message = HumanMessage(content=blocks)
     sent = FaceAnonymizingGuard(engine=engine).invoke([message])[0].content
     assert _face_changed(_decoded(sent[0]["base64"]), astronaut)
-    for index in range(1, 7):
+    assert _face_changed(_decoded(sent[6]["file"]["file_data"].split("base64,")[1]), astronaut)
+    for index in range(1, 6):
         assert sent[index]["type"] == "text" and "document withheld" in sent[index]["text"], index
     assert sent[7] == blocks[7] and sent[8] == blocks[8]
     assert b64[4000:4200] not in str(sent) and pdf[400:600] not in str(sent)
@@ -511,6 +512,17 @@ def test_model_boundary_guard_anonymizes_images_in_tool_call_arguments(engine, p
     arguments = json.loads(sent.additional_kwargs["tool_calls"][0]["function"]["arguments"])
     assert _face_changed(_decoded(arguments["photo"]), astronaut)
     assert turn.tool_calls[0]["args"]["photo"] == uri  # the caller's message is untouched
+
+
+def test_bare_base64_photos_in_text_are_anonymized_at_the_guard_and_the_compressor(engine, compressor, photo, astronaut):
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    text = f"The crew photo, base64: {b64} (end)"
+    for sent in (FaceAnonymizingGuard(engine=engine).invoke([HumanMessage(content=text)])[0].content,
+                 compressor.compress_documents([Document(page_content=text)], "q")[0].page_content):
+        assert b64[4000:4200] not in sent and sent.startswith("The crew photo, base64: ") and sent.endswith(" (end)")
+        assert _face_changed(_decoded(sent[len("The crew photo, base64: "):-len(" (end)")]), astronaut)
 
 
 def test_model_boundary_guard_anonymizes_images_nested_in_other_blocks(engine, photo, astronaut):

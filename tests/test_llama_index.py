@@ -446,6 +446,33 @@ def test_llm_guard_anonymizes_images_in_a_messages_additional_kwargs(engine, pho
     assert _face_changed(_decoded(arguments["photo"].split("base64,")[1]), astronaut)
 
 
+def test_llm_guard_anonymizes_bare_base64_images_in_text(engine, photo, astronaut):
+    """Prompts paste photos as bare base64 (whole, inside a sentence, wrapped at 76 columns)
+    or as data URIs of another declared type: judged by their bytes. Base64 of anything else
+    is left as it is."""
+    import textwrap
+
+    from llama_index.core.base.llms.types import ChatMessage, TextBlock
+
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    key = base64.b64encode(bytes(range(200))).decode()
+    texts = [b64, f"Image (base64): {b64} end", "Photo:\n" + "\n".join(textwrap.wrap(b64, 76)) + "\nThanks",
+             f"see data:application/octet-stream;base64,{b64} end", f"key {key} end"]
+    inner = MockLLMWithChatMemoryOfLastCall(is_chat_model=True)
+    FaceAnonymizingLLM(llm=inner, engine=engine).chat([ChatMessage(role="user", blocks=[TextBlock(text=t) for t in texts])])
+    sent = [block.text for block in inner.last_chat_messages[0].blocks]
+    assert all(b64[4000:4200] not in "".join(text.split()) for text in sent)
+    assert _face_changed(_decoded(sent[0]), astronaut)
+    assert sent[1].startswith("Image (base64): ") and sent[1].endswith(" end")
+    assert _face_changed(_decoded(sent[1][len("Image (base64): "):-len(" end")]), astronaut)
+    assert sent[2].startswith("Photo:\n") and sent[2].endswith("\nThanks")
+    assert _face_changed(_decoded(sent[2][len("Photo:\n"):-len("\nThanks")]), astronaut)
+    assert sent[3].startswith("see data:image/") and _face_changed(_decoded(sent[3].split("base64,")[1][:-4]), astronaut)
+    assert sent[4] == texts[4]
+
+
 def test_llm_guard_covers_image_query_and_legacy_image_documents(engine, photo, astronaut):
     from llama_index.core.query_engine import SimpleMultiModalQueryEngine
 

@@ -324,6 +324,42 @@ def anonymize_inline_images(
 LINK_REMOVED = "image link removed: the image behind it was not anonymized"
 #: An image data URI inside text (Markdown ``![](data:image/...)``, HTML ``<img src=...>``).
 DATA_URI_IN_TEXT = re.compile(r"data:image/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*;base64,[A-Za-z0-9+/]+={0,2}", re.IGNORECASE)
+#: Image data inside text in any form: a base64 data URI of any declared type (a photo labelled
+#: ``application/octet-stream`` is still a photo), or a bare base64 run, line-wrapped or not, as
+#: prompts paste images ("Image (base64): /9j/4AAQ..."); each is judged by its bytes.
+#: Shortest bare base64 run taken for an image (96 bytes: no photo is smaller), so that a
+#: token of prose whose first bytes happen to read as a two-byte magic number is left alone.
+MIN_BARE_IMAGE_CHARS = 128
+DATA_IN_TEXT = re.compile(
+    r"(?P<uri>data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*;base64,)(?P<payload>[A-Za-z0-9+/]+={0,2})"
+    r"|(?<![A-Za-z0-9+/=])(?P<bare>[A-Za-z0-9+/]{64,}(?:\r?\n[A-Za-z0-9+/]{4,})*={0,2})",
+    re.IGNORECASE,
+)
+
+
+def _is_embedded_image(match: re.Match[str]) -> bool:
+    """Whether a :data:`DATA_IN_TEXT` match is an image: an image data URI (it claims to be
+    one, readable or not), or base64 whose first bytes start like an image file."""
+    if match.group("uri") is not None and match.group("uri")[5:11].lower() == "image/":
+        return True
+    if match.group("bare") is not None and len(match.group("bare")) < MIN_BARE_IMAGE_CHARS:
+        return False
+    run = "".join((match.group("payload") or match.group("bare"))[:96].split())
+    try:
+        return sniff_image(base64.b64decode(run[: min(len(run) // 4 * 4, 64)], validate=True))
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _embedded_bytes(match: re.Match[str]) -> bytes:
+    """The bytes of a :data:`DATA_IN_TEXT` match (empty when undecodable; a lone last base64
+    character, which encodes no whole byte, dropped)."""
+    body = "".join((match.group("payload") or match.group("bare")).split()).rstrip("=")
+    body = body[: len(body) - (len(body) % 4 == 1)]
+    try:
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def anonymize_embedded_images(
@@ -332,30 +368,34 @@ def anonymize_embedded_images(
     reports: list[dict[str, Any]],
     on_error: Callable[[IdmragError], str] | None = None,
 ) -> str:
-    """``text`` with every image data URI inside it replaced by ``anonymize(data=...)``'s
-    output as a data URI; each output's report is appended to ``reports``. An image that
+    """``text`` with every image inside it (a data URI, or bare base64 whose bytes are an
+    image: :data:`DATA_IN_TEXT`) replaced by ``anonymize(data=...)``'s output in the same form;
+    each output's report is appended to ``reports``. An image that
     cannot be anonymized raises its :class:`IdmragError` (withhold the text), or, with
     ``on_error``, is replaced by what ``on_error`` returns for it."""
 
     def replaced(match: re.Match[str]) -> str:
+        if not _is_embedded_image(match):
+            return match.group(0)  # base64 of something else: a key, a hash, a document
         try:
-            image = anonymize(data=decode_base64_image(match.group(0)))
+            image = anonymize(data=_embedded_bytes(match))
         except IdmragError as exc:
             if on_error is None:
                 raise
             reports.append({"status": "withheld", "error": shareable_reason(str(exc))})
             return on_error(exc)
         reports.append(image.report)
-        return image.data_uri
+        return image.data_uri if match.group("uri") else image.base64
 
-    text, unlinked = unlink_images(DATA_URI_IN_TEXT.sub(replaced, text))
+    text, unlinked = unlink_images(DATA_IN_TEXT.sub(replaced, text))
     reports.extend({"status": "withheld", "error": LINK_REMOVED} for _ in range(unlinked))
     return text
 
 
 def embeds_images(text: str) -> bool:
-    """True when ``text`` holds an image data URI or links to an image (Markdown, HTML, URL)."""
-    return DATA_URI_IN_TEXT.search(text) is not None or links_images(text)
+    """True when ``text`` holds image data (a data URI, bare base64 of an image: see
+    :data:`DATA_IN_TEXT`) or links to an image (Markdown, HTML, URL)."""
+    return any(_is_embedded_image(m) for m in DATA_IN_TEXT.finditer(text)) or links_images(text)
 
 
 def anonymize_text_images(text: str, anonymize: Callable[..., AnonymizedImage], reports: list[dict[str, Any]]) -> str:
