@@ -525,6 +525,36 @@ def test_bare_base64_photos_in_text_are_anonymized_at_the_guard_and_the_compress
         assert _face_changed(_decoded(sent[len("The crew photo, base64: "):-len(" (end)")]), astronaut)
 
 
+def test_photos_in_any_reversible_text_encoding_are_anonymized(engine, photo, astronaut):
+    """URL-safe base64, percent-encoded base64 and percent-encoded raw bytes are the photo as
+    surely as standard base64 (browsers render the percent-encoded data URIs): in text and in
+    image blocks alike."""
+    import json
+    import urllib.parse
+
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    raw = photo.read_bytes()
+    urlsafe = base64.urlsafe_b64encode(raw).decode()
+    encodings = {
+        "urlsafe": f"data:image/jpeg;base64,{urlsafe}",
+        "percent": "data:image/jpeg;base64," + urllib.parse.quote(base64.b64encode(raw).decode(), safe=""),
+        "raw": "data:image/jpeg," + urllib.parse.quote_from_bytes(raw, safe=""),
+    }
+    guard = FaceAnonymizingGuard(engine=engine)
+    for name, uri in encodings.items():
+        text = guard.invoke([HumanMessage(content=f'<img src="{uri}"> and bare {urlsafe} end')])[0].content
+        block = guard.invoke([HumanMessage(content=[{"type": "image_url", "image_url": {"url": uri}}])])[0].content[0]
+        assert urlsafe[4000:4200] not in text and uri[4000:4200] not in text, name
+        html, bare = text[len('<img src="'):].split('"> and bare ')
+        for payload in (html.split("base64,")[1], bare[: -len(" end")], block["image_url"]["url"].split("base64,")[1]):
+            assert _face_changed(_decoded(payload), astronaut), name
+    escaped = '{"photo": "data:image\\/jpeg;base64,' + base64.b64encode(raw).decode().replace("/", "\\/") + '"}'
+    sent = guard.invoke([HumanMessage(content=escaped)])[0].content  # JSON whose encoder escapes slashes
+    assert sent.startswith('{"photo": "data:image/') and sent.endswith('"}')
+    assert _face_changed(_decoded(json.loads(sent)["photo"].split("base64,")[1]), astronaut)
+
+
 def test_model_boundary_guard_anonymizes_images_nested_in_other_blocks(engine, photo, astronaut):
     """Anthropic-style tool results carry image blocks inside their content."""
     from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard

@@ -10,6 +10,7 @@ import io
 import logging
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,37 +144,61 @@ class AnonymizedImage:
         return f"data:{self.mimetype};base64,{self.base64}"
 
 
+def _base64_bytes(text: str) -> bytes:
+    """Bytes of base64 text in either alphabet (standard or URL-safe), percent-encoded or not,
+    wrapped or not, padded or not (a lone last character, which encodes no whole byte, is
+    dropped). Raises :class:`binascii.Error` or :class:`ValueError` when it is not base64."""
+    text = "".join(text.split()).replace("\\/", "/")  # JSON's escaped slashes
+    if "%" in text:
+        text = urllib.parse.unquote(text, errors="strict")
+    text = text.replace("-", "+").replace("_", "/").rstrip("=")
+    text = text[: len(text) - (len(text) % 4 == 1)]
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _data_uri_bytes(uri: str) -> bytes:
+    """Bytes of a data URI's payload: base64 (see :func:`_base64_bytes`) or percent-encoded."""
+    header, _, body = uri.partition(",")
+    if ";base64" in header.lower():
+        return _base64_bytes(body)
+    return urllib.parse.unquote_to_bytes(body)
+
+
 def decode_base64_image(text: str | bytes) -> bytes:
-    """Bytes of a base64 image, with or without a ``data:image/...;base64,`` prefix."""
+    """Bytes of an image given as base64 (standard or URL-safe alphabet, percent-encoded or
+    not) or as a data URI (base64 or percent-encoded payload)."""
     if isinstance(text, bytes):
         try:
             text = text.decode("ascii", errors="strict")
         except UnicodeDecodeError as exc:
             raise InvalidImageError("image field is neither base64 text nor an image") from exc
-    if text[:5].lower() == "data:":
-        header, _, text = text.partition(",")
-        if ";base64" not in header.lower():
-            raise InvalidImageError("image data URI is not base64-encoded")
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return _data_uri_bytes(text) if text[:5].lower() == "data:" else _base64_bytes(text)
     except (binascii.Error, ValueError) as exc:
         raise InvalidImageError(f"image field is not valid base64: {exc}") from exc
 
 
+#: Characters of a data URI's payload read to tell whether it is an image.
+_SNIFFED_CHARS = 128
+
+
 def looks_like_base64_image(text: str) -> bool:
-    """True when ``text`` is an image data URI, or base64 that decodes into an image header."""
+    """True when ``text`` is an image data URI, a data URI of another declared type whose
+    bytes start like an image file, or base64 that decodes into an image header."""
     if not isinstance(text, str):
         return False
     if text[:11].lower() == "data:image/":
         return True
-    if len(text) < 32:
-        return False
-    head = "".join(text[:96].split())[:64]
     try:
-        raw = base64.b64decode(head[: len(head) // 4 * 4], validate=True)
+        if text[:5].lower() == "data:":
+            comma = text.find(",")
+            return comma > 0 and sniff_image(_data_uri_bytes(text[: comma + 1 + _SNIFFED_CHARS]))
+        if len(text) < 32:
+            return False
+        head = "".join(text[:96].split())[:64]
+        return sniff_image(_base64_bytes(head[: len(head) // 4 * 4]))
     except (binascii.Error, ValueError):
         return False
-    return sniff_image(raw)
 
 
 #: Smallest side of a 2-D 8-bit array taken for a greyscale image (smaller ones: masks, codes).
@@ -324,40 +349,45 @@ def anonymize_inline_images(
 LINK_REMOVED = "image link removed: the image behind it was not anonymized"
 #: An image data URI inside text (Markdown ``![](data:image/...)``, HTML ``<img src=...>``).
 DATA_URI_IN_TEXT = re.compile(r"data:image/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*;base64,[A-Za-z0-9+/]+={0,2}", re.IGNORECASE)
-#: Image data inside text in any form: a base64 data URI of any declared type (a photo labelled
-#: ``application/octet-stream`` is still a photo), or a bare base64 run, line-wrapped or not, as
-#: prompts paste images ("Image (base64): /9j/4AAQ..."); each is judged by its bytes.
 #: Shortest bare base64 run taken for an image (96 bytes: no photo is smaller), so that a
 #: token of prose whose first bytes happen to read as a two-byte magic number is left alone.
 MIN_BARE_IMAGE_CHARS = 128
+#: Image data inside text in any form: a data URI of any declared type (a photo labelled
+#: ``application/octet-stream`` is still a photo), base64 (either alphabet, percent-encoded or
+#: not) or percent-encoded raw bytes, or a bare base64 run, line-wrapped or not, as prompts
+#: paste images ("Image (base64): /9j/4AAQ..."); slashes escaped as JSON may escape them (``\\/``)
+#: too. Each is judged by its bytes.
 DATA_IN_TEXT = re.compile(
-    r"(?P<uri>data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*;base64,)(?P<payload>[A-Za-z0-9+/]+={0,2})"
-    r"|(?<![A-Za-z0-9+/=])(?P<bare>[A-Za-z0-9+/]{64,}(?:\r?\n[A-Za-z0-9+/]{4,})*={0,2})",
+    r"(?P<uri>data:[\w.+-]+\\?/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*(?P<b64>;base64)?,)"
+    r"(?P<payload>(?(b64)(?:[A-Za-z0-9+/_-]|\\/|%[0-9A-Fa-f]{2})+(?:=|%3[Dd]){0,2}|[^\s\"'<>)\]]+))"
+    r"|(?<![A-Za-z0-9+/=_\\-])(?P<bare>(?:[A-Za-z0-9+/_-]|\\/){64,}(?:\r?\n(?:[A-Za-z0-9+/_-]|\\/){4,})*={0,2})",
     re.IGNORECASE,
 )
 
 
 def _is_embedded_image(match: re.Match[str]) -> bool:
     """Whether a :data:`DATA_IN_TEXT` match is an image: an image data URI (it claims to be
-    one, readable or not), or base64 whose first bytes start like an image file."""
-    if match.group("uri") is not None and match.group("uri")[5:11].lower() == "image/":
+    one, readable or not), or data whose first bytes start like an image file."""
+    uri = match.group("uri")
+    if uri is not None and uri[5:11].lower() == "image/":
         return True
-    if match.group("bare") is not None and len(match.group("bare")) < MIN_BARE_IMAGE_CHARS:
+    if uri is None and len(match.group("bare")) < MIN_BARE_IMAGE_CHARS:
         return False
-    run = "".join((match.group("payload") or match.group("bare"))[:96].split())
     try:
-        return sniff_image(base64.b64decode(run[: min(len(run) // 4 * 4, 64)], validate=True))
+        if uri is not None:
+            return sniff_image(_data_uri_bytes(uri + match.group("payload")[:_SNIFFED_CHARS]))
+        head = "".join(match.group("bare")[:96].split())[:64]
+        return sniff_image(_base64_bytes(head[: len(head) // 4 * 4]))
     except (binascii.Error, ValueError):
         return False
 
 
 def _embedded_bytes(match: re.Match[str]) -> bytes:
-    """The bytes of a :data:`DATA_IN_TEXT` match (empty when undecodable; a lone last base64
-    character, which encodes no whole byte, dropped)."""
-    body = "".join((match.group("payload") or match.group("bare")).split()).rstrip("=")
-    body = body[: len(body) - (len(body) % 4 == 1)]
+    """The bytes of a :data:`DATA_IN_TEXT` match (empty when undecodable)."""
     try:
-        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+        if match.group("uri") is not None:
+            return _data_uri_bytes(match.group("uri") + match.group("payload"))
+        return _base64_bytes(match.group("bare"))
     except (binascii.Error, ValueError):
         return b""
 
