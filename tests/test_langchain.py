@@ -549,6 +549,10 @@ def test_photos_in_any_reversible_text_encoding_are_anonymized(engine, photo, as
         html, bare = text[len('<img src="'):].split('"> and bare ')
         for payload in (html.split("base64,")[1], bare[: -len(" end")], block["image_url"]["url"].split("base64,")[1]):
             assert _face_changed(_decoded(payload), astronaut), name
+    dump = guard.invoke([HumanMessage(content=f"bytes: {raw.hex()} (done)")])[0].content  # a tool's hex dump
+    assert raw.hex()[4000:4200] not in dump and dump.endswith(" (done)")
+    anonymized = bytes.fromhex(dump[len("bytes: "):-len(" (done)")])
+    assert _face_changed(_decoded(base64.b64encode(anonymized).decode()), astronaut)
     escaped = '{"photo": "data:image\\/jpeg;base64,' + base64.b64encode(raw).decode().replace("/", "\\/") + '"}'
     sent = guard.invoke([HumanMessage(content=escaped)])[0].content  # JSON whose encoder escapes slashes
     assert sent.startswith('{"photo": "data:image/') and sent.endswith('"}')

@@ -473,6 +473,29 @@ def test_llm_guard_anonymizes_bare_base64_images_in_text(engine, photo, astronau
     assert sent[4] == texts[4]
 
 
+def test_llm_guard_anonymizes_images_in_a_completion_prompt_and_its_keyword_arguments(engine, photo, astronaut):
+    """``complete(prompt)`` sent the prompt as it was: a template filled with a data URI or
+    pasted base64 reached the model; so did images in keyword arguments an adapter forwards."""
+    from idmrag_plugin.integrations.llama_index_llm import FaceAnonymizingLLM
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    seen: list[tuple[str, dict]] = []
+
+    class Recording(MockLLMWithChatMemoryOfLastCall):
+        def complete(self, prompt, formatted=False, **kwargs):
+            seen.append((prompt, kwargs))
+            return super().complete(prompt, formatted=formatted)
+
+    llm = FaceAnonymizingLLM(llm=Recording(is_chat_model=False), engine=engine)
+    llm.complete(f"Describe data:image/jpeg;base64,{b64} please", images=[b64])
+    asyncio.run(llm.acomplete(f"Describe {b64}"))
+    (first, kwargs), (second, _) = seen
+    assert b64[4000:4200] not in first + second + str(kwargs)
+    assert _face_changed(_decoded(first.split("base64,")[1].split(" ")[0]), astronaut)
+    assert _face_changed(_decoded(kwargs["images"][0]), astronaut)
+    assert _face_changed(_decoded(second[len("Describe "):]), astronaut)
+
+
 def test_llm_guard_covers_image_query_and_legacy_image_documents(engine, photo, astronaut):
     from llama_index.core.query_engine import SimpleMultiModalQueryEngine
 

@@ -355,14 +355,27 @@ MIN_BARE_IMAGE_CHARS = 128
 #: Image data inside text in any form: a data URI of any declared type (a photo labelled
 #: ``application/octet-stream`` is still a photo), base64 (either alphabet, percent-encoded or
 #: not) or percent-encoded raw bytes, or a bare base64 run, line-wrapped or not, as prompts
-#: paste images ("Image (base64): /9j/4AAQ..."); slashes escaped as JSON may escape them (``\\/``)
-#: too. Each is judged by its bytes.
+#: paste images ("Image (base64): /9j/4AAQ...") or tools print bytes in hex; slashes escaped
+#: as JSON may escape them (``\\/``) too. Each is judged by its bytes.
 DATA_IN_TEXT = re.compile(
     r"(?P<uri>data:[\w.+-]+\\?/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*(?P<b64>;base64)?,)"
     r"(?P<payload>(?(b64)(?:[A-Za-z0-9+/_-]|\\/|%[0-9A-Fa-f]{2})+(?:=|%3[Dd]){0,2}|[^\s\"'<>)\]]+))"
     r"|(?<![A-Za-z0-9+/=_\\-])(?P<bare>(?:[A-Za-z0-9+/_-]|\\/){64,}(?:\r?\n(?:[A-Za-z0-9+/_-]|\\/){4,})*={0,2})",
     re.IGNORECASE,
 )
+
+
+def _starts_like_image(head: bytes) -> bool:
+    """:func:`sniff_image` with the two-byte magic numbers checked further (a BMP's header
+    size, a PNM's whitespace), for data nothing declares an image: one random run in some
+    20,000 starts with ``BM``, ``P5`` or ``P6``."""
+    if not sniff_image(head):
+        return False
+    if head[:2] == b"BM":
+        return int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124)
+    if head[:2] in (b"P5", b"P6"):
+        return head[2:3] in (b" ", b"\t", b"\n", b"\r")
+    return True
 
 
 def _is_embedded_image(match: re.Match[str]) -> bool:
@@ -375,11 +388,24 @@ def _is_embedded_image(match: re.Match[str]) -> bool:
         return False
     try:
         if uri is not None:
-            return sniff_image(_data_uri_bytes(uri + match.group("payload")[:_SNIFFED_CHARS]))
+            return _starts_like_image(_data_uri_bytes(uri + match.group("payload")[:_SNIFFED_CHARS]))
         head = "".join(match.group("bare")[:96].split())[:64]
-        return sniff_image(_base64_bytes(head[: len(head) // 4 * 4]))
+        if _is_hex(match):
+            return _starts_like_image(bytes.fromhex(head))
+        return _starts_like_image(_base64_bytes(head[: len(head) // 4 * 4]))
     except (binascii.Error, ValueError):
         return False
+
+
+def _is_hex(match: re.Match[str]) -> bool:
+    """Whether a bare :data:`DATA_IN_TEXT` run is a hex dump (as tools print bytes) rather than
+    base64: hex digits only, an even number of them."""
+    bare = match.group("bare")
+    compact = "".join(bare.split()) if bare is not None else ""
+    return bool(compact) and len(compact) % 2 == 0 and _HEX.fullmatch(compact) is not None
+
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 def _embedded_bytes(match: re.Match[str]) -> bytes:
@@ -387,6 +413,8 @@ def _embedded_bytes(match: re.Match[str]) -> bytes:
     try:
         if match.group("uri") is not None:
             return _data_uri_bytes(match.group("uri") + match.group("payload"))
+        if _is_hex(match):
+            return bytes.fromhex("".join(match.group("bare").split()))
         return _base64_bytes(match.group("bare"))
     except (binascii.Error, ValueError):
         return b""
@@ -415,7 +443,9 @@ def anonymize_embedded_images(
             reports.append({"status": "withheld", "error": shareable_reason(str(exc))})
             return on_error(exc)
         reports.append(image.report)
-        return image.data_uri if match.group("uri") else image.base64
+        if match.group("uri"):
+            return image.data_uri
+        return image.data.hex() if _is_hex(match) else image.base64
 
     text, unlinked = unlink_images(DATA_IN_TEXT.sub(replaced, text))
     reports.extend({"status": "withheld", "error": LINK_REMOVED} for _ in range(unlinked))

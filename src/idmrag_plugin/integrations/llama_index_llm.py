@@ -77,6 +77,10 @@ from idmrag_plugin.pipeline import FaceAnonymizer
 logger = logging.getLogger(__name__)
 
 
+def _carries_images(value: Any) -> bool:
+    return isinstance(value, (dict, list, str, bytes)) and carries_images(value)
+
+
 def _withheld(kind: str, reason: str) -> TextBlock:
     return TextBlock(text=f"[{kind} withheld by idmrag-plugin: {reason}]")
 
@@ -187,7 +191,7 @@ class FaceAnonymizingLLM(LLM):
                 new = [self._anonymize_block(v) for v in value]
             elif is_image_location(value):
                 new = ""
-            elif isinstance(value, (dict, list, str, bytes)) and carries_images(value):
+            elif _carries_images(value):
                 new = self._anonymize_value(value)
             else:
                 continue
@@ -248,7 +252,15 @@ class FaceAnonymizingLLM(LLM):
             safe.append(message.model_copy(update=update))
         return safe
 
+    def _safe_prompt(self, prompt: str) -> str:
+        """A completion prompt with the images embedded in it anonymized (a prompt template
+        filled with a data URI or pasted base64 reaches the model as it is otherwise)."""
+        return self._anonymize_embedded(prompt) if isinstance(prompt, str) and embeds_images(prompt) else prompt
+
     def _safe_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # other keyword arguments an adapter forwards (an ``images=[...]`` list, say)
+        kwargs = {key: self._anonymize_value(value) if key != "image_documents" and _carries_images(value) else value
+                  for key, value in kwargs.items()}
         documents = kwargs.get("image_documents")
         if not documents:
             return kwargs
@@ -270,10 +282,10 @@ class FaceAnonymizingLLM(LLM):
         return self.llm.stream_chat(self._safe_messages(messages), **self._safe_kwargs(kwargs))
 
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return self.llm.complete(prompt, formatted=formatted, **self._safe_kwargs(kwargs))
+        return self.llm.complete(self._safe_prompt(prompt), formatted=formatted, **self._safe_kwargs(kwargs))
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return self.llm.stream_complete(prompt, formatted=formatted, **self._safe_kwargs(kwargs))
+        return self.llm.stream_complete(self._safe_prompt(prompt), formatted=formatted, **self._safe_kwargs(kwargs))
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         safe = await asyncio.to_thread(self._safe_messages, messages)
@@ -285,10 +297,12 @@ class FaceAnonymizingLLM(LLM):
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         safe = await asyncio.to_thread(self._safe_kwargs, kwargs)
+        prompt = await asyncio.to_thread(self._safe_prompt, prompt)
         return await self.llm.acomplete(prompt, formatted=formatted, **safe)
 
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         safe = await asyncio.to_thread(self._safe_kwargs, kwargs)
+        prompt = await asyncio.to_thread(self._safe_prompt, prompt)
         return await self.llm.astream_complete(prompt, formatted=formatted, **safe)
 
 
