@@ -67,3 +67,23 @@ def test_image_links_in_text_are_removed_keeping_their_alt_text():
 
 def test_a_text_that_is_one_image_url_is_left_to_the_location_rules():
     assert unlink_images(" https://example.com/Jane_Doe.png ") == (" https://example.com/Jane_Doe.png ", 0)
+
+
+def test_every_way_text_makes_a_browser_fetch_a_picture_is_unlinked():
+    """Reference-style Markdown images, a picture's sources, SVG images, video posters,
+    objects and CSS backgrounds fetch the original as surely as ``<img src>`` does."""
+    text = (
+        "![crew][photo] and ![Jane]\n\n[photo]: https://cdn.example.org/p?id=7 \"Crew\"\n"
+        "[jane]: <https://cdn.example.org/jane>\n[docs]: https://example.org/manual\nsee [docs][]\n"
+        '<picture><source srcset="https://pics.test/a 1x, https://pics.test/b 2x"><img src="https://pics.test/c"></picture>\n'
+        '<svg><image href="https://pics.test/d"/></svg><video poster="https://pics.test/e"></video>'
+        '<object data="https://pics.test/f"></object><div style="background:url(\'https://pics.test/g\')"></div>\n'
+        '<input type="text" name="q"><img src="data:image/png;base64,AAAA">'
+    )
+    unlinked, count = unlink_images(text)
+    assert count == 8
+    for fetched in ("cdn.example.org", "pics.test"):
+        assert fetched not in unlinked
+    assert "[docs]: https://example.org/manual" in unlinked  # a link, not an image
+    assert '<input type="text" name="q">' in unlinked and "data:image/png;base64,AAAA" in unlinked
+    assert unlink_images("url(data:image/png;base64,AAAA) <video controls></video>")[1] == 0

@@ -23,7 +23,19 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _LOCATION_TOKEN = re.compile(r"""[^\s'"<>()\[\]{},;]*(?:[/\\]|://)[^\s'"<>()\[\]{},;]*""")
 
 _MARKDOWN_IMAGE = re.compile(r"!\[(?P<alt>[^\]\n]*)\]\(\s*<?(?P<target>[^)\s>]*)>?(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'))?\s*\)")
-_HTML_IMAGE = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+#: Tags that make a browser fetch a picture: images, a picture's or media's sources, SVG's
+#: image, image inputs, a video's poster, objects and embeds.
+_HTML_IMAGE = re.compile(r"<(?:img|source|image|input|video|object|embed)\b[^>]*>", re.IGNORECASE)
+#: The attributes of those tags that name what is fetched.
+_HTML_SOURCE = re.compile(
+    r"""\b(?:src|srcset|poster|data|href|xlink:href)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
+#: A CSS ``url(...)`` (a background image in a style attribute or sheet).
+_CSS_URL = re.compile(r"""\burl\(\s*(?P<quote>['"]?)(?P<target>[^'")\s]+)(?P=quote)\s*\)""", re.IGNORECASE)
+#: Markdown's reference-style images: ``![alt][label]``, ``![label][]``, ``![label]``.
+_MARKDOWN_IMAGE_REFERENCE = re.compile(r"!\[(?P<alt>[^\]\n]*)\](?:\[(?P<label>[^\]\n]*)\])?(?!\()")
+#: A Markdown link reference definition: ``[label]: target "title"``.
+_MARKDOWN_DEFINITION = re.compile(r"^(?P<lead> {0,3}\[(?P<label>[^\]\n]+)\]:[ \t]*)<?(?P<target>[^\s>]+)>?(?P<rest>.*)$",
+                                  re.MULTILINE)
 _HTML_ALT = re.compile(r"""\balt\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.IGNORECASE)
 _BARE_IMAGE_URL = re.compile(
     rf"""(?:https?|ftp|file|s3|gs)://[^\s<>"'()\[\]]+?\.(?:{_SUFFIX})(?:[?#][^\s<>"'()\[\]]*?)?(?=[.,;:!?]*(?:[\s<>"'()\[\]]|$))""",
@@ -77,7 +89,30 @@ def shareable_reason(message: str, known: Iterable[str] = ()) -> str:
 
 def links_images(text: str) -> bool:
     """True when ``text`` links to an image by path or URL (Markdown, HTML or a bare URL)."""
-    return bool(_MARKDOWN_IMAGE.search(text) or _HTML_IMAGE.search(text) or _BARE_IMAGE_URL.search(text))
+    return bool(_MARKDOWN_IMAGE.search(text) or _BARE_IMAGE_URL.search(text)
+                or any(_fetches(m.group(0)) for m in _HTML_IMAGE.finditer(text))
+                or any(not _is_data_uri(m.group("target")) for m in _CSS_URL.finditer(text))
+                or _referenced_image_labels(text))
+
+
+def _fetches(tag: str) -> bool:
+    """Whether an HTML tag of :data:`_HTML_IMAGE` makes a browser fetch something: a source
+    attribute other than image data (an ``<img>`` without any is left to be removed too)."""
+    values = ["".join(groups) for groups in _HTML_SOURCE.findall(tag)]
+    if not values:
+        return tag[1:4].lower() == "img"
+    return not all(_is_data_uri(value) for value in values)
+
+
+def _referenced_image_labels(text: str) -> set[str]:
+    """Labels (case-folded) of Markdown reference-style images that a definition in ``text``
+    points at something other than image data."""
+    if "![" not in text:
+        return set()
+    used = {" ".join((m.group("label") or m.group("alt")).split()).casefold()
+            for m in _MARKDOWN_IMAGE_REFERENCE.finditer(text)}
+    return {label for m in _MARKDOWN_DEFINITION.finditer(text)
+            if (label := " ".join(m.group("label").split()).casefold()) in used and not _is_data_uri(m.group("target"))}
 
 
 def _is_data_uri(target: str) -> bool:
@@ -101,17 +136,28 @@ def unlink_images(text: str) -> tuple[str, int]:
 
     def html(match: re.Match[str]) -> str:
         tag = match.group(0)
-        sources = re.findall(r"""\b(?:src|srcset)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", tag, re.IGNORECASE)
-        values = ["".join(groups) for groups in sources]
-        if values and all(_is_data_uri(value) for value in values):
-            return tag
+        if not _fetches(tag):
+            return tag  # image data (left to the engine), or nothing fetched
         alt = _HTML_ALT.search(tag)
         return note("".join(alt.groups(default="")) if alt else "")
+
+    def css(match: re.Match[str]) -> str:
+        return match.group(0) if _is_data_uri(match.group("target")) else f"url({note('')})"
+
+    labels = _referenced_image_labels(text)
+
+    def definition(match: re.Match[str]) -> str:
+        if " ".join(match.group("label").split()).casefold() not in labels:
+            return match.group(0)
+        return match.group("lead") + note("")
 
     stripped = text.strip()
     if _BARE_IMAGE_URL.fullmatch(stripped):
         return text, 0
     text = _MARKDOWN_IMAGE.sub(markdown, text)
+    if labels:
+        text = _MARKDOWN_DEFINITION.sub(definition, text)
     text = _HTML_IMAGE.sub(html, text)
+    text = _CSS_URL.sub(css, text)
     text = _BARE_IMAGE_URL.sub(lambda _: note(""), text)
     return text, removed
