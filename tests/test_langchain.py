@@ -559,6 +559,32 @@ def test_photos_in_any_reversible_text_encoding_are_anonymized(engine, photo, as
     assert _face_changed(_decoded(json.loads(sent)["photo"].split("base64,")[1]), astronaut)
 
 
+def test_model_boundary_guard_anonymizes_openai_style_dict_messages(engine, photo, astronaut):
+    """Chat models take ``{"role": ..., "content": ...}`` dicts as readily as message objects;
+    the guard passed them on untouched."""
+    import json
+
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    uri = f"data:image/jpeg;base64,{b64}"
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "who?"}, {"type": "image_url", "image_url": {"url": uri}}]},
+        {"role": "user", "content": uri},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "show", "arguments": json.dumps({"photo": uri})}}]},
+    ]
+    sent = FaceAnonymizingGuard(engine=engine).invoke(messages)
+    assert b64[4000:4200] not in str(sent)
+    assert sent[0]["role"] == "user" and sent[0]["content"][0] == {"type": "text", "text": "who?"}
+    assert _face_changed(_decoded(sent[0]["content"][1]["image_url"]["url"]), astronaut)
+    assert _face_changed(_decoded(sent[1]["content"]), astronaut)
+    arguments = json.loads(sent[2]["tool_calls"][0]["function"]["arguments"])
+    assert _face_changed(_decoded(arguments["photo"]), astronaut)
+    reply = (FaceAnonymizingGuard(engine=engine) | ParrotFakeChatModel()).invoke(messages[:1])
+    assert b64[4000:4200] not in str(reply.content)
+
+
 def test_model_boundary_guard_anonymizes_images_nested_in_other_blocks(engine, photo, astronaut):
     """Anthropic-style tool results carry image blocks inside their content."""
     from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard

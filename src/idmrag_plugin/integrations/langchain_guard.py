@@ -18,7 +18,8 @@ office file, a provider file id or URL the guard cannot read) can hold photos th
 cannot reach and is withheld by default (``withhold_documents``). A message whose text content is
 itself an image (base64 or data URI) is anonymized too, and so are the images in an assistant
 turn's tool-call arguments and in a message's ``additional_kwargs`` (both go back to the model
-with the conversation). Reports go to each message
+with the conversation). OpenAI-style dict messages (``{"role": ..., "content": ...}``), which
+chat models take as readily as message objects, are guarded field by field. Reports go to each message
 copy's ``response_metadata["idmrag_report"]``, which providers do not send. The guard opens
 no traced run of its own (its input holds the originals); runs before it in the chain
 are traced as they always are.
@@ -161,7 +162,21 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         if isinstance(value, str):
             data = self._maybe_image(value, bridge, [])
             return value if data is None else data
+        if isinstance(value, dict):
+            # an OpenAI-style message ({"role": ..., "content": ...}), which chat models take as
+            # readily as message objects: its content, tool calls and other fields alike
+            return self._any(value, bridge, [])
         return value
+
+    def _any(self, value: Any, bridge: AnonymizerBridge, reports: list) -> Any:
+        """``value`` with the images in it anonymized: a string or a block as
+        :meth:`_block` does, a list item by item, a dict that is no block field by field."""
+        if isinstance(value, (list, tuple)):
+            return [self._any(item, bridge, reports) for item in value]
+        if isinstance(value, dict) and "type" not in value:
+            new = {key: self._any(item, bridge, reports) for key, item in value.items()}
+            return new if new != value else value
+        return self._block(value, bridge, reports)
 
     # ------------------------------------------------------------------ messages
     def _message(self, message: BaseMessage, bridge: AnonymizerBridge) -> BaseMessage:
