@@ -426,6 +426,17 @@ def test_array_images_of_any_type_are_anonymized_in_kind(compressor, astronaut, 
     assert out.metadata["idmrag_report"]["status"] == "anonymized"
 
 
+def test_pixels_kept_as_nested_lists_are_anonymized_in_kind(compressor, astronaut):
+    """``array.tolist()`` makes a photo JSON-friendly; it is the photo still."""
+    doc = Document(page_content="caption", metadata={"pixels": astronaut.tolist(), "scores": [[0.1, 0.2]] * 20})
+    (out,) = compressor.compress_documents([doc], "q")
+    pixels = out.metadata["pixels"]
+    assert isinstance(pixels, list) and isinstance(pixels[0][0][0], int)
+    assert np.asarray(pixels).shape == astronaut.shape
+    assert _face_changed(np.asarray(pixels), astronaut)
+    assert out.metadata["scores"] == [[0.1, 0.2]] * 20
+
+
 def test_arrays_that_are_not_images_pass_and_unreadable_array_images_are_withheld(compressor, astronaut):
     embeddings = np.random.default_rng(0).normal(size=(40, 768)).astype(np.float32)
     tokens = np.arange(4 * 512, dtype=np.int64).reshape(4, 512)

@@ -682,9 +682,10 @@ def test_float_and_alpha_arrays_in_metadata_are_anonymized_in_kind(post, astrona
     the original's data, comes back opaque."""
     floats = astronaut.astype(np.float32) / 255.0
     rgba = np.dstack([astronaut, astronaut[..., 0]])
-    node = TextNode(id_="f", text="caption", metadata={"floats": floats, "rgba": rgba})
+    node = TextNode(id_="f", text="caption", metadata={"floats": floats, "rgba": rgba, "listed": astronaut.tolist()})
     (out,) = post.postprocess_nodes([NodeWithScore(node=node, score=1.0)])
     got, alpha = out.node.metadata["floats"], out.node.metadata["rgba"]
+    assert _face_changed(np.asarray(out.node.metadata["listed"]), astronaut)
     assert got.dtype == np.float32 and got.shape == floats.shape and 0.0 <= got.min() and got.max() <= 1.0
     assert _face_changed((got * 255.0).astype(int), astronaut)
     assert alpha.shape == rgba.shape and (alpha[..., 3] == 255).all()

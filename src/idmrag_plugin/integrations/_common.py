@@ -226,6 +226,20 @@ def is_image_object(value: Any) -> bool:
     return min(value.shape[:2]) >= (1 if value.dtype == np.uint8 else MIN_ARRAY_IMAGE_SIDE)
 
 
+def nested_list_image(value: Any) -> np.ndarray | None:
+    """The array of an image kept as nested lists (``array.tolist()``: rows of pixels of 1-4
+    numbers), or None for any other list."""
+    if not (isinstance(value, (list, tuple)) and len(value) >= MIN_ARRAY_IMAGE_SIDE
+            and isinstance(value[0], (list, tuple)) and len(value[0]) >= MIN_ARRAY_IMAGE_SIDE
+            and isinstance(value[0][0], (list, tuple))):
+        return None
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged
+        return None
+    return array if array.ndim == 3 and is_image_object(array) else None
+
+
 def _value_range(array: np.ndarray) -> tuple[float, float]:
     """The range an array image's values are read in: [0, 1] or [0, 255] for floats within
     them, the type's own for unsigned integers, else the array's own minimum and maximum (a
@@ -336,6 +350,9 @@ def anonymize_inline_images(
     if isinstance(value, dict):
         return {k: anonymize_inline_images(v, anonymize, reports) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
+        pixels = nested_list_image(value)
+        if pixels is not None:  # pixels made JSON-friendly with ``.tolist()``
+            return type(value)(anonymize_inline_images(pixels, anonymize, reports).tolist())
         return type(value)(anonymize_inline_images(v, anonymize, reports) for v in value)
     data = _png_of(value) if is_image_object(value) else image_bytes_of(value)
     if data is None:
@@ -476,15 +493,16 @@ def carries_images(value: Any) -> bool:
     if isinstance(value, dict):
         return any(carries_images(v) for v in value.values())
     if isinstance(value, (list, tuple)):
-        return any(carries_images(v) for v in value)
+        return nested_list_image(value) is not None or any(carries_images(v) for v in value)
     if isinstance(value, str) and embeds_images(value):
         return True
     return is_inline_image(value) or is_image_location(value)
 
 
 def is_inline_image(value: Any) -> bool:
-    """True for image data (bytes, base64, data URI, an in-memory image), readable or not."""
-    if is_image_object(value):
+    """True for image data (bytes, base64, data URI, an in-memory image, pixels as nested
+    lists), readable or not."""
+    if is_image_object(value) or nested_list_image(value) is not None:
         return True
     try:
         return image_bytes_of(value) is not None
