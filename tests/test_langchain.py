@@ -273,6 +273,24 @@ def test_model_boundary_guard_anonymizes_every_image_block_format(engine, photo,
     assert len(guard.invoke([message])[0].response_metadata["idmrag_report"]) == 10
 
 
+def test_model_boundary_guard_covers_openai_responses_input_image_blocks(engine, photo, astronaut, http_image):
+    """OpenAI's Responses API sends ``input_image`` blocks: an ``image_url`` string (data URI
+    or URL) or a provider ``file_id``, which the guard cannot see and passed on."""
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    b64 = base64.b64encode(photo.read_bytes()).decode()
+    guard = FaceAnonymizingGuard(anonymizer=FaceAnonymizerCompressor(engine=engine, fetch_allow=["127.0.0.1"]))
+    sent = guard.invoke([HumanMessage(content=[
+        {"type": "input_image", "image_url": f"data:image/jpeg;base64,{b64}", "detail": "high"},
+        {"type": "input_image", "image_url": http_image},
+        {"type": "input_image", "file_id": "file-abc123"},
+    ])])[0].content
+    for block in sent[:2]:
+        assert block["type"] == "input_image" and _face_changed(_decoded(block["image_url"]), astronaut)
+    assert sent[0]["detail"] == "high"
+    assert sent[2]["type"] == "text" and "withheld" in sent[2]["text"] and "file-abc123" not in str(sent)
+
+
 def test_guard_passes_text_untouched_and_wraps_a_model(engine):
     from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
 

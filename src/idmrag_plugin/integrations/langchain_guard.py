@@ -60,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_KEY = "idmrag_report"
 _MEDIA_TYPES = ("video", "video_url", "audio", "audio_url", "input_audio")
+#: Image blocks: OpenAI chat's ``image_url``, LangChain's and Anthropic's ``image``, OpenAI
+#: Responses' ``input_image`` (an ``image_url`` string or a provider ``file_id``).
+_IMAGE_TYPES = ("image_url", "image", "input_image")
 #: Blocks that carry a file: LangChain's and OpenAI's ``file``, Anthropic's ``document``,
 #: OpenAI Responses' ``input_file``.
 _DOCUMENT_TYPES = ("file", "document", "input_file")
@@ -248,7 +251,7 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         is_image_file = kind == "file" and str(block.get("mime_type", "")).startswith("image/")
         if kind in _DOCUMENT_TYPES and not is_image_file:
             return self._document(block, bridge, reports)
-        if kind not in ("image_url", "image") and not is_image_file:
+        if kind not in _IMAGE_TYPES and not is_image_file:
             return self._nested(block, bridge, reports)
         try:
             image = self._image_of(block, kind, bridge)
@@ -296,7 +299,7 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         return new if new != block else block
 
     def _image_of(self, block: dict[str, Any], kind: str, bridge: AnonymizerBridge) -> AnonymizedImage:
-        if kind == "image_url":
+        if kind == "image_url" or (kind == "input_image" and block.get("image_url")):
             target = block.get("image_url")
             url = target.get("url") if isinstance(target, dict) else target
             return self._from_url(url, bridge)
@@ -327,6 +330,10 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
     @staticmethod
     def _rebuilt(block: dict[str, Any], kind: str, image: AnonymizedImage) -> dict[str, Any]:
         new = copy.deepcopy(block)
+        if kind == "input_image":
+            new.pop("file_id", None)
+            new["image_url"] = image.data_uri
+            return new
         if kind == "image_url":
             target = new.get("image_url")
             if isinstance(target, dict):
