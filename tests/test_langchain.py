@@ -455,6 +455,28 @@ def test_pixels_kept_as_nested_lists_are_anonymized_in_kind(compressor, astronau
     assert out.metadata["scores"] == [[0.1, 0.2]] * 20
 
 
+def test_torch_tensor_photos_are_anonymized_in_kind(compressor, astronaut):
+    """A vision model's input kept beside a document: channels first, normalised, or a batch
+    of one; a tensor that is no image (an embedding) passes as it is."""
+    import torch
+
+    chw = (torch.from_numpy(astronaut).permute(2, 0, 1).float() / 255.0 - 0.45) / 0.27
+    embedding = torch.linspace(0, 1, 512)
+    doc = Document(page_content="caption", metadata={"chw": chw, "batch": chw[None].half(),
+                                                     "hwc": torch.from_numpy(astronaut), "embedding": embedding})
+    (out,) = compressor.compress_documents([doc], "q")
+    meta = out.metadata
+    assert meta["embedding"] is embedding
+    for key, layout in (("chw", "chw"), ("batch", "nchw"), ("hwc", "hwc")):
+        got, made = meta[key], doc.metadata[key]
+        assert isinstance(got, torch.Tensor) and got.shape == made.shape and got.dtype == made.dtype, key
+        pixels = got.float().numpy()
+        pixels = pixels[0] if layout == "nchw" else pixels
+        pixels = pixels.transpose(1, 2, 0) if layout != "hwc" else pixels
+        low, high = float(made.float().min()), float(made.float().max())
+        assert _face_changed((pixels - low) / (high - low) * 255.0, astronaut.astype(float)), key
+
+
 def test_arrays_that_are_not_images_pass_and_unreadable_array_images_are_withheld(compressor, astronaut):
     embeddings = np.random.default_rng(0).normal(size=(40, 768)).astype(np.float32)
     tokens = np.arange(4 * 512, dtype=np.int64).reshape(4, 512)

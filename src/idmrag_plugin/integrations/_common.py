@@ -207,14 +207,41 @@ MIN_ARRAY_IMAGE_SIDE = 16
 IMAGE_CHANNELS = (1, 2, 3, 4)
 
 
+def _tensor_pixels(value: Any) -> tuple[np.ndarray, str] | None:
+    """A torch tensor image as a height x width x channels array, with its layout (``"hwc"``,
+    ``"chw"`` as vision models take it, or ``"nchw"``, a batch of one); None for anything
+    else. torch is not imported for it: a tensor's module says what it is."""
+    if type(value).__module__.split(".")[0] != "torch" or not hasattr(value, "detach"):
+        return None
+    tensor = value.detach().cpu()
+    if str(tensor.dtype) == "torch.bfloat16":
+        tensor = tensor.float()  # numpy has no bfloat16
+    array, layout = tensor.numpy(), "hwc"
+    if array.ndim == 4 and array.shape[0] == 1:
+        array, layout = array[0], "nchw"
+    if array.ndim == 3 and array.shape[0] in IMAGE_CHANNELS and array.shape[2] not in IMAGE_CHANNELS:
+        array, layout = array.transpose(1, 2, 0), "chw" if layout == "hwc" else layout
+    elif layout == "nchw":
+        return None
+    return (array, layout) if _is_image_array(array) else None
+
+
 def is_image_object(value: Any) -> bool:
     """True for an image held in memory: a PIL image, an 8-bit array shaped like one (height x
-    width, or height x width x 1/2/3/4), or a numeric array of another type (floats in [0, 1]
+    width, or height x width x 1/2/3/4), a numeric array of another type (floats in [0, 1]
     or [0, 255], 16-bit...) shaped height x width x 1/2/3/4 with both sides at least
-    ``MIN_ARRAY_IMAGE_SIDE``. Two-dimensional arrays of other types are not taken for images:
-    embedding matrices and token ids are."""
+    ``MIN_ARRAY_IMAGE_SIDE``, or a torch tensor shaped so (or channels first, as vision models
+    take it). Two-dimensional arrays of other types are not taken for images: embedding
+    matrices and token ids are."""
     if isinstance(value, Image.Image):
         return True
+    if _tensor_pixels(value) is not None:
+        return True
+    return _is_image_array(value)
+
+
+def _is_image_array(value: Any) -> bool:
+    """:func:`is_image_object` for numpy arrays."""
     if not isinstance(value, np.ndarray) or value.dtype == np.bool_:
         return False
     if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
@@ -271,7 +298,8 @@ def _png_of(value: Any) -> bytes:
     if isinstance(value, Image.Image):
         picture = value
     else:
-        pixels = _as_8bit(value)
+        tensor = _tensor_pixels(value)
+        pixels = _as_8bit(value if tensor is None else tensor[0])
         picture = Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
     buffer = io.BytesIO()
     try:
@@ -288,6 +316,17 @@ def _object_in_kind(original: Any, image: AnonymizedImage) -> Any:
     its shape, type and value range). An alpha channel comes back opaque: the engine judged
     the pixels composited onto white, and the original's alpha is the original's data (a
     matte, or a face hidden there), never passed on."""
+    tensor = _tensor_pixels(original)
+    if tensor is not None:
+        import torch
+
+        array, layout = tensor
+        pixels = np.array(_object_in_kind(array, image))  # writable: torch shares its memory
+        if layout != "hwc":
+            pixels = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        if layout == "nchw":
+            pixels = pixels[None]
+        return torch.from_numpy(pixels).to(device=original.device, dtype=original.dtype)
     with Image.open(io.BytesIO(image.data)) as decoded:
         rgb = decoded.convert("RGB")
     if isinstance(original, Image.Image):
