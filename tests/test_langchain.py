@@ -477,6 +477,22 @@ def test_torch_tensor_photos_are_anonymized_in_kind(compressor, astronaut):
         assert _face_changed((pixels - low) / (high - low) * 255.0, astronaut.astype(float)), key
 
 
+def test_batches_of_photos_in_one_array_or_tensor_are_anonymized_frame_by_frame(compressor, astronaut):
+    import torch
+
+    frames = np.stack([astronaut, astronaut[:, ::-1].copy(), astronaut])
+    tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    doc = Document(page_content="clip", metadata={"frames": frames, "tensor": tensor})
+    (out,) = compressor.compress_documents([doc], "q")
+    got, got_tensor = out.metadata["frames"], out.metadata["tensor"]
+    assert got.shape == frames.shape and got.dtype == frames.dtype
+    assert got_tensor.shape == tensor.shape and got_tensor.dtype == tensor.dtype
+    for index in (0, 2):
+        assert _face_changed(got[index].astype(int), astronaut)
+        assert _face_changed((got_tensor[index].permute(1, 2, 0).numpy() * 255.0).astype(int), astronaut)
+    assert _face_changed(got[1][:, ::-1].astype(int), astronaut)
+
+
 def test_arrays_that_are_not_images_pass_and_unreadable_array_images_are_withheld(compressor, astronaut):
     embeddings = np.random.default_rng(0).normal(size=(40, 768)).astype(np.float32)
     tokens = np.arange(4 * 512, dtype=np.int64).reshape(4, 512)

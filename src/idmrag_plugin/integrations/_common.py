@@ -253,6 +253,13 @@ def _is_image_array(value: Any) -> bool:
     return min(value.shape[:2]) >= (1 if value.dtype == np.uint8 else MIN_ARRAY_IMAGE_SIDE)
 
 
+def image_batch(value: Any) -> bool:
+    """True for a numpy array or torch tensor of several images along its first axis (each an
+    image by :func:`is_image_object`)."""
+    is_array = isinstance(value, np.ndarray) or type(value).__module__.split(".")[0] == "torch"
+    return bool(is_array and getattr(value, "ndim", 0) == 4 and len(value) > 1 and is_image_object(value[0]))
+
+
 def nested_list_image(value: Any) -> np.ndarray | None:
     """The array of an image kept as nested lists (``array.tolist()``: rows of pixels of 1-4
     numbers), or None for any other list."""
@@ -393,6 +400,13 @@ def anonymize_inline_images(
         if pixels is not None:  # pixels made JSON-friendly with ``.tolist()``
             return type(value)(anonymize_inline_images(pixels, anonymize, reports).tolist())
         return type(value)(anonymize_inline_images(v, anonymize, reports) for v in value)
+    if image_batch(value):  # frames, thumbnails: one array or tensor of several images
+        parts = [anonymize_inline_images(frame, anonymize, reports) for frame in value]
+        if isinstance(value, np.ndarray):
+            return np.stack(parts)
+        import torch
+
+        return torch.stack(parts)
     data = _png_of(value) if is_image_object(value) else image_bytes_of(value)
     if data is None:
         return anonymize_embedded_images(value, anonymize, reports) if isinstance(value, str) else value
@@ -541,7 +555,7 @@ def carries_images(value: Any) -> bool:
 def is_inline_image(value: Any) -> bool:
     """True for image data (bytes, base64, data URI, an in-memory image, pixels as nested
     lists), readable or not."""
-    if is_image_object(value) or nested_list_image(value) is not None:
+    if is_image_object(value) or nested_list_image(value) is not None or image_batch(value):
         return True
     try:
         return image_bytes_of(value) is not None
