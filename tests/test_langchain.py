@@ -596,6 +596,7 @@ def test_photos_in_any_reversible_text_encoding_are_anonymized(engine, photo, as
     """URL-safe base64, percent-encoded base64 and percent-encoded raw bytes are the photo as
     surely as standard base64 (browsers render the percent-encoded data URIs): in text and in
     image blocks alike."""
+    import ast
     import json
     import urllib.parse
 
@@ -619,6 +620,10 @@ def test_photos_in_any_reversible_text_encoding_are_anonymized(engine, photo, as
     dump = guard.invoke([HumanMessage(content=f"bytes: {raw.hex()} (done)")])[0].content  # a tool's hex dump
     assert raw.hex()[4000:4200] not in dump and dump.endswith(" (done)")
     anonymized = bytes.fromhex(dump[len("bytes: "):-len(" (done)")])
+    assert _face_changed(_decoded(base64.b64encode(anonymized).decode()), astronaut)
+    printed = guard.invoke([HumanMessage(content=f"tool returned {raw!r} (done)")])[0].content  # str() of bytes
+    assert repr(raw)[4000:4200] not in printed and printed.startswith("tool returned b") and printed.endswith(" (done)")
+    anonymized = ast.literal_eval(printed[len("tool returned "):-len(" (done)")])
     assert _face_changed(_decoded(base64.b64encode(anonymized).decode()), astronaut)
     escaped = '{"photo": "data:image\\/jpeg;base64,' + base64.b64encode(raw).decode().replace("/", "\\/") + '"}'
     sent = guard.invoke([HumanMessage(content=escaped)])[0].content  # JSON whose encoder escapes slashes

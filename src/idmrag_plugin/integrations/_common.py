@@ -3,6 +3,7 @@ turning the outcome into bytes, a MIME type and a report, or a refusal."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import dataclasses
@@ -425,11 +426,13 @@ MIN_BARE_IMAGE_CHARS = 128
 #: Image data inside text in any form: a data URI of any declared type (a photo labelled
 #: ``application/octet-stream`` is still a photo), base64 (either alphabet, percent-encoded or
 #: not) or percent-encoded raw bytes, or a bare base64 run, line-wrapped or not, as prompts
-#: paste images ("Image (base64): /9j/4AAQ...") or tools print bytes in hex; slashes escaped
+#: paste images ("Image (base64): /9j/4AAQ...") or tools print bytes (in hex, or as Python's
+#: ``b'\\xff\\xd8...'`` literal, which a tool's bytes become as text); slashes escaped
 #: as JSON may escape them (``\\/``) too. Each is judged by its bytes.
 DATA_IN_TEXT = re.compile(
     r"(?P<uri>data:[\w.+-]+\\?/[\w.+-]+(?:;[\w.+-]+=[^;,\s]*)*(?P<b64>;base64)?,)"
     r"(?P<payload>(?(b64)(?:[A-Za-z0-9+/_-]|\\/|%[0-9A-Fa-f]{2})+(?:=|%3[Dd]){0,2}|[^\s\"'<>)\]]+))"
+    r"|(?<![A-Za-z0-9_])(?P<pybytes>b'(?:[^'\\\r\n]|\\.){64,}'|b\"(?:[^\"\\\r\n]|\\.){64,}\")"
     r"|(?<![A-Za-z0-9+/=_\\-])(?P<bare>[A-Za-z0-9+/_\\-]{64,}(?:\r?\n[A-Za-z0-9+/_\\-]{4,})*={0,2})",
     re.IGNORECASE,
 )
@@ -454,6 +457,8 @@ def _is_embedded_image(match: re.Match[str]) -> bool:
     uri = match.group("uri")
     if uri is not None and uri[5:11].lower() == "image/":
         return True
+    if match.group("pybytes") is not None:
+        return _starts_like_image(_embedded_bytes(match)[:64])
     if uri is None and len(match.group("bare")) < MIN_BARE_IMAGE_CHARS:
         return False
     try:
@@ -481,12 +486,15 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 def _embedded_bytes(match: re.Match[str]) -> bytes:
     """The bytes of a :data:`DATA_IN_TEXT` match (empty when undecodable)."""
     try:
+        if match.group("pybytes") is not None:
+            value = ast.literal_eval(match.group("pybytes"))  # a literal only: nothing runs
+            return value if isinstance(value, bytes) else b""
         if match.group("uri") is not None:
             return _data_uri_bytes(match.group("uri") + match.group("payload"))
         if _is_hex(match):
             return bytes.fromhex("".join(match.group("bare").split()))
         return _base64_bytes(match.group("bare"))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, SyntaxError):
         return b""
 
 
@@ -515,6 +523,8 @@ def anonymize_embedded_images(
         reports.append(image.report)
         if match.group("uri"):
             return image.data_uri
+        if match.group("pybytes"):
+            return repr(image.data)
         return image.data.hex() if _is_hex(match) else image.base64
 
     text, unlinked = unlink_images(DATA_IN_TEXT.sub(replaced, text))
