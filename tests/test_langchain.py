@@ -291,6 +291,24 @@ def test_model_boundary_guard_covers_openai_responses_input_image_blocks(engine,
     assert sent[2]["type"] == "text" and "withheld" in sent[2]["text"] and "file-abc123" not in str(sent)
 
 
+def test_model_boundary_guard_anonymizes_raw_bytes_in_provider_native_blocks(engine, photo, astronaut):
+    """Bedrock's Converse blocks carry raw bytes ({"image": {"source": {"bytes": ...}}}); the
+    guard looked only at strings and dicts inside blocks and passed them on."""
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    raw = photo.read_bytes()
+    sent = FaceAnonymizingGuard(engine=engine).invoke([HumanMessage(content=[
+        {"image": {"format": "jpeg", "source": {"bytes": raw}}},
+        {"image": {"format": "png", "source": {"bytes": Image.fromarray(astronaut)}}},
+        {"document": {"name": "notes", "source": {"bytes": b"plain notes"}}},
+    ])])[0].content
+    anonymized = sent[0]["image"]["source"]["bytes"]
+    assert isinstance(anonymized, bytes) and anonymized != raw
+    assert _face_changed(_decoded(base64.b64encode(anonymized).decode()), astronaut)
+    assert _face_changed(np.asarray(sent[1]["image"]["source"]["bytes"]).astype(int), astronaut)
+    assert sent[2]["document"]["source"]["bytes"] == b"plain notes"
+
+
 def test_guard_passes_text_untouched_and_wraps_a_model(engine):
     from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
 

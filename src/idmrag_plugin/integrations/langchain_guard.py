@@ -46,11 +46,13 @@ from idmrag_plugin.integrations._common import (
     AnonymizedImage,
     AnonymizerBridge,
     anonymize_embedded_images,
+    anonymize_inline_images,
     decode_base64_image,
     document_text,
     embeds_images,
     image_bytes_of,
     is_image_location,
+    is_inline_image,
     sniff_image,
 )
 from idmrag_plugin.integrations.langchain import FaceAnonymizerCompressor
@@ -238,7 +240,9 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             new = self._maybe_image(block, bridge, reports)
             return block if new is None else new
         if not isinstance(block, dict):
-            return block
+            # raw bytes or an in-memory image in a provider's own block (Bedrock's
+            # {"image": {"source": {"bytes": ...}}}), anonymized in kind
+            return self._raw_image(block, bridge, reports) if is_inline_image(block) else block
         kind = str(block.get("type", ""))
         if kind == "text" and isinstance(block.get("text"), str):
             text = self._maybe_image(block["text"], bridge, reports)
@@ -262,6 +266,16 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             return _note("image", reason)
         reports.append(image.report)
         return self._rebuilt(block, kind, image)
+
+    def _raw_image(self, value: Any, bridge: AnonymizerBridge, reports: list) -> Any:
+        """An image given as bytes or an in-memory object, anonymized in kind, or a note."""
+        try:
+            return anonymize_inline_images(value, bridge.anonymize, reports)
+        except IdmragError as exc:
+            bridge.withhold(exc, "image sent to the model")
+            reason = bridge.reason(exc)
+            reports.append({"status": "withheld", "error": reason})
+            return _note("image", reason)["text"]
 
     def _document(self, block: dict[str, Any], bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
         """A file or document block that declares no image: the images under its fields
