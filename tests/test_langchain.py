@@ -309,6 +309,27 @@ def test_model_boundary_guard_anonymizes_raw_bytes_in_provider_native_blocks(eng
     assert sent[2]["document"]["source"]["bytes"] == b"plain notes"
 
 
+def test_model_boundary_guard_judges_provider_native_references_documents_and_video(engine, photo):
+    """Untyped provider blocks follow the typed blocks' rules: what the guard cannot read (a
+    Gemini file URI, an S3 location) and what can hold photos it cannot reach (a PDF's bytes,
+    a video) are withheld."""
+    from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
+
+    pdf = b"%PDF-1.4\n1 0 obj << /Subtype /Image >> stream\n" + photo.read_bytes() + b"\nendstream"
+    blocks = [
+        {"file_data": {"mime_type": "image/jpeg", "file_uri": "gs://bucket/alice.jpg"}},
+        {"image": {"format": "jpeg", "source": {"s3Location": {"uri": "s3://bucket/alice.jpg"}}}},
+        {"document": {"format": "pdf", "name": "report", "source": {"bytes": pdf}}},
+        {"video": {"format": "mp4", "source": {"bytes": b"\x00\x00\x00\x18ftypmp42"}}},
+        {"document": {"format": "txt", "name": "notes", "source": {"bytes": b"plain notes"}}},
+    ]
+    sent = FaceAnonymizingGuard(engine=engine).invoke([HumanMessage(content=blocks)])[0].content
+    for index in range(4):
+        assert sent[index]["type"] == "text" and "withheld" in sent[index]["text"], index
+    assert "bucket" not in str(sent) and repr(pdf[-300:-20])[2:-1] not in str(sent)
+    assert sent[4] == blocks[4]
+
+
 def test_guard_passes_text_untouched_and_wraps_a_model(engine):
     from idmrag_plugin.integrations.langchain_guard import FaceAnonymizingGuard
 

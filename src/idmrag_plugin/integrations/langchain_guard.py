@@ -255,6 +255,10 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         is_image_file = kind == "file" and str(block.get("mime_type", "")).startswith("image/")
         if kind in _DOCUMENT_TYPES and not is_image_file:
             return self._document(block, bridge, reports)
+        if not kind:
+            native = self._native(block, bridge, reports)
+            if native is not None:
+                return native
         if kind not in _IMAGE_TYPES and not is_image_file:
             return self._nested(block, bridge, reports)
         try:
@@ -266,6 +270,46 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             return _note("image", reason)
         reports.append(image.report)
         return self._rebuilt(block, kind, image)
+
+    def _native(self, block: dict[str, Any], bridge: AnonymizerBridge, reports: list) -> dict[str, Any] | None:
+        """A provider's own untyped block judged as the typed ones are, or None for any other
+        dict: Gemini's ``file_data`` (a file by URI, which the guard cannot read) withheld;
+        Bedrock's ``video`` withheld as media, its ``image`` or ``document`` by an S3 location
+        withheld, its ``document`` by bytes passed only when plain text (or an image, which
+        :meth:`_nested` anonymizes)."""
+        if isinstance(block.get("file_data"), dict):
+            return self._withheld_reference("file", bridge, reports)
+        if isinstance(block.get("video"), dict):
+            if not self.withhold_media:
+                return None
+            reports.append({"status": "withheld", "error": "video cannot be anonymized"})
+            return _note("video", "it cannot be anonymized")
+        for key in ("image", "document"):
+            inner = block.get(key)
+            source = inner.get("source") if isinstance(inner, dict) else None
+            if not isinstance(source, dict):
+                continue
+            if "bytes" not in source:  # an S3 location, say
+                return self._withheld_reference(key, bridge, reports)
+            if key == "document" and self.withhold_documents:
+                rebuilt = self._nested(block, bridge, reports)
+                before, after = source["bytes"], rebuilt[key]["source"]["bytes"]
+                readable = isinstance(after, (bytes, bytearray)) and (
+                    document_text(bytes(after)) is not None or (sniff_image(bytes(after)) and after != before))
+                if readable:
+                    return rebuilt
+                bridge.withhold(ImageWithheldError(DOCUMENT_WITHHELD), "document sent to the model")
+                reports.append({"status": "withheld", "error": DOCUMENT_WITHHELD})
+                return _note("document", DOCUMENT_WITHHELD)
+        return None
+
+    def _withheld_reference(self, kind: str, bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
+        """A note in place of a block that names its content by a URI or storage location."""
+        exc = ImageWithheldError(f"{kind} given by a storage location this guard cannot read")
+        bridge.withhold(exc, f"{kind} sent to the model")
+        reason = bridge.reason(exc)
+        reports.append({"status": "withheld", "error": reason})
+        return _note(kind, reason)
 
     def _raw_image(self, value: Any, bridge: AnonymizerBridge, reports: list) -> Any:
         """An image given as bytes or an in-memory object, anonymized in kind, or a note."""
