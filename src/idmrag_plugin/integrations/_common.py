@@ -118,6 +118,11 @@ def sniff_image(raw: bytes) -> bool:
 _PICTURE_CARRIERS = (b"%pdf", b"%!ps", b"{\\rtf", b"content-type: image/")
 
 
+#: Why a document other than an image or plain text is withheld at the model guards.
+DOCUMENT_WITHHELD = ("a document other than an image or plain text can hold photos this engine cannot "
+                     "anonymize (withhold_documents=False sends it as it is)")
+
+
 def document_text(raw: bytes) -> str | None:
     """The text of a document's bytes when it is plain text (UTF-8, no NUL byte, none of the
     marks of a format that carries pictures in text form), else None."""
@@ -183,6 +188,12 @@ def decode_base64_image(text: str | bytes) -> bytes:
 _SNIFFED_CHARS = 128
 
 
+def _base64_head(text: str) -> bytes:
+    """The first bytes (up to 48) of base64 text, enough to tell an image file's header."""
+    head = "".join(text[:96].split())[:64]
+    return _base64_bytes(head[: len(head) // 4 * 4])
+
+
 def looks_like_base64_image(text: str) -> bool:
     """True when ``text`` is an image data URI, a data URI of another declared type whose
     bytes start like an image file, or base64 that decodes into an image header."""
@@ -194,10 +205,7 @@ def looks_like_base64_image(text: str) -> bool:
         if text[:5].lower() == "data:":
             comma = text.find(",")
             return comma > 0 and sniff_image(_data_uri_bytes(text[: comma + 1 + _SNIFFED_CHARS]))
-        if len(text) < 32:
-            return False
-        head = "".join(text[:96].split())[:64]
-        return sniff_image(_base64_bytes(head[: len(head) // 4 * 4]))
+        return len(text) >= 32 and sniff_image(_base64_head(text))
     except (binascii.Error, ValueError):
         return False
 
@@ -208,11 +216,16 @@ MIN_ARRAY_IMAGE_SIDE = 16
 IMAGE_CHANNELS = (1, 2, 3, 4)
 
 
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor; torch is not imported for it: its module says so."""
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
 def _tensor_pixels(value: Any) -> tuple[np.ndarray, str] | None:
     """A torch tensor image as a height x width x channels array, with its layout (``"hwc"``,
     ``"chw"`` as vision models take it, or ``"nchw"``, a batch of one); None for anything
-    else. torch is not imported for it: a tensor's module says what it is."""
-    if type(value).__module__.split(".")[0] != "torch" or not hasattr(value, "detach"):
+    else."""
+    if not _is_tensor(value):
         return None
     tensor = value.detach().cpu()
     if str(tensor.dtype) == "torch.bfloat16":
@@ -257,7 +270,7 @@ def _is_image_array(value: Any) -> bool:
 def image_batch(value: Any) -> bool:
     """True for a numpy array or torch tensor of several images along its first axis (each an
     image by :func:`is_image_object`)."""
-    is_array = isinstance(value, np.ndarray) or type(value).__module__.split(".")[0] == "torch"
+    is_array = isinstance(value, np.ndarray) or _is_tensor(value)
     return bool(is_array and getattr(value, "ndim", 0) == 4 and len(value) > 1 and is_image_object(value[0]))
 
 
@@ -295,9 +308,9 @@ def _value_range(array: np.ndarray) -> tuple[float, float]:
 
 def _as_8bit(array: np.ndarray) -> np.ndarray:
     """An array image's values mapped from :func:`_value_range` onto 8 bits."""
-    low, high = _value_range(array)
     if array.dtype == np.uint8:
         return array
+    low, high = _value_range(array)
     scaled = (array.astype(np.float64) - low) / (high - low) * 255.0
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
@@ -464,10 +477,9 @@ def _is_embedded_image(match: re.Match[str]) -> bool:
     try:
         if uri is not None:
             return _starts_like_image(_data_uri_bytes(uri + match.group("payload")[:_SNIFFED_CHARS]))
-        head = "".join(match.group("bare")[:96].split())[:64]
         if _is_hex(match):
-            return _starts_like_image(bytes.fromhex(head))
-        return _starts_like_image(_base64_bytes(head[: len(head) // 4 * 4]))
+            return _starts_like_image(bytes.fromhex("".join(match.group("bare")[:96].split())[:64]))
+        return _starts_like_image(_base64_head(match.group("bare")))
     except (binascii.Error, ValueError):
         return False
 

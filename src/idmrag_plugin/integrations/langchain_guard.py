@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, ImageWithheldError, InvalidImageError
 from idmrag_plugin.integrations._common import (
+    DOCUMENT_WITHHELD,
     AnonymizedImage,
     AnonymizerBridge,
     anonymize_embedded_images,
@@ -68,10 +69,11 @@ _IMAGE_TYPES = ("image_url", "image", "input_image")
 #: Blocks that carry a file: LangChain's and OpenAI's ``file``, Anthropic's ``document``,
 #: OpenAI Responses' ``input_file``.
 _DOCUMENT_TYPES = ("file", "document", "input_file")
+#: Why a block naming its content by a storage location (a Gemini file URI, an S3 location)
+#: is withheld.
+_UNREADABLE_LOCATION = "given by a storage location this guard cannot read"
 #: Fields naming a file the guard cannot read: a URL, a provider's file id.
 _FILE_REFERENCES = ("url", "file_id", "file_url")
-DOCUMENT_WITHHELD = ("a document other than an image or plain text can hold photos this engine cannot "
-                     "anonymize (withhold_documents=False sends it as it is)")
 
 
 def _decoded_payload(value: Any) -> bytes | None:
@@ -81,14 +83,16 @@ def _decoded_payload(value: Any) -> bytes | None:
     if not isinstance(value, str):
         return None
     try:
-        if value[:5].lower() == "data:":
-            header, _, body = value.partition(",")
-            if ";base64" not in header.lower():
-                return body.encode("utf-8")
-            value = body
         return decode_base64_image(value)
     except InvalidImageError:
         return None
+
+
+def _plain_or_anonymized(before: list[bytes] | None, after: list[bytes] | None) -> bool:
+    """Whether a document's payloads, ``before`` and ``after`` its images were anonymized where
+    they sit, are all plain text or images the engine made (None: unreadable)."""
+    return before is not None and after is not None and len(before) == len(after) and all(
+        document_text(new) is not None or (sniff_image(new) and new != old) for old, new in zip(before, after, strict=True))
 
 
 def _document_payloads(block: dict[str, Any]) -> list[bytes] | None:
@@ -169,19 +173,9 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             return value if data is None else data
         if isinstance(value, dict):
             # an OpenAI-style message ({"role": ..., "content": ...}), which chat models take as
-            # readily as message objects: its content, tool calls and other fields alike
-            return self._any(value, bridge, [])
+            # readily as message objects: an untyped block, guarded field by field
+            return self._block(value, bridge, [])
         return value
-
-    def _any(self, value: Any, bridge: AnonymizerBridge, reports: list) -> Any:
-        """``value`` with the images in it anonymized: a string or a block as
-        :meth:`_block` does, a list item by item, a dict that is no block field by field."""
-        if isinstance(value, (list, tuple)):
-            return [self._any(item, bridge, reports) for item in value]
-        if isinstance(value, dict) and "type" not in value:
-            new = {key: self._any(item, bridge, reports) for key, item in value.items()}
-            return new if new != value else value
-        return self._block(value, bridge, reports)
 
     # ------------------------------------------------------------------ messages
     def _message(self, message: BaseMessage, bridge: AnonymizerBridge) -> BaseMessage:
@@ -212,6 +206,15 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         metadata[REPORT_KEY] = reports
         return message.model_copy(update={**updates, "response_metadata": metadata})
 
+    @staticmethod
+    def _withheld(exc: IdmragError, kind: str, bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
+        """The note that stands for a ``kind`` withheld for ``exc`` (the failure policy applied
+        first: ``on_failure="raise"`` raises), its reason reported."""
+        bridge.withhold(exc, f"{kind} sent to the model")
+        reason = bridge.reason(exc)
+        reports.append({"status": "withheld", "error": reason})
+        return _note(kind, reason)
+
     def _maybe_image(self, text: str, bridge: AnonymizerBridge, reports: list) -> str | None:
         """``text`` anonymized when it is an image or embeds some (Markdown, HTML data URIs);
         None when it has none."""
@@ -228,10 +231,7 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
                 return anonymize_embedded_images(text, bridge.anonymize, reports, on_error=withheld)
             image = bridge.anonymize(data=data)
         except IdmragError as exc:
-            bridge.withhold(exc, "image sent to the model")
-            reason = bridge.reason(exc)
-            reports.append({"status": "withheld", "error": reason})
-            return _note("image", reason)["text"]
+            return self._withheld(exc, "image", bridge, reports)["text"]
         reports.append(image.report)
         return image.data_uri if text[:5].lower() == "data:" else image.base64
 
@@ -264,10 +264,7 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         try:
             image = self._image_of(block, kind, bridge)
         except IdmragError as exc:
-            bridge.withhold(exc, "image sent to the model")
-            reason = bridge.reason(exc)
-            reports.append({"status": "withheld", "error": reason})
-            return _note("image", reason)
+            return self._withheld(exc, "image", bridge, reports)
         reports.append(image.report)
         return self._rebuilt(block, kind, image)
 
@@ -278,7 +275,7 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
         withheld, its ``document`` by bytes passed only when plain text (or an image, which
         :meth:`_nested` anonymizes)."""
         if isinstance(block.get("file_data"), dict):
-            return self._withheld_reference("file", bridge, reports)
+            return self._withheld(ImageWithheldError(f"file {_UNREADABLE_LOCATION}"), "file", bridge, reports)
         if isinstance(block.get("video"), dict):
             if not self.withhold_media:
                 return None
@@ -290,53 +287,30 @@ class FaceAnonymizingGuard(Runnable[Any, Any]):
             if not isinstance(source, dict):
                 continue
             if "bytes" not in source:  # an S3 location, say
-                return self._withheld_reference(key, bridge, reports)
+                return self._withheld(ImageWithheldError(f"{key} {_UNREADABLE_LOCATION}"), key, bridge, reports)
             if key == "document" and self.withhold_documents:
                 rebuilt = self._nested(block, bridge, reports)
-                before, after = source["bytes"], rebuilt[key]["source"]["bytes"]
-                readable = isinstance(after, (bytes, bytearray)) and (
-                    document_text(bytes(after)) is not None or (sniff_image(bytes(after)) and after != before))
-                if readable:
+                before, after = (_decoded_payload(b[key]["source"]["bytes"]) for b in (block, rebuilt))
+                if _plain_or_anonymized(None if before is None else [before], None if after is None else [after]):
                     return rebuilt
-                bridge.withhold(ImageWithheldError(DOCUMENT_WITHHELD), "document sent to the model")
-                reports.append({"status": "withheld", "error": DOCUMENT_WITHHELD})
-                return _note("document", DOCUMENT_WITHHELD)
+                return self._withheld(ImageWithheldError(DOCUMENT_WITHHELD), "document", bridge, reports)
         return None
-
-    def _withheld_reference(self, kind: str, bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
-        """A note in place of a block that names its content by a URI or storage location."""
-        exc = ImageWithheldError(f"{kind} given by a storage location this guard cannot read")
-        bridge.withhold(exc, f"{kind} sent to the model")
-        reason = bridge.reason(exc)
-        reports.append({"status": "withheld", "error": reason})
-        return _note(kind, reason)
 
     def _raw_image(self, value: Any, bridge: AnonymizerBridge, reports: list) -> Any:
         """An image given as bytes or an in-memory object, anonymized in kind, or a note."""
         try:
             return anonymize_inline_images(value, bridge.anonymize, reports)
         except IdmragError as exc:
-            bridge.withhold(exc, "image sent to the model")
-            reason = bridge.reason(exc)
-            reports.append({"status": "withheld", "error": reason})
-            return _note("image", reason)["text"]
+            return self._withheld(exc, "image", bridge, reports)["text"]
 
     def _document(self, block: dict[str, Any], bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
         """A file or document block that declares no image: the images under its fields
         anonymized where they sit; passed on when everything it holds is plain text, else
         withheld unless ``withhold_documents`` is off."""
         rebuilt = self._nested(block, bridge, reports)
-        if not self.withhold_documents:
+        if not self.withhold_documents or _plain_or_anonymized(_document_payloads(block), _document_payloads(rebuilt)):
             return rebuilt
-        before, after = _document_payloads(block), _document_payloads(rebuilt)
-        if after is not None and before is not None and len(before) == len(after) and all(
-            document_text(new) is not None or (sniff_image(new) and new != old)  # an image the engine made
-            for old, new in zip(before, after, strict=True)
-        ):
-            return rebuilt
-        bridge.withhold(ImageWithheldError(DOCUMENT_WITHHELD), "document sent to the model")
-        reports.append({"status": "withheld", "error": DOCUMENT_WITHHELD})
-        return _note("document", DOCUMENT_WITHHELD)
+        return self._withheld(ImageWithheldError(DOCUMENT_WITHHELD), "document", bridge, reports)
 
     def _nested(self, block: dict[str, Any], bridge: AnonymizerBridge, reports: list) -> dict[str, Any]:
         """Any other block with the blocks and images inside it anonymized: a tool result

@@ -56,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from idmrag_plugin.errors import IdmragError, ImageWithheldError, InvalidImageError
 from idmrag_plugin.integrations._common import (
+    DOCUMENT_WITHHELD,
     AnonymizedImage,
     anonymize_embedded_images,
     anonymize_inline_images,
@@ -151,9 +152,7 @@ class FaceAnonymizingLLM(LLM):
                                  document_mimetype=block.document_mimetype, title=block.title)
         if not self.withhold_documents:
             return block
-        return self._withheld_document(ImageWithheldError(
-            "a document other than an image or plain text can hold photos this engine cannot anonymize "
-            "(withhold_documents=False sends it as it is)"))
+        return self._withheld_document(ImageWithheldError(DOCUMENT_WITHHELD))
 
     def _withheld_document(self, exc: IdmragError) -> TextBlock:
         bridge = self.anonymizer._bridge
