@@ -388,6 +388,7 @@ DELEGATED = {
     "train-code-lcm": "idmrag_plugin.training.train_code_lcm",
     "fit-int8-ranges": "idmrag_plugin.training.fit_int8_ranges",
     "fit-glasses-probe": "idmrag_plugin.training.fit_glasses_probe",
+    "fit-code-fitness": "idmrag_plugin.training.fit_code_fitness",
 }
 
 

@@ -285,6 +285,7 @@ class FaceAnonymizer:
     def _build_generator(self) -> FaceGenerator | None:
         from idmrag_plugin.weights import (
             ATTRIBUTE_PROBES_FILE,
+            CODE_FITNESS_FILE,
             CODE_LCM_DIR,
             CODES_VAE_DIR,
             GLASSES_PROBE_FILE,
@@ -333,7 +334,7 @@ class FaceAnonymizer:
                 steps=self.config.generator_steps, device=self.device, refiner_dir=refiner(),
                 blend=self.config.face_blend, keep_outside_face=self.config.keep_outside_face,
                 keep_expression=self.config.keep_expression, glasses_probe_path=glasses_probe(),
-                match_sharpness=self.config.match_sharpness, **runtime)
+                match_sharpness=self.config.match_sharpness, code_fitness_path=packaged(CODE_FITNESS_FILE), **runtime)
         if self.config.generator in ("lcm", "ldm-teacher"):
             from idmrag_plugin.generation.lcm_generator import LatentDiffusionGenerator
 

@@ -122,6 +122,7 @@ SAMPLER_FILE = "identity_sampler.safetensors"
 ATTRIBUTE_PROBES_FILE = "attribute_probes.safetensors"  # the packaged renderer's (idmrag fit-attribute-probes)
 STUDENT_FILE = "identity_student.safetensors"
 GLASSES_PROBE_FILE = "glasses_probe.safetensors"  # idmrag fit-glasses-probe (generation.glasses)
+CODE_FITNESS_FILE = "code_fitness.safetensors"  # idmrag fit-code-fitness (generation.fitness), for the packaged renderer
 FACENET_INT8_RANGES_FILE = "facenet_int8_ranges.json"  # idmrag fit-int8-ranges (engine.screening)
 
 

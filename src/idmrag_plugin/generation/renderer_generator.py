@@ -309,6 +309,10 @@ class RendererGenerator(VAEDecodeGenerator):
         self.candidates = candidates
         self._reference: tuple[np.ndarray, np.ndarray] | None = None  # the reference context's crop and attribute code
         self._reference_verdicts: OrderedDict[bytes, bool] = OrderedDict()  # code -> speckled there
+        #: When a list, every code drawn into a photo's context is appended to it as (code,
+        #: unfitness, pseudonym attempt, whether it was the one chosen): the data ``idmrag
+        #: fit-code-fitness`` fits on.
+        self.drawing_log: list[tuple[np.ndarray, float, int, bool]] | None = None
 
     def _start_scope(self) -> None:
         super()._start_scope()
@@ -922,6 +926,10 @@ class RendererGenerator(VAEDecodeGenerator):
             logger.debug("pseudonym drawn unfit (at least %.2f); %d alternates scored at least %s",
                          drawings[first.tobytes()][1] / leniency, len(tried) - 1,
                          [round(drawings[c.tobytes()][1], 2) for c in tried[1:]])
+        if self.drawing_log is not None:
+            # an incomplete unfitness is already over what was asked, so over 1: unfit either way
+            self.drawing_log.extend((np.frombuffer(key, dtype=codes.dtype).copy(), score, attempt,
+                                     key == chosen.tobytes()) for key, (_, score, _complete) in drawings.items())
         with self._lock:
             self._unspeckled.setdefault(person, {})[attempt] = np.array(chosen, copy=True)
         return composited(chosen)

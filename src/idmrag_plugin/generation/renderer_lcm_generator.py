@@ -9,7 +9,8 @@ batch of candidates at once); the sampler's rules still
 decide which are acceptable (distinct from the original, realistic, and nobody real: no closer
 to a training identity than 99% of unseen people are, the model's recorded ``novelty_cos``);
 among the candidates the renderer draws closest to the person's attributes (and, with a tone
-probe, that lightness), the one least like the person's
+probe, that lightness) and, of those, the half a probe on the code reads as likelier drawn fit
+(:mod:`idmrag_plugin.generation.fitness`), the one least like the person's
 registered identity wins (the first of them the renderer draws clean in the speckle reference
 context, see :mod:`idmrag_plugin.generation.speckle_reference`), and the renderer draws it. The oracles
 verify the drawing as for every generator.
@@ -50,6 +51,23 @@ RANKINGS_KEPT = 64
 DEFAULT_LCM_STEPS = 1
 
 
+def candidate_order(mismatch: np.ndarray, off_tone: np.ndarray, likelier_fit: np.ndarray,
+                    closeness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The order in which candidates are preferred, and each one's suitability in that order
+    (a dense rank: equal for equally suited candidates, lower is better). Best suited first:
+    the least attribute ``mismatch``, then of the person's tone (``off_tone`` 0), then those
+    the fitness probe reads in the likelier half to be drawn fit (``likelier_fit``: each unfit
+    drawing costs a render and its screens, and a face all of whose drawings are unfit keeps
+    the least unfit); within those, the least like the person (``closeness``) first. Ordered
+    by the probe's probability alone, pseudonyms nearer the person were refused by the
+    verifier more often (163 attempts against 147 on 60 LFW photos)."""
+    unlikely = 1.0 - np.asarray(likelier_fit, np.float64)
+    order = np.lexsort((closeness, unlikely, off_tone, mismatch))
+    suitability = np.unique(np.stack([mismatch[order], off_tone[order], unlikely[order]], axis=1), axis=0,
+                            return_inverse=True)[1]
+    return order, suitability.ravel().astype(np.float64)
+
+
 class RendererLCMGenerator(RendererGenerator):
     """Render pseudonyms written by a code diffusion model (an LCM, or its teacher).
 
@@ -57,6 +75,9 @@ class RendererLCMGenerator(RendererGenerator):
         code_model_dir: folder written by ``idmrag train-code-lcm`` (``OUTPUT/lcm`` or
             ``OUTPUT/teacher``), fitted to these codes and attribute probes.
         steps: sampling steps (default ``DEFAULT_LCM_STEPS`` for an LCM, 50 for a teacher).
+        code_fitness_path: a :class:`~idmrag_plugin.generation.fitness.CodeFitness` probe fitted
+            for this renderer (``idmrag fit-code-fitness``): of equally suited candidates, the
+            half it reads as less likely to be drawn fit is drawn after the other half.
         The rest as for :class:`RendererGenerator`; the attribute probes are required (the
         person's perceived gender and age are the model's condition).
     """
@@ -81,6 +102,7 @@ class RendererLCMGenerator(RendererGenerator):
         runtime: str = "torch",
         cache_dir: Path | None = None,
         threads: int | None = None,
+        code_fitness_path: str | Path | None = None,
     ) -> None:
         super().__init__(renderer_dir, model_dir, sampler_path, device=device, secret=secret,
                          attribute_probes_path=attribute_probes_path, student_path=student_path,
@@ -94,6 +116,8 @@ class RendererLCMGenerator(RendererGenerator):
             raise ModelLoadError(f"sampling steps must be at least 1, got {self.steps}")
         self._code_model = None
         self._code_lock = threading.Lock()
+        self.code_fitness_path = Path(code_fitness_path) if code_fitness_path is not None else None
+        self._fitness = None
 
     def _start_scope(self) -> None:
         super()._start_scope()
@@ -145,6 +169,19 @@ class RendererLCMGenerator(RendererGenerator):
                             f"{self.attribute_probes_path}`")
                     self._code_model = model
         return self._code_model
+
+    def _likelier_fit(self, codes: np.ndarray) -> np.ndarray:
+        """For each code (K, D), whether the fitness probe reads it in the likelier half to be
+        drawn fit (all True without a probe: the order is then the rest of the ranking's)."""
+        if self.code_fitness_path is None:
+            return np.ones(len(codes), bool)
+        if self._fitness is None:
+            from idmrag_plugin.generation.fitness import CodeFitness
+
+            with self._code_lock:
+                if self._fitness is None:
+                    self._fitness = CodeFitness.load(self.code_fitness_path)
+        return self._fitness.likelier(codes)
 
     def sampler_keeps_attributes(self) -> bool:
         return False
@@ -263,7 +300,5 @@ class RendererLCMGenerator(RendererGenerator):
             off_tone = (tones < model.config.tone_ceiling - TONE_TOLERANCE) * 1.0
         else:
             off_tone = (np.abs(tones - wanted_tone) > TONE_TOLERANCE) * 1.0
-        order = np.lexsort((closeness, off_tone, mismatch))
-        # equally suited: the same attribute mismatch and tone verdict (a dense rank of the pair)
-        suitability = np.unique(np.stack([mismatch[order], off_tone[order]], axis=1), axis=0, return_inverse=True)[1]
-        return self._clean_in_reference_first(candidates[pool[order]], suitability.ravel().astype(np.float64))
+        order, suitability = candidate_order(mismatch, off_tone, self._likelier_fit(candidates[pool]), closeness)
+        return self._clean_in_reference_first(candidates[pool[order]], suitability)
