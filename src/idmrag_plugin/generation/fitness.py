@@ -4,8 +4,8 @@ Most drawings the renderer makes are set aside by the generator's screens (speck
 out, a smudged forehead or chin, a dropped beard, dark sockets; see
 :meth:`~idmrag_plugin.generation.renderer_generator.RendererGenerator.unfitness` and the look
 screens), and each costs a render and its composite. Whether a code draws fit depends on the
-photo, but far more on the code: 32 codes drawn into 24 LFW faces were fit in 0% to 96% of the
-faces each, eight times the spread chance gives. A logistic probe on the code reads that
+photo, but far more on the code: 32 codes drawn into 24 LFW faces were fit (by the screens of
+the context alone) in 0% to 96% of the faces each, eight times the spread chance gives. A logistic probe on the code reads that
 share, and the generator draws the codes it reads as likely fit first (see
 ``RendererLCMGenerator``). It decides the order of drawing only: every drawing is still judged
 by every screen, and every face by the oracles.
