@@ -928,8 +928,9 @@ class RendererGenerator(VAEDecodeGenerator):
                          [round(drawings[c.tobytes()][1], 2) for c in tried[1:]])
         if self.drawing_log is not None:
             # an incomplete unfitness is already over what was asked, so over 1: unfit either way
-            self.drawing_log.extend((np.frombuffer(key, dtype=codes.dtype).copy(), score, attempt,
-                                     key == chosen.tobytes()) for key, (_, score, _complete) in drawings.items())
+            chosen_key = chosen.tobytes()
+            self.drawing_log.extend((np.frombuffer(key, dtype=codes.dtype).copy(), score, attempt, key == chosen_key)
+                                    for key, (_, score, _complete) in drawings.items())
         with self._lock:
             self._unspeckled.setdefault(person, {})[attempt] = np.array(chosen, copy=True)
         return composited(chosen)
