@@ -51,21 +51,18 @@ def main() -> None:
     engine = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=args.threads))
     generator = engine.generator
     generator.secret = b"pseudonym-consistency".ljust(32, b"\0")
-    drawn: list[tuple[str, object]] = []  # what the generator was asked, in order
-    finish, seed_code = generator._finish, generator._seed_code
-
-    def recording_code(drawings, face, codes, grow=None):
-        """The code of each drawing the generator finishes (the one it pastes, after its
-        speckle screen chose among the person's codes)."""
-        drawn.extend(("code", code.copy()) for code in codes)
-        return finish(drawings, face, codes, grow)
+    drawn: list[tuple[str, object]] = []  # the registered people the generator was asked for
+    seed_code = generator._seed_code
 
     def recording_seed(code, embeddings=None):
         out = seed_code(code, embeddings)
         drawn.append(("person", out.tobytes()))
         return out
 
-    generator._finish, generator._seed_code = recording_code, recording_seed
+    generator._seed_code = recording_seed
+    # every code drawn into a photo, with whether the screens chose it (the last one chosen is
+    # the pseudonym pasted: the screens draw and set aside others on the way)
+    generator.drawing_log = []
     judges = Judges()
     judges.load()
     thresholds = thresholds_for("far1e-2", ["dlib", "facenet"])
@@ -77,13 +74,15 @@ def main() -> None:
         if any(f is None for f in faces):
             continue
         runs = []
+        codes = []
         for photo in photos:
             drawn.clear()
+            generator.drawing_log.clear()
             runs.append((engine.anonymize(photo), list(drawn)))
+            codes.append([code for code, _, _, chosen in generator.drawing_log if chosen])
         if any(len(result.faces) != 1 for result, _ in runs):
             continue
         persons = [{v for k, v in log if k == "person"} for _, log in runs]
-        codes = [[v for k, v in log if k == "code"] for _, log in runs]
         row = {
             "person": person.name,
             "same_registered_person": bool(persons[0] & persons[1]),
