@@ -1104,7 +1104,8 @@ def test_the_generator_matches_a_soft_photo_at_its_first_attempts_only(tiny_run,
 def test_the_screens_that_need_dlib_skip_a_drawing_the_others_already_refuse(tiny_run, monkeypatch):
     """A drawing the cheap screens (speckle, forehead, chin, eyes) already refuse is not read by
     dlib's descriptor or landmarks (glasses, gender and age, mouth); where every code is refused,
-    the least unfit is still chosen with every screen read."""
+    the least unfit is still chosen with every screen read, for every drawing that the cheap
+    screens alone have not already put further off than the best one read whole."""
     from idmrag_plugin.generation.renderer_generator import FURTHER_ALTERNATES, SPECKLE_ALTERNATES
 
     root, *_ = tiny_run
@@ -1150,10 +1151,17 @@ def test_the_screens_that_need_dlib_skip_a_drawing_the_others_already_refuse(tin
     assert read == [codes[1].tobytes()]  # the speckled first code went unread, the next (fit) was read
     assert np.array_equal(generator._unspeckled[person][0], codes[1])
 
-    # every code speckled, the second least so; glasses put it furthest off, so the third is kept
+    # every code speckled, the second least so; glasses put it furthest off, so the third is
+    # kept: read are the two whose speckle alone left them a chance, once each
     speckled = {c.tobytes(): 3.0 for c in codes}
     speckled[codes[1].tobytes()], speckled[codes[2].tobytes()] = 1.5, 2.0
     generator, read = planted(speckled, {codes[1].tobytes(): 5.0})
     generator.generate(GenerationRequest(face, attempt=0, seed=7))
-    assert sorted(read) == sorted(c.tobytes() for c in codes)  # every one read, once
+    assert sorted(read) == sorted(c.tobytes() for c in codes[1:3])
     assert np.array_equal(generator._unspeckled[person][0], codes[2])
+    # glasses put the third off too (4.0): every code at 3.0 may now be the least unfit, so
+    # every one is read, and the first of them wins
+    generator, read = planted(speckled, {codes[1].tobytes(): 5.0, codes[2].tobytes(): 4.0})
+    generator.generate(GenerationRequest(face, attempt=0, seed=7))
+    assert sorted(read) == sorted(c.tobytes() for c in codes)  # every one read, once
+    assert np.array_equal(generator._unspeckled[person][0], codes[0])

@@ -916,8 +916,18 @@ class RendererGenerator(VAEDecodeGenerator):
                     codes = self.pseudonym_codes(code, attempt, 1 + SPECKLE_ALTERNATES + FURTHER_ALTERNATES)
                 chosen = first_fit([c for c in codes if not any(np.array_equal(c, t) for t in tried)]
                                    [:FURTHER_ALTERNATES])
-            if chosen is None:  # the least unfit of all, every screen read
-                scores = [drawn(first, np.inf)[1] / leniency] + [drawn(c, np.inf)[1] for c in tried[1:]]
+            if chosen is None:  # the least unfit of all, every screen read where it could still win
+                scales = [leniency] + [1.0] * (len(tried) - 1)
+                # A drawing's score so far (the cheap screens' alone where they refused it) is a
+                # lower bound of its whole score, the largest of more screens: one whose bound is
+                # already over the best whole score cannot be the least unfit, and the screens
+                # that need dlib are not read for it (the same choice, without their cost).
+                bounds = [drawings[c.tobytes()][1] / scale for c, scale in zip(tried, scales, strict=True)]
+                scores = [np.inf] * len(tried)
+                for index in np.argsort(bounds, kind="stable"):
+                    if bounds[index] > min(scores):
+                        break
+                    scores[index] = drawn(tried[index], np.inf)[1] / scales[index]
                 best = int(np.argmin(scores))
                 if scores[best] >= GROSSLY_UNFIT:
                     raise UnfitDrawingError(f"all {len(tried)} pseudonym codes drawn unfit, the least by "
