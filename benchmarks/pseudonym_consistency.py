@@ -51,12 +51,12 @@ def main() -> None:
     engine = FaceAnonymizer(AnonymizerConfig(cache_size=0, threads=args.threads))
     generator = engine.generator
     generator.secret = b"pseudonym-consistency".ljust(32, b"\0")
-    drawn: list[tuple[str, object]] = []  # the registered people the generator was asked for
+    asked: list[bytes] = []  # the registered people the generator was asked for
     seed_code = generator._seed_code
 
     def recording_seed(code, embeddings=None):
         out = seed_code(code, embeddings)
-        drawn.append(("person", out.tobytes()))
+        asked.append(out.tobytes())
         return out
 
     generator._seed_code = recording_seed
@@ -76,13 +76,13 @@ def main() -> None:
         runs = []
         codes = []
         for photo in photos:
-            drawn.clear()
+            asked.clear()
             generator.drawing_log.clear()
-            runs.append((engine.anonymize(photo), list(drawn)))
+            runs.append((engine.anonymize(photo), set(asked)))
             codes.append([code for code, _, _, chosen in generator.drawing_log if chosen])
         if any(len(result.faces) != 1 for result, _ in runs):
             continue
-        persons = [{v for k, v in log if k == "person"} for _, log in runs]
+        persons = [people_asked for _, people_asked in runs]
         row = {
             "person": person.name,
             "same_registered_person": bool(persons[0] & persons[1]),

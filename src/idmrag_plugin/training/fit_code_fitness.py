@@ -48,7 +48,6 @@ def logged_drawings(paths: list[Path], people: int, threads: int | None, secret:
     """The codes the default engine's generator drew into ``people`` photos, with their
     unfitness, pseudonym attempt and photo index."""
     import torch
-    from PIL import Image
 
     from idmrag_plugin import AnonymizerConfig, FaceAnonymizer
 
@@ -61,7 +60,7 @@ def logged_drawings(paths: list[Path], people: int, threads: int | None, secret:
     generator.drawing_log = []
     person: list[int] = []
     for index, path in enumerate(paths[:people]):
-        engine.anonymize(np.asarray(Image.open(path).convert("RGB")))
+        engine.anonymize(path)
         person.extend([index] * (len(generator.drawing_log) - len(person)))
         if (index + 1) % 50 == 0:
             logger.info("%d of %d people anonymized (%d drawings)", index + 1, people, len(person))
